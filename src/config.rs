@@ -1,0 +1,184 @@
+//! Layered configuration: `config/default.toml`, then an optional profile file
+//! (`config/<STEWARD_PROFILE>.toml`), then `STEWARD_<SECTION>__<KEY>` environment
+//! variables. Unknown keys are errors, and [`Settings::validate`] names the key
+//! that is wrong.
+
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Toml};
+use figment::Figment;
+use serde::Deserialize;
+
+/// A secret that never appears in `Debug` output or logs.
+#[derive(Clone, Default, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(****)")
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub database: DatabaseSettings,
+    pub slm: SlmSettings,
+    pub policy: PolicySettings,
+    pub chat: ChatSettings,
+    pub telemetry: TelemetrySettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSettings {
+    /// `host:port`; port 0 picks a free port (tests).
+    pub bind: String,
+    /// Largest accepted request body, in bytes.
+    pub body_limit_bytes: usize,
+    /// Interval of SSE comment keep-alives while the model is silent.
+    pub keepalive_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// `sqlite://path?mode=rwc` (embedded) or `postgres://…`.
+    pub url: Secret,
+    pub max_connections: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlmSettings {
+    /// OpenAI-compatible base URL, ending in `/v1`.
+    pub base_url: String,
+    pub model: String,
+    /// Sent as the first message of every conversation unless empty.
+    pub system_prompt: String,
+    pub connect_timeout_ms: u64,
+    pub first_token_timeout_ms: u64,
+    pub idle_timeout_ms: u64,
+    pub total_timeout_ms: u64,
+    pub default_max_tokens: u32,
+    pub max_tokens_limit: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicySettings {
+    /// Path of the constitution file, relative to the working directory.
+    pub constitution: PathBuf,
+    /// HMAC key for policy verdicts. Empty = a random key per process (single instance only).
+    pub signing_key: Secret,
+    /// How long a signed verdict stays valid.
+    pub verdict_ttl_seconds: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChatSettings {
+    /// Longest accepted user message, in characters.
+    pub max_message_chars: usize,
+    /// Most turns of history replayed to the model.
+    pub max_history_turns: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetrySettings {
+    /// `json` (default) or `pretty`.
+    pub log_format: String,
+    /// An `EnvFilter` directive; `RUST_LOG` wins when set.
+    pub log_level: String,
+}
+
+/// Errors while loading configuration; each names the offending key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration could not be read: {0}")]
+    Load(#[from] Box<figment::Error>),
+    #[error("invalid configuration key `{key}`: {reason}")]
+    Invalid { key: &'static str, reason: String },
+}
+
+impl Settings {
+    /// Loads from `<dir>/default.toml`, the profile file and the environment.
+    pub fn load_from(dir: &Path) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Toml::file(dir.join("default.toml")));
+        if let Ok(profile) = std::env::var("STEWARD_PROFILE") {
+            figment = figment.merge(Toml::file(dir.join(format!("{profile}.toml"))));
+        }
+        let settings: Settings = figment
+            .merge(Env::prefixed("STEWARD_").ignore(&["profile", "config_dir"]).split("__"))
+            .extract()
+            .map_err(Box::new)?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Loads from the directory named by `STEWARD_CONFIG_DIR`, else `./config`.
+    pub fn load() -> Result<Self, ConfigError> {
+        let dir = std::env::var("STEWARD_CONFIG_DIR").unwrap_or_else(|_| "config".into());
+        Self::load_from(Path::new(&dir))
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, reason: &str| Err(ConfigError::Invalid { key, reason: reason.into() });
+        if self.server.bind.parse::<std::net::SocketAddr>().is_err() {
+            return invalid("server.bind", "expected host:port, e.g. 127.0.0.1:8080");
+        }
+        if self.server.body_limit_bytes < 1024 {
+            return invalid("server.body_limit_bytes", "must be at least 1024");
+        }
+        let url = self.database.url.expose();
+        if !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return invalid("database.url", "expected sqlite:… or postgres://…");
+        }
+        if self.database.max_connections == 0 {
+            return invalid("database.max_connections", "must be at least 1");
+        }
+        if !(self.slm.base_url.starts_with("http://") || self.slm.base_url.starts_with("https://")) {
+            return invalid("slm.base_url", "expected an http(s) URL ending in /v1");
+        }
+        if self.slm.model.trim().is_empty() {
+            return invalid("slm.model", "must not be empty");
+        }
+        for (key, value) in [
+            ("slm.connect_timeout_ms", self.slm.connect_timeout_ms),
+            ("slm.first_token_timeout_ms", self.slm.first_token_timeout_ms),
+            ("slm.idle_timeout_ms", self.slm.idle_timeout_ms),
+            ("slm.total_timeout_ms", self.slm.total_timeout_ms),
+            ("server.keepalive_ms", self.server.keepalive_ms),
+            ("policy.verdict_ttl_seconds", self.policy.verdict_ttl_seconds),
+        ] {
+            if value == 0 {
+                return invalid(key, "must be greater than 0");
+            }
+        }
+        if self.slm.default_max_tokens == 0 || self.slm.default_max_tokens > self.slm.max_tokens_limit {
+            return invalid("slm.default_max_tokens", "must be between 1 and slm.max_tokens_limit");
+        }
+        if !self.policy.signing_key.expose().is_empty() && self.policy.signing_key.expose().len() < 32 {
+            return invalid("policy.signing_key", "must be at least 32 characters (or empty for a per-process key)");
+        }
+        if self.chat.max_message_chars == 0 {
+            return invalid("chat.max_message_chars", "must be greater than 0");
+        }
+        if !matches!(self.telemetry.log_format.as_str(), "json" | "pretty") {
+            return invalid("telemetry.log_format", "expected json or pretty");
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,73 @@
+//! `POST /v1/chat/stream`: one turn as server-sent events — `session`, then
+//! `delta`s, at most one `refusal` or `error`, then `done`.
+
+use std::time::Instant;
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use futures_util::{stream, StreamExt};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::service::{Admitted, Gateway, TurnInput};
+use crate::error::ApiError;
+use crate::identity::Caller;
+use crate::orchestrator::{FinishReason, TurnEvent};
+use crate::web::{sse_frame, trace_of, with_keepalive, Governance};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChatBody {
+    message: String,
+    session_id: Option<String>,
+    max_tokens: Option<u32>,
+    temperature: Option<f32>,
+    seed: Option<i64>,
+}
+
+fn frame(event: &TurnEvent) -> bytes::Bytes {
+    let (name, data) = event.sse();
+    sse_frame(name, &data)
+}
+
+pub async fn chat_stream(req: HttpRequest, caller: Caller, body: web::Json<ChatBody>, gateway: web::Data<Gateway>) -> Result<HttpResponse, ApiError> {
+    let started = Instant::now();
+    let body = body.into_inner();
+    let params = gateway.limits.params(body.max_tokens, body.temperature, body.seed)?;
+    let input = TurnInput {
+        route: "chat_stream",
+        session_id: body.session_id,
+        message: body.message,
+        preamble: Vec::new(),
+        params,
+        trace: trace_of(&req),
+        started,
+    };
+    let admission = gateway.admit(&caller, input).await?;
+    let verdict = admission.signed.verdict.header_value();
+    let session = sse_frame(
+        "session",
+        &json!({
+            "session_id": admission.session_id,
+            "turn_id": admission.turn_id,
+            "trace_id": admission.trace.trace_id,
+            "constitution_hash": admission.signed.constitution_hash.as_str(),
+            "policy_verdict": verdict,
+        }),
+    );
+    let rest = match admission.outcome {
+        Admitted::Refused(hit) => stream::iter(vec![
+            frame(&TurnEvent::Refusal(hit)),
+            frame(&TurnEvent::Done { finish_reason: FinishReason::Refused, usage: None }),
+        ])
+        .boxed(),
+        Admitted::Streaming(turn) => turn.map(|event| frame(&event)).boxed(),
+    };
+    let frames = stream::once(async move { session }).chain(rest);
+    let governance = Governance {
+        constitution_hash: admission.signed.constitution_hash.as_str(),
+        policy_verdict: &verdict,
+        session_id: &admission.session_id,
+        trace: &admission.trace,
+    };
+    Ok(governance.sse_response().streaming(with_keepalive(Box::pin(frames), gateway.keepalive)))
+}

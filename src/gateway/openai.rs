@@ -1,0 +1,210 @@
+//! `POST /v1/chat/completions`: the OpenAI-compatible facade, streaming and
+//! not, so OpenAI SDKs work by changing their base URL. Each call is a new
+//! session whose earlier messages come from the request. Refusals use
+//! OpenAI's own shape: `message.refusal` / `delta.refusal` with
+//! `finish_reason: "content_filter"`.
+
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use futures_util::{stream, StreamExt};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::service::{Admitted, Gateway, TurnInput};
+use crate::error::{ApiError, Code};
+use crate::identity::Caller;
+use crate::orchestrator::{FinishReason, TurnEvent};
+use crate::slm::{ChatMessage, Role, Usage};
+use crate::web::{sse_data, trace_of, with_keepalive, Governance};
+
+/// The request fields Steward honours; others the SDKs send (`n`, `top_p`, `user`…) are ignored.
+#[derive(Debug, Deserialize)]
+pub struct CompletionBody {
+    model: Option<String>,
+    messages: Vec<IncomingMessage>,
+    #[serde(default)]
+    stream: bool,
+    max_tokens: Option<u32>,
+    max_completion_tokens: Option<u32>,
+    temperature: Option<f32>,
+    seed: Option<i64>,
+    stream_options: Option<StreamOptions>,
+}
+
+#[derive(Debug, Deserialize)]
+struct StreamOptions {
+    #[serde(default)]
+    include_usage: bool,
+}
+
+#[derive(Debug, Deserialize)]
+struct IncomingMessage {
+    role: String,
+    content: Option<Content>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Content {
+    Text(String),
+    Parts(Vec<Part>),
+}
+
+#[derive(Debug, Deserialize)]
+struct Part {
+    #[serde(rename = "type")]
+    kind: String,
+    text: Option<String>,
+}
+
+fn to_message(m: IncomingMessage) -> Result<ChatMessage, ApiError> {
+    let role = match m.role.as_str() {
+        "system" | "developer" => Role::System,
+        "user" => Role::User,
+        "assistant" => Role::Assistant,
+        other => return Err(ApiError::new(Code::InvalidRequest, format!("unsupported message role `{other}`"))),
+    };
+    let content = match m.content {
+        None => String::new(),
+        Some(Content::Text(text)) => text,
+        Some(Content::Parts(parts)) => {
+            let mut text = String::new();
+            for part in parts {
+                match (part.kind.as_str(), part.text) {
+                    ("text", Some(t)) => text.push_str(&t),
+                    (kind, _) => return Err(ApiError::new(Code::InvalidRequest, format!("unsupported content part `{kind}`"))),
+                }
+            }
+            text
+        }
+    };
+    Ok(ChatMessage::new(role, content))
+}
+
+/// Splits the request into earlier messages and the final user message.
+fn split_messages(messages: Vec<IncomingMessage>) -> Result<(Vec<ChatMessage>, String), ApiError> {
+    let mut messages = messages.into_iter().map(to_message).collect::<Result<Vec<_>, _>>()?;
+    match messages.pop() {
+        Some(last) if last.role == Role::User => Ok((messages, last.content)),
+        _ => Err(ApiError::new(Code::InvalidRequest, "messages must end with a user message")),
+    }
+}
+
+fn finish_reason(reason: FinishReason) -> &'static str {
+    match reason {
+        FinishReason::Refused => "content_filter",
+        FinishReason::Length => "length",
+        _ => "stop",
+    }
+}
+
+fn usage_json(usage: Option<Usage>) -> Value {
+    usage.map_or(Value::Null, |u| json!(u))
+}
+
+pub async fn completions(req: HttpRequest, caller: Caller, body: web::Json<CompletionBody>, gateway: web::Data<Gateway>) -> Result<HttpResponse, ApiError> {
+    let started = Instant::now();
+    let body = body.into_inner();
+    let params = gateway.limits.params(body.max_completion_tokens.or(body.max_tokens), body.temperature, body.seed)?;
+    let (preamble, message) = split_messages(body.messages)?;
+    let input = TurnInput { route: "chat_completions", session_id: None, message, preamble, params, trace: trace_of(&req), started };
+    let admission = gateway.admit(&caller, input).await?;
+    let verdict = admission.signed.verdict.header_value();
+    let meta = Meta {
+        id: format!("chatcmpl-{}", admission.turn_id),
+        created: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default(),
+        model: body.model.unwrap_or_else(|| gateway.model_name.clone()),
+    };
+    let events = match admission.outcome {
+        Admitted::Refused(hit) => {
+            stream::iter(vec![TurnEvent::Refusal(hit), TurnEvent::Done { finish_reason: FinishReason::Refused, usage: None }]).boxed()
+        }
+        Admitted::Streaming(turn) => turn,
+    };
+    let governance = Governance {
+        constitution_hash: admission.signed.constitution_hash.as_str(),
+        policy_verdict: &verdict,
+        session_id: &admission.session_id,
+        trace: &admission.trace,
+    };
+    if body.stream {
+        let include_usage = body.stream_options.is_some_and(|o| o.include_usage);
+        let frames = streamed(meta, events, include_usage);
+        return Ok(governance.sse_response().streaming(with_keepalive(Box::pin(frames), gateway.keepalive)));
+    }
+    let (status, json) = collected(meta, events).await;
+    let mut response = HttpResponse::build(status);
+    governance.apply(&mut response);
+    Ok(response.json(json))
+}
+
+struct Meta {
+    id: String,
+    created: u64,
+    model: String,
+}
+
+impl Meta {
+    fn chunk(&self, delta: Value, finish: Option<&str>) -> String {
+        json!({
+            "id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
+            "choices": [{ "index": 0, "delta": delta, "finish_reason": finish }],
+        })
+        .to_string()
+    }
+}
+
+fn streamed(meta: Meta, events: crate::orchestrator::TurnStream, include_usage: bool) -> impl futures_util::Stream<Item = bytes::Bytes> {
+    async_stream::stream! {
+        yield sse_data(&meta.chunk(json!({ "role": "assistant", "content": "" }), None));
+        let mut events = events;
+        while let Some(event) = events.next().await {
+            match event {
+                TurnEvent::Delta(text) => yield sse_data(&meta.chunk(json!({ "content": text }), None)),
+                TurnEvent::Refusal(hit) => yield sse_data(&meta.chunk(json!({ "refusal": hit.message }), None)),
+                TurnEvent::Error { code, message } => {
+                    let (code, kind, _) = code.describe();
+                    yield sse_data(&json!({ "error": { "message": message, "type": kind, "code": code } }).to_string());
+                }
+                TurnEvent::Done { finish_reason: reason, usage } => {
+                    if reason != FinishReason::Error {
+                        yield sse_data(&meta.chunk(json!({}), Some(finish_reason(reason))));
+                    }
+                    if include_usage {
+                        let chunk = json!({ "id": meta.id, "object": "chat.completion.chunk", "created": meta.created,
+                            "model": meta.model, "choices": [], "usage": usage_json(usage) });
+                        yield sse_data(&chunk.to_string());
+                    }
+                }
+            }
+        }
+        yield sse_data("[DONE]");
+    }
+}
+
+async fn collected(meta: Meta, mut events: crate::orchestrator::TurnStream) -> (actix_web::http::StatusCode, Value) {
+    let (mut content, mut refusal, mut done) = (String::new(), None, None);
+    while let Some(event) = events.next().await {
+        match event {
+            TurnEvent::Delta(text) => content.push_str(&text),
+            TurnEvent::Refusal(hit) => refusal = Some(hit.message),
+            TurnEvent::Error { code, message } => {
+                let (code_name, kind, _) = code.describe();
+                return (code.status(), json!({ "error": { "message": message, "type": kind, "code": code_name } }));
+            }
+            TurnEvent::Done { finish_reason, usage } => done = Some((finish_reason, usage)),
+        }
+    }
+    let (reason, usage) = done.unwrap_or((FinishReason::Error, None));
+    let message = match refusal {
+        Some(text) => json!({ "role": "assistant", "content": Value::Null, "refusal": text }),
+        None => json!({ "role": "assistant", "content": content, "refusal": Value::Null }),
+    };
+    let body = json!({
+        "id": meta.id, "object": "chat.completion", "created": meta.created, "model": meta.model,
+        "choices": [{ "index": 0, "message": message, "finish_reason": finish_reason(reason) }],
+        "usage": usage_json(usage),
+    });
+    (actix_web::http::StatusCode::OK, body)
+}

@@ -1,0 +1,146 @@
+//! The governed admission of a turn, shared by every chat entry point.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::db::now_ms;
+use crate::error::{ApiError, Code};
+use crate::identity::{Caller, Capability};
+use crate::moderation::{Decision, Hit, Moderator};
+use crate::orchestrator::{
+    Conversation, ConversationStore, FinishReason, OrchestratorError, SessionState, TurnLimits, TurnRecord, TurnRequest, TurnStream,
+};
+use crate::policy::{PolicyEngine, SignedVerdict, TurnRef, Verdict};
+use crate::slm::{ChatMessage, GenerationParams};
+use crate::telemetry::{Metrics, RequestOutcome, TraceContext};
+
+pub struct Gateway {
+    pub moderator: Arc<Moderator>,
+    pub policy: Arc<PolicyEngine>,
+    pub conversation: Arc<dyn Conversation>,
+    pub store: ConversationStore,
+    pub metrics: Arc<Metrics>,
+    pub limits: TurnLimits,
+    pub keepalive: Duration,
+    /// Model name reported by the OpenAI facade.
+    pub model_name: String,
+}
+
+/// A turn as a chat entry point received it.
+pub struct TurnInput {
+    pub route: &'static str,
+    /// `None` starts a new session.
+    pub session_id: Option<String>,
+    pub message: String,
+    /// Earlier messages supplied by the caller (OpenAI facade); moderated too.
+    pub preamble: Vec<ChatMessage>,
+    pub params: GenerationParams,
+    pub trace: TraceContext,
+    pub started: Instant,
+}
+
+/// An admitted turn: its identity, its signed verdict and what follows.
+pub struct Admission {
+    pub session_id: String,
+    pub turn_id: String,
+    pub trace: TraceContext,
+    pub signed: SignedVerdict,
+    pub outcome: Admitted,
+}
+
+pub enum Admitted {
+    /// Input moderation refused the turn; the model was not called.
+    Refused(Hit),
+    /// The orchestrator is running the turn.
+    Streaming(TurnStream),
+}
+
+impl Gateway {
+    pub async fn admit(&self, caller: &Caller, input: TurnInput) -> Result<Admission, ApiError> {
+        let (route, started) = (input.route, input.started);
+        let result = self.try_admit(caller, input).await;
+        if let Err(err) = &result {
+            self.metrics.request(route, RequestOutcome::Rejected, started.elapsed());
+            tracing::info!(route, tenant = %caller.tenant, code = err.code().name(), "turn rejected");
+        }
+        result
+    }
+
+    async fn try_admit(&self, caller: &Caller, input: TurnInput) -> Result<Admission, ApiError> {
+        caller.require(Capability::Chat)?;
+        self.limits.check_message(&input.message)?;
+        let tenant = caller.tenant.as_str();
+        let session_id = match input.session_id {
+            None => uuid::Uuid::now_v7().to_string(),
+            Some(id) => {
+                let id = uuid::Uuid::parse_str(&id)
+                    .map_err(|_| ApiError::new(Code::InvalidRequest, "session_id must be a UUID returned by an earlier turn"))?
+                    .to_string();
+                match self.store.session_state(tenant, &id).await.map_err(OrchestratorError::Store)? {
+                    SessionState::Owned => id,
+                    SessionState::New | SessionState::Foreign => return Err(OrchestratorError::SessionNotFound.into()),
+                }
+            }
+        };
+        let turn_id = uuid::Uuid::now_v7().to_string();
+        let turn = TurnRef { tenant, session_id: &session_id, turn_id: &turn_id };
+
+        let decision = std::iter::once(input.message.as_str())
+            .chain(input.preamble.iter().map(|m| m.content.as_str()))
+            .map(|text| self.moderator.check_input(text))
+            .find(|d| matches!(d, Decision::Refuse(_)))
+            .unwrap_or(Decision::Allow);
+        let hits = match decision {
+            Decision::Allow => Vec::new(),
+            Decision::Refuse(hits) => hits,
+        };
+        if let Some(first) = hits.first().cloned() {
+            let signed = self.policy.sign(turn, Verdict::Refuse(hits.iter().map(|h| h.code.clone()).collect()));
+            for hit in &hits {
+                self.metrics.moderation_refusal("input", &hit.category);
+            }
+            self.record_refusal(tenant, &session_id, &turn_id, &input.trace, &signed).await?;
+            self.metrics.request(input.route, RequestOutcome::Refuse, input.started.elapsed());
+            tracing::info!(trace_id = %input.trace.trace_id, span_id = %input.trace.span_id, tenant, session_id = %session_id,
+                turn_id = %turn_id, category = %first.category, code = %first.code, "turn refused by input moderation");
+            return Ok(Admission { session_id, turn_id, trace: input.trace, signed, outcome: Admitted::Refused(first) });
+        }
+
+        let signed = self.policy.sign(turn, Verdict::Allow);
+        let request = TurnRequest {
+            tenant: caller.tenant.clone(),
+            session_id: session_id.clone(),
+            turn_id: turn_id.clone(),
+            message: input.message,
+            preamble: input.preamble,
+            params: input.params,
+            trace: input.trace.clone(),
+            route: input.route,
+            started: input.started,
+        };
+        let stream = self.conversation.start_turn(request, signed.headers()).await?;
+        tracing::info!(trace_id = %input.trace.trace_id, span_id = %input.trace.span_id, tenant, session_id = %session_id,
+            turn_id = %turn_id, "turn dispatched");
+        Ok(Admission { session_id, turn_id, trace: input.trace, signed, outcome: Admitted::Streaming(stream) })
+    }
+
+    /// A refused turn is stored without its text: it may be the very content (PII, say) the refusal is about.
+    async fn record_refusal(&self, tenant: &str, session_id: &str, turn_id: &str, trace: &TraceContext, signed: &SignedVerdict) -> Result<(), ApiError> {
+        let record = TurnRecord {
+            turn_id: turn_id.to_owned(),
+            session_id: session_id.to_owned(),
+            tenant: tenant.to_owned(),
+            user_message: "[withheld: refused by input moderation]".into(),
+            assistant_message: String::new(),
+            finish_reason: FinishReason::Refused.as_str().into(),
+            policy_verdict: signed.verdict.header_value(),
+            constitution_hash: signed.constitution_hash.to_string(),
+            trace_id: trace.trace_id.clone(),
+            prompt_tokens: None,
+            completion_tokens: None,
+            created_at: now_ms(),
+        };
+        self.store.record(&record).await.map_err(OrchestratorError::Store)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,58 @@
+//! The authenticated caller of a request, as an actix extractor.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use actix_web::{dev::Payload, http::header, web, FromRequest, HttpRequest};
+
+use super::domain::{Capability, IdentityError, TenantId};
+use super::store::KeyStore;
+use crate::error::ApiError;
+
+/// Who is calling: the key's tenant and capabilities.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub key_id: String,
+    pub tenant: TenantId,
+    pub capabilities: Vec<Capability>,
+}
+
+impl Caller {
+    /// Fails with 403 `forbidden` unless the key carries `cap`.
+    pub fn require(&self, cap: Capability) -> Result<(), IdentityError> {
+        if self.capabilities.contains(&cap) {
+            Ok(())
+        } else {
+            Err(IdentityError::MissingCapability(cap.as_str()))
+        }
+    }
+
+    async fn authenticate(store: web::Data<KeyStore>, bearer: Option<String>) -> Result<Self, IdentityError> {
+        let key = bearer.ok_or(IdentityError::MissingKey)?;
+        let record = store.find_active(&key).await?.ok_or(IdentityError::UnknownKey)?;
+        let tenant = TenantId::parse(&record.tenant)?;
+        let capabilities = Capability::parse_list(&record.capabilities)?;
+        Ok(Self { key_id: record.id, tenant, capabilities })
+    }
+}
+
+fn bearer(req: &HttpRequest) -> Option<String> {
+    let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, key) = value.trim().split_once(' ')?;
+    let key = key.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !key.is_empty()).then(|| key.to_owned())
+}
+
+impl FromRequest for Caller {
+    type Error = ApiError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let store = req.app_data::<web::Data<KeyStore>>().cloned();
+        let bearer = bearer(req);
+        Box::pin(async move {
+            let store = store.ok_or_else(|| ApiError::new(crate::error::Code::Internal, "identity is not configured"))?;
+            Ok(Self::authenticate(store, bearer).await?)
+        })
+    }
+}

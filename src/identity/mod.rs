@@ -1,0 +1,13 @@
+//! Identity: API keys → tenant + capabilities.
+//!
+//! `KeyStore` creates, lists and revokes keys (only their SHA-256 is stored);
+//! the [`Caller`] extractor authenticates `Authorization: Bearer <key>` on every
+//! request, and [`Caller::require`] checks a capability.
+
+mod caller;
+mod domain;
+mod store;
+
+pub use caller::Caller;
+pub use domain::{ApiKey, Capability, IdentityError, TenantId};
+pub use store::{KeyRecord, KeyStore};

@@ -1,0 +1,31 @@
+//! Steward: a governed chat runtime.
+//!
+//! A chat turn flows gateway → identity → input moderation → policy (signed
+//! verdict + constitution hash) → orchestrator → language model (streamed) →
+//! output moderation → client. Modules:
+//!
+//! - [`gateway`]: `/v1/chat/stream` (SSE) and the OpenAI-compatible
+//!   `/v1/chat/completions`.
+//! - [`identity`]: API keys → tenant + capabilities.
+//! - [`moderation`]: the refusal taxonomy, input checks and the streaming
+//!   output window.
+//! - [`policy`]: the constitution, its hash, signed verdicts.
+//! - [`orchestrator`]: runs an allowed turn; also served over HTTP.
+//! - [`slm`]: the OpenAI-compatible streaming model client.
+//! - [`telemetry`]: JSON logs, trace context, Prometheus metrics.
+//! - [`app`]: wires adapters into services and services into routes.
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod gateway;
+pub mod identity;
+pub mod moderation;
+pub mod ops;
+pub mod orchestrator;
+pub mod policy;
+pub mod slm;
+pub mod telemetry;
+pub mod web;

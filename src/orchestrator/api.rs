@@ -1,0 +1,139 @@
+//! The orchestrator's internal HTTP API, for split deployments:
+//! `POST /v1/conversation/step` (one turn, JSON) and
+//! `POST /v1/conversation/stream` (SSE). Callers authenticate with an API key
+//! carrying `chat` and present the signed policy headers of the turn.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use futures_util::StreamExt;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::turn::{TurnEvent, TurnLimits, TurnRequest};
+use super::Conversation;
+use crate::error::{ApiError, Code};
+use crate::identity::{Caller, Capability};
+use crate::policy::{headers, PolicyHeaders};
+use crate::telemetry::{Metrics, RequestOutcome};
+use crate::web::{sse_frame, trace_of, with_keepalive, Governance};
+
+/// What the orchestrator routes need.
+pub struct OrchestratorApi {
+    pub conversation: Arc<dyn Conversation>,
+    pub limits: TurnLimits,
+    pub metrics: Arc<Metrics>,
+    pub keepalive: Duration,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StepBody {
+    session_id: String,
+    turn_id: String,
+    message: String,
+    max_tokens: Option<u32>,
+    temperature: Option<f32>,
+    seed: Option<i64>,
+}
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/v1/conversation/step", web::post().to(step)).route("/v1/conversation/stream", web::post().to(stream));
+}
+
+fn policy_headers(req: &HttpRequest) -> PolicyHeaders {
+    let get = |name| req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    PolicyHeaders {
+        constitution_hash: get(headers::CONSTITUTION_HASH),
+        verdict: get(headers::POLICY_VERDICT),
+        signature: get(headers::POLICY_SIGNATURE),
+    }
+}
+
+fn valid_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 128 && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// Shared by both routes: authenticate, validate, verify the policy and start the turn.
+async fn begin(
+    route: &'static str,
+    req: &HttpRequest,
+    caller: Caller,
+    body: StepBody,
+    api: &OrchestratorApi,
+) -> Result<(super::TurnStream, PolicyHeaders, TurnRequest), ApiError> {
+    let started = Instant::now();
+    let result = async {
+        caller.require(Capability::Chat)?;
+        if !valid_id(&body.session_id) || !valid_id(&body.turn_id) {
+            return Err(ApiError::new(Code::InvalidRequest, "session_id and turn_id must be 1-128 of A-Z a-z 0-9 - _"));
+        }
+        api.limits.check_message(&body.message)?;
+        let params = api.limits.params(body.max_tokens, body.temperature, body.seed)?;
+        let policy = policy_headers(req);
+        let request = TurnRequest {
+            tenant: caller.tenant,
+            session_id: body.session_id,
+            turn_id: body.turn_id,
+            message: body.message,
+            preamble: Vec::new(),
+            params,
+            trace: trace_of(req),
+            route,
+            started,
+        };
+        let stream = api.conversation.start_turn(request.clone(), policy.clone()).await?;
+        Ok((stream, policy, request))
+    }
+    .await;
+    if let Err(err) = &result {
+        api.metrics.request(route, RequestOutcome::Rejected, started.elapsed());
+        tracing::info!(route, code = err.code().name(), "turn rejected");
+    }
+    result
+}
+
+fn governance<'a>(policy: &'a PolicyHeaders, request: &'a TurnRequest) -> Governance<'a> {
+    Governance {
+        constitution_hash: policy.constitution_hash.as_deref().unwrap_or_default(),
+        policy_verdict: policy.verdict.as_deref().unwrap_or_default(),
+        session_id: &request.session_id,
+        trace: &request.trace,
+    }
+}
+
+async fn step(req: HttpRequest, caller: Caller, body: web::Json<StepBody>, api: web::Data<OrchestratorApi>) -> Result<HttpResponse, ApiError> {
+    let (mut turn, policy, request) = begin("conversation_step", &req, caller, body.into_inner(), &api).await?;
+    let mut content = String::new();
+    let (mut refusal, mut error, mut done) = (None, None, None);
+    while let Some(event) = turn.next().await {
+        match event {
+            TurnEvent::Delta(text) => content.push_str(&text),
+            TurnEvent::Refusal(hit) => refusal = Some(hit),
+            TurnEvent::Error { code, message } => error = Some(json!({ "code": code.name(), "message": message })),
+            TurnEvent::Done { finish_reason, usage } => done = Some((finish_reason, usage)),
+        }
+    }
+    let (finish_reason, usage) = done.unwrap_or((super::FinishReason::Error, None));
+    let mut response = HttpResponse::Ok();
+    governance(&policy, &request).apply(&mut response);
+    Ok(response.json(json!({
+        "session_id": request.session_id,
+        "turn_id": request.turn_id,
+        "content": content,
+        "finish_reason": finish_reason,
+        "usage": usage,
+        "refusal": refusal,
+        "error": error,
+    })))
+}
+
+async fn stream(req: HttpRequest, caller: Caller, body: web::Json<StepBody>, api: web::Data<OrchestratorApi>) -> Result<HttpResponse, ApiError> {
+    let (turn, policy, request) = begin("conversation_stream", &req, caller, body.into_inner(), &api).await?;
+    let frames = turn.map(|event| {
+        let (name, data) = event.sse();
+        sse_frame(name, &data)
+    });
+    Ok(governance(&policy, &request).sse_response().streaming(with_keepalive(Box::pin(frames), api.keepalive)))
+}

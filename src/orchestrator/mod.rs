@@ -1,0 +1,30 @@
+//! Orchestrator: runs one allowed turn — checks the signed policy verdict,
+//! replays the session's history to the model, streams the answer through
+//! output moderation and records the finished turn.
+//!
+//! The gateway calls it in process through the [`Conversation`] port; split
+//! deployments call the same code over HTTP (`POST /v1/conversation/step` and
+//! `/v1/conversation/stream`, see [`configure`]).
+
+mod api;
+mod service;
+mod store;
+mod turn;
+
+use futures_util::future::BoxFuture;
+
+pub use api::{configure, OrchestratorApi};
+pub use service::{Orchestrator, OrchestratorSettings};
+pub use store::{ConversationStore, SessionState, TurnRecord};
+pub use turn::{FinishReason, OrchestratorError, TurnEvent, TurnLimits, TurnRequest, TurnStream};
+
+use crate::policy::PolicyHeaders;
+
+/// The orchestrator's port, as the gateway sees it.
+pub trait Conversation: Send + Sync {
+    /// Verifies the policy headers for this turn and starts it. Errors come
+    /// before any output; once the stream exists, failures arrive as
+    /// [`TurnEvent::Error`].
+    fn start_turn(&self, request: TurnRequest, policy: PolicyHeaders) -> BoxFuture<'_, Result<TurnStream, OrchestratorError>>;
+}
+

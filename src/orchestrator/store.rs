@@ -1,0 +1,123 @@
+//! Sessions and finished turns, over the shared database.
+
+use sqlx::Row;
+
+use crate::db::{now_ms, Database};
+use crate::slm::{ChatMessage, Role};
+
+/// Whether a session id may be used by a tenant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionState {
+    /// No such session yet: the first turn creates it.
+    New,
+    /// The session exists and belongs to the tenant.
+    Owned,
+    /// The session belongs to another tenant.
+    Foreign,
+}
+
+/// One finished turn, as stored.
+#[derive(Debug, Clone)]
+pub struct TurnRecord {
+    pub turn_id: String,
+    pub session_id: String,
+    pub tenant: String,
+    pub user_message: String,
+    pub assistant_message: String,
+    /// `stop`, `length`, `refused`, `cancelled` or `error`.
+    pub finish_reason: String,
+    pub policy_verdict: String,
+    pub constitution_hash: String,
+    pub trace_id: String,
+    pub prompt_tokens: Option<i64>,
+    pub completion_tokens: Option<i64>,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct ConversationStore {
+    db: Database,
+}
+
+impl ConversationStore {
+    pub fn new(db: Database) -> Self {
+        Self { db }
+    }
+
+    pub async fn session_state(&self, tenant: &str, session_id: &str) -> Result<SessionState, sqlx::Error> {
+        let owner: Option<String> = sqlx::query_scalar("SELECT tenant FROM sessions WHERE id = $1")
+            .bind(session_id)
+            .fetch_optional(self.db.pool())
+            .await?;
+        Ok(match owner {
+            None => SessionState::New,
+            Some(owner) if owner == tenant => SessionState::Owned,
+            Some(_) => SessionState::Foreign,
+        })
+    }
+
+    /// The last `max_turns` answered turns of a session, oldest first, as
+    /// user/assistant message pairs. Refused, failed and cancelled turns are not replayed.
+    pub async fn history(&self, tenant: &str, session_id: &str, max_turns: u32) -> Result<Vec<ChatMessage>, sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT user_message, assistant_message FROM turns \
+             WHERE session_id = $1 AND tenant = $2 AND finish_reason IN ('stop', 'length') \
+             ORDER BY created_at DESC, id DESC LIMIT $3",
+        )
+        .bind(session_id)
+        .bind(tenant)
+        .bind(i64::from(max_turns))
+        .fetch_all(self.db.pool())
+        .await?;
+        let mut messages = Vec::with_capacity(rows.len() * 2);
+        for row in rows.iter().rev() {
+            messages.push(ChatMessage::new(Role::User, row.try_get::<String, _>("user_message")?));
+            messages.push(ChatMessage::new(Role::Assistant, row.try_get::<String, _>("assistant_message")?));
+        }
+        Ok(messages)
+    }
+
+    /// Stores a finished turn, creating its session on first use, in one transaction.
+    pub async fn record(&self, turn: &TurnRecord) -> Result<(), sqlx::Error> {
+        let mut tx = self.db.pool().begin().await?;
+        sqlx::query("INSERT INTO sessions (id, tenant, created_at) VALUES ($1, $2, $3) ON CONFLICT (id) DO NOTHING")
+            .bind(&turn.session_id)
+            .bind(&turn.tenant)
+            .bind(turn.created_at)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO turns (id, session_id, tenant, user_message, assistant_message, finish_reason, policy_verdict, \
+             constitution_hash, trace_id, prompt_tokens, completion_tokens, created_at, completed_at) \
+             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13 \
+             WHERE EXISTS (SELECT 1 FROM sessions WHERE id = $2 AND tenant = $3)",
+        )
+        .bind(&turn.turn_id)
+        .bind(&turn.session_id)
+        .bind(&turn.tenant)
+        .bind(&turn.user_message)
+        .bind(&turn.assistant_message)
+        .bind(&turn.finish_reason)
+        .bind(&turn.policy_verdict)
+        .bind(&turn.constitution_hash)
+        .bind(&turn.trace_id)
+        .bind(turn.prompt_tokens)
+        .bind(turn.completion_tokens)
+        .bind(turn.created_at)
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await
+    }
+
+    /// All turns of a session, oldest first (for tests and audits).
+    pub async fn turns(&self, session_id: &str) -> Result<Vec<(String, String, String)>, sqlx::Error> {
+        let rows = sqlx::query("SELECT id, finish_reason, assistant_message FROM turns WHERE session_id = $1 ORDER BY created_at, id")
+            .bind(session_id)
+            .fetch_all(self.db.pool())
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("id")?, r.try_get("finish_reason")?, r.try_get("assistant_message")?)))
+            .collect()
+    }
+}

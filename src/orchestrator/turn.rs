@@ -1,0 +1,147 @@
+//! What a turn is made of: the request, the events it streams, its errors.
+
+use std::pin::Pin;
+use std::time::Instant;
+
+use futures_util::Stream;
+use serde::Serialize;
+
+use crate::error::{Code, ErrorCode};
+use crate::identity::TenantId;
+use crate::moderation::Hit;
+use crate::policy::PolicyError;
+use crate::slm::{ChatMessage, GenerationParams, Usage};
+use crate::telemetry::TraceContext;
+
+/// One user turn to run.
+#[derive(Debug, Clone)]
+pub struct TurnRequest {
+    pub tenant: TenantId,
+    pub session_id: String,
+    pub turn_id: String,
+    pub message: String,
+    /// Messages supplied by the caller ahead of the stored history (the OpenAI
+    /// facade's earlier messages); empty for `/v1/chat/stream`.
+    pub preamble: Vec<ChatMessage>,
+    pub params: GenerationParams,
+    pub trace: TraceContext,
+    /// Metric label of the entry point (`chat_stream`, `conversation_step`, …).
+    pub route: &'static str,
+    /// When the request arrived, for time-to-first-token and duration.
+    pub started: Instant,
+}
+
+/// What a running turn emits, in order: deltas, then at most one refusal or
+/// error, then exactly one `Done`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TurnEvent {
+    Delta(String),
+    Refusal(Hit),
+    Error { code: Code, message: String },
+    Done { finish_reason: FinishReason, usage: Option<Usage> },
+}
+
+/// Why a turn ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FinishReason {
+    Stop,
+    Length,
+    Refused,
+    Cancelled,
+    Error,
+}
+
+impl FinishReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Stop => "stop",
+            Self::Length => "length",
+            Self::Refused => "refused",
+            Self::Cancelled => "cancelled",
+            Self::Error => "error",
+        }
+    }
+
+    /// Maps the model server's finish reason.
+    pub fn from_model(reason: &str) -> Self {
+        if reason == "length" {
+            Self::Length
+        } else {
+            Self::Stop
+        }
+    }
+}
+
+pub type TurnStream = Pin<Box<dyn Stream<Item = TurnEvent> + Send>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum OrchestratorError {
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    #[error("no session with this id for your tenant")]
+    SessionNotFound,
+    #[error("conversation store failed")]
+    Store(#[from] sqlx::Error),
+}
+
+impl ErrorCode for OrchestratorError {
+    fn code(&self) -> Code {
+        match self {
+            Self::Policy(e) => e.code(),
+            Self::SessionNotFound => Code::SessionNotFound,
+            Self::Store(_) => Code::Internal,
+        }
+    }
+}
+
+impl TurnEvent {
+    /// SSE event name and JSON data, as DESIGN.md defines them.
+    pub fn sse(&self) -> (&'static str, serde_json::Value) {
+        use serde_json::json;
+        match self {
+            Self::Delta(content) => ("delta", json!({ "content": content })),
+            Self::Refusal(hit) => ("refusal", json!({ "category": hit.category, "code": hit.code, "message": hit.message })),
+            Self::Error { code, message } => ("error", json!({ "code": code.name(), "message": message })),
+            Self::Done { finish_reason, usage } => ("done", json!({ "finish_reason": finish_reason, "usage": usage })),
+        }
+    }
+}
+
+/// Limits and defaults applied to every turn request, whichever the entry point.
+#[derive(Debug, Clone, Copy)]
+pub struct TurnLimits {
+    pub max_message_chars: usize,
+    pub default_max_tokens: u32,
+    pub max_tokens_limit: u32,
+}
+
+impl TurnLimits {
+    /// Rejects an empty or oversized message.
+    pub fn check_message(&self, message: &str) -> Result<(), crate::error::ApiError> {
+        use crate::error::{ApiError, Code};
+        if message.trim().is_empty() {
+            return Err(ApiError::new(Code::EmptyMessage, "message must not be empty"));
+        }
+        let chars = message.chars().count();
+        if chars > self.max_message_chars {
+            return Err(ApiError::new(Code::MessageTooLong, format!("message has {chars} characters; the limit is {}", self.max_message_chars)));
+        }
+        Ok(())
+    }
+
+    /// Validated generation parameters.
+    pub fn params(&self, max_tokens: Option<u32>, temperature: Option<f32>, seed: Option<i64>) -> Result<GenerationParams, crate::error::ApiError> {
+        use crate::error::{ApiError, Code};
+        let max_tokens = max_tokens.unwrap_or(self.default_max_tokens);
+        if max_tokens == 0 || max_tokens > self.max_tokens_limit {
+            return Err(ApiError::new(Code::InvalidRequest, format!("max_tokens must be between 1 and {}", self.max_tokens_limit)));
+        }
+        if let Some(t) = temperature {
+            if !(0.0..=2.0).contains(&t) {
+                return Err(ApiError::new(Code::InvalidRequest, "temperature must be between 0 and 2"));
+            }
+        }
+        Ok(GenerationParams { max_tokens, temperature, seed })
+    }
+}

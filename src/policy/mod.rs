@@ -1,0 +1,21 @@
+//! Policy: the active constitution (its hash, `sha256:<64 hex>`) and signed
+//! per-turn verdicts.
+//!
+//! [`PolicyEngine::sign`] turns a moderation decision into a [`SignedVerdict`]
+//! (HMAC-SHA256 over tenant, session, turn, verdict, hash and expiry);
+//! [`PolicyEngine::verify`] is the single check the orchestrator applies to the
+//! three policy headers, whether they came over HTTP or from the gateway in
+//! process.
+
+pub mod constitution;
+mod verdict;
+
+pub use constitution::{Constitution, ConstitutionHash};
+pub use verdict::{PolicyEngine, PolicyError, PolicyHeaders, SignedVerdict, TurnRef, Verdict};
+
+/// Header names of the policy contract.
+pub mod headers {
+    pub const CONSTITUTION_HASH: &str = "x-constitution-hash";
+    pub const POLICY_VERDICT: &str = "x-policy-verdict";
+    pub const POLICY_SIGNATURE: &str = "x-policy-signature";
+}

@@ -1,0 +1,249 @@
+//! Verdicts, their signatures and the check of the policy headers.
+
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+use super::constitution::ConstitutionHash;
+use crate::config::Secret;
+use crate::error::{Code, ErrorCode};
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// The policy decision for one turn.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Allow,
+    /// Refused, with the codes of the categories that fired.
+    Refuse(Vec<String>),
+}
+
+impl Verdict {
+    /// Header form: `allow` or `refuse:S1,pii`.
+    pub fn header_value(&self) -> String {
+        match self {
+            Self::Allow => "allow".into(),
+            Self::Refuse(codes) => format!("refuse:{}", codes.join(",")),
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        let s = s.trim();
+        if s == "allow" {
+            return Some(Self::Allow);
+        }
+        let codes = s.strip_prefix("refuse:")?;
+        let codes: Vec<String> = codes.split(',').map(str::to_owned).collect();
+        let valid = codes.iter().all(|c| !c.is_empty() && c.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '_'));
+        valid.then_some(Self::Refuse(codes))
+    }
+
+    /// `allow` or `refuse`, for metric labels and events.
+    pub fn decision(&self) -> &'static str {
+        match self {
+            Self::Allow => "allow",
+            Self::Refuse(_) => "refuse",
+        }
+    }
+}
+
+/// The turn a verdict is bound to.
+#[derive(Debug, Clone, Copy)]
+pub struct TurnRef<'a> {
+    pub tenant: &'a str,
+    pub session_id: &'a str,
+    pub turn_id: &'a str,
+}
+
+/// A verdict with its hash, expiry and signature — the three policy headers.
+#[derive(Debug, Clone)]
+pub struct SignedVerdict {
+    pub verdict: Verdict,
+    pub constitution_hash: ConstitutionHash,
+    /// Unix seconds after which the signature is no longer accepted.
+    pub expires_at: u64,
+    pub signature: String,
+}
+
+impl SignedVerdict {
+    /// `t=<expiry>,v1=<hex hmac>`.
+    pub fn signature_header(&self) -> String {
+        format!("t={},v1={}", self.expires_at, self.signature)
+    }
+
+    pub fn headers(&self) -> PolicyHeaders {
+        PolicyHeaders {
+            constitution_hash: Some(self.constitution_hash.as_str().to_owned()),
+            verdict: Some(self.verdict.header_value()),
+            signature: Some(self.signature_header()),
+        }
+    }
+}
+
+/// The raw policy headers as received.
+#[derive(Debug, Clone, Default)]
+pub struct PolicyHeaders {
+    pub constitution_hash: Option<String>,
+    pub verdict: Option<String>,
+    pub signature: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("missing policy header(s): {0}")]
+    HeadersMissing(String),
+    #[error("x-constitution-hash does not match the active constitution {active}")]
+    ConstitutionMismatch { active: String },
+    #[error("policy verdict is malformed, forged or expired")]
+    VerdictInvalid,
+    #[error("the policy verdict refuses this turn")]
+    Refused,
+}
+
+impl ErrorCode for PolicyError {
+    fn code(&self) -> Code {
+        match self {
+            Self::HeadersMissing(_) => Code::PolicyHeadersMissing,
+            Self::ConstitutionMismatch { .. } => Code::ConstitutionMismatch,
+            Self::VerdictInvalid => Code::PolicyVerdictInvalid,
+            Self::Refused => Code::PolicyRefused,
+        }
+    }
+}
+
+/// Signs and verifies verdicts under the active constitution.
+pub struct PolicyEngine {
+    active_hash: ConstitutionHash,
+    key: Secret,
+    ttl_seconds: u64,
+}
+
+impl std::fmt::Debug for PolicyEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PolicyEngine").field("active_hash", &self.active_hash).finish_non_exhaustive()
+    }
+}
+
+impl PolicyEngine {
+    pub fn new(active_hash: ConstitutionHash, key: Secret, ttl_seconds: u64) -> Self {
+        Self { active_hash, key, ttl_seconds }
+    }
+
+    pub fn active_hash(&self) -> &ConstitutionHash {
+        &self.active_hash
+    }
+
+    pub fn sign(&self, turn: TurnRef<'_>, verdict: Verdict) -> SignedVerdict {
+        let expires_at = unix_now() + self.ttl_seconds;
+        let signature = hex::encode(self.mac(turn, &verdict.header_value(), self.active_hash.as_str(), expires_at).finalize().into_bytes());
+        SignedVerdict { verdict, constitution_hash: self.active_hash.clone(), expires_at, signature }
+    }
+
+    /// The orchestrator's check: headers present, hash active, signature genuine and fresh.
+    pub fn verify(&self, turn: TurnRef<'_>, headers: &PolicyHeaders) -> Result<SignedVerdict, PolicyError> {
+        let missing: Vec<&str> = [
+            (super::headers::CONSTITUTION_HASH, &headers.constitution_hash),
+            (super::headers::POLICY_VERDICT, &headers.verdict),
+            (super::headers::POLICY_SIGNATURE, &headers.signature),
+        ]
+        .into_iter()
+        .filter(|(_, v)| v.as_deref().map_or(true, |v| v.trim().is_empty()))
+        .map(|(name, _)| name)
+        .collect();
+        let (Some(hash), Some(verdict_raw), Some(signature), true) =
+            (&headers.constitution_hash, &headers.verdict, &headers.signature, missing.is_empty())
+        else {
+            return Err(PolicyError::HeadersMissing(missing.join(", ")));
+        };
+        if hash.trim() != self.active_hash.as_str() {
+            return Err(PolicyError::ConstitutionMismatch { active: self.active_hash.to_string() });
+        }
+        let verdict = Verdict::parse(verdict_raw).ok_or(PolicyError::VerdictInvalid)?;
+        let (expires_at, sig_hex) = parse_signature(signature).ok_or(PolicyError::VerdictInvalid)?;
+        let sig = hex::decode(sig_hex).map_err(|_| PolicyError::VerdictInvalid)?;
+        self.mac(turn, verdict_raw.trim(), hash.trim(), expires_at)
+            .verify_slice(&sig)
+            .map_err(|_| PolicyError::VerdictInvalid)?;
+        if expires_at < unix_now() {
+            return Err(PolicyError::VerdictInvalid);
+        }
+        Ok(SignedVerdict { verdict, constitution_hash: self.active_hash.clone(), expires_at, signature: sig_hex.to_owned() })
+    }
+
+    fn mac(&self, turn: TurnRef<'_>, verdict: &str, hash: &str, expires_at: u64) -> HmacSha256 {
+        // HMAC accepts keys of any length, so this cannot fail; fall back to an empty key defensively.
+        let mut mac = HmacSha256::new_from_slice(self.key.expose().as_bytes())
+            .unwrap_or_else(|_| <HmacSha256 as Mac>::new(&Default::default()));
+        for part in ["steward.policy.v1", turn.tenant, turn.session_id, turn.turn_id, verdict, hash] {
+            mac.update(part.as_bytes());
+            mac.update(b"\n");
+        }
+        mac.update(expires_at.to_string().as_bytes());
+        mac
+    }
+}
+
+fn parse_signature(s: &str) -> Option<(u64, &str)> {
+    let mut expiry = None;
+    let mut sig = None;
+    for part in s.trim().split(',') {
+        match part.split_once('=')? {
+            ("t", v) => expiry = v.parse().ok(),
+            ("v1", v) => sig = Some(v),
+            _ => return None,
+        }
+    }
+    Some((expiry?, sig?))
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn engine(key: &str) -> PolicyEngine {
+        let hash = ConstitutionHash::parse(&format!("sha256:{}", "ab".repeat(32))).unwrap();
+        PolicyEngine::new(hash, Secret::new(key), 60)
+    }
+    const TURN: TurnRef<'static> = TurnRef { tenant: "acme", session_id: "s1", turn_id: "t1" };
+
+    #[test]
+    fn a_signed_verdict_verifies_for_the_same_turn_only() {
+        let e = engine("k".repeat(32).as_str());
+        let signed = e.sign(TURN, Verdict::Allow);
+        assert_eq!(e.verify(TURN, &signed.headers()).unwrap().verdict, Verdict::Allow);
+        let other = TurnRef { turn_id: "t2", ..TURN };
+        assert!(matches!(e.verify(other, &signed.headers()), Err(PolicyError::VerdictInvalid)));
+    }
+
+    #[test]
+    fn a_verdict_signed_with_another_key_is_rejected() {
+        let signed = engine(&"a".repeat(32)).sign(TURN, Verdict::Allow);
+        assert!(matches!(engine(&"b".repeat(32)).verify(TURN, &signed.headers()), Err(PolicyError::VerdictInvalid)));
+    }
+
+    #[test]
+    fn changing_the_verdict_breaks_the_signature() {
+        let e = engine(&"k".repeat(32));
+        let mut headers = e.sign(TURN, Verdict::Refuse(vec!["S1".into()])).headers();
+        headers.verdict = Some("allow".into());
+        assert!(matches!(e.verify(TURN, &headers), Err(PolicyError::VerdictInvalid)));
+    }
+
+    #[test]
+    fn missing_headers_are_named() {
+        let err = engine(&"k".repeat(32)).verify(TURN, &PolicyHeaders::default()).unwrap_err();
+        assert_eq!(err.to_string(), "missing policy header(s): x-constitution-hash, x-policy-verdict, x-policy-signature");
+    }
+
+    #[test]
+    fn verdict_header_round_trips() {
+        for v in [Verdict::Allow, Verdict::Refuse(vec!["S1".into(), "pii".into()])] {
+            assert_eq!(Verdict::parse(&v.header_value()), Some(v));
+        }
+        assert_eq!(Verdict::parse("refuse:"), None);
+        assert_eq!(Verdict::parse("maybe"), None);
+    }
+}

@@ -1,0 +1,204 @@
+//! OpenAI-compatible streaming adapter (vLLM, llama.cpp, Ollama, TGI).
+
+use std::time::Duration;
+
+use eventsource_stream::Eventsource;
+use futures_util::future::BoxFuture;
+use futures_util::StreamExt;
+use serde::Deserialize;
+use serde_json::json;
+use tokio::time::{timeout_at, Instant};
+
+use super::types::{ModelEvent, ModelRequest, SlmError, Usage};
+use super::{ModelClient, ModelStream};
+use crate::policy::headers;
+
+/// The four limits on a dispatch.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub connect: Duration,
+    /// From dispatch to the first content.
+    pub first_token: Duration,
+    /// Longest silence between two events once content flows.
+    pub idle: Duration,
+    pub total: Duration,
+}
+
+pub struct HttpModelClient {
+    http: reqwest::Client,
+    base_url: String,
+    model: String,
+    timeouts: Timeouts,
+}
+
+impl HttpModelClient {
+    pub fn new(base_url: &str, model: &str, timeouts: Timeouts) -> Result<Self, SlmError> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(timeouts.connect)
+            .tcp_nodelay(true)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build()
+            .map_err(SlmError::Unavailable)?;
+        Ok(Self { http, base_url: base_url.trim_end_matches('/').to_owned(), model: model.to_owned(), timeouts })
+    }
+
+    fn body(&self, request: &ModelRequest) -> serde_json::Value {
+        let mut body = json!({
+            "model": self.model,
+            "messages": request.messages,
+            "stream": true,
+            "stream_options": { "include_usage": true },
+            "max_tokens": request.params.max_tokens,
+        });
+        if let Some(t) = request.params.temperature {
+            body["temperature"] = json!(t);
+        }
+        if let Some(seed) = request.params.seed {
+            body["seed"] = json!(seed);
+        }
+        body
+    }
+}
+
+#[derive(Deserialize)]
+struct Chunk {
+    #[serde(default)]
+    choices: Vec<Choice>,
+    usage: Option<UsageChunk>,
+}
+
+#[derive(Deserialize)]
+struct Choice {
+    #[serde(default)]
+    delta: Delta,
+    finish_reason: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+struct Delta {
+    content: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct UsageChunk {
+    prompt_tokens: u32,
+    completion_tokens: u32,
+}
+
+/// The events one SSE `data:` payload carries.
+fn parse_chunk(data: &str) -> Result<Vec<ModelEvent>, SlmError> {
+    let chunk: Chunk = serde_json::from_str(data).map_err(|e| SlmError::Protocol(e.to_string()))?;
+    let mut events = Vec::new();
+    for choice in chunk.choices {
+        if let Some(content) = choice.delta.content.filter(|c| !c.is_empty()) {
+            events.push(ModelEvent::Delta(content));
+        }
+        if let Some(reason) = choice.finish_reason {
+            events.push(ModelEvent::Finish(reason));
+        }
+    }
+    if let Some(u) = chunk.usage {
+        let usage = Usage { prompt_tokens: u.prompt_tokens, completion_tokens: u.completion_tokens, total_tokens: u.prompt_tokens + u.completion_tokens };
+        events.push(ModelEvent::Usage(usage));
+    }
+    Ok(events)
+}
+
+impl ModelClient for HttpModelClient {
+    fn stream(&self, request: ModelRequest) -> ModelStream {
+        let started = Instant::now();
+        let deadline = started + self.timeouts.total;
+        let first_deadline = started + self.timeouts.first_token;
+        let idle = self.timeouts.idle;
+        let send = self
+            .http
+            .post(format!("{}/chat/completions", self.base_url))
+            .header(headers::CONSTITUTION_HASH, &request.context.constitution_hash)
+            .header(headers::POLICY_VERDICT, &request.context.policy_verdict)
+            .header("traceparent", &request.context.traceparent)
+            .json(&self.body(&request))
+            .send();
+        Box::pin(async_stream::try_stream! {
+            let response = match timeout_at(first_deadline.min(deadline), send).await {
+                Err(_) => Err(SlmError::Timeout("response headers"))?,
+                Ok(Err(e)) if e.is_connect() => Err(SlmError::Unavailable(e))?,
+                Ok(Err(e)) => Err(SlmError::Stream(Box::new(e)))?,
+                Ok(Ok(r)) => r,
+            };
+            if !response.status().is_success() {
+                let status = response.status().as_u16();
+                let body = response.text().await.unwrap_or_default().chars().take(300).collect();
+                Err(SlmError::Status { status, body })?;
+                return;
+            }
+            let mut events = response.bytes_stream().eventsource();
+            let mut seen_content = false;
+            loop {
+                let wait_until = if seen_content { Instant::now() + idle } else { first_deadline };
+                let what = if seen_content { "event" } else { "first token" };
+                let next = match timeout_at(wait_until.min(deadline), events.next()).await {
+                    Err(_) => Err(SlmError::Timeout(if Instant::now() >= deadline { "complete answer" } else { what }))?,
+                    Ok(next) => next,
+                };
+                let Some(event) = next else { break };
+                let event = event.map_err(|e| SlmError::Stream(Box::new(e)))?;
+                if event.data.trim() == "[DONE]" {
+                    break;
+                }
+                if event.data.trim().is_empty() {
+                    continue;
+                }
+                for item in parse_chunk(&event.data)? {
+                    seen_content |= matches!(item, ModelEvent::Delta(_));
+                    yield item;
+                }
+            }
+        })
+    }
+
+    fn ready(&self) -> BoxFuture<'_, Result<(), SlmError>> {
+        Box::pin(async move {
+            let url = format!("{}/models", self.base_url);
+            let response = self.http.get(url).timeout(self.timeouts.connect).send().await.map_err(SlmError::Unavailable)?;
+            if response.status().is_success() {
+                Ok(())
+            } else {
+                Err(SlmError::Status { status: response.status().as_u16(), body: String::new() })
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_content_finish_and_usage_chunks() {
+        let events = parse_chunk(r#"{"choices":[{"index":0,"delta":{"content":"Hi"},"finish_reason":null}]}"#).unwrap();
+        assert_eq!(events, vec![ModelEvent::Delta("Hi".into())]);
+        let events = parse_chunk(r#"{"choices":[{"index":0,"delta":{},"finish_reason":"length"}]}"#).unwrap();
+        assert_eq!(events, vec![ModelEvent::Finish("length".into())]);
+        let events = parse_chunk(r#"{"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":2,"total_tokens":7}}"#).unwrap();
+        assert_eq!(events, vec![ModelEvent::Usage(Usage { prompt_tokens: 5, completion_tokens: 2, total_tokens: 7 })]);
+    }
+
+    #[test]
+    fn rejects_a_chunk_that_is_not_json() {
+        assert!(matches!(parse_chunk("{not json"), Err(SlmError::Protocol(_))));
+    }
+
+    #[tokio::test]
+    async fn sse_framing_survives_arbitrary_network_chunking() {
+        let body = ": keep-alive\n\ndata: {\"choices\":[{\"delta\":{\"content\":\"Hel\"}}]}\n\ndata: {\"choices\":[{\"delta\":{\"content\":\"lo\"},\"finish_reason\":\"stop\"}]}\r\n\r\ndata: [DONE]\n\n";
+        for split in 1..body.len() {
+            let pieces: Vec<Result<bytes::Bytes, std::io::Error>> =
+                body.as_bytes().chunks(split).map(|c| Ok(bytes::Bytes::copy_from_slice(c))).collect();
+            let events: Vec<_> = futures_util::stream::iter(pieces).eventsource().collect().await;
+            let data: Vec<String> = events.into_iter().map(|e| e.unwrap().data).collect();
+            assert_eq!(data.len(), 3, "split {split}");
+            assert_eq!(data[2], "[DONE]");
+            assert_eq!(parse_chunk(&data[0]).unwrap(), vec![ModelEvent::Delta("Hel".into())]);
+        }
+    }
+}

@@ -1,0 +1,27 @@
+//! The language-model client: the [`ModelClient`] port and its
+//! OpenAI-compatible HTTP adapter ([`HttpModelClient`]), which streams
+//! `POST {base_url}/chat/completions` with `stream: true` and turns the SSE
+//! body into [`ModelEvent`]s under connect, first-token, idle and total
+//! timeouts.
+
+mod http;
+mod types;
+
+use std::pin::Pin;
+
+use futures_util::future::BoxFuture;
+use futures_util::Stream;
+
+pub use http::{HttpModelClient, Timeouts};
+pub use types::{ChatMessage, DispatchContext, GenerationParams, ModelEvent, ModelRequest, Role, SlmError, Usage};
+
+/// Model output as it arrives.
+pub type ModelStream = Pin<Box<dyn Stream<Item = Result<ModelEvent, SlmError>> + Send>>;
+
+/// The port the orchestrator dispatches through.
+pub trait ModelClient: Send + Sync {
+    /// Starts a streamed completion; connection errors arrive as the first item.
+    fn stream(&self, request: ModelRequest) -> ModelStream;
+    /// Whether the model server answers, for readiness.
+    fn ready(&self) -> BoxFuture<'_, Result<(), SlmError>>;
+}

@@ -1,0 +1,88 @@
+//! Requests to and events from the model.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Code, ErrorCode};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    System,
+    User,
+    Assistant,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    pub role: Role,
+    pub content: String,
+}
+
+impl ChatMessage {
+    pub fn new(role: Role, content: impl Into<String>) -> Self {
+        Self { role, content: content.into() }
+    }
+}
+
+/// Sampling parameters a caller may set.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct GenerationParams {
+    pub max_tokens: u32,
+    pub temperature: Option<f32>,
+    pub seed: Option<i64>,
+}
+
+/// Headers every dispatch carries.
+#[derive(Debug, Clone)]
+pub struct DispatchContext {
+    pub constitution_hash: String,
+    pub policy_verdict: String,
+    pub traceparent: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct ModelRequest {
+    pub messages: Vec<ChatMessage>,
+    pub params: GenerationParams,
+    pub context: DispatchContext,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Usage {
+    pub prompt_tokens: u32,
+    pub completion_tokens: u32,
+    pub total_tokens: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ModelEvent {
+    /// A piece of the answer.
+    Delta(String),
+    /// Why the model stopped (`stop`, `length`, …).
+    Finish(String),
+    Usage(Usage),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SlmError {
+    #[error("model server unreachable")]
+    Unavailable(#[source] reqwest::Error),
+    #[error("model server sent no {0} in time")]
+    Timeout(&'static str),
+    #[error("model server answered HTTP {status}: {body}")]
+    Status { status: u16, body: String },
+    #[error("model stream broke")]
+    Stream(#[source] Box<dyn std::error::Error + Send + Sync>),
+    #[error("model server sent an unreadable chunk: {0}")]
+    Protocol(String),
+}
+
+impl ErrorCode for SlmError {
+    fn code(&self) -> Code {
+        match self {
+            Self::Unavailable(_) => Code::ModelUnavailable,
+            Self::Timeout(_) => Code::ModelTimeout,
+            Self::Status { .. } | Self::Stream(_) | Self::Protocol(_) => Code::ModelError,
+        }
+    }
+}

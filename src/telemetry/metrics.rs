@@ -1,0 +1,115 @@
+//! Prometheus metrics. Names are contracts (DESIGN.md): change them only on purpose.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    route: &'static str,
+    decision: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    route: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModerationLabels {
+    stage: &'static str,
+    category: String,
+}
+
+type HistogramFamily = Family<RouteLabels, Histogram, fn() -> Histogram>;
+
+/// How a request ended, for `orchestrator_requests_total{decision}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestOutcome {
+    /// Allowed and answered (also when the client went away mid-answer).
+    Allow,
+    /// Refused by input or output moderation.
+    Refuse,
+    /// Rejected before dispatch: bad policy headers, unknown session, bad input.
+    Rejected,
+    /// The model or the store failed.
+    Error,
+}
+
+impl RequestOutcome {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Allow => "allow",
+            Self::Refuse => "refuse",
+            Self::Rejected => "rejected",
+            Self::Error => "error",
+        }
+    }
+}
+
+/// The registry and every metric Steward exports.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    duration: HistogramFamily,
+    ttft: HistogramFamily,
+    tokens: Family<RouteLabels, Counter>,
+    moderation: Family<ModerationLabels, Counter>,
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 18))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let requests = Family::<RequestLabels, Counter>::default();
+        let duration: HistogramFamily = Family::new_with_constructor(latency_histogram);
+        let ttft: HistogramFamily = Family::new_with_constructor(latency_histogram);
+        let tokens = Family::<RouteLabels, Counter>::default();
+        let moderation = Family::<ModerationLabels, Counter>::default();
+        registry.register("orchestrator_requests", "Chat and conversation requests by route and decision", requests.clone());
+        registry.register("orchestrator_request_duration_seconds", "Request duration, to the end of the stream", duration.clone());
+        registry.register("steward_time_to_first_token_seconds", "From request arrival to the first streamed content", ttft.clone());
+        registry.register("steward_stream_deltas", "Content chunks streamed to clients", tokens.clone());
+        registry.register("moderation_decisions", "Moderation refusals by stage and category", moderation.clone());
+        Self { registry, requests, duration, ttft, tokens, moderation }
+    }
+
+    pub fn request(&self, route: &'static str, outcome: RequestOutcome, elapsed: Duration) {
+        self.requests.get_or_create(&RequestLabels { route, decision: outcome.label() }).inc();
+        self.duration.get_or_create(&RouteLabels { route }).observe(elapsed.as_secs_f64());
+    }
+
+    pub fn first_token(&self, route: &'static str, elapsed: Duration) {
+        self.ttft.get_or_create(&RouteLabels { route }).observe(elapsed.as_secs_f64());
+    }
+
+    pub fn delta(&self, route: &'static str) {
+        self.tokens.get_or_create(&RouteLabels { route }).inc();
+    }
+
+    /// `stage` is `input` or `output`; `category` the snake_case name.
+    pub fn moderation_refusal(&self, stage: &'static str, category: &str) {
+        self.moderation.get_or_create(&ModerationLabels { stage, category: category.to_owned() }).inc();
+    }
+
+    /// The text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

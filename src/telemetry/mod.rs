@@ -1,0 +1,13 @@
+//! Telemetry: JSON logs, W3C trace context and Prometheus metrics.
+//!
+//! [`init_logging`] installs the subscriber (once, before configuration is
+//! validated, so configuration errors are logged); [`TraceContext`] carries the
+//! `traceparent` end to end; [`Metrics`] owns the registry behind `/metrics`.
+
+mod logging;
+mod metrics;
+mod trace;
+
+pub use logging::init_logging;
+pub use metrics::{Metrics, RequestOutcome};
+pub use trace::TraceContext;
