@@ -1,0 +1,357 @@
+//! The constitution document: refusal categories with stable codes, the
+//! phrases and patterns that detect them, and the content hash that every
+//! verdict is signed under.
+//!
+//! The hash is SHA-256 over a canonical JSON rendering of the *parsed*
+//! document (keys sorted, no insignificant whitespace), so reformatting the
+//! TOML — whitespace, comments, key order — keeps the hash, while changing any
+//! rule changes it.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::path::Path;
+
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+use crate::moderation::normalize::normalize_phrase;
+
+const HASH_PREFIX: &str = "sha256:";
+const STRING_ORIGIN: &str = "<string>";
+
+/// A parsed and validated constitution.
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Constitution {
+    /// Human name of the constitution, e.g. `steward-default`.
+    pub name: String,
+    /// Version label, e.g. a date.
+    pub version: String,
+    /// Refusal categories, in priority order.
+    pub categories: Vec<CategoryRule>,
+}
+
+/// One refusal category and its detection rules.
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CategoryRule {
+    /// Stable code, e.g. `S1`.
+    pub code: String,
+    /// Stable snake_case name, e.g. `violent_crimes`.
+    pub name: String,
+    /// User-facing refusal message.
+    pub message: String,
+    /// Literal phrases, matched on normalised text in input and output.
+    #[serde(default)]
+    pub phrases: Vec<String>,
+    /// Regular expressions, matched on normalised input only.
+    #[serde(default)]
+    pub patterns: Vec<String>,
+}
+
+/// Content hash of a constitution: `sha256:` + 64 lowercase hex digits.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ConstitutionHash(String);
+
+/// Why a constitution (or a hash string) was rejected.
+#[derive(Debug, thiserror::Error)]
+pub enum ConstitutionError {
+    /// The file could not be read.
+    #[error("cannot read constitution file {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The text is not valid TOML for the constitution format (the TOML error
+    /// names the offending key).
+    #[error("constitution {origin} is not valid: {source}")]
+    Parse {
+        /// The file, or `<string>`.
+        origin: String,
+        /// The TOML error.
+        source: toml::de::Error,
+    },
+    /// The document parsed but breaks a rule; `problem` names the category
+    /// code and field.
+    #[error("constitution {origin}: {problem}")]
+    Invalid {
+        /// The file, or `<string>`.
+        origin: String,
+        /// What is wrong.
+        problem: String,
+    },
+    /// A string is not of the form `sha256:<64 lowercase hex>`.
+    #[error("invalid constitution hash {0:?}: expected sha256:<64 lowercase hex digits>")]
+    BadHash(String),
+}
+
+impl Constitution {
+    /// Reads, parses and validates the constitution file at `path`.
+    pub fn load(path: &Path) -> Result<Self, ConstitutionError> {
+        let origin = path.display().to_string();
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConstitutionError::Read { path: origin.clone(), source })?;
+        Self::parse(&text, &origin)
+    }
+
+    /// Parses and validates a constitution from TOML text.
+    pub fn from_toml_str(text: &str) -> Result<Self, ConstitutionError> {
+        Self::parse(text, STRING_ORIGIN)
+    }
+
+    fn parse(text: &str, origin: &str) -> Result<Self, ConstitutionError> {
+        let constitution: Self =
+            toml::from_str(text).map_err(|source| ConstitutionError::Parse { origin: origin.to_owned(), source })?;
+        constitution.check(origin)?;
+        Ok(constitution)
+    }
+
+    /// Checks the validation rules (also applied by [`Constitution::load`] and
+    /// [`Constitution::from_toml_str`]); useful for values built in code.
+    pub fn validate(&self) -> Result<(), ConstitutionError> {
+        self.check(STRING_ORIGIN)
+    }
+
+    fn check(&self, origin: &str) -> Result<(), ConstitutionError> {
+        let fail = |problem: String| Err(ConstitutionError::Invalid { origin: origin.to_owned(), problem });
+        if self.name.trim().is_empty() || self.version.trim().is_empty() {
+            return fail("fields `name` and `version` must not be empty".into());
+        }
+        if self.categories.is_empty() {
+            return fail("at least one [[categories]] entry is required".into());
+        }
+        let mut codes = HashSet::new();
+        let mut names = HashSet::new();
+        for (i, rule) in self.categories.iter().enumerate() {
+            let code = &rule.code;
+            if code.trim().is_empty() {
+                return fail(format!("categories[{i}]: field `code` must not be empty"));
+            }
+            if !codes.insert(code.as_str()) {
+                return fail(format!("category {code:?}: `code` is used by more than one category"));
+            }
+            if !is_snake_case(&rule.name) {
+                return fail(format!("category {code:?}: `name` {:?} must be snake_case", rule.name));
+            }
+            if !names.insert(rule.name.as_str()) {
+                return fail(format!("category {code:?}: `name` {:?} is already used", rule.name));
+            }
+            if rule.message.trim().is_empty() {
+                return fail(format!("category {code:?}: field `message` must not be empty"));
+            }
+            if let Some(j) = rule.phrases.iter().position(|p| normalize_phrase(p).is_empty()) {
+                return fail(format!("category {code:?}: `phrases[{j}]` is empty after normalisation"));
+            }
+            for pattern in &rule.patterns {
+                if let Err(e) = regex::Regex::new(pattern) {
+                    return fail(format!("category {code:?}: pattern {pattern:?} in `patterns` does not compile: {e}"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Canonical JSON of the document: keys sorted, no insignificant whitespace.
+    pub fn canonical_bytes(&self) -> Vec<u8> {
+        let Self { name, version, categories } = self;
+        let categories = categories.iter().map(CategoryRule::canonical_value).collect();
+        object(vec![
+            ("categories", Value::Array(categories)),
+            ("name", Value::from(name.as_str())),
+            ("version", Value::from(version.as_str())),
+        ])
+        .to_string()
+        .into_bytes()
+    }
+
+    /// SHA-256 over [`Constitution::canonical_bytes`].
+    pub fn hash(&self) -> ConstitutionHash {
+        let digest = Sha256::digest(self.canonical_bytes());
+        ConstitutionHash(format!("{HASH_PREFIX}{}", hex::encode(digest)))
+    }
+}
+
+impl CategoryRule {
+    fn canonical_value(&self) -> Value {
+        // Destructured so that a new field cannot be silently left out of the hash.
+        let Self { code, name, message, phrases, patterns } = self;
+        let strings = |items: &[String]| Value::from(items.to_vec());
+        object(vec![
+            ("code", Value::from(code.as_str())),
+            ("message", Value::from(message.as_str())),
+            ("name", Value::from(name.as_str())),
+            ("patterns", strings(patterns)),
+            ("phrases", strings(phrases)),
+        ])
+    }
+}
+
+/// Builds a JSON object with its keys inserted in sorted order, so the output
+/// is sorted whether or not serde_json's `preserve_order` feature is enabled.
+fn object(mut entries: Vec<(&str, Value)>) -> Value {
+    entries.sort_by(|a, b| a.0.cmp(b.0));
+    let map: Map<String, Value> = entries.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+    Value::Object(map)
+}
+
+fn is_snake_case(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_lowercase())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+impl ConstitutionHash {
+    /// Parses `sha256:` followed by exactly 64 lowercase hex digits.
+    pub fn parse(s: &str) -> Result<Self, ConstitutionError> {
+        let valid = s.strip_prefix(HASH_PREFIX).is_some_and(|hex| {
+            hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        });
+        if valid {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(ConstitutionError::BadHash(s.to_owned()))
+        }
+    }
+
+    /// The hash as `sha256:<hex>`.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ConstitutionHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    const BASE: &str = r#"
+name = "t"
+version = "1"
+[[categories]]
+code = "S1"
+name = "violent_crimes"
+message = "No."
+phrases = ["build a bomb"]
+patterns = ['\d{3}']
+"#;
+
+    const REFORMATTED: &str = r#"
+# Same rules, different layout.
+version="1"   # key order changed
+name="t"
+
+[[categories]]
+patterns=[ '\d{3}' ]
+message =   "No."
+phrases = [
+  "build a bomb",   # trailing comma and comments
+]
+name="violent_crimes"
+code="S1"
+"#;
+
+    fn invalid(toml: &str) -> String {
+        match Constitution::from_toml_str(toml) {
+            Ok(_) => String::from("<accepted>"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn reformatting_keeps_hash() -> TestResult {
+        let a = Constitution::from_toml_str(BASE)?.hash();
+        let b = Constitution::from_toml_str(REFORMATTED)?.hash();
+        assert_eq!(a, b);
+        assert!(a.as_str().starts_with("sha256:") && a.as_str().len() == 71);
+        assert_eq!(ConstitutionHash::parse(&a.to_string())?, a);
+        Ok(())
+    }
+
+    #[test]
+    fn changing_any_rule_changes_hash() -> TestResult {
+        let base = Constitution::from_toml_str(BASE)?;
+        let edits: [fn(&mut Constitution); 7] = [
+            |c| c.name.push('x'),
+            |c| c.version.push('x'),
+            |c| c.categories[0].code.push('x'),
+            |c| c.categories[0].name.push('x'),
+            |c| c.categories[0].message.push('x'),
+            |c| c.categories[0].phrases.push("make nerve gas".into()),
+            |c| c.categories[0].patterns[0].push('x'),
+        ];
+        for (i, edit) in edits.iter().enumerate() {
+            let mut changed = base.clone();
+            edit(&mut changed);
+            assert_ne!(changed.hash(), base.hash(), "edit {i}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn canonical_bytes_are_sorted_and_compact() -> TestResult {
+        let c = Constitution::from_toml_str(BASE)?;
+        let expected = concat!(
+            r#"{"categories":[{"code":"S1","message":"No.","name":"violent_crimes","#,
+            r#""patterns":["\\d{3}"],"phrases":["build a bomb"]}],"name":"t","version":"1"}"#,
+        );
+        assert_eq!(String::from_utf8(c.canonical_bytes())?, expected);
+        Ok(())
+    }
+
+    #[test]
+    fn validation_errors_name_the_problem() {
+        let one = |body: &str| format!("name = \"t\"\nversion = \"1\"\n{body}");
+        let cat = |code: &str, name: &str, extra: &str| {
+            format!("[[categories]]\ncode = \"{code}\"\nname = \"{name}\"\nmessage = \"m\"\n{extra}\n")
+        };
+        let cases = [
+            (one("categories = []"), "at least one"),
+            (one(""), "missing field `categories`"),
+            (one(&(cat("S1", "a", "") + &cat("S1", "b", ""))), "\"S1\": `code` is used"),
+            (one(&(cat("S1", "a", "") + &cat("S2", "a", ""))), "\"S2\": `name` \"a\" is already used"),
+            (one(&cat("S1", "Bad-Name", "")), "\"S1\": `name` \"Bad-Name\" must be snake_case"),
+            (one(&cat("", "a", "")), "field `code` must not be empty"),
+            (one(&cat("S1", "a", "phrases = [\"ok\", \" \\u3000 \"]")), "\"S1\": `phrases[1]` is empty"),
+            (one(&cat("S1", "a", "patterns = ['(unclosed']")), "\"S1\": pattern \"(unclosed\""),
+            (one(&cat("S1", "a", "severity = 3")), "unknown field `severity`"),
+            (one(&cat("S1", "a", "").replace("\"m\"", "\" \"")), "\"S1\": field `message`"),
+        ];
+        for (toml, needle) in cases {
+            let msg = invalid(&toml);
+            assert!(msg.contains(needle), "{msg:?} should contain {needle:?}");
+        }
+    }
+
+    #[test]
+    fn load_names_the_file_and_reads_the_default() -> TestResult {
+        let missing = Path::new("/nonexistent/constitution.toml");
+        let err = Constitution::load(missing).err().ok_or("missing file loaded")?;
+        assert!(err.to_string().contains("/nonexistent/constitution.toml"));
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/constitution.toml");
+        let c = Constitution::load(&path)?;
+        assert_eq!(c.categories.len(), 16);
+        let reparsed = Constitution::from_toml_str(&toml::to_string(&c)?)?;
+        assert_eq!(reparsed.hash(), c.hash());
+        Ok(())
+    }
+
+    #[test]
+    fn hash_parse_is_strict() {
+        let hex = "ab".repeat(32);
+        assert!(ConstitutionHash::parse(&format!("sha256:{hex}")).is_ok());
+        for bad in
+            [hex.clone(), format!("sha256:{}", hex.to_uppercase()), format!("sha256:{hex}0"), format!("md5:{hex}")]
+        {
+            assert!(ConstitutionHash::parse(&bad).is_err(), "{bad}");
+        }
+    }
+}
