@@ -121,7 +121,8 @@ impl Settings {
             figment = figment.merge(Toml::file(dir.join(format!("{profile}.toml"))));
         }
         let settings: Settings = figment
-            .merge(Env::prefixed("STEWARD_").ignore(&["profile", "config_dir"]).split("__"))
+            // Only `SECTION__KEY` variables are settings; others (STEWARD_PROFILE, STEWARD_TEST_*) are not.
+            .merge(Env::prefixed("STEWARD_").filter(|key| key.as_str().contains("__")).split("__"))
             .extract()
             .map_err(Box::new)?;
         settings.validate()?;

@@ -133,7 +133,11 @@ impl PolicyEngine {
     }
 
     pub fn sign(&self, turn: TurnRef<'_>, verdict: Verdict) -> SignedVerdict {
-        let expires_at = unix_now() + self.ttl_seconds;
+        self.sign_until(turn, verdict, unix_now() + self.ttl_seconds)
+    }
+
+    /// Signs with an explicit expiry (Unix seconds), e.g. for a split deployment's own clock.
+    pub fn sign_until(&self, turn: TurnRef<'_>, verdict: Verdict, expires_at: u64) -> SignedVerdict {
         let signature = hex::encode(self.mac(turn, &verdict.header_value(), self.active_hash.as_str(), expires_at).finalize().into_bytes());
         SignedVerdict { verdict, constitution_hash: self.active_hash.clone(), expires_at, signature }
     }

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Runs the whole test suite against real services: PostgreSQL (127.0.0.1:5432,
+# started or installed when missing), the local model server (started here on
+# 127.0.0.1:8091 and stopped afterwards) and Steward itself (spawned in-process
+# by the tests on free ports).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ensure_postgres() {
+  local url=${STEWARD_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/postgres}
+  if command -v pg_isready >/dev/null && pg_isready -q -h 127.0.0.1 -p 5432; then return; fi
+  if ! ls /etc/postgresql/*/main >/dev/null 2>&1; then
+    echo "installing PostgreSQL" >&2
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+    local conf; conf=$(ls -d /etc/postgresql/*/main | head -1)
+    sed -i 's/^\(local\|host\)\(.*\)\(peer\|scram-sha-256\|md5\)$/\1\2trust/' "$conf/pg_hba.conf"
+  fi
+  pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -1)" main start || true
+  for _ in $(seq 1 40); do pg_isready -q -h 127.0.0.1 -p 5432 && return; sleep 0.25; done
+  echo "PostgreSQL is not reachable at $url" >&2
+  exit 1
+}
+
+ensure_postgres
+export STEWARD_TEST_POSTGRES_URL=${STEWARD_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/postgres}
+
+# The official OpenAI SDK, for the facade's compatibility test.
+scripts/model-server.sh install
+.venv/bin/python -c 'import openai' 2>/dev/null || .venv/bin/pip install -q --disable-pip-version-check openai==3.57.0
+
+MODEL_PORT=${STEWARD_TEST_MODEL_PORT:-8091}
+scripts/model-server.sh start "$MODEL_PORT" 4
+trap 'scripts/model-server.sh stop "$MODEL_PORT"' EXIT
+export STEWARD_TEST_SLM_URL=${STEWARD_TEST_SLM_URL:-http://127.0.0.1:$MODEL_PORT/v1}
+export STEWARD_TEST_MODEL_PYTHON=${STEWARD_TEST_MODEL_PYTHON:-$PWD/.venv/bin/python}
+
+cargo test --all-targets "$@"

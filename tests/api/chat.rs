@@ -1,0 +1,107 @@
+//! The governed chat path against the real model.
+
+use serde_json::json;
+use steward::policy::Constitution;
+
+use crate::helpers::{manifest_dir, spawn_app, spawn_app_with, Storage};
+
+#[tokio::test]
+async fn an_allowed_turn_streams_session_deltas_then_done_with_usage_and_governance_headers() {
+    let app = spawn_app().await;
+    let (_, key) = app.chat_key().await;
+
+    let sse = app.chat(&key, &json!({ "message": "Say hello to me.", "max_tokens": 12, "temperature": 0 })).await;
+
+    let names = sse.names();
+    assert_eq!(names.first(), Some(&"session"), "{names:?}");
+    assert_eq!(names.last(), Some(&"done"), "{names:?}");
+    assert!(names[1..names.len() - 1].iter().all(|n| *n == "delta") && names.len() >= 3, "{names:?}");
+    assert!(!sse.text().is_empty());
+
+    let expected_hash = Constitution::load(&manifest_dir().join("config/constitution.toml")).unwrap().hash();
+    assert_eq!(sse.header("x-constitution-hash"), expected_hash.as_str());
+    assert_eq!(sse.header("x-policy-verdict"), "allow");
+    assert_eq!(sse.header("content-type"), "text/event-stream");
+    let session = sse.first("session");
+    assert_eq!(session["constitution_hash"], expected_hash.as_str());
+    assert_eq!(session["policy_verdict"], "allow");
+    assert_eq!(sse.header("x-session-id"), session["session_id"]);
+    assert_eq!(sse.header("x-trace-id"), session["trace_id"]);
+    assert!(sse.header("traceparent").contains(session["trace_id"].as_str().unwrap()));
+
+    let done = sse.first("done");
+    assert!(["stop", "length"].contains(&done["finish_reason"].as_str().unwrap()), "{done}");
+    let completion = done["usage"]["completion_tokens"].as_u64().unwrap();
+    assert!((1..=12).contains(&completion), "{done}");
+    assert!(done["usage"]["prompt_tokens"].as_u64().unwrap() > 0);
+
+    let turns = app.store.turns(session["session_id"].as_str().unwrap()).await.unwrap();
+    assert_eq!(turns.len(), 1);
+    assert_eq!(turns[0].2, sse.text(), "the stored answer is what the client received");
+}
+
+#[tokio::test]
+async fn an_incoming_traceparent_is_continued_in_the_response() {
+    let app = spawn_app().await;
+    let (_, key) = app.chat_key().await;
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+
+    let response = app
+        .http
+        .post(format!("{}/v1/chat/stream", app.address))
+        .bearer_auth(&key)
+        .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
+        .json(&json!({ "message": "Hi", "max_tokens": 4 }))
+        .send()
+        .await
+        .unwrap();
+    let sse = crate::helpers::read_sse(response).await;
+
+    assert_eq!(sse.header("x-trace-id"), trace_id);
+    assert_eq!(sse.first("session")["trace_id"], trace_id);
+}
+
+#[tokio::test]
+async fn a_second_turn_in_the_same_session_sends_the_history() {
+    let app = spawn_app().await;
+    let (_, key) = app.chat_key().await;
+    let first = app.chat(&key, &json!({ "message": "My name is Ada.", "max_tokens": 16, "temperature": 0 })).await;
+    let session_id = first.first("session")["session_id"].as_str().unwrap().to_owned();
+    let first_usage = &first.first("done")["usage"];
+
+    let second = app.chat(&key, &json!({ "message": "What is my name?", "session_id": session_id, "max_tokens": 8, "temperature": 0 })).await;
+
+    assert_eq!(second.first("session")["session_id"], session_id.as_str());
+    // The model server's own token count proves the earlier exchange was in the prompt:
+    // the second prompt holds the first prompt, the first answer and the new message.
+    let second_prompt = second.first("done")["usage"]["prompt_tokens"].as_u64().unwrap();
+    let first_prompt = first_usage["prompt_tokens"].as_u64().unwrap();
+    let first_answer = first_usage["completion_tokens"].as_u64().unwrap();
+    assert!(second_prompt >= first_prompt + first_answer, "second prompt {second_prompt} < {first_prompt} + {first_answer}");
+    assert_eq!(app.store.turns(&session_id).await.unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn a_turn_whose_model_server_is_unreachable_ends_with_an_error_event() {
+    let app = spawn_app_with(Storage::Sqlite, |s| s.slm.base_url = "http://127.0.0.1:9/v1".into()).await;
+    let (_, key) = app.chat_key().await;
+
+    let sse = app.chat(&key, &json!({ "message": "Hello?", "max_tokens": 4 })).await;
+
+    assert_eq!(sse.names(), vec!["session", "error", "done"]);
+    assert_eq!(sse.first("error")["code"], "model_unavailable");
+    assert_eq!(sse.first("done")["finish_reason"], "error");
+}
+
+#[tokio::test]
+async fn the_chat_path_works_on_postgresql() {
+    let app = spawn_app_with(Storage::Postgres, |_| {}).await;
+    let (_, key) = app.chat_key().await;
+
+    let first = app.chat(&key, &json!({ "message": "Name a colour.", "max_tokens": 6 })).await;
+    let session_id = first.first("session")["session_id"].as_str().unwrap().to_owned();
+    let second = app.chat(&key, &json!({ "message": "Another one.", "session_id": session_id, "max_tokens": 6 })).await;
+
+    assert_eq!(second.names().last(), Some(&"done"));
+    assert_eq!(app.store.turns(&session_id).await.unwrap().len(), 2);
+}

@@ -1,0 +1,14 @@
+//! Steward's integration suite: one binary, real services only — the model
+//! server (SmolLM2 on llama.cpp), SQLite files and a PostgreSQL server —
+//! with Steward spawned in process on a free port per test.
+
+mod helpers;
+
+mod auth;
+mod bad_input;
+mod chat;
+mod moderation;
+mod openai;
+mod ops;
+mod orchestrator;
+mod storage;
