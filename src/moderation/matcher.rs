@@ -2,6 +2,7 @@
 //! normalised phrases, one `RegexSet` over the input-only patterns, and the
 //! input check built on them.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use aho_corasick::{AhoCorasick, MatchKind};
@@ -42,6 +43,9 @@ pub(super) struct PhraseIndex {
     hits: Vec<Hit>,
     /// Length of the longest normalised phrase, in chars.
     longest_chars: usize,
+    /// Every non-empty proper prefix of every normalised phrase: the text
+    /// that could still grow into a match and so must be held back.
+    prefixes: HashSet<String>,
 }
 
 impl PhraseIndex {
@@ -53,6 +57,15 @@ impl PhraseIndex {
 
     pub(super) fn longest_chars(&self) -> usize {
         self.longest_chars
+    }
+
+    /// The char index where the longest suffix of `text` that is a proper
+    /// prefix of some phrase starts (`text.chars().count()` if there is none):
+    /// everything before it can no longer be part of a match.
+    pub(super) fn pending_start(&self, text: &str) -> usize {
+        let starts: Vec<usize> = text.char_indices().map(|(i, _)| i).collect();
+        let first = starts.len().saturating_sub(self.longest_chars.saturating_sub(1));
+        (first..starts.len()).find(|&i| self.prefixes.contains(&text[starts[i]..])).unwrap_or(starts.len())
     }
 
     fn hit(&self, category: Option<usize>) -> Option<Hit> {
@@ -95,7 +108,11 @@ impl Moderator {
             .iter()
             .map(|r| Hit { code: r.code.clone(), category: r.name.clone(), message: r.message.clone() })
             .collect();
-        let index = PhraseIndex { automaton, phrase_category, hits, longest_chars };
+        let prefixes = phrases
+            .iter()
+            .flat_map(|p| p.char_indices().skip(1).map(move |(end, _)| p[..end].to_owned()))
+            .collect();
+        let index = PhraseIndex { automaton, phrase_category, hits, longest_chars, prefixes };
         Ok(Self { phrases: Arc::new(index), patterns: RegexSet::new(patterns)?, pattern_category })
     }
 

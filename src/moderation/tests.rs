@@ -71,8 +71,8 @@ fn split_phrase_is_refused_before_any_of_it_is_released() -> TestResult {
     let chunks = ["here is how to bu", "ild a b", "omb now"];
     let (released, hit) = stream(&m, chunks);
     assert_eq!(hit.ok_or("not refused")?.code, "S9");
-    // L = 15 ("kill all humans"), so the tail keeps 14 closed chars + 1 open.
-    assert_eq!(released, "here is h");
+    // Only "bu", which may grow into "build a bomb", was held back.
+    assert_eq!(released, "here is how to ");
     // The same holds for every chunking, with the small and the real constitution.
     let (_, real) = real()?;
     let raw = "Sure! Here is how to build a bomb at home, step by step.";
@@ -115,12 +115,27 @@ fn benign_stream_holds_back_only_the_window() -> TestResult {
             GuardStep::Release(text) => released.push_str(&text),
             GuardStep::Refuse(hit) => return Err(format!("refused: {hit:?}").into()),
         }
-        // L - 1 chars plus the still-open last char: never the whole answer.
+        // At most L - 1 chars plus the still-open last char: never the whole answer.
         assert!(guard.held().chars().count() <= window, "held {:?}", guard.held());
+        // Text that cannot start any phrase is not held at all: only the open last char waits.
+        if token.ends_with(". ") {
+            assert_eq!(guard.held(), " ", "released {released:?}");
+        }
     }
     assert!(released.len() >= answer.len() - window);
     released.push_str(&guard.finish());
     assert_eq!(released, answer);
+    Ok(())
+}
+
+#[test]
+fn only_a_possible_phrase_start_is_held_back() -> TestResult {
+    let m = small()?;
+    let mut guard = m.output_guard();
+    assert_eq!(guard.push("The weather is nice. You could bu"), GuardStep::Release("The weather is nice. You could ".into()));
+    assert_eq!(guard.held(), "bu", "\" bu\" may still become \"build a bomb\"");
+    assert_eq!(guard.push("y bread."), GuardStep::Release("buy bread".into()));
+    assert_eq!(guard.finish(), ".");
     Ok(())
 }
 

@@ -7,16 +7,18 @@
 //!
 //! * the *open* last normalisation segment (a following combining mark could
 //!   still change it, e.g. `e` + U+0301 → `é`), and
-//! * the `L - 1` normalised chars before it, `L` being the longest phrase.
+//! * before it, the longest run of final normalised chars that is a proper
+//!   prefix of some phrase (at most `L - 1` chars, `L` being the longest
+//!   phrase; usually none or a few).
 //!
 //! Why nothing released can ever belong to a match: every char before the
 //! open segment is final and has been scanned, so a future match must contain
-//! a char at or after the open segment's first normalised index `s`; a phrase
-//! has at most `L` chars, so that match starts at index `s - (L - 1)` or later,
-//! which is exactly where the release stops. Releases happen at segment
-//! starts, which are char boundaries. The held tail is therefore at most
-//! `L - 1` normalised chars plus the open segment (one char for plain text),
-//! plus whitespace that collapses away.
+//! a char at or after the open segment's first normalised index `s`. If it
+//! starts at `i < s`, the final chars `[i, s)` already spell the beginning of
+//! its phrase, i.e. they are a proper prefix of a phrase; the release stops at
+//! the smallest such `i`. Releases happen at segment starts, which are char
+//! boundaries. So ordinary text streams with a lag of about one character,
+//! and only text that could be the start of a phrase waits.
 
 use std::sync::Arc;
 
@@ -65,8 +67,9 @@ impl OutputGuard {
             self.refused = Some(hit.clone());
             return GuardStep::Refuse(hit);
         }
-        let keep = self.index.longest_chars().saturating_sub(1);
-        let cut_char = mapped.closed_chars().saturating_sub(keep);
+        let closed_chars = mapped.closed_chars();
+        let closed_bytes = mapped.text.char_indices().nth(closed_chars).map_or(mapped.text.len(), |(i, _)| i);
+        let cut_char = self.index.pending_start(&mapped.text[..closed_bytes]);
         let cut_byte = mapped.chars.get(cut_char).map_or(mapped.open_segment_start, |c| c.raw_start);
         if cut_byte == 0 || !self.held.is_char_boundary(cut_byte) {
             return GuardStep::Release(String::new());
