@@ -10,7 +10,12 @@ use actix_web::{web, App, HttpServer};
 use anyhow::Context;
 use rand::RngCore;
 
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
 use crate::config::{Secret, Settings};
+use crate::events::{EventLog, EventPublisher, OutboxStore, Relay, RelaySettings};
 use crate::db::Database;
 use crate::gateway::Gateway;
 use crate::identity::KeyStore;
@@ -24,6 +29,9 @@ use crate::telemetry::Metrics;
 pub struct Application {
     port: u16,
     server: Server,
+    /// Stops the background tasks (event writer, relay) after the server.
+    cancel: CancellationToken,
+    tasks: TaskTracker,
 }
 
 impl Application {
@@ -50,6 +58,8 @@ impl Application {
         let model: Arc<dyn ModelClient> = Arc::new(HttpModelClient::new(&slm.base_url, &slm.model, timeouts).context("Failed to build the model client")?);
         let metrics = Arc::new(Metrics::new());
         let store = ConversationStore::new(db.clone());
+        let (cancel, tasks) = (CancellationToken::new(), TaskTracker::new());
+        let (events, publisher) = start_events(settings, &db, &metrics, &cancel, &tasks);
         let limits = TurnLimits {
             max_message_chars: settings.chat.max_message_chars,
             default_max_tokens: slm.default_max_tokens,
@@ -62,7 +72,12 @@ impl Application {
             model.clone(),
             store.clone(),
             metrics.clone(),
-            OrchestratorSettings { system_prompt: slm.system_prompt.clone(), max_history_turns: settings.chat.max_history_turns },
+            events.clone(),
+            OrchestratorSettings {
+                model: slm.model.clone(),
+                system_prompt: slm.system_prompt.clone(),
+                max_history_turns: settings.chat.max_history_turns,
+            },
         ));
         let gateway = web::Data::new(Gateway {
             moderator,
@@ -70,13 +85,14 @@ impl Application {
             conversation: orchestrator.clone(),
             store,
             metrics: metrics.clone(),
+            events,
             limits,
             keepalive,
             model_name: slm.model.clone(),
         });
         let orchestrator_api = web::Data::new(OrchestratorApi { conversation: orchestrator, limits, metrics: metrics.clone(), keepalive });
         let keys = web::Data::new(KeyStore::new(db.clone()));
-        let deps = web::Data::new(Dependencies { database: db, model });
+        let deps = web::Data::new(Dependencies { database: db, model, broker: publisher });
         let metrics = web::Data::from(metrics);
         let body_limit = settings.server.body_limit_bytes;
 
@@ -99,15 +115,20 @@ impl Application {
         .listen(listener)?
         .run();
         tracing::info!(port, "steward listening");
-        Ok(Self { port, server })
+        Ok(Self { port, server, cancel, tasks })
     }
 
     pub fn port(&self) -> u16 {
         self.port
     }
 
+    /// Serves until a shutdown signal, then drains the event writer and stops the relay.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        self.server.await
+        let served = self.server.await;
+        self.cancel.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+        served
     }
 }
 
@@ -120,4 +141,55 @@ fn signing_key(configured: &Secret) -> Secret {
     let mut key = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut key);
     Secret::new(hex::encode(key))
+}
+
+/// The outbox writer and the relay (with a Kafka publisher when brokers are configured).
+fn start_events(
+    settings: &Settings,
+    db: &Database,
+    metrics: &Arc<Metrics>,
+    cancel: &CancellationToken,
+    tasks: &TaskTracker,
+) -> (EventLog, Option<Arc<dyn EventPublisher>>) {
+    let store = OutboxStore::new(db.clone(), settings.kafka.conversation_topic.clone());
+    let committed = Arc::new(Notify::new());
+    let events = EventLog::start(store.clone(), committed.clone(), cancel.clone(), tasks);
+    let publisher = publisher(settings);
+    let outbox = &settings.outbox;
+    let relay = Relay {
+        store,
+        publisher: publisher.clone(),
+        metrics: metrics.clone(),
+        settings: RelaySettings {
+            batch_size: outbox.batch_size,
+            poll_interval: Duration::from_millis(outbox.poll_interval_ms),
+            max_backoff: Duration::from_millis(outbox.max_backoff_ms),
+            lease: Duration::from_millis(outbox.lease_ms),
+        },
+        committed,
+    };
+    tasks.spawn(relay.run(cancel.clone()));
+    (events, publisher)
+}
+
+#[cfg(feature = "kafka")]
+fn publisher(settings: &Settings) -> Option<Arc<dyn EventPublisher>> {
+    use crate::events::kafka::{KafkaPublisher, KafkaSettings};
+    let kafka = &settings.kafka;
+    if kafka.brokers.is_empty() {
+        tracing::info!("kafka.brokers is empty: events stay in the outbox (steward events tail)");
+        return None;
+    }
+    Some(Arc::new(KafkaPublisher::new(KafkaSettings {
+        brokers: kafka.brokers.clone(),
+        topics: vec![kafka.conversation_topic.clone(), kafka.training_topic.clone()],
+        partitions: kafka.partitions,
+        replication_factor: kafka.replication_factor,
+        deadline: Duration::from_millis(kafka.request_deadline_ms),
+    })))
+}
+
+#[cfg(not(feature = "kafka"))]
+fn publisher(_settings: &Settings) -> Option<Arc<dyn EventPublisher>> {
+    None
 }

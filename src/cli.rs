@@ -23,6 +23,40 @@ pub enum Command {
     /// Manage API keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Read the events stored in the outbox.
+    #[command(subcommand)]
+    Events(EventsCommand),
+    /// Check the event trail in Kafka.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EventsCommand {
+    /// Print stored conversation events as JSON lines, oldest first.
+    Tail {
+        /// Keep printing new events as they are stored.
+        #[arg(long)]
+        follow: bool,
+        #[arg(long)]
+        session: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Consume a topic and verify every session's hash chain; exits non-zero on any problem.
+    Verify {
+        /// Comma-separated `host:port` list.
+        #[arg(long, value_delimiter = ',', required = true)]
+        brokers: Vec<String>,
+        #[arg(long, default_value = "conversation.events")]
+        topic: String,
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long)]
+        session: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -54,6 +88,10 @@ pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
             database(&settings).await?;
             eprintln!("migrations applied");
         }
+        Command::Events(EventsCommand::Tail { follow, session }) => tail(&settings, follow, session).await?,
+        Command::Audit(AuditCommand::Verify { brokers, topic, tenant, session }) => {
+            audit_verify(&brokers, &topic, tenant.as_deref(), session.as_deref()).await?
+        }
         Command::Keys(cmd) => {
             let keys = KeyStore::new(database(&settings).await?);
             match cmd {
@@ -77,4 +115,48 @@ pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+async fn tail(settings: &Settings, follow: bool, session: Option<String>) -> anyhow::Result<()> {
+    let outbox = crate::events::OutboxStore::new(database(settings).await?, settings.kafka.conversation_topic.clone());
+    let mut after = 0;
+    loop {
+        let rows = outbox.tail(&settings.kafka.conversation_topic, session.as_deref(), after, 1000).await?;
+        for (id, payload) in &rows {
+            println!("{payload}");
+            after = *id;
+        }
+        if rows.is_empty() {
+            if !follow {
+                return Ok(());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        }
+    }
+}
+
+/// Prints one JSON line per session; fails if any session is broken.
+pub async fn audit_verify(brokers: &[String], topic: &str, tenant: Option<&str>, session: Option<&str>) -> anyhow::Result<()> {
+    #[cfg(feature = "kafka")]
+    {
+        let events = crate::events::audit::consume(brokers, topic, std::time::Duration::from_secs(5)).await.map_err(anyhow::Error::msg)?;
+        let selected = events.into_iter().filter(|e| {
+            tenant.is_none_or(|t| e["tenant"].as_str() == Some(t)) && session.is_none_or(|s| e["session_id"].as_str() == Some(s))
+        });
+        let reports = crate::events::audit::verify(selected);
+        let broken = reports.iter().filter(|r| !r.problems.is_empty()).count();
+        for report in &reports {
+            println!("{}", serde_json::to_string(report)?);
+        }
+        eprintln!("{} session(s) checked, {broken} broken", reports.len());
+        if broken > 0 {
+            anyhow::bail!("audit found problems in {broken} session(s)");
+        }
+        Ok(())
+    }
+    #[cfg(not(feature = "kafka"))]
+    {
+        let _ = (brokers, topic, tenant, session);
+        anyhow::bail!("this build lacks the `kafka` Cargo feature")
+    }
 }

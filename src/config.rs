@@ -37,6 +37,8 @@ pub struct Settings {
     pub slm: SlmSettings,
     pub policy: PolicySettings,
     pub chat: ChatSettings,
+    pub kafka: KafkaConfig,
+    pub outbox: OutboxConfig,
     pub telemetry: TelemetrySettings,
 }
 
@@ -93,6 +95,33 @@ pub struct ChatSettings {
     pub max_message_chars: usize,
     /// Most turns of history replayed to the model.
     pub max_history_turns: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Bootstrap brokers, `host:port`. Empty = events stay in the outbox (embedded mode).
+    pub brokers: Vec<String>,
+    pub conversation_topic: String,
+    pub training_topic: String,
+    /// Partitions of topics Steward creates.
+    pub partitions: i32,
+    pub replication_factor: i16,
+    /// Longest a broker call retries before failing.
+    pub request_deadline_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboxConfig {
+    /// Most rows the relay publishes per round.
+    pub batch_size: i64,
+    /// How often the relay looks for rows when not woken by a commit.
+    pub poll_interval_ms: u64,
+    /// Cap of the relay's exponential backoff while the broker is down.
+    pub max_backoff_ms: u64,
+    /// How long a relay's lease lasts without renewal.
+    pub lease_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -176,6 +205,31 @@ impl Settings {
         }
         if self.chat.max_message_chars == 0 {
             return invalid("chat.max_message_chars", "must be greater than 0");
+        }
+        if !self.kafka.brokers.is_empty() && !cfg!(feature = "kafka") {
+            return invalid("kafka.brokers", "this build lacks the `kafka` Cargo feature");
+        }
+        if self.kafka.brokers.iter().any(|b| b.trim().is_empty() || !b.contains(':')) {
+            return invalid("kafka.brokers", "each broker must be host:port");
+        }
+        if self.kafka.partitions < 1 || self.kafka.replication_factor < 1 {
+            return invalid("kafka.partitions", "partitions and replication_factor must be at least 1");
+        }
+        if self.kafka.conversation_topic.is_empty() || self.kafka.training_topic.is_empty() {
+            return invalid("kafka.conversation_topic", "topic names must not be empty");
+        }
+        for (key, value) in [
+            ("kafka.request_deadline_ms", self.kafka.request_deadline_ms),
+            ("outbox.poll_interval_ms", self.outbox.poll_interval_ms),
+            ("outbox.max_backoff_ms", self.outbox.max_backoff_ms),
+            ("outbox.lease_ms", self.outbox.lease_ms),
+        ] {
+            if value == 0 {
+                return invalid(key, "must be greater than 0");
+            }
+        }
+        if self.outbox.batch_size < 1 {
+            return invalid("outbox.batch_size", "must be at least 1");
         }
         if !matches!(self.telemetry.log_format.as_str(), "json" | "pretty") {
             return invalid("telemetry.log_format", "expected json or pretty");

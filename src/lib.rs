@@ -12,6 +12,7 @@
 //! - [`policy`]: the constitution, its hash, signed verdicts.
 //! - [`orchestrator`]: runs an allowed turn; also served over HTTP.
 //! - [`slm`]: the OpenAI-compatible streaming model client.
+//! - [`events`]: the outbox, its relay to Kafka and the audit of the trail.
 //! - [`telemetry`]: JSON logs, trace context, Prometheus metrics.
 //! - [`app`]: wires adapters into services and services into routes.
 
@@ -20,6 +21,7 @@ pub mod cli;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod events;
 pub mod gateway;
 pub mod identity;
 pub mod moderation;

@@ -8,6 +8,7 @@ use serde_json::json;
 
 use crate::db::Database;
 use crate::error::{ApiError, Code};
+use crate::events::EventPublisher;
 use crate::slm::ModelClient;
 use crate::telemetry::Metrics;
 
@@ -15,6 +16,8 @@ use crate::telemetry::Metrics;
 pub struct Dependencies {
     pub database: Database,
     pub model: Arc<dyn ModelClient>,
+    /// `None` in embedded mode (no broker configured).
+    pub broker: Option<Arc<dyn EventPublisher>>,
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -28,17 +31,30 @@ async fn healthz() -> HttpResponse {
 }
 
 async fn readyz(deps: web::Data<Dependencies>) -> HttpResponse {
-    let (db, model) = tokio::join!(deps.database.ping(), deps.model.ready());
+    let broker_check = async {
+        match &deps.broker {
+            None => None,
+            Some(broker) => Some(broker.ready().await.map_err(|e| e.to_string())),
+        }
+    };
+    let (db, model, broker) = tokio::join!(deps.database.ping(), deps.model.ready(), broker_check);
     let check = |r: Result<(), String>| match r {
         Ok(()) => json!({ "status": "up" }),
         Err(e) => json!({ "status": "down", "error": e }),
     };
+    // The broker is reported but does not gate readiness: chat works while it is down
+    // (events wait in the outbox).
     let ready = db.is_ok() && model.is_ok();
+    let broker = match broker {
+        None => json!({ "status": "disabled", "detail": "no brokers configured; events stay in the outbox" }),
+        Some(result) => check(result),
+    };
     let body = json!({
         "status": if ready { "ready" } else { "not_ready" },
         "checks": {
             "database": check(db.map_err(|e| e.to_string())),
             "model": check(model.map_err(|e| crate::error::error_chain(&e))),
+            "broker": broker,
         }
     });
     if ready {

@@ -3,12 +3,16 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use serde_json::json;
+
 use crate::db::now_ms;
+use crate::events::{EventLog, EventType, NewEvent, Pending};
 use crate::error::{ApiError, Code};
 use crate::identity::{Caller, Capability};
 use crate::moderation::{Decision, Hit, Moderator};
 use crate::orchestrator::{
-    Conversation, ConversationStore, FinishReason, OrchestratorError, SessionState, TurnLimits, TurnRecord, TurnRequest, TurnStream,
+    turn_context, Conversation, ConversationStore, FinishReason, OrchestratorError, SessionState, TurnLimits, TurnRecord, TurnRequest,
+    TurnStream,
 };
 use crate::policy::{PolicyEngine, SignedVerdict, TurnRef, Verdict};
 use crate::slm::{ChatMessage, GenerationParams};
@@ -20,6 +24,7 @@ pub struct Gateway {
     pub conversation: Arc<dyn Conversation>,
     pub store: ConversationStore,
     pub metrics: Arc<Metrics>,
+    pub events: EventLog,
     pub limits: TurnLimits,
     pub keepalive: Duration,
     /// Model name reported by the OpenAI facade.
@@ -90,23 +95,13 @@ impl Gateway {
             .map(|text| self.moderator.check_input(text))
             .find(|d| matches!(d, Decision::Refuse(_)))
             .unwrap_or(Decision::Allow);
-        let hits = match decision {
+        let hits: Vec<Hit> = match decision {
             Decision::Allow => Vec::new(),
             Decision::Refuse(hits) => hits,
         };
-        if let Some(first) = hits.first().cloned() {
-            let signed = self.policy.sign(turn, Verdict::Refuse(hits.iter().map(|h| h.code.clone()).collect()));
-            for hit in &hits {
-                self.metrics.moderation_refusal("input", &hit.category);
-            }
-            self.record_refusal(tenant, &session_id, &turn_id, &input.trace, &signed).await?;
-            self.metrics.request(input.route, RequestOutcome::Refuse, input.started.elapsed());
-            tracing::info!(trace_id = %input.trace.trace_id, span_id = %input.trace.span_id, tenant, session_id = %session_id,
-                turn_id = %turn_id, category = %first.category, code = %first.code, "turn refused by input moderation");
-            return Ok(Admission { session_id, turn_id, trace: input.trace, signed, outcome: Admitted::Refused(first) });
-        }
-
-        let signed = self.policy.sign(turn, Verdict::Allow);
+        let verdict = if hits.is_empty() { Verdict::Allow } else { Verdict::Refuse(hits.iter().map(|h| h.code.clone()).collect()) };
+        let signed = self.policy.sign(turn, verdict);
+        let received_data = json!({ "route": input.route, "message_chars": input.message.chars().count(), "content_included": false });
         let request = TurnRequest {
             tenant: caller.tenant.clone(),
             session_id: session_id.clone(),
@@ -117,8 +112,42 @@ impl Gateway {
             trace: input.trace.clone(),
             route: input.route,
             started: input.started,
+            announce: false,
         };
-        let stream = self.conversation.start_turn(request, signed.headers()).await?;
+        let context = turn_context(&request, &signed);
+        let received = NewEvent { context: context.clone(), kind: EventType::Received, data: received_data };
+
+        if let Some(first) = hits.first().cloned() {
+            for hit in &hits {
+                self.metrics.moderation_refusal("input", &hit.category);
+            }
+            let categories: Vec<_> = hits.iter().map(|h| json!({ "code": h.code, "category": h.category })).collect();
+            let refused = NewEvent {
+                context,
+                kind: EventType::Refused,
+                data: json!({ "stage": "input", "categories": categories, "content_included": false }),
+            };
+            let (stored, logged) = tokio::join!(
+                self.record_refusal(tenant, &session_id, &turn_id, &input.trace, &signed),
+                self.events.emit_durable(vec![Pending::Conversation(received), Pending::Conversation(refused)])
+            );
+            stored?;
+            logged?;
+            self.metrics.request(input.route, RequestOutcome::Refuse, input.started.elapsed());
+            tracing::info!(trace_id = %input.trace.trace_id, span_id = %input.trace.span_id, tenant, session_id = %session_id,
+                turn_id = %turn_id, category = %first.category, code = %first.code, "turn refused by input moderation");
+            return Ok(Admission { session_id, turn_id, trace: input.trace, signed, outcome: Admitted::Refused(first) });
+        }
+
+        self.events.emit(vec![Pending::Conversation(received)]).await?;
+        let stream = match self.conversation.start_turn(request, signed.headers()).await {
+            Ok(stream) => stream,
+            Err(err) => {
+                let code = crate::error::ErrorCode::code(&err).name();
+                self.events.turn_durable(&context, EventType::Failed, json!({ "code": code, "stage": "admission", "content_included": false })).await;
+                return Err(err.into());
+            }
+        };
         tracing::info!(trace_id = %input.trace.trace_id, span_id = %input.trace.span_id, tenant, session_id = %session_id,
             turn_id = %turn_id, "turn dispatched");
         Ok(Admission { session_id, turn_id, trace: input.trace, signed, outcome: Admitted::Streaming(stream) })

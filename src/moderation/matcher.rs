@@ -55,10 +55,6 @@ impl PhraseIndex {
         self.hit(self.phrase_category.get(found.pattern().as_usize()).copied())
     }
 
-    pub(super) fn longest_chars(&self) -> usize {
-        self.longest_chars
-    }
-
     /// The char index where the longest suffix of `text` that is a proper
     /// prefix of some phrase starts (`text.chars().count()` if there is none):
     /// everything before it can no longer be part of a match.

@@ -82,6 +82,7 @@ async fn begin(
             trace: trace_of(req),
             route,
             started,
+            announce: true,
         };
         let stream = api.conversation.start_turn(request.clone(), policy.clone()).await?;
         Ok((stream, policy, request))

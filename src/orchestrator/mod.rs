@@ -7,6 +7,7 @@
 //! `/v1/conversation/stream`, see [`configure`]).
 
 mod api;
+mod recorder;
 mod service;
 mod store;
 mod turn;
@@ -14,6 +15,7 @@ mod turn;
 use futures_util::future::BoxFuture;
 
 pub use api::{configure, OrchestratorApi};
+pub use recorder::turn_context;
 pub use service::{Orchestrator, OrchestratorSettings};
 pub use store::{ConversationStore, SessionState, TurnRecord};
 pub use turn::{FinishReason, OrchestratorError, TurnEvent, TurnLimits, TurnRequest, TurnStream};

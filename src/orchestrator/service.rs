@@ -5,19 +5,23 @@ use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
+use serde_json::json;
 
-use super::store::{ConversationStore, SessionState, TurnRecord};
+use super::recorder::{turn_context, Recorder};
+use super::store::{ConversationStore, SessionState};
 use super::turn::{FinishReason, OrchestratorError, TurnEvent, TurnRequest, TurnStream};
 use super::Conversation;
-use crate::db::now_ms;
 use crate::error::ApiError;
 use crate::moderation::{GuardStep, Moderator};
 use crate::policy::{PolicyEngine, PolicyError, PolicyHeaders, SignedVerdict, TurnRef, Verdict};
-use crate::slm::{ChatMessage, DispatchContext, ModelClient, ModelEvent, ModelRequest, Role, Usage};
+use crate::events::{EventLog, EventType};
+use crate::slm::{ChatMessage, DispatchContext, ModelClient, ModelEvent, ModelRequest, Role};
 use crate::telemetry::{Metrics, RequestOutcome};
 
 #[derive(Debug, Clone)]
 pub struct OrchestratorSettings {
+    /// Model name recorded in events.
+    pub model: String,
     pub system_prompt: String,
     pub max_history_turns: u32,
 }
@@ -28,6 +32,7 @@ pub struct Orchestrator {
     model: Arc<dyn ModelClient>,
     store: ConversationStore,
     metrics: Arc<Metrics>,
+    events: EventLog,
     settings: OrchestratorSettings,
 }
 
@@ -38,9 +43,10 @@ impl Orchestrator {
         model: Arc<dyn ModelClient>,
         store: ConversationStore,
         metrics: Arc<Metrics>,
+        events: EventLog,
         settings: OrchestratorSettings,
     ) -> Self {
-        Self { policy, moderator, model, store, metrics, settings }
+        Self { policy, moderator, model, store, metrics, events, settings }
     }
 
     async fn prompt(&self, request: &TurnRequest) -> Result<Vec<ChatMessage>, OrchestratorError> {
@@ -62,15 +68,16 @@ impl Orchestrator {
     }
 
     fn run(&self, request: TurnRequest, signed: SignedVerdict, messages: Vec<ChatMessage>) -> TurnStream {
-        let context = DispatchContext {
+        let dispatch = DispatchContext {
             constitution_hash: signed.constitution_hash.to_string(),
             policy_verdict: signed.verdict.header_value(),
             traceparent: request.trace.child().header(),
         };
-        let mut model = self.model.stream(ModelRequest { messages, params: request.params, context });
+        let mut model = self.model.stream(ModelRequest { messages, params: request.params, context: dispatch });
         let mut guard = self.moderator.output_guard();
         let metrics = self.metrics.clone();
-        let mut recorder = Recorder::new(self.store.clone(), self.metrics.clone(), &request, &signed);
+        let context = turn_context(&request, &signed);
+        let mut recorder = Recorder::new(self.store.clone(), self.metrics.clone(), self.events.clone(), context, &request, &signed, &self.settings.model);
         Box::pin(async_stream::stream! {
             let mut finish = FinishReason::Stop;
             while let Some(item) = model.next().await {
@@ -83,7 +90,8 @@ impl Orchestrator {
                         }
                         GuardStep::Refuse(hit) => {
                             metrics.moderation_refusal("output", &hit.category);
-                            recorder.finish(FinishReason::Refused, RequestOutcome::Refuse).await;
+                            let data = json!({ "stage": "output", "categories": [{ "code": hit.code, "category": hit.category }], "content_included": false });
+                            recorder.finish(FinishReason::Refused, RequestOutcome::Refuse, EventType::Refused, data).await;
                             yield TurnEvent::Refusal(hit);
                             yield TurnEvent::Done { finish_reason: FinishReason::Refused, usage: recorder.usage };
                             return;
@@ -93,7 +101,8 @@ impl Orchestrator {
                     Ok(ModelEvent::Usage(usage)) => recorder.usage = Some(usage),
                     Err(err) => {
                         let public = ApiError::from(err);
-                        recorder.finish(FinishReason::Error, RequestOutcome::Error).await;
+                        let data = json!({ "code": public.code().name(), "stage": "model", "content_included": false });
+                        recorder.finish(FinishReason::Error, RequestOutcome::Error, EventType::Failed, data).await;
                         yield TurnEvent::Error { code: public.code(), message: public.body().message };
                         yield TurnEvent::Done { finish_reason: FinishReason::Error, usage: None };
                         return;
@@ -105,7 +114,8 @@ impl Orchestrator {
                 recorder.emitted(&rest);
                 yield TurnEvent::Delta(rest);
             }
-            recorder.finish(finish, RequestOutcome::Allow).await;
+            let data = recorder.completion_data(finish);
+            recorder.finish(finish, RequestOutcome::Allow, EventType::Completed, data).await;
             yield TurnEvent::Done { finish_reason: finish, usage: recorder.usage };
         })
     }
@@ -120,87 +130,17 @@ impl Conversation for Orchestrator {
                 return Err(PolicyError::Refused.into());
             }
             let messages = self.prompt(&request).await?;
+            let context = turn_context(&request, &signed);
+            if request.announce {
+                let data = json!({ "route": request.route, "message_chars": request.message.chars().count(), "content_included": false });
+                self.events.turn(&context, EventType::Received, data).await;
+            }
+            let data = json!({
+                "model": self.settings.model, "max_tokens": request.params.max_tokens,
+                "history_messages": messages.len().saturating_sub(1), "content_included": false,
+            });
+            self.events.turn(&context, EventType::Dispatched, data).await;
             Ok(self.run(request, signed, messages))
         })
-    }
-}
-
-/// Accumulates a running turn and stores it once, when it ends — or, if the
-/// client goes away first, as `cancelled` from `Drop`.
-struct Recorder {
-    store: ConversationStore,
-    metrics: Arc<Metrics>,
-    record: Option<TurnRecord>,
-    route: &'static str,
-    started: std::time::Instant,
-    first_token_seen: bool,
-    usage: Option<Usage>,
-}
-
-impl Recorder {
-    fn new(store: ConversationStore, metrics: Arc<Metrics>, request: &TurnRequest, signed: &SignedVerdict) -> Self {
-        let record = TurnRecord {
-            turn_id: request.turn_id.clone(),
-            session_id: request.session_id.clone(),
-            tenant: request.tenant.as_str().to_owned(),
-            user_message: request.message.clone(),
-            assistant_message: String::new(),
-            finish_reason: FinishReason::Cancelled.as_str().into(),
-            policy_verdict: signed.verdict.header_value(),
-            constitution_hash: signed.constitution_hash.to_string(),
-            trace_id: request.trace.trace_id.clone(),
-            prompt_tokens: None,
-            completion_tokens: None,
-            created_at: now_ms(),
-        };
-        Self { store, metrics, record: Some(record), route: request.route, started: request.started, first_token_seen: false, usage: None }
-    }
-
-    fn emitted(&mut self, text: &str) {
-        if !self.first_token_seen {
-            self.first_token_seen = true;
-            self.metrics.first_token(self.route, self.started.elapsed());
-        }
-        self.metrics.delta(self.route);
-        if let Some(record) = self.record.as_mut() {
-            record.assistant_message.push_str(text);
-        }
-    }
-
-    fn take(&mut self, finish: FinishReason, outcome: RequestOutcome) -> Option<TurnRecord> {
-        let mut record = self.record.take()?;
-        record.finish_reason = finish.as_str().into();
-        record.prompt_tokens = self.usage.map(|u| i64::from(u.prompt_tokens));
-        record.completion_tokens = self.usage.map(|u| i64::from(u.completion_tokens));
-        self.metrics.request(self.route, outcome, self.started.elapsed());
-        tracing::info!(
-            trace_id = %record.trace_id, tenant = %record.tenant, session_id = %record.session_id, turn_id = %record.turn_id,
-            finish_reason = %record.finish_reason, elapsed_ms = self.started.elapsed().as_millis() as u64, "turn finished"
-        );
-        Some(record)
-    }
-
-    /// Stores the turn before the client sees `done`.
-    async fn finish(&mut self, finish: FinishReason, outcome: RequestOutcome) {
-        if let Some(record) = self.take(finish, outcome) {
-            store_turn(&self.store, &record).await;
-        }
-    }
-}
-
-impl Drop for Recorder {
-    fn drop(&mut self) {
-        let Some(record) = self.take(FinishReason::Cancelled, RequestOutcome::Allow) else { return };
-        let store = self.store.clone();
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            // The client is gone; the task only writes one row, so shutdown losing it loses a cancelled turn's record at worst.
-            runtime.spawn(async move { store_turn(&store, &record).await });
-        }
-    }
-}
-
-async fn store_turn(store: &ConversationStore, record: &TurnRecord) {
-    if let Err(err) = store.record(record).await {
-        tracing::error!(trace_id = %record.trace_id, turn_id = %record.turn_id, error = %crate::error::error_chain(&err), "could not store turn");
     }
 }

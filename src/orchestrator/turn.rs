@@ -29,6 +29,9 @@ pub struct TurnRequest {
     pub route: &'static str,
     /// When the request arrived, for time-to-first-token and duration.
     pub started: Instant,
+    /// Whether the orchestrator emits `turn.received` (true over HTTP; the
+    /// gateway emits it itself, with its own admission decision).
+    pub announce: bool,
 }
 
 /// What a running turn emits, in order: deltas, then at most one refusal or

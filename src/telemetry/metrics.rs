@@ -5,6 +5,7 @@ use std::time::Duration;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
@@ -17,6 +18,11 @@ struct RequestLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabels {
     route: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TopicLabels {
+    topic: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -59,6 +65,10 @@ pub struct Metrics {
     ttft: HistogramFamily,
     tokens: Family<RouteLabels, Counter>,
     moderation: Family<ModerationLabels, Counter>,
+    outbox_pending: Gauge,
+    outbox_oldest: Gauge<f64, std::sync::atomic::AtomicU64>,
+    publish_failures: Counter,
+    published: Family<TopicLabels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -84,7 +94,15 @@ impl Metrics {
         registry.register("steward_time_to_first_token_seconds", "From request arrival to the first streamed content", ttft.clone());
         registry.register("steward_stream_deltas", "Content chunks streamed to clients", tokens.clone());
         registry.register("moderation_decisions", "Moderation refusals by stage and category", moderation.clone());
-        Self { registry, requests, duration, ttft, tokens, moderation }
+        let outbox_pending = Gauge::default();
+        let outbox_oldest = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        let publish_failures = Counter::default();
+        let published = Family::<TopicLabels, Counter>::default();
+        registry.register("outbox_pending_events", "Events stored but not yet published", outbox_pending.clone());
+        registry.register("outbox_oldest_pending_seconds", "Age of the oldest unpublished event", outbox_oldest.clone());
+        registry.register("kafka_publish_failures", "Failed attempts to publish to the broker", publish_failures.clone());
+        registry.register("kafka_published_events", "Events published to the broker, by topic", published.clone());
+        Self { registry, requests, duration, ttft, tokens, moderation, outbox_pending, outbox_oldest, publish_failures, published }
     }
 
     pub fn request(&self, route: &'static str, outcome: RequestOutcome, elapsed: Duration) {
@@ -103,6 +121,19 @@ impl Metrics {
     /// `stage` is `input` or `output`; `category` the snake_case name.
     pub fn moderation_refusal(&self, stage: &'static str, category: &str) {
         self.moderation.get_or_create(&ModerationLabels { stage, category: category.to_owned() }).inc();
+    }
+
+    pub fn outbox(&self, pending: i64, oldest_seconds: f64) {
+        self.outbox_pending.set(pending);
+        self.outbox_oldest.set(oldest_seconds);
+    }
+
+    pub fn publish_failure(&self) {
+        self.publish_failures.inc();
+    }
+
+    pub fn published(&self, topic: &str) {
+        self.published.get_or_create(&TopicLabels { topic: topic.to_owned() }).inc();
     }
 
     /// The text exposition format.

@@ -9,6 +9,8 @@ pub struct TraceContext {
     pub trace_id: String,
     pub span_id: String,
     pub sampled: bool,
+    /// The incoming `tracestate`, passed on unchanged.
+    pub tracestate: Option<String>,
 }
 
 impl TraceContext {
@@ -27,12 +29,12 @@ impl TraceContext {
             return None;
         }
         let flags = u8::from_str_radix(flags, 16).ok()?;
-        Some(Self { trace_id: trace_id.to_owned(), span_id: span_id.to_owned(), sampled: flags & 1 == 1 })
+        Some(Self { trace_id: trace_id.to_owned(), span_id: span_id.to_owned(), sampled: flags & 1 == 1, tracestate: None })
     }
 
     /// A new root trace.
     pub fn new_root() -> Self {
-        Self { trace_id: random_hex::<16>(), span_id: random_hex::<8>(), sampled: true }
+        Self { trace_id: random_hex::<16>(), span_id: random_hex::<8>(), sampled: true, tracestate: None }
     }
 
     /// Continues the incoming trace if valid, else starts one; either way with a
@@ -46,7 +48,7 @@ impl TraceContext {
 
     /// Same trace, new span.
     pub fn child(&self) -> Self {
-        Self { trace_id: self.trace_id.clone(), span_id: random_hex::<8>(), sampled: self.sampled }
+        Self { trace_id: self.trace_id.clone(), span_id: random_hex::<8>(), sampled: self.sampled, tracestate: self.tracestate.clone() }
     }
 
     pub fn header(&self) -> String {

@@ -1,0 +1,39 @@
+//! Events: the auditable trail of every turn.
+//!
+//! Events are written to the outbox table first ([`EventLog`], group commit)
+//! — durable before the client sees `done` — and a [`Relay`] publishes them
+//! to Kafka (`conversation.events`, key `tenant:session_id`) through the
+//! [`EventPublisher`] port. Without a broker (embedded mode) they stay in the
+//! outbox, readable with `steward events tail`. Each session's events form a
+//! hash chain (`seq`, `prev_hash`) that `steward audit verify` checks.
+
+pub mod audit;
+#[cfg(feature = "kafka")]
+pub mod kafka;
+mod model;
+mod outbox;
+mod relay;
+mod writer;
+
+pub use model::{canonical_bytes, event_hash, ConversationEvent, EventType, NewEvent, TurnContext, CONVERSATION_SCHEMA, ZERO_HASH};
+pub use outbox::{OutboxRow, OutboxStore, Pending};
+pub use relay::{EventPublisher, PublishError, Relay, RelaySettings};
+pub use writer::{EventLog, EventsError};
+
+impl EventLog {
+    /// Queues one conversation event (written with the next commit).
+    pub async fn turn(&self, context: &TurnContext, kind: EventType, data: serde_json::Value) {
+        let item = Pending::Conversation(NewEvent { context: context.clone(), kind, data });
+        if let Err(err) = self.emit(vec![item]).await {
+            tracing::error!(error = %err, turn_id = %context.turn_id, event = kind.as_str(), "event not queued");
+        }
+    }
+
+    /// Stores one conversation event, and all queued before it, before returning.
+    pub async fn turn_durable(&self, context: &TurnContext, kind: EventType, data: serde_json::Value) {
+        let item = Pending::Conversation(NewEvent { context: context.clone(), kind, data });
+        if let Err(err) = self.emit_durable(vec![item]).await {
+            tracing::error!(error = %err, turn_id = %context.turn_id, event = kind.as_str(), "event not stored");
+        }
+    }
+}

@@ -1,0 +1,165 @@
+//! The `conversation.event/v1` record: its fields, its per-type `data`, its
+//! canonical form and the hash chain that makes a session's events
+//! tamper-evident (`seq` from 1 without gaps, `prev_hash` = SHA-256 of the
+//! previous event's canonical form).
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+pub const CONVERSATION_SCHEMA: &str = "conversation.event/v1";
+
+/// `prev_hash` of the first event of a session.
+pub const ZERO_HASH: &str = "sha256:0000000000000000000000000000000000000000000000000000000000000000";
+
+/// What happened to a turn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EventType {
+    #[serde(rename = "turn.received")]
+    Received,
+    #[serde(rename = "turn.refused")]
+    Refused,
+    #[serde(rename = "turn.dispatched")]
+    Dispatched,
+    #[serde(rename = "turn.completed")]
+    Completed,
+    #[serde(rename = "turn.cancelled")]
+    Cancelled,
+    #[serde(rename = "turn.failed")]
+    Failed,
+}
+
+impl EventType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Received => "turn.received",
+            Self::Refused => "turn.refused",
+            Self::Dispatched => "turn.dispatched",
+            Self::Completed => "turn.completed",
+            Self::Cancelled => "turn.cancelled",
+            Self::Failed => "turn.failed",
+        }
+    }
+}
+
+/// The fields every event of one turn shares.
+#[derive(Debug, Clone)]
+pub struct TurnContext {
+    pub tenant: String,
+    pub session_id: String,
+    pub turn_id: String,
+    pub trace_id: String,
+    /// `traceparent` to put on the Kafka record.
+    pub traceparent: String,
+    pub tracestate: Option<String>,
+    pub constitution_hash: String,
+    pub policy_verdict: String,
+    pub training_mode: bool,
+}
+
+impl TurnContext {
+    /// The chain (and Kafka record key) a session's events belong to.
+    pub fn chain_key(&self) -> String {
+        format!("{}:{}", self.tenant, self.session_id)
+    }
+}
+
+/// An event before the outbox gives it its place in the session's chain.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub context: TurnContext,
+    pub kind: EventType,
+    pub data: Value,
+}
+
+/// A published event, as consumers read it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConversationEvent {
+    pub schema: String,
+    pub event_id: String,
+    #[serde(rename = "type")]
+    pub kind: EventType,
+    pub occurred_at: String,
+    pub tenant: String,
+    pub session_id: String,
+    pub turn_id: String,
+    pub trace_id: String,
+    pub constitution_hash: String,
+    pub policy_verdict: String,
+    pub training_mode: bool,
+    pub seq: i64,
+    pub prev_hash: String,
+    pub data: Value,
+}
+
+impl ConversationEvent {
+    /// Places `new` in its chain after an event whose hash is `prev_hash`.
+    pub fn chained(new: &NewEvent, seq: i64, prev_hash: String) -> Self {
+        let c = &new.context;
+        Self {
+            schema: CONVERSATION_SCHEMA.into(),
+            event_id: uuid::Uuid::now_v7().to_string(),
+            kind: new.kind,
+            occurred_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            tenant: c.tenant.clone(),
+            session_id: c.session_id.clone(),
+            turn_id: c.turn_id.clone(),
+            trace_id: c.trace_id.clone(),
+            constitution_hash: c.constitution_hash.clone(),
+            policy_verdict: c.policy_verdict.clone(),
+            training_mode: c.training_mode,
+            seq,
+            prev_hash,
+            data: new.data.clone(),
+        }
+    }
+
+    pub fn chain_key(&self) -> String {
+        format!("{}:{}", self.tenant, self.session_id)
+    }
+}
+
+/// Canonical bytes of any JSON value: object keys sorted, no whitespace.
+/// (`serde_json::Value` keeps objects in a `BTreeMap`, so `to_vec` sorts.)
+pub fn canonical_bytes(value: &Value) -> Vec<u8> {
+    serde_json::to_vec(&sorted(value)).unwrap_or_default()
+}
+
+fn sorted(value: &Value) -> Value {
+    match value {
+        Value::Object(map) => {
+            let mut entries: Vec<_> = map.iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(b.0));
+            Value::Object(entries.into_iter().map(|(k, v)| (k.clone(), sorted(v))).collect())
+        }
+        Value::Array(items) => Value::Array(items.iter().map(sorted).collect()),
+        other => other.clone(),
+    }
+}
+
+/// `sha256:<hex>` of an event's canonical form: the next event's `prev_hash`.
+pub fn event_hash(event: &Value) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(canonical_bytes(event))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn canonical_form_ignores_key_order_and_whitespace() {
+        let a: Value = serde_json::from_str(r#"{"b": 1, "a": {"y": [1, 2], "x": null}}"#).unwrap();
+        let b: Value = serde_json::from_str(r#"{"a":{"x":null,"y":[1,2]},"b":1}"#).unwrap();
+        assert_eq!(canonical_bytes(&a), canonical_bytes(&b));
+        assert_eq!(canonical_bytes(&a), br#"{"a":{"x":null,"y":[1,2]},"b":1}"#);
+        assert_eq!(event_hash(&a), event_hash(&b));
+        assert_ne!(event_hash(&a), event_hash(&json!({"b": 2, "a": {"x": null, "y": [1, 2]}})));
+    }
+
+    #[test]
+    fn event_types_serialise_as_dotted_names() {
+        assert_eq!(serde_json::to_value(EventType::Dispatched).unwrap(), json!("turn.dispatched"));
+        assert_eq!(ZERO_HASH.len(), "sha256:".len() + 64);
+    }
+}

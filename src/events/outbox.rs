@@ -1,0 +1,208 @@
+//! The outbox table: appending events (placing each conversation event in its
+//! session's hash chain inside the same transaction), reading unpublished rows
+//! in order, marking them published, the relay lease and pending statistics.
+
+use serde_json::{json, Value};
+use sqlx::Row;
+
+use super::model::{event_hash, ConversationEvent, NewEvent, ZERO_HASH};
+use crate::db::{now_ms, Backend, Database};
+
+/// Something to put in the outbox.
+#[derive(Debug, Clone)]
+pub enum Pending {
+    /// A conversation event; the outbox assigns its `seq` and `prev_hash`.
+    Conversation(NewEvent),
+    /// A ready record (e.g. `training.audit`), published as is.
+    Record { topic: String, key: String, event_type: String, payload: Value, headers: Value },
+}
+
+/// An unpublished row, as the relay reads it.
+#[derive(Debug, Clone)]
+pub struct OutboxRow {
+    pub id: i64,
+    pub topic: String,
+    pub key: String,
+    pub payload: String,
+    /// Kafka record headers, name → value.
+    pub headers: Vec<(String, String)>,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct OutboxStore {
+    db: Database,
+    conversation_topic: String,
+}
+
+impl OutboxStore {
+    pub fn new(db: Database, conversation_topic: impl Into<String>) -> Self {
+        Self { db, conversation_topic: conversation_topic.into() }
+    }
+
+    /// Appends a batch in one transaction. Chains are locked in key order so
+    /// concurrent writers (other instances) cannot deadlock or fork a chain.
+    pub async fn append(&self, batch: &[Pending]) -> Result<(), sqlx::Error> {
+        let mut tx = self.db.pool().begin().await?;
+        let mut keys: Vec<String> = batch
+            .iter()
+            .filter_map(|p| match p {
+                Pending::Conversation(e) => Some(e.context.chain_key()),
+                Pending::Record { .. } => None,
+            })
+            .collect();
+        keys.sort();
+        keys.dedup();
+        let lock = if self.db.backend() == Backend::Postgres { " FOR UPDATE" } else { "" };
+        let mut heads = std::collections::HashMap::new();
+        for key in &keys {
+            sqlx::query("INSERT INTO event_chains (chain_key, last_seq, last_hash) VALUES ($1, 0, $2) ON CONFLICT (chain_key) DO NOTHING")
+                .bind(key)
+                .bind(ZERO_HASH)
+                .execute(&mut *tx)
+                .await?;
+            let row = sqlx::query(&format!("SELECT last_seq, last_hash FROM event_chains WHERE chain_key = $1{lock}"))
+                .bind(key)
+                .fetch_one(&mut *tx)
+                .await?;
+            heads.insert(key.clone(), (row.try_get::<i64, _>("last_seq")?, row.try_get::<String, _>("last_hash")?));
+        }
+        let now = now_ms();
+        for item in batch {
+            let (topic, key, session_id, event_type, payload, headers) = match item {
+                Pending::Conversation(new) => {
+                    let chain = new.context.chain_key();
+                    let (seq, prev) = heads.get(&chain).cloned().unwrap_or((0, ZERO_HASH.to_owned()));
+                    let event = serde_json::to_value(ConversationEvent::chained(new, seq + 1, prev)).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+                    heads.insert(chain.clone(), (seq + 1, event_hash(&event)));
+                    let headers = conversation_headers(new);
+                    (self.conversation_topic.clone(), chain, Some(new.context.session_id.clone()), new.kind.as_str().to_owned(), event, headers)
+                }
+                Pending::Record { topic, key, event_type, payload, headers } => {
+                    (topic.clone(), key.clone(), None, event_type.clone(), payload.clone(), headers.clone())
+                }
+            };
+            sqlx::query(
+                "INSERT INTO outbox (topic, record_key, session_id, event_type, payload, headers, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .bind(topic)
+            .bind(key)
+            .bind(session_id)
+            .bind(event_type)
+            .bind(payload.to_string())
+            .bind(headers.to_string())
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        for key in &keys {
+            if let Some((seq, hash)) = heads.get(key) {
+                sqlx::query("UPDATE event_chains SET last_seq = $1, last_hash = $2 WHERE chain_key = $3")
+                    .bind(seq)
+                    .bind(hash)
+                    .bind(key)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        tx.commit().await
+    }
+
+    /// The oldest unpublished rows, in id order.
+    pub async fn pending(&self, limit: i64) -> Result<Vec<OutboxRow>, sqlx::Error> {
+        let rows = sqlx::query("SELECT id, topic, record_key, payload, headers, created_at FROM outbox WHERE published_at IS NULL ORDER BY id LIMIT $1")
+            .bind(limit)
+            .fetch_all(self.db.pool())
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let headers: String = r.try_get("headers")?;
+                let headers: serde_json::Map<String, Value> = serde_json::from_str(&headers).unwrap_or_default();
+                Ok(OutboxRow {
+                    id: r.try_get("id")?,
+                    topic: r.try_get("topic")?,
+                    key: r.try_get("record_key")?,
+                    payload: r.try_get("payload")?,
+                    headers: headers.into_iter().filter_map(|(k, v)| v.as_str().map(|v| (k, v.to_owned()))).collect(),
+                    created_at: r.try_get("created_at")?,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn mark_published(&self, ids: &[i64]) -> Result<(), sqlx::Error> {
+        let now = now_ms();
+        for chunk in ids.chunks(500) {
+            let placeholders: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
+            let sql = format!("UPDATE outbox SET published_at = $1 WHERE id IN ({})", placeholders.join(", "));
+            let mut query = sqlx::query(&sql).bind(now);
+            for id in chunk {
+                query = query.bind(*id);
+            }
+            query.execute(self.db.pool()).await?;
+        }
+        Ok(())
+    }
+
+    /// (pending rows, age in ms of the oldest).
+    pub async fn pending_stats(&self) -> Result<(i64, Option<i64>), sqlx::Error> {
+        let row = sqlx::query("SELECT COUNT(*) AS n, MIN(created_at) AS oldest FROM outbox WHERE published_at IS NULL")
+            .fetch_one(self.db.pool())
+            .await?;
+        let oldest: Option<i64> = row.try_get("oldest")?;
+        Ok((row.try_get("n")?, oldest.map(|t| (now_ms() - t).max(0))))
+    }
+
+    /// Takes or renews the relay lease; true if `holder` holds it now.
+    pub async fn acquire_lease(&self, name: &str, holder: &str, lease_ms: i64) -> Result<bool, sqlx::Error> {
+        let now = now_ms();
+        let done = sqlx::query(
+            "INSERT INTO relay_leases (name, holder, expires_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at \
+             WHERE relay_leases.expires_at < $4 OR relay_leases.holder = excluded.holder",
+        )
+        .bind(name)
+        .bind(holder)
+        .bind(now + lease_ms)
+        .bind(now)
+        .execute(self.db.pool())
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Gives the lease up (on shutdown) so another relay takes over at once.
+    pub async fn release_lease(&self, name: &str, holder: &str) -> Result<(), sqlx::Error> {
+        sqlx::query("DELETE FROM relay_leases WHERE name = $1 AND holder = $2").bind(name).bind(holder).execute(self.db.pool()).await?;
+        Ok(())
+    }
+
+    /// Stored events after `after_id`, oldest first: (id, payload).
+    pub async fn tail(&self, topic: &str, session_id: Option<&str>, after_id: i64, limit: i64) -> Result<Vec<(i64, String)>, sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT id, payload FROM outbox WHERE topic = $1 AND id > $2 AND ($3 = '' OR session_id = $3) ORDER BY id LIMIT $4",
+        )
+        .bind(topic)
+        .bind(after_id)
+        .bind(session_id.unwrap_or_default())
+        .bind(limit)
+        .fetch_all(self.db.pool())
+        .await?;
+        rows.iter().map(|r| Ok((r.try_get("id")?, r.try_get("payload")?))).collect()
+    }
+}
+
+fn conversation_headers(new: &NewEvent) -> Value {
+    let c = &new.context;
+    let mut headers = json!({
+        "traceparent": c.traceparent,
+        "x-constitution-hash": c.constitution_hash,
+        "x-policy-verdict": c.policy_verdict,
+        "x-tenant": c.tenant,
+        "x-event-type": new.kind.as_str(),
+        "content-type": "application/json",
+    });
+    if let Some(state) = &c.tracestate {
+        headers["tracestate"] = json!(state);
+    }
+    headers
+}

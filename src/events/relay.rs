@@ -1,0 +1,183 @@
+//! The relay: publishes unpublished outbox rows, oldest first, through the
+//! [`EventPublisher`] port, marks them published, and backs off (capped,
+//! exponential) while the broker is unreachable. One relay per database holds
+//! a lease at a time, so several instances never publish the same rows in the
+//! normal case nor reorder a session. Without a publisher (embedded mode) it
+//! only keeps the outbox gauges current.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::outbox::{OutboxRow, OutboxStore};
+use crate::telemetry::Metrics;
+
+/// Publishes outbox rows to the broker.
+pub trait EventPublisher: Send + Sync {
+    /// Connects and creates missing topics.
+    fn prepare(&self) -> BoxFuture<'_, Result<(), PublishError>>;
+    /// Publishes rows in order; returns the ids that were published, and the
+    /// error that stopped the rest, if any.
+    fn publish<'a>(&'a self, rows: &'a [OutboxRow]) -> BoxFuture<'a, (Vec<i64>, Option<PublishError>)>;
+    /// Whether the broker answers now, for readiness.
+    fn ready(&self) -> BoxFuture<'_, Result<(), PublishError>>;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("broker unreachable: {0}")]
+    Unreachable(String),
+    #[error("broker refused: {0}")]
+    Broker(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct RelaySettings {
+    pub batch_size: i64,
+    pub poll_interval: Duration,
+    pub max_backoff: Duration,
+    pub lease: Duration,
+}
+
+pub struct Relay {
+    pub store: OutboxStore,
+    pub publisher: Option<Arc<dyn EventPublisher>>,
+    pub metrics: Arc<Metrics>,
+    pub settings: RelaySettings,
+    /// Woken by the writer after each commit.
+    pub committed: Arc<Notify>,
+}
+
+const LEASE: &str = "outbox-relay";
+
+impl Relay {
+    pub async fn run(self, cancel: CancellationToken) {
+        let holder = format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple());
+        let mut backoff = Backoff::new(self.settings.poll_interval.min(Duration::from_millis(100)), self.settings.max_backoff);
+        let mut prepared = false;
+        loop {
+            self.refresh_gauges().await;
+            let wait = match &self.publisher {
+                None => self.settings.poll_interval,
+                Some(publisher) => match self.step(publisher.as_ref(), &holder, &mut prepared).await {
+                    Step::Published => {
+                        backoff.reset();
+                        continue;
+                    }
+                    Step::Idle => {
+                        backoff.reset();
+                        self.settings.poll_interval
+                    }
+                    Step::Failed => backoff.next(),
+                },
+            };
+            tokio::select! {
+                () = cancel.cancelled() => break,
+                () = self.committed.notified(), if self.publisher.is_some() && !backoff.active() => {}
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
+        if self.publisher.is_some() {
+            let _ = self.store.release_lease(LEASE, &holder).await;
+        }
+    }
+
+    async fn step(&self, publisher: &dyn EventPublisher, holder: &str, prepared: &mut bool) -> Step {
+        match self.store.acquire_lease(LEASE, holder, self.settings.lease.as_millis() as i64).await {
+            Ok(true) => {}
+            Ok(false) => return Step::Idle,
+            Err(err) => {
+                tracing::warn!(error = %err, "relay could not take its lease");
+                return Step::Failed;
+            }
+        }
+        if !*prepared {
+            if let Err(err) = publisher.prepare().await {
+                self.metrics.publish_failure();
+                tracing::warn!(error = %err, "broker not ready; events stay in the outbox");
+                return Step::Failed;
+            }
+            *prepared = true;
+        }
+        let rows = match self.store.pending(self.settings.batch_size).await {
+            Ok(rows) if rows.is_empty() => return Step::Idle,
+            Ok(rows) => rows,
+            Err(err) => {
+                tracing::warn!(error = %err, "relay could not read the outbox");
+                return Step::Failed;
+            }
+        };
+        let (published, error) = publisher.publish(&rows).await;
+        if !published.is_empty() {
+            if let Err(err) = self.store.mark_published(&published).await {
+                // They will be published again: at-least-once, consumers dedupe by event_id.
+                tracing::warn!(error = %err, "could not mark published rows");
+            }
+            for row in rows.iter().filter(|r| published.contains(&r.id)) {
+                self.metrics.published(&row.topic);
+            }
+        }
+        match error {
+            None => Step::Published,
+            Some(err) => {
+                self.metrics.publish_failure();
+                tracing::warn!(error = %err, published = published.len(), pending = rows.len() - published.len(), "publish failed; backing off");
+                *prepared = false;
+                Step::Failed
+            }
+        }
+    }
+
+    async fn refresh_gauges(&self) {
+        if let Ok((pending, oldest_ms)) = self.store.pending_stats().await {
+            self.metrics.outbox(pending, oldest_ms.unwrap_or(0) as f64 / 1000.0);
+        }
+    }
+}
+
+enum Step {
+    Published,
+    Idle,
+    Failed,
+}
+
+/// Capped exponential backoff.
+struct Backoff {
+    initial: Duration,
+    max: Duration,
+    next: Option<Duration>,
+}
+
+impl Backoff {
+    fn new(initial: Duration, max: Duration) -> Self {
+        Self { initial, max, next: None }
+    }
+    fn next(&mut self) -> Duration {
+        let current = self.next.unwrap_or(self.initial);
+        self.next = Some((current * 2).min(self.max));
+        current
+    }
+    fn reset(&mut self) {
+        self.next = None;
+    }
+    fn active(&self) -> bool {
+        self.next.is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap_and_resets() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(500));
+        let seen: Vec<u128> = (0..5).map(|_| b.next().as_millis()).collect();
+        assert_eq!(seen, [100, 200, 400, 500, 500]);
+        b.reset();
+        assert_eq!(b.next().as_millis(), 100);
+    }
+}

@@ -1,0 +1,117 @@
+//! Group commit into the outbox. [`EventLog`] is the handle the chat path
+//! uses; one background task drains everything queued since its last commit
+//! into a single transaction, so a busy instance pays one commit for many
+//! turns. Jobs are written in the order they were queued, so acknowledging a
+//! job means every earlier job is durable too.
+
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, Notify};
+use tokio_util::sync::CancellationToken;
+
+use super::outbox::{OutboxStore, Pending};
+use crate::error::{Code, ErrorCode};
+
+/// Most items committed in one transaction.
+const MAX_BATCH: usize = 1000;
+/// Jobs waiting for the writer before `emit` waits for room.
+const QUEUE: usize = 10_000;
+
+struct Job {
+    items: Vec<Pending>,
+    ack: Option<oneshot::Sender<Result<(), String>>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EventsError {
+    #[error("the event writer has stopped")]
+    Stopped,
+    #[error("events could not be stored: {0}")]
+    Store(String),
+}
+
+impl ErrorCode for EventsError {
+    fn code(&self) -> Code {
+        Code::Internal
+    }
+}
+
+/// Queues events for the outbox.
+#[derive(Clone)]
+pub struct EventLog {
+    tx: mpsc::Sender<Job>,
+}
+
+impl EventLog {
+    /// Queues events; they are written with the next commit.
+    pub async fn emit(&self, items: Vec<Pending>) -> Result<(), EventsError> {
+        self.tx.send(Job { items, ack: None }).await.map_err(|_| EventsError::Stopped)
+    }
+
+    /// Queues events and waits until they — and everything queued before — are committed.
+    pub async fn emit_durable(&self, items: Vec<Pending>) -> Result<(), EventsError> {
+        let (ack, done) = oneshot::channel();
+        self.tx.send(Job { items, ack: Some(ack) }).await.map_err(|_| EventsError::Stopped)?;
+        done.await.map_err(|_| EventsError::Stopped)?.map_err(EventsError::Store)
+    }
+
+    /// Starts the writer; `committed` is notified after each commit (the relay listens).
+    pub fn start(store: OutboxStore, committed: std::sync::Arc<Notify>, cancel: CancellationToken, tracker: &tokio_util::task::TaskTracker) -> Self {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        tracker.spawn(write_loop(store, rx, committed, cancel));
+        Self { tx }
+    }
+}
+
+async fn write_loop(store: OutboxStore, mut rx: mpsc::Receiver<Job>, committed: std::sync::Arc<Notify>, cancel: CancellationToken) {
+    loop {
+        let first = tokio::select! {
+            job = rx.recv() => job,
+            // On shutdown, stop taking new work but drain what is queued.
+            () = cancel.cancelled() => { rx.close(); rx.recv().await }
+        };
+        let Some(first) = first else { return };
+        let mut jobs = vec![first];
+        let mut count = jobs[0].items.len();
+        while count < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => {
+                    count += job.items.len();
+                    jobs.push(job);
+                }
+                Err(_) => break,
+            }
+        }
+        let items: Vec<Pending> = jobs.iter().flat_map(|j| j.items.iter().cloned()).collect();
+        let result = write_with_retry(&store, &items).await;
+        if result.is_ok() {
+            committed.notify_one();
+        }
+        for job in jobs {
+            if let Some(ack) = job.ack {
+                let _ = ack.send(result.clone());
+            }
+        }
+    }
+}
+
+/// A transient database error (a lock, a restart) should not lose events: retry a few times.
+async fn write_with_retry(store: &OutboxStore, items: &[Pending]) -> Result<(), String> {
+    let mut delay = Duration::from_millis(20);
+    let mut attempt = 1;
+    loop {
+        match store.append(items).await {
+            Ok(()) => return Ok(()),
+            Err(err) if attempt == 5 => {
+                tracing::error!(error = %crate::error::error_chain(&err), items = items.len(), "outbox write failed; events not stored");
+                return Err(err.to_string());
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, attempt, "outbox write failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay *= 4;
+                attempt += 1;
+            }
+        }
+    }
+}

@@ -1,0 +1,143 @@
+//! Accumulates a running turn and, when it ends, stores the turn and its
+//! terminal event together (the client sees `done` only after both are
+//! durable) — or, if the client goes away first, records it as cancelled
+//! from `Drop`.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde_json::{json, Value};
+
+use super::store::{ConversationStore, TurnRecord};
+use super::turn::{FinishReason, TurnRequest};
+use crate::db::now_ms;
+use crate::events::{EventLog, EventType, TurnContext};
+use crate::policy::SignedVerdict;
+use crate::slm::Usage;
+use crate::telemetry::{Metrics, RequestOutcome};
+
+/// The event context of a turn.
+pub fn turn_context(request: &TurnRequest, signed: &SignedVerdict) -> TurnContext {
+    TurnContext {
+        tenant: request.tenant.as_str().to_owned(),
+        session_id: request.session_id.clone(),
+        turn_id: request.turn_id.clone(),
+        trace_id: request.trace.trace_id.clone(),
+        traceparent: request.trace.header(),
+        tracestate: request.trace.tracestate.clone(),
+        constitution_hash: signed.constitution_hash.to_string(),
+        policy_verdict: signed.verdict.header_value(),
+        training_mode: false,
+    }
+}
+
+pub struct Recorder {
+    store: ConversationStore,
+    metrics: Arc<Metrics>,
+    events: EventLog,
+    context: TurnContext,
+    model: String,
+    record: Option<TurnRecord>,
+    route: &'static str,
+    started: Instant,
+    first_token_seen: bool,
+    pub usage: Option<Usage>,
+}
+
+impl Recorder {
+    pub fn new(
+        store: ConversationStore,
+        metrics: Arc<Metrics>,
+        events: EventLog,
+        context: TurnContext,
+        request: &TurnRequest,
+        signed: &SignedVerdict,
+        model: &str,
+    ) -> Self {
+        let record = TurnRecord {
+            turn_id: request.turn_id.clone(),
+            session_id: request.session_id.clone(),
+            tenant: request.tenant.as_str().to_owned(),
+            user_message: request.message.clone(),
+            assistant_message: String::new(),
+            finish_reason: FinishReason::Cancelled.as_str().into(),
+            policy_verdict: signed.verdict.header_value(),
+            constitution_hash: signed.constitution_hash.to_string(),
+            trace_id: request.trace.trace_id.clone(),
+            prompt_tokens: None,
+            completion_tokens: None,
+            created_at: now_ms(),
+        };
+        Self {
+            store,
+            metrics,
+            events,
+            context,
+            model: model.to_owned(),
+            record: Some(record),
+            route: request.route,
+            started: request.started,
+            first_token_seen: false,
+            usage: None,
+        }
+    }
+
+    /// Text that reached the client.
+    pub fn emitted(&mut self, text: &str) {
+        if !self.first_token_seen {
+            self.first_token_seen = true;
+            self.metrics.first_token(self.route, self.started.elapsed());
+        }
+        self.metrics.delta(self.route);
+        if let Some(record) = self.record.as_mut() {
+            record.assistant_message.push_str(text);
+        }
+    }
+
+    pub fn completion_data(&self, finish: FinishReason) -> Value {
+        json!({
+            "model": self.model, "finish_reason": finish, "usage": self.usage,
+            "duration_ms": self.started.elapsed().as_millis() as u64, "content_included": false,
+        })
+    }
+
+    fn take(&mut self, finish: FinishReason, outcome: RequestOutcome) -> Option<TurnRecord> {
+        let mut record = self.record.take()?;
+        record.finish_reason = finish.as_str().into();
+        record.prompt_tokens = self.usage.map(|u| i64::from(u.prompt_tokens));
+        record.completion_tokens = self.usage.map(|u| i64::from(u.completion_tokens));
+        self.metrics.request(self.route, outcome, self.started.elapsed());
+        tracing::info!(
+            trace_id = %record.trace_id, tenant = %record.tenant, session_id = %record.session_id, turn_id = %record.turn_id,
+            finish_reason = %record.finish_reason, elapsed_ms = self.started.elapsed().as_millis() as u64, "turn finished"
+        );
+        Some(record)
+    }
+
+    /// Stores the turn and its terminal event, both before the client sees `done`.
+    pub async fn finish(&mut self, finish: FinishReason, outcome: RequestOutcome, kind: EventType, data: Value) {
+        if let Some(record) = self.take(finish, outcome) {
+            tokio::join!(store_turn(&self.store, &record), self.events.turn_durable(&self.context, kind, data));
+        }
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        let Some(record) = self.take(FinishReason::Cancelled, RequestOutcome::Allow) else { return };
+        let (store, events, context) = (self.store.clone(), self.events.clone(), self.context.clone());
+        let data = json!({ "reason": "client_disconnected", "emitted_chars": record.assistant_message.chars().count(), "content_included": false });
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            // The client is gone; this writes one row and queues one event, both also drained on shutdown.
+            runtime.spawn(async move {
+                tokio::join!(store_turn(&store, &record), events.turn(&context, EventType::Cancelled, data));
+            });
+        }
+    }
+}
+
+async fn store_turn(store: &ConversationStore, record: &TurnRecord) {
+    if let Err(err) = store.record(record).await {
+        tracing::error!(trace_id = %record.trace_id, turn_id = %record.turn_id, error = %crate::error::error_chain(&err), "could not store turn");
+    }
+}
