@@ -28,9 +28,16 @@ export STEWARD_TEST_POSTGRES_URL=${STEWARD_TEST_POSTGRES_URL:-postgres://postgre
 scripts/model-server.sh install
 .venv/bin/python -c 'import openai' 2>/dev/null || .venv/bin/pip install -q --disable-pip-version-check openai==3.57.0
 
+# The Kafka-protocol broker: tansu, built once into a cache outside the clone
+# (a cold build takes 10-25 minutes on 2 cores), started here on memory storage.
+export STEWARD_TEST_TANSU=$(scripts/tansu.sh install)
+KAFKA_PORT=${STEWARD_TEST_KAFKA_PORT:-19092}
+scripts/tansu.sh start "$KAFKA_PORT"
+export STEWARD_TEST_KAFKA=127.0.0.1:$KAFKA_PORT
+
 MODEL_PORT=${STEWARD_TEST_MODEL_PORT:-8091}
 scripts/model-server.sh start "$MODEL_PORT" 4
-trap 'scripts/model-server.sh stop "$MODEL_PORT"' EXIT
+trap 'scripts/model-server.sh stop "$MODEL_PORT"; scripts/tansu.sh stop "$KAFKA_PORT"' EXIT
 export STEWARD_TEST_SLM_URL=${STEWARD_TEST_SLM_URL:-http://127.0.0.1:$MODEL_PORT/v1}
 export STEWARD_TEST_MODEL_PYTHON=${STEWARD_TEST_MODEL_PYTHON:-$PWD/.venv/bin/python}
 

@@ -2,11 +2,13 @@
 //! server (SmolLM2 on llama.cpp), SQLite files and a PostgreSQL server —
 //! with Steward spawned in process on a free port per test.
 
+mod broker;
 mod helpers;
 
 mod auth;
 mod bad_input;
 mod chat;
+mod events;
 mod moderation;
 mod openai;
 mod ops;
