@@ -34,7 +34,9 @@ fn event(session: usize, kind: EventType) -> Pending {
         tracestate: None,
         constitution_hash: format!("sha256:{}", "ab".repeat(32)),
         policy_verdict: "allow".into(),
-        training_mode: false,
+        training_mode: Some(false),
+        training_fencing_token: None,
+        training_mode_source: "lock_store".into(),
     };
     Pending::Conversation(NewEvent { context, kind, data: json!({ "model": "m", "max_tokens": 8, "history_messages": 1, "content_included": false }) })
 }

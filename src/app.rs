@@ -60,6 +60,7 @@ impl Application {
         let store = ConversationStore::new(db.clone());
         let (cancel, tasks) = (CancellationToken::new(), TaskTracker::new());
         let (events, publisher) = start_events(settings, &db, &metrics, &cancel, &tasks);
+        let (training, redis) = start_training(settings, &events, &metrics, &cancel, &tasks)?;
         let limits = TurnLimits {
             max_message_chars: settings.chat.max_message_chars,
             default_max_tokens: slm.default_max_tokens,
@@ -86,13 +87,15 @@ impl Application {
             store,
             metrics: metrics.clone(),
             events,
+            training: training.clone(),
             limits,
             keepalive,
             model_name: slm.model.clone(),
         });
-        let orchestrator_api = web::Data::new(OrchestratorApi { conversation: orchestrator, limits, metrics: metrics.clone(), keepalive });
+        let orchestrator_api = web::Data::new(OrchestratorApi { conversation: orchestrator, training: training.clone(), limits, metrics: metrics.clone(), keepalive });
         let keys = web::Data::new(KeyStore::new(db.clone()));
-        let deps = web::Data::new(Dependencies { database: db, model, broker: publisher });
+        let training = web::Data::from(training);
+        let deps = web::Data::new(Dependencies { database: db, model, broker: publisher, redis });
         let metrics = web::Data::from(metrics);
         let body_limit = settings.server.body_limit_bytes;
 
@@ -105,10 +108,12 @@ impl Application {
                 .app_data(gateway.clone())
                 .app_data(orchestrator_api.clone())
                 .app_data(keys.clone())
+                .app_data(training.clone())
                 .app_data(deps.clone())
                 .app_data(metrics.clone())
                 .configure(crate::gateway::configure)
                 .configure(crate::orchestrator::configure)
+                .configure(crate::training::configure)
                 .configure(crate::ops::configure)
                 .default_service(web::to(crate::ops::not_found))
         })
@@ -192,4 +197,54 @@ fn publisher(settings: &Settings) -> Option<Arc<dyn EventPublisher>> {
 #[cfg(not(feature = "kafka"))]
 fn publisher(_settings: &Settings) -> Option<Arc<dyn EventPublisher>> {
     None
+}
+
+#[cfg(feature = "redis")]
+type RedisHandle = Option<Arc<crate::training::RedisLockStore>>;
+#[cfg(not(feature = "redis"))]
+type RedisHandle = Option<()>;
+
+/// The training service over the configured lock store, and its expiry watcher.
+fn start_training(
+    settings: &Settings,
+    events: &EventLog,
+    metrics: &Arc<Metrics>,
+    cancel: &CancellationToken,
+    tasks: &TaskTracker,
+) -> anyhow::Result<(Arc<crate::training::TrainingService>, RedisHandle)> {
+    use crate::training::{InMemoryLockStore, LockStore, TrainingService, TrainingSettings};
+    let (store, redis): (Arc<dyn LockStore>, RedisHandle) = if settings.redis.url.expose().is_empty() {
+        tracing::info!("redis.url is empty: training locks are held in process (single instance only)");
+        (Arc::new(InMemoryLockStore::default()), None)
+    } else {
+        redis_store(settings)?
+    };
+    let service = Arc::new(TrainingService::new(
+        store,
+        events.clone(),
+        metrics.clone(),
+        TrainingSettings {
+            max_ttl: Duration::from_secs(settings.training.max_ttl_seconds),
+            state_cache: Duration::from_millis(settings.training.state_cache_ms),
+            audit_topic: settings.kafka.training_topic.clone(),
+        },
+    ));
+    let every = Duration::from_millis(settings.training.expiry_check_ms);
+    tasks.spawn(crate::training::watch(service.clone(), metrics.clone(), every, cancel.clone()));
+    Ok((service, redis))
+}
+
+#[cfg(feature = "redis")]
+fn redis_store(settings: &Settings) -> anyhow::Result<(Arc<dyn crate::training::LockStore>, RedisHandle)> {
+    let timeout = Duration::from_millis(settings.redis.command_timeout_ms);
+    let store = Arc::new(
+        crate::training::RedisLockStore::connect(settings.redis.url.expose(), &settings.redis.key_prefix, timeout)
+            .context("Failed to configure the Redis client (redis.url)")?,
+    );
+    Ok((store.clone(), Some(store)))
+}
+
+#[cfg(not(feature = "redis"))]
+fn redis_store(_settings: &Settings) -> anyhow::Result<(Arc<dyn crate::training::LockStore>, RedisHandle)> {
+    anyhow::bail!("redis.url is set but this build lacks the `redis` Cargo feature")
 }

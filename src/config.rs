@@ -39,6 +39,8 @@ pub struct Settings {
     pub chat: ChatSettings,
     pub kafka: KafkaConfig,
     pub outbox: OutboxConfig,
+    pub redis: RedisConfig,
+    pub training: TrainingConfig,
     pub telemetry: TelemetrySettings,
 }
 
@@ -122,6 +124,28 @@ pub struct OutboxConfig {
     pub max_backoff_ms: u64,
     /// How long a relay's lease lasts without renewal.
     pub lease_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `redis://host:port/db`. Empty = in-process lock store (single instance only).
+    pub url: Secret,
+    /// Prefix of every key Steward writes.
+    pub key_prefix: String,
+    /// A command fails (503 `lock_store_unavailable`) after this.
+    pub command_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainingConfig {
+    /// Longer requested TTLs are clamped to this.
+    pub max_ttl_seconds: u64,
+    /// How often lapsed locks are looked for (the bound on `training.expired` delay).
+    pub expiry_check_ms: u64,
+    /// How long the chat path trusts its last read of a tenant's state.
+    pub state_cache_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -223,6 +247,22 @@ impl Settings {
             ("outbox.poll_interval_ms", self.outbox.poll_interval_ms),
             ("outbox.max_backoff_ms", self.outbox.max_backoff_ms),
             ("outbox.lease_ms", self.outbox.lease_ms),
+        ] {
+            if value == 0 {
+                return invalid(key, "must be greater than 0");
+            }
+        }
+        let redis = self.redis.url.expose();
+        if !redis.is_empty() && !(redis.starts_with("redis://") || redis.starts_with("rediss://")) {
+            return invalid("redis.url", "expected redis://host:port (or empty for the in-process store)");
+        }
+        if !redis.is_empty() && !cfg!(feature = "redis") {
+            return invalid("redis.url", "this build lacks the `redis` Cargo feature");
+        }
+        for (key, value) in [
+            ("redis.command_timeout_ms", self.redis.command_timeout_ms),
+            ("training.max_ttl_seconds", self.training.max_ttl_seconds),
+            ("training.expiry_check_ms", self.training.expiry_check_ms),
         ] {
             if value == 0 {
                 return invalid(key, "must be greater than 0");

@@ -27,6 +27,9 @@ pub enum Code {
     ConstitutionMismatch,
     PolicyVerdictInvalid,
     PolicyRefused,
+    TrainingLockHeld,
+    TrainingLockNotOwner,
+    LockStoreUnavailable,
     ModelUnavailable,
     ModelTimeout,
     ModelError,
@@ -53,6 +56,9 @@ impl Code {
             ConstitutionMismatch => ("constitution_mismatch", "policy", 409),
             PolicyVerdictInvalid => ("policy_verdict_invalid", "policy", 403),
             PolicyRefused => ("policy_refused", "policy", 403),
+            TrainingLockHeld => ("training_lock_held", "training", 409),
+            TrainingLockNotOwner => ("training_lock_not_owner", "training", 409),
+            LockStoreUnavailable => ("lock_store_unavailable", "upstream", 503),
             ModelUnavailable => ("model_unavailable", "upstream", 502),
             ModelTimeout => ("model_timeout", "upstream", 504),
             ModelError => ("model_error", "upstream", 502),
@@ -140,6 +146,7 @@ fn generic_message(code: Code) -> &'static str {
         Code::ModelUnavailable => "the language model is unavailable",
         Code::ModelTimeout => "the language model did not answer in time",
         Code::ModelError => "the language model failed",
+        Code::LockStoreUnavailable => "the training lock store is unavailable",
         _ => "internal error",
     }
 }

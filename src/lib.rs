@@ -13,6 +13,7 @@
 //! - [`orchestrator`]: runs an allowed turn; also served over HTTP.
 //! - [`slm`]: the OpenAI-compatible streaming model client.
 //! - [`events`]: the outbox, its relay to Kafka and the audit of the trail.
+//! - [`training`]: the training-mode lock (Redis or in process) and its audit.
 //! - [`telemetry`]: JSON logs, trace context, Prometheus metrics.
 //! - [`app`]: wires adapters into services and services into routes.
 
@@ -30,4 +31,5 @@ pub mod orchestrator;
 pub mod policy;
 pub mod slm;
 pub mod telemetry;
+pub mod training;
 pub mod web;

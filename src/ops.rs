@@ -18,6 +18,11 @@ pub struct Dependencies {
     pub model: Arc<dyn ModelClient>,
     /// `None` in embedded mode (no broker configured).
     pub broker: Option<Arc<dyn EventPublisher>>,
+    /// `None` when training locks are held in process.
+    #[cfg(feature = "redis")]
+    pub redis: Option<Arc<crate::training::RedisLockStore>>,
+    #[cfg(not(feature = "redis"))]
+    pub redis: Option<()>,
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -37,21 +42,33 @@ async fn readyz(deps: web::Data<Dependencies>) -> HttpResponse {
             Some(broker) => Some(broker.ready().await.map_err(|e| e.to_string())),
         }
     };
-    let (db, model, broker) = tokio::join!(deps.database.ping(), deps.model.ready(), broker_check);
+    let redis_check = async {
+        #[cfg(feature = "redis")]
+        if let Some(redis) = &deps.redis {
+            return Some(redis.ping().await.map_err(|e| e.to_string()));
+        }
+        None
+    };
+    let (db, model, broker, redis) = tokio::join!(deps.database.ping(), deps.model.ready(), broker_check, redis_check);
     let check = |r: Result<(), String>| match r {
         Ok(()) => json!({ "status": "up" }),
         Err(e) => json!({ "status": "down", "error": e }),
     };
-    // The broker is reported but does not gate readiness: chat works while it is down
+    // The broker and Redis are reported but do not gate readiness: chat works while it is down
     // (events wait in the outbox).
     let ready = db.is_ok() && model.is_ok();
     let broker = match broker {
         None => json!({ "status": "disabled", "detail": "no brokers configured; events stay in the outbox" }),
         Some(result) => check(result),
     };
+    let redis = match redis {
+        None => json!({ "status": "disabled", "detail": "training locks are held in process" }),
+        Some(result) => check(result),
+    };
     let body = json!({
         "status": if ready { "ready" } else { "not_ready" },
         "checks": {
+            "redis": redis,
             "database": check(db.map_err(|e| e.to_string())),
             "model": check(model.map_err(|e| crate::error::error_chain(&e))),
             "broker": broker,

@@ -54,7 +54,11 @@ pub struct TurnContext {
     pub tracestate: Option<String>,
     pub constitution_hash: String,
     pub policy_verdict: String,
-    pub training_mode: bool,
+    /// `None` when the training state could not be read.
+    pub training_mode: Option<bool>,
+    pub training_fencing_token: Option<u64>,
+    /// How `training_mode` was decided.
+    pub training_mode_source: String,
 }
 
 impl TurnContext {
@@ -86,7 +90,9 @@ pub struct ConversationEvent {
     pub trace_id: String,
     pub constitution_hash: String,
     pub policy_verdict: String,
-    pub training_mode: bool,
+    pub training_mode: Option<bool>,
+    pub training_fencing_token: Option<u64>,
+    pub training_mode_source: String,
     pub seq: i64,
     pub prev_hash: String,
     pub data: Value,
@@ -108,6 +114,8 @@ impl ConversationEvent {
             constitution_hash: c.constitution_hash.clone(),
             policy_verdict: c.policy_verdict.clone(),
             training_mode: c.training_mode,
+            training_fencing_token: c.training_fencing_token,
+            training_mode_source: c.training_mode_source.clone(),
             seq,
             prev_hash,
             data: new.data.clone(),

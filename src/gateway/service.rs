@@ -25,6 +25,7 @@ pub struct Gateway {
     pub store: ConversationStore,
     pub metrics: Arc<Metrics>,
     pub events: EventLog,
+    pub training: Arc<crate::training::TrainingService>,
     pub limits: TurnLimits,
     pub keepalive: Duration,
     /// Model name reported by the OpenAI facade.
@@ -101,6 +102,7 @@ impl Gateway {
         };
         let verdict = if hits.is_empty() { Verdict::Allow } else { Verdict::Refuse(hits.iter().map(|h| h.code.clone()).collect()) };
         let signed = self.policy.sign(turn, verdict);
+        let training = self.training.mark(tenant).await;
         let received_data = json!({ "route": input.route, "message_chars": input.message.chars().count(), "content_included": false });
         let request = TurnRequest {
             tenant: caller.tenant.clone(),
@@ -113,6 +115,7 @@ impl Gateway {
             route: input.route,
             started: input.started,
             announce: false,
+            training,
         };
         let context = turn_context(&request, &signed);
         let received = NewEvent { context: context.clone(), kind: EventType::Received, data: received_data };

@@ -22,6 +22,7 @@ use crate::web::{sse_frame, trace_of, with_keepalive, Governance};
 /// What the orchestrator routes need.
 pub struct OrchestratorApi {
     pub conversation: Arc<dyn Conversation>,
+    pub training: Arc<crate::training::TrainingService>,
     pub limits: TurnLimits,
     pub metrics: Arc<Metrics>,
     pub keepalive: Duration,
@@ -72,6 +73,7 @@ async fn begin(
         api.limits.check_message(&body.message)?;
         let params = api.limits.params(body.max_tokens, body.temperature, body.seed)?;
         let policy = policy_headers(req);
+        let training = api.training.mark(caller.tenant.as_str()).await;
         let request = TurnRequest {
             tenant: caller.tenant,
             session_id: body.session_id,
@@ -83,6 +85,7 @@ async fn begin(
             route,
             started,
             announce: true,
+            training,
         };
         let stream = api.conversation.start_turn(request.clone(), policy.clone()).await?;
         Ok((stream, policy, request))

@@ -27,7 +27,9 @@ pub fn turn_context(request: &TurnRequest, signed: &SignedVerdict) -> TurnContex
         tracestate: request.trace.tracestate.clone(),
         constitution_hash: signed.constitution_hash.to_string(),
         policy_verdict: signed.verdict.header_value(),
-        training_mode: false,
+        training_mode: request.training.enabled,
+        training_fencing_token: request.training.fencing_token,
+        training_mode_source: request.training.source.to_owned(),
     }
 }
 
@@ -39,6 +41,7 @@ pub struct Recorder {
     model: String,
     record: Option<TurnRecord>,
     route: &'static str,
+    span_id: String,
     started: Instant,
     first_token_seen: bool,
     pub usage: Option<Usage>,
@@ -76,6 +79,7 @@ impl Recorder {
             model: model.to_owned(),
             record: Some(record),
             route: request.route,
+            span_id: request.trace.span_id.clone(),
             started: request.started,
             first_token_seen: false,
             usage: None,
@@ -108,7 +112,7 @@ impl Recorder {
         record.completion_tokens = self.usage.map(|u| i64::from(u.completion_tokens));
         self.metrics.request(self.route, outcome, self.started.elapsed());
         tracing::info!(
-            trace_id = %record.trace_id, tenant = %record.tenant, session_id = %record.session_id, turn_id = %record.turn_id,
+            trace_id = %record.trace_id, span_id = %self.span_id, tenant = %record.tenant, session_id = %record.session_id, turn_id = %record.turn_id,
             finish_reason = %record.finish_reason, elapsed_ms = self.started.elapsed().as_millis() as u64, "turn finished"
         );
         Some(record)

@@ -29,6 +29,8 @@ pub struct TurnRequest {
     pub route: &'static str,
     /// When the request arrived, for time-to-first-token and duration.
     pub started: Instant,
+    /// The tenant's training mode when the turn arrived (marks its events).
+    pub training: crate::training::TrainingMark,
     /// Whether the orchestrator emits `turn.received` (true over HTTP; the
     /// gateway emits it itself, with its own admission decision).
     pub announce: bool,

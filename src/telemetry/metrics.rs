@@ -26,6 +26,17 @@ struct TopicLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TenantLabels {
+    tenant: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TransitionLabels {
+    tenant: String,
+    action: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ModerationLabels {
     stage: &'static str,
     category: String,
@@ -69,6 +80,8 @@ pub struct Metrics {
     outbox_oldest: Gauge<f64, std::sync::atomic::AtomicU64>,
     publish_failures: Counter,
     published: Family<TopicLabels, Counter>,
+    training_state: Family<TenantLabels, Gauge>,
+    training_transitions: Family<TransitionLabels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -102,7 +115,24 @@ impl Metrics {
         registry.register("outbox_oldest_pending_seconds", "Age of the oldest unpublished event", outbox_oldest.clone());
         registry.register("kafka_publish_failures", "Failed attempts to publish to the broker", publish_failures.clone());
         registry.register("kafka_published_events", "Events published to the broker, by topic", published.clone());
-        Self { registry, requests, duration, ttft, tokens, moderation, outbox_pending, outbox_oldest, publish_failures, published }
+        let training_state = Family::<TenantLabels, Gauge>::default();
+        let training_transitions = Family::<TransitionLabels, Counter>::default();
+        registry.register("training_mode_state", "1 while the tenant's training lock is held, read from the lock store", training_state.clone());
+        registry.register("training_mode_transitions", "Training lock transitions by tenant and action", training_transitions.clone());
+        Self {
+            registry,
+            requests,
+            duration,
+            ttft,
+            tokens,
+            moderation,
+            outbox_pending,
+            outbox_oldest,
+            publish_failures,
+            published,
+            training_state,
+            training_transitions,
+        }
     }
 
     pub fn request(&self, route: &'static str, outcome: RequestOutcome, elapsed: Duration) {
@@ -134,6 +164,23 @@ impl Metrics {
 
     pub fn published(&self, topic: &str) {
         self.published.get_or_create(&TopicLabels { topic: topic.to_owned() }).inc();
+    }
+
+    /// `None` removes the series: the state could not be read.
+    pub fn training_state(&self, tenant: &str, enabled: Option<bool>) {
+        let labels = TenantLabels { tenant: tenant.to_owned() };
+        match enabled {
+            Some(on) => {
+                self.training_state.get_or_create(&labels).set(i64::from(on));
+            }
+            None => {
+                self.training_state.remove(&labels);
+            }
+        }
+    }
+
+    pub fn training_transition(&self, tenant: &str, action: &'static str) {
+        self.training_transitions.get_or_create(&TransitionLabels { tenant: tenant.to_owned(), action }).inc();
     }
 
     /// The text exposition format.

@@ -1,0 +1,25 @@
+//! Training mode: admins switch their tenant into training mode (its
+//! conversations are marked for capture) through an exclusive, expiring,
+//! fenced lock — in Redis ([`RedisLockStore`]) or, for a single instance, in
+//! process ([`InMemoryLockStore`]). Every transition, refusal and expiry is a
+//! `training.audit/v1` record through the outbox.
+//!
+//! Entry points: [`configure`] (the `/v1/training/*` routes),
+//! [`TrainingService::mark`] (the chat path's view of a tenant), [`watch`]
+//! (expiry audits and the state gauge).
+
+mod api;
+mod lock;
+mod memory;
+#[cfg(feature = "redis")]
+mod redis;
+mod service;
+mod watcher;
+
+pub use api::configure;
+pub use lock::{Acquired, Expired, LockError, LockInfo, LockStore, Owned};
+pub use memory::InMemoryLockStore;
+#[cfg(feature = "redis")]
+pub use redis::RedisLockStore;
+pub use service::{iso, Actor, TrainingError, TrainingMark, TrainingService, TrainingSettings, AUDIT_SCHEMA};
+pub use watcher::watch;

@@ -1,0 +1,227 @@
+//! Training mode: the admin operations over the [`LockStore`], their audit
+//! records (`training.audit/v1`, through the outbox), metrics and logs, and a
+//! short-lived view of each tenant's state for the chat path (so a turn costs
+//! no Redis round trip while the state is fresh).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rand::RngCore;
+use serde_json::json;
+
+use super::lock::{Acquired, LockError, LockInfo, LockStore, Owned};
+use crate::error::{Code, ErrorCode};
+use crate::events::{EventLog, Pending};
+use crate::telemetry::{Metrics, TraceContext};
+
+pub const AUDIT_SCHEMA: &str = "training.audit/v1";
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrainingError {
+    #[error("training mode is held by {owner} until {expires_at}")]
+    Held { owner: String, expires_at: String },
+    #[error("this lock token does not hold the training lock")]
+    NotOwner,
+    #[error(transparent)]
+    Store(#[from] LockError),
+    #[error("events could not be stored")]
+    Audit(#[from] crate::events::EventsError),
+}
+
+impl ErrorCode for TrainingError {
+    fn code(&self) -> Code {
+        match self {
+            Self::Held { .. } => Code::TrainingLockHeld,
+            Self::NotOwner => Code::TrainingLockNotOwner,
+            Self::Store(_) => Code::LockStoreUnavailable,
+            Self::Audit(_) => Code::Internal,
+        }
+    }
+}
+
+/// Whether a tenant's turns are captured for training, and how that was decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrainingMark {
+    /// `None` when the lock store could not be read: unknown, not guessed.
+    pub enabled: Option<bool>,
+    pub fencing_token: Option<u64>,
+    /// `lock_store` (read from it within `training.state_cache_ms`) or `lock_store_unavailable`.
+    pub source: &'static str,
+}
+
+/// Who asked, for audit records.
+pub struct Actor<'a> {
+    pub tenant: &'a str,
+    pub key_id: &'a str,
+    pub trace: &'a TraceContext,
+}
+
+pub struct TrainingSettings {
+    pub max_ttl: Duration,
+    pub state_cache: Duration,
+    pub audit_topic: String,
+}
+
+pub struct TrainingService {
+    store: Arc<dyn LockStore>,
+    events: EventLog,
+    metrics: Arc<Metrics>,
+    settings: TrainingSettings,
+    /// tenant → (read at, lock): the chat path's view, refreshed after `state_cache`.
+    view: Mutex<HashMap<String, (Instant, Option<LockInfo>)>>,
+}
+
+pub fn iso(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+impl TrainingService {
+    pub fn new(store: Arc<dyn LockStore>, events: EventLog, metrics: Arc<Metrics>, settings: TrainingSettings) -> Self {
+        Self { store, events, metrics, settings, view: Mutex::new(HashMap::new()) }
+    }
+
+    pub fn store(&self) -> &Arc<dyn LockStore> {
+        &self.store
+    }
+
+    /// TTL requested, clamped to `training.max_ttl_seconds`.
+    pub fn clamp(&self, ttl_seconds: u64) -> Duration {
+        Duration::from_secs(ttl_seconds).min(self.settings.max_ttl)
+    }
+
+    pub async fn enable(&self, actor: &Actor<'_>, ttl: Duration, reason: &str) -> Result<LockInfo, TrainingError> {
+        let mut token = [0u8; 24];
+        rand::rngs::OsRng.fill_bytes(&mut token);
+        match self.store.acquire(actor.tenant, actor.key_id, reason, &hex::encode(token), ttl).await {
+            Ok(Acquired::Acquired(info)) => {
+                self.transition(actor, "enabled", Some(&info), reason).await?;
+                self.remember(actor.tenant, Some(info.clone()));
+                Ok(info)
+            }
+            Ok(Acquired::Held(info)) => {
+                self.transition(actor, "denied", Some(&info), &format!("already held by {}", info.owner)).await?;
+                Err(TrainingError::Held { owner: info.owner.clone(), expires_at: iso(info.expires_at_ms()) })
+            }
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    pub async fn renew(&self, actor: &Actor<'_>, token: &str, ttl: Duration) -> Result<LockInfo, TrainingError> {
+        let outcome = self.store.renew(actor.tenant, token, ttl).await?;
+        self.owned(actor, "renewed", outcome).await
+    }
+
+    pub async fn disable(&self, actor: &Actor<'_>, token: &str) -> Result<LockInfo, TrainingError> {
+        let outcome = self.store.release(actor.tenant, token).await?;
+        let result = self.owned(actor, "disabled", outcome).await;
+        if result.is_ok() {
+            self.remember(actor.tenant, None);
+        }
+        result
+    }
+
+    async fn owned(&self, actor: &Actor<'_>, action: &'static str, outcome: Owned) -> Result<LockInfo, TrainingError> {
+        match outcome {
+            Owned::Done(info) => {
+                self.transition(actor, action, Some(&info), &info.reason.clone()).await?;
+                if action == "renewed" {
+                    self.remember(actor.tenant, Some(info.clone()));
+                }
+                Ok(info)
+            }
+            Owned::NotOwner(current) => {
+                self.transition(actor, "denied", current.as_ref(), &format!("{} with a token that does not hold the lock", &action[..action.len() - 1])).await?;
+                Err(TrainingError::NotOwner)
+            }
+        }
+    }
+
+    /// Audits a caller without `training:admin`.
+    pub async fn deny(&self, actor: &Actor<'_>, why: &str) -> Result<(), TrainingError> {
+        self.transition(actor, "denied", None, why).await
+    }
+
+    pub async fn status(&self, tenant: &str) -> Result<Option<LockInfo>, TrainingError> {
+        let info = self.store.status(tenant).await?;
+        self.metrics.training_state(tenant, Some(info.is_some()));
+        self.remember(tenant, info.clone());
+        Ok(info)
+    }
+
+    /// The chat path's view: fresh enough, or read again; unknown if unreadable.
+    pub async fn mark(&self, tenant: &str) -> TrainingMark {
+        let cached = self.view.lock().ok().and_then(|v| v.get(tenant).cloned());
+        if let Some((read_at, lock)) = cached {
+            let lapsed = lock.as_ref().is_some_and(|l| read_at.elapsed().as_millis() as u64 >= l.ttl_ms);
+            if read_at.elapsed() < self.settings.state_cache && !lapsed {
+                return mark_of(lock.as_ref());
+            }
+        }
+        match self.store.status(tenant).await {
+            Ok(lock) => {
+                self.remember(tenant, lock.clone());
+                mark_of(lock.as_ref())
+            }
+            Err(err) => {
+                tracing::warn!(tenant, error = %err, "training state unknown: lock store unreadable");
+                TrainingMark { enabled: None, fencing_token: None, source: "lock_store_unavailable" }
+            }
+        }
+    }
+
+    fn remember(&self, tenant: &str, lock: Option<LockInfo>) {
+        if let Ok(mut view) = self.view.lock() {
+            view.insert(tenant.to_owned(), (Instant::now(), lock));
+        }
+    }
+
+    /// Records a transition: audit record (durable), counter, log line.
+    pub(super) async fn transition(&self, actor: &Actor<'_>, action: &'static str, lock: Option<&LockInfo>, reason: &str) -> Result<(), TrainingError> {
+        let occurred_at = iso(crate::db::now_ms());
+        let record = json!({
+            "schema": AUDIT_SCHEMA,
+            "event_id": uuid::Uuid::now_v7().to_string(),
+            "type": format!("training.{action}"),
+            "tenant": actor.tenant,
+            "actor": actor.key_id,
+            "lock_owner": lock.map(|l| l.owner.clone()),
+            "fencing_token": lock.map(|l| l.fencing_token),
+            "ttl_ms": lock.map(|l| l.ttl_ms),
+            "reason": reason,
+            "occurred_at": occurred_at,
+            "trace_id": actor.trace.trace_id,
+        });
+        let mut headers = json!({
+            "traceparent": actor.trace.header(),
+            "x-tenant": actor.tenant,
+            "x-event-type": format!("training.{action}"),
+            "content-type": "application/json",
+        });
+        if let Some(state) = &actor.trace.tracestate {
+            headers["tracestate"] = json!(state);
+        }
+        let pending = Pending::Record {
+            topic: self.settings.audit_topic.clone(),
+            key: actor.tenant.to_owned(),
+            event_type: format!("training.{action}"),
+            payload: record,
+            headers,
+        };
+        self.events.emit_durable(vec![pending]).await?;
+        self.metrics.training_transition(actor.tenant, action);
+        if action != "denied" {
+            self.metrics.training_state(actor.tenant, Some(matches!(action, "enabled" | "renewed")));
+        }
+        tracing::info!(
+            tenant = actor.tenant, action, actor = actor.key_id, lock_owner = lock.map(|l| l.owner.as_str()),
+            fencing_token = lock.map(|l| l.fencing_token), occurred_at = %occurred_at, trace_id = %actor.trace.trace_id, reason,
+            "training mode transition"
+        );
+        Ok(())
+    }
+}
+
+fn mark_of(lock: Option<&LockInfo>) -> TrainingMark {
+    TrainingMark { enabled: Some(lock.is_some()), fencing_token: lock.map(|l| l.fencing_token), source: "lock_store" }
+}
