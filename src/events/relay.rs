@@ -6,7 +6,7 @@
 //! only keeps the outbox gauges current.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
 use tokio::sync::Notify;
@@ -57,12 +57,15 @@ impl Relay {
     pub async fn run(self, cancel: CancellationToken) {
         let holder = format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple());
         let mut backoff = Backoff::new(self.settings.poll_interval.min(Duration::from_millis(100)), self.settings.max_backoff);
-        let mut prepared = false;
+        let mut state = RelayState { holder, prepared: false, lease_until: None, gauges_at: None };
         loop {
-            self.refresh_gauges().await;
+            if state.gauges_at.is_none_or(|at| at.elapsed() >= self.settings.poll_interval) {
+                self.refresh_gauges().await;
+                state.gauges_at = Some(Instant::now());
+            }
             let wait = match &self.publisher {
                 None => self.settings.poll_interval,
-                Some(publisher) => match self.step(publisher.as_ref(), &holder, &mut prepared).await {
+                Some(publisher) => match self.step(publisher.as_ref(), &mut state).await {
                     Step::Published => {
                         backoff.reset();
                         continue;
@@ -81,12 +84,25 @@ impl Relay {
             }
         }
         if self.publisher.is_some() {
-            let _ = self.store.release_lease(LEASE, &holder).await;
+            let _ = self.store.release_lease(LEASE, &state.holder).await;
         }
+        self.refresh_gauges().await;
     }
 
-    async fn step(&self, publisher: &dyn EventPublisher, holder: &str, prepared: &mut bool) -> Step {
-        match self.store.acquire_lease(LEASE, holder, self.settings.lease.as_millis() as i64).await {
+    /// Holds the lease, renewing it once a third of it has passed rather than every round.
+    async fn lease(&self, state: &mut RelayState) -> Result<bool, sqlx::Error> {
+        let lease = self.settings.lease;
+        if state.lease_until.is_some_and(|until| until > Instant::now() + lease * 2 / 3) {
+            return Ok(true);
+        }
+        let taken_at = Instant::now();
+        let held = self.store.acquire_lease(LEASE, &state.holder, lease.as_millis() as i64).await?;
+        state.lease_until = held.then_some(taken_at + lease);
+        Ok(held)
+    }
+
+    async fn step(&self, publisher: &dyn EventPublisher, state: &mut RelayState) -> Step {
+        match self.lease(state).await {
             Ok(true) => {}
             Ok(false) => return Step::Idle,
             Err(err) => {
@@ -94,6 +110,7 @@ impl Relay {
                 return Step::Failed;
             }
         }
+        let prepared = &mut state.prepared;
         if !*prepared {
             if let Err(err) = publisher.prepare().await {
                 self.metrics.publish_failure();
@@ -136,6 +153,14 @@ impl Relay {
             self.metrics.outbox(pending, oldest_ms.unwrap_or(0) as f64 / 1000.0);
         }
     }
+}
+
+struct RelayState {
+    holder: String,
+    prepared: bool,
+    /// When the lease this relay holds lapses, if it holds one.
+    lease_until: Option<Instant>,
+    gauges_at: Option<Instant>,
 }
 
 enum Step {

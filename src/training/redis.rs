@@ -8,8 +8,9 @@
 //!   sorted set scored by its expiry; `claim_expired` removes due members whose
 //!   lock is gone with `ZREM` inside the script, so exactly one caller gets each.
 //!
-//! Commands fail fast (`lock_store_unavailable`) while Redis is unreachable;
-//! the client keeps reconnecting in the background.
+//! Commands time out (`lock_store_unavailable`) while Redis is unreachable,
+//! and carry a deadline the scripts enforce, so a command delivered late does
+//! nothing; the client keeps reconnecting in the background.
 
 use std::time::Duration;
 
@@ -20,7 +21,12 @@ use serde::Deserialize;
 
 use super::lock::{Acquired, Expired, LockError, LockInfo, LockStore, Owned};
 
-const NOW: &str = "local t = redis.call('TIME') local now = t[1] * 1000 + math.floor(t[2] / 1000) ";
+/// Every script starts here: `now` from the server clock, and a refusal to act
+/// once the caller's deadline (the last argument) has passed — while Redis is
+/// unreachable the client queues commands, and one that arrives after Steward
+/// answered 503 must not take or change a lock behind the caller's back.
+const PRELUDE: &str = "local t = redis.call('TIME') local now = t[1] * 1000 + math.floor(t[2] / 1000) \
+if now > tonumber(ARGV[#ARGV]) then return redis.error_reply('STEWARD_LATE command arrived after its deadline') end ";
 
 const ACQUIRE: &str = "local current = redis.call('GET', KEYS[1]) \
 if current then return {0, current, redis.call('PTTL', KEYS[1])} end \
@@ -62,6 +68,14 @@ for _, member in ipairs(due) do \
 end \
 return out";
 
+/// The client queues commands while it reconnects, so bound every call ourselves.
+async fn bounded<T>(timeout: Duration, call: impl std::future::Future<Output = Result<T, fred::error::Error>>) -> Result<T, LockError> {
+    match tokio::time::timeout(timeout, call).await {
+        Err(_) => Err(LockError::Unavailable(format!("no answer within {timeout:?}"))),
+        Ok(result) => result.map_err(|e| LockError::Unavailable(e.to_string())),
+    }
+}
+
 #[derive(Deserialize)]
 struct Stored {
     token: String,
@@ -101,13 +115,14 @@ impl RedisLockStore {
         self.key(&format!("lock:{tenant}"))
     }
 
-    async fn eval(&self, script: &str, keys: Vec<String>, args: Vec<String>) -> Result<Value, LockError> {
-        let options = Options { fail_fast: true, timeout: Some(self.timeout), max_attempts: Some(1), ..Default::default() };
-        self.client
-            .with_options(&options)
-            .eval::<Value, _, _, _>(format!("{NOW}{script}"), keys, args)
-            .await
-            .map_err(|e| LockError::Unavailable(e.to_string()))
+    async fn eval(&self, script: &str, keys: Vec<String>, mut args: Vec<String>) -> Result<Value, LockError> {
+        args.push((crate::db::now_ms() + self.timeout.as_millis() as i64).to_string());
+        let client = self.client.with_options(&self.options());
+        bounded(self.timeout, client.eval::<Value, _, _, _>(format!("{PRELUDE}{script}"), keys, args)).await
+    }
+
+    fn options(&self) -> Options {
+        Options { fail_fast: true, timeout: Some(self.timeout), max_attempts: Some(1), ..Default::default() }
     }
 
     /// Reads a `{found, value, pttl}` reply.
@@ -134,8 +149,8 @@ impl RedisLockStore {
 
     /// Whether Redis answers, for readiness.
     pub async fn ping(&self) -> Result<(), LockError> {
-        let options = Options { fail_fast: true, timeout: Some(self.timeout), max_attempts: Some(1), ..Default::default() };
-        self.client.with_options(&options).ping::<String>(None).await.map(|_| ()).map_err(|e| LockError::Unavailable(e.to_string()))
+        let client = self.client.with_options(&self.options());
+        bounded(self.timeout, client.ping::<String>(None)).await.map(|_| ())
     }
 }
 
@@ -186,8 +201,8 @@ impl LockStore for RedisLockStore {
 
     fn tenants(&self) -> BoxFuture<'_, Result<Vec<String>, LockError>> {
         Box::pin(async move {
-            let options = Options { fail_fast: true, timeout: Some(self.timeout), max_attempts: Some(1), ..Default::default() };
-            self.client.with_options(&options).smembers::<Vec<String>, _>(self.key("tenants")).await.map_err(|e| LockError::Unavailable(e.to_string()))
+            let client = self.client.with_options(&self.options());
+            bounded(self.timeout, client.smembers::<Vec<String>, _>(self.key("tenants"))).await
         })
     }
 }

@@ -74,6 +74,7 @@ pub async fn postgres_database() -> String {
 pub struct TestApp {
     pub address: String,
     pub settings: Settings,
+    pub db: Database,
     pub keys: KeyStore,
     pub store: ConversationStore,
     pub http: reqwest::Client,
@@ -95,7 +96,8 @@ pub async fn spawn_app_with(storage: Storage, adjust: impl FnOnce(&mut Settings)
     TestApp {
         address,
         keys: KeyStore::new(db.clone()),
-        store: ConversationStore::new(db),
+        store: ConversationStore::new(db.clone()),
+        db,
         settings,
         http: reqwest::Client::new(),
         _dir: dir,
@@ -161,6 +163,17 @@ impl TestApp {
         let response = self.post("/v1/chat/stream", Some(key), body).await;
         assert_eq!(response.status(), 200, "chat/stream failed: {:?}", response.text().await);
         read_sse(response).await
+    }
+
+    pub async fn get_with(&self, path: &str, key: &str) -> reqwest::Response {
+        self.http.get(format!("{}{path}", self.address)).bearer_auth(key).send().await.expect("request sent")
+    }
+
+    /// Payloads stored in the outbox for `topic`, oldest first.
+    pub async fn outbox(&self, topic: &str) -> Vec<Value> {
+        let outbox = steward::events::OutboxStore::new(self.db.clone(), topic);
+        let rows = outbox.tail(topic, None, 0, 10_000).await.expect("outbox readable");
+        rows.into_iter().map(|(_, payload)| serde_json::from_str(&payload).expect("JSON payload")).collect()
     }
 
     pub async fn get(&self, path: &str) -> reqwest::Response {

@@ -14,3 +14,4 @@ mod openai;
 mod ops;
 mod orchestrator;
 mod storage;
+mod training;
