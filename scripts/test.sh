@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Runs the whole test suite against real services: PostgreSQL (127.0.0.1:5432,
-# started or installed when missing), the local model server (started here on
-# 127.0.0.1:8091 and stopped afterwards) and Steward itself (spawned in-process
-# by the tests on free ports).
+# Runs the whole test suite against real services: PostgreSQL (127.0.0.1:5432)
+# and Redis (127.0.0.1:6379), each started or installed when missing; the local
+# model server (127.0.0.1:8091) and the tansu broker (127.0.0.1:19092), started
+# here and stopped afterwards; and Steward itself (spawned by the tests on free
+# ports, in process or as the real binary).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,7 +22,22 @@ ensure_postgres() {
   exit 1
 }
 
+ensure_redis() {
+  if command -v redis-cli >/dev/null && redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then return; fi
+  if ! command -v redis-server >/dev/null; then
+    echo "installing Redis" >&2
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+  fi
+  redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 && return
+  redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no >/dev/null
+  for _ in $(seq 1 40); do redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 && return; sleep 0.25; done
+  echo "Redis is not reachable at 127.0.0.1:6379" >&2
+  exit 1
+}
+
 ensure_postgres
+ensure_redis
+export STEWARD_TEST_REDIS_URL=${STEWARD_TEST_REDIS_URL:-redis://127.0.0.1:6379}
 export STEWARD_TEST_POSTGRES_URL=${STEWARD_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 
 # The official OpenAI SDK, for the facade's compatibility test.
@@ -41,4 +57,5 @@ trap 'scripts/model-server.sh stop "$MODEL_PORT"; scripts/tansu.sh stop "$KAFKA_
 export STEWARD_TEST_SLM_URL=${STEWARD_TEST_SLM_URL:-http://127.0.0.1:$MODEL_PORT/v1}
 export STEWARD_TEST_MODEL_PYTHON=${STEWARD_TEST_MODEL_PYTHON:-$PWD/.venv/bin/python}
 
-cargo test --all-targets "$@"
+# Library, binary and integration tests; the benches (benches/) are run on purpose, not here.
+cargo test --lib --bins --tests "$@"

@@ -57,15 +57,30 @@ impl Relay {
     pub async fn run(self, cancel: CancellationToken) {
         let holder = format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple());
         let mut backoff = Backoff::new(self.settings.poll_interval.min(Duration::from_millis(100)), self.settings.max_backoff);
-        let mut state = RelayState { holder, prepared: false, lease_until: None, gauges_at: None };
-        loop {
-            if state.gauges_at.is_none_or(|at| at.elapsed() >= self.settings.poll_interval) {
+        let mut state = RelayState { holder, prepared: false, lease_until: None };
+        // The gauges have their own loop: a publish stuck on a dead broker must not freeze them.
+        let gauges = async {
+            loop {
                 self.refresh_gauges().await;
-                state.gauges_at = Some(Instant::now());
+                tokio::time::sleep(self.settings.poll_interval).await;
             }
+        };
+        tokio::select! {
+            () = cancel.cancelled() => {}
+            () = gauges => {}
+            () = self.publish_loop(&mut state, &mut backoff, &cancel) => {}
+        }
+        if self.publisher.is_some() {
+            let _ = self.store.release_lease(LEASE, &state.holder).await;
+        }
+        self.refresh_gauges().await;
+    }
+
+    async fn publish_loop(&self, state: &mut RelayState, backoff: &mut Backoff, cancel: &CancellationToken) {
+        loop {
             let wait = match &self.publisher {
                 None => self.settings.poll_interval,
-                Some(publisher) => match self.step(publisher.as_ref(), &mut state).await {
+                Some(publisher) => match self.step(publisher.as_ref(), state).await {
                     Step::Published => {
                         backoff.reset();
                         continue;
@@ -78,15 +93,11 @@ impl Relay {
                 },
             };
             tokio::select! {
-                () = cancel.cancelled() => break,
+                () = cancel.cancelled() => return,
                 () = self.committed.notified(), if self.publisher.is_some() && !backoff.active() => {}
                 () = tokio::time::sleep(wait) => {}
             }
         }
-        if self.publisher.is_some() {
-            let _ = self.store.release_lease(LEASE, &state.holder).await;
-        }
-        self.refresh_gauges().await;
     }
 
     /// Holds the lease, renewing it once a third of it has passed rather than every round.
@@ -160,7 +171,6 @@ struct RelayState {
     prepared: bool,
     /// When the lease this relay holds lapses, if it holds one.
     lease_until: Option<Instant>,
-    gauges_at: Option<Instant>,
 }
 
 enum Step {

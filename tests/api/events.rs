@@ -153,7 +153,15 @@ async fn a_broker_outage_delays_events_but_loses_none() {
     let other = app.chat(&key, &json!({ "message": "A new session", "max_tokens": 3 })).await;
     assert_eq!(other.names().last(), Some(&"done"));
     turns += 1;
-    let metrics = app.get("/metrics").await.text().await.unwrap();
+    // The gauge is refreshed once per relay round, and rounds back off while the broker is down.
+    let mut metrics = String::new();
+    for _ in 0..40 {
+        metrics = app.get("/metrics").await.text().await.unwrap();
+        if metrics.contains("outbox_pending_events ") && !metrics.contains("outbox_pending_events 0\n") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     assert!(!metrics.contains("outbox_pending_events 0\n"), "events wait in the outbox:\n{metrics}");
 
     broker.restart().await;

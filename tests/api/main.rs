@@ -9,6 +9,7 @@ mod auth;
 mod bad_input;
 mod chat;
 mod events;
+mod instances;
 mod moderation;
 mod openai;
 mod ops;
