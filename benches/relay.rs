@@ -6,6 +6,8 @@
 //! `STEWARD_BENCH_KAFKA=127.0.0.1:19092 cargo bench --bench relay`.
 //! `STEWARD_BENCH_EVENTS` sets the number of events (default 20000).
 
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -5,6 +5,8 @@
 //! `STEWARD_BENCH_SLM_URL=http://127.0.0.1:8091/v1 cargo bench --bench ttft`.
 //! `STEWARD_BENCH_ROUNDS` sets the number of request pairs (default 40).
 
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
 use std::time::{Duration, Instant};
 
 use eventsource_stream::Eventsource;

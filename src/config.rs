@@ -253,7 +253,7 @@ impl Settings {
             }
         }
         let redis = self.redis.url.expose();
-        if !redis.is_empty() && !(redis.starts_with("redis://") || redis.starts_with("rediss://")) {
+        if !(redis.is_empty() || redis.starts_with("redis://") || redis.starts_with("rediss://")) {
             return invalid("redis.url", "expected redis://host:port (or empty for the in-process store)");
         }
         if !redis.is_empty() && !cfg!(feature = "redis") {

@@ -76,14 +76,14 @@ impl Gateway {
         caller.require(Capability::Chat)?;
         self.limits.check_message(&input.message)?;
         let tenant = caller.tenant.as_str();
-        let session_id = match input.session_id {
-            None => uuid::Uuid::now_v7().to_string(),
+        let (session_id, session_known) = match input.session_id {
+            None => (uuid::Uuid::now_v7().to_string(), SessionState::New),
             Some(id) => {
                 let id = uuid::Uuid::parse_str(&id)
                     .map_err(|_| ApiError::new(Code::InvalidRequest, "session_id must be a UUID returned by an earlier turn"))?
                     .to_string();
                 match self.store.session_state(tenant, &id).await.map_err(OrchestratorError::Store)? {
-                    SessionState::Owned => id,
+                    SessionState::Owned => (id, SessionState::Owned),
                     SessionState::New | SessionState::Foreign => return Err(OrchestratorError::SessionNotFound.into()),
                 }
             }
@@ -115,6 +115,7 @@ impl Gateway {
             route: input.route,
             started: input.started,
             announce: false,
+            session_known: Some(session_known),
             training,
         };
         let context = turn_context(&request, &signed);

@@ -85,6 +85,7 @@ async fn begin(
             route,
             started,
             announce: true,
+            session_known: None,
             training,
         };
         let stream = api.conversation.start_turn(request.clone(), policy.clone()).await?;

@@ -51,7 +51,11 @@ impl Orchestrator {
 
     async fn prompt(&self, request: &TurnRequest) -> Result<Vec<ChatMessage>, OrchestratorError> {
         let tenant = request.tenant.as_str();
-        let history = match self.store.session_state(tenant, &request.session_id).await? {
+        let state = match request.session_known {
+            Some(state) => state,
+            None => self.store.session_state(tenant, &request.session_id).await?,
+        };
+        let history = match state {
             SessionState::Foreign => return Err(OrchestratorError::SessionNotFound),
             SessionState::New => Vec::new(),
             SessionState::Owned => self.store.history(tenant, &request.session_id, self.settings.max_history_turns).await?,

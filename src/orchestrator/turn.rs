@@ -29,6 +29,10 @@ pub struct TurnRequest {
     pub route: &'static str,
     /// When the request arrived, for time-to-first-token and duration.
     pub started: Instant,
+    /// What the caller already knows of the session: the in-process gateway
+    /// has checked ownership (or minted the id), so the orchestrator need not
+    /// ask the database again. Over HTTP it is always `None`.
+    pub session_known: Option<super::SessionState>,
     /// The tenant's training mode when the turn arrived (marks its events).
     pub training: crate::training::TrainingMark,
     /// Whether the orchestrator emits `turn.received` (true over HTTP; the

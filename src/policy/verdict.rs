@@ -150,7 +150,7 @@ impl PolicyEngine {
             (super::headers::POLICY_SIGNATURE, &headers.signature),
         ]
         .into_iter()
-        .filter(|(_, v)| v.as_deref().map_or(true, |v| v.trim().is_empty()))
+        .filter(|(_, v)| v.as_deref().is_none_or(|v| v.trim().is_empty()))
         .map(|(name, _)| name)
         .collect();
         let (Some(hash), Some(verdict_raw), Some(signature), true) =

@@ -91,13 +91,15 @@ impl TrainingService {
     }
 
     pub async fn enable(&self, actor: &Actor<'_>, ttl: Duration, reason: &str) -> Result<LockInfo, TrainingError> {
-        let mut token = [0u8; 24];
-        rand::rngs::OsRng.fill_bytes(&mut token);
-        match self.store.acquire(actor.tenant, actor.key_id, reason, &hex::encode(token), ttl).await {
+        let mut bytes = [0u8; 24];
+        rand::rngs::OsRng.fill_bytes(&mut bytes);
+        let token = hex::encode(bytes);
+        match self.store.acquire(actor.tenant, actor.key_id, reason, &digest(&token), ttl).await {
             Ok(Acquired::Acquired(info)) => {
                 self.transition(actor, "enabled", Some(&info), reason).await?;
                 self.remember(actor.tenant, Some(info.clone()));
-                Ok(info)
+                // The store keeps only the token's digest; the caller gets the token itself, once.
+                Ok(LockInfo { token, ..info })
             }
             Ok(Acquired::Held(info)) => {
                 self.transition(actor, "denied", Some(&info), &format!("already held by {}", info.owner)).await?;
@@ -108,12 +110,12 @@ impl TrainingService {
     }
 
     pub async fn renew(&self, actor: &Actor<'_>, token: &str, ttl: Duration) -> Result<LockInfo, TrainingError> {
-        let outcome = self.store.renew(actor.tenant, token, ttl).await?;
+        let outcome = self.store.renew(actor.tenant, &digest(token), ttl).await?;
         self.owned(actor, "renewed", outcome).await
     }
 
     pub async fn disable(&self, actor: &Actor<'_>, token: &str) -> Result<LockInfo, TrainingError> {
-        let outcome = self.store.release(actor.tenant, token).await?;
+        let outcome = self.store.release(actor.tenant, &digest(token)).await?;
         let result = self.owned(actor, "disabled", outcome).await;
         if result.is_ok() {
             self.remember(actor.tenant, None);
@@ -220,6 +222,13 @@ impl TrainingService {
         );
         Ok(())
     }
+}
+
+/// What the lock store holds instead of the token: someone reading Redis
+/// cannot take over a lock with what they read.
+fn digest(token: &str) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(token.as_bytes()))
 }
 
 fn mark_of(lock: Option<&LockInfo>) -> TrainingMark {

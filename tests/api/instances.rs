@@ -35,14 +35,15 @@ impl Instance {
             .stderr(Stdio::null())
             .spawn()
             .expect("start the steward binary");
-        let address = format!("http://127.0.0.1:{port}");
+        // Owned before waiting, so a failed start still kills the process.
+        let instance = Self { child, address: format!("http://127.0.0.1:{port}") };
         for _ in 0..200 {
-            if reqwest::get(format!("{address}/healthz")).await.is_ok_and(|r| r.status() == 200) {
-                return Self { child, address };
+            if reqwest::get(format!("{}/healthz", instance.address)).await.is_ok_and(|r| r.status() == 200) {
+                return instance;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("steward did not start on {address}");
+        panic!("steward did not start on {}", instance.address);
     }
 
     async fn post(&self, path: &str, key: &str, body: &Value) -> reqwest::Response {

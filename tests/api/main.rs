@@ -2,6 +2,9 @@
 //! server (SmolLM2 on llama.cpp), SQLite files and a PostgreSQL server —
 //! with Steward spawned in process on a free port per test.
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod broker;
 mod helpers;
 
