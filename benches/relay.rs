@@ -24,7 +24,6 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 const PARTITIONS: i32 = 3;
-const BATCH: i64 = 500;
 
 fn event(session: usize, kind: EventType) -> Pending {
     let context = TurnContext {
@@ -50,6 +49,11 @@ async fn fresh_outbox(topic: &str) -> (OutboxStore, tempfile::TempDir) {
     (OutboxStore::new(db, topic), dir)
 }
 
+/// Rows per relay round and per plain produce round (`STEWARD_BENCH_BATCH`, default 500 as in config).
+fn batch() -> i64 {
+    std::env::var("STEWARD_BENCH_BATCH").ok().and_then(|v| v.parse().ok()).unwrap_or(500)
+}
+
 async fn relay_throughput(broker: &str, n: usize) -> (f64, Vec<steward::events::OutboxRow>) {
     let topic = format!("bench.relay.{}", uuid::Uuid::new_v4().simple());
     let (store, _dir) = fresh_outbox(&topic).await;
@@ -57,7 +61,10 @@ async fn relay_throughput(broker: &str, n: usize) -> (f64, Vec<steward::events::
         let batch: Vec<Pending> = chunk.iter().map(|i| event(i % 200, EventType::Dispatched)).collect();
         store.append(&batch).await.expect("append");
     }
+    let t = Instant::now();
     let rows = store.pending(n as i64).await.expect("rows");
+    let read_ms = t.elapsed().as_secs_f64() * 1e3;
+    println!("(reading {n} pending rows from the outbox alone: {read_ms:.1} ms, {:.1} µs/row)", read_ms * 1e3 / n as f64);
     let publisher = Arc::new(KafkaPublisher::new(KafkaSettings {
         brokers: vec![broker.to_owned()],
         topics: vec![topic.clone()],
@@ -71,7 +78,7 @@ async fn relay_throughput(broker: &str, n: usize) -> (f64, Vec<steward::events::
         store: store.clone(),
         publisher: Some(publisher),
         metrics: Arc::new(Metrics::new()),
-        settings: RelaySettings { batch_size: BATCH, poll_interval: Duration::from_millis(5), max_backoff: Duration::from_millis(200), lease: Duration::from_secs(10) },
+        settings: RelaySettings { batch_size: batch(), poll_interval: Duration::from_millis(5), max_backoff: Duration::from_millis(200), lease: Duration::from_secs(10) },
         committed: Arc::new(Notify::new()),
     };
     let cancel = CancellationToken::new();
@@ -98,7 +105,7 @@ async fn plain_produce_throughput(broker: &str, rows: &[steward::events::OutboxR
         partitions.push(client.partition_client(topic.as_str(), p, UnknownTopicHandling::Retry).await.expect("partition"));
     }
     let started = Instant::now();
-    for batch in rows.chunks(BATCH as usize) {
+    for batch in rows.chunks(batch() as usize) {
         let mut groups: BTreeMap<i32, Vec<Record>> = BTreeMap::new();
         for r in batch {
             groups.entry(partition_for(r.key.as_bytes(), PARTITIONS)).or_default().push(Record {
@@ -154,7 +161,7 @@ async fn main() {
     let n: usize = std::env::var("STEWARD_BENCH_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000);
     let (relay, rows) = relay_throughput(&broker, n).await;
     let plain = plain_produce_throughput(&broker, &rows).await;
-    println!("{n} events, {PARTITIONS} partitions, batches of {BATCH}");
+    println!("{n} events, {PARTITIONS} partitions, batches of {}", batch());
     println!("relay (outbox -> Kafka, marks published)  {relay:>10.0} events/s");
     println!("plain rskafka produce loop                {plain:>10.0} events/s");
     println!("relay / plain                             {:>10.2}", relay / plain);
