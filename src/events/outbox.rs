@@ -1,6 +1,8 @@
-//! The outbox table: appending events (placing each conversation event in its
+//! The outbox: appending events (placing each conversation event in its
 //! session's hash chain inside the same transaction), reading unpublished rows
-//! in order, marking them published, the relay lease and pending statistics.
+//! in order (`outbox_pending`), marking them published (deleting them from
+//! `outbox_pending`; `outbox` itself is never changed), the relay lease and
+//! pending statistics.
 
 use serde_json::{json, Value};
 use sqlx::Row;
@@ -82,8 +84,9 @@ impl OutboxStore {
                     (topic.clone(), key.clone(), None, event_type.clone(), payload.clone(), headers.clone())
                 }
             };
-            sqlx::query(
-                "INSERT INTO outbox (topic, record_key, session_id, event_type, payload, headers, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            let id: i64 = sqlx::query_scalar(
+                "INSERT INTO outbox (topic, record_key, session_id, event_type, payload, headers, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
             )
             .bind(topic)
             .bind(key)
@@ -92,8 +95,9 @@ impl OutboxStore {
             .bind(payload.to_string())
             .bind(headers.to_string())
             .bind(now)
-            .execute(&mut *tx)
+            .fetch_one(&mut *tx)
             .await?;
+            sqlx::query("INSERT INTO outbox_pending (id, created_at) VALUES ($1, $2)").bind(id).bind(now).execute(&mut *tx).await?;
         }
         for key in &keys {
             if let Some((seq, hash)) = heads.get(key) {
@@ -110,7 +114,10 @@ impl OutboxStore {
 
     /// The oldest unpublished rows, in id order.
     pub async fn pending(&self, limit: i64) -> Result<Vec<OutboxRow>, sqlx::Error> {
-        let rows = sqlx::query("SELECT id, topic, record_key, payload, headers, created_at FROM outbox WHERE published_at IS NULL ORDER BY id LIMIT $1")
+        let rows = sqlx::query(
+            "SELECT o.id, o.topic, o.record_key, o.payload, o.headers, o.created_at \
+             FROM outbox_pending p JOIN outbox o ON o.id = p.id ORDER BY p.id LIMIT $1",
+        )
             .bind(limit)
             .fetch_all(self.db.pool())
             .await?;
@@ -131,11 +138,10 @@ impl OutboxStore {
     }
 
     pub async fn mark_published(&self, ids: &[i64]) -> Result<(), sqlx::Error> {
-        let now = now_ms();
         for chunk in ids.chunks(500) {
-            let placeholders: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
-            let sql = format!("UPDATE outbox SET published_at = $1 WHERE id IN ({})", placeholders.join(", "));
-            let mut query = sqlx::query(&sql).bind(now);
+            let placeholders: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 1)).collect();
+            let sql = format!("DELETE FROM outbox_pending WHERE id IN ({})", placeholders.join(", "));
+            let mut query = sqlx::query(&sql);
             for id in chunk {
                 query = query.bind(*id);
             }
@@ -146,7 +152,7 @@ impl OutboxStore {
 
     /// (pending rows, age in ms of the oldest).
     pub async fn pending_stats(&self) -> Result<(i64, Option<i64>), sqlx::Error> {
-        let row = sqlx::query("SELECT COUNT(*) AS n, MIN(created_at) AS oldest FROM outbox WHERE published_at IS NULL")
+        let row = sqlx::query("SELECT COUNT(*) AS n, MIN(created_at) AS oldest FROM outbox_pending")
             .fetch_one(self.db.pool())
             .await?;
         let oldest: Option<i64> = row.try_get("oldest")?;
