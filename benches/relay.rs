@@ -39,7 +39,7 @@ fn event(session: usize, kind: EventType) -> Pending {
         training_fencing_token: None,
         training_mode_source: "lock_store".into(),
     };
-    Pending::Conversation(NewEvent { context, kind, data: json!({ "model": "m", "max_tokens": 8, "history_messages": 1, "content_included": false }) })
+    Pending::Conversation(NewEvent::new(context, kind, json!({ "model": "m", "max_tokens": 8, "history_messages": 1, "content_included": false })))
 }
 
 async fn fresh_outbox(topic: &str) -> (OutboxStore, tempfile::TempDir) {

@@ -268,6 +268,9 @@ impl Settings {
                 return invalid(key, "must be greater than 0");
             }
         }
+        if self.outbox.lease_ms < 4 * self.kafka.request_deadline_ms {
+            return invalid("outbox.lease_ms", "must be at least 4 x kafka.request_deadline_ms, so a publish round ends within the lease");
+        }
         if self.outbox.batch_size < 1 {
             return invalid("outbox.batch_size", "must be at least 1");
         }

@@ -81,7 +81,13 @@ impl KafkaPublisher {
             }
         }
         let topics = client.list_topics().await.map_err(unreachable)?;
-        conn.partitions = topics.into_iter().map(|t| (t.name, t.partitions.len() as i32)).collect();
+        let partitions: HashMap<String, i32> = topics.into_iter().map(|t| (t.name, t.partitions.len() as i32)).collect();
+        // A topic just created may list no partitions yet: placing keys now would put them all
+        // in partition 0 and move them later, breaking per-key order. Not ready until it has them.
+        if let Some(topic) = self.settings.topics.iter().find(|t| partitions.get(*t).copied().unwrap_or(0) < 1) {
+            return Err(PublishError::Broker(format!("topic {topic} has no partitions yet")));
+        }
+        conn.partitions = partitions;
         Ok(())
     }
 

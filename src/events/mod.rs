@@ -23,17 +23,22 @@ pub use writer::{EventLog, EventsError};
 impl EventLog {
     /// Queues one conversation event (written with the next commit).
     pub async fn turn(&self, context: &TurnContext, kind: EventType, data: serde_json::Value) {
-        let item = Pending::Conversation(NewEvent { context: context.clone(), kind, data });
+        let item = Pending::Conversation(NewEvent::new(context.clone(), kind, data));
         if let Err(err) = self.emit(vec![item]).await {
             tracing::error!(error = %err, turn_id = %context.turn_id, event = kind.as_str(), "event not queued");
         }
     }
 
-    /// Stores one conversation event, and all queued before it, before returning.
-    pub async fn turn_durable(&self, context: &TurnContext, kind: EventType, data: serde_json::Value) {
-        let item = Pending::Conversation(NewEvent { context: context.clone(), kind, data });
-        if let Err(err) = self.emit_durable(vec![item]).await {
-            tracing::error!(error = %err, turn_id = %context.turn_id, event = kind.as_str(), "event not stored");
+    /// Stores one conversation event, and all queued before it, before
+    /// returning; false (and logged) if it could not be stored.
+    pub async fn turn_durable(&self, context: &TurnContext, kind: EventType, data: serde_json::Value) -> bool {
+        let item = Pending::Conversation(NewEvent::new(context.clone(), kind, data));
+        match self.emit_durable(vec![item]).await {
+            Ok(()) => true,
+            Err(err) => {
+                tracing::error!(error = %err, turn_id = %context.turn_id, event = kind.as_str(), "event not stored");
+                false
+            }
         }
     }
 }

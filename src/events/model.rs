@@ -68,12 +68,27 @@ impl TurnContext {
     }
 }
 
-/// An event before the outbox gives it its place in the session's chain.
+/// An event before the outbox gives it its place in the session's chain. Its
+/// id and time are fixed when it is created, so a retried write keeps them.
 #[derive(Debug, Clone)]
 pub struct NewEvent {
     pub context: TurnContext,
     pub kind: EventType,
     pub data: Value,
+    pub event_id: String,
+    pub occurred_at: String,
+}
+
+impl NewEvent {
+    pub fn new(context: TurnContext, kind: EventType, data: Value) -> Self {
+        Self {
+            context,
+            kind,
+            data,
+            event_id: uuid::Uuid::now_v7().to_string(),
+            occurred_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        }
+    }
 }
 
 /// A published event, as consumers read it.
@@ -104,9 +119,9 @@ impl ConversationEvent {
         let c = &new.context;
         Self {
             schema: CONVERSATION_SCHEMA.into(),
-            event_id: uuid::Uuid::now_v7().to_string(),
+            event_id: new.event_id.clone(),
             kind: new.kind,
-            occurred_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            occurred_at: new.occurred_at.clone(),
             tenant: c.tenant.clone(),
             session_id: c.session_id.clone(),
             turn_id: c.turn_id.clone(),

@@ -141,8 +141,10 @@ impl Relay {
         let (published, error) = publisher.publish(&rows).await;
         if !published.is_empty() {
             if let Err(err) = self.store.mark_published(&published).await {
-                // They will be published again: at-least-once, consumers dedupe by event_id.
+                // They will be published again (at-least-once; consumers dedupe by event_id),
+                // but not in a tight loop: back off like any other failure.
                 tracing::warn!(error = %err, "could not mark published rows");
+                return Step::Failed;
             }
             for row in rows.iter().filter(|r| published.contains(&r.id)) {
                 self.metrics.published(&row.topic);

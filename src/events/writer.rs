@@ -83,7 +83,7 @@ async fn write_loop(store: OutboxStore, mut rx: mpsc::Receiver<Job>, committed: 
             }
         }
         let items: Vec<Pending> = jobs.iter().flat_map(|j| j.items.iter().cloned()).collect();
-        let result = write_with_retry(&store, &items).await;
+        let result = write_with_retry(&store, &items, &cancel).await;
         if result.is_ok() {
             committed.notify_one();
         }
@@ -95,22 +95,24 @@ async fn write_loop(store: OutboxStore, mut rx: mpsc::Receiver<Job>, committed: 
     }
 }
 
-/// A transient database error (a lock, a restart) should not lose events: retry a few times.
-async fn write_with_retry(store: &OutboxStore, items: &[Pending]) -> Result<(), String> {
+/// A database outage must delay events, not lose them: retry with capped
+/// backoff until the write succeeds or Steward shuts down. Meanwhile the queue
+/// fills and `emit` waits, which slows the chat path instead of dropping its trail.
+async fn write_with_retry(store: &OutboxStore, items: &[Pending], cancel: &CancellationToken) -> Result<(), String> {
     let mut delay = Duration::from_millis(20);
-    let mut attempt = 1;
     loop {
         match store.append(items).await {
             Ok(()) => return Ok(()),
-            Err(err) if attempt == 5 => {
-                tracing::error!(error = %crate::error::error_chain(&err), items = items.len(), "outbox write failed; events not stored");
-                return Err(err.to_string());
-            }
             Err(err) => {
-                tracing::warn!(error = %err, attempt, "outbox write failed; retrying");
-                tokio::time::sleep(delay).await;
-                delay *= 4;
-                attempt += 1;
+                tracing::warn!(error = %crate::error::error_chain(&err), items = items.len(), retry_in_ms = delay.as_millis() as u64, "outbox write failed; retrying");
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = cancel.cancelled() => {
+                        tracing::error!(items = items.len(), "shutting down with events not stored");
+                        return Err(err.to_string());
+                    }
+                }
+                delay = (delay * 2).min(Duration::from_secs(2));
             }
         }
     }

@@ -89,7 +89,7 @@ impl Gateway {
             }
         };
         let turn_id = uuid::Uuid::now_v7().to_string();
-        let turn = TurnRef { tenant, session_id: &session_id, turn_id: &turn_id };
+        let turn = TurnRef { tenant, session_id: &session_id, turn_id: &turn_id, message: &input.message };
 
         let decision = std::iter::once(input.message.as_str())
             .chain(input.preamble.iter().map(|m| m.content.as_str()))
@@ -119,18 +119,14 @@ impl Gateway {
             training,
         };
         let context = turn_context(&request, &signed);
-        let received = NewEvent { context: context.clone(), kind: EventType::Received, data: received_data };
+        let received = NewEvent::new(context.clone(), EventType::Received, received_data);
 
         if let Some(first) = hits.first().cloned() {
             for hit in &hits {
                 self.metrics.moderation_refusal("input", &hit.category);
             }
             let categories: Vec<_> = hits.iter().map(|h| json!({ "code": h.code, "category": h.category })).collect();
-            let refused = NewEvent {
-                context,
-                kind: EventType::Refused,
-                data: json!({ "stage": "input", "categories": categories, "content_included": false }),
-            };
+            let refused = NewEvent::new(context, EventType::Refused, json!({ "stage": "input", "categories": categories, "content_included": false }));
             let (stored, logged) = tokio::join!(
                 self.record_refusal(tenant, &session_id, &turn_id, &input.trace, &signed),
                 self.events.emit_durable(vec![Pending::Conversation(received), Pending::Conversation(refused)])
@@ -148,7 +144,7 @@ impl Gateway {
             Ok(stream) => stream,
             Err(err) => {
                 let code = crate::error::ErrorCode::code(&err).name();
-                self.events.turn_durable(&context, EventType::Failed, json!({ "code": code, "stage": "admission", "content_included": false })).await;
+                let _ = self.events.turn_durable(&context, EventType::Failed, json!({ "code": code, "stage": "admission", "content_included": false })).await;
                 return Err(err.into());
             }
         };

@@ -80,7 +80,10 @@ fn walk(raw: &str, after_space: bool, mut emit: impl FnMut(char, usize)) -> usiz
     let mut state = after_space;
     let mut seg_start = 0;
     for (i, c) in raw.char_indices() {
-        if i > seg_start && starts_segment(c) {
+        // A segment is cut after MAX_SEGMENT_BYTES even without a boundary (as Unicode's
+        // stream-safe format does after 30 combining marks), so no input can make the
+        // output window hold back, and re-normalise, an ever-growing segment.
+        if i > seg_start && (starts_segment(c) || i - seg_start >= MAX_SEGMENT_BYTES) {
             emit_segment(&raw[seg_start..i], seg_start, &mut state, &mut emit);
             seg_start = i;
         }
@@ -90,6 +93,9 @@ fn walk(raw: &str, after_space: bool, mut emit: impl FnMut(char, usize)) -> usiz
     }
     seg_start
 }
+
+/// 30 combining marks of up to 4 bytes each, plus their base.
+const MAX_SEGMENT_BYTES: usize = 124;
 
 fn emit_segment(segment: &str, start: usize, after_space: &mut bool, emit: &mut impl FnMut(char, usize)) {
     for c in segment.nfkc().flat_map(char::to_lowercase) {

@@ -118,11 +118,17 @@ impl Recorder {
         Some(record)
     }
 
-    /// Stores the turn and its terminal event, both before the client sees `done`.
-    pub async fn finish(&mut self, finish: FinishReason, outcome: RequestOutcome, kind: EventType, data: Value) {
-        if let Some(record) = self.take(finish, outcome) {
-            tokio::join!(store_turn(&self.store, &record), self.events.turn_durable(&self.context, kind, data));
-        }
+    /// Stores the turn and its terminal event before the client sees `done`;
+    /// false if the event could not be stored. The writes run as their own
+    /// task: a client leaving mid-write cannot cut them short.
+    pub async fn finish(&mut self, finish: FinishReason, outcome: RequestOutcome, kind: EventType, data: Value) -> bool {
+        let Some(record) = self.take(finish, outcome) else { return true };
+        let (store, events, context) = (self.store.clone(), self.events.clone(), self.context.clone());
+        let writes = tokio::spawn(async move {
+            let ((), stored) = tokio::join!(store_turn(&store, &record), events.turn_durable(&context, kind, data));
+            stored
+        });
+        writes.await.unwrap_or(false)
     }
 }
 
@@ -134,7 +140,7 @@ impl Drop for Recorder {
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             // The client is gone; this writes one row and queues one event, both also drained on shutdown.
             runtime.spawn(async move {
-                tokio::join!(store_turn(&store, &record), events.turn(&context, EventType::Cancelled, data));
+                let ((), ()) = tokio::join!(store_turn(&store, &record), events.turn(&context, EventType::Cancelled, data));
             });
         }
     }

@@ -95,8 +95,13 @@ impl Orchestrator {
                         GuardStep::Refuse(hit) => {
                             metrics.moderation_refusal("output", &hit.category);
                             let data = json!({ "stage": "output", "categories": [{ "code": hit.code, "category": hit.category }], "content_included": false });
-                            recorder.finish(FinishReason::Refused, RequestOutcome::Refuse, EventType::Refused, data).await;
+                            let stored = recorder.finish(FinishReason::Refused, RequestOutcome::Refuse, EventType::Refused, data).await;
                             yield TurnEvent::Refusal(hit);
+                            if !stored {
+                                yield not_stored();
+                                yield TurnEvent::Done { finish_reason: FinishReason::Error, usage: recorder.usage };
+                                return;
+                            }
                             yield TurnEvent::Done { finish_reason: FinishReason::Refused, usage: recorder.usage };
                             return;
                         }
@@ -106,7 +111,7 @@ impl Orchestrator {
                     Err(err) => {
                         let public = ApiError::from(err);
                         let data = json!({ "code": public.code().name(), "stage": "model", "content_included": false });
-                        recorder.finish(FinishReason::Error, RequestOutcome::Error, EventType::Failed, data).await;
+                        let _ = recorder.finish(FinishReason::Error, RequestOutcome::Error, EventType::Failed, data).await;
                         yield TurnEvent::Error { code: public.code(), message: public.body().message };
                         yield TurnEvent::Done { finish_reason: FinishReason::Error, usage: None };
                         return;
@@ -119,7 +124,11 @@ impl Orchestrator {
                 yield TurnEvent::Delta(rest);
             }
             let data = recorder.completion_data(finish);
-            recorder.finish(finish, RequestOutcome::Allow, EventType::Completed, data).await;
+            if !recorder.finish(finish, RequestOutcome::Allow, EventType::Completed, data).await {
+                yield not_stored();
+                yield TurnEvent::Done { finish_reason: FinishReason::Error, usage: recorder.usage };
+                return;
+            }
             yield TurnEvent::Done { finish_reason: finish, usage: recorder.usage };
         })
     }
@@ -128,7 +137,7 @@ impl Orchestrator {
 impl Conversation for Orchestrator {
     fn start_turn(&self, request: TurnRequest, policy: PolicyHeaders) -> BoxFuture<'_, Result<TurnStream, OrchestratorError>> {
         Box::pin(async move {
-            let turn = TurnRef { tenant: request.tenant.as_str(), session_id: &request.session_id, turn_id: &request.turn_id };
+            let turn = TurnRef { tenant: request.tenant.as_str(), session_id: &request.session_id, turn_id: &request.turn_id, message: &request.message };
             let signed = self.policy.verify(turn, &policy)?;
             if let Verdict::Refuse(_) = signed.verdict {
                 return Err(PolicyError::Refused.into());
@@ -147,4 +156,9 @@ impl Conversation for Orchestrator {
             Ok(self.run(request, signed, messages))
         })
     }
+}
+
+/// The turn ran but its trail could not be stored: the client is told, not handed a `done` that promises durability.
+fn not_stored() -> TurnEvent {
+    TurnEvent::Error { code: crate::error::Code::Internal, message: "the turn's events could not be stored".into() }
 }

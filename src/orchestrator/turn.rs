@@ -132,6 +132,9 @@ impl TurnLimits {
         if message.trim().is_empty() {
             return Err(ApiError::new(Code::EmptyMessage, "message must not be empty"));
         }
+        if message.contains('\0') {
+            return Err(ApiError::new(Code::InvalidRequest, "message must not contain NUL characters"));
+        }
         let chars = message.chars().count();
         if chars > self.max_message_chars {
             return Err(ApiError::new(Code::MessageTooLong, format!("message has {chars} characters; the limit is {}", self.max_message_chars)));

@@ -127,7 +127,7 @@ impl ModelClient for HttpModelClient {
             };
             if !response.status().is_success() {
                 let status = response.status().as_u16();
-                let body = response.text().await.unwrap_or_default().chars().take(300).collect();
+                let body = timeout_at(deadline, response.text()).await.ok().and_then(Result::ok).unwrap_or_default().chars().take(300).collect();
                 Err(SlmError::Status { status, body })?;
                 return;
             }

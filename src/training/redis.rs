@@ -76,6 +76,9 @@ async fn bounded<T>(timeout: Duration, call: impl std::future::Future<Output = R
     }
 }
 
+/// How far apart Steward's and Redis's clocks may be before every script refuses as late.
+const CLOCK_SKEW_MS: i64 = 1_000;
+
 #[derive(Deserialize)]
 struct Stored {
     token: String,
@@ -116,7 +119,8 @@ impl RedisLockStore {
     }
 
     async fn eval(&self, script: &str, keys: Vec<String>, mut args: Vec<String>) -> Result<Value, LockError> {
-        args.push((crate::db::now_ms() + self.timeout.as_millis() as i64).to_string());
+        // The deadline is on Steward's clock and checked on Redis's: allow them a second apart.
+        args.push((crate::db::now_ms() + self.timeout.as_millis() as i64 + CLOCK_SKEW_MS).to_string());
         let client = self.client.with_options(&self.options());
         bounded(self.timeout, client.eval::<Value, _, _, _>(format!("{PRELUDE}{script}"), keys, args)).await
     }

@@ -96,7 +96,11 @@ impl TrainingService {
         let token = hex::encode(bytes);
         match self.store.acquire(actor.tenant, actor.key_id, reason, &digest(&token), ttl).await {
             Ok(Acquired::Acquired(info)) => {
-                self.transition(actor, "enabled", Some(&info), reason).await?;
+                if let Err(err) = self.transition(actor, "enabled", Some(&info), reason).await {
+                    // Nobody will ever see this lock's token: release it rather than lock the tenant out.
+                    let _ = self.store.release(actor.tenant, &info.token).await;
+                    return Err(err);
+                }
                 self.remember(actor.tenant, Some(info.clone()));
                 // The store keeps only the token's digest; the caller gets the token itself, once.
                 Ok(LockInfo { token, ..info })
@@ -133,7 +137,8 @@ impl TrainingService {
                 Ok(info)
             }
             Owned::NotOwner(current) => {
-                self.transition(actor, "denied", current.as_ref(), &format!("{} with a token that does not hold the lock", &action[..action.len() - 1])).await?;
+                let verb = if action == "renewed" { "renew" } else { "disable" };
+                self.transition(actor, "denied", current.as_ref(), &format!("{verb} with a token that does not hold the lock")).await?;
                 Err(TrainingError::NotOwner)
             }
         }

@@ -67,3 +67,10 @@ async fn an_unknown_path_is_a_json_404() {
     let app = spawn_app().await;
     assert_error(app.get("/v1/nowhere").await, 404, "not_found").await;
 }
+
+#[tokio::test]
+async fn a_message_with_a_nul_character_is_400_invalid_request() {
+    let app = spawn_app().await;
+    let (_, key) = app.chat_key().await;
+    assert_error(app.post("/v1/chat/stream", Some(&key), &json!({ "message": "hi\u{0}there" })).await, 400, "invalid_request").await;
+}

@@ -5,6 +5,8 @@ use steward::policy::{PolicyHeaders, TurnRef, Verdict};
 
 use crate::helpers::{assert_error, spawn_app, TestApp};
 
+const MESSAGE: &str = "Say hi.";
+
 struct Turn {
     tenant: String,
     key: String,
@@ -19,10 +21,10 @@ async fn new_turn(app: &TestApp) -> Turn {
 
 impl Turn {
     fn turn_ref(&self) -> TurnRef<'_> {
-        TurnRef { tenant: &self.tenant, session_id: &self.session_id, turn_id: &self.turn_id }
+        TurnRef { tenant: &self.tenant, session_id: &self.session_id, turn_id: &self.turn_id, message: MESSAGE }
     }
     fn body(&self) -> Value {
-        json!({ "session_id": self.session_id, "turn_id": self.turn_id, "message": "Say hi.", "max_tokens": 6 })
+        json!({ "session_id": self.session_id, "turn_id": self.turn_id, "message": MESSAGE, "max_tokens": 6 })
     }
 }
 
@@ -107,6 +109,14 @@ async fn a_verdict_signed_for_another_turn_is_403() {
     let turn = new_turn(&app).await;
     let other = TurnRef { turn_id: "another-turn", ..turn.turn_ref() };
     let headers = app.policy().sign(other, Verdict::Allow).headers();
+    assert_error(step(&app, &turn, &headers, "/v1/conversation/step").await, 403, "policy_verdict_invalid").await;
+}
+
+#[tokio::test]
+async fn a_verdict_signed_for_another_message_is_403() {
+    let app = spawn_app().await;
+    let turn = new_turn(&app).await;
+    let headers = app.policy().sign(TurnRef { message: "Something harmless.", ..turn.turn_ref() }, Verdict::Allow).headers();
     assert_error(step(&app, &turn, &headers, "/v1/conversation/step").await, 403, "policy_verdict_invalid").await;
 }
 
