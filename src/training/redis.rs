@@ -191,7 +191,9 @@ impl LockStore for RedisLockStore {
 
     fn claim_expired(&self) -> BoxFuture<'_, Result<Vec<Expired>, LockError>> {
         Box::pin(async move {
-            let claimed: Vec<String> = self.eval(CLAIM, vec![self.key("expiries")], vec![self.key("lock:")]).await?.convert().unwrap_or_default();
+            let reply = self.eval(CLAIM, vec![self.key("expiries")], vec![self.key("lock:")]).await?;
+            // An empty array may come back as nil; anything else undecodable is an error, not "none".
+            let claimed: Vec<String> = if reply.is_null() { Vec::new() } else { reply.convert().map_err(|e| LockError::Protocol(e.to_string()))? };
             Ok(claimed
                 .iter()
                 .filter_map(|member| {
