@@ -16,7 +16,7 @@ mod relay;
 mod writer;
 
 pub use model::{canonical_bytes, event_hash, ConversationEvent, EventType, NewEvent, TurnContext, CONVERSATION_SCHEMA, ZERO_HASH};
-pub use outbox::{OutboxRow, OutboxStore, Pending};
+pub use outbox::{OutboxRow, OutboxStore, Pending, TxWrite};
 pub use relay::{EventPublisher, PublishError, Relay, RelaySettings};
 pub use writer::{EventLog, EventsError};
 

@@ -4,11 +4,21 @@
 //! `outbox_pending`; `outbox` itself is never changed), the relay lease and
 //! pending statistics.
 
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
 use serde_json::{json, Value};
 use sqlx::Row;
 
 use super::model::{event_hash, ConversationEvent, NewEvent, ZERO_HASH};
 use crate::db::{now_ms, Backend, Database};
+
+/// A state change that commits in the same transaction as the events
+/// beside it (the transactional outbox), e.g. the finished turn's row. It
+/// must be idempotent: a retried batch runs it again.
+pub trait TxWrite: Send + Sync + std::fmt::Debug {
+    fn write<'c>(&'c self, conn: &'c mut sqlx::AnyConnection) -> BoxFuture<'c, Result<(), sqlx::Error>>;
+}
 
 /// Something to put in the outbox.
 #[derive(Debug, Clone)]
@@ -17,6 +27,8 @@ pub enum Pending {
     Conversation(NewEvent),
     /// A ready record (e.g. `training.audit`), published as is.
     Record { topic: String, key: String, event_type: String, payload: Value, headers: Value },
+    /// A state change committed with the events.
+    Write(Arc<dyn TxWrite>),
 }
 
 /// An unpublished row, as the relay reads it.
@@ -50,7 +62,7 @@ impl OutboxStore {
             .iter()
             .filter_map(|p| match p {
                 Pending::Conversation(e) => Some(e.context.chain_key()),
-                Pending::Record { .. } => None,
+                Pending::Record { .. } | Pending::Write(_) => None,
             })
             .collect();
         keys.sort();
@@ -82,6 +94,10 @@ impl OutboxStore {
                 }
                 Pending::Record { topic, key, event_type, payload, headers } => {
                     (topic.clone(), key.clone(), None, event_type.clone(), payload.clone(), headers.clone())
+                }
+                Pending::Write(write) => {
+                    write.write(&mut tx).await?;
+                    continue;
                 }
             };
             let id: i64 = sqlx::query_scalar(
@@ -148,6 +164,11 @@ impl OutboxStore {
             query.execute(self.db.pool()).await?;
         }
         Ok(())
+    }
+
+    /// Whether the database answers: tells an outage from a write that can never succeed.
+    pub async fn reachable(&self) -> bool {
+        self.db.ping().await.is_ok()
     }
 
     /// (pending rows, age in ms of the oldest).

@@ -84,26 +84,47 @@ async fn write_loop(store: OutboxStore, mut rx: mpsc::Receiver<Job>, committed: 
         }
         let items: Vec<Pending> = jobs.iter().flat_map(|j| j.items.iter().cloned()).collect();
         let result = write_with_retry(&store, &items, &cancel).await;
-        if result.is_ok() {
-            committed.notify_one();
+        if result.is_ok() || jobs.len() == 1 {
+            finish(jobs, result, &committed);
+            continue;
         }
+        // The group could not be written though the database answers: one job is at
+        // fault. Write the jobs one by one, so only that job fails.
         for job in jobs {
-            if let Some(ack) = job.ack {
-                let _ = ack.send(result.clone());
-            }
+            let result = write_with_retry(&store, &job.items, &cancel).await;
+            finish(vec![job], result, &committed);
+        }
+    }
+}
+
+fn finish(jobs: Vec<Job>, result: Result<(), String>, committed: &Notify) {
+    if result.is_ok() {
+        committed.notify_one();
+    }
+    for job in jobs {
+        if let Some(ack) = job.ack {
+            let _ = ack.send(result.clone());
         }
     }
 }
 
 /// A database outage must delay events, not lose them: retry with capped
 /// backoff until the write succeeds or Steward shuts down. Meanwhile the queue
-/// fills and `emit` waits, which slows the chat path instead of dropping its trail.
+/// fills and `emit` waits, which slows the chat path instead of dropping its
+/// trail. A write that keeps failing while the database answers can never
+/// succeed, and is given up (and logged) after a few tries.
 async fn write_with_retry(store: &OutboxStore, items: &[Pending], cancel: &CancellationToken) -> Result<(), String> {
     let mut delay = Duration::from_millis(20);
+    let mut attempts = 0;
     loop {
         match store.append(items).await {
             Ok(()) => return Ok(()),
+            Err(err) if attempts >= 2 && store.reachable().await => {
+                tracing::error!(error = %crate::error::error_chain(&err), items = items.len(), "outbox write rejected by a working database; not stored");
+                return Err(err.to_string());
+            }
             Err(err) => {
+                attempts += 1;
                 tracing::warn!(error = %crate::error::error_chain(&err), items = items.len(), retry_in_ms = delay.as_millis() as u64, "outbox write failed; retrying");
                 tokio::select! {
                     () = tokio::time::sleep(delay) => {}

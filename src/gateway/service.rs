@@ -11,7 +11,7 @@ use crate::error::{ApiError, Code};
 use crate::identity::{Caller, Capability};
 use crate::moderation::{Decision, Hit, Moderator};
 use crate::orchestrator::{
-    turn_context, Conversation, ConversationStore, FinishReason, OrchestratorError, SessionState, TurnLimits, TurnRecord, TurnRequest,
+    turn_context, Conversation, RecordTurn, ConversationStore, FinishReason, OrchestratorError, SessionState, TurnLimits, TurnRecord, TurnRequest,
     TurnStream,
 };
 use crate::policy::{PolicyEngine, SignedVerdict, TurnRef, Verdict};
@@ -127,12 +127,8 @@ impl Gateway {
             }
             let categories: Vec<_> = hits.iter().map(|h| json!({ "code": h.code, "category": h.category })).collect();
             let refused = NewEvent::new(context, EventType::Refused, json!({ "stage": "input", "categories": categories, "content_included": false }));
-            let (stored, logged) = tokio::join!(
-                self.record_refusal(tenant, &session_id, &turn_id, &input.trace, &signed),
-                self.events.emit_durable(vec![Pending::Conversation(received), Pending::Conversation(refused)])
-            );
-            stored?;
-            logged?;
+            let turn = Pending::Write(Arc::new(RecordTurn(refusal_record(tenant, &session_id, &turn_id, &input.trace, &signed))));
+            self.events.emit_durable(vec![Pending::Conversation(received), Pending::Conversation(refused), turn]).await?;
             self.metrics.request(input.route, RequestOutcome::Refuse, input.started.elapsed());
             tracing::info!(trace_id = %input.trace.trace_id, span_id = %input.trace.span_id, tenant, session_id = %session_id,
                 turn_id = %turn_id, category = %first.category, code = %first.code, "turn refused by input moderation");
@@ -152,24 +148,22 @@ impl Gateway {
             turn_id = %turn_id, "turn dispatched");
         Ok(Admission { session_id, turn_id, trace: input.trace, signed, outcome: Admitted::Streaming(stream) })
     }
+}
 
-    /// A refused turn is stored without its text: it may be the very content (PII, say) the refusal is about.
-    async fn record_refusal(&self, tenant: &str, session_id: &str, turn_id: &str, trace: &TraceContext, signed: &SignedVerdict) -> Result<(), ApiError> {
-        let record = TurnRecord {
-            turn_id: turn_id.to_owned(),
-            session_id: session_id.to_owned(),
-            tenant: tenant.to_owned(),
-            user_message: "[withheld: refused by input moderation]".into(),
-            assistant_message: String::new(),
-            finish_reason: FinishReason::Refused.as_str().into(),
-            policy_verdict: signed.verdict.header_value(),
-            constitution_hash: signed.constitution_hash.to_string(),
-            trace_id: trace.trace_id.clone(),
-            prompt_tokens: None,
-            completion_tokens: None,
-            created_at: now_ms(),
-        };
-        self.store.record(&record).await.map_err(OrchestratorError::Store)?;
-        Ok(())
+/// A refused turn is stored without its text: it may be the very content (PII, say) the refusal is about.
+fn refusal_record(tenant: &str, session_id: &str, turn_id: &str, trace: &TraceContext, signed: &SignedVerdict) -> TurnRecord {
+    TurnRecord {
+        turn_id: turn_id.to_owned(),
+        session_id: session_id.to_owned(),
+        tenant: tenant.to_owned(),
+        user_message: "[withheld: refused by input moderation]".into(),
+        assistant_message: String::new(),
+        finish_reason: FinishReason::Refused.as_str().into(),
+        policy_verdict: signed.verdict.header_value(),
+        constitution_hash: signed.constitution_hash.to_string(),
+        trace_id: trace.trace_id.clone(),
+        prompt_tokens: None,
+        completion_tokens: None,
+        created_at: now_ms(),
     }
 }

@@ -1,17 +1,17 @@
-//! Accumulates a running turn and, when it ends, stores the turn and its
-//! terminal event together (the client sees `done` only after both are
-//! durable) — or, if the client goes away first, records it as cancelled
-//! from `Drop`.
+//! Accumulates a running turn and, when it ends, commits the turn row and its
+//! terminal event in one outbox transaction (the client sees `done` only
+//! after both are durable) — or, if the client goes away first, queues it as
+//! cancelled from `Drop`.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use serde_json::{json, Value};
 
-use super::store::{ConversationStore, TurnRecord};
+use super::store::{RecordTurn, TurnRecord};
 use super::turn::{FinishReason, TurnRequest};
 use crate::db::now_ms;
-use crate::events::{EventLog, EventType, TurnContext};
+use crate::events::{EventLog, EventType, NewEvent, Pending, TurnContext};
 use crate::policy::SignedVerdict;
 use crate::slm::Usage;
 use crate::telemetry::{Metrics, RequestOutcome};
@@ -34,7 +34,6 @@ pub fn turn_context(request: &TurnRequest, signed: &SignedVerdict) -> TurnContex
 }
 
 pub struct Recorder {
-    store: ConversationStore,
     metrics: Arc<Metrics>,
     events: EventLog,
     context: TurnContext,
@@ -49,7 +48,6 @@ pub struct Recorder {
 
 impl Recorder {
     pub fn new(
-        store: ConversationStore,
         metrics: Arc<Metrics>,
         events: EventLog,
         context: TurnContext,
@@ -72,7 +70,6 @@ impl Recorder {
             created_at: now_ms(),
         };
         Self {
-            store,
             metrics,
             events,
             context,
@@ -118,36 +115,41 @@ impl Recorder {
         Some(record)
     }
 
-    /// Stores the turn and its terminal event before the client sees `done`;
-    /// false if the event could not be stored. The writes run as their own
-    /// task: a client leaving mid-write cannot cut them short.
+    /// Commits the turn row and its terminal event together (one outbox
+    /// transaction, shared with whatever else is queued) before the client
+    /// sees `done`; false if they could not be stored. The commit is awaited
+    /// in a task of its own: a client leaving mid-write cannot cut it short.
     pub async fn finish(&mut self, finish: FinishReason, outcome: RequestOutcome, kind: EventType, data: Value) -> bool {
         let Some(record) = self.take(finish, outcome) else { return true };
-        let (store, events, context) = (self.store.clone(), self.events.clone(), self.context.clone());
-        let writes = tokio::spawn(async move {
-            let ((), stored) = tokio::join!(store_turn(&store, &record), events.turn_durable(&context, kind, data));
-            stored
-        });
-        writes.await.unwrap_or(false)
+        let (events, items) = (self.events.clone(), self.terminal(record, kind, data));
+        let commit = tokio::spawn(async move { events.emit_durable(items).await });
+        match commit.await {
+            Ok(Ok(())) => true,
+            Ok(Err(err)) => {
+                tracing::error!(error = %err, turn_id = %self.context.turn_id, "turn and its events not stored");
+                false
+            }
+            Err(_) => false,
+        }
+    }
+
+    fn terminal(&self, record: TurnRecord, kind: EventType, data: Value) -> Vec<Pending> {
+        vec![Pending::Write(Arc::new(RecordTurn(record))), Pending::Conversation(NewEvent::new(self.context.clone(), kind, data))]
     }
 }
 
 impl Drop for Recorder {
     fn drop(&mut self) {
         let Some(record) = self.take(FinishReason::Cancelled, RequestOutcome::Allow) else { return };
-        let (store, events, context) = (self.store.clone(), self.events.clone(), self.context.clone());
         let data = json!({ "reason": "client_disconnected", "emitted_chars": record.assistant_message.chars().count(), "content_included": false });
+        let (events, items, turn_id) = (self.events.clone(), self.terminal(record, EventType::Cancelled, data), self.context.turn_id.clone());
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            // The client is gone; this writes one row and queues one event, both also drained on shutdown.
+            // The client is gone: queue the turn and its event; the writer drains its queue on shutdown.
             runtime.spawn(async move {
-                let ((), ()) = tokio::join!(store_turn(&store, &record), events.turn(&context, EventType::Cancelled, data));
+                if let Err(err) = events.emit(items).await {
+                    tracing::error!(error = %err, turn_id = %turn_id, "cancelled turn not queued");
+                }
             });
         }
-    }
-}
-
-async fn store_turn(store: &ConversationStore, record: &TurnRecord) {
-    if let Err(err) = store.record(record).await {
-        tracing::error!(trace_id = %record.trace_id, turn_id = %record.turn_id, error = %crate::error::error_chain(&err), "could not store turn");
     }
 }

@@ -81,7 +81,7 @@ impl Orchestrator {
         let mut guard = self.moderator.output_guard();
         let metrics = self.metrics.clone();
         let context = turn_context(&request, &signed);
-        let mut recorder = Recorder::new(self.store.clone(), self.metrics.clone(), self.events.clone(), context, &request, &signed, &self.settings.model);
+        let mut recorder = Recorder::new(self.metrics.clone(), self.events.clone(), context, &request, &signed, &self.settings.model);
         Box::pin(async_stream::stream! {
             let mut finish = FinishReason::Stop;
             while let Some(item) = model.next().await {

@@ -1,8 +1,10 @@
 //! Sessions and finished turns, over the shared database.
 
+use futures_util::future::BoxFuture;
 use sqlx::Row;
 
 use crate::db::{now_ms, Database};
+use crate::events::TxWrite;
 use crate::slm::{ChatMessage, Role};
 
 /// Whether a session id may be used by a tenant.
@@ -77,36 +79,10 @@ impl ConversationStore {
         Ok(messages)
     }
 
-    /// Stores a finished turn, creating its session on first use, in one transaction.
+    /// Stores a finished turn on its own (outside an outbox batch).
     pub async fn record(&self, turn: &TurnRecord) -> Result<(), sqlx::Error> {
         let mut tx = self.db.pool().begin().await?;
-        sqlx::query("INSERT INTO sessions (id, tenant, created_at) VALUES ($1, $2, $3) ON CONFLICT (id) DO NOTHING")
-            .bind(&turn.session_id)
-            .bind(&turn.tenant)
-            .bind(turn.created_at)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(
-            "INSERT INTO turns (id, session_id, tenant, user_message, assistant_message, finish_reason, policy_verdict, \
-             constitution_hash, trace_id, prompt_tokens, completion_tokens, created_at, completed_at) \
-             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13 \
-             WHERE EXISTS (SELECT 1 FROM sessions WHERE id = $2 AND tenant = $3)",
-        )
-        .bind(&turn.turn_id)
-        .bind(&turn.session_id)
-        .bind(&turn.tenant)
-        .bind(&turn.user_message)
-        .bind(&turn.assistant_message)
-        .bind(&turn.finish_reason)
-        .bind(&turn.policy_verdict)
-        .bind(&turn.constitution_hash)
-        .bind(&turn.trace_id)
-        .bind(turn.prompt_tokens)
-        .bind(turn.completion_tokens)
-        .bind(turn.created_at)
-        .bind(now_ms())
-        .execute(&mut *tx)
-        .await?;
+        RecordTurn(turn.clone()).insert(&mut tx).await?;
         tx.commit().await
     }
 
@@ -119,5 +95,54 @@ impl ConversationStore {
         rows.iter()
             .map(|r| Ok((r.try_get("id")?, r.try_get("finish_reason")?, r.try_get("assistant_message")?)))
             .collect()
+    }
+}
+
+/// A finished turn as a write of the outbox's transaction: the turn row and
+/// its terminal event commit together. Creates the session on first use, never
+/// attaches a turn to another tenant's session, and is idempotent.
+#[derive(Debug)]
+pub struct RecordTurn(pub TurnRecord);
+
+impl RecordTurn {
+    async fn insert(&self, conn: &mut sqlx::AnyConnection) -> Result<(), sqlx::Error> {
+        let turn = &self.0;
+        // PostgreSQL text cannot hold NUL; a model may still emit one.
+        let clean = |s: &str| s.replace('\0', "\u{fffd}");
+        sqlx::query("INSERT INTO sessions (id, tenant, created_at) VALUES ($1, $2, $3) ON CONFLICT (id) DO NOTHING")
+            .bind(&turn.session_id)
+            .bind(&turn.tenant)
+            .bind(turn.created_at)
+            .execute(&mut *conn)
+            .await?;
+        sqlx::query(
+            "INSERT INTO turns (id, session_id, tenant, user_message, assistant_message, finish_reason, policy_verdict, \
+             constitution_hash, trace_id, prompt_tokens, completion_tokens, created_at, completed_at) \
+             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13 \
+             WHERE EXISTS (SELECT 1 FROM sessions WHERE id = $2 AND tenant = $3) \
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(&turn.turn_id)
+        .bind(&turn.session_id)
+        .bind(&turn.tenant)
+        .bind(clean(&turn.user_message))
+        .bind(clean(&turn.assistant_message))
+        .bind(&turn.finish_reason)
+        .bind(&turn.policy_verdict)
+        .bind(&turn.constitution_hash)
+        .bind(&turn.trace_id)
+        .bind(turn.prompt_tokens)
+        .bind(turn.completion_tokens)
+        .bind(turn.created_at)
+        .bind(now_ms())
+        .execute(&mut *conn)
+        .await?;
+        Ok(())
+    }
+}
+
+impl TxWrite for RecordTurn {
+    fn write<'c>(&'c self, conn: &'c mut sqlx::AnyConnection) -> BoxFuture<'c, Result<(), sqlx::Error>> {
+        Box::pin(self.insert(conn))
     }
 }
