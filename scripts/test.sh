@@ -16,7 +16,8 @@ ensure_postgres() {
     local conf; conf=$(ls -d /etc/postgresql/*/main | head -1)
     sed -i 's/^\(local\|host\)\(.*\)\(peer\|scram-sha-256\|md5\)$/\1\2trust/' "$conf/pg_hba.conf"
   fi
-  pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -1)" main start || true
+  local version; version=$(ls /etc/postgresql | head -1)
+  pg_ctlcluster --skip-systemctl-redirect "$version" main start || pg_ctlcluster --skip-systemctl-redirect "$version" main reload || true
   for _ in $(seq 1 40); do pg_isready -q -h 127.0.0.1 -p 5432 && return; sleep 0.25; done
   echo "PostgreSQL is not reachable at $url" >&2
   exit 1
