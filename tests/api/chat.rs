@@ -105,3 +105,40 @@ async fn the_chat_path_works_on_postgresql() {
     assert_eq!(second.names().last(), Some(&"done"));
     assert_eq!(app.store.turns(&session_id).await.unwrap().len(), 2);
 }
+
+#[tokio::test]
+async fn a_client_that_hangs_up_stops_the_generation_and_the_turn_is_recorded_cancelled() {
+    use futures_util::StreamExt;
+    let model = crate::moderation::PrivateModelServer::start().await;
+    let port = model.port;
+    let app = spawn_app_with(Storage::Sqlite, |s| s.slm.base_url = format!("http://127.0.0.1:{port}/v1")).await;
+    let (_, key) = app.chat_key().await;
+    let response = app.post("/v1/chat/stream", Some(&key), &json!({ "message": "Write a very long story about the sea.", "max_tokens": 2000 })).await;
+    let session = response.headers()["x-session-id"].to_str().unwrap().to_owned();
+    let mut body = response.bytes_stream();
+    let mut seen = String::new();
+    while !seen.contains("event: delta") {
+        seen.push_str(&String::from_utf8_lossy(&body.next().await.unwrap().unwrap()));
+    }
+    assert!(model.busy().await, "the model is generating");
+
+    drop(body);
+
+    let hung_up = std::time::Instant::now();
+    while model.busy().await {
+        assert!(hung_up.elapsed() < std::time::Duration::from_secs(2), "the model server kept generating after the client left");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let (_, predicted) = model.counters().await;
+    assert!(predicted < 2000.0, "generation stopped early: {predicted} tokens");
+    let mut turns = Vec::new();
+    for _ in 0..50 {
+        turns = app.store.turns(&session).await.unwrap();
+        if !turns.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(turns.len(), 1);
+    assert_eq!(turns[0].1, "cancelled");
+}

@@ -8,13 +8,13 @@ use serde_json::{json, Value};
 use crate::helpers::{manifest_dir, slm_url, spawn_app_with, Storage};
 
 /// A private model server, so its counters see only this test's traffic.
-struct PrivateModelServer {
+pub struct PrivateModelServer {
     child: Child,
-    port: u16,
+    pub port: u16,
 }
 
 impl PrivateModelServer {
-    async fn start() -> Self {
+    pub async fn start() -> Self {
         let python = std::env::var("STEWARD_TEST_MODEL_PYTHON").unwrap_or_else(|_| format!("{}/.venv/bin/python", env!("CARGO_MANIFEST_DIR")));
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let child = Command::new(python)
@@ -35,7 +35,7 @@ impl PrivateModelServer {
     }
 
     /// (prompt tokens processed, tokens predicted), from the server's own /metrics.
-    async fn counters(&self) -> (f64, f64) {
+    pub async fn counters(&self) -> (f64, f64) {
         let text = reqwest::get(format!("http://127.0.0.1:{}/metrics", self.port)).await.unwrap().text().await.unwrap();
         let read = |name: &str| {
             text.lines()
@@ -43,6 +43,14 @@ impl PrivateModelServer {
                 .unwrap_or_else(|| panic!("{name} missing from model server metrics"))
         };
         (read("llamacpp:prompt_tokens_total "), read("llamacpp:tokens_predicted_total "))
+    }
+}
+
+impl PrivateModelServer {
+    /// Whether any slot is generating, from the server's own `/slots`.
+    pub async fn busy(&self) -> bool {
+        let slots: Value = reqwest::get(format!("http://127.0.0.1:{}/slots", self.port)).await.unwrap().json().await.unwrap();
+        slots.as_array().unwrap().iter().any(|s| s["is_processing"] == true)
     }
 }
 
