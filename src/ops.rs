@@ -1,5 +1,5 @@
 //! Operations endpoints: `/healthz` (the process is up), `/readyz` (each
-//! dependency answers), `/metrics` (Prometheus) and the JSON 404.
+//! dependency answers), `/metrics` (Prometheus), `/openapi.json` and the JSON 404.
 
 use std::sync::Arc;
 
@@ -28,7 +28,13 @@ pub struct Dependencies {
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthz", web::get().to(healthz))
         .route("/readyz", web::get().to(readyz))
-        .route("/metrics", web::get().to(metrics));
+        .route("/metrics", web::get().to(metrics))
+        .route("/openapi.json", web::get().to(openapi));
+}
+
+/// The API description, kept beside the code in `docs/openapi.json`.
+async fn openapi() -> HttpResponse {
+    HttpResponse::Ok().content_type("application/json").body(include_str!("../docs/openapi.json"))
 }
 
 async fn healthz() -> HttpResponse {

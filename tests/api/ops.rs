@@ -45,3 +45,28 @@ async fn metrics_count_requests_by_route_and_decision() {
     assert!(text.contains(r#"moderation_decisions_total{stage="input",category="prompt_injection"} 1"#), "{text}");
     assert!(text.contains("steward_time_to_first_token_seconds_bucket"), "{text}");
 }
+
+#[tokio::test]
+async fn openapi_json_describes_every_route_the_app_serves() {
+    let app = spawn_app().await;
+    let spec: Value = app.get("/openapi.json").await.json().await.unwrap();
+    assert_eq!(spec["openapi"], "3.1.0");
+    for (path, method) in [
+        ("/v1/chat/stream", "post"),
+        ("/v1/chat/completions", "post"),
+        ("/v1/conversation/step", "post"),
+        ("/v1/conversation/stream", "post"),
+        ("/v1/training/enable", "post"),
+        ("/v1/training/renew", "post"),
+        ("/v1/training/disable", "post"),
+        ("/v1/training/status", "get"),
+        ("/healthz", "get"),
+        ("/readyz", "get"),
+        ("/metrics", "get"),
+    ] {
+        assert!(spec["paths"][path][method].is_object(), "{method} {path} missing from openapi.json");
+        // And the app really serves it: anything but the JSON 404 of unknown routes.
+        let response = app.http.request(method.to_uppercase().parse().unwrap(), format!("{}{path}", app.address)).send().await.unwrap();
+        assert_ne!(response.status(), 404, "{method} {path} documented but not served");
+    }
+}
