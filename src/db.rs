@@ -92,6 +92,12 @@ fn ensure_sqlite_dir(url: &str) -> Result<(), DbError> {
     Ok(())
 }
 
+/// RFC 3339 UTC with milliseconds (`2026-11-26T15:08:36.771Z`): the
+/// `occurred_at` / `expires_at` form of every event and response.
+pub fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
 /// Milliseconds since the Unix epoch, the timestamp type of every table.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()

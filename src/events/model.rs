@@ -86,7 +86,7 @@ impl NewEvent {
             kind,
             data,
             event_id: uuid::Uuid::now_v7().to_string(),
-            occurred_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            occurred_at: crate::db::rfc3339(crate::db::now_ms()),
         }
     }
 }

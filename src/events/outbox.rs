@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use sqlx::Row;
 
 use super::model::{event_hash, ConversationEvent, NewEvent, ZERO_HASH};
-use crate::db::{now_ms, Backend, Database};
+use crate::db::{now_ms, Database};
 
 /// A state change that commits in the same transaction as the events
 /// beside it (the transactional outbox), e.g. the finished turn's row. It
@@ -67,18 +67,20 @@ impl OutboxStore {
             .collect();
         keys.sort();
         keys.dedup();
-        let lock = if self.db.backend() == Backend::Postgres { " FOR UPDATE" } else { "" };
         let mut heads = std::collections::HashMap::new();
         for key in &keys {
-            sqlx::query("INSERT INTO event_chains (chain_key, last_seq, last_hash) VALUES ($1, 0, $2) ON CONFLICT (chain_key) DO NOTHING")
-                .bind(key)
-                .bind(ZERO_HASH)
-                .execute(&mut *tx)
-                .await?;
-            let row = sqlx::query(&format!("SELECT last_seq, last_hash FROM event_chains WHERE chain_key = $1{lock}"))
-                .bind(key)
-                .fetch_one(&mut *tx)
-                .await?;
+            // One statement creates the chain head if needed and reads it. The upsert's
+            // update takes the row lock on PostgreSQL (as FOR UPDATE would), held until
+            // commit, so a concurrent writer of the same session waits for this chain.
+            let row = sqlx::query(
+                "INSERT INTO event_chains (chain_key, last_seq, last_hash) VALUES ($1, 0, $2) \
+                 ON CONFLICT (chain_key) DO UPDATE SET chain_key = excluded.chain_key \
+                 RETURNING last_seq, last_hash",
+            )
+            .bind(key)
+            .bind(ZERO_HASH)
+            .fetch_one(&mut *tx)
+            .await?;
             heads.insert(key.clone(), (row.try_get::<i64, _>("last_seq")?, row.try_get::<String, _>("last_hash")?));
         }
         let now = now_ms();

@@ -6,7 +6,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::lock::LockInfo;
-use super::service::{iso, Actor, TrainingService};
+use super::service::{Actor, TrainingService};
+use crate::db::rfc3339;
 use crate::error::{ApiError, Code};
 use crate::identity::{Caller, Capability};
 use crate::web::trace_of;
@@ -61,7 +62,7 @@ fn lock_json(state: &str, lock: &LockInfo) -> serde_json::Value {
         "state": state,
         "owner": lock.owner,
         "fencing_token": lock.fencing_token,
-        "expires_at": iso(lock.expires_at_ms()),
+        "expires_at": rfc3339(lock.expires_at_ms()),
         "ttl_seconds": lock.ttl_ms as f64 / 1000.0,
         "reason": lock.reason,
     })

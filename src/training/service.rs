@@ -11,6 +11,7 @@ use rand::RngCore;
 use serde_json::json;
 
 use super::lock::{Acquired, LockError, LockInfo, LockStore, Owned};
+use crate::db::rfc3339;
 use crate::error::{Code, ErrorCode};
 use crate::events::{EventLog, Pending};
 use crate::telemetry::{Metrics, TraceContext};
@@ -72,9 +73,6 @@ pub struct TrainingService {
     view: Mutex<HashMap<String, (Instant, Option<LockInfo>)>>,
 }
 
-pub fn iso(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms).unwrap_or_default().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-}
 
 impl TrainingService {
     pub fn new(store: Arc<dyn LockStore>, events: EventLog, metrics: Arc<Metrics>, settings: TrainingSettings) -> Self {
@@ -107,7 +105,7 @@ impl TrainingService {
             }
             Ok(Acquired::Held(info)) => {
                 self.transition(actor, "denied", Some(&info), &format!("already held by {}", info.owner)).await?;
-                Err(TrainingError::Held { owner: info.owner.clone(), expires_at: iso(info.expires_at_ms()) })
+                Err(TrainingError::Held { owner: info.owner.clone(), expires_at: rfc3339(info.expires_at_ms()) })
             }
             Err(err) => Err(err.into()),
         }
@@ -185,7 +183,7 @@ impl TrainingService {
 
     /// Records a transition: audit record (durable), counter, log line.
     pub(super) async fn transition(&self, actor: &Actor<'_>, action: &'static str, lock: Option<&LockInfo>, reason: &str) -> Result<(), TrainingError> {
-        let occurred_at = iso(crate::db::now_ms());
+        let occurred_at = rfc3339(crate::db::now_ms());
         let record = json!({
             "schema": AUDIT_SCHEMA,
             "event_id": uuid::Uuid::now_v7().to_string(),
