@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 command -v cargo >/dev/null || { echo "cargo is required (https://rustup.rs)" >&2; exit 1; }
 command -v python3 >/dev/null || { echo "python3 is required" >&2; exit 1; }
 
+scripts/models.sh install
 scripts/model-server.sh start 8081 2
 started_model=$([ -f .run/model-server-8081.pid ] && echo yes || echo no)
 cleanup() { [ "$started_model" = yes ] && scripts/model-server.sh stop 8081; }

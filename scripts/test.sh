@@ -41,6 +41,9 @@ ensure_redis
 export STEWARD_TEST_REDIS_URL=${STEWARD_TEST_REDIS_URL:-redis://127.0.0.1:6379}
 export STEWARD_TEST_POSTGRES_URL=${STEWARD_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 
+# The moderation model (all-MiniLM-L6-v2), loaded in process by the semantic layer.
+scripts/models.sh install
+
 # The official OpenAI SDK, for the facade's compatibility test.
 scripts/model-server.sh install
 .venv/bin/python -c 'import openai' 2>/dev/null || .venv/bin/pip install -q --disable-pip-version-check openai==3.57.0

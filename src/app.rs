@@ -19,7 +19,7 @@ use crate::events::{EventLog, EventPublisher, OutboxStore, Relay, RelaySettings}
 use crate::db::Database;
 use crate::gateway::Gateway;
 use crate::identity::KeyStore;
-use crate::moderation::Moderator;
+use crate::moderation::{Moderator, Semantic};
 use crate::ops::Dependencies;
 use crate::orchestrator::{Conversation, ConversationStore, Orchestrator, OrchestratorApi, OrchestratorSettings, TurnLimits};
 use crate::policy::{Constitution, PolicyEngine};
@@ -44,7 +44,7 @@ impl Application {
 
         let constitution = Constitution::load(&settings.policy.constitution)
             .with_context(|| format!("Failed to load the constitution (policy.constitution = {})", settings.policy.constitution.display()))?;
-        let moderator = Arc::new(Moderator::new(&constitution).context("Failed to build the moderator")?);
+        let moderator = Arc::new(moderator(settings, &constitution)?);
         let policy = Arc::new(PolicyEngine::new(constitution.hash(), signing_key(&settings.policy.signing_key), settings.policy.verdict_ttl_seconds));
         tracing::info!(constitution = %constitution.name, version = %constitution.version, hash = %policy.active_hash(), "constitution loaded");
 
@@ -91,6 +91,10 @@ impl Application {
             limits,
             keepalive,
             model_name: slm.model.clone(),
+            caller_system: crate::gateway::CallerSystemPolicy {
+                default: settings.chat.caller_system_prompt,
+                tenants: settings.chat.caller_system_prompt_tenants.clone(),
+            },
         });
         let orchestrator_api = web::Data::new(OrchestratorApi { conversation: orchestrator, training: training.clone(), limits, metrics: metrics.clone(), keepalive });
         let keys = web::Data::new(KeyStore::new(db.clone()));
@@ -135,6 +139,28 @@ impl Application {
         self.tasks.wait().await;
         served
     }
+}
+
+/// The moderator with the configured layers; a missing model is an error naming the setting.
+pub fn moderator(settings: &Settings, constitution: &Constitution) -> anyhow::Result<Moderator> {
+    use crate::config::SemanticSwitch;
+    use crate::moderation::semantic::{Classifier, SemanticModel};
+    let m = &settings.moderation;
+    let semantic = match m.semantic {
+        SemanticSwitch::Off => {
+            tracing::warn!("moderation.semantic is off: only the phrase lexicon judges");
+            Semantic::Off
+        }
+        SemanticSwitch::On => {
+            let started = std::time::Instant::now();
+            let model = SemanticModel::shared(&m.model_dir, m.cache_entries)
+                .with_context(|| format!("Failed to load the moderation model (moderation.model_dir = {})", m.model_dir.display()))?;
+            let classifier = Classifier::new(model, constitution).context("Failed to embed the constitution's examples")?;
+            tracing::info!(model_dir = %m.model_dir.display(), ms = started.elapsed().as_millis() as u64, "semantic moderation ready");
+            Semantic::On(Arc::new(classifier))
+        }
+    };
+    Moderator::with_semantic(constitution, semantic, m.output_window_chars).context("Failed to build the moderator")
 }
 
 /// The configured key, or a random one that only this process can verify.

@@ -1,4 +1,5 @@
-//! The command line: `serve`, `migrate` and `keys create|list|revoke`.
+//! The command line: `serve`, `migrate`, `keys create|list|revoke`, `events tail`,
+//! `audit verify` and `moderation eval|fit`.
 
 use clap::{Parser, Subcommand};
 
@@ -29,6 +30,32 @@ pub enum Command {
     /// Check the event trail in Kafka.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Measure moderation on labelled data.
+    #[command(subcommand)]
+    Moderation(ModerationCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModerationCommand {
+    /// Judge every row of a labelled JSON-lines file with every layer and
+    /// print the rates per category; `--evasions` also judges each harmful
+    /// row disguised with every known evasion.
+    Eval {
+        file: std::path::PathBuf,
+        #[arg(long)]
+        evasions: bool,
+        /// Also print every row judged wrongly.
+        #[arg(long)]
+        mistakes: bool,
+    },
+    /// Choose the semantic rule (threshold, margin) on the training rows, by
+    /// leave-one-out scoring against the constitution's exemplars.
+    Fit {
+        file: std::path::PathBuf,
+        /// Highest share of harmless training rows the rule may refuse.
+        #[arg(long, default_value_t = 0.02)]
+        max_false_refusals: f64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -92,6 +119,7 @@ pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
         Command::Audit(AuditCommand::Verify { brokers, topic, tenant, session }) => {
             audit_verify(&brokers, &topic, tenant.as_deref(), session.as_deref()).await?
         }
+        Command::Moderation(cmd) => crate::moderation::cli::run(&settings, cmd).await?,
         Command::Keys(cmd) => {
             let keys = KeyStore::new(database(&settings).await?);
             match cmd {

@@ -36,6 +36,7 @@ pub struct Settings {
     pub database: DatabaseSettings,
     pub slm: SlmSettings,
     pub policy: PolicySettings,
+    pub moderation: ModerationSettings,
     pub chat: ChatSettings,
     pub kafka: KafkaConfig,
     pub outbox: OutboxConfig,
@@ -92,11 +93,48 @@ pub struct PolicySettings {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct ModerationSettings {
+    /// The semantic layer: `on` (needs the model in `model_dir`) or `off`.
+    pub semantic: SemanticSwitch,
+    /// Directory holding the sentence-embedding model: `config.json`,
+    /// `tokenizer.json` and `model.safetensors` (scripts/models.sh installs it).
+    pub model_dir: PathBuf,
+    /// Embeddings kept in the exact-text cache (repeated prompts skip the model).
+    pub cache_entries: usize,
+    /// Streamed output is judged at each sentence end, and at least every this many chars.
+    pub output_window_chars: usize,
+}
+
+/// See [`ModerationSettings::semantic`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SemanticSwitch {
+    On,
+    Off,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ChatSettings {
     /// Longest accepted user message, in characters.
     pub max_message_chars: usize,
     /// Most turns of history replayed to the model.
     pub max_history_turns: u32,
+    /// A caller's `system`/`developer` message: `refuse` (400
+    /// `system_prompt_not_allowed`) or `after_operator`.
+    pub caller_system_prompt: CallerSystemPrompt,
+    /// Per-tenant exceptions to `caller_system_prompt`.
+    #[serde(default)]
+    pub caller_system_prompt_tenants: std::collections::HashMap<String, CallerSystemPrompt>,
+}
+
+/// See [`ChatSettings::caller_system_prompt`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CallerSystemPrompt {
+    #[default]
+    Refuse,
+    AfterOperator,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -226,6 +264,9 @@ impl Settings {
         }
         if !self.policy.signing_key.expose().is_empty() && self.policy.signing_key.expose().len() < 32 {
             return invalid("policy.signing_key", "must be at least 32 characters (or empty for a per-process key)");
+        }
+        if self.moderation.output_window_chars < 16 {
+            return invalid("moderation.output_window_chars", "must be at least 16");
         }
         if self.chat.max_message_chars == 0 {
             return invalid("chat.max_message_chars", "must be greater than 0");

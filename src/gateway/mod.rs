@@ -11,7 +11,7 @@ mod chat;
 mod openai;
 mod service;
 
-pub use service::{Admission, Admitted, Gateway, TurnInput};
+pub use service::{Admission, Admitted, CallerSystemPolicy, Gateway, TurnInput};
 
 use actix_web::web;
 

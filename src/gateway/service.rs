@@ -15,7 +15,7 @@ use crate::orchestrator::{
     TurnStream,
 };
 use crate::policy::{PolicyEngine, SignedVerdict, TurnRef, Verdict};
-use crate::slm::{ChatMessage, GenerationParams};
+use crate::slm::{ChatMessage, GenerationParams, Role};
 use crate::telemetry::{Metrics, RequestOutcome, TraceContext};
 
 pub struct Gateway {
@@ -30,7 +30,25 @@ pub struct Gateway {
     pub keepalive: Duration,
     /// Model name reported by the OpenAI facade.
     pub model_name: String,
+    /// Whether a tenant's callers may add system messages after the operator's.
+    pub caller_system: CallerSystemPolicy,
 }
+
+/// What happens to a caller's `system`/`developer` message: refused (the
+/// default) or placed after the operator's system prompt, per tenant.
+#[derive(Debug, Clone, Default)]
+pub struct CallerSystemPolicy {
+    pub default: CallerSystemPrompt,
+    pub tenants: std::collections::HashMap<String, CallerSystemPrompt>,
+}
+
+impl CallerSystemPolicy {
+    fn allows(&self, tenant: &str) -> bool {
+        self.tenants.get(tenant).unwrap_or(&self.default) == &CallerSystemPrompt::AfterOperator
+    }
+}
+
+pub use crate::config::CallerSystemPrompt;
 
 /// A turn as a chat entry point received it.
 pub struct TurnInput {
@@ -75,7 +93,16 @@ impl Gateway {
     async fn try_admit(&self, caller: &Caller, input: TurnInput) -> Result<Admission, ApiError> {
         caller.require(Capability::Chat)?;
         self.limits.check_message(&input.message)?;
+        for earlier in &input.preamble {
+            self.limits.check_earlier(&earlier.content)?;
+        }
         let tenant = caller.tenant.as_str();
+        if input.preamble.iter().any(|m| m.role == Role::System) && !self.caller_system.allows(tenant) {
+            return Err(ApiError::new(
+                Code::SystemPromptNotAllowed,
+                "system and developer messages are not accepted for this tenant: the operator's system prompt applies",
+            ));
+        }
         let (session_id, session_known) = match input.session_id {
             None => (uuid::Uuid::now_v7().to_string(), SessionState::New),
             Some(id) => {
@@ -91,11 +118,11 @@ impl Gateway {
         let turn_id = uuid::Uuid::now_v7().to_string();
         let turn = TurnRef { tenant, session_id: &session_id, turn_id: &turn_id, message: &input.message };
 
-        let decision = std::iter::once(input.message.as_str())
-            .chain(input.preamble.iter().map(|m| m.content.as_str()))
-            .map(|text| self.moderator.check_input(text))
-            .find(|d| matches!(d, Decision::Refuse(_)))
-            .unwrap_or(Decision::Allow);
+        let texts = input.preamble.iter().map(|m| m.content.clone()).chain([input.message.clone()]).collect();
+        let decision = self.moderator.judge_messages(texts).await.map_err(|e| {
+            tracing::error!(error = %e, "input moderation failed");
+            ApiError::new(Code::Internal, "moderation failed")
+        })?;
         let hits: Vec<Hit> = match decision {
             Decision::Allow => Vec::new(),
             Decision::Refuse(hits) => hits,
@@ -157,6 +184,7 @@ fn refusal_record(tenant: &str, session_id: &str, turn_id: &str, trace: &TraceCo
         session_id: session_id.to_owned(),
         tenant: tenant.to_owned(),
         user_message: "[withheld: refused by input moderation]".into(),
+        preamble: "[]".into(),
         assistant_message: String::new(),
         finish_reason: FinishReason::Refused.as_str().into(),
         policy_verdict: signed.verdict.header_value(),

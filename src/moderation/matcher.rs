@@ -8,10 +8,15 @@ use std::sync::Arc;
 use aho_corasick::{AhoCorasick, MatchKind};
 use regex::RegexSet;
 
-use super::normalize::{normalize, normalize_phrase};
+use super::normalize::{fold, normalize, normalize_phrase};
+use super::semantic::Semantic;
+use super::sentences::SentenceBuffer;
 use super::window::OutputGuard;
 use super::ModerationError;
 use crate::policy::constitution::Constitution;
+
+/// Default of `moderation.output_window_chars`.
+pub const DEFAULT_OUTPUT_WINDOW: usize = 400;
 
 /// Outcome of a moderation check.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,11 +82,21 @@ pub struct Moderator {
     patterns: RegexSet,
     /// `patterns` index → category index.
     pattern_category: Vec<usize>,
+    semantic: Semantic,
+    /// Longest stretch of streamed output between two semantic checks, in chars.
+    output_window_chars: usize,
 }
 
 impl Moderator {
-    /// Compiles the constitution's phrases and patterns (validating it first).
+    /// The phrase lexicon alone (`moderation.semantic = "off"`).
     pub fn new(constitution: &Constitution) -> Result<Self, ModerationError> {
+        Self::with_semantic(constitution, Semantic::Off, DEFAULT_OUTPUT_WINDOW)
+    }
+
+    /// Compiles the constitution's phrases and patterns (validating it first)
+    /// and judges with `semantic` too; streamed output is judged at sentence
+    /// ends, at least every `output_window_chars`.
+    pub fn with_semantic(constitution: &Constitution, semantic: Semantic, output_window_chars: usize) -> Result<Self, ModerationError> {
         constitution.validate()?;
         let mut phrases = Vec::new();
         let mut phrase_category = Vec::new();
@@ -109,11 +124,17 @@ impl Moderator {
             .flat_map(|p| p.char_indices().skip(1).map(move |(end, _)| p[..end].to_owned()))
             .collect();
         let index = PhraseIndex { automaton, phrase_category, hits, longest_chars, prefixes };
-        Ok(Self { phrases: Arc::new(index), patterns: RegexSet::new(patterns)?, pattern_category })
+        Ok(Self {
+            phrases: Arc::new(index),
+            patterns: RegexSet::new(patterns)?,
+            pattern_category,
+            semantic,
+            output_window_chars: output_window_chars.max(1),
+        })
     }
 
-    /// Checks a user input: phrases (one automaton pass) and patterns (one
-    /// `RegexSet` pass) over the normalised text.
+    /// Checks a user input: phrases (one automaton pass) over the normalised
+    /// text, patterns (`RegexSet` passes) over the folded and normalised text.
     pub fn check_input(&self, text: &str) -> Decision {
         let normalized = normalize(text);
         let mut matched = vec![false; self.phrases.hits.len()];
@@ -125,8 +146,12 @@ impl Moderator {
         for found in self.phrases.automaton.find_overlapping_iter(&normalized) {
             mark(self.phrases.phrase_category.get(found.pattern().as_usize()).copied());
         }
-        for i in self.patterns.matches(&normalized).iter() {
-            mark(self.pattern_category.get(i).copied());
+        // Patterns see both forms: the folded one keeps digits and symbols as
+        // written (card numbers, e-mail addresses), the full one reads disguises.
+        for form in [fold(text), normalized] {
+            for i in self.patterns.matches(&form).iter() {
+                mark(self.pattern_category.get(i).copied());
+            }
         }
         let hits: Vec<Hit> = matched
             .iter()
@@ -141,9 +166,79 @@ impl Moderator {
         }
     }
 
+    /// Checks every caller-supplied message of a turn, each on its own and
+    /// all joined, so a phrase split across messages is found too.
+    pub fn check_messages(&self, messages: &[&str]) -> Decision {
+        let joined = messages.join("\n");
+        let mut hits: Vec<Hit> = Vec::new();
+        let checks = messages.iter().copied().chain((messages.len() > 1).then_some(joined.as_str()));
+        for decision in checks.map(|text| self.check_input(text)) {
+            if let Decision::Refuse(found) = decision {
+                hits.extend(found);
+            }
+        }
+        let order = |hit: &Hit| self.phrases.hits.iter().position(|h| h.code == hit.code);
+        hits.sort_by_key(order);
+        hits.dedup_by(|a, b| a.code == b.code);
+        if hits.is_empty() {
+            Decision::Allow
+        } else {
+            Decision::Refuse(hits)
+        }
+    }
+
+    /// Judges every caller-supplied message of a turn with every layer: the
+    /// lexicon ([`Moderator::check_messages`]), then, if it allowed them, the
+    /// semantic layer on each message and on all of them joined (on a
+    /// blocking thread: it is CPU work).
+    pub async fn judge_messages(&self, messages: Vec<String>) -> Result<Decision, ModerationError> {
+        let texts: Vec<&str> = messages.iter().map(String::as_str).collect();
+        let decision = self.check_messages(&texts);
+        if matches!(decision, Decision::Refuse(_)) || !self.semantic.is_on() {
+            return Ok(decision);
+        }
+        let mut pieces: Vec<String> = messages.iter().map(|m| normalize(m)).collect();
+        if pieces.len() > 1 {
+            pieces.push(normalize(&messages.join("\n")));
+        }
+        let category = self.judge_blocking(pieces).await?;
+        Ok(match category.and_then(|i| self.phrases.hit(Some(i))) {
+            Some(hit) => Decision::Refuse(vec![hit]),
+            None => Decision::Allow,
+        })
+    }
+
+    /// Judges pieces of a streamed answer with the semantic layer (the
+    /// lexicon judges output through the [`OutputGuard`]).
+    pub async fn judge_output(&self, pieces: Vec<String>) -> Result<Option<Hit>, ModerationError> {
+        let category = self.judge_blocking(pieces.iter().map(|p| normalize(p)).collect()).await?;
+        Ok(category.and_then(|i| self.phrases.hit(Some(i))))
+    }
+
+    /// The first refused category among `pieces` (already normalised).
+    async fn judge_blocking(&self, pieces: Vec<String>) -> Result<Option<usize>, ModerationError> {
+        let semantic = self.semantic.clone();
+        let judged = tokio::task::spawn_blocking(move || {
+            for piece in &pieces {
+                if let Some(category) = semantic.judge(piece)? {
+                    return Ok(Some(category));
+                }
+            }
+            Ok(None)
+        })
+        .await;
+        judged.map_err(|e| ModerationError::Worker(e.to_string()))?
+    }
+
     /// A fresh guard for one streamed answer (phrases only).
     pub fn output_guard(&self) -> OutputGuard {
         OutputGuard::new(Arc::clone(&self.phrases))
+    }
+
+    /// Where a streamed answer is cut into pieces for [`Moderator::judge_output`]
+    /// (`None` when the semantic layer is off).
+    pub fn output_sentences(&self) -> Option<SentenceBuffer> {
+        self.semantic.is_on().then(|| SentenceBuffer::new(self.output_window_chars))
     }
 
     /// Length of the longest phrase, in normalised chars.

@@ -6,14 +6,20 @@
 //! as the longest phrase needs, so the client never receives any character of
 //! a matched phrase. All matching runs on normalised text (see [`normalize`]).
 
+pub mod cli;
+pub mod eval;
 mod matcher;
 pub mod normalize;
+pub mod semantic;
+mod sentences;
 mod window;
 
 #[cfg(test)]
 mod tests;
 
-pub use matcher::{Decision, Hit, Moderator};
+pub use matcher::{Decision, Hit, Moderator, DEFAULT_OUTPUT_WINDOW};
+pub use semantic::{Semantic, SemanticError};
+pub use sentences::SentenceBuffer;
 pub use window::{GuardStep, OutputGuard};
 
 use crate::policy::constitution::ConstitutionError;
@@ -30,4 +36,10 @@ pub enum ModerationError {
     /// The pattern set could not be compiled (e.g. too large).
     #[error("cannot compile the constitution patterns: {0}")]
     Patterns(#[from] regex::Error),
+    /// The semantic layer could not load or run.
+    #[error(transparent)]
+    Semantic(#[from] SemanticError),
+    /// The blocking thread running the semantic layer failed.
+    #[error("the moderation worker failed: {0}")]
+    Worker(String),
 }

@@ -1,22 +1,39 @@
-//! Text normalisation shared by the constitution and the moderator.
+//! Text normalisation shared by the constitution, both moderation layers and
+//! the streaming output guard: the one canonical form every text is judged in.
 //!
-//! Every text is matched in one canonical form: Unicode NFKC, then
-//! `char::to_lowercase`, then every run of whitespace collapsed to one ASCII
-//! space. Phrases are normalised the same way (and trimmed) when the automaton
-//! is built, so "BUILD\u{3000}a  Bomb" and "ｂｕｉｌｄ a bomb" both read
-//! "build a bomb".
+//! Two stages, so that the known evasions read as the plain words:
 //!
-//! NFKC is applied per *segment*: a segment starts at every character whose
+//! 1. **Per character** ([`fold`]): Unicode NFKC (width, ligatures, styled
+//!    letters); full case folding (`İ`, `ß` → `ss`, final sigma); every
+//!    non-ASCII character replaced by its UTS #39 confusable *skeleton*
+//!    (Cyrillic `і` → `i`), which also drops default-ignorable code points
+//!    (zero-width spaces and joiners, soft hyphen, bidi controls, variation
+//!    selectors); combining marks dropped (`i̇`, accents, "zalgo" stacks); runs
+//!    of whitespace collapsed to one ASCII space. ASCII letters are kept as
+//!    they are (the skeleton would merge `rn` with `m`, which no reader does).
+//! 2. **Per word** ([`normalize`]): letters spelled out with separators
+//!    (`k.i.l.l`, `k i l l`, `k-i-l-l`: three or more single characters, each
+//!    gap at most [`MAX_GAP`] separator characters) are joined into one word,
+//!    and leetspeak digits inside a word that has a letter become letters
+//!    (`k1ll` → `kill`, `h0w` → `how`; `2024` stays).
+//!
+//! Stage 1 works per NFKC *segment*: a segment starts at every character whose
 //! full compatibility decomposition begins with a starter that never combines
 //! with a preceding character (canonical combining class 0 and NFKC
-//! quick-check `Yes`). Normalisation never crosses such a boundary, so the
-//! per-segment result equals NFKC of the whole text — including compositions
-//! across characters such as `e` + U+0301 or conjoining Hangul jamo. The
-//! segmentation also gives the streaming guard a map from every normalised
-//! char back to the raw byte offset of the segment it came from.
+//! quick-check `Yes`), so per-segment results equal those of the whole text.
+//! [`normalize_mapped`] keeps, for every normalised char, the raw byte offset
+//! of its segment, the points where the text may be cut and re-normalised in
+//! two parts with the same result, and where the still-provisional tail
+//! starts — what the streaming guard needs to release text safely.
 
-use unicode_normalization::char::{canonical_combining_class, decompose_compatible};
+use caseless::Caseless;
+use unicode_normalization::char::{canonical_combining_class, decompose_compatible, is_combining_mark};
 use unicode_normalization::{is_nfkc_quick, IsNormalized, UnicodeNormalization};
+
+/// Most separator characters between two spelled-out letters (`k - i`).
+pub const MAX_GAP: usize = 3;
+/// Fewest single characters that count as a spelled-out word.
+const MIN_SPELLED: usize = 3;
 
 /// One normalised char and the raw byte offset of the segment it came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,6 +44,16 @@ pub struct MappedChar {
     pub raw_start: usize,
 }
 
+/// A place where the text may be cut: normalising the raw text before and
+/// after it separately (carrying the whitespace state) gives the same chars.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Cut {
+    /// Index in [`Mapped::chars`] of the first char after the cut.
+    pub index: usize,
+    /// Raw byte offset of the cut.
+    pub raw: usize,
+}
+
 /// A normalised text together with its map back to the raw text.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Mapped {
@@ -34,22 +61,22 @@ pub struct Mapped {
     pub text: String,
     /// One entry per char of `text`, in order; `raw_start` never decreases.
     pub chars: Vec<MappedChar>,
-    /// Raw byte offset where the last segment starts (0 for empty text). The
-    /// last segment is still *open*: a following combining character may
-    /// change its normalisation.
-    pub open_segment_start: usize,
+    /// Every safe cut, in order. The last one is [`Mapped::open`].
+    pub cuts: Vec<Cut>,
+    /// Where the provisional tail starts: chars from here on may still change
+    /// when more text follows (an open segment, a word that may grow, a
+    /// spelled-out word that may continue). Everything before it is final.
+    pub open: Cut,
 }
 
-impl Mapped {
-    /// Number of normalised chars produced by closed segments, i.e. chars that
-    /// no later input can change.
-    pub fn closed_chars(&self) -> usize {
-        self.chars.partition_point(|c| c.raw_start < self.open_segment_start)
-    }
-}
-
-/// Normalises `text` (NFKC, lowercase, whitespace runs → one space).
+/// Normalises `text` for matching: both stages (see the module docs).
 pub fn normalize(text: &str) -> String {
+    normalize_mapped(text, false).text
+}
+
+/// Stage 1 only (per character), for patterns whose digits and symbols must
+/// stay as written (card numbers, e-mail addresses).
+pub fn fold(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     walk(text, false, |ch, _| out.push(ch));
     out
@@ -60,22 +87,19 @@ pub fn normalize_phrase(phrase: &str) -> String {
     normalize(phrase).trim_matches(' ').to_owned()
 }
 
-/// Normalises `raw` and maps every normalised char back to its raw segment.
+/// Normalises `raw` with its map, cuts and provisional tail.
 ///
 /// `after_space` says whether the normalised text preceding `raw` (text
 /// already consumed by the caller) ends in a space, so that whitespace
-/// collapsing continues exactly across the cut.
+/// collapsing continues exactly across a cut.
 pub fn normalize_mapped(raw: &str, after_space: bool) -> Mapped {
-    let mut mapped = Mapped::default();
-    mapped.open_segment_start = walk(raw, after_space, |ch, raw_start| {
-        mapped.text.push(ch);
-        mapped.chars.push(MappedChar { ch, raw_start });
-    });
-    mapped
+    let mut folded = Vec::with_capacity(raw.len());
+    let open_segment = walk(raw, after_space, |ch, raw_start| folded.push(MappedChar { ch, raw_start }));
+    Words::new(&folded).render(open_segment)
 }
 
-/// Walks `raw` segment by segment, emitting `(normalised char, segment start)`.
-/// Returns the byte offset where the last segment starts.
+/// Walks `raw` segment by segment, emitting `(folded char, segment start)`.
+/// Returns the byte offset where the last (still open) segment starts.
 fn walk(raw: &str, after_space: bool, mut emit: impl FnMut(char, usize)) -> usize {
     let mut state = after_space;
     let mut seg_start = 0;
@@ -98,7 +122,7 @@ fn walk(raw: &str, after_space: bool, mut emit: impl FnMut(char, usize)) -> usiz
 const MAX_SEGMENT_BYTES: usize = 124;
 
 fn emit_segment(segment: &str, start: usize, after_space: &mut bool, emit: &mut impl FnMut(char, usize)) {
-    for c in segment.nfkc().flat_map(char::to_lowercase) {
+    let mut push = |c: char| {
         if c.is_whitespace() {
             if !*after_space {
                 emit(' ', start);
@@ -108,7 +132,48 @@ fn emit_segment(segment: &str, start: usize, after_space: &mut bool, emit: &mut 
             emit(c, start);
             *after_space = false;
         }
+    };
+    for c in segment.nfkc() {
+        fold_char(c, &mut push);
     }
+}
+
+/// Case-folds one NFKC char and reads a non-ASCII one as its Latin look-alike.
+///
+/// The fold comes first (`İ` → `i`, `ß` → `ss`, `І` → `і` → `i`); a char whose
+/// folded form has no ASCII skeleton but whose capital does (Cyrillic `В` folds
+/// to `в`, which looks like `ʙ`, while `В` looks like `B`) takes its capital's.
+fn fold_char(c: char, push: &mut impl FnMut(char)) {
+    if c.is_ascii() {
+        return push(c.to_ascii_lowercase());
+    }
+    let folded = skeleton_lower(std::iter::once(c).default_case_fold());
+    if !folded.is_ascii() && c.is_uppercase() {
+        let capital = skeleton_lower(std::iter::once(c));
+        if !capital.is_empty() && capital.is_ascii() {
+            return capital.chars().for_each(push);
+        }
+    }
+    folded.chars().for_each(push)
+}
+
+/// UTS #39 skeleton of each non-ASCII char (ASCII kept as is), with
+/// combining marks dropped and the result lowercased.
+fn skeleton_lower(chars: impl Iterator<Item = char>) -> String {
+    let mut out = String::new();
+    let mut buf = [0u8; 4];
+    for d in chars.nfd() {
+        if d.is_ascii() {
+            out.push(d.to_ascii_lowercase());
+        } else if !is_combining_mark(d) {
+            for e in unicode_security::skeleton(d.encode_utf8(&mut buf)) {
+                if !is_combining_mark(e) {
+                    out.extend(e.to_lowercase());
+                }
+            }
+        }
+    }
+    out
 }
 
 /// Whether NFKC has a boundary before `c` (see the module docs).
@@ -124,58 +189,165 @@ fn starts_segment(c: char) -> bool {
     canonical_combining_class(d) == 0 && is_nfkc_quick(std::iter::once(d)) == IsNormalized::Yes
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// A run of folded chars: a word (alphanumeric) or the separators between words.
+#[derive(Debug, Clone, Copy)]
+struct Token {
+    start: usize,
+    end: usize,
+    word: bool,
+}
 
-    /// Whole-string NFKC + lowercase + collapse, the definition we must equal.
-    fn reference(text: &str) -> String {
-        let mut out = String::new();
-        for c in text.nfkc().flat_map(char::to_lowercase) {
-            if !c.is_whitespace() {
-                out.push(c);
-            } else if !out.ends_with(' ') {
-                out.push(' ');
-            }
-        }
-        out
+impl Token {
+    fn len(&self) -> usize {
+        self.end - self.start
     }
-
-    #[test]
-    fn folds_case_width_and_whitespace() {
-        assert_eq!(normalize("BUILD   a\u{3000}Bomb"), "build a bomb");
-        assert_eq!(normalize("ｂｕｉｌｄ a bomb"), "build a bomb");
-        assert_eq!(normalize("\t\n x \u{a0}\u{2003} y "), " x y ");
-        assert_eq!(normalize_phrase("  Make A\tBomb  "), "make a bomb");
-        assert_eq!(normalize_phrase(" \u{3000} "), "");
-    }
-
-    #[test]
-    fn segmented_nfkc_equals_whole_string_nfkc() {
-        let samples = [
-            "cafe\u{301} Cafe\u{301}",
-            "\u{1100}\u{1161}\u{11a8} 한국어",
-            "ﬁne ﬃ ½ ㎒ Ⅻ ﷺ",
-            "a\u{323}\u{302}b A\u{30a}",
-            "ｶﾞｷﾞ ﾊﾟ",
-            "\u{301}leading mark, İstanbul, ΣΑΣ",
-            "日本語のテキスト 🎉 done",
-        ];
-        for s in samples {
-            assert_eq!(normalize(s), reference(s), "sample {s:?}");
-        }
-    }
-
-    #[test]
-    fn map_points_at_segment_starts() {
-        let m = normalize_mapped("Xe\u{301}  ｂ", false);
-        let got: Vec<(char, usize)> = m.chars.iter().map(|c| (c.ch, c.raw_start)).collect();
-        assert_eq!(got, vec![('x', 0), ('é', 1), (' ', 4), ('b', 6)]);
-        assert_eq!(m.text, "xé b");
-        assert_eq!(m.open_segment_start, 6);
-        assert_eq!(m.closed_chars(), 3);
-        // Whitespace collapsing continues across a cut.
-        assert_eq!(normalize_mapped("  x", true).text, "x");
-        assert_eq!(normalize_mapped("", false), Mapped::default());
+    fn single(&self) -> bool {
+        self.word && self.len() == 1
     }
 }
+
+/// Stage 2 over the folded chars.
+struct Words<'a> {
+    folded: &'a [MappedChar],
+    tokens: Vec<Token>,
+    /// `linked[k]`: token `k` is a short gap between two single-char words, so
+    /// neither it nor the word after it may start a cut.
+    linked: Vec<bool>,
+}
+
+impl<'a> Words<'a> {
+    fn new(folded: &'a [MappedChar]) -> Self {
+        let mut tokens: Vec<Token> = Vec::new();
+        for (i, c) in folded.iter().enumerate() {
+            let word = c.ch.is_alphanumeric();
+            match tokens.last_mut() {
+                Some(t) if t.word == word => t.end = i + 1,
+                _ => tokens.push(Token { start: i, end: i + 1, word }),
+            }
+        }
+        let linked = (0..tokens.len())
+            .map(|k| {
+                let gap = tokens[k];
+                !gap.word
+                    && gap.len() <= MAX_GAP
+                    && k > 0
+                    && tokens[k - 1].single()
+                    && tokens.get(k + 1).is_some_and(Token::single)
+            })
+            .collect();
+        Self { folded, tokens, linked }
+    }
+
+    /// Whether a cut may fall before token `k`.
+    fn cuttable(&self, k: usize) -> bool {
+        let first = self.tokens[k].start;
+        let own_segment = first == 0 || self.folded[first - 1].raw_start != self.folded[first].raw_start;
+        own_segment && !self.linked[k] && !(k > 0 && self.linked[k - 1])
+    }
+
+    /// The first token of the provisional tail (`tokens.len()` if none).
+    fn open_token(&self, open_segment: usize) -> usize {
+        let n = self.tokens.len();
+        // Stage 1: the token holding the first char of the open segment.
+        let first_open = self.folded.partition_point(|c| c.raw_start < open_segment);
+        let mut k = self.tokens.partition_point(|t| t.end <= first_open);
+        // Stage 2: a last word may grow; a short gap after a single char may link it to the next.
+        if let Some(last) = self.tokens.last() {
+            if last.word {
+                k = k.min(n - 1);
+            } else if n >= 2 && last.len() <= MAX_GAP && self.tokens[n - 2].single() {
+                k = k.min(n - 2);
+            }
+        }
+        while k > 0 && k < n && !self.cuttable(k) {
+            k -= 1;
+        }
+        k
+    }
+
+    fn render(&self, open_segment: usize) -> Mapped {
+        let open_token = self.open_token(open_segment);
+        let mut mapped = Mapped::default();
+        let mut k = 0;
+        while k < self.tokens.len() {
+            if self.cuttable(k) || k == open_token {
+                let raw = self.folded[self.tokens[k].start].raw_start;
+                let cut = Cut { index: mapped.chars.len(), raw };
+                mapped.cuts.push(cut);
+                if k == open_token {
+                    mapped.open = cut;
+                }
+            }
+            let spelled_end = self.spelled_out_end(k);
+            if spelled_end > k {
+                let letters: Vec<MappedChar> = (k..spelled_end).step_by(2).map(|w| self.folded[self.tokens[w].start]).collect();
+                push_word(&mut mapped, &letters);
+                k = spelled_end;
+                continue;
+            }
+            let token = self.tokens[k];
+            let chars = &self.folded[token.start..token.end];
+            if token.word {
+                push_word(&mut mapped, chars);
+            } else {
+                for c in chars {
+                    mapped.text.push(c.ch);
+                    mapped.chars.push(*c);
+                }
+            }
+            k += 1;
+        }
+        if open_token >= self.tokens.len() {
+            // The open segment produced no char (a collapsed space, an ignorable): all else is final.
+            mapped.open = Cut { index: mapped.chars.len(), raw: open_segment };
+            mapped.cuts.push(mapped.open);
+        }
+        mapped
+    }
+
+    /// If token `k` starts a spelled-out word (single chars joined by short
+    /// gaps, at least [`MIN_SPELLED`] of them), the token index after its last letter.
+    fn spelled_out_end(&self, k: usize) -> usize {
+        if !self.tokens[k].single() {
+            return k;
+        }
+        let mut end = k + 1;
+        while end < self.tokens.len() && self.linked[end] {
+            end += 2;
+        }
+        if (end - k).div_ceil(2) >= MIN_SPELLED {
+            end
+        } else {
+            k
+        }
+    }
+}
+
+/// Appends one word, with leetspeak digits read as letters when it has a letter.
+fn push_word(mapped: &mut Mapped, chars: &[MappedChar]) {
+    let has_letter = chars.iter().any(|c| c.ch.is_alphabetic());
+    for c in chars {
+        let ch = if has_letter { leet(c.ch).unwrap_or(c.ch) } else { c.ch };
+        mapped.text.push(ch);
+        mapped.chars.push(MappedChar { ch, raw_start: c.raw_start });
+    }
+}
+
+/// The letter a digit stands for in leetspeak.
+fn leet(c: char) -> Option<char> {
+    Some(match c {
+        '0' => 'o',
+        '1' => 'i',
+        '3' => 'e',
+        '4' => 'a',
+        '5' => 's',
+        '7' => 't',
+        '8' => 'b',
+        '9' => 'g',
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+#[path = "normalize_tests.rs"]
+mod tests;

@@ -1,29 +1,31 @@
 //! Streaming output moderation with a bounded hold-back window.
 //!
 //! The guard keeps `held`, the raw model output received but not yet sent.
-//! On every chunk it normalises `held` (with a map back to raw byte offsets)
-//! and scans it with the phrase automaton. Without a match it releases a raw
-//! prefix and keeps as the tail:
+//! On every chunk it normalises `held` (see [`super::normalize`], with its map
+//! back to raw byte offsets) and scans it with the phrase automaton. Without a
+//! match it releases a raw prefix, ending at a *safe cut* (a place where
+//! normalising the two parts separately gives the same text), and keeps:
 //!
-//! * the *open* last normalisation segment (a following combining mark could
-//!   still change it, e.g. `e` + U+0301 → `é`), and
+//! * the *provisional tail*: the open last normalisation segment (a following
+//!   combining mark could still change it), the last word (it may grow, and
+//!   a digit in it may turn out to be leetspeak) and a spelled-out word that
+//!   may go on (`k.i.l` before `.l`); and
 //! * before it, the longest run of final normalised chars that is a proper
 //!   prefix of some phrase (at most `L - 1` chars, `L` being the longest
 //!   phrase; usually none or a few).
 //!
 //! Why nothing released can ever belong to a match: every char before the
-//! open segment is final and has been scanned, so a future match must contain
-//! a char at or after the open segment's first normalised index `s`. If it
-//! starts at `i < s`, the final chars `[i, s)` already spell the beginning of
-//! its phrase, i.e. they are a proper prefix of a phrase; the release stops at
-//! the smallest such `i`. Releases happen at segment starts, which are char
-//! boundaries. So ordinary text streams with a lag of about one character,
-//! and only text that could be the start of a phrase waits.
+//! tail is final and has been scanned, so a future match must contain a char
+//! at or after the tail's first normalised index `s`. If it starts at `i < s`,
+//! the final chars `[i, s)` already spell the beginning of its phrase, i.e.
+//! they are a proper prefix of a phrase; the release stops at a cut at or
+//! before the smallest such `i`. So ordinary text streams about one word
+//! behind the model, and only text that could be the start of a phrase waits.
 
 use std::sync::Arc;
 
 use super::matcher::{Hit, PhraseIndex};
-use super::normalize::normalize_mapped;
+use super::normalize::{normalize_mapped, Cut};
 
 /// One step of the output guard.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,16 +69,15 @@ impl OutputGuard {
             self.refused = Some(hit.clone());
             return GuardStep::Refuse(hit);
         }
-        let closed_chars = mapped.closed_chars();
-        let closed_bytes = mapped.text.char_indices().nth(closed_chars).map_or(mapped.text.len(), |(i, _)| i);
-        let cut_char = self.index.pending_start(&mapped.text[..closed_bytes]);
-        let cut_byte = mapped.chars.get(cut_char).map_or(mapped.open_segment_start, |c| c.raw_start);
-        if cut_byte == 0 || !self.held.is_char_boundary(cut_byte) {
+        // Release up to the last safe cut before both the provisional tail and
+        // any final text that could still grow into a phrase.
+        let closed = mapped.text.char_indices().nth(mapped.open.index).map_or(mapped.text.len(), |(i, _)| i);
+        let pending = self.index.pending_start(&mapped.text[..closed]);
+        let cut = mapped.cuts.iter().rev().find(|c| c.index <= pending && c.raw <= mapped.open.raw);
+        let Some(&Cut { index: released_chars, raw: cut_byte }) = cut.filter(|c| c.raw > 0) else {
             return GuardStep::Release(String::new());
-        }
-        // Normalised chars of the released segments are exactly those that
-        // start before the cut; the last of them carries the whitespace state.
-        let released_chars = mapped.chars.partition_point(|c| c.raw_start < cut_byte);
+        };
+        // The last released normalised char carries the whitespace state.
         if let Some(last) = released_chars.checked_sub(1).and_then(|i| mapped.chars.get(i)) {
             self.after_space = last.ch == ' ';
         }

@@ -60,6 +60,7 @@ impl Recorder {
             session_id: request.session_id.clone(),
             tenant: request.tenant.as_str().to_owned(),
             user_message: request.message.clone(),
+            preamble: serde_json::to_string(&request.preamble).unwrap_or_else(|_| "[]".into()),
             assistant_message: String::new(),
             finish_reason: FinishReason::Cancelled.as_str().into(),
             policy_verdict: signed.verdict.header_value(),

@@ -12,7 +12,7 @@ use super::store::{ConversationStore, SessionState};
 use super::turn::{FinishReason, OrchestratorError, TurnEvent, TurnRequest, TurnStream};
 use super::Conversation;
 use crate::error::ApiError;
-use crate::moderation::{GuardStep, Moderator};
+use crate::moderation::{GuardStep, Hit, Moderator};
 use crate::policy::{PolicyEngine, PolicyError, PolicyHeaders, SignedVerdict, TurnRef, Verdict};
 use crate::events::{EventLog, EventType};
 use crate::slm::{ChatMessage, DispatchContext, ModelClient, ModelEvent, ModelRequest, Role};
@@ -61,8 +61,9 @@ impl Orchestrator {
             SessionState::Owned => self.store.history(tenant, &request.session_id, self.settings.max_history_turns).await?,
         };
         let mut messages = Vec::with_capacity(history.len() + request.preamble.len() + 2);
-        let has_system = request.preamble.iter().any(|m| m.role == Role::System);
-        if !has_system && !self.settings.system_prompt.is_empty() {
+        // The operator's system prompt always stands first; a caller's system
+        // message (where the tenant allows one) comes after it.
+        if !self.settings.system_prompt.is_empty() {
             messages.push(ChatMessage::new(Role::System, &self.settings.system_prompt));
         }
         messages.extend(request.preamble.iter().cloned());
@@ -79,31 +80,32 @@ impl Orchestrator {
         };
         let mut model = self.model.stream(ModelRequest { messages, params: request.params, context: dispatch });
         let mut guard = self.moderator.output_guard();
+        let mut sentences = self.moderator.output_sentences();
+        let moderator = self.moderator.clone();
         let metrics = self.metrics.clone();
         let context = turn_context(&request, &signed);
         let mut recorder = Recorder::new(self.metrics.clone(), self.events.clone(), context, &request, &signed, &self.settings.model);
         Box::pin(async_stream::stream! {
             let mut finish = FinishReason::Stop;
+            // (category, which layer found it) once the answer must be cut.
+            let mut refusal = None;
             while let Some(item) = model.next().await {
                 match item {
                     Ok(ModelEvent::Delta(text)) => match guard.push(&text) {
-                        GuardStep::Release(safe) if safe.is_empty() => {}
                         GuardStep::Release(safe) => {
-                            recorder.emitted(&safe);
-                            yield TurnEvent::Delta(safe);
+                            if !safe.is_empty() {
+                                recorder.emitted(&safe);
+                                yield TurnEvent::Delta(safe.clone());
+                            }
+                            let pieces = sentences.as_mut().map(|s| s.push(&safe)).unwrap_or_default();
+                            if let Some(hit) = judge_output(&moderator, pieces).await {
+                                refusal = Some((hit, "semantic"));
+                                break;
+                            }
                         }
                         GuardStep::Refuse(hit) => {
-                            metrics.moderation_refusal("output", &hit.category);
-                            let data = json!({ "stage": "output", "categories": [{ "code": hit.code, "category": hit.category }], "content_included": false });
-                            let stored = recorder.finish(FinishReason::Refused, RequestOutcome::Refuse, EventType::Refused, data).await;
-                            yield TurnEvent::Refusal(hit);
-                            if !stored {
-                                yield not_stored();
-                                yield TurnEvent::Done { finish_reason: FinishReason::Error, usage: recorder.usage };
-                                return;
-                            }
-                            yield TurnEvent::Done { finish_reason: FinishReason::Refused, usage: recorder.usage };
-                            return;
+                            refusal = Some((hit, "lexicon"));
+                            break;
                         }
                     },
                     Ok(ModelEvent::Finish(reason)) => finish = FinishReason::from_model(&reason),
@@ -118,10 +120,31 @@ impl Orchestrator {
                     }
                 }
             }
-            let rest = guard.finish();
-            if !rest.is_empty() {
-                recorder.emitted(&rest);
-                yield TurnEvent::Delta(rest);
+            if refusal.is_none() {
+                let rest = guard.finish();
+                if !rest.is_empty() {
+                    recorder.emitted(&rest);
+                    yield TurnEvent::Delta(rest.clone());
+                }
+                // The answer's last pieces are judged before `done`.
+                let last = sentences.as_mut().map(|s| s.push(&rest).into_iter().chain(s.finish()).collect()).unwrap_or_default();
+                refusal = judge_output(&moderator, last).await.map(|hit| (hit, "semantic"));
+            }
+            if let Some((hit, layer)) = refusal {
+                metrics.moderation_refusal("output", &hit.category);
+                let data = json!({
+                    "stage": "output", "layer": layer, "categories": [{ "code": hit.code, "category": hit.category }],
+                    "content_included": false,
+                });
+                let stored = recorder.finish(FinishReason::Refused, RequestOutcome::Refuse, EventType::Refused, data).await;
+                yield TurnEvent::Refusal(hit);
+                if !stored {
+                    yield not_stored();
+                    yield TurnEvent::Done { finish_reason: FinishReason::Error, usage: recorder.usage };
+                    return;
+                }
+                yield TurnEvent::Done { finish_reason: FinishReason::Refused, usage: recorder.usage };
+                return;
             }
             let data = recorder.completion_data(finish);
             if !recorder.finish(finish, RequestOutcome::Allow, EventType::Completed, data).await {
@@ -131,6 +154,22 @@ impl Orchestrator {
             }
             yield TurnEvent::Done { finish_reason: finish, usage: recorder.usage };
         })
+    }
+}
+
+/// Judges finished pieces of the answer with the semantic layer. A failure
+/// of the layer is logged and lets the answer go on: the input passed every
+/// layer, and the lexicon still guards the output.
+async fn judge_output(moderator: &Moderator, pieces: Vec<String>) -> Option<Hit> {
+    if pieces.is_empty() {
+        return None;
+    }
+    match moderator.judge_output(pieces).await {
+        Ok(hit) => hit,
+        Err(err) => {
+            tracing::error!(error = %err, "output moderation failed; the answer goes on under the lexicon alone");
+            None
+        }
     }
 }
 

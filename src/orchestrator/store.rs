@@ -25,6 +25,8 @@ pub struct TurnRecord {
     pub session_id: String,
     pub tenant: String,
     pub user_message: String,
+    /// Caller-supplied earlier messages, as a JSON array of `{role, content}`.
+    pub preamble: String,
     pub assistant_message: String,
     /// `stop`, `length`, `refused`, `cancelled` or `error`.
     pub finish_reason: String,
@@ -117,8 +119,8 @@ impl RecordTurn {
             .await?;
         sqlx::query(
             "INSERT INTO turns (id, session_id, tenant, user_message, assistant_message, finish_reason, policy_verdict, \
-             constitution_hash, trace_id, prompt_tokens, completion_tokens, created_at, completed_at) \
-             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13 \
+             constitution_hash, trace_id, prompt_tokens, completion_tokens, created_at, completed_at, preamble) \
+             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14 \
              WHERE EXISTS (SELECT 1 FROM sessions WHERE id = $2 AND tenant = $3) \
              ON CONFLICT (id) DO NOTHING",
         )
@@ -135,6 +137,7 @@ impl RecordTurn {
         .bind(turn.completion_tokens)
         .bind(turn.created_at)
         .bind(now_ms())
+        .bind(clean(&turn.preamble))
         .execute(&mut *conn)
         .await?;
         Ok(())

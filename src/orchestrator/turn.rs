@@ -142,6 +142,15 @@ impl TurnLimits {
         Ok(())
     }
 
+    /// Rejects an earlier message (OpenAI facade) that is oversized or holds
+    /// NUL; unlike the last message it may be empty (an assistant's tool call).
+    pub fn check_earlier(&self, message: &str) -> Result<(), crate::error::ApiError> {
+        if message.is_empty() {
+            return Ok(());
+        }
+        self.check_message(message)
+    }
+
     /// Validated generation parameters.
     pub fn params(&self, max_tokens: Option<u32>, temperature: Option<f32>, seed: Option<i64>) -> Result<GenerationParams, crate::error::ApiError> {
         use crate::error::{ApiError, Code};

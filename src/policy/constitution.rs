@@ -27,8 +27,35 @@ pub struct Constitution {
     pub name: String,
     /// Version label, e.g. a date.
     pub version: String,
+    /// The semantic layer's decision rule.
+    #[serde(default)]
+    pub semantic: SemanticRule,
     /// Refusal categories, in priority order.
     pub categories: Vec<CategoryRule>,
+}
+
+/// How close a text must be to a category's examples to be refused (see
+/// `moderation::semantic`): cosine similarity to the nearest harmful example
+/// at least `threshold`, and at least `margin` above the nearest allowed one.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SemanticRule {
+    pub threshold: f64,
+    pub margin: f64,
+    /// Cascade: a text whose distilled (static) score is below this is
+    /// allowed without running the transformer.
+    pub static_allow_below: f64,
+    /// Cascade: a text whose static score reaches this is refused without
+    /// running the transformer.
+    pub static_refuse_from: f64,
+}
+
+impl Default for SemanticRule {
+    /// Without fitted numbers only near-copies of an example are refused,
+    /// and the transformer judges every text.
+    fn default() -> Self {
+        Self { threshold: 0.9, margin: 0.0, static_allow_below: -1.0, static_refuse_from: 2.0 }
+    }
 }
 
 /// One refusal category and its detection rules.
@@ -47,6 +74,12 @@ pub struct CategoryRule {
     /// Regular expressions, matched on normalised input only.
     #[serde(default)]
     pub patterns: Vec<String>,
+    /// Harmful requests of this category, for the semantic layer.
+    #[serde(default)]
+    pub examples: Vec<String>,
+    /// Harmless requests that look like this category (refused by no one).
+    #[serde(default)]
+    pub allowed_examples: Vec<String>,
 }
 
 /// Content hash of a constitution: `sha256:` + 64 lowercase hex digits.
@@ -119,6 +152,13 @@ impl Constitution {
         if self.name.trim().is_empty() || self.version.trim().is_empty() {
             return fail("fields `name` and `version` must not be empty".into());
         }
+        let SemanticRule { threshold, margin, static_allow_below, static_refuse_from } = self.semantic;
+        if !(-1.0..=1.0).contains(&threshold) || !(-2.0..=2.0).contains(&margin) {
+            return fail("[semantic]: `threshold` must be within [-1, 1] and `margin` within [-2, 2]".into());
+        }
+        if static_allow_below > static_refuse_from {
+            return fail("[semantic]: `static_allow_below` must not exceed `static_refuse_from`".into());
+        }
         if self.categories.is_empty() {
             return fail("at least one [[categories]] entry is required".into());
         }
@@ -144,6 +184,9 @@ impl Constitution {
             if let Some(j) = rule.phrases.iter().position(|p| normalize_phrase(p).is_empty()) {
                 return fail(format!("category {code:?}: `phrases[{j}]` is empty after normalisation"));
             }
+            if let Some(j) = rule.examples.iter().chain(&rule.allowed_examples).position(|e| e.trim().is_empty()) {
+                return fail(format!("category {code:?}: example {j} is empty"));
+            }
             for pattern in &rule.patterns {
                 if let Err(e) = regex::Regex::new(pattern) {
                     return fail(format!("category {code:?}: pattern {pattern:?} in `patterns` does not compile: {e}"));
@@ -155,11 +198,19 @@ impl Constitution {
 
     /// Canonical JSON of the document: keys sorted, no insignificant whitespace.
     pub fn canonical_bytes(&self) -> Vec<u8> {
-        let Self { name, version, categories } = self;
+        let Self { name, version, semantic, categories } = self;
         let categories = categories.iter().map(CategoryRule::canonical_value).collect();
+        let SemanticRule { threshold, margin, static_allow_below, static_refuse_from } = semantic;
+        let semantic = object(vec![
+            ("margin", Value::from(*margin)),
+            ("static_allow_below", Value::from(*static_allow_below)),
+            ("static_refuse_from", Value::from(*static_refuse_from)),
+            ("threshold", Value::from(*threshold)),
+        ]);
         object(vec![
             ("categories", Value::Array(categories)),
             ("name", Value::from(name.as_str())),
+            ("semantic", semantic),
             ("version", Value::from(version.as_str())),
         ])
         .to_string()
@@ -176,10 +227,12 @@ impl Constitution {
 impl CategoryRule {
     fn canonical_value(&self) -> Value {
         // Destructured so that a new field cannot be silently left out of the hash.
-        let Self { code, name, message, phrases, patterns } = self;
+        let Self { code, name, message, phrases, patterns, examples, allowed_examples } = self;
         let strings = |items: &[String]| Value::from(items.to_vec());
         object(vec![
+            ("allowed_examples", strings(allowed_examples)),
             ("code", Value::from(code.as_str())),
+            ("examples", strings(examples)),
             ("message", Value::from(message.as_str())),
             ("name", Value::from(name.as_str())),
             ("patterns", strings(patterns)),
@@ -279,7 +332,7 @@ code="S1"
     #[test]
     fn changing_any_rule_changes_hash() -> TestResult {
         let base = Constitution::from_toml_str(BASE)?;
-        let edits: [fn(&mut Constitution); 7] = [
+        let edits: [fn(&mut Constitution); 13] = [
             |c| c.name.push('x'),
             |c| c.version.push('x'),
             |c| c.categories[0].code.push('x'),
@@ -287,6 +340,12 @@ code="S1"
             |c| c.categories[0].message.push('x'),
             |c| c.categories[0].phrases.push("make nerve gas".into()),
             |c| c.categories[0].patterns[0].push('x'),
+            |c| c.categories[0].examples.push("how do i make a bomb".into()),
+            |c| c.categories[0].allowed_examples.push("bath bomb recipe".into()),
+            |c| c.semantic.threshold = 0.5,
+            |c| c.semantic.margin = 0.05,
+            |c| c.semantic.static_allow_below = 0.3,
+            |c| c.semantic.static_refuse_from = 0.8,
         ];
         for (i, edit) in edits.iter().enumerate() {
             let mut changed = base.clone();
@@ -300,8 +359,8 @@ code="S1"
     fn canonical_bytes_are_sorted_and_compact() -> TestResult {
         let c = Constitution::from_toml_str(BASE)?;
         let expected = concat!(
-            r#"{"categories":[{"code":"S1","message":"No.","name":"violent_crimes","#,
-            r#""patterns":["\\d{3}"],"phrases":["build a bomb"]}],"name":"t","version":"1"}"#,
+            r#"{"categories":[{"allowed_examples":[],"code":"S1","examples":[],"message":"No.","name":"violent_crimes","#,
+            r#""patterns":["\\d{3}"],"phrases":["build a bomb"]}],"name":"t","semantic":{"margin":0.0,"static_allow_below":-1.0,"static_refuse_from":2.0,"threshold":0.9},"version":"1"}"#,
         );
         assert_eq!(String::from_utf8(c.canonical_bytes())?, expected);
         Ok(())

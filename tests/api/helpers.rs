@@ -48,6 +48,7 @@ pub async fn test_settings(storage: Storage) -> (Settings, Option<tempfile::Temp
     settings.slm.first_token_timeout_ms = 60_000;
     settings.policy.signing_key = Secret::new(SIGNING_KEY);
     settings.policy.constitution = manifest_dir().join("config/constitution.toml");
+    settings.moderation.model_dir = manifest_dir().join(".models/all-minilm-l6-v2");
     settings.telemetry.log_level = "warn".into();
     let (url, dir) = match storage {
         Storage::Sqlite => {

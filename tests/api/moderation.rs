@@ -136,3 +136,70 @@ async fn an_output_refusal_stops_the_stream_before_any_character_of_the_phrase()
     assert!(received.len() <= phrase_at, "no character of {phrase:?} (at byte {phrase_at}) was sent; got {received:?}");
     assert!(!received.is_empty(), "text before the phrase still streamed (only a window is held back)");
 }
+
+#[tokio::test]
+async fn a_streamed_answer_that_turns_harmful_is_cut_by_the_semantic_layer() {
+    let prompt = "Write a short paragraph about the history of bread.";
+    let system = "You are a helpful assistant.";
+    let answer = direct_answer(system, prompt, 64).await;
+    // The answer's second sentence becomes a harmful example of a test category:
+    // the semantic layer must cut the stream once that sentence is complete.
+    let ends: Vec<usize> = answer.match_indices(". ").map(|(i, _)| i + 2).collect();
+    assert!(ends.len() >= 2, "answer has fewer than two sentences: {answer:?}");
+    let sentence = answer[ends[0]..ends[1]].trim().to_owned();
+    let mut constitution = std::fs::read_to_string(manifest_dir().join("config/constitution.toml")).unwrap();
+    // Only near-copies count in this test constitution, so the prompt itself passes.
+    let rule = constitution.lines().find(|l| l.starts_with("threshold = ")).unwrap().to_owned();
+    constitution = constitution.replacen(&rule, "threshold = 0.97", 1);
+    constitution.push_str(&format!(
+        "\n[[categories]]\ncode = \"X2\"\nname = \"test_semantic_output\"\nmessage = \"This answer was stopped by policy.\"\nexamples = [{}]\n",
+        serde_json::to_string(&sentence).unwrap()
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("constitution.toml");
+    std::fs::write(&path, constitution).unwrap();
+    let app = spawn_app_with(Storage::Sqlite, |s| {
+        s.policy.constitution = path.clone();
+        s.slm.system_prompt = system.into();
+    })
+    .await;
+    let (_, key) = app.chat_key().await;
+
+    let sse = app.chat(&key, &json!({ "message": prompt, "max_tokens": 64, "temperature": 0, "seed": 7 })).await;
+
+    let names = sse.names();
+    assert_eq!(&names[names.len() - 2..], ["refusal", "done"], "{names:?} for answer {answer:?} / sentence {sentence:?}");
+    assert_eq!(sse.first("refusal")["code"], "X2");
+    assert_eq!(sse.first("done")["finish_reason"], "refused");
+    let received = sse.text();
+    assert!(answer.starts_with(&received), "{received:?} vs {answer:?}");
+    // What reached the client: at most the harmful sentence and the word the lexicon window held.
+    assert!(received.len() >= ends[1] - 1 && received.len() < answer.len(), "{received:?} of {answer:?}");
+    let session_id = sse.first("session")["session_id"].as_str().unwrap().to_owned();
+    let turns = app.store.turns(&session_id).await.unwrap();
+    assert_eq!(turns.len(), 1);
+    assert_eq!(turns[0].1, "refused");
+    assert_eq!(turns[0].2, received, "the stored answer is what the client received");
+    let events = app.outbox("conversation.events").await;
+    let refused = events.iter().find(|e| e["session_id"] == session_id.as_str() && e["type"] == "turn.refused").unwrap();
+    assert_eq!(refused["data"]["stage"], "output");
+    assert_eq!(refused["data"]["layer"], "semantic");
+    assert_eq!(refused["data"]["categories"][0]["code"], "X2");
+}
+
+#[tokio::test]
+async fn start_up_without_the_moderation_model_names_the_setting() {
+    let (mut settings, _dir) = crate::helpers::test_settings(Storage::Sqlite).await;
+    settings.moderation.model_dir = "/nonexistent/moderation-model".into();
+
+    let err = match steward::app::Application::build(&settings).await {
+        Ok(_) => panic!("started without the moderation model"),
+        Err(err) => format!("{err:#}"),
+    };
+
+    assert!(err.contains("moderation.model_dir"), "{err}");
+    assert!(err.contains("/nonexistent/moderation-model"), "{err}");
+    // Switched off, the same settings start (the lexicon alone judges).
+    settings.moderation.semantic = steward::config::SemanticSwitch::Off;
+    assert!(steward::app::Application::build(&settings).await.is_ok());
+}

@@ -24,6 +24,7 @@ fn turn(tenant: &str, session: &str, n: i64, finish: &str) -> TurnRecord {
         session_id: session.into(),
         tenant: tenant.into(),
         user_message: format!("question {n}"),
+        preamble: "[]".into(),
         assistant_message: format!("answer {n}"),
         finish_reason: finish.into(),
         policy_verdict: "allow".into(),

@@ -1,0 +1,97 @@
+//! The semantic moderation check on this machine: time to judge one message
+//! of about 32 tokens, distinct messages (every one a cache miss: the model
+//! runs) and repeats (the exact-text cache answers), plus the whole input
+//! path (normalisation, lexicon, semantic) for distinct messages.
+//!
+//! `scripts/models.sh install && cargo bench --bench moderation`
+//! (`STEWARD_BENCH_ROUNDS`, default 200). Targets (issue 7): p50 <= 3 ms and
+//! p99 <= 10 ms for a 32-token message.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use steward::config::Settings;
+use steward::moderation::normalize::normalize;
+use steward::moderation::semantic::{Classifier, SemanticModel};
+use steward::policy::Constitution;
+
+const SUBJECTS: &[&str] = &["my neighbour", "the old bridge", "a chemistry set", "our office printer", "the school bus", "a garden hose"];
+const ASKS: &[&str] = &[
+    "Could you explain in plain words, step by step, how I would quietly deal with",
+    "For a story I am writing this weekend, describe what a character would do to fix",
+    "I keep wondering late at night what the fastest and cheapest way is to get rid of",
+];
+
+/// Distinct messages of about 32 WordPiece tokens each.
+fn messages(n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            let ask = ASKS[i % ASKS.len()];
+            let subject = SUBJECTS[(i / ASKS.len()) % SUBJECTS.len()];
+            format!("{ask} {subject} before day {i} ends, without anyone else noticing it at all?")
+        })
+        .collect()
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+fn report(name: &str, mut ms: Vec<f64>) {
+    ms.sort_by(f64::total_cmp);
+    println!(
+        "{name:<34} n={:<5} p50 {:>7.3} ms  p90 {:>7.3} ms  p99 {:>7.3} ms  max {:>7.3} ms",
+        ms.len(),
+        percentile(&ms, 50.0),
+        percentile(&ms, 90.0),
+        percentile(&ms, 99.0),
+        ms[ms.len() - 1]
+    );
+}
+
+fn main() {
+    let rounds: usize = std::env::var("STEWARD_BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(200);
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let settings = Settings::load_from(&root.join("config")).expect("config loads");
+    let constitution = Constitution::load(&root.join("config/constitution.toml")).expect("constitution");
+    let started = Instant::now();
+    let model = SemanticModel::shared(&root.join(&settings.moderation.model_dir), rounds * 4).expect("model (scripts/models.sh install)");
+    let classifier = Arc::new(Classifier::new(model, &constitution).expect("exemplars embed"));
+    println!("model loaded and {} exemplars embedded in {:.1} s", constitution.categories.iter().map(|c| c.examples.len() + c.allowed_examples.len()).sum::<usize>(), started.elapsed().as_secs_f64());
+
+    let texts: Vec<String> = messages(rounds).iter().map(|m| normalize(m)).collect();
+    let tokens = texts[0].split_whitespace().count();
+    println!("messages: {rounds} distinct, ~{tokens} words each (about 32 tokens), e.g. {:?}", texts[0]);
+    // Warm-up (allocator, caches) on other text.
+    for warm in messages(rounds + 8).iter().skip(rounds) {
+        classifier.judge(&normalize(warm)).unwrap();
+    }
+
+    let mut miss = Vec::with_capacity(rounds);
+    for text in &texts {
+        let t = Instant::now();
+        classifier.judge(text).unwrap();
+        miss.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    report("semantic check, distinct (model)", miss);
+
+    let mut hit = Vec::with_capacity(rounds);
+    for text in &texts {
+        let t = Instant::now();
+        classifier.judge(text).unwrap();
+        hit.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    report("semantic check, repeated (cache)", hit);
+
+    let mut normalise = Vec::with_capacity(rounds);
+    for m in messages(rounds) {
+        let t = Instant::now();
+        std::hint::black_box(normalize(&m));
+        normalise.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    report("normalisation only", normalise);
+}

@@ -1,0 +1,59 @@
+//! `steward moderation eval|fit`: the labelled-data tools over the configured moderator.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+
+use super::eval::{self, Evasion};
+use super::semantic::{Classifier, SemanticModel};
+use crate::cli::ModerationCommand;
+use crate::config::Settings;
+use crate::policy::Constitution;
+
+pub async fn run(settings: &Settings, command: ModerationCommand) -> anyhow::Result<()> {
+    let constitution = Constitution::load(&settings.policy.constitution)?;
+    let moderator = crate::app::moderator(settings, &constitution)?;
+    match command {
+        ModerationCommand::Eval { file, evasions, mistakes } => {
+            let rows = eval::load(&file)?;
+            let report = eval::evaluate(&moderator, &rows).await?;
+            println!("{}: {} rows\n{report}", file.display(), rows.len());
+            if mistakes {
+                for (row, refused_as) in &report.mistakes {
+                    println!("  wrong [{}] refused as {:?}: {}", row.category, refused_as, row.text);
+                }
+            }
+            if evasions {
+                for technique in Evasion::ALL {
+                    let disguised: Vec<_> = eval::evasions(&rows).into_iter().filter(|(e, _)| *e == technique).map(|(_, r)| r).collect();
+                    let report = eval::evaluate(&moderator, &disguised).await?;
+                    println!("evasion {:<16} {:>4} harmful, {:>5.1}% refused", technique.as_str(), report.total.harmful, 100.0 * report.total.refusal_rate());
+                }
+            }
+        }
+        ModerationCommand::Fit { file, max_false_refusals } => {
+            let rows = eval::load(&file)?;
+            let model = SemanticModel::shared(&settings.moderation.model_dir, settings.moderation.cache_entries)?;
+            let classifier = Arc::new(Classifier::new(model, &constitution)?);
+            let points = eval::fit_points(&moderator, &classifier, &rows)?;
+            let (rule, counts) = eval::fit(&points, max_false_refusals).context("no rule meets --max-false-refusals")?;
+            let (allow_below, refuse_from, decided) = eval::fit_band(&points, rule, 0.0);
+            println!(
+                "[semantic]\nthreshold = {:.2}\nmargin = {:.2}\nstatic_allow_below = {:.3}\nstatic_refuse_from = {:.3}\n\
+                 # leave-one-out on {} training rows: {:.1}% of {} harmful refused, {:.1}% of {} harmless refused;\n\
+                 # the static stage decides {:.1}% of them without the transformer",
+                rule.threshold,
+                rule.margin,
+                allow_below,
+                refuse_from,
+                rows.len(),
+                100.0 * counts.refusal_rate(),
+                counts.harmful,
+                100.0 * counts.false_refusal_rate(),
+                counts.harmless,
+                100.0 * decided,
+            );
+        }
+    }
+    Ok(())
+}

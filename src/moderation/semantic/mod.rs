@@ -1,0 +1,205 @@
+//! The semantic layer: catches harmful requests however they are phrased, by
+//! their meaning rather than their words.
+//!
+//! A sentence-embedding model ([`encoder`], all-MiniLM-L6-v2 through candle)
+//! turns the normalised text into a vector; the constitution's `examples` and
+//! `allowed_examples` are embedded once into a [`bank::Bank`]; the fitted
+//! [`Rule`] decides. In front of it runs a cascade stage: the same texts
+//! embedded by a static model distilled from the transformer ([`distilled`]),
+//! which decides the clear cases in microseconds and sends only the uncertain
+//! band (between the constitution's `static_allow_below` and
+//! `static_refuse_from`) to the transformer.
+//!
+//! The model, its distilled table and an exact-text cache of embeddings are
+//! loaded once per process and model directory ([`SemanticModel::shared`]),
+//! so rebuilding a moderator (a new constitution) re-embeds only new exemplars.
+//!
+//! [`Semantic`] is the handle the moderator holds: `Off` (configured away) or
+//! `On`, never an `Option` threaded through callers.
+
+mod bank;
+mod cache;
+mod distilled;
+mod encoder;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+
+pub use bank::{Rule, Scores};
+pub use cache::Vector;
+
+use crate::policy::constitution::Constitution;
+use bank::Bank;
+use cache::EmbeddingCache;
+use distilled::Distilled;
+use encoder::Encoder;
+
+/// Why the semantic layer could not load or run.
+#[derive(Debug, thiserror::Error)]
+pub enum SemanticError {
+    /// A model file is missing or unreadable.
+    #[error("cannot read the moderation model file {path} (moderation.model_dir; install it with scripts/models.sh, or set moderation.semantic = \"off\"): {source}")]
+    Missing { path: PathBuf, source: std::io::Error },
+    /// A model file is malformed.
+    #[error("the moderation model is unusable: {0}")]
+    Model(String),
+    /// The forward pass failed.
+    #[error("moderation model inference failed: {0}")]
+    Inference(#[from] candle_core::Error),
+}
+
+/// The encoder, its distilled static table and the embedding cache, shared
+/// by every classifier of a process.
+#[derive(Debug)]
+pub struct SemanticModel {
+    encoder: Encoder,
+    distilled: Distilled,
+    cache: EmbeddingCache,
+}
+
+impl SemanticModel {
+    /// Loads the model in `dir`, or returns the one this process already loaded from there.
+    pub fn shared(dir: &Path, cache_entries: usize) -> Result<Arc<Self>, SemanticError> {
+        static LOADED: OnceLock<Mutex<HashMap<PathBuf, Arc<SemanticModel>>>> = OnceLock::new();
+        let key = dir.canonicalize().unwrap_or_else(|_| dir.to_owned());
+        let mut loaded = LOADED.get_or_init(Default::default).lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(model) = loaded.get(&key) {
+            return Ok(model.clone());
+        }
+        let encoder = Encoder::load(dir)?;
+        let distilled = Distilled::load_or_distill(dir, &encoder)?;
+        let model = Arc::new(Self { encoder, distilled, cache: EmbeddingCache::new(cache_entries) });
+        loaded.insert(key, model.clone());
+        Ok(model)
+    }
+
+    /// The transformer embedding of an already normalised text, from the cache when seen before.
+    pub fn embed(&self, text: &str) -> Result<Vector, SemanticError> {
+        if let Some(v) = self.cache.get(text) {
+            return Ok(v);
+        }
+        let v: Vector = Arc::from(self.encoder.embed(text)?);
+        self.cache.insert(text, v.clone());
+        Ok(v)
+    }
+
+    /// Cosine similarity of two texts under the transformer (both normalised first).
+    pub fn similarity(&self, a: &str, b: &str) -> Result<f32, SemanticError> {
+        let (a, b) = (self.embed(&super::normalize::normalize(a))?, self.embed(&super::normalize::normalize(b))?);
+        Ok(a.iter().zip(b.iter()).map(|(x, y)| x * y).sum())
+    }
+
+    /// The static (distilled) embedding of an already normalised text.
+    pub fn embed_static(&self, text: &str) -> Result<Vec<f32>, SemanticError> {
+        Ok(self.distilled.embed(&self.encoder.token_ids(text)?))
+    }
+}
+
+/// How the cascade's first stage routes a text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    Allow,
+    Refuse(usize),
+    Transformer,
+}
+
+/// One constitution's exemplars and rule over a shared model.
+#[derive(Debug)]
+pub struct Classifier {
+    model: Arc<SemanticModel>,
+    /// Exemplars embedded by the transformer.
+    bank: Bank,
+    /// The same exemplars embedded by the distilled static model.
+    fast: Bank,
+    rule: Rule,
+    allow_below: f32,
+    refuse_from: f32,
+}
+
+impl Classifier {
+    /// Embeds every exemplar of `constitution` (normalised like any input) with both models.
+    pub fn new(model: Arc<SemanticModel>, constitution: &Constitution) -> Result<Self, SemanticError> {
+        let categories = constitution.categories.len();
+        let (mut bank, mut fast) = (Bank::new(categories), Bank::new(categories));
+        for (i, category) in constitution.categories.iter().enumerate() {
+            for example in &category.examples {
+                let text = super::normalize::normalize(example);
+                bank.add_harmful(i, model.embed(&text)?);
+                fast.add_harmful(i, Arc::from(model.embed_static(&text)?));
+            }
+            for example in &category.allowed_examples {
+                let text = super::normalize::normalize(example);
+                bank.add_allowed(model.embed(&text)?);
+                fast.add_allowed(Arc::from(model.embed_static(&text)?));
+            }
+        }
+        let s = &constitution.semantic;
+        let rule = Rule { threshold: s.threshold as f32, margin: s.margin as f32 };
+        Ok(Self { model, bank, fast, rule, allow_below: s.static_allow_below as f32, refuse_from: s.static_refuse_from as f32 })
+    }
+
+    /// The refused category's index, if this normalised text is refused:
+    /// the static stage decides the clear cases, the transformer the rest.
+    pub fn judge(&self, normalized: &str) -> Result<Option<usize>, SemanticError> {
+        if self.bank.is_empty() || normalized.trim().is_empty() {
+            return Ok(None);
+        }
+        match self.route(self.fast_scores(normalized, false)?) {
+            Route::Allow => Ok(None),
+            Route::Refuse(category) => Ok(Some(category)),
+            Route::Transformer => {
+                Ok(self.scores(normalized, false)?.filter(|s| self.rule.refuses(s)).map(|s| s.category))
+            }
+        }
+    }
+
+    /// The cascade's first-stage decision for static scores.
+    pub fn route(&self, fast: Option<Scores>) -> Route {
+        match fast {
+            None => Route::Transformer,
+            Some(s) if s.harmful < self.allow_below => Route::Allow,
+            Some(s) if s.harmful >= self.refuse_from => Route::Refuse(s.category),
+            Some(_) => Route::Transformer,
+        }
+    }
+
+    /// Transformer scores of a normalised text; `leave_out_self` drops the
+    /// exemplar equal to it (fitting on the rows the exemplars came from).
+    pub fn scores(&self, normalized: &str, leave_out_self: bool) -> Result<Option<Scores>, SemanticError> {
+        let v = self.model.embed(normalized)?;
+        Ok(self.bank.scores(&v, leave_out_self.then_some(&v[..])))
+    }
+
+    /// Static-stage scores of a normalised text (see [`Classifier::scores`]).
+    pub fn fast_scores(&self, normalized: &str, leave_out_self: bool) -> Result<Option<Scores>, SemanticError> {
+        let v = self.model.embed_static(normalized)?;
+        Ok(self.fast.scores(&v, leave_out_self.then_some(&v[..])))
+    }
+
+    pub fn rule(&self) -> Rule {
+        self.rule
+    }
+}
+
+/// The moderator's handle on the semantic layer.
+#[derive(Debug, Clone)]
+pub enum Semantic {
+    /// `moderation.semantic = "off"`: only the phrase lexicon judges.
+    Off,
+    On(Arc<Classifier>),
+}
+
+impl Semantic {
+    /// The refused category's index for a normalised text (always `None` when off).
+    pub fn judge(&self, normalized: &str) -> Result<Option<usize>, SemanticError> {
+        match self {
+            Self::Off => Ok(None),
+            Self::On(classifier) => classifier.judge(normalized),
+        }
+    }
+
+    pub fn is_on(&self) -> bool {
+        matches!(self, Self::On(_))
+    }
+}
