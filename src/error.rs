@@ -101,7 +101,10 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(code: Code, message: impl Into<String>) -> Self {
-        Self { code, message: message.into() }
+        Self {
+            code,
+            message: message.into(),
+        }
     }
 
     pub fn code(&self) -> Code {
@@ -110,7 +113,12 @@ impl ApiError {
 
     pub fn body(&self) -> ErrorBody {
         let (code, kind, status) = self.code.describe();
-        ErrorBody { code, kind, status, message: self.message.clone() }
+        ErrorBody {
+            code,
+            kind,
+            status,
+            message: self.message.clone(),
+        }
     }
 }
 

@@ -34,7 +34,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 
 /// The API description, kept beside the code in `docs/openapi.json`.
 async fn openapi() -> HttpResponse {
-    HttpResponse::Ok().content_type("application/json").body(include_str!("../docs/openapi.json"))
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(include_str!("../docs/openapi.json"))
 }
 
 async fn healthz() -> HttpResponse {
@@ -55,7 +57,12 @@ async fn readyz(deps: web::Data<Dependencies>) -> HttpResponse {
         }
         None
     };
-    let (db, model, broker, redis) = tokio::join!(deps.database.ping(), deps.model.ready(), broker_check, redis_check);
+    let (db, model, broker, redis) = tokio::join!(
+        deps.database.ping(),
+        deps.model.ready(),
+        broker_check,
+        redis_check
+    );
     let check = |r: Result<(), String>| match r {
         Ok(()) => json!({ "status": "up" }),
         Err(e) => json!({ "status": "down", "error": e }),
@@ -64,7 +71,9 @@ async fn readyz(deps: web::Data<Dependencies>) -> HttpResponse {
     // (events wait in the outbox).
     let ready = db.is_ok() && model.is_ok();
     let broker = match broker {
-        None => json!({ "status": "disabled", "detail": "no brokers configured; events stay in the outbox" }),
+        None => {
+            json!({ "status": "disabled", "detail": "no brokers configured; events stay in the outbox" })
+        }
         Some(result) => check(result),
     };
     let redis = match redis {

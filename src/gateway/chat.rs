@@ -29,10 +29,17 @@ fn frame(event: &TurnEvent) -> bytes::Bytes {
     sse_frame(name, &data)
 }
 
-pub async fn chat_stream(req: HttpRequest, caller: Caller, body: web::Json<ChatBody>, gateway: web::Data<Gateway>) -> Result<HttpResponse, ApiError> {
+pub async fn chat_stream(
+    req: HttpRequest,
+    caller: Caller,
+    body: web::Json<ChatBody>,
+    gateway: web::Data<Gateway>,
+) -> Result<HttpResponse, ApiError> {
     let started = Instant::now();
     let body = body.into_inner();
-    let params = gateway.limits.params(body.max_tokens, body.temperature, body.seed)?;
+    let params = gateway
+        .limits
+        .params(body.max_tokens, body.temperature, body.seed)?;
     let input = TurnInput {
         route: "chat_stream",
         session_id: body.session_id,
@@ -57,7 +64,10 @@ pub async fn chat_stream(req: HttpRequest, caller: Caller, body: web::Json<ChatB
     let rest = match admission.outcome {
         Admitted::Refused(hit) => stream::iter(vec![
             frame(&TurnEvent::Refusal(hit)),
-            frame(&TurnEvent::Done { finish_reason: FinishReason::Refused, usage: None }),
+            frame(&TurnEvent::Done {
+                finish_reason: FinishReason::Refused,
+                usage: None,
+            }),
         ])
         .boxed(),
         Admitted::Streaming(turn) => turn.map(|event| frame(&event)).boxed(),
@@ -69,5 +79,7 @@ pub async fn chat_stream(req: HttpRequest, caller: Caller, body: web::Json<ChatB
         session_id: &admission.session_id,
         trace: &admission.trace,
     };
-    Ok(governance.sse_response().streaming(with_keepalive(Box::pin(frames), gateway.keepalive)))
+    Ok(governance
+        .sse_response()
+        .streaming(with_keepalive(Box::pin(frames), gateway.keepalive)))
 }

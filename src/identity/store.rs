@@ -27,7 +27,11 @@ impl KeyStore {
     }
 
     /// Stores a new key and returns its record and the key, which is never stored.
-    pub async fn create(&self, tenant: &TenantId, caps: &[Capability]) -> Result<(KeyRecord, ApiKey), IdentityError> {
+    pub async fn create(
+        &self,
+        tenant: &TenantId,
+        caps: &[Capability],
+    ) -> Result<(KeyRecord, ApiKey), IdentityError> {
         let key = ApiKey::generate();
         let record = KeyRecord {
             id: format!("key_{}", uuid::Uuid::now_v7().simple()),
@@ -70,12 +74,13 @@ impl KeyStore {
 
     /// Revokes a key; revoking twice is not an error.
     pub async fn revoke(&self, id: &str) -> Result<(), IdentityError> {
-        let done = sqlx::query("UPDATE api_keys SET revoked_at = COALESCE(revoked_at, $1) WHERE id = $2")
-            .bind(now_ms())
-            .bind(id)
-            .execute(self.db.pool())
-            .await
-            .map_err(IdentityError::Store)?;
+        let done =
+            sqlx::query("UPDATE api_keys SET revoked_at = COALESCE(revoked_at, $1) WHERE id = $2")
+                .bind(now_ms())
+                .bind(id)
+                .execute(self.db.pool())
+                .await
+                .map_err(IdentityError::Store)?;
         if done.rows_affected() == 0 {
             return Err(IdentityError::NoSuchKey(id.to_owned()));
         }

@@ -12,8 +12,10 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use super::semantic::{Classifier, Rule, Scores};
-use super::{Decision, Moderator, ModerationError};
+use std::sync::Arc;
+
+use super::semantic::{Classifier, Examples, Rule, Scores, SemanticModel};
+use super::{Decision, ModerationError, Moderator};
 
 /// One labelled request.
 #[derive(Debug, Clone, Deserialize)]
@@ -34,11 +36,15 @@ pub enum Label {
 /// Reads a JSON-lines file of [`Row`]s.
 pub fn load(path: &Path) -> anyhow::Result<Vec<Row>> {
     use anyhow::Context;
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     text.lines()
         .enumerate()
         .filter(|(_, line)| !line.trim().is_empty())
-        .map(|(i, line)| serde_json::from_str(line).with_context(|| format!("{}:{}: not a labelled row", path.display(), i + 1)))
+        .map(|(i, line)| {
+            serde_json::from_str(line)
+                .with_context(|| format!("{}:{}: not a labelled row", path.display(), i + 1))
+        })
         .collect()
 }
 
@@ -101,7 +107,11 @@ pub async fn evaluate(moderator: &Moderator, rows: &[Row]) -> Result<Report, Mod
             Decision::Refuse(hits) => hits.first().map(|h| h.category.clone()),
         };
         let refused = refused_as.is_some();
-        report.categories.entry(row.category.clone()).or_default().add(row.label, refused);
+        report
+            .categories
+            .entry(row.category.clone())
+            .or_default()
+            .add(row.label, refused);
         report.total.add(row.label, refused);
         if refused != (row.label == Label::Harmful) {
             report.mistakes.push((row.clone(), refused_as));
@@ -112,7 +122,11 @@ pub async fn evaluate(moderator: &Moderator, rows: &[Row]) -> Result<Report, Mod
 
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "{:<27} {:>8} {:>9} {:>9} {:>10}", "category", "harmful", "refused", "harmless", "refused")?;
+        writeln!(
+            f,
+            "{:<27} {:>8} {:>9} {:>9} {:>10}",
+            "category", "harmful", "refused", "harmless", "refused"
+        )?;
         let line = |f: &mut fmt::Formatter<'_>, name: &str, c: &Counts| {
             writeln!(
                 f,
@@ -172,7 +186,10 @@ impl Evasion {
     /// Disguises `text`: every word of four or more letters for the
     /// character-level tricks, the longest word for the spelled-out ones.
     pub fn apply(self, text: &str) -> String {
-        let longest = text.split(|c: char| !c.is_alphabetic()).max_by_key(|w| w.chars().count()).unwrap_or("");
+        let longest = text
+            .split(|c: char| !c.is_alphabetic())
+            .max_by_key(|w| w.chars().count())
+            .unwrap_or("");
         let spell = |sep: &str| -> String {
             let spelled: Vec<String> = longest.chars().map(String::from).collect();
             text.replacen(longest, &spelled.join(sep), 1)
@@ -197,7 +214,17 @@ impl Evasion {
 pub fn evasions(rows: &[Row]) -> Vec<(Evasion, Row)> {
     let harmful = rows.iter().filter(|r| r.label == Label::Harmful);
     harmful
-        .flat_map(|row| Evasion::ALL.iter().map(move |e| (*e, Row { text: e.apply(&row.text), ..row.clone() })))
+        .flat_map(|row| {
+            Evasion::ALL.iter().map(move |e| {
+                (
+                    *e,
+                    Row {
+                        text: e.apply(&row.text),
+                        ..row.clone()
+                    },
+                )
+            })
+        })
         .collect()
 }
 
@@ -226,7 +253,10 @@ fn per_word(text: &str, f: impl Fn(&str) -> String) -> String {
 
 fn insert_middle(word: &str, mark: char) -> String {
     let half = word.chars().count() / 2;
-    word.chars().enumerate().flat_map(|(i, c)| (i == half).then_some(mark).into_iter().chain([c])).collect()
+    word.chars()
+        .enumerate()
+        .flat_map(|(i, c)| (i == half).then_some(mark).into_iter().chain([c]))
+        .collect()
 }
 
 fn cyrillic(c: char) -> char {
@@ -262,7 +292,7 @@ fn leet(c: char) -> char {
     }
 }
 
-/// One training row's leave-one-out scores, and whether the lexicon refuses it anyway.
+/// One training row's cross-validated scores, and whether the lexicon refuses it anyway.
 #[derive(Debug, Clone)]
 pub struct FitPoint {
     pub label: Label,
@@ -273,66 +303,113 @@ pub struct FitPoint {
     pub fast: Option<Scores>,
 }
 
-/// Scores the training rows for fitting: each row is scored against every
-/// exemplar but itself (the training rows are the constitution's exemplars).
-pub fn fit_points(moderator: &Moderator, classifier: &Classifier, rows: &[Row]) -> Result<Vec<FitPoint>, ModerationError> {
-    rows.iter()
-        .map(|row| {
-            let lexicon_refuses = matches!(moderator.check_messages(&[row.text.as_str()]), Decision::Refuse(_));
-            let text = super::normalize::normalize(&row.text);
-            let scores = classifier.scores(&text, true)?;
-            let fast = classifier.fast_scores(&text, true)?;
-            Ok(FitPoint { label: row.label, lexicon_refuses, scores, fast })
-        })
-        .collect()
-}
-
-/// The transformer rule that refuses the most harmful training rows while
-/// refusing at most `max_false_refusals` of the harmless ones (ties: the
-/// larger margin, then the higher threshold), with the counts it achieves.
-pub fn fit(points: &[FitPoint], max_false_refusals: f64) -> Option<(Rule, Counts)> {
-    let mut best: Option<(Rule, Counts)> = None;
-    for t in 20..=95 {
-        for m in -20..=20 {
-            let rule = Rule { threshold: t as f32 / 100.0, margin: m as f32 / 100.0 };
-            let mut counts = Counts::default();
-            for p in points {
-                let refused = p.lexicon_refuses || p.scores.as_ref().is_some_and(|s| rule.refuses(s));
-                counts.add(p.label, refused);
-            }
-            if counts.false_refusal_rate() > max_false_refusals {
-                continue;
-            }
-            let better = match &best {
-                None => true,
-                Some((r, c)) => {
-                    (counts.harmful_refused, rule.margin, rule.threshold) > (c.harmful_refused, r.margin, r.threshold)
+/// Scores every training row with a classifier fitted on the other folds
+/// (`folds`-fold cross-validation over `rows`, which are the constitution's
+/// exemplars), so no row is scored by a scorer that has seen it.
+pub fn fit_points(
+    moderator: &Moderator,
+    model: &Arc<SemanticModel>,
+    categories: &[String],
+    rows: &[Row],
+    folds: usize,
+) -> Result<Vec<FitPoint>, ModerationError> {
+    let mut points = vec![None; rows.len()];
+    for fold in 0..folds {
+        let mut examples = Examples::default();
+        for (i, row) in rows.iter().enumerate().filter(|(i, _)| i % folds != fold) {
+            match (
+                row.label,
+                categories.iter().position(|c| *c == row.category),
+            ) {
+                (Label::Harmful, Some(category)) => {
+                    examples.harmful.push((category, row.text.clone()))
                 }
-            };
-            if better {
-                best = Some((rule, counts));
+                (Label::Harmless, _) => examples.allowed.push(row.text.clone()),
+                (Label::Harmful, None) => {
+                    return Err(ModerationError::Worker(format!(
+                        "row {i}: unknown category {}",
+                        row.category
+                    )))
+                }
             }
         }
+        let classifier = Classifier::new(model.clone(), &examples, 0.0, [-100.0, 100.0])?;
+        for (i, row) in rows.iter().enumerate().filter(|(i, _)| i % folds == fold) {
+            let lexicon_refuses = matches!(
+                moderator.check_messages(&[row.text.as_str()]),
+                Decision::Refuse(_)
+            );
+            let text = super::normalize::normalize(&row.text);
+            let (scores, fast) = (classifier.scores(&text)?, classifier.fast_scores(&text)?);
+            points[i] = Some(FitPoint {
+                label: row.label,
+                lexicon_refuses,
+                scores,
+                fast,
+            });
+        }
     }
-    best
+    Ok(points.into_iter().flatten().collect())
+}
+
+/// The threshold that refuses the most harmful training rows while refusing
+/// at most `max_false_refusals` of the harmless ones, with its counts.
+pub fn fit(points: &[FitPoint], max_false_refusals: f64) -> Option<(Rule, Counts)> {
+    let mut candidates: Vec<f32> = points
+        .iter()
+        .filter_map(|p| p.scores.map(|s| s.score))
+        .collect();
+    candidates.sort_by(f32::total_cmp);
+    candidates.dedup();
+    candidates.push(f32::MAX);
+    // The lowest threshold within the budget refuses the most.
+    candidates.into_iter().find_map(|threshold| {
+        let rule = Rule { threshold };
+        let mut counts = Counts::default();
+        for p in points {
+            counts.add(
+                p.label,
+                p.lexicon_refuses || p.scores.as_ref().is_some_and(|s| rule.refuses(s)),
+            );
+        }
+        (counts.false_refusal_rate() <= max_false_refusals).then_some((rule, counts))
+    })
 }
 
 /// The cascade band for `rule`: the static score below which no training row
-/// the transformer would refuse falls (less `slack` of them), and from which
-/// no row it would allow reaches. Returns (allow_below, refuse_from, share of
-/// training rows the static stage decides).
-pub fn fit_band(points: &[FitPoint], rule: Rule, slack: f64) -> (f32, f32, f64) {
+/// the transformer refuses falls, and from which no row it allows reaches.
+/// Returns (allow_below, refuse_from, share of training rows the static stage decides).
+pub fn fit_band(points: &[FitPoint], rule: Rule) -> (f32, f32, f64) {
     let judged: Vec<(f32, bool)> = points
         .iter()
-        .filter_map(|p| Some((p.fast?.harmful, p.lexicon_refuses || p.scores.as_ref().is_some_and(|s| rule.refuses(s)))))
+        .filter_map(|p| {
+            Some((
+                p.fast?.score,
+                p.scores.as_ref().is_some_and(|s| rule.refuses(s)),
+            ))
+        })
         .collect();
-    let mut refused: Vec<f32> = judged.iter().filter(|(_, r)| *r).map(|(h, _)| *h).collect();
-    refused.sort_by(f32::total_cmp);
-    let lost = ((refused.len() as f64) * slack).floor() as usize;
-    let allow_below = refused.get(lost).copied().unwrap_or(1.0);
-    let refuse_from = judged.iter().filter(|(_, r)| !*r).map(|(h, _)| *h).fold(-1.0f32, f32::max) + 0.01;
-    let decided = judged.iter().filter(|(h, _)| *h < allow_below || *h >= refuse_from).count();
-    (allow_below, refuse_from.max(allow_below), decided as f64 / judged.len().max(1) as f64)
+    let allow_below = judged
+        .iter()
+        .filter(|(_, r)| *r)
+        .map(|(h, _)| *h)
+        .fold(f32::MAX, f32::min);
+    let refuse_from = judged
+        .iter()
+        .filter(|(_, r)| !*r)
+        .map(|(h, _)| *h)
+        .fold(f32::MIN, f32::max)
+        .next_up();
+    let refuse_from = refuse_from.max(allow_below);
+    let decided = judged
+        .iter()
+        .filter(|(h, _)| *h < allow_below || *h >= refuse_from)
+        .count();
+    (
+        allow_below,
+        refuse_from,
+        decided as f64 / judged.len().max(1) as f64,
+    )
 }
 
 #[cfg(test)]
@@ -346,7 +423,12 @@ mod tests {
         for e in Evasion::ALL {
             let disguised = e.apply(text);
             assert_ne!(disguised, text, "{}", e.as_str());
-            assert_eq!(normalize(&disguised), normalize(text), "{}: {disguised:?}", e.as_str());
+            assert_eq!(
+                normalize(&disguised),
+                normalize(text),
+                "{}: {disguised:?}",
+                e.as_str()
+            );
         }
     }
 }

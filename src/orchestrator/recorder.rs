@@ -108,7 +108,8 @@ impl Recorder {
         record.finish_reason = finish.as_str().into();
         record.prompt_tokens = self.usage.map(|u| i64::from(u.prompt_tokens));
         record.completion_tokens = self.usage.map(|u| i64::from(u.completion_tokens));
-        self.metrics.request(self.route, outcome, self.started.elapsed());
+        self.metrics
+            .request(self.route, outcome, self.started.elapsed());
         tracing::info!(
             trace_id = %record.trace_id, span_id = %self.span_id, tenant = %record.tenant, session_id = %record.session_id, turn_id = %record.turn_id,
             finish_reason = %record.finish_reason, elapsed_ms = self.started.elapsed().as_millis() as u64, "turn finished"
@@ -120,8 +121,16 @@ impl Recorder {
     /// transaction, shared with whatever else is queued) before the client
     /// sees `done`; false if they could not be stored. The commit is awaited
     /// in a task of its own: a client leaving mid-write cannot cut it short.
-    pub async fn finish(&mut self, finish: FinishReason, outcome: RequestOutcome, kind: EventType, data: Value) -> bool {
-        let Some(record) = self.take(finish, outcome) else { return true };
+    pub async fn finish(
+        &mut self,
+        finish: FinishReason,
+        outcome: RequestOutcome,
+        kind: EventType,
+        data: Value,
+    ) -> bool {
+        let Some(record) = self.take(finish, outcome) else {
+            return true;
+        };
         let (events, items) = (self.events.clone(), self.terminal(record, kind, data));
         let commit = tokio::spawn(async move { events.emit_durable(items).await });
         match commit.await {
@@ -135,15 +144,24 @@ impl Recorder {
     }
 
     fn terminal(&self, record: TurnRecord, kind: EventType, data: Value) -> Vec<Pending> {
-        vec![Pending::Write(Arc::new(RecordTurn(record))), Pending::Conversation(NewEvent::new(self.context.clone(), kind, data))]
+        vec![
+            Pending::Write(Arc::new(RecordTurn(record))),
+            Pending::Conversation(NewEvent::new(self.context.clone(), kind, data)),
+        ]
     }
 }
 
 impl Drop for Recorder {
     fn drop(&mut self) {
-        let Some(record) = self.take(FinishReason::Cancelled, RequestOutcome::Allow) else { return };
+        let Some(record) = self.take(FinishReason::Cancelled, RequestOutcome::Allow) else {
+            return;
+        };
         let data = json!({ "reason": "client_disconnected", "emitted_chars": record.assistant_message.chars().count(), "content_included": false });
-        let (events, items, turn_id) = (self.events.clone(), self.terminal(record, EventType::Cancelled, data), self.context.turn_id.clone());
+        let (events, items, turn_id) = (
+            self.events.clone(),
+            self.terminal(record, EventType::Cancelled, data),
+            self.context.turn_id.clone(),
+        );
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             // The client is gone: queue the turn and its event; the writer drains its queue on shutdown.
             runtime.spawn(async move {

@@ -5,10 +5,13 @@ use tracing_subscriber::{fmt, prelude::*, EnvFilter};
 
 /// Installs the global subscriber; a second call is a no-op.
 pub fn init_logging(format: &str, default_level: &str) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     let registry = tracing_subscriber::registry().with(filter);
     let result = if format == "pretty" {
-        registry.with(fmt::layer().with_writer(std::io::stderr)).try_init()
+        registry
+            .with(fmt::layer().with_writer(std::io::stderr))
+            .try_init()
     } else {
         registry
             .with(

@@ -13,7 +13,12 @@ use super::lock::LockInfo;
 use super::service::{Actor, TrainingService};
 use crate::telemetry::{Metrics, TraceContext};
 
-pub async fn watch(service: Arc<TrainingService>, metrics: Arc<Metrics>, every: Duration, cancel: CancellationToken) {
+pub async fn watch(
+    service: Arc<TrainingService>,
+    metrics: Arc<Metrics>,
+    every: Duration,
+    cancel: CancellationToken,
+) {
     loop {
         tokio::select! {
             () = cancel.cancelled() => return,
@@ -23,21 +28,38 @@ pub async fn watch(service: Arc<TrainingService>, metrics: Arc<Metrics>, every: 
             Ok(expired) => {
                 for lapse in expired {
                     let trace = TraceContext::new_root();
-                    let actor = Actor { tenant: &lapse.tenant, key_id: "steward:expiry-watcher", trace: &trace };
-                    let lock = LockInfo { token: String::new(), owner: lapse.owner.clone(), reason: lapse.reason.clone(), fencing_token: lapse.fencing_token, ttl_ms: 0 };
-                    if let Err(err) = service.transition(&actor, "expired", Some(&lock), &lapse.reason).await {
+                    let actor = Actor {
+                        tenant: &lapse.tenant,
+                        key_id: "steward:expiry-watcher",
+                        trace: &trace,
+                    };
+                    let lock = LockInfo {
+                        token: String::new(),
+                        owner: lapse.owner.clone(),
+                        reason: lapse.reason.clone(),
+                        fencing_token: lapse.fencing_token,
+                        ttl_ms: 0,
+                    };
+                    if let Err(err) = service
+                        .transition(&actor, "expired", Some(&lock), &lapse.reason)
+                        .await
+                    {
                         tracing::error!(tenant = %lapse.tenant, error = %err, "could not audit a lapsed training lock");
                     }
                 }
             }
-            Err(err) => tracing::debug!(error = %err, "expiry check skipped: lock store unavailable"),
+            Err(err) => {
+                tracing::debug!(error = %err, "expiry check skipped: lock store unavailable")
+            }
         }
         refresh_gauges(&service, &metrics).await;
     }
 }
 
 async fn refresh_gauges(service: &TrainingService, metrics: &Metrics) {
-    let Ok(tenants) = service.store().tenants().await else { return };
+    let Ok(tenants) = service.store().tenants().await else {
+        return;
+    };
     for tenant in tenants {
         match service.store().status(&tenant).await {
             Ok(lock) => metrics.training_state(&tenant, Some(lock.is_some())),

@@ -45,9 +45,15 @@ impl Distilled {
             tracing::warn!(path = %path.display(), "the distilled embedding table does not match the model; distilling again");
         }
         let started = std::time::Instant::now();
-        tracing::info!(tokens = encoder.vocab_size(), "distilling static embeddings from the moderation model (once)");
+        tracing::info!(
+            tokens = encoder.vocab_size(),
+            "distilling static embeddings from the moderation model (once)"
+        );
         let table = Self::distill(encoder)?;
-        tracing::info!(seconds = started.elapsed().as_secs(), "static embeddings distilled");
+        tracing::info!(
+            seconds = started.elapsed().as_secs(),
+            "static embeddings distilled"
+        );
         if let Err(err) = table.write(&path) {
             tracing::warn!(path = %path.display(), error = %err, "cannot keep the distilled table; it will be distilled again next start");
         }
@@ -75,7 +81,10 @@ impl Distilled {
         if v != vocab || d != dim || body.len() != v * d * 4 {
             return None;
         }
-        let rows = body.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        let rows = body
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
         Some(Self { dim, rows })
     }
 
@@ -97,7 +106,9 @@ impl Distilled {
         let mut sum = vec![0.0f32; self.dim];
         for &id in ids {
             let id = id as usize;
-            let Some(row) = self.rows.get(id * self.dim..(id + 1) * self.dim) else { continue };
+            let Some(row) = self.rows.get(id * self.dim..(id + 1) * self.dim) else {
+                continue;
+            };
             let weight = ((id.saturating_sub(FIRST_RANKED) + 1) as f32).ln_1p();
             sum.iter_mut().zip(row).for_each(|(s, x)| *s += weight * x);
         }

@@ -40,7 +40,10 @@ use encoder::Encoder;
 pub enum SemanticError {
     /// A model file is missing or unreadable.
     #[error("cannot read the moderation model file {path} (moderation.model_dir; install it with scripts/models.sh, or set moderation.semantic = \"off\"): {source}")]
-    Missing { path: PathBuf, source: std::io::Error },
+    Missing {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// A model file is malformed.
     #[error("the moderation model is unusable: {0}")]
     Model(String),
@@ -63,31 +66,47 @@ impl SemanticModel {
     pub fn shared(dir: &Path, cache_entries: usize) -> Result<Arc<Self>, SemanticError> {
         static LOADED: OnceLock<Mutex<HashMap<PathBuf, Arc<SemanticModel>>>> = OnceLock::new();
         let key = dir.canonicalize().unwrap_or_else(|_| dir.to_owned());
-        let mut loaded = LOADED.get_or_init(Default::default).lock().unwrap_or_else(|p| p.into_inner());
+        let mut loaded = LOADED
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         if let Some(model) = loaded.get(&key) {
             return Ok(model.clone());
         }
         let encoder = Encoder::load(dir)?;
         let distilled = Distilled::load_or_distill(dir, &encoder)?;
-        let model = Arc::new(Self { encoder, distilled, cache: EmbeddingCache::new(cache_entries) });
+        let model = Arc::new(Self {
+            encoder,
+            distilled,
+            cache: EmbeddingCache::new(cache_entries),
+        });
         loaded.insert(key, model.clone());
         Ok(model)
     }
 
-    /// The transformer embedding of an already normalised text, from the cache when seen before.
+    /// The transformer features of an already normalised text, from the cache when seen before.
     pub fn embed(&self, text: &str) -> Result<Vector, SemanticError> {
         if let Some(v) = self.cache.get(text) {
             return Ok(v);
         }
-        let v: Vector = Arc::from(self.encoder.embed(text)?);
+        let v: Vector = Arc::from(self.encoder.features(text)?);
         self.cache.insert(text, v.clone());
         Ok(v)
     }
 
-    /// Cosine similarity of two texts under the transformer (both normalised first).
+    /// Cosine similarity of two texts' sentence embeddings (both normalised first).
     pub fn similarity(&self, a: &str, b: &str) -> Result<f32, SemanticError> {
-        let (a, b) = (self.embed(&super::normalize::normalize(a))?, self.embed(&super::normalize::normalize(b))?);
+        let embed = |t: &str| {
+            self.encoder
+                .sentence_embedding(&super::normalize::normalize(t))
+        };
+        let (a, b) = (embed(a)?, embed(b)?);
         Ok(a.iter().zip(b.iter()).map(|(x, y)| x * y).sum())
+    }
+
+    /// Number of WordPiece tokens in a text (without `[CLS]` and `[SEP]`).
+    pub fn token_count(&self, text: &str) -> Result<usize, SemanticError> {
+        Ok(self.encoder.token_ids(text)?.len())
     }
 
     /// The static (distilled) embedding of an already normalised text.
@@ -104,13 +123,35 @@ pub enum Route {
     Transformer,
 }
 
+/// Exemplars as (category index, text) and allowed texts, as a constitution lists them.
+#[derive(Debug, Clone, Default)]
+pub struct Examples {
+    pub harmful: Vec<(usize, String)>,
+    pub allowed: Vec<String>,
+}
+
+impl Examples {
+    pub fn of(constitution: &Constitution) -> Self {
+        let mut examples = Self::default();
+        for (i, category) in constitution.categories.iter().enumerate() {
+            examples
+                .harmful
+                .extend(category.examples.iter().map(|e| (i, e.clone())));
+            examples
+                .allowed
+                .extend(category.allowed_examples.iter().cloned());
+        }
+        examples
+    }
+}
+
 /// One constitution's exemplars and rule over a shared model.
 #[derive(Debug)]
 pub struct Classifier {
     model: Arc<SemanticModel>,
-    /// Exemplars embedded by the transformer.
+    /// Exemplars embedded by the transformer, with the scorer fitted on them.
     bank: Bank,
-    /// The same exemplars embedded by the distilled static model.
+    /// The same for the distilled static model.
     fast: Bank,
     rule: Rule,
     allow_below: f32,
@@ -118,39 +159,74 @@ pub struct Classifier {
 }
 
 impl Classifier {
-    /// Embeds every exemplar of `constitution` (normalised like any input) with both models.
-    pub fn new(model: Arc<SemanticModel>, constitution: &Constitution) -> Result<Self, SemanticError> {
-        let categories = constitution.categories.len();
-        let (mut bank, mut fast) = (Bank::new(categories), Bank::new(categories));
-        for (i, category) in constitution.categories.iter().enumerate() {
-            for example in &category.examples {
-                let text = super::normalize::normalize(example);
-                bank.add_harmful(i, model.embed(&text)?);
-                fast.add_harmful(i, Arc::from(model.embed_static(&text)?));
-            }
-            for example in &category.allowed_examples {
-                let text = super::normalize::normalize(example);
-                bank.add_allowed(model.embed(&text)?);
-                fast.add_allowed(Arc::from(model.embed_static(&text)?));
-            }
+    /// The classifier for `constitution`, built once per process and constitution hash.
+    pub fn shared(
+        model: Arc<SemanticModel>,
+        constitution: &Constitution,
+    ) -> Result<Arc<Self>, SemanticError> {
+        static BUILT: OnceLock<Mutex<HashMap<String, Arc<Classifier>>>> = OnceLock::new();
+        let key = format!("{}|{:p}", constitution.hash(), Arc::as_ptr(&model));
+        let mut built = BUILT
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(classifier) = built.get(&key) {
+            return Ok(classifier.clone());
         }
         let s = &constitution.semantic;
-        let rule = Rule { threshold: s.threshold as f32, margin: s.margin as f32 };
-        Ok(Self { model, bank, fast, rule, allow_below: s.static_allow_below as f32, refuse_from: s.static_refuse_from as f32 })
+        let classifier = Arc::new(Self::new(
+            model,
+            &Examples::of(constitution),
+            s.threshold as f32,
+            [s.static_allow_below, s.static_refuse_from],
+        )?);
+        built.insert(key, classifier.clone());
+        Ok(classifier)
+    }
+
+    /// Embeds the examples (normalised like any input) with both models and fits both scorers.
+    pub fn new(
+        model: Arc<SemanticModel>,
+        examples: &Examples,
+        threshold: f32,
+        band: [f64; 2],
+    ) -> Result<Self, SemanticError> {
+        let (mut bank, mut fast) = (Bank::default(), Bank::default());
+        for (category, example) in &examples.harmful {
+            let text = super::normalize::normalize(example);
+            bank.add_harmful(*category, model.embed(&text)?);
+            fast.add_harmful(*category, Arc::from(model.embed_static(&text)?));
+        }
+        for example in &examples.allowed {
+            let text = super::normalize::normalize(example);
+            bank.add_allowed(model.embed(&text)?);
+            fast.add_allowed(Arc::from(model.embed_static(&text)?));
+        }
+        bank.fit();
+        fast.fit();
+        Ok(Self {
+            model,
+            bank,
+            fast,
+            rule: Rule { threshold },
+            allow_below: band[0] as f32,
+            refuse_from: band[1] as f32,
+        })
     }
 
     /// The refused category's index, if this normalised text is refused:
     /// the static stage decides the clear cases, the transformer the rest.
     pub fn judge(&self, normalized: &str) -> Result<Option<usize>, SemanticError> {
-        if self.bank.is_empty() || normalized.trim().is_empty() {
+        if normalized.trim().is_empty() {
             return Ok(None);
         }
-        match self.route(self.fast_scores(normalized, false)?) {
+        match self.route(self.fast_scores(normalized)?) {
             Route::Allow => Ok(None),
             Route::Refuse(category) => Ok(Some(category)),
-            Route::Transformer => {
-                Ok(self.scores(normalized, false)?.filter(|s| self.rule.refuses(s)).map(|s| s.category))
-            }
+            Route::Transformer => Ok(self
+                .scores(normalized)?
+                .filter(|s| self.rule.refuses(s))
+                .map(|s| s.category)),
         }
     }
 
@@ -158,23 +234,20 @@ impl Classifier {
     pub fn route(&self, fast: Option<Scores>) -> Route {
         match fast {
             None => Route::Transformer,
-            Some(s) if s.harmful < self.allow_below => Route::Allow,
-            Some(s) if s.harmful >= self.refuse_from => Route::Refuse(s.category),
+            Some(s) if s.score < self.allow_below => Route::Allow,
+            Some(s) if s.score >= self.refuse_from => Route::Refuse(s.category),
             Some(_) => Route::Transformer,
         }
     }
 
-    /// Transformer scores of a normalised text; `leave_out_self` drops the
-    /// exemplar equal to it (fitting on the rows the exemplars came from).
-    pub fn scores(&self, normalized: &str, leave_out_self: bool) -> Result<Option<Scores>, SemanticError> {
-        let v = self.model.embed(normalized)?;
-        Ok(self.bank.scores(&v, leave_out_self.then_some(&v[..])))
+    /// Transformer scores of a normalised text (`None` without examples).
+    pub fn scores(&self, normalized: &str) -> Result<Option<Scores>, SemanticError> {
+        Ok(self.bank.scores(&self.model.embed(normalized)?))
     }
 
-    /// Static-stage scores of a normalised text (see [`Classifier::scores`]).
-    pub fn fast_scores(&self, normalized: &str, leave_out_self: bool) -> Result<Option<Scores>, SemanticError> {
-        let v = self.model.embed_static(normalized)?;
-        Ok(self.fast.scores(&v, leave_out_self.then_some(&v[..])))
+    /// Static-stage scores of a normalised text.
+    pub fn fast_scores(&self, normalized: &str) -> Result<Option<Scores>, SemanticError> {
+        Ok(self.fast.scores(&self.model.embed_static(normalized)?))
     }
 
     pub fn rule(&self) -> Rule {
