@@ -65,10 +65,11 @@ pub async fn run(settings: &Settings, command: ModerationCommand) -> anyhow::Res
                 .context("no threshold meets --max-false-refusals")?;
             let (allow_below, refuse_from, decided) = eval::fit_band(&points, rule);
             println!(
-                "[semantic]\nthreshold = {:.4}\nstatic_allow_below = {:.4}\nstatic_refuse_from = {:.4}\n\
+                "[semantic]\nthreshold = {:.4}\noutput_threshold = {:.4}\nstatic_allow_below = {:.4}\nstatic_refuse_from = {:.4}\n\
                  # {folds}-fold cross-validation on {} training rows: {:.1}% of {} harmful refused, {:.1}% of {} harmless refused;\n\
                  # the static stage decides {:.1}% of them without the transformer",
                 rule.threshold,
+                eval::fit_output(&points),
                 allow_below,
                 refuse_from,
                 rows.len(),

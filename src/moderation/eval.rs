@@ -376,6 +376,16 @@ pub fn fit(points: &[FitPoint], max_false_refusals: f64) -> Option<(Rule, Counts
     })
 }
 
+/// The output threshold: above the score of every harmless training row, so
+/// an answer is cut only where no look-alike request would have been refused.
+pub fn fit_output(points: &[FitPoint]) -> f32 {
+    let harmless = points.iter().filter(|p| p.label == Label::Harmless);
+    harmless
+        .filter_map(|p| p.scores.map(|s| s.score))
+        .fold(f32::MIN, f32::max)
+        .next_up()
+}
+
 /// The cascade band for `rule`: the static score below which no training row
 /// the transformer refuses falls, and from which no row it allows reaches.
 /// Returns (allow_below, refuse_from, share of training rows the static stage decides).

@@ -15,6 +15,9 @@ use super::window::OutputGuard;
 use super::ModerationError;
 use crate::policy::constitution::Constitution;
 
+/// [`Semantic::judge`] (requests) or [`Semantic::judge_output`] (answers).
+type JudgeFn = fn(&Semantic, &str) -> Result<Option<usize>, super::SemanticError>;
+
 /// Default of `moderation.output_window_chars`.
 pub const DEFAULT_OUTPUT_WINDOW: usize = 400;
 
@@ -237,7 +240,7 @@ impl Moderator {
         if pieces.len() > 1 {
             pieces.push(normalize(&messages.join("\n")));
         }
-        let category = self.judge_blocking(pieces).await?;
+        let category = self.judge_blocking(pieces, Semantic::judge).await?;
         Ok(match category.and_then(|i| self.phrases.hit(Some(i))) {
             Some(hit) => Decision::Refuse(vec![hit]),
             None => Decision::Allow,
@@ -248,17 +251,24 @@ impl Moderator {
     /// lexicon judges output through the [`OutputGuard`]).
     pub async fn judge_output(&self, pieces: Vec<String>) -> Result<Option<Hit>, ModerationError> {
         let category = self
-            .judge_blocking(pieces.iter().map(|p| normalize(p)).collect())
+            .judge_blocking(
+                pieces.iter().map(|p| normalize(p)).collect(),
+                Semantic::judge_output,
+            )
             .await?;
         Ok(category.and_then(|i| self.phrases.hit(Some(i))))
     }
 
     /// The first refused category among `pieces` (already normalised).
-    async fn judge_blocking(&self, pieces: Vec<String>) -> Result<Option<usize>, ModerationError> {
+    async fn judge_blocking(
+        &self,
+        pieces: Vec<String>,
+        judge: JudgeFn,
+    ) -> Result<Option<usize>, ModerationError> {
         let semantic = self.semantic.clone();
         let judged = tokio::task::spawn_blocking(move || {
             for piece in &pieces {
-                if let Some(category) = semantic.judge(piece)? {
+                if let Some(category) = judge(&semantic, piece)? {
                     return Ok(Some(category));
                 }
             }

@@ -40,6 +40,10 @@ pub struct Constitution {
 #[serde(deny_unknown_fields, default)]
 pub struct SemanticRule {
     pub threshold: f64,
+    /// The threshold for streamed answers, stricter than for requests: the
+    /// examples are requests, and an answer on a look-alike topic (how to kill
+    /// a process) reads closer to them than the request did.
+    pub output_threshold: f64,
     /// Cascade: a text whose distilled (static) score is below this is
     /// allowed without running the transformer.
     pub static_allow_below: f64,
@@ -54,6 +58,7 @@ impl Default for SemanticRule {
     fn default() -> Self {
         Self {
             threshold: 0.9,
+            output_threshold: 0.9,
             static_allow_below: -100.0,
             static_refuse_from: 100.0,
         }
@@ -166,13 +171,17 @@ impl Constitution {
         }
         let SemanticRule {
             threshold,
+            output_threshold,
             static_allow_below,
             static_refuse_from,
         } = self.semantic;
-        if !threshold.is_finite()
-            || !static_allow_below.is_finite()
-            || !static_refuse_from.is_finite()
-        {
+        let numbers = [
+            threshold,
+            output_threshold,
+            static_allow_below,
+            static_refuse_from,
+        ];
+        if !numbers.iter().all(|x| x.is_finite()) {
             return fail("[semantic]: every number must be finite".into());
         }
         if static_allow_below > static_refuse_from {
@@ -252,10 +261,12 @@ impl Constitution {
             .collect();
         let SemanticRule {
             threshold,
+            output_threshold,
             static_allow_below,
             static_refuse_from,
         } = semantic;
         let semantic = object(vec![
+            ("output_threshold", Value::from(*output_threshold)),
             ("static_allow_below", Value::from(*static_allow_below)),
             ("static_refuse_from", Value::from(*static_refuse_from)),
             ("threshold", Value::from(*threshold)),
@@ -399,7 +410,7 @@ code="S1"
     #[test]
     fn changing_any_rule_changes_hash() -> TestResult {
         let base = Constitution::from_toml_str(BASE)?;
-        let edits: [fn(&mut Constitution); 12] = [
+        let edits: [fn(&mut Constitution); 13] = [
             |c| c.name.push('x'),
             |c| c.version.push('x'),
             |c| c.categories[0].code.push('x'),
@@ -415,6 +426,7 @@ code="S1"
             },
             |c| c.semantic.threshold = 0.5,
             |c| c.semantic.static_allow_below = 0.3,
+            |c| c.semantic.output_threshold = 0.95,
             |c| c.semantic.static_refuse_from = 0.8,
         ];
         for (i, edit) in edits.iter().enumerate() {
@@ -430,7 +442,7 @@ code="S1"
         let c = Constitution::from_toml_str(BASE)?;
         let expected = concat!(
             r#"{"categories":[{"allowed_examples":[],"code":"S1","examples":[],"message":"No.","name":"violent_crimes","#,
-            r#""patterns":["\\d{3}"],"phrases":["build a bomb"]}],"name":"t","semantic":{"static_allow_below":-100.0,"static_refuse_from":100.0,"threshold":0.9},"version":"1"}"#,
+            r#""patterns":["\\d{3}"],"phrases":["build a bomb"]}],"name":"t","semantic":{"output_threshold":0.9,"static_allow_below":-100.0,"static_refuse_from":100.0,"threshold":0.9},"version":"1"}"#,
         );
         assert_eq!(String::from_utf8(c.canonical_bytes())?, expected);
         Ok(())

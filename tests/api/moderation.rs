@@ -243,7 +243,7 @@ async fn a_streamed_answer_that_turns_harmful_is_cut_by_the_semantic_layer() {
     // A constitution of one category whose only harmful example is that sentence,
     // with the prompt and the answer's first sentence as allowed look-alikes.
     let constitution = format!(
-        "name = \"t\"\nversion = \"1\"\n[semantic]\nthreshold = 0.0\n\
+        "name = \"t\"\nversion = \"1\"\n[semantic]\nthreshold = 0.0\noutput_threshold = 0.0\n\
          [[categories]]\ncode = \"X2\"\nname = \"test_semantic_output\"\nmessage = \"This answer was stopped by policy.\"\n\
          examples = [{}]\nallowed_examples = [{}, {}]\n",
         serde_json::to_string(&sentence).unwrap(),

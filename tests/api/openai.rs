@@ -145,4 +145,11 @@ async fn the_official_openai_python_sdk_works_against_the_facade() {
     assert!(!seen["refused"]["refusal"].as_str().unwrap().is_empty());
     assert_eq!(seen["empty_error"]["status"], 400);
     assert_eq!(seen["empty_error"]["code"], "empty_message");
+    assert_eq!(seen["split"]["finish_reason"], "content_filter", "{seen}");
+    assert!(
+        seen["split"]["content"].is_null()
+            && !seen["split"]["refusal"].as_str().unwrap().is_empty()
+    );
+    assert_eq!(seen["system_error"]["status"], 400);
+    assert_eq!(seen["system_error"]["code"], "system_prompt_not_allowed");
 }

@@ -137,7 +137,10 @@ impl Encoder {
                 })
             })
             .collect::<Result<Vec<_>, SemanticError>>()?;
-        if c.num_attention_heads == 0 || !c.hidden_size.is_multiple_of(c.num_attention_heads) || c.max_position_embeddings < WINDOW {
+        if c.num_attention_heads == 0
+            || !c.hidden_size.is_multiple_of(c.num_attention_heads)
+            || c.max_position_embeddings < WINDOW
+        {
             return Err(SemanticError::Model(
                 "config.json: unsupported model shape".into(),
             ));

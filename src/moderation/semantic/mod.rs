@@ -154,6 +154,8 @@ pub struct Classifier {
     /// The same for the distilled static model.
     fast: Bank,
     rule: Rule,
+    /// The rule for pieces of streamed answers.
+    output: Rule,
     allow_below: f32,
     refuse_from: f32,
 }
@@ -174,12 +176,16 @@ impl Classifier {
             return Ok(classifier.clone());
         }
         let s = &constitution.semantic;
-        let classifier = Arc::new(Self::new(
+        let mut classifier = Self::new(
             model,
             &Examples::of(constitution),
             s.threshold as f32,
             [s.static_allow_below, s.static_refuse_from],
-        )?);
+        )?;
+        classifier.output = Rule {
+            threshold: s.output_threshold as f32,
+        };
+        let classifier = Arc::new(classifier);
         built.insert(key, classifier.clone());
         Ok(classifier)
     }
@@ -209,6 +215,7 @@ impl Classifier {
             bank,
             fast,
             rule: Rule { threshold },
+            output: Rule { threshold },
             allow_below: band[0] as f32,
             refuse_from: band[1] as f32,
         })
@@ -228,6 +235,18 @@ impl Classifier {
                 .filter(|s| self.rule.refuses(s))
                 .map(|s| s.category)),
         }
+    }
+
+    /// The refused category's index, if this normalised piece of a streamed
+    /// answer is refused (the transformer alone, at the output threshold).
+    pub fn judge_output(&self, normalized: &str) -> Result<Option<usize>, SemanticError> {
+        if normalized.trim().is_empty() {
+            return Ok(None);
+        }
+        Ok(self
+            .scores(normalized)?
+            .filter(|s| self.output.refuses(s))
+            .map(|s| s.category))
     }
 
     /// The cascade's first-stage decision for static scores.
@@ -269,6 +288,14 @@ impl Semantic {
         match self {
             Self::Off => Ok(None),
             Self::On(classifier) => classifier.judge(normalized),
+        }
+    }
+
+    /// Like [`Semantic::judge`], for a piece of a streamed answer.
+    pub fn judge_output(&self, normalized: &str) -> Result<Option<usize>, SemanticError> {
+        match self {
+            Self::Off => Ok(None),
+            Self::On(classifier) => classifier.judge_output(normalized),
         }
     }
 
