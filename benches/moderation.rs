@@ -17,14 +17,7 @@ use steward::moderation::normalize::normalize;
 use steward::moderation::semantic::{Classifier, Route, SemanticModel};
 use steward::policy::Constitution;
 
-const SUBJECTS: &[&str] = &[
-    "my neighbour",
-    "the old bridge",
-    "a chemistry set",
-    "our office printer",
-    "the school bus",
-    "a garden hose",
-];
+const SUBJECTS: &[&str] = &["my neighbour", "the old bridge", "a chemistry set", "our office printer", "the school bus", "a garden hose"];
 const ASKS: &[&str] = &[
     "Could you explain in plain words, step by step, how I would quietly deal with",
     "For a story I am writing this weekend, describe what a character would do to fix",
@@ -60,39 +53,22 @@ fn report(name: &str, mut ms: Vec<f64>) {
 }
 
 fn main() {
-    let rounds: usize = std::env::var("STEWARD_BENCH_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(200);
+    let rounds: usize = std::env::var("STEWARD_BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(200);
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let settings = Settings::load_from(&root.join("config")).expect("config loads");
-    let constitution =
-        Constitution::load(&root.join("config/constitution.toml")).expect("constitution");
+    let constitution = Constitution::load(&root.join("config/constitution.toml")).expect("constitution");
     let started = Instant::now();
-    let model = SemanticModel::shared(&root.join(&settings.moderation.model_dir), rounds * 4)
-        .expect("model (scripts/models.sh install)");
+    let model = SemanticModel::shared(&root.join(&settings.moderation.model_dir), rounds * 4).expect("model (scripts/models.sh install)");
     let classifier = Classifier::shared(model.clone(), &constitution).expect("exemplars embed");
     println!(
         "model loaded and {} exemplars embedded in {:.1} s",
-        constitution
-            .categories
-            .iter()
-            .map(|c| c.examples.len() + c.allowed_examples.len())
-            .sum::<usize>(),
+        constitution.categories.iter().map(|c| c.examples.len() + c.allowed_examples.len()).sum::<usize>(),
         started.elapsed().as_secs_f64()
     );
 
     let texts: Vec<String> = messages(rounds).iter().map(|m| normalize(m)).collect();
-    let tokens: Vec<usize> = texts
-        .iter()
-        .map(|t| model.token_count(t).unwrap())
-        .collect();
-    println!(
-        "messages: {rounds} distinct, {}-{} tokens each, e.g. {:?}",
-        tokens.iter().min().unwrap(),
-        tokens.iter().max().unwrap(),
-        texts[0]
-    );
+    let tokens: Vec<usize> = texts.iter().map(|t| model.token_count(t).unwrap()).collect();
+    println!("messages: {rounds} distinct, {}-{} tokens each, e.g. {:?}", tokens.iter().min().unwrap(), tokens.iter().max().unwrap(), texts[0]);
     // Warm-up (allocator, caches) on other text.
     for warm in messages(rounds + 8).iter().skip(rounds) {
         classifier.judge(&normalize(warm)).unwrap();
@@ -111,11 +87,7 @@ fn main() {
             fast.push(ms)
         }
     }
-    println!(
-        "the static stage decided {} of {rounds}; the transformer judged {}",
-        fast.len(),
-        slow.len()
-    );
+    println!("the static stage decided {} of {rounds}; the transformer judged {}", fast.len(), slow.len());
     report("semantic check, distinct, all", all);
     if !fast.is_empty() {
         report("  decided by the static stage", fast);

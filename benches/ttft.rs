@@ -20,17 +20,10 @@ use steward::identity::{Capability, KeyStore, TenantId};
 const PROMPT: &str = "Write one sentence about the sea.";
 
 /// Time from sending `request` to the first SSE event whose data satisfies `is_content`.
-async fn first_content(
-    request: reqwest::RequestBuilder,
-    is_content: impl Fn(&str, &str) -> bool,
-) -> Duration {
+async fn first_content(request: reqwest::RequestBuilder, is_content: impl Fn(&str, &str) -> bool) -> Duration {
     let started = Instant::now();
     let response = request.send().await.expect("request");
-    assert!(
-        response.status().is_success(),
-        "status {}",
-        response.status()
-    );
+    assert!(response.status().is_success(), "status {}", response.status());
     let mut events = response.bytes_stream().eventsource();
     let mut first = None;
     while let Some(event) = events.next().await {
@@ -60,40 +53,22 @@ fn summary(name: &str, mut ms: Vec<f64>) {
 
 #[tokio::main]
 async fn main() {
-    let slm = std::env::var("STEWARD_BENCH_SLM_URL")
-        .unwrap_or_else(|_| "http://127.0.0.1:8091/v1".into());
-    let rounds: usize = std::env::var("STEWARD_BENCH_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(40);
+    let slm = std::env::var("STEWARD_BENCH_SLM_URL").unwrap_or_else(|_| "http://127.0.0.1:8091/v1".into());
+    let rounds: usize = std::env::var("STEWARD_BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(40);
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut settings =
-        Settings::load_from(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config"))
-            .expect("config");
+    let mut settings = Settings::load_from(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config")).expect("config");
     settings.server.bind = "127.0.0.1:0".into();
     settings.slm.base_url = slm.clone();
     settings.policy.signing_key = Secret::new("bench-signing-key-0123456789abcdef0123");
-    settings.policy.constitution =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/constitution.toml");
+    settings.policy.constitution = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/constitution.toml");
     settings.telemetry.log_level = "error".into();
-    settings.database.url = Secret::new(format!(
-        "sqlite://{}?mode=rwc",
-        dir.path().join("bench.db").display()
-    ));
+    settings.database.url = Secret::new(format!("sqlite://{}?mode=rwc", dir.path().join("bench.db").display()));
     steward::telemetry::init_logging("json", "error");
     let app = Application::build(&settings).await.expect("build");
     let steward = format!("http://127.0.0.1:{}", app.port());
     tokio::spawn(app.run_until_stopped());
-    let db = Database::connect(settings.database.url.expose(), 1)
-        .await
-        .expect("db");
-    let (_, key) = KeyStore::new(db)
-        .create(
-            &TenantId::parse("bench").expect("tenant"),
-            &[Capability::Chat],
-        )
-        .await
-        .expect("key");
+    let db = Database::connect(settings.database.url.expose(), 1).await.expect("db");
+    let (_, key) = KeyStore::new(db).create(&TenantId::parse("bench").expect("tenant"), &[Capability::Chat]).await.expect("key");
 
     let http = reqwest::Client::new();
     let direct_body = json!({
@@ -103,29 +78,14 @@ async fn main() {
     });
     let steward_body = json!({ "message": PROMPT, "max_tokens": 8, "temperature": 0 });
     let direct_content = |_: &str, data: &str| {
-        serde_json::from_str::<Value>(data).ok().is_some_and(|v| {
-            v["choices"][0]["delta"]["content"]
-                .as_str()
-                .is_some_and(|c| !c.is_empty())
-        })
+        serde_json::from_str::<Value>(data).ok().is_some_and(|v| v["choices"][0]["delta"]["content"].as_str().is_some_and(|c| !c.is_empty()))
     };
     let steward_content = |event: &str, _: &str| event == "delta";
 
     let (mut direct, mut through, mut added) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..rounds + 3 {
-        let d = first_content(
-            http.post(format!("{slm}/chat/completions"))
-                .json(&direct_body),
-            direct_content,
-        )
-        .await;
-        let s = first_content(
-            http.post(format!("{steward}/v1/chat/stream"))
-                .bearer_auth(key.expose())
-                .json(&steward_body),
-            steward_content,
-        )
-        .await;
+        let d = first_content(http.post(format!("{slm}/chat/completions")).json(&direct_body), direct_content).await;
+        let s = first_content(http.post(format!("{steward}/v1/chat/stream")).bearer_auth(key.expose()).json(&steward_body), steward_content).await;
         if round >= 3 {
             // The first rounds warm connections and the model server's prompt cache.
             direct.push(d.as_secs_f64() * 1e3);

@@ -21,10 +21,7 @@ use crate::gateway::Gateway;
 use crate::identity::KeyStore;
 use crate::moderation::{Moderator, Semantic};
 use crate::ops::Dependencies;
-use crate::orchestrator::{
-    Conversation, ConversationStore, Orchestrator, OrchestratorApi, OrchestratorSettings,
-    TurnLimits,
-};
+use crate::orchestrator::{Conversation, ConversationStore, Orchestrator, OrchestratorApi, OrchestratorSettings, TurnLimits};
 use crate::policy::{Constitution, PolicyEngine};
 use crate::slm::{HttpModelClient, ModelClient, Timeouts};
 use crate::telemetry::Metrics;
@@ -40,27 +37,13 @@ pub struct Application {
 impl Application {
     /// Connects, migrates, loads the constitution and binds the listener.
     pub async fn build(settings: &Settings) -> anyhow::Result<Self> {
-        let db = Database::connect(
-            settings.database.url.expose(),
-            settings.database.max_connections,
-        )
-        .await
-        .context("Failed to connect to the database")?;
+        let db = Database::connect(settings.database.url.expose(), settings.database.max_connections).await.context("Failed to connect to the database")?;
         db.migrate().await.context("Failed to apply migrations")?;
 
-        let constitution =
-            Constitution::load(&settings.policy.constitution).with_context(|| {
-                format!(
-                    "Failed to load the constitution (policy.constitution = {})",
-                    settings.policy.constitution.display()
-                )
-            })?;
+        let constitution = Constitution::load(&settings.policy.constitution)
+            .with_context(|| format!("Failed to load the constitution (policy.constitution = {})", settings.policy.constitution.display()))?;
         let moderator = Arc::new(moderator(settings, &constitution)?);
-        let policy = Arc::new(PolicyEngine::new(
-            constitution.hash(),
-            signing_key(&settings.policy.signing_key),
-            settings.policy.verdict_ttl_seconds,
-        ));
+        let policy = Arc::new(PolicyEngine::new(constitution.hash(), signing_key(&settings.policy.signing_key), settings.policy.verdict_ttl_seconds));
         tracing::info!(constitution = %constitution.name, version = %constitution.version, hash = %policy.active_hash(), "constitution loaded");
 
         let slm = &settings.slm;
@@ -70,10 +53,7 @@ impl Application {
             idle: Duration::from_millis(slm.idle_timeout_ms),
             total: Duration::from_millis(slm.total_timeout_ms),
         };
-        let model: Arc<dyn ModelClient> = Arc::new(
-            HttpModelClient::new(&slm.base_url, &slm.model, timeouts)
-                .context("Failed to build the model client")?,
-        );
+        let model: Arc<dyn ModelClient> = Arc::new(HttpModelClient::new(&slm.base_url, &slm.model, timeouts).context("Failed to build the model client")?);
         let metrics = Arc::new(Metrics::new());
         let store = ConversationStore::new(db.clone());
         let (cancel, tasks) = (CancellationToken::new(), TaskTracker::new());
@@ -92,11 +72,7 @@ impl Application {
             store.clone(),
             metrics.clone(),
             events.clone(),
-            OrchestratorSettings {
-                model: slm.model.clone(),
-                system_prompt: slm.system_prompt.clone(),
-                max_history_turns: settings.chat.max_history_turns,
-            },
+            OrchestratorSettings { model: slm.model.clone(), system_prompt: slm.system_prompt.clone(), max_history_turns: settings.chat.max_history_turns },
         ));
         let gateway = web::Data::new(Gateway {
             moderator,
@@ -114,26 +90,15 @@ impl Application {
                 tenants: settings.chat.caller_system_prompt_tenants.clone(),
             },
         });
-        let orchestrator_api = web::Data::new(OrchestratorApi {
-            conversation: orchestrator,
-            training: training.clone(),
-            limits,
-            metrics: metrics.clone(),
-            keepalive,
-        });
+        let orchestrator_api =
+            web::Data::new(OrchestratorApi { conversation: orchestrator, training: training.clone(), limits, metrics: metrics.clone(), keepalive });
         let keys = web::Data::new(KeyStore::new(db.clone()));
         let training = web::Data::from(training);
-        let deps = web::Data::new(Dependencies {
-            database: db,
-            model,
-            broker: publisher,
-            redis,
-        });
+        let deps = web::Data::new(Dependencies { database: db, model, broker: publisher, redis });
         let metrics = web::Data::from(metrics);
         let body_limit = settings.server.body_limit_bytes;
 
-        let listener = TcpListener::bind(&settings.server.bind)
-            .with_context(|| format!("Failed to bind {}", settings.server.bind))?;
+        let listener = TcpListener::bind(&settings.server.bind).with_context(|| format!("Failed to bind {}", settings.server.bind))?;
         let port = listener.local_addr()?.port();
         let server = HttpServer::new(move || {
             App::new()
@@ -154,12 +119,7 @@ impl Application {
         .listen(listener)?
         .run();
         tracing::info!(port, "steward listening");
-        Ok(Self {
-            port,
-            server,
-            cancel,
-            tasks,
-        })
+        Ok(Self { port, server, cancel, tasks })
     }
 
     pub fn port(&self) -> u16 {
@@ -188,21 +148,14 @@ pub fn moderator(settings: &Settings, constitution: &Constitution) -> anyhow::Re
         }
         SemanticSwitch::On => {
             let started = std::time::Instant::now();
-            let model =
-                SemanticModel::shared(&m.model_dir, m.cache_entries).with_context(|| {
-                    format!(
-                        "Failed to load the moderation model (moderation.model_dir = {})",
-                        m.model_dir.display()
-                    )
-                })?;
-            let classifier = Classifier::shared(model, constitution)
-                .context("Failed to embed the constitution's examples")?;
+            let model = SemanticModel::shared(&m.model_dir, m.cache_entries)
+                .with_context(|| format!("Failed to load the moderation model (moderation.model_dir = {})", m.model_dir.display()))?;
+            let classifier = Classifier::shared(model, constitution).context("Failed to embed the constitution's examples")?;
             tracing::info!(model_dir = %m.model_dir.display(), ms = started.elapsed().as_millis() as u64, "semantic moderation ready");
             Semantic::On(classifier)
         }
     };
-    Moderator::with_semantic(constitution, semantic, m.output_window_chars)
-        .context("Failed to build the moderator")
+    Moderator::with_semantic(constitution, semantic, m.output_window_chars).context("Failed to build the moderator")
 }
 
 /// The configured key, or a random one that only this process can verify.
@@ -255,10 +208,7 @@ fn publisher(settings: &Settings) -> Option<Arc<dyn EventPublisher>> {
     }
     Some(Arc::new(KafkaPublisher::new(KafkaSettings {
         brokers: kafka.brokers.clone(),
-        topics: vec![
-            kafka.conversation_topic.clone(),
-            kafka.training_topic.clone(),
-        ],
+        topics: vec![kafka.conversation_topic.clone(), kafka.training_topic.clone()],
         partitions: kafka.partitions,
         replication_factor: kafka.replication_factor,
         deadline: Duration::from_millis(kafka.request_deadline_ms),
@@ -284,15 +234,12 @@ fn start_training(
     tasks: &TaskTracker,
 ) -> anyhow::Result<(Arc<crate::training::TrainingService>, RedisHandle)> {
     use crate::training::{InMemoryLockStore, LockStore, TrainingService, TrainingSettings};
-    let (store, redis): (Arc<dyn LockStore>, RedisHandle) =
-        if settings.redis.url.expose().is_empty() {
-            tracing::info!(
-                "redis.url is empty: training locks are held in process (single instance only)"
-            );
-            (Arc::new(InMemoryLockStore::default()), None)
-        } else {
-            redis_store(settings)?
-        };
+    let (store, redis): (Arc<dyn LockStore>, RedisHandle) = if settings.redis.url.expose().is_empty() {
+        tracing::info!("redis.url is empty: training locks are held in process (single instance only)");
+        (Arc::new(InMemoryLockStore::default()), None)
+    } else {
+        redis_store(settings)?
+    };
     let service = Arc::new(TrainingService::new(
         store,
         events.clone(),
@@ -304,34 +251,21 @@ fn start_training(
         },
     ));
     let every = Duration::from_millis(settings.training.expiry_check_ms);
-    tasks.spawn(crate::training::watch(
-        service.clone(),
-        metrics.clone(),
-        every,
-        cancel.clone(),
-    ));
+    tasks.spawn(crate::training::watch(service.clone(), metrics.clone(), every, cancel.clone()));
     Ok((service, redis))
 }
 
 #[cfg(feature = "redis")]
-fn redis_store(
-    settings: &Settings,
-) -> anyhow::Result<(Arc<dyn crate::training::LockStore>, RedisHandle)> {
+fn redis_store(settings: &Settings) -> anyhow::Result<(Arc<dyn crate::training::LockStore>, RedisHandle)> {
     let timeout = Duration::from_millis(settings.redis.command_timeout_ms);
     let store = Arc::new(
-        crate::training::RedisLockStore::connect(
-            settings.redis.url.expose(),
-            &settings.redis.key_prefix,
-            timeout,
-        )
-        .context("Failed to configure the Redis client (redis.url)")?,
+        crate::training::RedisLockStore::connect(settings.redis.url.expose(), &settings.redis.key_prefix, timeout)
+            .context("Failed to configure the Redis client (redis.url)")?,
     );
     Ok((store.clone(), Some(store)))
 }
 
 #[cfg(not(feature = "redis"))]
-fn redis_store(
-    _settings: &Settings,
-) -> anyhow::Result<(Arc<dyn crate::training::LockStore>, RedisHandle)> {
+fn redis_store(_settings: &Settings) -> anyhow::Result<(Arc<dyn crate::training::LockStore>, RedisHandle)> {
     anyhow::bail!("redis.url is set but this build lacks the `redis` Cargo feature")
 }

@@ -105,51 +105,31 @@ pub enum KeysCommand {
 }
 
 async fn database(settings: &Settings) -> anyhow::Result<Database> {
-    let db = Database::connect(
-        settings.database.url.expose(),
-        settings.database.max_connections,
-    )
-    .await?;
+    let db = Database::connect(settings.database.url.expose(), settings.database.max_connections).await?;
     db.migrate().await?;
     Ok(db)
 }
 
 pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve => {
-            Application::build(&settings)
-                .await?
-                .run_until_stopped()
-                .await?
-        }
+        Command::Serve => Application::build(&settings).await?.run_until_stopped().await?,
         Command::Migrate => {
             database(&settings).await?;
             eprintln!("migrations applied");
         }
-        Command::Events(EventsCommand::Tail { follow, session }) => {
-            tail(&settings, follow, session).await?
+        Command::Events(EventsCommand::Tail { follow, session }) => tail(&settings, follow, session).await?,
+        Command::Audit(AuditCommand::Verify { brokers, topic, tenant, session }) => {
+            audit_verify(&brokers, &topic, tenant.as_deref(), session.as_deref()).await?
         }
-        Command::Audit(AuditCommand::Verify {
-            brokers,
-            topic,
-            tenant,
-            session,
-        }) => audit_verify(&brokers, &topic, tenant.as_deref(), session.as_deref()).await?,
         Command::Moderation(cmd) => crate::moderation::cli::run(&settings, cmd).await?,
         Command::Keys(cmd) => {
             let keys = KeyStore::new(database(&settings).await?);
             match cmd {
-                KeysCommand::Create {
-                    tenant,
-                    capabilities,
-                } => {
+                KeysCommand::Create { tenant, capabilities } => {
                     let tenant = TenantId::parse(&tenant)?;
                     let caps = Capability::parse_list(&capabilities)?;
                     let (record, key) = keys.create(&tenant, &caps).await?;
-                    eprintln!(
-                        "created {} for tenant {} with capabilities {}; the key is shown once:",
-                        record.id, record.tenant, record.capabilities
-                    );
+                    eprintln!("created {} for tenant {} with capabilities {}; the key is shown once:", record.id, record.tenant, record.capabilities);
                     println!("{}", key.expose());
                 }
                 KeysCommand::List => {
@@ -168,20 +148,10 @@ pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
 }
 
 async fn tail(settings: &Settings, follow: bool, session: Option<String>) -> anyhow::Result<()> {
-    let outbox = crate::events::OutboxStore::new(
-        database(settings).await?,
-        settings.kafka.conversation_topic.clone(),
-    );
+    let outbox = crate::events::OutboxStore::new(database(settings).await?, settings.kafka.conversation_topic.clone());
     let mut after = 0;
     loop {
-        let rows = outbox
-            .tail(
-                &settings.kafka.conversation_topic,
-                session.as_deref(),
-                after,
-                1000,
-            )
-            .await?;
+        let rows = outbox.tail(&settings.kafka.conversation_topic, session.as_deref(), after, 1000).await?;
         for (id, payload) in &rows {
             println!("{payload}");
             after = *id;
@@ -196,22 +166,13 @@ async fn tail(settings: &Settings, follow: bool, session: Option<String>) -> any
 }
 
 /// Prints one JSON line per session; fails if any session is broken.
-pub async fn audit_verify(
-    brokers: &[String],
-    topic: &str,
-    tenant: Option<&str>,
-    session: Option<&str>,
-) -> anyhow::Result<()> {
+pub async fn audit_verify(brokers: &[String], topic: &str, tenant: Option<&str>, session: Option<&str>) -> anyhow::Result<()> {
     #[cfg(feature = "kafka")]
     {
-        let events =
-            crate::events::audit::consume(brokers, topic, std::time::Duration::from_secs(5))
-                .await
-                .map_err(anyhow::Error::msg)?;
-        let selected = events.into_iter().filter(|e| {
-            tenant.is_none_or(|t| e["tenant"].as_str() == Some(t))
-                && session.is_none_or(|s| e["session_id"].as_str() == Some(s))
-        });
+        let events = crate::events::audit::consume(brokers, topic, std::time::Duration::from_secs(5)).await.map_err(anyhow::Error::msg)?;
+        let selected = events
+            .into_iter()
+            .filter(|e| tenant.is_none_or(|t| e["tenant"].as_str() == Some(t)) && session.is_none_or(|s| e["session_id"].as_str() == Some(s)));
         let reports = crate::events::audit::verify(selected);
         let broken = reports.iter().filter(|r| !r.problems.is_empty()).count();
         for report in &reports {

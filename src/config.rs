@@ -213,11 +213,7 @@ impl Settings {
         }
         let settings: Settings = figment
             // Only `SECTION__KEY` variables are settings; others (STEWARD_PROFILE, STEWARD_TEST_*) are not.
-            .merge(
-                Env::prefixed("STEWARD_")
-                    .filter(|key| key.as_str().contains("__"))
-                    .split("__"),
-            )
+            .merge(Env::prefixed("STEWARD_").filter(|key| key.as_str().contains("__")).split("__"))
             .extract()
             .map_err(Box::new)?;
         settings.validate()?;
@@ -231,12 +227,7 @@ impl Settings {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |key, reason: &str| {
-            Err(ConfigError::Invalid {
-                key,
-                reason: reason.into(),
-            })
-        };
+        let invalid = |key, reason: &str| Err(ConfigError::Invalid { key, reason: reason.into() });
         if self.server.bind.parse::<std::net::SocketAddr>().is_err() {
             return invalid("server.bind", "expected host:port, e.g. 127.0.0.1:8080");
         }
@@ -244,17 +235,13 @@ impl Settings {
             return invalid("server.body_limit_bytes", "must be at least 1024");
         }
         let url = self.database.url.expose();
-        if !(url.starts_with("sqlite:")
-            || url.starts_with("postgres://")
-            || url.starts_with("postgresql://"))
-        {
+        if !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://")) {
             return invalid("database.url", "expected sqlite:… or postgres://…");
         }
         if self.database.max_connections == 0 {
             return invalid("database.max_connections", "must be at least 1");
         }
-        if !(self.slm.base_url.starts_with("http://") || self.slm.base_url.starts_with("https://"))
-        {
+        if !(self.slm.base_url.starts_with("http://") || self.slm.base_url.starts_with("https://")) {
             return invalid("slm.base_url", "expected an http(s) URL ending in /v1");
         }
         if self.slm.model.trim().is_empty() {
@@ -262,37 +249,21 @@ impl Settings {
         }
         for (key, value) in [
             ("slm.connect_timeout_ms", self.slm.connect_timeout_ms),
-            (
-                "slm.first_token_timeout_ms",
-                self.slm.first_token_timeout_ms,
-            ),
+            ("slm.first_token_timeout_ms", self.slm.first_token_timeout_ms),
             ("slm.idle_timeout_ms", self.slm.idle_timeout_ms),
             ("slm.total_timeout_ms", self.slm.total_timeout_ms),
             ("server.keepalive_ms", self.server.keepalive_ms),
-            (
-                "policy.verdict_ttl_seconds",
-                self.policy.verdict_ttl_seconds,
-            ),
+            ("policy.verdict_ttl_seconds", self.policy.verdict_ttl_seconds),
         ] {
             if value == 0 {
                 return invalid(key, "must be greater than 0");
             }
         }
-        if self.slm.default_max_tokens == 0
-            || self.slm.default_max_tokens > self.slm.max_tokens_limit
-        {
-            return invalid(
-                "slm.default_max_tokens",
-                "must be between 1 and slm.max_tokens_limit",
-            );
+        if self.slm.default_max_tokens == 0 || self.slm.default_max_tokens > self.slm.max_tokens_limit {
+            return invalid("slm.default_max_tokens", "must be between 1 and slm.max_tokens_limit");
         }
-        if !self.policy.signing_key.expose().is_empty()
-            && self.policy.signing_key.expose().len() < 32
-        {
-            return invalid(
-                "policy.signing_key",
-                "must be at least 32 characters (or empty for a per-process key)",
-            );
+        if !self.policy.signing_key.expose().is_empty() && self.policy.signing_key.expose().len() < 32 {
+            return invalid("policy.signing_key", "must be at least 32 characters (or empty for a per-process key)");
         }
         if self.moderation.output_window_chars < 16 {
             return invalid("moderation.output_window_chars", "must be at least 16");
@@ -301,24 +272,13 @@ impl Settings {
             return invalid("chat.max_message_chars", "must be greater than 0");
         }
         if !self.kafka.brokers.is_empty() && !cfg!(feature = "kafka") {
-            return invalid(
-                "kafka.brokers",
-                "this build lacks the `kafka` Cargo feature",
-            );
+            return invalid("kafka.brokers", "this build lacks the `kafka` Cargo feature");
         }
-        if self
-            .kafka
-            .brokers
-            .iter()
-            .any(|b| b.trim().is_empty() || !b.contains(':'))
-        {
+        if self.kafka.brokers.iter().any(|b| b.trim().is_empty() || !b.contains(':')) {
             return invalid("kafka.brokers", "each broker must be host:port");
         }
         if self.kafka.partitions < 1 || self.kafka.replication_factor < 1 {
-            return invalid(
-                "kafka.partitions",
-                "partitions and replication_factor must be at least 1",
-            );
+            return invalid("kafka.partitions", "partitions and replication_factor must be at least 1");
         }
         if self.kafka.conversation_topic.is_empty() || self.kafka.training_topic.is_empty() {
             return invalid("kafka.conversation_topic", "topic names must not be empty");
@@ -335,10 +295,7 @@ impl Settings {
         }
         let redis = self.redis.url.expose();
         if !(redis.is_empty() || redis.starts_with("redis://") || redis.starts_with("rediss://")) {
-            return invalid(
-                "redis.url",
-                "expected redis://host:port (or empty for the in-process store)",
-            );
+            return invalid("redis.url", "expected redis://host:port (or empty for the in-process store)");
         }
         if !redis.is_empty() && !cfg!(feature = "redis") {
             return invalid("redis.url", "this build lacks the `redis` Cargo feature");

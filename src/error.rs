@@ -101,10 +101,7 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(code: Code, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            message: message.into(),
-        }
+        Self { code, message: message.into() }
     }
 
     pub fn code(&self) -> Code {
@@ -113,12 +110,7 @@ impl ApiError {
 
     pub fn body(&self) -> ErrorBody {
         let (code, kind, status) = self.code.describe();
-        ErrorBody {
-            code,
-            kind,
-            status,
-            message: self.message.clone(),
-        }
+        ErrorBody { code, kind, status, message: self.message.clone() }
     }
 }
 
@@ -145,9 +137,7 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        HttpResponse::build(self.status_code())
-            .insert_header((header::CONTENT_TYPE, "application/problem+json"))
-            .json(self.body())
+        HttpResponse::build(self.status_code()).insert_header((header::CONTENT_TYPE, "application/problem+json")).json(self.body())
     }
 }
 

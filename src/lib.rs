@@ -7,8 +7,9 @@
 //! - [`gateway`]: `/v1/chat/stream` (SSE) and the OpenAI-compatible
 //!   `/v1/chat/completions`.
 //! - [`identity`]: API keys → tenant + capabilities.
-//! - [`moderation`]: the refusal taxonomy, input checks and the streaming
-//!   output window.
+//! - [`moderation`]: normalisation, the phrase lexicon, the semantic layer
+//!   (an embedding model in process), the streaming output guard, and their
+//!   evaluation on labelled data.
 //! - [`policy`]: the constitution, its hash, signed verdicts.
 //! - [`orchestrator`]: runs an allowed turn; also served over HTTP.
 //! - [`slm`]: the OpenAI-compatible streaming model client.

@@ -17,10 +17,7 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    init_logging(
-        &settings.telemetry.log_format,
-        &settings.telemetry.log_level,
-    );
+    init_logging(&settings.telemetry.log_format, &settings.telemetry.log_level);
     match cli::run(cli, settings).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {

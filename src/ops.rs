@@ -34,9 +34,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 
 /// The API description, kept beside the code in `docs/openapi.json`.
 async fn openapi() -> HttpResponse {
-    HttpResponse::Ok()
-        .content_type("application/json")
-        .body(include_str!("../docs/openapi.json"))
+    HttpResponse::Ok().content_type("application/json").body(include_str!("../docs/openapi.json"))
 }
 
 async fn healthz() -> HttpResponse {
@@ -57,12 +55,7 @@ async fn readyz(deps: web::Data<Dependencies>) -> HttpResponse {
         }
         None
     };
-    let (db, model, broker, redis) = tokio::join!(
-        deps.database.ping(),
-        deps.model.ready(),
-        broker_check,
-        redis_check
-    );
+    let (db, model, broker, redis) = tokio::join!(deps.database.ping(), deps.model.ready(), broker_check, redis_check);
     let check = |r: Result<(), String>| match r {
         Ok(()) => json!({ "status": "up" }),
         Err(e) => json!({ "status": "down", "error": e }),
@@ -97,9 +90,7 @@ async fn readyz(deps: web::Data<Dependencies>) -> HttpResponse {
 }
 
 async fn metrics(metrics: web::Data<Metrics>) -> HttpResponse {
-    HttpResponse::Ok()
-        .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
-        .body(metrics.encode())
+    HttpResponse::Ok().content_type("application/openmetrics-text; version=1.0.0; charset=utf-8").body(metrics.encode())
 }
 
 /// Unknown paths and methods.

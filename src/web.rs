@@ -28,10 +28,7 @@ pub fn sse_data(data: &str) -> Bytes {
 }
 
 /// Interleaves `: keep-alive` comments whenever `stream` is silent for `every`.
-pub fn with_keepalive<S>(
-    stream: S,
-    every: Duration,
-) -> impl Stream<Item = Result<Bytes, Infallible>>
+pub fn with_keepalive<S>(stream: S, every: Duration) -> impl Stream<Item = Result<Bytes, Infallible>>
 where
     S: Stream<Item = Bytes> + Unpin,
 {
@@ -81,41 +78,24 @@ impl Governance<'_> {
 pub fn trace_of(req: &HttpRequest) -> TraceContext {
     let header = |name| req.headers().get(name).and_then(|v| v.to_str().ok());
     let mut trace = TraceContext::from_incoming(header("traceparent"));
-    if trace.tracestate.is_none()
-        && header("traceparent")
-            .and_then(TraceContext::parse)
-            .is_some()
-    {
-        trace.tracestate = header("tracestate")
-            .filter(|s| !s.is_empty() && s.len() <= 512)
-            .map(str::to_owned);
+    if trace.tracestate.is_none() && header("traceparent").and_then(TraceContext::parse).is_some() {
+        trace.tracestate = header("tracestate").filter(|s| !s.is_empty() && s.len() <= 512).map(str::to_owned);
     }
     trace
 }
 
 /// JSON bodies: size limit and errors as stable codes.
 pub fn json_config(limit: usize) -> web::JsonConfig {
-    web::JsonConfig::default()
-        .limit(limit)
-        .error_handler(|err, _req| {
-            let api = match &err {
-                JsonPayloadError::ContentType => ApiError::new(
-                    Code::UnsupportedMediaType,
-                    "expected Content-Type: application/json",
-                ),
-                JsonPayloadError::Overflow { limit }
-                | JsonPayloadError::OverflowKnownLength { limit, .. } => ApiError::new(
-                    Code::PayloadTooLarge,
-                    format!("request body exceeds {limit} bytes"),
-                ),
-                JsonPayloadError::Deserialize(e) if e.is_data() => {
-                    ApiError::new(Code::InvalidRequest, e.to_string())
-                }
-                JsonPayloadError::Deserialize(e) => {
-                    ApiError::new(Code::MalformedJson, format!("malformed JSON: {e}"))
-                }
-                other => ApiError::new(Code::InvalidRequest, other.to_string()),
-            };
-            api.into()
-        })
+    web::JsonConfig::default().limit(limit).error_handler(|err, _req| {
+        let api = match &err {
+            JsonPayloadError::ContentType => ApiError::new(Code::UnsupportedMediaType, "expected Content-Type: application/json"),
+            JsonPayloadError::Overflow { limit } | JsonPayloadError::OverflowKnownLength { limit, .. } => {
+                ApiError::new(Code::PayloadTooLarge, format!("request body exceeds {limit} bytes"))
+            }
+            JsonPayloadError::Deserialize(e) if e.is_data() => ApiError::new(Code::InvalidRequest, e.to_string()),
+            JsonPayloadError::Deserialize(e) => ApiError::new(Code::MalformedJson, format!("malformed JSON: {e}")),
+            other => ApiError::new(Code::InvalidRequest, other.to_string()),
+        };
+        api.into()
+    })
 }

@@ -59,24 +59,12 @@ struct Chain {
 pub fn verify(events: impl IntoIterator<Item = Value>) -> Vec<SessionReport> {
     let mut chains: BTreeMap<String, Chain> = BTreeMap::new();
     for event in events {
-        let (Some(tenant), Some(session), Some(seq), Some(id), Some(_)) = (
-            event["tenant"].as_str(),
-            event["session_id"].as_str(),
-            event["seq"].as_i64(),
-            event["event_id"].as_str(),
-            event["prev_hash"].as_str(),
-        ) else {
-            let key = format!(
-                "{}:{}",
-                event["tenant"].as_str().unwrap_or("?"),
-                event["session_id"].as_str().unwrap_or("?")
-            );
+        let (Some(tenant), Some(session), Some(seq), Some(id), Some(_)) =
+            (event["tenant"].as_str(), event["session_id"].as_str(), event["seq"].as_i64(), event["event_id"].as_str(), event["prev_hash"].as_str())
+        else {
+            let key = format!("{}:{}", event["tenant"].as_str().unwrap_or("?"), event["session_id"].as_str().unwrap_or("?"));
             let seq = event["seq"].as_i64().unwrap_or(-1);
-            chains.entry(key).or_default().problems.push(Problem {
-                seq,
-                kind: ProblemKind::Altered,
-                detail: "event lacks a chain field".into(),
-            });
+            chains.entry(key).or_default().problems.push(Problem { seq, kind: ProblemKind::Altered, detail: "event lacks a chain field".into() });
             continue;
         };
         let chain = chains.entry(format!("{tenant}:{session}")).or_default();
@@ -87,11 +75,7 @@ pub fn verify(events: impl IntoIterator<Item = Value>) -> Vec<SessionReport> {
                 continue;
             }
             Some(_) => {
-                chain.problems.push(Problem {
-                    seq,
-                    kind: ProblemKind::Altered,
-                    detail: format!("event_id {id} seen twice with different content"),
-                });
+                chain.problems.push(Problem { seq, kind: ProblemKind::Altered, detail: format!("event_id {id} seen twice with different content") });
                 continue;
             }
             None => {}
@@ -99,54 +83,28 @@ pub fn verify(events: impl IntoIterator<Item = Value>) -> Vec<SessionReport> {
         chain.by_id.insert(id.to_owned(), hash.clone());
         if let Some(other) = chain.by_seq.get(&seq) {
             let detail = format!("events {} and {id} both claim this seq", other.event_id);
-            chain.problems.push(Problem {
-                seq,
-                kind: ProblemKind::Duplicated,
-                detail,
-            });
+            chain.problems.push(Problem { seq, kind: ProblemKind::Duplicated, detail });
             continue;
         }
         if seq < chain.max_seq {
-            chain.problems.push(Problem {
-                seq,
-                kind: ProblemKind::Reordered,
-                detail: format!("arrived after seq {}", chain.max_seq),
-            });
+            chain.problems.push(Problem { seq, kind: ProblemKind::Reordered, detail: format!("arrived after seq {}", chain.max_seq) });
         }
         chain.max_seq = chain.max_seq.max(seq);
         let prev_hash = event["prev_hash"].as_str().unwrap_or_default().to_owned();
-        chain.by_seq.insert(
-            seq,
-            Link {
-                event_id: id.to_owned(),
-                prev_hash,
-                hash,
-            },
-        );
+        chain.by_seq.insert(seq, Link { event_id: id.to_owned(), prev_hash, hash });
     }
-    chains
-        .into_iter()
-        .map(|(session, chain)| report(session, chain))
-        .collect()
+    chains.into_iter().map(|(session, chain)| report(session, chain)).collect()
 }
 
 fn report(session: String, mut chain: Chain) -> SessionReport {
     for seq in 1..=chain.max_seq {
         let Some(link) = chain.by_seq.get(&seq) else {
-            chain.problems.push(Problem {
-                seq,
-                kind: ProblemKind::Missing,
-                detail: "no event with this seq".into(),
-            });
+            chain.problems.push(Problem { seq, kind: ProblemKind::Missing, detail: "no event with this seq".into() });
             continue;
         };
         if seq == 1 {
             if link.prev_hash != ZERO_HASH {
-                chain.problems.push(Problem {
-                    seq,
-                    kind: ProblemKind::Altered,
-                    detail: "first event's prev_hash is not the zero hash".into(),
-                });
+                chain.problems.push(Problem { seq, kind: ProblemKind::Altered, detail: "first event's prev_hash is not the zero hash".into() });
             }
             continue;
         }
@@ -165,51 +123,26 @@ fn report(session: String, mut chain: Chain) -> SessionReport {
         session,
         events: chain.by_seq.len(),
         redelivered: chain.redelivered,
-        status: if chain.problems.is_empty() {
-            "intact"
-        } else {
-            "broken"
-        },
+        status: if chain.problems.is_empty() { "intact" } else { "broken" },
         problems: chain.problems,
     }
 }
 
 /// Reads every record of `topic` (all partitions, from offset 0 to the high watermark).
 #[cfg(feature = "kafka")]
-pub async fn consume(
-    brokers: &[String],
-    topic: &str,
-    deadline: std::time::Duration,
-) -> Result<Vec<Value>, String> {
+pub async fn consume(brokers: &[String], topic: &str, deadline: std::time::Duration) -> Result<Vec<Value>, String> {
     use rskafka::client::partition::UnknownTopicHandling;
-    let client = super::kafka::connect(brokers, deadline)
-        .await
-        .map_err(|e| e.to_string())?;
+    let client = super::kafka::connect(brokers, deadline).await.map_err(|e| e.to_string())?;
     let topics = client.list_topics().await.map_err(|e| e.to_string())?;
-    let partitions = topics
-        .into_iter()
-        .find(|t| t.name == topic)
-        .ok_or_else(|| format!("topic {topic} does not exist"))?
-        .partitions;
+    let partitions = topics.into_iter().find(|t| t.name == topic).ok_or_else(|| format!("topic {topic} does not exist"))?.partitions;
     let mut values = Vec::new();
     for partition in partitions {
-        let pc = client
-            .partition_client(topic, partition, UnknownTopicHandling::Error)
-            .await
-            .map_err(|e| e.to_string())?;
+        let pc = client.partition_client(topic, partition, UnknownTopicHandling::Error).await.map_err(|e| e.to_string())?;
         let mut offset = 0;
         loop {
-            let (records, high_watermark) = pc
-                .fetch_records(offset, 1..10_000_000, 50)
-                .await
-                .map_err(|e| e.to_string())?;
+            let (records, high_watermark) = pc.fetch_records(offset, 1..10_000_000, 50).await.map_err(|e| e.to_string())?;
             for r in &records {
-                let value = r
-                    .record
-                    .value
-                    .as_deref()
-                    .and_then(|v| serde_json::from_slice(v).ok())
-                    .unwrap_or(Value::Null);
+                let value = r.record.value.as_deref().and_then(|v| serde_json::from_slice(v).ok()).unwrap_or(Value::Null);
                 values.push(value);
                 offset = r.offset + 1;
             }
@@ -239,12 +172,7 @@ mod tests {
     }
 
     fn kinds(events: Vec<Value>) -> Vec<(i64, ProblemKind)> {
-        verify(events)
-            .remove(0)
-            .problems
-            .iter()
-            .map(|p| (p.seq, p.kind))
-            .collect()
+        verify(events).remove(0).problems.iter().map(|p| (p.seq, p.kind)).collect()
     }
 
     #[test]
@@ -252,10 +180,7 @@ mod tests {
         let mut events = chain(4);
         events.push(events[1].clone());
         let report = verify(events).remove(0);
-        assert_eq!(
-            (report.status, report.events, report.redelivered),
-            ("intact", 4, 1)
-        );
+        assert_eq!((report.status, report.events, report.redelivered), ("intact", 4, 1));
     }
 
     #[test]

@@ -43,20 +43,10 @@ pub struct KafkaPublisher {
 
 /// Connects with a bounded retry, so a dead broker fails fast.
 pub async fn connect(brokers: &[String], deadline: Duration) -> Result<Client, PublishError> {
-    let backoff = BackoffConfig {
-        init_backoff: Duration::from_millis(50),
-        max_backoff: Duration::from_millis(500),
-        base: 2.0,
-        deadline: Some(deadline),
-    };
-    let build = ClientBuilder::new(brokers.to_vec())
-        .client_id("steward")
-        .backoff_config(backoff)
-        .build();
+    let backoff = BackoffConfig { init_backoff: Duration::from_millis(50), max_backoff: Duration::from_millis(500), base: 2.0, deadline: Some(deadline) };
+    let build = ClientBuilder::new(brokers.to_vec()).client_id("steward").backoff_config(backoff).build();
     match tokio::time::timeout(deadline + Duration::from_millis(500), build).await {
-        Err(_) => Err(PublishError::Unreachable(format!(
-            "no answer from {brokers:?} within {deadline:?}"
-        ))),
+        Err(_) => Err(PublishError::Unreachable(format!("no answer from {brokers:?} within {deadline:?}"))),
         Ok(Err(err)) => Err(PublishError::Unreachable(err.to_string())),
         Ok(Ok(client)) => Ok(client),
     }
@@ -64,10 +54,7 @@ pub async fn connect(brokers: &[String], deadline: Duration) -> Result<Client, P
 
 impl KafkaPublisher {
     pub fn new(settings: KafkaSettings) -> Self {
-        Self {
-            settings,
-            connection: Mutex::new(Connection::default()),
-        }
+        Self { settings, connection: Mutex::new(Connection::default()) }
     }
 
     async fn client(&self, conn: &mut Connection) -> Result<Arc<Client>, PublishError> {
@@ -87,67 +74,30 @@ impl KafkaPublisher {
             if existing.iter().any(|t| &t.name == topic) {
                 continue;
             }
-            match controller
-                .create_topic(
-                    topic.as_str(),
-                    self.settings.partitions,
-                    self.settings.replication_factor,
-                    5_000,
-                )
-                .await
-            {
-                Ok(()) => tracing::info!(
-                    topic,
-                    partitions = self.settings.partitions,
-                    "created topic"
-                ),
-                Err(KafkaError::ServerError {
-                    protocol_error: ProtocolError::TopicAlreadyExists,
-                    ..
-                }) => {}
-                Err(err) => {
-                    return Err(PublishError::Broker(format!("create topic {topic}: {err}")))
-                }
+            match controller.create_topic(topic.as_str(), self.settings.partitions, self.settings.replication_factor, 5_000).await {
+                Ok(()) => tracing::info!(topic, partitions = self.settings.partitions, "created topic"),
+                Err(KafkaError::ServerError { protocol_error: ProtocolError::TopicAlreadyExists, .. }) => {}
+                Err(err) => return Err(PublishError::Broker(format!("create topic {topic}: {err}"))),
             }
         }
         let topics = client.list_topics().await.map_err(unreachable)?;
-        let partitions: HashMap<String, i32> = topics
-            .into_iter()
-            .map(|t| (t.name, t.partitions.len() as i32))
-            .collect();
+        let partitions: HashMap<String, i32> = topics.into_iter().map(|t| (t.name, t.partitions.len() as i32)).collect();
         // A topic just created may list no partitions yet: placing keys now would put them all
         // in partition 0 and move them later, breaking per-key order. Not ready until it has them.
-        if let Some(topic) = self
-            .settings
-            .topics
-            .iter()
-            .find(|t| partitions.get(*t).copied().unwrap_or(0) < 1)
-        {
-            return Err(PublishError::Broker(format!(
-                "topic {topic} has no partitions yet"
-            )));
+        if let Some(topic) = self.settings.topics.iter().find(|t| partitions.get(*t).copied().unwrap_or(0) < 1) {
+            return Err(PublishError::Broker(format!("topic {topic} has no partitions yet")));
         }
         conn.partitions = partitions;
         Ok(())
     }
 
-    async fn partition_client(
-        &self,
-        conn: &mut Connection,
-        topic: &str,
-        partition: i32,
-    ) -> Result<Arc<PartitionClient>, PublishError> {
+    async fn partition_client(&self, conn: &mut Connection, topic: &str, partition: i32) -> Result<Arc<PartitionClient>, PublishError> {
         let key = (topic.to_owned(), partition);
         if let Some(client) = conn.clients.get(&key) {
             return Ok(client.clone());
         }
         let client = self.client(conn).await?;
-        let pc = Arc::new(
-            client
-                .partition_client(topic, partition, UnknownTopicHandling::Error)
-                .await
-                .map_err(unreachable)?,
-        );
+        let pc = Arc::new(client.partition_client(topic, partition, UnknownTopicHandling::Error).await.map_err(unreachable)?);
         conn.clients.insert(key, pc.clone());
         Ok(pc)
     }
@@ -165,30 +115,15 @@ impl KafkaPublisher {
         for row in rows {
             let Some(&count) = conn.partitions.get(&row.topic) else {
                 *conn = Connection::default();
-                return (
-                    Vec::new(),
-                    Some(PublishError::Broker(format!(
-                        "topic {} does not exist",
-                        row.topic
-                    ))),
-                );
+                return (Vec::new(), Some(PublishError::Broker(format!("topic {} does not exist", row.topic))));
             };
-            groups
-                .entry((row.topic.clone(), partition_for(row.key.as_bytes(), count)))
-                .or_default()
-                .push(row);
+            groups.entry((row.topic.clone(), partition_for(row.key.as_bytes(), count))).or_default().push(row);
         }
         let mut published = Vec::new();
         let mut error = None;
         for ((topic, partition), group) in groups {
             let result = match self.partition_client(&mut conn, &topic, partition).await {
-                Ok(pc) => pc
-                    .produce(
-                        group.iter().map(|r| record(r)).collect(),
-                        Compression::NoCompression,
-                    )
-                    .await
-                    .map_err(unreachable),
+                Ok(pc) => pc.produce(group.iter().map(|r| record(r)).collect(), Compression::NoCompression).await.map_err(unreachable),
                 Err(err) => Err(err),
             };
             match result {
@@ -212,16 +147,11 @@ fn unreachable(err: KafkaError) -> PublishError {
 }
 
 fn record(row: &OutboxRow) -> Record {
-    let timestamp =
-        chrono::DateTime::from_timestamp_millis(row.created_at).unwrap_or_else(chrono::Utc::now);
+    let timestamp = chrono::DateTime::from_timestamp_millis(row.created_at).unwrap_or_else(chrono::Utc::now);
     Record {
         key: Some(row.key.as_bytes().to_vec()),
         value: Some(row.payload.as_bytes().to_vec()),
-        headers: row
-            .headers
-            .iter()
-            .map(|(k, v)| (k.clone(), v.as_bytes().to_vec()))
-            .collect(),
+        headers: row.headers.iter().map(|(k, v)| (k.clone(), v.as_bytes().to_vec())).collect(),
         timestamp,
     }
 }
@@ -238,10 +168,7 @@ impl EventPublisher for KafkaPublisher {
         })
     }
 
-    fn publish<'a>(
-        &'a self,
-        rows: &'a [OutboxRow],
-    ) -> BoxFuture<'a, (Vec<i64>, Option<PublishError>)> {
+    fn publish<'a>(&'a self, rows: &'a [OutboxRow]) -> BoxFuture<'a, (Vec<i64>, Option<PublishError>)> {
         Box::pin(self.publish_rows(rows))
     }
 
@@ -296,19 +223,10 @@ mod tests {
     #[test]
     fn murmur2_matches_the_java_client() {
         // Reference values from Apache Kafka's UtilsTest.testMurmur2.
-        let cases: [(&[u8], i32); 4] = [
-            (b"21", -973_932_308),
-            (b"foobar", -790_332_482),
-            (b"a-little-bit-long-string", -985_981_536),
-            (b"a-little-bit-longer-string", -1_486_304_829),
-        ];
+        let cases: [(&[u8], i32); 4] =
+            [(b"21", -973_932_308), (b"foobar", -790_332_482), (b"a-little-bit-long-string", -985_981_536), (b"a-little-bit-longer-string", -1_486_304_829)];
         for (input, expected) in cases {
-            assert_eq!(
-                murmur2(input) as i32,
-                expected,
-                "{:?}",
-                std::str::from_utf8(input)
-            );
+            assert_eq!(murmur2(input) as i32, expected, "{:?}", std::str::from_utf8(input));
         }
     }
 

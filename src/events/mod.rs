@@ -15,10 +15,7 @@ mod outbox;
 mod relay;
 mod writer;
 
-pub use model::{
-    canonical_bytes, event_hash, ConversationEvent, EventType, NewEvent, TurnContext,
-    CONVERSATION_SCHEMA, ZERO_HASH,
-};
+pub use model::{canonical_bytes, event_hash, ConversationEvent, EventType, NewEvent, TurnContext, CONVERSATION_SCHEMA, ZERO_HASH};
 pub use outbox::{OutboxRow, OutboxStore, Pending, TxWrite};
 pub use relay::{EventPublisher, PublishError, Relay, RelaySettings};
 pub use writer::{EventLog, EventsError};
@@ -34,12 +31,7 @@ impl EventLog {
 
     /// Stores one conversation event, and all queued before it, before
     /// returning; false (and logged) if it could not be stored.
-    pub async fn turn_durable(
-        &self,
-        context: &TurnContext,
-        kind: EventType,
-        data: serde_json::Value,
-    ) -> bool {
+    pub async fn turn_durable(&self, context: &TurnContext, kind: EventType, data: serde_json::Value) -> bool {
         let item = Pending::Conversation(NewEvent::new(context.clone(), kind, data));
         match self.emit_durable(vec![item]).await {
             Ok(()) => true,

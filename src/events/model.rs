@@ -10,8 +10,7 @@ use sha2::{Digest, Sha256};
 pub const CONVERSATION_SCHEMA: &str = "conversation.event/v1";
 
 /// `prev_hash` of the first event of a session.
-pub const ZERO_HASH: &str =
-    "sha256:0000000000000000000000000000000000000000000000000000000000000000";
+pub const ZERO_HASH: &str = "sha256:0000000000000000000000000000000000000000000000000000000000000000";
 
 /// What happened to a turn.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -82,13 +81,7 @@ pub struct NewEvent {
 
 impl NewEvent {
     pub fn new(context: TurnContext, kind: EventType, data: Value) -> Self {
-        Self {
-            context,
-            kind,
-            data,
-            event_id: uuid::Uuid::now_v7().to_string(),
-            occurred_at: crate::db::rfc3339(crate::db::now_ms()),
-        }
+        Self { context, kind, data, event_id: uuid::Uuid::now_v7().to_string(), occurred_at: crate::db::rfc3339(crate::db::now_ms()) }
     }
 }
 
@@ -154,12 +147,7 @@ fn sorted(value: &Value) -> Value {
         Value::Object(map) => {
             let mut entries: Vec<_> = map.iter().collect();
             entries.sort_by(|a, b| a.0.cmp(b.0));
-            Value::Object(
-                entries
-                    .into_iter()
-                    .map(|(k, v)| (k.clone(), sorted(v)))
-                    .collect(),
-            )
+            Value::Object(entries.into_iter().map(|(k, v)| (k.clone(), sorted(v))).collect())
         }
         Value::Array(items) => Value::Array(items.iter().map(sorted).collect()),
         other => other.clone(),
@@ -168,10 +156,7 @@ fn sorted(value: &Value) -> Value {
 
 /// `sha256:<hex>` of an event's canonical form: the next event's `prev_hash`.
 pub fn event_hash(event: &Value) -> String {
-    format!(
-        "sha256:{}",
-        hex::encode(Sha256::digest(canonical_bytes(event)))
-    )
+    format!("sha256:{}", hex::encode(Sha256::digest(canonical_bytes(event))))
 }
 
 #[cfg(test)]
@@ -186,18 +171,12 @@ mod tests {
         assert_eq!(canonical_bytes(&a), canonical_bytes(&b));
         assert_eq!(canonical_bytes(&a), br#"{"a":{"x":null,"y":[1,2]},"b":1}"#);
         assert_eq!(event_hash(&a), event_hash(&b));
-        assert_ne!(
-            event_hash(&a),
-            event_hash(&json!({"b": 2, "a": {"x": null, "y": [1, 2]}}))
-        );
+        assert_ne!(event_hash(&a), event_hash(&json!({"b": 2, "a": {"x": null, "y": [1, 2]}})));
     }
 
     #[test]
     fn event_types_serialise_as_dotted_names() {
-        assert_eq!(
-            serde_json::to_value(EventType::Dispatched).unwrap(),
-            json!("turn.dispatched")
-        );
+        assert_eq!(serde_json::to_value(EventType::Dispatched).unwrap(), json!("turn.dispatched"));
         assert_eq!(ZERO_HASH.len(), "sha256:".len() + 64);
     }
 }

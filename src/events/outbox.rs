@@ -17,10 +17,7 @@ use crate::db::{now_ms, Database};
 /// beside it (the transactional outbox), e.g. the finished turn's row. It
 /// must be idempotent: a retried batch runs it again.
 pub trait TxWrite: Send + Sync + std::fmt::Debug {
-    fn write<'c>(
-        &'c self,
-        conn: &'c mut sqlx::AnyConnection,
-    ) -> BoxFuture<'c, Result<(), sqlx::Error>>;
+    fn write<'c>(&'c self, conn: &'c mut sqlx::AnyConnection) -> BoxFuture<'c, Result<(), sqlx::Error>>;
 }
 
 /// Something to put in the outbox.
@@ -29,13 +26,7 @@ pub enum Pending {
     /// A conversation event; the outbox assigns its `seq` and `prev_hash`.
     Conversation(NewEvent),
     /// A ready record (e.g. `training.audit`), published as is.
-    Record {
-        topic: String,
-        key: String,
-        event_type: String,
-        payload: Value,
-        headers: Value,
-    },
+    Record { topic: String, key: String, event_type: String, payload: Value, headers: Value },
     /// A state change committed with the events.
     Write(Arc<dyn TxWrite>),
 }
@@ -60,10 +51,7 @@ pub struct OutboxStore {
 
 impl OutboxStore {
     pub fn new(db: Database, conversation_topic: impl Into<String>) -> Self {
-        Self {
-            db,
-            conversation_topic: conversation_topic.into(),
-        }
+        Self { db, conversation_topic: conversation_topic.into() }
     }
 
     /// Appends a batch in one transaction. Chains are locked in key order so
@@ -93,51 +81,22 @@ impl OutboxStore {
             .bind(ZERO_HASH)
             .fetch_one(&mut *tx)
             .await?;
-            heads.insert(
-                key.clone(),
-                (
-                    row.try_get::<i64, _>("last_seq")?,
-                    row.try_get::<String, _>("last_hash")?,
-                ),
-            );
+            heads.insert(key.clone(), (row.try_get::<i64, _>("last_seq")?, row.try_get::<String, _>("last_hash")?));
         }
         let now = now_ms();
         for item in batch {
             let (topic, key, session_id, event_type, payload, headers) = match item {
                 Pending::Conversation(new) => {
                     let chain = new.context.chain_key();
-                    let (seq, prev) = heads
-                        .get(&chain)
-                        .cloned()
-                        .unwrap_or((0, ZERO_HASH.to_owned()));
-                    let event =
-                        serde_json::to_value(ConversationEvent::chained(new, seq + 1, prev))
-                            .map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+                    let (seq, prev) = heads.get(&chain).cloned().unwrap_or((0, ZERO_HASH.to_owned()));
+                    let event = serde_json::to_value(ConversationEvent::chained(new, seq + 1, prev)).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
                     heads.insert(chain.clone(), (seq + 1, event_hash(&event)));
                     let headers = conversation_headers(new);
-                    (
-                        self.conversation_topic.clone(),
-                        chain,
-                        Some(new.context.session_id.clone()),
-                        new.kind.as_str().to_owned(),
-                        event,
-                        headers,
-                    )
+                    (self.conversation_topic.clone(), chain, Some(new.context.session_id.clone()), new.kind.as_str().to_owned(), event, headers)
                 }
-                Pending::Record {
-                    topic,
-                    key,
-                    event_type,
-                    payload,
-                    headers,
-                } => (
-                    topic.clone(),
-                    key.clone(),
-                    None,
-                    event_type.clone(),
-                    payload.clone(),
-                    headers.clone(),
-                ),
+                Pending::Record { topic, key, event_type, payload, headers } => {
+                    (topic.clone(), key.clone(), None, event_type.clone(), payload.clone(), headers.clone())
+                }
                 Pending::Write(write) => {
                     write.write(&mut tx).await?;
                     continue;
@@ -156,22 +115,16 @@ impl OutboxStore {
             .bind(now)
             .fetch_one(&mut *tx)
             .await?;
-            sqlx::query("INSERT INTO outbox_pending (id, created_at) VALUES ($1, $2)")
-                .bind(id)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query("INSERT INTO outbox_pending (id, created_at) VALUES ($1, $2)").bind(id).bind(now).execute(&mut *tx).await?;
         }
         for key in &keys {
             if let Some((seq, hash)) = heads.get(key) {
-                sqlx::query(
-                    "UPDATE event_chains SET last_seq = $1, last_hash = $2 WHERE chain_key = $3",
-                )
-                .bind(seq)
-                .bind(hash)
-                .bind(key)
-                .execute(&mut *tx)
-                .await?;
+                sqlx::query("UPDATE event_chains SET last_seq = $1, last_hash = $2 WHERE chain_key = $3")
+                    .bind(seq)
+                    .bind(hash)
+                    .bind(key)
+                    .execute(&mut *tx)
+                    .await?;
             }
         }
         tx.commit().await
@@ -189,17 +142,13 @@ impl OutboxStore {
         rows.iter()
             .map(|r| {
                 let headers: String = r.try_get("headers")?;
-                let headers: serde_json::Map<String, Value> =
-                    serde_json::from_str(&headers).unwrap_or_default();
+                let headers: serde_json::Map<String, Value> = serde_json::from_str(&headers).unwrap_or_default();
                 Ok(OutboxRow {
                     id: r.try_get("id")?,
                     topic: r.try_get("topic")?,
                     key: r.try_get("record_key")?,
                     payload: r.try_get("payload")?,
-                    headers: headers
-                        .into_iter()
-                        .filter_map(|(k, v)| v.as_str().map(|v| (k, v.to_owned())))
-                        .collect(),
+                    headers: headers.into_iter().filter_map(|(k, v)| v.as_str().map(|v| (k, v.to_owned()))).collect(),
                     created_at: r.try_get("created_at")?,
                 })
             })
@@ -208,12 +157,8 @@ impl OutboxStore {
 
     pub async fn mark_published(&self, ids: &[i64]) -> Result<(), sqlx::Error> {
         for chunk in ids.chunks(500) {
-            let placeholders: Vec<String> =
-                (0..chunk.len()).map(|i| format!("${}", i + 1)).collect();
-            let sql = format!(
-                "DELETE FROM outbox_pending WHERE id IN ({})",
-                placeholders.join(", ")
-            );
+            let placeholders: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 1)).collect();
+            let sql = format!("DELETE FROM outbox_pending WHERE id IN ({})", placeholders.join(", "));
             let mut query = sqlx::query(&sql);
             for id in chunk {
                 query = query.bind(*id);
@@ -230,21 +175,13 @@ impl OutboxStore {
 
     /// (pending rows, age in ms of the oldest).
     pub async fn pending_stats(&self) -> Result<(i64, Option<i64>), sqlx::Error> {
-        let row =
-            sqlx::query("SELECT COUNT(*) AS n, MIN(created_at) AS oldest FROM outbox_pending")
-                .fetch_one(self.db.pool())
-                .await?;
+        let row = sqlx::query("SELECT COUNT(*) AS n, MIN(created_at) AS oldest FROM outbox_pending").fetch_one(self.db.pool()).await?;
         let oldest: Option<i64> = row.try_get("oldest")?;
         Ok((row.try_get("n")?, oldest.map(|t| (now_ms() - t).max(0))))
     }
 
     /// Takes or renews the relay lease; true if `holder` holds it now.
-    pub async fn acquire_lease(
-        &self,
-        name: &str,
-        holder: &str,
-        lease_ms: i64,
-    ) -> Result<bool, sqlx::Error> {
+    pub async fn acquire_lease(&self, name: &str, holder: &str, lease_ms: i64) -> Result<bool, sqlx::Error> {
         let now = now_ms();
         let done = sqlx::query(
             "INSERT INTO relay_leases (name, holder, expires_at) VALUES ($1, $2, $3) \
@@ -262,34 +199,20 @@ impl OutboxStore {
 
     /// Gives the lease up (on shutdown) so another relay takes over at once.
     pub async fn release_lease(&self, name: &str, holder: &str) -> Result<(), sqlx::Error> {
-        sqlx::query("DELETE FROM relay_leases WHERE name = $1 AND holder = $2")
-            .bind(name)
-            .bind(holder)
-            .execute(self.db.pool())
-            .await?;
+        sqlx::query("DELETE FROM relay_leases WHERE name = $1 AND holder = $2").bind(name).bind(holder).execute(self.db.pool()).await?;
         Ok(())
     }
 
     /// Stored events after `after_id`, oldest first: (id, payload).
-    pub async fn tail(
-        &self,
-        topic: &str,
-        session_id: Option<&str>,
-        after_id: i64,
-        limit: i64,
-    ) -> Result<Vec<(i64, String)>, sqlx::Error> {
-        let rows = sqlx::query(
-            "SELECT id, payload FROM outbox WHERE topic = $1 AND id > $2 AND ($3 = '' OR session_id = $3) ORDER BY id LIMIT $4",
-        )
-        .bind(topic)
-        .bind(after_id)
-        .bind(session_id.unwrap_or_default())
-        .bind(limit)
-        .fetch_all(self.db.pool())
-        .await?;
-        rows.iter()
-            .map(|r| Ok((r.try_get("id")?, r.try_get("payload")?)))
-            .collect()
+    pub async fn tail(&self, topic: &str, session_id: Option<&str>, after_id: i64, limit: i64) -> Result<Vec<(i64, String)>, sqlx::Error> {
+        let rows = sqlx::query("SELECT id, payload FROM outbox WHERE topic = $1 AND id > $2 AND ($3 = '' OR session_id = $3) ORDER BY id LIMIT $4")
+            .bind(topic)
+            .bind(after_id)
+            .bind(session_id.unwrap_or_default())
+            .bind(limit)
+            .fetch_all(self.db.pool())
+            .await?;
+        rows.iter().map(|r| Ok((r.try_get("id")?, r.try_get("payload")?))).collect()
     }
 }
 

@@ -21,10 +21,7 @@ pub trait EventPublisher: Send + Sync {
     fn prepare(&self) -> BoxFuture<'_, Result<(), PublishError>>;
     /// Publishes rows in order; returns the ids that were published, and the
     /// error that stopped the rest, if any.
-    fn publish<'a>(
-        &'a self,
-        rows: &'a [OutboxRow],
-    ) -> BoxFuture<'a, (Vec<i64>, Option<PublishError>)>;
+    fn publish<'a>(&'a self, rows: &'a [OutboxRow]) -> BoxFuture<'a, (Vec<i64>, Option<PublishError>)>;
     /// Whether the broker answers now, for readiness.
     fn ready(&self) -> BoxFuture<'_, Result<(), PublishError>>;
 }
@@ -59,15 +56,8 @@ const LEASE: &str = "outbox-relay";
 impl Relay {
     pub async fn run(self, cancel: CancellationToken) {
         let holder = format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple());
-        let mut backoff = Backoff::new(
-            self.settings.poll_interval.min(Duration::from_millis(100)),
-            self.settings.max_backoff,
-        );
-        let mut state = RelayState {
-            holder,
-            prepared: false,
-            lease_until: None,
-        };
+        let mut backoff = Backoff::new(self.settings.poll_interval.min(Duration::from_millis(100)), self.settings.max_backoff);
+        let mut state = RelayState { holder, prepared: false, lease_until: None };
         // The gauges have their own loop: a publish stuck on a dead broker must not freeze them.
         let gauges = async {
             loop {
@@ -86,12 +76,7 @@ impl Relay {
         self.refresh_gauges().await;
     }
 
-    async fn publish_loop(
-        &self,
-        state: &mut RelayState,
-        backoff: &mut Backoff,
-        cancel: &CancellationToken,
-    ) {
+    async fn publish_loop(&self, state: &mut RelayState, backoff: &mut Backoff, cancel: &CancellationToken) {
         loop {
             let wait = match &self.publisher {
                 None => self.settings.poll_interval,
@@ -118,17 +103,11 @@ impl Relay {
     /// Holds the lease, renewing it once a third of it has passed rather than every round.
     async fn lease(&self, state: &mut RelayState) -> Result<bool, sqlx::Error> {
         let lease = self.settings.lease;
-        if state
-            .lease_until
-            .is_some_and(|until| until > Instant::now() + lease * 2 / 3)
-        {
+        if state.lease_until.is_some_and(|until| until > Instant::now() + lease * 2 / 3) {
             return Ok(true);
         }
         let taken_at = Instant::now();
-        let held = self
-            .store
-            .acquire_lease(LEASE, &state.holder, lease.as_millis() as i64)
-            .await?;
+        let held = self.store.acquire_lease(LEASE, &state.holder, lease.as_millis() as i64).await?;
         state.lease_until = held.then_some(taken_at + lease);
         Ok(held)
     }
@@ -184,8 +163,7 @@ impl Relay {
 
     async fn refresh_gauges(&self) {
         if let Ok((pending, oldest_ms)) = self.store.pending_stats().await {
-            self.metrics
-                .outbox(pending, oldest_ms.unwrap_or(0) as f64 / 1000.0);
+            self.metrics.outbox(pending, oldest_ms.unwrap_or(0) as f64 / 1000.0);
         }
     }
 }
@@ -212,11 +190,7 @@ struct Backoff {
 
 impl Backoff {
     fn new(initial: Duration, max: Duration) -> Self {
-        Self {
-            initial,
-            max,
-            next: None,
-        }
+        Self { initial, max, next: None }
     }
     fn next(&mut self) -> Duration {
         let current = self.next.unwrap_or(self.initial);

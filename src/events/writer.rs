@@ -45,46 +45,25 @@ pub struct EventLog {
 impl EventLog {
     /// Queues events; they are written with the next commit.
     pub async fn emit(&self, items: Vec<Pending>) -> Result<(), EventsError> {
-        self.tx
-            .send(Job { items, ack: None })
-            .await
-            .map_err(|_| EventsError::Stopped)
+        self.tx.send(Job { items, ack: None }).await.map_err(|_| EventsError::Stopped)
     }
 
     /// Queues events and waits until they — and everything queued before — are committed.
     pub async fn emit_durable(&self, items: Vec<Pending>) -> Result<(), EventsError> {
         let (ack, done) = oneshot::channel();
-        self.tx
-            .send(Job {
-                items,
-                ack: Some(ack),
-            })
-            .await
-            .map_err(|_| EventsError::Stopped)?;
-        done.await
-            .map_err(|_| EventsError::Stopped)?
-            .map_err(EventsError::Store)
+        self.tx.send(Job { items, ack: Some(ack) }).await.map_err(|_| EventsError::Stopped)?;
+        done.await.map_err(|_| EventsError::Stopped)?.map_err(EventsError::Store)
     }
 
     /// Starts the writer; `committed` is notified after each commit (the relay listens).
-    pub fn start(
-        store: OutboxStore,
-        committed: std::sync::Arc<Notify>,
-        cancel: CancellationToken,
-        tracker: &tokio_util::task::TaskTracker,
-    ) -> Self {
+    pub fn start(store: OutboxStore, committed: std::sync::Arc<Notify>, cancel: CancellationToken, tracker: &tokio_util::task::TaskTracker) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
         tracker.spawn(write_loop(store, rx, committed, cancel));
         Self { tx }
     }
 }
 
-async fn write_loop(
-    store: OutboxStore,
-    mut rx: mpsc::Receiver<Job>,
-    committed: std::sync::Arc<Notify>,
-    cancel: CancellationToken,
-) {
+async fn write_loop(store: OutboxStore, mut rx: mpsc::Receiver<Job>, committed: std::sync::Arc<Notify>, cancel: CancellationToken) {
     loop {
         let first = tokio::select! {
             job = rx.recv() => job,
@@ -134,11 +113,7 @@ fn finish(jobs: Vec<Job>, result: Result<(), String>, committed: &Notify) {
 /// fills and `emit` waits, which slows the chat path instead of dropping its
 /// trail. A write that keeps failing while the database answers can never
 /// succeed, and is given up (and logged) after a few tries.
-async fn write_with_retry(
-    store: &OutboxStore,
-    items: &[Pending],
-    cancel: &CancellationToken,
-) -> Result<(), String> {
+async fn write_with_retry(store: &OutboxStore, items: &[Pending], cancel: &CancellationToken) -> Result<(), String> {
     let mut delay = Duration::from_millis(20);
     let mut attempts = 0;
     loop {

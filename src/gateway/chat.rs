@@ -29,26 +29,12 @@ fn frame(event: &TurnEvent) -> bytes::Bytes {
     sse_frame(name, &data)
 }
 
-pub async fn chat_stream(
-    req: HttpRequest,
-    caller: Caller,
-    body: web::Json<ChatBody>,
-    gateway: web::Data<Gateway>,
-) -> Result<HttpResponse, ApiError> {
+pub async fn chat_stream(req: HttpRequest, caller: Caller, body: web::Json<ChatBody>, gateway: web::Data<Gateway>) -> Result<HttpResponse, ApiError> {
     let started = Instant::now();
     let body = body.into_inner();
-    let params = gateway
-        .limits
-        .params(body.max_tokens, body.temperature, body.seed)?;
-    let input = TurnInput {
-        route: "chat_stream",
-        session_id: body.session_id,
-        message: body.message,
-        preamble: Vec::new(),
-        params,
-        trace: trace_of(&req),
-        started,
-    };
+    let params = gateway.limits.params(body.max_tokens, body.temperature, body.seed)?;
+    let input =
+        TurnInput { route: "chat_stream", session_id: body.session_id, message: body.message, preamble: Vec::new(), params, trace: trace_of(&req), started };
     let admission = gateway.admit(&caller, input).await?;
     let verdict = admission.signed.verdict.header_value();
     let session = sse_frame(
@@ -62,14 +48,9 @@ pub async fn chat_stream(
         }),
     );
     let rest = match admission.outcome {
-        Admitted::Refused(hit) => stream::iter(vec![
-            frame(&TurnEvent::Refusal(hit)),
-            frame(&TurnEvent::Done {
-                finish_reason: FinishReason::Refused,
-                usage: None,
-            }),
-        ])
-        .boxed(),
+        Admitted::Refused(hit) => {
+            stream::iter(vec![frame(&TurnEvent::Refusal(hit)), frame(&TurnEvent::Done { finish_reason: FinishReason::Refused, usage: None })]).boxed()
+        }
         Admitted::Streaming(turn) => turn.map(|event| frame(&event)).boxed(),
     };
     let frames = stream::once(async move { session }).chain(rest);
@@ -79,7 +60,5 @@ pub async fn chat_stream(
         session_id: &admission.session_id,
         trace: &admission.trace,
     };
-    Ok(governance
-        .sse_response()
-        .streaming(with_keepalive(Box::pin(frames), gateway.keepalive)))
+    Ok(governance.sse_response().streaming(with_keepalive(Box::pin(frames), gateway.keepalive)))
 }

@@ -16,6 +16,5 @@ pub use service::{Admission, Admitted, CallerSystemPolicy, Gateway, TurnInput};
 use actix_web::web;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/v1/chat/stream", web::post().to(chat::chat_stream))
-        .route("/v1/chat/completions", web::post().to(openai::completions));
+    cfg.route("/v1/chat/stream", web::post().to(chat::chat_stream)).route("/v1/chat/completions", web::post().to(openai::completions));
 }

@@ -63,12 +63,7 @@ fn to_message(m: IncomingMessage) -> Result<ChatMessage, ApiError> {
         "system" | "developer" => Role::System,
         "user" => Role::User,
         "assistant" => Role::Assistant,
-        other => {
-            return Err(ApiError::new(
-                Code::InvalidRequest,
-                format!("unsupported message role `{other}`"),
-            ))
-        }
+        other => return Err(ApiError::new(Code::InvalidRequest, format!("unsupported message role `{other}`"))),
     };
     let content = match m.content {
         None => String::new(),
@@ -78,12 +73,7 @@ fn to_message(m: IncomingMessage) -> Result<ChatMessage, ApiError> {
             for part in parts {
                 match (part.kind.as_str(), part.text) {
                     ("text", Some(t)) => text.push_str(&t),
-                    (kind, _) => {
-                        return Err(ApiError::new(
-                            Code::InvalidRequest,
-                            format!("unsupported content part `{kind}`"),
-                        ))
-                    }
+                    (kind, _) => return Err(ApiError::new(Code::InvalidRequest, format!("unsupported content part `{kind}`"))),
                 }
             }
             text
@@ -94,16 +84,10 @@ fn to_message(m: IncomingMessage) -> Result<ChatMessage, ApiError> {
 
 /// Splits the request into earlier messages and the final user message.
 fn split_messages(messages: Vec<IncomingMessage>) -> Result<(Vec<ChatMessage>, String), ApiError> {
-    let mut messages = messages
-        .into_iter()
-        .map(to_message)
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut messages = messages.into_iter().map(to_message).collect::<Result<Vec<_>, _>>()?;
     match messages.pop() {
         Some(last) if last.role == Role::User => Ok((messages, last.content)),
-        _ => Err(ApiError::new(
-            Code::InvalidRequest,
-            "messages must end with a user message",
-        )),
+        _ => Err(ApiError::new(Code::InvalidRequest, "messages must end with a user message")),
     }
 }
 
@@ -119,48 +103,21 @@ fn usage_json(usage: Option<Usage>) -> Value {
     usage.map_or(Value::Null, |u| json!(u))
 }
 
-pub async fn completions(
-    req: HttpRequest,
-    caller: Caller,
-    body: web::Json<CompletionBody>,
-    gateway: web::Data<Gateway>,
-) -> Result<HttpResponse, ApiError> {
+pub async fn completions(req: HttpRequest, caller: Caller, body: web::Json<CompletionBody>, gateway: web::Data<Gateway>) -> Result<HttpResponse, ApiError> {
     let started = Instant::now();
     let body = body.into_inner();
-    let params = gateway.limits.params(
-        body.max_completion_tokens.or(body.max_tokens),
-        body.temperature,
-        body.seed,
-    )?;
+    let params = gateway.limits.params(body.max_completion_tokens.or(body.max_tokens), body.temperature, body.seed)?;
     let (preamble, message) = split_messages(body.messages)?;
-    let input = TurnInput {
-        route: "chat_completions",
-        session_id: None,
-        message,
-        preamble,
-        params,
-        trace: trace_of(&req),
-        started,
-    };
+    let input = TurnInput { route: "chat_completions", session_id: None, message, preamble, params, trace: trace_of(&req), started };
     let admission = gateway.admit(&caller, input).await?;
     let verdict = admission.signed.verdict.header_value();
     let meta = Meta {
         id: format!("chatcmpl-{}", admission.turn_id),
-        created: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or_default(),
+        created: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default(),
         model: body.model.unwrap_or_else(|| gateway.model_name.clone()),
     };
     let events = match admission.outcome {
-        Admitted::Refused(hit) => stream::iter(vec![
-            TurnEvent::Refusal(hit),
-            TurnEvent::Done {
-                finish_reason: FinishReason::Refused,
-                usage: None,
-            },
-        ])
-        .boxed(),
+        Admitted::Refused(hit) => stream::iter(vec![TurnEvent::Refusal(hit), TurnEvent::Done { finish_reason: FinishReason::Refused, usage: None }]).boxed(),
         Admitted::Streaming(turn) => turn,
     };
     let governance = Governance {
@@ -172,9 +129,7 @@ pub async fn completions(
     if body.stream {
         let include_usage = body.stream_options.is_some_and(|o| o.include_usage);
         let frames = streamed(meta, events, include_usage);
-        return Ok(governance
-            .sse_response()
-            .streaming(with_keepalive(Box::pin(frames), gateway.keepalive)));
+        return Ok(governance.sse_response().streaming(with_keepalive(Box::pin(frames), gateway.keepalive)));
     }
     let (status, json) = collected(meta, events).await;
     let mut response = HttpResponse::build(status);
@@ -198,11 +153,7 @@ impl Meta {
     }
 }
 
-fn streamed(
-    meta: Meta,
-    events: crate::orchestrator::TurnStream,
-    include_usage: bool,
-) -> impl futures_util::Stream<Item = bytes::Bytes> {
+fn streamed(meta: Meta, events: crate::orchestrator::TurnStream, include_usage: bool) -> impl futures_util::Stream<Item = bytes::Bytes> {
     async_stream::stream! {
         yield sse_data(&meta.chunk(json!({ "role": "assistant", "content": "" }), None));
         let mut events = events;
@@ -230,10 +181,7 @@ fn streamed(
     }
 }
 
-async fn collected(
-    meta: Meta,
-    mut events: crate::orchestrator::TurnStream,
-) -> (actix_web::http::StatusCode, Value) {
+async fn collected(meta: Meta, mut events: crate::orchestrator::TurnStream) -> (actix_web::http::StatusCode, Value) {
     let (mut content, mut refusal, mut done) = (String::new(), None, None);
     while let Some(event) = events.next().await {
         match event {
@@ -241,15 +189,9 @@ async fn collected(
             TurnEvent::Refusal(hit) => refusal = Some(hit.message),
             TurnEvent::Error { code, message } => {
                 let (code_name, kind, _) = code.describe();
-                return (
-                    code.status(),
-                    json!({ "error": { "message": message, "type": kind, "code": code_name } }),
-                );
+                return (code.status(), json!({ "error": { "message": message, "type": kind, "code": code_name } }));
             }
-            TurnEvent::Done {
-                finish_reason,
-                usage,
-            } => done = Some((finish_reason, usage)),
+            TurnEvent::Done { finish_reason, usage } => done = Some((finish_reason, usage)),
         }
     }
     let (reason, usage) = done.unwrap_or((FinishReason::Error, None));

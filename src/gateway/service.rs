@@ -11,8 +11,7 @@ use crate::events::{EventLog, EventType, NewEvent, Pending};
 use crate::identity::{Caller, Capability};
 use crate::moderation::{Decision, Hit, Moderator};
 use crate::orchestrator::{
-    turn_context, Conversation, ConversationStore, FinishReason, OrchestratorError, RecordTurn,
-    SessionState, TurnLimits, TurnRecord, TurnRequest, TurnStream,
+    turn_context, Conversation, ConversationStore, FinishReason, OrchestratorError, RecordTurn, SessionState, TurnLimits, TurnRecord, TurnRequest, TurnStream,
 };
 use crate::policy::{PolicyEngine, SignedVerdict, TurnRef, Verdict};
 use crate::slm::{ChatMessage, GenerationParams, Role};
@@ -84,8 +83,7 @@ impl Gateway {
         let (route, started) = (input.route, input.started);
         let result = self.try_admit(caller, input).await;
         if let Err(err) = &result {
-            self.metrics
-                .request(route, RequestOutcome::Rejected, started.elapsed());
+            self.metrics.request(route, RequestOutcome::Rejected, started.elapsed());
             tracing::info!(route, tenant = %caller.tenant, code = err.code().name(), "turn rejected");
         }
         result
@@ -98,9 +96,7 @@ impl Gateway {
             self.limits.check_earlier(&earlier.content)?;
         }
         let tenant = caller.tenant.as_str();
-        if input.preamble.iter().any(|m| m.role == Role::System)
-            && !self.caller_system.allows(tenant)
-        {
+        if input.preamble.iter().any(|m| m.role == Role::System) && !self.caller_system.allows(tenant) {
             return Err(ApiError::new(
                 Code::SystemPromptNotAllowed,
                 "system and developer messages are not accepted for this tenant: the operator's system prompt applies",
@@ -110,40 +106,18 @@ impl Gateway {
             None => (uuid::Uuid::now_v7().to_string(), SessionState::New),
             Some(id) => {
                 let id = uuid::Uuid::parse_str(&id)
-                    .map_err(|_| {
-                        ApiError::new(
-                            Code::InvalidRequest,
-                            "session_id must be a UUID returned by an earlier turn",
-                        )
-                    })?
+                    .map_err(|_| ApiError::new(Code::InvalidRequest, "session_id must be a UUID returned by an earlier turn"))?
                     .to_string();
-                match self
-                    .store
-                    .session_state(tenant, &id)
-                    .await
-                    .map_err(OrchestratorError::Store)?
-                {
+                match self.store.session_state(tenant, &id).await.map_err(OrchestratorError::Store)? {
                     SessionState::Owned => (id, SessionState::Owned),
-                    SessionState::New | SessionState::Foreign => {
-                        return Err(OrchestratorError::SessionNotFound.into())
-                    }
+                    SessionState::New | SessionState::Foreign => return Err(OrchestratorError::SessionNotFound.into()),
                 }
             }
         };
         let turn_id = uuid::Uuid::now_v7().to_string();
-        let turn = TurnRef {
-            tenant,
-            session_id: &session_id,
-            turn_id: &turn_id,
-            message: &input.message,
-        };
+        let turn = TurnRef { tenant, session_id: &session_id, turn_id: &turn_id, message: &input.message };
 
-        let texts = input
-            .preamble
-            .iter()
-            .map(|m| m.content.clone())
-            .chain([input.message.clone()])
-            .collect();
+        let texts = input.preamble.iter().map(|m| m.content.clone()).chain([input.message.clone()]).collect();
         let decision = self.moderator.judge_messages(texts).await.map_err(|e| {
             tracing::error!(error = %e, "input moderation failed");
             ApiError::new(Code::Internal, "moderation failed")
@@ -152,11 +126,7 @@ impl Gateway {
             Decision::Allow => Vec::new(),
             Decision::Refuse(hits) => hits,
         };
-        let verdict = if hits.is_empty() {
-            Verdict::Allow
-        } else {
-            Verdict::Refuse(hits.iter().map(|h| h.code.clone()).collect())
-        };
+        let verdict = if hits.is_empty() { Verdict::Allow } else { Verdict::Refuse(hits.iter().map(|h| h.code.clone()).collect()) };
         let signed = self.policy.sign(turn, verdict);
         let training = self.training.mark(tenant).await;
         let received_data = json!({ "route": input.route, "message_chars": input.message.chars().count(), "content_included": false });
@@ -181,84 +151,33 @@ impl Gateway {
             for hit in &hits {
                 self.metrics.moderation_refusal("input", &hit.category);
             }
-            let categories: Vec<_> = hits
-                .iter()
-                .map(|h| json!({ "code": h.code, "category": h.category }))
-                .collect();
-            let refused = NewEvent::new(
-                context,
-                EventType::Refused,
-                json!({ "stage": "input", "categories": categories, "content_included": false }),
-            );
-            let turn = Pending::Write(Arc::new(RecordTurn(refusal_record(
-                tenant,
-                &session_id,
-                &turn_id,
-                &input.trace,
-                &signed,
-            ))));
-            self.events
-                .emit_durable(vec![
-                    Pending::Conversation(received),
-                    Pending::Conversation(refused),
-                    turn,
-                ])
-                .await?;
-            self.metrics
-                .request(input.route, RequestOutcome::Refuse, input.started.elapsed());
+            let categories: Vec<_> = hits.iter().map(|h| json!({ "code": h.code, "category": h.category })).collect();
+            let refused = NewEvent::new(context, EventType::Refused, json!({ "stage": "input", "categories": categories, "content_included": false }));
+            let turn = Pending::Write(Arc::new(RecordTurn(refusal_record(tenant, &session_id, &turn_id, &input.trace, &signed))));
+            self.events.emit_durable(vec![Pending::Conversation(received), Pending::Conversation(refused), turn]).await?;
+            self.metrics.request(input.route, RequestOutcome::Refuse, input.started.elapsed());
             tracing::info!(trace_id = %input.trace.trace_id, span_id = %input.trace.span_id, tenant, session_id = %session_id,
                 turn_id = %turn_id, category = %first.category, code = %first.code, "turn refused by input moderation");
-            return Ok(Admission {
-                session_id,
-                turn_id,
-                trace: input.trace,
-                signed,
-                outcome: Admitted::Refused(first),
-            });
+            return Ok(Admission { session_id, turn_id, trace: input.trace, signed, outcome: Admitted::Refused(first) });
         }
 
-        self.events
-            .emit(vec![Pending::Conversation(received)])
-            .await?;
-        let stream = match self
-            .conversation
-            .start_turn(request, signed.headers())
-            .await
-        {
+        self.events.emit(vec![Pending::Conversation(received)]).await?;
+        let stream = match self.conversation.start_turn(request, signed.headers()).await {
             Ok(stream) => stream,
             Err(err) => {
                 let code = crate::error::ErrorCode::code(&err).name();
-                let _ = self
-                    .events
-                    .turn_durable(
-                        &context,
-                        EventType::Failed,
-                        json!({ "code": code, "stage": "admission", "content_included": false }),
-                    )
-                    .await;
+                let _ = self.events.turn_durable(&context, EventType::Failed, json!({ "code": code, "stage": "admission", "content_included": false })).await;
                 return Err(err.into());
             }
         };
         tracing::info!(trace_id = %input.trace.trace_id, span_id = %input.trace.span_id, tenant, session_id = %session_id,
             turn_id = %turn_id, "turn dispatched");
-        Ok(Admission {
-            session_id,
-            turn_id,
-            trace: input.trace,
-            signed,
-            outcome: Admitted::Streaming(stream),
-        })
+        Ok(Admission { session_id, turn_id, trace: input.trace, signed, outcome: Admitted::Streaming(stream) })
     }
 }
 
 /// A refused turn is stored without its text: it may be the very content (PII, say) the refusal is about.
-fn refusal_record(
-    tenant: &str,
-    session_id: &str,
-    turn_id: &str,
-    trace: &TraceContext,
-    signed: &SignedVerdict,
-) -> TurnRecord {
+fn refusal_record(tenant: &str, session_id: &str, turn_id: &str, trace: &TraceContext, signed: &SignedVerdict) -> TurnRecord {
     TurnRecord {
         turn_id: turn_id.to_owned(),
         session_id: session_id.to_owned(),

@@ -27,22 +27,12 @@ impl Caller {
         }
     }
 
-    async fn authenticate(
-        store: web::Data<KeyStore>,
-        bearer: Option<String>,
-    ) -> Result<Self, IdentityError> {
+    async fn authenticate(store: web::Data<KeyStore>, bearer: Option<String>) -> Result<Self, IdentityError> {
         let key = bearer.ok_or(IdentityError::MissingKey)?;
-        let record = store
-            .find_active(&key)
-            .await?
-            .ok_or(IdentityError::UnknownKey)?;
+        let record = store.find_active(&key).await?.ok_or(IdentityError::UnknownKey)?;
         let tenant = TenantId::parse(&record.tenant)?;
         let capabilities = Capability::parse_list(&record.capabilities)?;
-        Ok(Self {
-            key_id: record.id,
-            tenant,
-            capabilities,
-        })
+        Ok(Self { key_id: record.id, tenant, capabilities })
     }
 }
 
@@ -61,9 +51,7 @@ impl FromRequest for Caller {
         let store = req.app_data::<web::Data<KeyStore>>().cloned();
         let bearer = bearer(req);
         Box::pin(async move {
-            let store = store.ok_or_else(|| {
-                ApiError::new(crate::error::Code::Internal, "identity is not configured")
-            })?;
+            let store = store.ok_or_else(|| ApiError::new(crate::error::Code::Internal, "identity is not configured"))?;
             Ok(Self::authenticate(store, bearer).await?)
         })
     }

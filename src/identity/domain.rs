@@ -12,10 +12,7 @@ pub struct TenantId(String);
 
 impl TenantId {
     pub fn parse(s: &str) -> Result<Self, IdentityError> {
-        let ok = !s.is_empty()
-            && s.len() <= 64
-            && s.chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+        let ok = !s.is_empty() && s.len() <= 64 && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
         if ok {
             Ok(Self(s.to_owned()))
         } else {
@@ -69,10 +66,7 @@ impl Capability {
         Ok(caps)
     }
     pub fn join(caps: &[Self]) -> String {
-        caps.iter()
-            .map(|c| c.as_str())
-            .collect::<Vec<_>>()
-            .join(",")
+        caps.iter().map(|c| c.as_str()).collect::<Vec<_>>().join(",")
     }
 }
 

@@ -27,11 +27,7 @@ impl KeyStore {
     }
 
     /// Stores a new key and returns its record and the key, which is never stored.
-    pub async fn create(
-        &self,
-        tenant: &TenantId,
-        caps: &[Capability],
-    ) -> Result<(KeyRecord, ApiKey), IdentityError> {
+    pub async fn create(&self, tenant: &TenantId, caps: &[Capability]) -> Result<(KeyRecord, ApiKey), IdentityError> {
         let key = ApiKey::generate();
         let record = KeyRecord {
             id: format!("key_{}", uuid::Uuid::now_v7().simple()),
@@ -54,13 +50,11 @@ impl KeyStore {
 
     /// The live (not revoked) key with this secret, if any.
     pub async fn find_active(&self, key: &str) -> Result<Option<KeyRecord>, IdentityError> {
-        let row = sqlx::query(
-            "SELECT id, tenant, capabilities, created_at, revoked_at FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL",
-        )
-        .bind(ApiKey::hash_of(key))
-        .fetch_optional(self.db.pool())
-        .await
-        .map_err(IdentityError::Store)?;
+        let row = sqlx::query("SELECT id, tenant, capabilities, created_at, revoked_at FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL")
+            .bind(ApiKey::hash_of(key))
+            .fetch_optional(self.db.pool())
+            .await
+            .map_err(IdentityError::Store)?;
         row.map(|r| record_from(&r)).transpose()
     }
 
@@ -74,13 +68,12 @@ impl KeyStore {
 
     /// Revokes a key; revoking twice is not an error.
     pub async fn revoke(&self, id: &str) -> Result<(), IdentityError> {
-        let done =
-            sqlx::query("UPDATE api_keys SET revoked_at = COALESCE(revoked_at, $1) WHERE id = $2")
-                .bind(now_ms())
-                .bind(id)
-                .execute(self.db.pool())
-                .await
-                .map_err(IdentityError::Store)?;
+        let done = sqlx::query("UPDATE api_keys SET revoked_at = COALESCE(revoked_at, $1) WHERE id = $2")
+            .bind(now_ms())
+            .bind(id)
+            .execute(self.db.pool())
+            .await
+            .map_err(IdentityError::Store)?;
         if done.rows_affected() == 0 {
             return Err(IdentityError::NoSuchKey(id.to_owned()));
         }

@@ -12,57 +12,29 @@ pub async fn run(settings: &Settings, command: ModerationCommand) -> anyhow::Res
     let constitution = Constitution::load(&settings.policy.constitution)?;
     let moderator = crate::app::moderator(settings, &constitution)?;
     match command {
-        ModerationCommand::Eval {
-            file,
-            evasions,
-            mistakes,
-        } => {
+        ModerationCommand::Eval { file, evasions, mistakes } => {
             let rows = eval::load(&file)?;
             let report = eval::evaluate(&moderator, &rows).await?;
             println!("{}: {} rows\n{report}", file.display(), rows.len());
             if mistakes {
                 for (row, refused_as) in &report.mistakes {
-                    println!(
-                        "  wrong [{}] refused as {:?}: {}",
-                        row.category, refused_as, row.text
-                    );
+                    println!("  wrong [{}] refused as {:?}: {}", row.category, refused_as, row.text);
                 }
             }
             if evasions {
                 for technique in Evasion::ALL {
-                    let disguised: Vec<_> = eval::evasions(&rows)
-                        .into_iter()
-                        .filter(|(e, _)| *e == technique)
-                        .map(|(_, r)| r)
-                        .collect();
+                    let disguised: Vec<_> = eval::evasions(&rows).into_iter().filter(|(e, _)| *e == technique).map(|(_, r)| r).collect();
                     let report = eval::evaluate(&moderator, &disguised).await?;
-                    println!(
-                        "evasion {:<16} {:>4} harmful, {:>5.1}% refused",
-                        technique.as_str(),
-                        report.total.harmful,
-                        100.0 * report.total.refusal_rate()
-                    );
+                    println!("evasion {:<16} {:>4} harmful, {:>5.1}% refused", technique.as_str(), report.total.harmful, 100.0 * report.total.refusal_rate());
                 }
             }
         }
-        ModerationCommand::Fit {
-            file,
-            max_false_refusals,
-            folds,
-        } => {
+        ModerationCommand::Fit { file, max_false_refusals, folds } => {
             let rows = eval::load(&file)?;
-            let model = SemanticModel::shared(
-                &settings.moderation.model_dir,
-                settings.moderation.cache_entries,
-            )?;
-            let categories: Vec<String> = constitution
-                .categories
-                .iter()
-                .map(|c| c.name.clone())
-                .collect();
+            let model = SemanticModel::shared(&settings.moderation.model_dir, settings.moderation.cache_entries)?;
+            let categories: Vec<String> = constitution.categories.iter().map(|c| c.name.clone()).collect();
             let points = eval::fit_points(&moderator, &model, &categories, &rows, folds)?;
-            let (rule, counts) = eval::fit(&points, max_false_refusals)
-                .context("no threshold meets --max-false-refusals")?;
+            let (rule, counts) = eval::fit(&points, max_false_refusals).context("no threshold meets --max-false-refusals")?;
             let (allow_below, refuse_from, decided) = eval::fit_band(&points, rule);
             println!(
                 "[semantic]\nthreshold = {:.4}\noutput_threshold = {:.4}\nstatic_allow_below = {:.4}\nstatic_refuse_from = {:.4}\n\

@@ -36,15 +36,11 @@ pub enum Label {
 /// Reads a JSON-lines file of [`Row`]s.
 pub fn load(path: &Path) -> anyhow::Result<Vec<Row>> {
     use anyhow::Context;
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     text.lines()
         .enumerate()
         .filter(|(_, line)| !line.trim().is_empty())
-        .map(|(i, line)| {
-            serde_json::from_str(line)
-                .with_context(|| format!("{}:{}: not a labelled row", path.display(), i + 1))
-        })
+        .map(|(i, line)| serde_json::from_str(line).with_context(|| format!("{}:{}: not a labelled row", path.display(), i + 1)))
         .collect()
 }
 
@@ -107,11 +103,7 @@ pub async fn evaluate(moderator: &Moderator, rows: &[Row]) -> Result<Report, Mod
             Decision::Refuse(hits) => hits.first().map(|h| h.category.clone()),
         };
         let refused = refused_as.is_some();
-        report
-            .categories
-            .entry(row.category.clone())
-            .or_default()
-            .add(row.label, refused);
+        report.categories.entry(row.category.clone()).or_default().add(row.label, refused);
         report.total.add(row.label, refused);
         if refused != (row.label == Label::Harmful) {
             report.mistakes.push((row.clone(), refused_as));
@@ -122,21 +114,9 @@ pub async fn evaluate(moderator: &Moderator, rows: &[Row]) -> Result<Report, Mod
 
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(
-            f,
-            "{:<27} {:>8} {:>9} {:>9} {:>10}",
-            "category", "harmful", "refused", "harmless", "refused"
-        )?;
+        writeln!(f, "{:<27} {:>8} {:>9} {:>9} {:>10}", "category", "harmful", "refused", "harmless", "refused")?;
         let line = |f: &mut fmt::Formatter<'_>, name: &str, c: &Counts| {
-            writeln!(
-                f,
-                "{:<27} {:>8} {:>8.1}% {:>9} {:>9.1}%",
-                name,
-                c.harmful,
-                100.0 * c.refusal_rate(),
-                c.harmless,
-                100.0 * c.false_refusal_rate()
-            )
+            writeln!(f, "{:<27} {:>8} {:>8.1}% {:>9} {:>9.1}%", name, c.harmful, 100.0 * c.refusal_rate(), c.harmless, 100.0 * c.false_refusal_rate())
         };
         for (name, counts) in &self.categories {
             line(f, name, counts)?;
@@ -159,16 +139,8 @@ pub enum Evasion {
 }
 
 impl Evasion {
-    pub const ALL: [Evasion; 8] = [
-        Self::ZeroWidth,
-        Self::SoftHyphen,
-        Self::Homoglyphs,
-        Self::DottedCapitals,
-        Self::Leetspeak,
-        Self::Dots,
-        Self::Spaces,
-        Self::Hyphens,
-    ];
+    pub const ALL: [Evasion; 8] =
+        [Self::ZeroWidth, Self::SoftHyphen, Self::Homoglyphs, Self::DottedCapitals, Self::Leetspeak, Self::Dots, Self::Spaces, Self::Hyphens];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -186,10 +158,7 @@ impl Evasion {
     /// Disguises `text`: every word of four or more letters for the
     /// character-level tricks, the longest word for the spelled-out ones.
     pub fn apply(self, text: &str) -> String {
-        let longest = text
-            .split(|c: char| !c.is_alphabetic())
-            .max_by_key(|w| w.chars().count())
-            .unwrap_or("");
+        let longest = text.split(|c: char| !c.is_alphabetic()).max_by_key(|w| w.chars().count()).unwrap_or("");
         let spell = |sep: &str| -> String {
             let spelled: Vec<String> = longest.chars().map(String::from).collect();
             text.replacen(longest, &spelled.join(sep), 1)
@@ -213,19 +182,7 @@ impl Evasion {
 /// Every disguise of every harmful row (harmless rows are left out).
 pub fn evasions(rows: &[Row]) -> Vec<(Evasion, Row)> {
     let harmful = rows.iter().filter(|r| r.label == Label::Harmful);
-    harmful
-        .flat_map(|row| {
-            Evasion::ALL.iter().map(move |e| {
-                (
-                    *e,
-                    Row {
-                        text: e.apply(&row.text),
-                        ..row.clone()
-                    },
-                )
-            })
-        })
-        .collect()
+    harmful.flat_map(|row| Evasion::ALL.iter().map(move |e| (*e, Row { text: e.apply(&row.text), ..row.clone() }))).collect()
 }
 
 fn per_word(text: &str, f: impl Fn(&str) -> String) -> String {
@@ -253,10 +210,7 @@ fn per_word(text: &str, f: impl Fn(&str) -> String) -> String {
 
 fn insert_middle(word: &str, mark: char) -> String {
     let half = word.chars().count() / 2;
-    word.chars()
-        .enumerate()
-        .flat_map(|(i, c)| (i == half).then_some(mark).into_iter().chain([c]))
-        .collect()
+    word.chars().enumerate().flat_map(|(i, c)| (i == half).then_some(mark).into_iter().chain([c])).collect()
 }
 
 fn cyrillic(c: char) -> char {
@@ -317,36 +271,18 @@ pub fn fit_points(
     for fold in 0..folds {
         let mut examples = Examples::default();
         for (i, row) in rows.iter().enumerate().filter(|(i, _)| i % folds != fold) {
-            match (
-                row.label,
-                categories.iter().position(|c| *c == row.category),
-            ) {
-                (Label::Harmful, Some(category)) => {
-                    examples.harmful.push((category, row.text.clone()))
-                }
+            match (row.label, categories.iter().position(|c| *c == row.category)) {
+                (Label::Harmful, Some(category)) => examples.harmful.push((category, row.text.clone())),
                 (Label::Harmless, _) => examples.allowed.push(row.text.clone()),
-                (Label::Harmful, None) => {
-                    return Err(ModerationError::Worker(format!(
-                        "row {i}: unknown category {}",
-                        row.category
-                    )))
-                }
+                (Label::Harmful, None) => return Err(ModerationError::Worker(format!("row {i}: unknown category {}", row.category))),
             }
         }
         let classifier = Classifier::new(model.clone(), &examples, 0.0, [-100.0, 100.0])?;
         for (i, row) in rows.iter().enumerate().filter(|(i, _)| i % folds == fold) {
-            let lexicon_refuses = matches!(
-                moderator.check_messages(&[row.text.as_str()]),
-                Decision::Refuse(_)
-            );
+            let lexicon_refuses = matches!(moderator.check_messages(&[row.text.as_str()]), Decision::Refuse(_));
             let text = super::normalize::normalize(&row.text);
             let (scores, fast) = (classifier.scores(&text)?, classifier.fast_scores(&text)?);
-            points[i] = Some(FitPoint {
-                label: row.label,
-                lexicon_refuses,
-                scores,
-                fast,
-            });
+            points[i] = Some(FitPoint { label: row.label, lexicon_refuses, scores, fast });
         }
     }
     Ok(points.into_iter().flatten().collect())
@@ -355,10 +291,7 @@ pub fn fit_points(
 /// The threshold that refuses the most harmful training rows while refusing
 /// at most `max_false_refusals` of the harmless ones, with its counts.
 pub fn fit(points: &[FitPoint], max_false_refusals: f64) -> Option<(Rule, Counts)> {
-    let mut candidates: Vec<f32> = points
-        .iter()
-        .filter_map(|p| p.scores.map(|s| s.score))
-        .collect();
+    let mut candidates: Vec<f32> = points.iter().filter_map(|p| p.scores.map(|s| s.score)).collect();
     candidates.sort_by(f32::total_cmp);
     candidates.dedup();
     candidates.push(f32::MAX);
@@ -367,10 +300,7 @@ pub fn fit(points: &[FitPoint], max_false_refusals: f64) -> Option<(Rule, Counts
         let rule = Rule { threshold };
         let mut counts = Counts::default();
         for p in points {
-            counts.add(
-                p.label,
-                p.lexicon_refuses || p.scores.as_ref().is_some_and(|s| rule.refuses(s)),
-            );
+            counts.add(p.label, p.lexicon_refuses || p.scores.as_ref().is_some_and(|s| rule.refuses(s)));
         }
         (counts.false_refusal_rate() <= max_false_refusals).then_some((rule, counts))
     })
@@ -380,46 +310,19 @@ pub fn fit(points: &[FitPoint], max_false_refusals: f64) -> Option<(Rule, Counts
 /// an answer is cut only where no look-alike request would have been refused.
 pub fn fit_output(points: &[FitPoint]) -> f32 {
     let harmless = points.iter().filter(|p| p.label == Label::Harmless);
-    harmless
-        .filter_map(|p| p.scores.map(|s| s.score))
-        .fold(f32::MIN, f32::max)
-        .next_up()
+    harmless.filter_map(|p| p.scores.map(|s| s.score)).fold(f32::MIN, f32::max).next_up()
 }
 
 /// The cascade band for `rule`: the static score below which no training row
 /// the transformer refuses falls, and from which no row it allows reaches.
 /// Returns (allow_below, refuse_from, share of training rows the static stage decides).
 pub fn fit_band(points: &[FitPoint], rule: Rule) -> (f32, f32, f64) {
-    let judged: Vec<(f32, bool)> = points
-        .iter()
-        .filter_map(|p| {
-            Some((
-                p.fast?.score,
-                p.scores.as_ref().is_some_and(|s| rule.refuses(s)),
-            ))
-        })
-        .collect();
-    let allow_below = judged
-        .iter()
-        .filter(|(_, r)| *r)
-        .map(|(h, _)| *h)
-        .fold(f32::MAX, f32::min);
-    let refuse_from = judged
-        .iter()
-        .filter(|(_, r)| !*r)
-        .map(|(h, _)| *h)
-        .fold(f32::MIN, f32::max)
-        .next_up();
+    let judged: Vec<(f32, bool)> = points.iter().filter_map(|p| Some((p.fast?.score, p.scores.as_ref().is_some_and(|s| rule.refuses(s))))).collect();
+    let allow_below = judged.iter().filter(|(_, r)| *r).map(|(h, _)| *h).fold(f32::MAX, f32::min);
+    let refuse_from = judged.iter().filter(|(_, r)| !*r).map(|(h, _)| *h).fold(f32::MIN, f32::max).next_up();
     let refuse_from = refuse_from.max(allow_below);
-    let decided = judged
-        .iter()
-        .filter(|(h, _)| *h < allow_below || *h >= refuse_from)
-        .count();
-    (
-        allow_below,
-        refuse_from,
-        decided as f64 / judged.len().max(1) as f64,
-    )
+    let decided = judged.iter().filter(|(h, _)| *h < allow_below || *h >= refuse_from).count();
+    (allow_below, refuse_from, decided as f64 / judged.len().max(1) as f64)
 }
 
 #[cfg(test)]
@@ -433,12 +336,7 @@ mod tests {
         for e in Evasion::ALL {
             let disguised = e.apply(text);
             assert_ne!(disguised, text, "{}", e.as_str());
-            assert_eq!(
-                normalize(&disguised),
-                normalize(text),
-                "{}: {disguised:?}",
-                e.as_str()
-            );
+            assert_eq!(normalize(&disguised), normalize(text), "{}: {disguised:?}", e.as_str());
         }
     }
 }

@@ -60,11 +60,7 @@ impl PhraseIndex {
     /// The category of the first phrase match in normalised `text`, if any.
     pub(super) fn first_hit(&self, text: &str) -> Option<Hit> {
         let found = self.automaton.find(text)?;
-        self.hit(
-            self.phrase_category
-                .get(found.pattern().as_usize())
-                .copied(),
-        )
+        self.hit(self.phrase_category.get(found.pattern().as_usize()).copied())
     }
 
     /// The char index where the longest suffix of `text` that is a proper
@@ -72,12 +68,8 @@ impl PhraseIndex {
     /// everything before it can no longer be part of a match.
     pub(super) fn pending_start(&self, text: &str) -> usize {
         let starts: Vec<usize> = text.char_indices().map(|(i, _)| i).collect();
-        let first = starts
-            .len()
-            .saturating_sub(self.longest_chars.saturating_sub(1));
-        (first..starts.len())
-            .find(|&i| self.prefixes.contains(&text[starts[i]..]))
-            .unwrap_or(starts.len())
+        let first = starts.len().saturating_sub(self.longest_chars.saturating_sub(1));
+        (first..starts.len()).find(|&i| self.prefixes.contains(&text[starts[i]..])).unwrap_or(starts.len())
     }
 
     fn hit(&self, category: Option<usize>) -> Option<Hit> {
@@ -107,11 +99,7 @@ impl Moderator {
     /// Compiles the constitution's phrases and patterns (validating it first)
     /// and judges with `semantic` too; streamed output is judged at sentence
     /// ends, at least every `output_window_chars`.
-    pub fn with_semantic(
-        constitution: &Constitution,
-        semantic: Semantic,
-        output_window_chars: usize,
-    ) -> Result<Self, ModerationError> {
+    pub fn with_semantic(constitution: &Constitution, semantic: Semantic, output_window_chars: usize) -> Result<Self, ModerationError> {
         constitution.validate()?;
         let mut phrases = Vec::new();
         let mut phrase_category = Vec::new();
@@ -128,40 +116,11 @@ impl Moderator {
             }
         }
         let longest_chars = phrases.iter().map(|p| p.chars().count()).max().unwrap_or(0);
-        let automaton = AhoCorasick::builder()
-            .match_kind(MatchKind::Standard)
-            .build(&phrases)?;
-        let hits = constitution
-            .categories
-            .iter()
-            .map(|r| Hit {
-                code: r.code.clone(),
-                category: r.name.clone(),
-                message: r.message.clone(),
-            })
-            .collect();
-        let prefixes = phrases
-            .iter()
-            .flat_map(|p| {
-                p.char_indices()
-                    .skip(1)
-                    .map(move |(end, _)| p[..end].to_owned())
-            })
-            .collect();
-        let index = PhraseIndex {
-            automaton,
-            phrase_category,
-            hits,
-            longest_chars,
-            prefixes,
-        };
-        Ok(Self {
-            phrases: Arc::new(index),
-            patterns: RegexSet::new(patterns)?,
-            pattern_category,
-            semantic,
-            output_window_chars: output_window_chars.max(1),
-        })
+        let automaton = AhoCorasick::builder().match_kind(MatchKind::Standard).build(&phrases)?;
+        let hits = constitution.categories.iter().map(|r| Hit { code: r.code.clone(), category: r.name.clone(), message: r.message.clone() }).collect();
+        let prefixes = phrases.iter().flat_map(|p| p.char_indices().skip(1).map(move |(end, _)| p[..end].to_owned())).collect();
+        let index = PhraseIndex { automaton, phrase_category, hits, longest_chars, prefixes };
+        Ok(Self { phrases: Arc::new(index), patterns: RegexSet::new(patterns)?, pattern_category, semantic, output_window_chars: output_window_chars.max(1) })
     }
 
     /// Checks a user input: phrases (one automaton pass) over the normalised
@@ -175,12 +134,7 @@ impl Moderator {
             }
         };
         for found in self.phrases.automaton.find_overlapping_iter(&normalized) {
-            mark(
-                self.phrases
-                    .phrase_category
-                    .get(found.pattern().as_usize())
-                    .copied(),
-            );
+            mark(self.phrases.phrase_category.get(found.pattern().as_usize()).copied());
         }
         // Patterns see both forms: the folded one keeps digits and symbols as
         // written (card numbers, e-mail addresses), the full one reads disguises.
@@ -189,12 +143,7 @@ impl Moderator {
                 mark(self.pattern_category.get(i).copied());
             }
         }
-        let hits: Vec<Hit> = matched
-            .iter()
-            .enumerate()
-            .filter(|(_, hit)| **hit)
-            .filter_map(|(i, _)| self.phrases.hit(Some(i)))
-            .collect();
+        let hits: Vec<Hit> = matched.iter().enumerate().filter(|(_, hit)| **hit).filter_map(|(i, _)| self.phrases.hit(Some(i))).collect();
         if hits.is_empty() {
             Decision::Allow
         } else {
@@ -207,10 +156,7 @@ impl Moderator {
     pub fn check_messages(&self, messages: &[&str]) -> Decision {
         let joined = messages.join("\n");
         let mut hits: Vec<Hit> = Vec::new();
-        let checks = messages
-            .iter()
-            .copied()
-            .chain((messages.len() > 1).then_some(joined.as_str()));
+        let checks = messages.iter().copied().chain((messages.len() > 1).then_some(joined.as_str()));
         for decision in checks.map(|text| self.check_input(text)) {
             if let Decision::Refuse(found) = decision {
                 hits.extend(found);
@@ -250,21 +196,12 @@ impl Moderator {
     /// Judges pieces of a streamed answer with the semantic layer (the
     /// lexicon judges output through the [`OutputGuard`]).
     pub async fn judge_output(&self, pieces: Vec<String>) -> Result<Option<Hit>, ModerationError> {
-        let category = self
-            .judge_blocking(
-                pieces.iter().map(|p| normalize(p)).collect(),
-                Semantic::judge_output,
-            )
-            .await?;
+        let category = self.judge_blocking(pieces.iter().map(|p| normalize(p)).collect(), Semantic::judge_output).await?;
         Ok(category.and_then(|i| self.phrases.hit(Some(i))))
     }
 
     /// The first refused category among `pieces` (already normalised).
-    async fn judge_blocking(
-        &self,
-        pieces: Vec<String>,
-        judge: JudgeFn,
-    ) -> Result<Option<usize>, ModerationError> {
+    async fn judge_blocking(&self, pieces: Vec<String>, judge: JudgeFn) -> Result<Option<usize>, ModerationError> {
         let semantic = self.semantic.clone();
         let judged = tokio::task::spawn_blocking(move || {
             for piece in &pieces {
@@ -286,9 +223,7 @@ impl Moderator {
     /// Where a streamed answer is cut into pieces for [`Moderator::judge_output`]
     /// (`None` when the semantic layer is off).
     pub fn output_sentences(&self) -> Option<SentenceBuffer> {
-        self.semantic
-            .is_on()
-            .then(|| SentenceBuffer::new(self.output_window_chars))
+        self.semantic.is_on().then(|| SentenceBuffer::new(self.output_window_chars))
     }
 
     /// Length of the longest phrase, in normalised chars.

@@ -1,10 +1,17 @@
 //! Input and streaming output moderation under the active constitution.
 //!
-//! [`Moderator::check_input`] matches a whole user message (phrases and
-//! patterns); [`Moderator::output_guard`] returns an [`OutputGuard`] that
-//! moderates a streamed answer chunk by chunk, holding back only as much text
-//! as the longest phrase needs, so the client never receives any character of
-//! a matched phrase. All matching runs on normalised text (see [`normalize`]).
+//! Three layers, each cheaper than the next, all over one canonical form of
+//! the text ([`normalize`]: confusables, ignorables, case, leetspeak and
+//! spelled-out words undone): the phrase lexicon and patterns
+//! ([`Moderator::check_messages`]), then the semantic layer ([`semantic`]).
+//! [`Moderator::judge_messages`] runs them over every caller-supplied message
+//! of a turn. On the way out, [`Moderator::output_guard`] returns an
+//! [`OutputGuard`] that holds back only text that could still become a listed
+//! phrase, so the client never receives a character of one, and
+//! [`Moderator::output_sentences`] cuts the released answer into the pieces
+//! [`Moderator::judge_output`] judges semantically.
+//!
+//! [`eval`] measures all of it on labelled data; [`cli`] is `steward moderation`.
 
 pub mod cli;
 pub mod eval;

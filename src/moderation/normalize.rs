@@ -27,9 +27,7 @@
 //! starts — what the streaming guard needs to release text safely.
 
 use caseless::Caseless;
-use unicode_normalization::char::{
-    canonical_combining_class, decompose_compatible, is_combining_mark,
-};
+use unicode_normalization::char::{canonical_combining_class, decompose_compatible, is_combining_mark};
 use unicode_normalization::{is_nfkc_quick, IsNormalized, UnicodeNormalization};
 
 /// Most separator characters between two spelled-out letters (`k - i`).
@@ -96,9 +94,7 @@ pub fn normalize_phrase(phrase: &str) -> String {
 /// collapsing continues exactly across a cut.
 pub fn normalize_mapped(raw: &str, after_space: bool) -> Mapped {
     let mut folded = Vec::with_capacity(raw.len());
-    let open_segment = walk(raw, after_space, |ch, raw_start| {
-        folded.push(MappedChar { ch, raw_start })
-    });
+    let open_segment = walk(raw, after_space, |ch, raw_start| folded.push(MappedChar { ch, raw_start }));
     Words::new(&folded).render(open_segment)
 }
 
@@ -125,12 +121,7 @@ fn walk(raw: &str, after_space: bool, mut emit: impl FnMut(char, usize)) -> usiz
 /// 30 combining marks of up to 4 bytes each, plus their base.
 const MAX_SEGMENT_BYTES: usize = 124;
 
-fn emit_segment(
-    segment: &str,
-    start: usize,
-    after_space: &mut bool,
-    emit: &mut impl FnMut(char, usize),
-) {
+fn emit_segment(segment: &str, start: usize, after_space: &mut bool, emit: &mut impl FnMut(char, usize)) {
     let mut push = |c: char| {
         if c.is_whitespace() {
             if !*after_space {
@@ -231,35 +222,22 @@ impl<'a> Words<'a> {
             let word = c.ch.is_alphanumeric();
             match tokens.last_mut() {
                 Some(t) if t.word == word => t.end = i + 1,
-                _ => tokens.push(Token {
-                    start: i,
-                    end: i + 1,
-                    word,
-                }),
+                _ => tokens.push(Token { start: i, end: i + 1, word }),
             }
         }
         let linked = (0..tokens.len())
             .map(|k| {
                 let gap = tokens[k];
-                !gap.word
-                    && gap.len() <= MAX_GAP
-                    && k > 0
-                    && tokens[k - 1].single()
-                    && tokens.get(k + 1).is_some_and(Token::single)
+                !gap.word && gap.len() <= MAX_GAP && k > 0 && tokens[k - 1].single() && tokens.get(k + 1).is_some_and(Token::single)
             })
             .collect();
-        Self {
-            folded,
-            tokens,
-            linked,
-        }
+        Self { folded, tokens, linked }
     }
 
     /// Whether a cut may fall before token `k`.
     fn cuttable(&self, k: usize) -> bool {
         let first = self.tokens[k].start;
-        let own_segment =
-            first == 0 || self.folded[first - 1].raw_start != self.folded[first].raw_start;
+        let own_segment = first == 0 || self.folded[first - 1].raw_start != self.folded[first].raw_start;
         own_segment && !self.linked[k] && !(k > 0 && self.linked[k - 1])
     }
 
@@ -290,10 +268,7 @@ impl<'a> Words<'a> {
         while k < self.tokens.len() {
             if self.cuttable(k) || k == open_token {
                 let raw = self.folded[self.tokens[k].start].raw_start;
-                let cut = Cut {
-                    index: mapped.chars.len(),
-                    raw,
-                };
+                let cut = Cut { index: mapped.chars.len(), raw };
                 mapped.cuts.push(cut);
                 if k == open_token {
                     mapped.open = cut;
@@ -301,10 +276,7 @@ impl<'a> Words<'a> {
             }
             let spelled_end = self.spelled_out_end(k);
             if spelled_end > k {
-                let letters: Vec<MappedChar> = (k..spelled_end)
-                    .step_by(2)
-                    .map(|w| self.folded[self.tokens[w].start])
-                    .collect();
+                let letters: Vec<MappedChar> = (k..spelled_end).step_by(2).map(|w| self.folded[self.tokens[w].start]).collect();
                 push_word(&mut mapped, &letters);
                 k = spelled_end;
                 continue;
@@ -323,10 +295,7 @@ impl<'a> Words<'a> {
         }
         if open_token >= self.tokens.len() {
             // The open segment produced no char (a collapsed space, an ignorable): all else is final.
-            mapped.open = Cut {
-                index: mapped.chars.len(),
-                raw: open_segment,
-            };
+            mapped.open = Cut { index: mapped.chars.len(), raw: open_segment };
             mapped.cuts.push(mapped.open);
         }
         mapped
@@ -354,16 +323,9 @@ impl<'a> Words<'a> {
 fn push_word(mapped: &mut Mapped, chars: &[MappedChar]) {
     let has_letter = chars.iter().any(|c| c.ch.is_alphabetic());
     for c in chars {
-        let ch = if has_letter {
-            leet(c.ch).unwrap_or(c.ch)
-        } else {
-            c.ch
-        };
+        let ch = if has_letter { leet(c.ch).unwrap_or(c.ch) } else { c.ch };
         mapped.text.push(ch);
-        mapped.chars.push(MappedChar {
-            ch,
-            raw_start: c.raw_start,
-        });
+        mapped.chars.push(MappedChar { ch, raw_start: c.raw_start });
     }
 }
 

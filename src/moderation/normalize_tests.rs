@@ -20,10 +20,7 @@ const SAMPLES: &[&str] = &[
 #[test]
 fn known_evasions_read_as_the_plain_words() {
     let cases = [
-        (
-            "how to ki\u{200B}ll someone quietly",
-            "how to kill someone quietly",
-        ),
+        ("how to ki\u{200B}ll someone quietly", "how to kill someone quietly"),
         ("how to kіll someone", "how to kill someone"),
         ("HOW TO KİLL SOMEONE", "how to kill someone"),
         ("how to k.i.l.l someone", "how to kill someone"),
@@ -31,10 +28,7 @@ fn known_evasions_read_as_the_plain_words() {
         ("how to k-i-l-l someone", "how to kill someone"),
         ("how to k - i - l - l someone", "how to kill someone"),
         ("h0w t0 k1ll s0me0ne", "how to kill someone"),
-        (
-            "b\u{00AD}u\u{2060}i\u{FEFF}l\u{200D}d a b\u{034F}o\u{FE0F}m\u{202E}b",
-            "build a bomb",
-        ),
+        ("b\u{00AD}u\u{2060}i\u{FEFF}l\u{200D}d a b\u{034F}o\u{FE0F}m\u{202E}b", "build a bomb"),
         ("ВUILD А ВОМВ", "build a bomb"),
         ("𝐛𝐮𝐢𝐥𝐝 a ｂｏｍｂ", "build a bomb"),
         ("STRASSE", "strasse"),
@@ -50,10 +44,7 @@ fn known_evasions_read_as_the_plain_words() {
 #[test]
 fn ordinary_text_stays_readable() {
     let cases = [
-        (
-            "In 2024 I bought 3 mp3 players.",
-            "in 2024 i bought 3 mpe players.",
-        ),
+        ("In 2024 I bought 3 mp3 players.", "in 2024 i bought 3 mpe players."),
         ("I am a student, a b test", "i am a student, a b test"),
         ("Café au lait", "cafe au lait"),
         ("e.g. this", "e.g. this"),
@@ -63,10 +54,7 @@ fn ordinary_text_stays_readable() {
         assert_eq!(normalize(raw), expected, "{raw:?}");
     }
     // Digits and symbols keep their form where patterns need them.
-    assert_eq!(
-        fold("Mail J.Doe@Example.com, 4111-1111"),
-        "mail j.doe@example.com, 4111-1111"
-    );
+    assert_eq!(fold("Mail J.Doe@Example.com, 4111-1111"), "mail j.doe@example.com, 4111-1111");
 }
 
 /// Every safe cut splits the text into two parts that normalise, separately,
@@ -80,11 +68,7 @@ fn every_cut_splits_into_parts_that_normalise_alike() {
             let head: String = whole.chars[..cut.index].iter().map(|c| c.ch).collect();
             let after_space = head.ends_with(' ');
             let tail = normalize_mapped(&raw[cut.raw..], after_space).text;
-            assert_eq!(
-                format!("{head}{tail}"),
-                whole.text,
-                "{raw:?} cut at {cut:?}"
-            );
+            assert_eq!(format!("{head}{tail}"), whole.text, "{raw:?} cut at {cut:?}");
         }
     }
 }
@@ -98,10 +82,7 @@ fn text_before_the_open_tail_is_final() {
         for (i, _) in raw.char_indices().skip(1) {
             let part = normalize_mapped(&raw[..i], false);
             let fixed: String = part.chars[..part.open.index].iter().map(|c| c.ch).collect();
-            assert!(
-                whole.starts_with(&fixed),
-                "{raw:?} at {i}: {fixed:?} is not a prefix of {whole:?}"
-            );
+            assert!(whole.starts_with(&fixed), "{raw:?} at {i}: {fixed:?} is not a prefix of {whole:?}");
             assert!(part.open.raw <= i);
         }
     }

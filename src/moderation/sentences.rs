@@ -17,12 +17,7 @@ pub struct SentenceBuffer {
 
 impl SentenceBuffer {
     pub fn new(window: usize) -> Self {
-        Self {
-            window,
-            current: String::new(),
-            current_chars: 0,
-            after_terminal: false,
-        }
+        Self { window, current: String::new(), current_chars: 0, after_terminal: false }
     }
 
     /// Adds released text; returns every piece it completed, in order.
@@ -31,9 +26,7 @@ impl SentenceBuffer {
         for c in text.chars() {
             self.current.push(c);
             self.current_chars += 1;
-            let ends = c == '\n'
-                || (self.after_terminal && c.is_whitespace())
-                || self.current_chars >= self.window;
+            let ends = c == '\n' || (self.after_terminal && c.is_whitespace()) || self.current_chars >= self.window;
             self.after_terminal = matches!(c, '.' | '!' | '?' | '…');
             if ends {
                 let piece = std::mem::take(&mut self.current);
@@ -62,10 +55,7 @@ mod tests {
         let mut b = SentenceBuffer::new(400);
         assert!(b.push("First part").is_empty());
         assert_eq!(b.push(" ends here. Sec"), ["First part ends here. "]);
-        assert_eq!(
-            b.push("ond one!\nThird. Fourth? "),
-            ["Second one!\n", "Third. ", "Fourth? "]
-        );
+        assert_eq!(b.push("ond one!\nThird. Fourth? "), ["Second one!\n", "Third. ", "Fourth? "]);
         assert!(b.push("Fifth is 3.5 units").is_empty());
         assert_eq!(b.finish().as_deref(), Some("Fifth is 3.5 units"));
         assert_eq!(b.finish(), None);

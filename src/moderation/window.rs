@@ -52,12 +52,7 @@ pub struct OutputGuard {
 
 impl OutputGuard {
     pub(super) fn new(index: Arc<PhraseIndex>) -> Self {
-        Self {
-            index,
-            held: String::new(),
-            after_space: false,
-            refused: None,
-        }
+        Self { index, held: String::new(), after_space: false, refused: None }
     }
 
     /// Feed the next chunk of model output; returns text that is now safe to send, or the refusal.
@@ -76,29 +71,14 @@ impl OutputGuard {
         }
         // Release up to the last safe cut before both the provisional tail and
         // any final text that could still grow into a phrase.
-        let closed = mapped
-            .text
-            .char_indices()
-            .nth(mapped.open.index)
-            .map_or(mapped.text.len(), |(i, _)| i);
+        let closed = mapped.text.char_indices().nth(mapped.open.index).map_or(mapped.text.len(), |(i, _)| i);
         let pending = self.index.pending_start(&mapped.text[..closed]);
-        let cut = mapped
-            .cuts
-            .iter()
-            .rev()
-            .find(|c| c.index <= pending && c.raw <= mapped.open.raw);
-        let Some(&Cut {
-            index: released_chars,
-            raw: cut_byte,
-        }) = cut.filter(|c| c.raw > 0)
-        else {
+        let cut = mapped.cuts.iter().rev().find(|c| c.index <= pending && c.raw <= mapped.open.raw);
+        let Some(&Cut { index: released_chars, raw: cut_byte }) = cut.filter(|c| c.raw > 0) else {
             return GuardStep::Release(String::new());
         };
         // The last released normalised char carries the whitespace state.
-        if let Some(last) = released_chars
-            .checked_sub(1)
-            .and_then(|i| mapped.chars.get(i))
-        {
+        if let Some(last) = released_chars.checked_sub(1).and_then(|i| mapped.chars.get(i)) {
             self.after_space = last.ch == ' ';
         }
         let rest = self.held.split_off(cut_byte);

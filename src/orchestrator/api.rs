@@ -40,30 +40,16 @@ struct StepBody {
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/v1/conversation/step", web::post().to(step))
-        .route("/v1/conversation/stream", web::post().to(stream));
+    cfg.route("/v1/conversation/step", web::post().to(step)).route("/v1/conversation/stream", web::post().to(stream));
 }
 
 fn policy_headers(req: &HttpRequest) -> PolicyHeaders {
-    let get = |name| {
-        req.headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-    };
-    PolicyHeaders {
-        constitution_hash: get(headers::CONSTITUTION_HASH),
-        verdict: get(headers::POLICY_VERDICT),
-        signature: get(headers::POLICY_SIGNATURE),
-    }
+    let get = |name| req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    PolicyHeaders { constitution_hash: get(headers::CONSTITUTION_HASH), verdict: get(headers::POLICY_VERDICT), signature: get(headers::POLICY_SIGNATURE) }
 }
 
 fn valid_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 128
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    !id.is_empty() && id.len() <= 128 && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
 /// Shared by both routes: authenticate, validate, verify the policy and start the turn.
@@ -78,15 +64,10 @@ async fn begin(
     let result = async {
         caller.require(Capability::Chat)?;
         if !valid_id(&body.session_id) || !valid_id(&body.turn_id) {
-            return Err(ApiError::new(
-                Code::InvalidRequest,
-                "session_id and turn_id must be 1-128 of A-Z a-z 0-9 - _",
-            ));
+            return Err(ApiError::new(Code::InvalidRequest, "session_id and turn_id must be 1-128 of A-Z a-z 0-9 - _"));
         }
         api.limits.check_message(&body.message)?;
-        let params = api
-            .limits
-            .params(body.max_tokens, body.temperature, body.seed)?;
+        let params = api.limits.params(body.max_tokens, body.temperature, body.seed)?;
         let policy = policy_headers(req);
         let training = api.training.mark(caller.tenant.as_str()).await;
         let request = TurnRequest {
@@ -103,16 +84,12 @@ async fn begin(
             session_known: None,
             training,
         };
-        let stream = api
-            .conversation
-            .start_turn(request.clone(), policy.clone())
-            .await?;
+        let stream = api.conversation.start_turn(request.clone(), policy.clone()).await?;
         Ok((stream, policy, request))
     }
     .await;
     if let Err(err) = &result {
-        api.metrics
-            .request(route, RequestOutcome::Rejected, started.elapsed());
+        api.metrics.request(route, RequestOutcome::Rejected, started.elapsed());
         tracing::info!(route, code = err.code().name(), "turn rejected");
     }
     result
@@ -127,27 +104,16 @@ fn governance<'a>(policy: &'a PolicyHeaders, request: &'a TurnRequest) -> Govern
     }
 }
 
-async fn step(
-    req: HttpRequest,
-    caller: Caller,
-    body: web::Json<StepBody>,
-    api: web::Data<OrchestratorApi>,
-) -> Result<HttpResponse, ApiError> {
-    let (mut turn, policy, request) =
-        begin("conversation_step", &req, caller, body.into_inner(), &api).await?;
+async fn step(req: HttpRequest, caller: Caller, body: web::Json<StepBody>, api: web::Data<OrchestratorApi>) -> Result<HttpResponse, ApiError> {
+    let (mut turn, policy, request) = begin("conversation_step", &req, caller, body.into_inner(), &api).await?;
     let mut content = String::new();
     let (mut refusal, mut error, mut done) = (None, None, None);
     while let Some(event) = turn.next().await {
         match event {
             TurnEvent::Delta(text) => content.push_str(&text),
             TurnEvent::Refusal(hit) => refusal = Some(hit),
-            TurnEvent::Error { code, message } => {
-                error = Some(json!({ "code": code.name(), "message": message }))
-            }
-            TurnEvent::Done {
-                finish_reason,
-                usage,
-            } => done = Some((finish_reason, usage)),
+            TurnEvent::Error { code, message } => error = Some(json!({ "code": code.name(), "message": message })),
+            TurnEvent::Done { finish_reason, usage } => done = Some((finish_reason, usage)),
         }
     }
     let (finish_reason, usage) = done.unwrap_or((super::FinishReason::Error, None));
@@ -164,19 +130,11 @@ async fn step(
     })))
 }
 
-async fn stream(
-    req: HttpRequest,
-    caller: Caller,
-    body: web::Json<StepBody>,
-    api: web::Data<OrchestratorApi>,
-) -> Result<HttpResponse, ApiError> {
-    let (turn, policy, request) =
-        begin("conversation_stream", &req, caller, body.into_inner(), &api).await?;
+async fn stream(req: HttpRequest, caller: Caller, body: web::Json<StepBody>, api: web::Data<OrchestratorApi>) -> Result<HttpResponse, ApiError> {
+    let (turn, policy, request) = begin("conversation_stream", &req, caller, body.into_inner(), &api).await?;
     let frames = turn.map(|event| {
         let (name, data) = event.sse();
         sse_frame(name, &data)
     });
-    Ok(governance(&policy, &request)
-        .sse_response()
-        .streaming(with_keepalive(Box::pin(frames), api.keepalive)))
+    Ok(governance(&policy, &request).sse_response().streaming(with_keepalive(Box::pin(frames), api.keepalive)))
 }

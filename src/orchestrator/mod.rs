@@ -27,9 +27,5 @@ pub trait Conversation: Send + Sync {
     /// Verifies the policy headers for this turn and starts it. Errors come
     /// before any output; once the stream exists, failures arrive as
     /// [`TurnEvent::Error`].
-    fn start_turn(
-        &self,
-        request: TurnRequest,
-        policy: PolicyHeaders,
-    ) -> BoxFuture<'_, Result<TurnStream, OrchestratorError>>;
+    fn start_turn(&self, request: TurnRequest, policy: PolicyHeaders) -> BoxFuture<'_, Result<TurnStream, OrchestratorError>>;
 }

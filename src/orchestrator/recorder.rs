@@ -47,14 +47,7 @@ pub struct Recorder {
 }
 
 impl Recorder {
-    pub fn new(
-        metrics: Arc<Metrics>,
-        events: EventLog,
-        context: TurnContext,
-        request: &TurnRequest,
-        signed: &SignedVerdict,
-        model: &str,
-    ) -> Self {
+    pub fn new(metrics: Arc<Metrics>, events: EventLog, context: TurnContext, request: &TurnRequest, signed: &SignedVerdict, model: &str) -> Self {
         let record = TurnRecord {
             turn_id: request.turn_id.clone(),
             session_id: request.session_id.clone(),
@@ -108,8 +101,7 @@ impl Recorder {
         record.finish_reason = finish.as_str().into();
         record.prompt_tokens = self.usage.map(|u| i64::from(u.prompt_tokens));
         record.completion_tokens = self.usage.map(|u| i64::from(u.completion_tokens));
-        self.metrics
-            .request(self.route, outcome, self.started.elapsed());
+        self.metrics.request(self.route, outcome, self.started.elapsed());
         tracing::info!(
             trace_id = %record.trace_id, span_id = %self.span_id, tenant = %record.tenant, session_id = %record.session_id, turn_id = %record.turn_id,
             finish_reason = %record.finish_reason, elapsed_ms = self.started.elapsed().as_millis() as u64, "turn finished"
@@ -121,13 +113,7 @@ impl Recorder {
     /// transaction, shared with whatever else is queued) before the client
     /// sees `done`; false if they could not be stored. The commit is awaited
     /// in a task of its own: a client leaving mid-write cannot cut it short.
-    pub async fn finish(
-        &mut self,
-        finish: FinishReason,
-        outcome: RequestOutcome,
-        kind: EventType,
-        data: Value,
-    ) -> bool {
+    pub async fn finish(&mut self, finish: FinishReason, outcome: RequestOutcome, kind: EventType, data: Value) -> bool {
         let Some(record) = self.take(finish, outcome) else {
             return true;
         };
@@ -144,10 +130,7 @@ impl Recorder {
     }
 
     fn terminal(&self, record: TurnRecord, kind: EventType, data: Value) -> Vec<Pending> {
-        vec![
-            Pending::Write(Arc::new(RecordTurn(record))),
-            Pending::Conversation(NewEvent::new(self.context.clone(), kind, data)),
-        ]
+        vec![Pending::Write(Arc::new(RecordTurn(record))), Pending::Conversation(NewEvent::new(self.context.clone(), kind, data))]
     }
 }
 
@@ -157,11 +140,7 @@ impl Drop for Recorder {
             return;
         };
         let data = json!({ "reason": "client_disconnected", "emitted_chars": record.assistant_message.chars().count(), "content_included": false });
-        let (events, items, turn_id) = (
-            self.events.clone(),
-            self.terminal(record, EventType::Cancelled, data),
-            self.context.turn_id.clone(),
-        );
+        let (events, items, turn_id) = (self.events.clone(), self.terminal(record, EventType::Cancelled, data), self.context.turn_id.clone());
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             // The client is gone: queue the turn and its event; the writer drains its queue on shutdown.
             runtime.spawn(async move {

@@ -46,35 +46,19 @@ impl Orchestrator {
         events: EventLog,
         settings: OrchestratorSettings,
     ) -> Self {
-        Self {
-            policy,
-            moderator,
-            model,
-            store,
-            metrics,
-            events,
-            settings,
-        }
+        Self { policy, moderator, model, store, metrics, events, settings }
     }
 
     async fn prompt(&self, request: &TurnRequest) -> Result<Vec<ChatMessage>, OrchestratorError> {
         let tenant = request.tenant.as_str();
         let state = match request.session_known {
             Some(state) => state,
-            None => {
-                self.store
-                    .session_state(tenant, &request.session_id)
-                    .await?
-            }
+            None => self.store.session_state(tenant, &request.session_id).await?,
         };
         let history = match state {
             SessionState::Foreign => return Err(OrchestratorError::SessionNotFound),
             SessionState::New => Vec::new(),
-            SessionState::Owned => {
-                self.store
-                    .history(tenant, &request.session_id, self.settings.max_history_turns)
-                    .await?
-            }
+            SessionState::Owned => self.store.history(tenant, &request.session_id, self.settings.max_history_turns).await?,
         };
         let mut messages = Vec::with_capacity(history.len() + request.preamble.len() + 2);
         // The operator's system prompt always stands first; a caller's system
@@ -88,35 +72,19 @@ impl Orchestrator {
         Ok(messages)
     }
 
-    fn run(
-        &self,
-        request: TurnRequest,
-        signed: SignedVerdict,
-        messages: Vec<ChatMessage>,
-    ) -> TurnStream {
+    fn run(&self, request: TurnRequest, signed: SignedVerdict, messages: Vec<ChatMessage>) -> TurnStream {
         let dispatch = DispatchContext {
             constitution_hash: signed.constitution_hash.to_string(),
             policy_verdict: signed.verdict.header_value(),
             traceparent: request.trace.child().header(),
         };
-        let mut model = self.model.stream(ModelRequest {
-            messages,
-            params: request.params,
-            context: dispatch,
-        });
+        let mut model = self.model.stream(ModelRequest { messages, params: request.params, context: dispatch });
         let mut guard = self.moderator.output_guard();
         let mut sentences = self.moderator.output_sentences();
         let moderator = self.moderator.clone();
         let metrics = self.metrics.clone();
         let context = turn_context(&request, &signed);
-        let mut recorder = Recorder::new(
-            self.metrics.clone(),
-            self.events.clone(),
-            context,
-            &request,
-            &signed,
-            &self.settings.model,
-        );
+        let mut recorder = Recorder::new(self.metrics.clone(), self.events.clone(), context, &request, &signed, &self.settings.model);
         Box::pin(async_stream::stream! {
             let mut finish = FinishReason::Stop;
             // (category, which layer found it) once the answer must be cut.
@@ -206,18 +174,9 @@ async fn judge_output(moderator: &Moderator, pieces: Vec<String>) -> Option<Hit>
 }
 
 impl Conversation for Orchestrator {
-    fn start_turn(
-        &self,
-        request: TurnRequest,
-        policy: PolicyHeaders,
-    ) -> BoxFuture<'_, Result<TurnStream, OrchestratorError>> {
+    fn start_turn(&self, request: TurnRequest, policy: PolicyHeaders) -> BoxFuture<'_, Result<TurnStream, OrchestratorError>> {
         Box::pin(async move {
-            let turn = TurnRef {
-                tenant: request.tenant.as_str(),
-                session_id: &request.session_id,
-                turn_id: &request.turn_id,
-                message: &request.message,
-            };
+            let turn = TurnRef { tenant: request.tenant.as_str(), session_id: &request.session_id, turn_id: &request.turn_id, message: &request.message };
             let signed = self.policy.verify(turn, &policy)?;
             if let Verdict::Refuse(_) = signed.verdict {
                 return Err(PolicyError::Refused.into());
@@ -232,9 +191,7 @@ impl Conversation for Orchestrator {
                 "model": self.settings.model, "max_tokens": request.params.max_tokens,
                 "history_messages": messages.len().saturating_sub(1), "content_included": false,
             });
-            self.events
-                .turn(&context, EventType::Dispatched, data)
-                .await;
+            self.events.turn(&context, EventType::Dispatched, data).await;
             Ok(self.run(request, signed, messages))
         })
     }
@@ -242,8 +199,5 @@ impl Conversation for Orchestrator {
 
 /// The turn ran but its trail could not be stored: the client is told, not handed a `done` that promises durability.
 fn not_stored() -> TurnEvent {
-    TurnEvent::Error {
-        code: crate::error::Code::Internal,
-        message: "the turn's events could not be stored".into(),
-    }
+    TurnEvent::Error { code: crate::error::Code::Internal, message: "the turn's events could not be stored".into() }
 }

@@ -48,15 +48,8 @@ impl ConversationStore {
         Self { db }
     }
 
-    pub async fn session_state(
-        &self,
-        tenant: &str,
-        session_id: &str,
-    ) -> Result<SessionState, sqlx::Error> {
-        let owner: Option<String> = sqlx::query_scalar("SELECT tenant FROM sessions WHERE id = $1")
-            .bind(session_id)
-            .fetch_optional(self.db.pool())
-            .await?;
+    pub async fn session_state(&self, tenant: &str, session_id: &str) -> Result<SessionState, sqlx::Error> {
+        let owner: Option<String> = sqlx::query_scalar("SELECT tenant FROM sessions WHERE id = $1").bind(session_id).fetch_optional(self.db.pool()).await?;
         Ok(match owner {
             None => SessionState::New,
             Some(owner) if owner == tenant => SessionState::Owned,
@@ -66,12 +59,7 @@ impl ConversationStore {
 
     /// The last `max_turns` answered turns of a session, oldest first, as
     /// user/assistant message pairs. Refused, failed and cancelled turns are not replayed.
-    pub async fn history(
-        &self,
-        tenant: &str,
-        session_id: &str,
-        max_turns: u32,
-    ) -> Result<Vec<ChatMessage>, sqlx::Error> {
+    pub async fn history(&self, tenant: &str, session_id: &str, max_turns: u32) -> Result<Vec<ChatMessage>, sqlx::Error> {
         let rows = sqlx::query(
             "SELECT user_message, assistant_message FROM turns \
              WHERE session_id = $1 AND tenant = $2 AND finish_reason IN ('stop', 'length') \
@@ -84,14 +72,8 @@ impl ConversationStore {
         .await?;
         let mut messages = Vec::with_capacity(rows.len() * 2);
         for row in rows.iter().rev() {
-            messages.push(ChatMessage::new(
-                Role::User,
-                row.try_get::<String, _>("user_message")?,
-            ));
-            messages.push(ChatMessage::new(
-                Role::Assistant,
-                row.try_get::<String, _>("assistant_message")?,
-            ));
+            messages.push(ChatMessage::new(Role::User, row.try_get::<String, _>("user_message")?));
+            messages.push(ChatMessage::new(Role::Assistant, row.try_get::<String, _>("assistant_message")?));
         }
         Ok(messages)
     }
@@ -104,23 +86,12 @@ impl ConversationStore {
     }
 
     /// All turns of a session, oldest first (for tests and audits).
-    pub async fn turns(
-        &self,
-        session_id: &str,
-    ) -> Result<Vec<(String, String, String)>, sqlx::Error> {
+    pub async fn turns(&self, session_id: &str) -> Result<Vec<(String, String, String)>, sqlx::Error> {
         let rows = sqlx::query("SELECT id, finish_reason, assistant_message FROM turns WHERE session_id = $1 ORDER BY created_at, id")
             .bind(session_id)
             .fetch_all(self.db.pool())
             .await?;
-        rows.iter()
-            .map(|r| {
-                Ok((
-                    r.try_get("id")?,
-                    r.try_get("finish_reason")?,
-                    r.try_get("assistant_message")?,
-                ))
-            })
-            .collect()
+        rows.iter().map(|r| Ok((r.try_get("id")?, r.try_get("finish_reason")?, r.try_get("assistant_message")?))).collect()
     }
 }
 
@@ -169,10 +140,7 @@ impl RecordTurn {
 }
 
 impl TxWrite for RecordTurn {
-    fn write<'c>(
-        &'c self,
-        conn: &'c mut sqlx::AnyConnection,
-    ) -> BoxFuture<'c, Result<(), sqlx::Error>> {
+    fn write<'c>(&'c self, conn: &'c mut sqlx::AnyConnection) -> BoxFuture<'c, Result<(), sqlx::Error>> {
         Box::pin(self.insert(conn))
     }
 }

@@ -46,14 +46,8 @@ pub struct TurnRequest {
 pub enum TurnEvent {
     Delta(String),
     Refusal(Hit),
-    Error {
-        code: Code,
-        message: String,
-    },
-    Done {
-        finish_reason: FinishReason,
-        usage: Option<Usage>,
-    },
+    Error { code: Code, message: String },
+    Done { finish_reason: FinishReason, usage: Option<Usage> },
 }
 
 /// Why a turn ended.
@@ -116,20 +110,9 @@ impl TurnEvent {
         use serde_json::json;
         match self {
             Self::Delta(content) => ("delta", json!({ "content": content })),
-            Self::Refusal(hit) => (
-                "refusal",
-                json!({ "category": hit.category, "code": hit.code, "message": hit.message }),
-            ),
-            Self::Error { code, message } => {
-                ("error", json!({ "code": code.name(), "message": message }))
-            }
-            Self::Done {
-                finish_reason,
-                usage,
-            } => (
-                "done",
-                json!({ "finish_reason": finish_reason, "usage": usage }),
-            ),
+            Self::Refusal(hit) => ("refusal", json!({ "category": hit.category, "code": hit.code, "message": hit.message })),
+            Self::Error { code, message } => ("error", json!({ "code": code.name(), "message": message })),
+            Self::Done { finish_reason, usage } => ("done", json!({ "finish_reason": finish_reason, "usage": usage })),
         }
     }
 }
@@ -147,26 +130,14 @@ impl TurnLimits {
     pub fn check_message(&self, message: &str) -> Result<(), crate::error::ApiError> {
         use crate::error::{ApiError, Code};
         if message.trim().is_empty() {
-            return Err(ApiError::new(
-                Code::EmptyMessage,
-                "message must not be empty",
-            ));
+            return Err(ApiError::new(Code::EmptyMessage, "message must not be empty"));
         }
         if message.contains('\0') {
-            return Err(ApiError::new(
-                Code::InvalidRequest,
-                "message must not contain NUL characters",
-            ));
+            return Err(ApiError::new(Code::InvalidRequest, "message must not contain NUL characters"));
         }
         let chars = message.chars().count();
         if chars > self.max_message_chars {
-            return Err(ApiError::new(
-                Code::MessageTooLong,
-                format!(
-                    "message has {chars} characters; the limit is {}",
-                    self.max_message_chars
-                ),
-            ));
+            return Err(ApiError::new(Code::MessageTooLong, format!("message has {chars} characters; the limit is {}", self.max_message_chars)));
         }
         Ok(())
     }
@@ -181,32 +152,17 @@ impl TurnLimits {
     }
 
     /// Validated generation parameters.
-    pub fn params(
-        &self,
-        max_tokens: Option<u32>,
-        temperature: Option<f32>,
-        seed: Option<i64>,
-    ) -> Result<GenerationParams, crate::error::ApiError> {
+    pub fn params(&self, max_tokens: Option<u32>, temperature: Option<f32>, seed: Option<i64>) -> Result<GenerationParams, crate::error::ApiError> {
         use crate::error::{ApiError, Code};
         let max_tokens = max_tokens.unwrap_or(self.default_max_tokens);
         if max_tokens == 0 || max_tokens > self.max_tokens_limit {
-            return Err(ApiError::new(
-                Code::InvalidRequest,
-                format!("max_tokens must be between 1 and {}", self.max_tokens_limit),
-            ));
+            return Err(ApiError::new(Code::InvalidRequest, format!("max_tokens must be between 1 and {}", self.max_tokens_limit)));
         }
         if let Some(t) = temperature {
             if !(0.0..=2.0).contains(&t) {
-                return Err(ApiError::new(
-                    Code::InvalidRequest,
-                    "temperature must be between 0 and 2",
-                ));
+                return Err(ApiError::new(Code::InvalidRequest, "temperature must be between 0 and 2"));
             }
         }
-        Ok(GenerationParams {
-            max_tokens,
-            temperature,
-            seed,
-        })
+        Ok(GenerationParams { max_tokens, temperature, seed })
     }
 }

@@ -56,12 +56,7 @@ impl Default for SemanticRule {
     /// Without fitted numbers only texts scored clearly harmful are refused,
     /// and the transformer judges every text.
     fn default() -> Self {
-        Self {
-            threshold: 0.9,
-            output_threshold: 0.9,
-            static_allow_below: -100.0,
-            static_refuse_from: 100.0,
-        }
+        Self { threshold: 0.9, output_threshold: 0.9, static_allow_below: -100.0, static_refuse_from: 100.0 }
     }
 }
 
@@ -131,10 +126,7 @@ impl Constitution {
     /// Reads, parses and validates the constitution file at `path`.
     pub fn load(path: &Path) -> Result<Self, ConstitutionError> {
         let origin = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ConstitutionError::Read {
-            path: origin.clone(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConstitutionError::Read { path: origin.clone(), source })?;
         Self::parse(&text, &origin)
     }
 
@@ -144,11 +136,7 @@ impl Constitution {
     }
 
     fn parse(text: &str, origin: &str) -> Result<Self, ConstitutionError> {
-        let constitution: Self =
-            toml::from_str(text).map_err(|source| ConstitutionError::Parse {
-                origin: origin.to_owned(),
-                source,
-            })?;
+        let constitution: Self = toml::from_str(text).map_err(|source| ConstitutionError::Parse { origin: origin.to_owned(), source })?;
         constitution.check(origin)?;
         Ok(constitution)
     }
@@ -160,34 +148,17 @@ impl Constitution {
     }
 
     fn check(&self, origin: &str) -> Result<(), ConstitutionError> {
-        let fail = |problem: String| {
-            Err(ConstitutionError::Invalid {
-                origin: origin.to_owned(),
-                problem,
-            })
-        };
+        let fail = |problem: String| Err(ConstitutionError::Invalid { origin: origin.to_owned(), problem });
         if self.name.trim().is_empty() || self.version.trim().is_empty() {
             return fail("fields `name` and `version` must not be empty".into());
         }
-        let SemanticRule {
-            threshold,
-            output_threshold,
-            static_allow_below,
-            static_refuse_from,
-        } = self.semantic;
-        let numbers = [
-            threshold,
-            output_threshold,
-            static_allow_below,
-            static_refuse_from,
-        ];
+        let SemanticRule { threshold, output_threshold, static_allow_below, static_refuse_from } = self.semantic;
+        let numbers = [threshold, output_threshold, static_allow_below, static_refuse_from];
         if !numbers.iter().all(|x| x.is_finite()) {
             return fail("[semantic]: every number must be finite".into());
         }
         if static_allow_below > static_refuse_from {
-            return fail(
-                "[semantic]: `static_allow_below` must not exceed `static_refuse_from`".into(),
-            );
+            return fail("[semantic]: `static_allow_below` must not exceed `static_refuse_from`".into());
         }
         if self.categories.is_empty() {
             return fail("at least one [[categories]] entry is required".into());
@@ -200,42 +171,21 @@ impl Constitution {
                 return fail(format!("categories[{i}]: field `code` must not be empty"));
             }
             if !codes.insert(code.as_str()) {
-                return fail(format!(
-                    "category {code:?}: `code` is used by more than one category"
-                ));
+                return fail(format!("category {code:?}: `code` is used by more than one category"));
             }
             if !is_snake_case(&rule.name) {
-                return fail(format!(
-                    "category {code:?}: `name` {:?} must be snake_case",
-                    rule.name
-                ));
+                return fail(format!("category {code:?}: `name` {:?} must be snake_case", rule.name));
             }
             if !names.insert(rule.name.as_str()) {
-                return fail(format!(
-                    "category {code:?}: `name` {:?} is already used",
-                    rule.name
-                ));
+                return fail(format!("category {code:?}: `name` {:?} is already used", rule.name));
             }
             if rule.message.trim().is_empty() {
-                return fail(format!(
-                    "category {code:?}: field `message` must not be empty"
-                ));
+                return fail(format!("category {code:?}: field `message` must not be empty"));
             }
-            if let Some(j) = rule
-                .phrases
-                .iter()
-                .position(|p| normalize_phrase(p).is_empty())
-            {
-                return fail(format!(
-                    "category {code:?}: `phrases[{j}]` is empty after normalisation"
-                ));
+            if let Some(j) = rule.phrases.iter().position(|p| normalize_phrase(p).is_empty()) {
+                return fail(format!("category {code:?}: `phrases[{j}]` is empty after normalisation"));
             }
-            if let Some(j) = rule
-                .examples
-                .iter()
-                .chain(&rule.allowed_examples)
-                .position(|e| e.trim().is_empty())
-            {
+            if let Some(j) = rule.examples.iter().chain(&rule.allowed_examples).position(|e| e.trim().is_empty()) {
                 return fail(format!("category {code:?}: example {j} is empty"));
             }
             for pattern in &rule.patterns {
@@ -249,22 +199,9 @@ impl Constitution {
 
     /// Canonical JSON of the document: keys sorted, no insignificant whitespace.
     pub fn canonical_bytes(&self) -> Vec<u8> {
-        let Self {
-            name,
-            version,
-            semantic,
-            categories,
-        } = self;
-        let categories = categories
-            .iter()
-            .map(CategoryRule::canonical_value)
-            .collect();
-        let SemanticRule {
-            threshold,
-            output_threshold,
-            static_allow_below,
-            static_refuse_from,
-        } = semantic;
+        let Self { name, version, semantic, categories } = self;
+        let categories = categories.iter().map(CategoryRule::canonical_value).collect();
+        let SemanticRule { threshold, output_threshold, static_allow_below, static_refuse_from } = semantic;
         let semantic = object(vec![
             ("output_threshold", Value::from(*output_threshold)),
             ("static_allow_below", Value::from(*static_allow_below)),
@@ -291,15 +228,7 @@ impl Constitution {
 impl CategoryRule {
     fn canonical_value(&self) -> Value {
         // Destructured so that a new field cannot be silently left out of the hash.
-        let Self {
-            code,
-            name,
-            message,
-            phrases,
-            patterns,
-            examples,
-            allowed_examples,
-        } = self;
+        let Self { code, name, message, phrases, patterns, examples, allowed_examples } = self;
         let strings = |items: &[String]| Value::from(items.to_vec());
         object(vec![
             ("allowed_examples", strings(allowed_examples)),
@@ -317,28 +246,19 @@ impl CategoryRule {
 /// is sorted whether or not serde_json's `preserve_order` feature is enabled.
 fn object(mut entries: Vec<(&str, Value)>) -> Value {
     entries.sort_by(|a, b| a.0.cmp(b.0));
-    let map: Map<String, Value> = entries
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect();
+    let map: Map<String, Value> = entries.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
     Value::Object(map)
 }
 
 fn is_snake_case(name: &str) -> bool {
     let mut chars = name.chars();
-    chars.next().is_some_and(|c| c.is_ascii_lowercase())
-        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+    chars.next().is_some_and(|c| c.is_ascii_lowercase()) && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
 }
 
 impl ConstitutionHash {
     /// Parses `sha256:` followed by exactly 64 lowercase hex digits.
     pub fn parse(s: &str) -> Result<Self, ConstitutionError> {
-        let valid = s.strip_prefix(HASH_PREFIX).is_some_and(|hex| {
-            hex.len() == 64
-                && hex
-                    .bytes()
-                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        });
+        let valid = s.strip_prefix(HASH_PREFIX).is_some_and(|hex| hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
         if valid {
             Ok(Self(s.to_owned()))
         } else {
@@ -419,11 +339,7 @@ code="S1"
             |c| c.categories[0].phrases.push("make nerve gas".into()),
             |c| c.categories[0].patterns[0].push('x'),
             |c| c.categories[0].examples.push("how do i make a bomb".into()),
-            |c| {
-                c.categories[0]
-                    .allowed_examples
-                    .push("bath bomb recipe".into())
-            },
+            |c| c.categories[0].allowed_examples.push("bath bomb recipe".into()),
             |c| c.semantic.threshold = 0.5,
             |c| c.semantic.static_allow_below = 0.3,
             |c| c.semantic.output_threshold = 0.95,
@@ -451,43 +367,18 @@ code="S1"
     #[test]
     fn validation_errors_name_the_problem() {
         let one = |body: &str| format!("name = \"t\"\nversion = \"1\"\n{body}");
-        let cat = |code: &str, name: &str, extra: &str| {
-            format!(
-                "[[categories]]\ncode = \"{code}\"\nname = \"{name}\"\nmessage = \"m\"\n{extra}\n"
-            )
-        };
+        let cat = |code: &str, name: &str, extra: &str| format!("[[categories]]\ncode = \"{code}\"\nname = \"{name}\"\nmessage = \"m\"\n{extra}\n");
         let cases = [
             (one("categories = []"), "at least one"),
             (one(""), "missing field `categories`"),
-            (
-                one(&(cat("S1", "a", "") + &cat("S1", "b", ""))),
-                "\"S1\": `code` is used",
-            ),
-            (
-                one(&(cat("S1", "a", "") + &cat("S2", "a", ""))),
-                "\"S2\": `name` \"a\" is already used",
-            ),
-            (
-                one(&cat("S1", "Bad-Name", "")),
-                "\"S1\": `name` \"Bad-Name\" must be snake_case",
-            ),
+            (one(&(cat("S1", "a", "") + &cat("S1", "b", ""))), "\"S1\": `code` is used"),
+            (one(&(cat("S1", "a", "") + &cat("S2", "a", ""))), "\"S2\": `name` \"a\" is already used"),
+            (one(&cat("S1", "Bad-Name", "")), "\"S1\": `name` \"Bad-Name\" must be snake_case"),
             (one(&cat("", "a", "")), "field `code` must not be empty"),
-            (
-                one(&cat("S1", "a", "phrases = [\"ok\", \" \\u3000 \"]")),
-                "\"S1\": `phrases[1]` is empty",
-            ),
-            (
-                one(&cat("S1", "a", "patterns = ['(unclosed']")),
-                "\"S1\": pattern \"(unclosed\"",
-            ),
-            (
-                one(&cat("S1", "a", "severity = 3")),
-                "unknown field `severity`",
-            ),
-            (
-                one(&cat("S1", "a", "").replace("\"m\"", "\" \"")),
-                "\"S1\": field `message`",
-            ),
+            (one(&cat("S1", "a", "phrases = [\"ok\", \" \\u3000 \"]")), "\"S1\": `phrases[1]` is empty"),
+            (one(&cat("S1", "a", "patterns = ['(unclosed']")), "\"S1\": pattern \"(unclosed\""),
+            (one(&cat("S1", "a", "severity = 3")), "unknown field `severity`"),
+            (one(&cat("S1", "a", "").replace("\"m\"", "\" \"")), "\"S1\": field `message`"),
         ];
         for (toml, needle) in cases {
             let msg = invalid(&toml);
@@ -498,9 +389,7 @@ code="S1"
     #[test]
     fn load_names_the_file_and_reads_the_default() -> TestResult {
         let missing = Path::new("/nonexistent/constitution.toml");
-        let err = Constitution::load(missing)
-            .err()
-            .ok_or("missing file loaded")?;
+        let err = Constitution::load(missing).err().ok_or("missing file loaded")?;
         assert!(err.to_string().contains("/nonexistent/constitution.toml"));
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/constitution.toml");
         let c = Constitution::load(&path)?;
@@ -514,12 +403,7 @@ code="S1"
     fn hash_parse_is_strict() {
         let hex = "ab".repeat(32);
         assert!(ConstitutionHash::parse(&format!("sha256:{hex}")).is_ok());
-        for bad in [
-            hex.clone(),
-            format!("sha256:{}", hex.to_uppercase()),
-            format!("sha256:{hex}0"),
-            format!("md5:{hex}"),
-        ] {
+        for bad in [hex.clone(), format!("sha256:{}", hex.to_uppercase()), format!("sha256:{hex}0"), format!("md5:{hex}")] {
             assert!(ConstitutionHash::parse(&bad).is_err(), "{bad}");
         }
     }

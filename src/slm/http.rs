@@ -39,12 +39,7 @@ impl HttpModelClient {
             .pool_idle_timeout(Duration::from_secs(60))
             .build()
             .map_err(SlmError::Unavailable)?;
-        Ok(Self {
-            http,
-            base_url: base_url.trim_end_matches('/').to_owned(),
-            model: model.to_owned(),
-            timeouts,
-        })
+        Ok(Self { http, base_url: base_url.trim_end_matches('/').to_owned(), model: model.to_owned(), timeouts })
     }
 
     fn body(&self, request: &ModelRequest) -> serde_json::Value {
@@ -103,11 +98,7 @@ fn parse_chunk(data: &str) -> Result<Vec<ModelEvent>, SlmError> {
         }
     }
     if let Some(u) = chunk.usage {
-        let usage = Usage {
-            prompt_tokens: u.prompt_tokens,
-            completion_tokens: u.completion_tokens,
-            total_tokens: u.prompt_tokens + u.completion_tokens,
-        };
+        let usage = Usage { prompt_tokens: u.prompt_tokens, completion_tokens: u.completion_tokens, total_tokens: u.prompt_tokens + u.completion_tokens };
         events.push(ModelEvent::Usage(usage));
     }
     Ok(events)
@@ -122,10 +113,7 @@ impl ModelClient for HttpModelClient {
         let send = self
             .http
             .post(format!("{}/chat/completions", self.base_url))
-            .header(
-                headers::CONSTITUTION_HASH,
-                &request.context.constitution_hash,
-            )
+            .header(headers::CONSTITUTION_HASH, &request.context.constitution_hash)
             .header(headers::POLICY_VERDICT, &request.context.policy_verdict)
             .header("traceparent", &request.context.traceparent)
             .json(&self.body(&request))
@@ -171,20 +159,11 @@ impl ModelClient for HttpModelClient {
     fn ready(&self) -> BoxFuture<'_, Result<(), SlmError>> {
         Box::pin(async move {
             let url = format!("{}/models", self.base_url);
-            let response = self
-                .http
-                .get(url)
-                .timeout(self.timeouts.connect)
-                .send()
-                .await
-                .map_err(SlmError::Unavailable)?;
+            let response = self.http.get(url).timeout(self.timeouts.connect).send().await.map_err(SlmError::Unavailable)?;
             if response.status().is_success() {
                 Ok(())
             } else {
-                Err(SlmError::Status {
-                    status: response.status().as_u16(),
-                    body: String::new(),
-                })
+                Err(SlmError::Status { status: response.status().as_u16(), body: String::new() })
             }
         })
     }
@@ -196,57 +175,29 @@ mod tests {
 
     #[test]
     fn parses_content_finish_and_usage_chunks() {
-        let events = parse_chunk(
-            r#"{"choices":[{"index":0,"delta":{"content":"Hi"},"finish_reason":null}]}"#,
-        )
-        .unwrap();
+        let events = parse_chunk(r#"{"choices":[{"index":0,"delta":{"content":"Hi"},"finish_reason":null}]}"#).unwrap();
         assert_eq!(events, vec![ModelEvent::Delta("Hi".into())]);
-        let events =
-            parse_chunk(r#"{"choices":[{"index":0,"delta":{},"finish_reason":"length"}]}"#)
-                .unwrap();
+        let events = parse_chunk(r#"{"choices":[{"index":0,"delta":{},"finish_reason":"length"}]}"#).unwrap();
         assert_eq!(events, vec![ModelEvent::Finish("length".into())]);
-        let events = parse_chunk(
-            r#"{"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":2,"total_tokens":7}}"#,
-        )
-        .unwrap();
-        assert_eq!(
-            events,
-            vec![ModelEvent::Usage(Usage {
-                prompt_tokens: 5,
-                completion_tokens: 2,
-                total_tokens: 7
-            })]
-        );
+        let events = parse_chunk(r#"{"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":2,"total_tokens":7}}"#).unwrap();
+        assert_eq!(events, vec![ModelEvent::Usage(Usage { prompt_tokens: 5, completion_tokens: 2, total_tokens: 7 })]);
     }
 
     #[test]
     fn rejects_a_chunk_that_is_not_json() {
-        assert!(matches!(
-            parse_chunk("{not json"),
-            Err(SlmError::Protocol(_))
-        ));
+        assert!(matches!(parse_chunk("{not json"), Err(SlmError::Protocol(_))));
     }
 
     #[tokio::test]
     async fn sse_framing_survives_arbitrary_network_chunking() {
         let body = ": keep-alive\n\ndata: {\"choices\":[{\"delta\":{\"content\":\"Hel\"}}]}\n\ndata: {\"choices\":[{\"delta\":{\"content\":\"lo\"},\"finish_reason\":\"stop\"}]}\r\n\r\ndata: [DONE]\n\n";
         for split in 1..body.len() {
-            let pieces: Vec<Result<bytes::Bytes, std::io::Error>> = body
-                .as_bytes()
-                .chunks(split)
-                .map(|c| Ok(bytes::Bytes::copy_from_slice(c)))
-                .collect();
-            let events: Vec<_> = futures_util::stream::iter(pieces)
-                .eventsource()
-                .collect()
-                .await;
+            let pieces: Vec<Result<bytes::Bytes, std::io::Error>> = body.as_bytes().chunks(split).map(|c| Ok(bytes::Bytes::copy_from_slice(c))).collect();
+            let events: Vec<_> = futures_util::stream::iter(pieces).eventsource().collect().await;
             let data: Vec<String> = events.into_iter().map(|e| e.unwrap().data).collect();
             assert_eq!(data.len(), 3, "split {split}");
             assert_eq!(data[2], "[DONE]");
-            assert_eq!(
-                parse_chunk(&data[0]).unwrap(),
-                vec![ModelEvent::Delta("Hel".into())]
-            );
+            assert_eq!(parse_chunk(&data[0]).unwrap(), vec![ModelEvent::Delta("Hel".into())]);
         }
     }
 }

@@ -102,67 +102,23 @@ impl Metrics {
         let ttft: HistogramFamily = Family::new_with_constructor(latency_histogram);
         let tokens = Family::<RouteLabels, Counter>::default();
         let moderation = Family::<ModerationLabels, Counter>::default();
-        registry.register(
-            "orchestrator_requests",
-            "Chat and conversation requests by route and decision",
-            requests.clone(),
-        );
-        registry.register(
-            "orchestrator_request_duration_seconds",
-            "Request duration, to the end of the stream",
-            duration.clone(),
-        );
-        registry.register(
-            "steward_time_to_first_token_seconds",
-            "From request arrival to the first streamed content",
-            ttft.clone(),
-        );
-        registry.register(
-            "steward_stream_deltas",
-            "Content chunks streamed to clients",
-            tokens.clone(),
-        );
-        registry.register(
-            "moderation_decisions",
-            "Moderation refusals by stage and category",
-            moderation.clone(),
-        );
+        registry.register("orchestrator_requests", "Chat and conversation requests by route and decision", requests.clone());
+        registry.register("orchestrator_request_duration_seconds", "Request duration, to the end of the stream", duration.clone());
+        registry.register("steward_time_to_first_token_seconds", "From request arrival to the first streamed content", ttft.clone());
+        registry.register("steward_stream_deltas", "Content chunks streamed to clients", tokens.clone());
+        registry.register("moderation_decisions", "Moderation refusals by stage and category", moderation.clone());
         let outbox_pending = Gauge::default();
         let outbox_oldest = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
         let publish_failures = Counter::default();
         let published = Family::<TopicLabels, Counter>::default();
-        registry.register(
-            "outbox_pending_events",
-            "Events stored but not yet published",
-            outbox_pending.clone(),
-        );
-        registry.register(
-            "outbox_oldest_pending_seconds",
-            "Age of the oldest unpublished event",
-            outbox_oldest.clone(),
-        );
-        registry.register(
-            "kafka_publish_failures",
-            "Failed attempts to publish to the broker",
-            publish_failures.clone(),
-        );
-        registry.register(
-            "kafka_published_events",
-            "Events published to the broker, by topic",
-            published.clone(),
-        );
+        registry.register("outbox_pending_events", "Events stored but not yet published", outbox_pending.clone());
+        registry.register("outbox_oldest_pending_seconds", "Age of the oldest unpublished event", outbox_oldest.clone());
+        registry.register("kafka_publish_failures", "Failed attempts to publish to the broker", publish_failures.clone());
+        registry.register("kafka_published_events", "Events published to the broker, by topic", published.clone());
         let training_state = Family::<TenantLabels, Gauge>::default();
         let training_transitions = Family::<TransitionLabels, Counter>::default();
-        registry.register(
-            "training_mode_state",
-            "1 while the tenant's training lock is held, read from the lock store",
-            training_state.clone(),
-        );
-        registry.register(
-            "training_mode_transitions",
-            "Training lock transitions by tenant and action",
-            training_transitions.clone(),
-        );
+        registry.register("training_mode_state", "1 while the tenant's training lock is held, read from the lock store", training_state.clone());
+        registry.register("training_mode_transitions", "Training lock transitions by tenant and action", training_transitions.clone());
         Self {
             registry,
             requests,
@@ -180,21 +136,12 @@ impl Metrics {
     }
 
     pub fn request(&self, route: &'static str, outcome: RequestOutcome, elapsed: Duration) {
-        self.requests
-            .get_or_create(&RequestLabels {
-                route,
-                decision: outcome.label(),
-            })
-            .inc();
-        self.duration
-            .get_or_create(&RouteLabels { route })
-            .observe(elapsed.as_secs_f64());
+        self.requests.get_or_create(&RequestLabels { route, decision: outcome.label() }).inc();
+        self.duration.get_or_create(&RouteLabels { route }).observe(elapsed.as_secs_f64());
     }
 
     pub fn first_token(&self, route: &'static str, elapsed: Duration) {
-        self.ttft
-            .get_or_create(&RouteLabels { route })
-            .observe(elapsed.as_secs_f64());
+        self.ttft.get_or_create(&RouteLabels { route }).observe(elapsed.as_secs_f64());
     }
 
     pub fn delta(&self, route: &'static str) {
@@ -203,12 +150,7 @@ impl Metrics {
 
     /// `stage` is `input` or `output`; `category` the snake_case name.
     pub fn moderation_refusal(&self, stage: &'static str, category: &str) {
-        self.moderation
-            .get_or_create(&ModerationLabels {
-                stage,
-                category: category.to_owned(),
-            })
-            .inc();
+        self.moderation.get_or_create(&ModerationLabels { stage, category: category.to_owned() }).inc();
     }
 
     pub fn outbox(&self, pending: i64, oldest_seconds: f64) {
@@ -221,23 +163,15 @@ impl Metrics {
     }
 
     pub fn published(&self, topic: &str) {
-        self.published
-            .get_or_create(&TopicLabels {
-                topic: topic.to_owned(),
-            })
-            .inc();
+        self.published.get_or_create(&TopicLabels { topic: topic.to_owned() }).inc();
     }
 
     /// `None` removes the series: the state could not be read.
     pub fn training_state(&self, tenant: &str, enabled: Option<bool>) {
-        let labels = TenantLabels {
-            tenant: tenant.to_owned(),
-        };
+        let labels = TenantLabels { tenant: tenant.to_owned() };
         match enabled {
             Some(on) => {
-                self.training_state
-                    .get_or_create(&labels)
-                    .set(i64::from(on));
+                self.training_state.get_or_create(&labels).set(i64::from(on));
             }
             None => {
                 self.training_state.remove(&labels);
@@ -246,12 +180,7 @@ impl Metrics {
     }
 
     pub fn training_transition(&self, tenant: &str, action: &'static str) {
-        self.training_transitions
-            .get_or_create(&TransitionLabels {
-                tenant: tenant.to_owned(),
-                action,
-            })
-            .inc();
+        self.training_transitions.get_or_create(&TransitionLabels { tenant: tenant.to_owned(), action }).inc();
     }
 
     /// The text exposition format.

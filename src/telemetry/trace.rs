@@ -17,8 +17,7 @@ impl TraceContext {
     /// Parses `00-<32 hex>-<16 hex>-<2 hex>`; all-zero ids are invalid.
     pub fn parse(header: &str) -> Option<Self> {
         let mut parts = header.trim().split('-');
-        let (version, trace_id, span_id, flags) =
-            (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+        let (version, trace_id, span_id, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
         if version.len() != 2 || version == "ff" || !is_hex(version) {
             return None;
         }
@@ -30,22 +29,12 @@ impl TraceContext {
             return None;
         }
         let flags = u8::from_str_radix(flags, 16).ok()?;
-        Some(Self {
-            trace_id: trace_id.to_owned(),
-            span_id: span_id.to_owned(),
-            sampled: flags & 1 == 1,
-            tracestate: None,
-        })
+        Some(Self { trace_id: trace_id.to_owned(), span_id: span_id.to_owned(), sampled: flags & 1 == 1, tracestate: None })
     }
 
     /// A new root trace.
     pub fn new_root() -> Self {
-        Self {
-            trace_id: random_hex::<16>(),
-            span_id: random_hex::<8>(),
-            sampled: true,
-            tracestate: None,
-        }
+        Self { trace_id: random_hex::<16>(), span_id: random_hex::<8>(), sampled: true, tracestate: None }
     }
 
     /// Continues the incoming trace if valid, else starts one; either way with a
@@ -59,27 +48,16 @@ impl TraceContext {
 
     /// Same trace, new span.
     pub fn child(&self) -> Self {
-        Self {
-            trace_id: self.trace_id.clone(),
-            span_id: random_hex::<8>(),
-            sampled: self.sampled,
-            tracestate: self.tracestate.clone(),
-        }
+        Self { trace_id: self.trace_id.clone(), span_id: random_hex::<8>(), sampled: self.sampled, tracestate: self.tracestate.clone() }
     }
 
     pub fn header(&self) -> String {
-        format!(
-            "00-{}-{}-{}",
-            self.trace_id,
-            self.span_id,
-            if self.sampled { "01" } else { "00" }
-        )
+        format!("00-{}-{}-{}", self.trace_id, self.span_id, if self.sampled { "01" } else { "00" })
     }
 }
 
 fn is_hex(s: &str) -> bool {
-    s.bytes()
-        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 fn random_hex<const N: usize>() -> String {
@@ -98,8 +76,7 @@ mod tests {
 
     #[test]
     fn parses_a_valid_traceparent_and_keeps_the_trace_id_in_children() {
-        let ctx =
-            TraceContext::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").unwrap();
+        let ctx = TraceContext::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").unwrap();
         assert!(ctx.sampled);
         let child = ctx.child();
         assert_eq!(child.trace_id, ctx.trace_id);

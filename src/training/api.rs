@@ -40,25 +40,11 @@ struct DisableBody {
 }
 
 /// Checks `training:admin`, auditing a refusal as `training.denied`.
-async fn admin(
-    caller: &Caller,
-    req: &HttpRequest,
-    service: &TrainingService,
-    what: &str,
-) -> Result<(), ApiError> {
+async fn admin(caller: &Caller, req: &HttpRequest, service: &TrainingService, what: &str) -> Result<(), ApiError> {
     if let Err(err) = caller.require(Capability::TrainingAdmin) {
         let trace = trace_of(req);
-        let actor = Actor {
-            tenant: caller.tenant.as_str(),
-            key_id: &caller.key_id,
-            trace: &trace,
-        };
-        service
-            .deny(
-                &actor,
-                &format!("{what} without the training:admin capability"),
-            )
-            .await?;
+        let actor = Actor { tenant: caller.tenant.as_str(), key_id: &caller.key_id, trace: &trace };
+        service.deny(&actor, &format!("{what} without the training:admin capability")).await?;
         return Err(err.into());
     }
     Ok(())
@@ -66,10 +52,7 @@ async fn admin(
 
 fn ttl(service: &TrainingService, seconds: u64) -> Result<std::time::Duration, ApiError> {
     if seconds == 0 {
-        return Err(ApiError::new(
-            Code::InvalidRequest,
-            "ttl_seconds must be at least 1",
-        ));
+        return Err(ApiError::new(Code::InvalidRequest, "ttl_seconds must be at least 1"));
     }
     Ok(service.clamp(seconds))
 }
@@ -85,88 +68,36 @@ fn lock_json(state: &str, lock: &LockInfo) -> serde_json::Value {
     })
 }
 
-async fn enable(
-    req: HttpRequest,
-    caller: Caller,
-    body: web::Json<EnableBody>,
-    service: web::Data<TrainingService>,
-) -> Result<HttpResponse, ApiError> {
+async fn enable(req: HttpRequest, caller: Caller, body: web::Json<EnableBody>, service: web::Data<TrainingService>) -> Result<HttpResponse, ApiError> {
     admin(&caller, &req, &service, "enable").await?;
     let reason = body.reason.trim();
     if reason.is_empty() || reason.chars().count() > 500 {
-        return Err(ApiError::new(
-            Code::InvalidRequest,
-            "reason must be 1-500 characters",
-        ));
+        return Err(ApiError::new(Code::InvalidRequest, "reason must be 1-500 characters"));
     }
     let ttl = ttl(&service, body.ttl_seconds)?;
     let trace = trace_of(&req);
-    let lock = service
-        .enable(
-            &Actor {
-                tenant: caller.tenant.as_str(),
-                key_id: &caller.key_id,
-                trace: &trace,
-            },
-            ttl,
-            reason,
-        )
-        .await?;
+    let lock = service.enable(&Actor { tenant: caller.tenant.as_str(), key_id: &caller.key_id, trace: &trace }, ttl, reason).await?;
     let mut body = lock_json("enabled", &lock);
     body["lock_token"] = json!(lock.token);
     Ok(HttpResponse::Ok().json(body))
 }
 
-async fn renew(
-    req: HttpRequest,
-    caller: Caller,
-    body: web::Json<RenewBody>,
-    service: web::Data<TrainingService>,
-) -> Result<HttpResponse, ApiError> {
+async fn renew(req: HttpRequest, caller: Caller, body: web::Json<RenewBody>, service: web::Data<TrainingService>) -> Result<HttpResponse, ApiError> {
     admin(&caller, &req, &service, "renew").await?;
     let ttl = ttl(&service, body.ttl_seconds)?;
     let trace = trace_of(&req);
-    let lock = service
-        .renew(
-            &Actor {
-                tenant: caller.tenant.as_str(),
-                key_id: &caller.key_id,
-                trace: &trace,
-            },
-            &body.lock_token,
-            ttl,
-        )
-        .await?;
+    let lock = service.renew(&Actor { tenant: caller.tenant.as_str(), key_id: &caller.key_id, trace: &trace }, &body.lock_token, ttl).await?;
     Ok(HttpResponse::Ok().json(lock_json("enabled", &lock)))
 }
 
-async fn disable(
-    req: HttpRequest,
-    caller: Caller,
-    body: web::Json<DisableBody>,
-    service: web::Data<TrainingService>,
-) -> Result<HttpResponse, ApiError> {
+async fn disable(req: HttpRequest, caller: Caller, body: web::Json<DisableBody>, service: web::Data<TrainingService>) -> Result<HttpResponse, ApiError> {
     admin(&caller, &req, &service, "disable").await?;
     let trace = trace_of(&req);
-    let lock = service
-        .disable(
-            &Actor {
-                tenant: caller.tenant.as_str(),
-                key_id: &caller.key_id,
-                trace: &trace,
-            },
-            &body.lock_token,
-        )
-        .await?;
-    Ok(HttpResponse::Ok().json(
-        json!({ "state": "disabled", "owner": lock.owner, "fencing_token": lock.fencing_token }),
-    ))
+    let lock = service.disable(&Actor { tenant: caller.tenant.as_str(), key_id: &caller.key_id, trace: &trace }, &body.lock_token).await?;
+    Ok(HttpResponse::Ok().json(json!({ "state": "disabled", "owner": lock.owner, "fencing_token": lock.fencing_token })))
 }
 
-async fn status(
-    caller: Caller,
-    service: web::Data<TrainingService>,
-) -> Result<HttpResponse, ApiError> {
+async fn status(caller: Caller, service: web::Data<TrainingService>) -> Result<HttpResponse, ApiError> {
     if caller.require(Capability::TrainingAdmin).is_err() {
         caller.require(Capability::Chat)?;
     }

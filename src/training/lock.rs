@@ -62,25 +62,9 @@ pub enum LockError {
 }
 
 pub trait LockStore: Send + Sync {
-    fn acquire<'a>(
-        &'a self,
-        tenant: &'a str,
-        owner: &'a str,
-        reason: &'a str,
-        token: &'a str,
-        ttl: Duration,
-    ) -> BoxFuture<'a, Result<Acquired, LockError>>;
-    fn renew<'a>(
-        &'a self,
-        tenant: &'a str,
-        token: &'a str,
-        ttl: Duration,
-    ) -> BoxFuture<'a, Result<Owned, LockError>>;
-    fn release<'a>(
-        &'a self,
-        tenant: &'a str,
-        token: &'a str,
-    ) -> BoxFuture<'a, Result<Owned, LockError>>;
+    fn acquire<'a>(&'a self, tenant: &'a str, owner: &'a str, reason: &'a str, token: &'a str, ttl: Duration) -> BoxFuture<'a, Result<Acquired, LockError>>;
+    fn renew<'a>(&'a self, tenant: &'a str, token: &'a str, ttl: Duration) -> BoxFuture<'a, Result<Owned, LockError>>;
+    fn release<'a>(&'a self, tenant: &'a str, token: &'a str) -> BoxFuture<'a, Result<Owned, LockError>>;
     fn status<'a>(&'a self, tenant: &'a str) -> BoxFuture<'a, Result<Option<LockInfo>, LockError>>;
     /// Locks that lapsed since the last call, each returned to exactly one caller.
     fn claim_expired(&self) -> BoxFuture<'_, Result<Vec<Expired>, LockError>>;

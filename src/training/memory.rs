@@ -18,12 +18,7 @@ struct Held {
 
 impl Held {
     fn expired(self) -> Expired {
-        Expired {
-            tenant: self.tenant,
-            owner: self.info.owner,
-            reason: self.info.reason,
-            fencing_token: self.info.fencing_token,
-        }
+        Expired { tenant: self.tenant, owner: self.info.owner, reason: self.info.reason, fencing_token: self.info.fencing_token }
     }
 }
 
@@ -44,30 +39,17 @@ pub struct InMemoryLockStore {
 
 impl InMemoryLockStore {
     fn with<T>(&self, f: impl FnOnce(&mut State) -> T) -> Result<T, LockError> {
-        let mut state = self
-            .state
-            .lock()
-            .map_err(|_| LockError::Unavailable("lock state poisoned".into()))?;
+        let mut state = self.state.lock().map_err(|_| LockError::Unavailable("lock state poisoned".into()))?;
         Ok(f(&mut state))
     }
 }
 
 fn live(held: &Held, now: Instant) -> Option<LockInfo> {
-    (held.expires > now).then(|| LockInfo {
-        ttl_ms: (held.expires - now).as_millis() as u64,
-        ..held.info.clone()
-    })
+    (held.expires > now).then(|| LockInfo { ttl_ms: (held.expires - now).as_millis() as u64, ..held.info.clone() })
 }
 
 impl LockStore for InMemoryLockStore {
-    fn acquire<'a>(
-        &'a self,
-        tenant: &'a str,
-        owner: &'a str,
-        reason: &'a str,
-        token: &'a str,
-        ttl: Duration,
-    ) -> BoxFuture<'a, Result<Acquired, LockError>> {
+    fn acquire<'a>(&'a self, tenant: &'a str, owner: &'a str, reason: &'a str, token: &'a str, ttl: Duration) -> BoxFuture<'a, Result<Acquired, LockError>> {
         Box::pin(async move {
             let now = Instant::now();
             self.with(|s| {
@@ -79,61 +61,34 @@ impl LockStore for InMemoryLockStore {
                 }
                 let fencing = s.fencing.entry(tenant.to_owned()).or_insert(0);
                 *fencing += 1;
-                let info = LockInfo {
-                    token: token.into(),
-                    owner: owner.into(),
-                    reason: reason.into(),
-                    fencing_token: *fencing,
-                    ttl_ms: ttl.as_millis() as u64,
-                };
-                s.locks.insert(
-                    tenant.to_owned(),
-                    Held {
-                        tenant: tenant.to_owned(),
-                        info: info.clone(),
-                        expires: now + ttl,
-                    },
-                );
+                let info =
+                    LockInfo { token: token.into(), owner: owner.into(), reason: reason.into(), fencing_token: *fencing, ttl_ms: ttl.as_millis() as u64 };
+                s.locks.insert(tenant.to_owned(), Held { tenant: tenant.to_owned(), info: info.clone(), expires: now + ttl });
                 s.tenants.insert(tenant.to_owned());
                 Acquired::Acquired(info)
             })
         })
     }
 
-    fn renew<'a>(
-        &'a self,
-        tenant: &'a str,
-        token: &'a str,
-        ttl: Duration,
-    ) -> BoxFuture<'a, Result<Owned, LockError>> {
+    fn renew<'a>(&'a self, tenant: &'a str, token: &'a str, ttl: Duration) -> BoxFuture<'a, Result<Owned, LockError>> {
         Box::pin(async move {
             let now = Instant::now();
             self.with(|s| match s.locks.get_mut(tenant) {
                 Some(held) if held.expires > now && held.info.token == token => {
                     held.expires = now + ttl;
-                    Owned::Done(LockInfo {
-                        ttl_ms: ttl.as_millis() as u64,
-                        ..held.info.clone()
-                    })
+                    Owned::Done(LockInfo { ttl_ms: ttl.as_millis() as u64, ..held.info.clone() })
                 }
                 other => Owned::NotOwner(other.and_then(|h| live(h, now))),
             })
         })
     }
 
-    fn release<'a>(
-        &'a self,
-        tenant: &'a str,
-        token: &'a str,
-    ) -> BoxFuture<'a, Result<Owned, LockError>> {
+    fn release<'a>(&'a self, tenant: &'a str, token: &'a str) -> BoxFuture<'a, Result<Owned, LockError>> {
         Box::pin(async move {
             let now = Instant::now();
             self.with(|s| match s.locks.get(tenant) {
                 Some(held) if held.expires > now && held.info.token == token => {
-                    let info = LockInfo {
-                        ttl_ms: 0,
-                        ..held.info.clone()
-                    };
+                    let info = LockInfo { ttl_ms: 0, ..held.info.clone() };
                     s.locks.remove(tenant);
                     Owned::Done(info)
                 }
@@ -153,19 +108,9 @@ impl LockStore for InMemoryLockStore {
         Box::pin(async move {
             let now = Instant::now();
             self.with(|s| {
-                let lapsed: Vec<String> = s
-                    .locks
-                    .iter()
-                    .filter(|(_, h)| h.expires <= now)
-                    .map(|(k, _)| k.clone())
-                    .collect();
+                let lapsed: Vec<String> = s.locks.iter().filter(|(_, h)| h.expires <= now).map(|(k, _)| k.clone()).collect();
                 let mut out: Vec<Expired> = s.lapsed.drain(..).map(Held::expired).collect();
-                out.extend(
-                    lapsed
-                        .into_iter()
-                        .filter_map(|key| s.locks.remove(&key))
-                        .map(Held::expired),
-                );
+                out.extend(lapsed.into_iter().filter_map(|key| s.locks.remove(&key)).map(Held::expired));
                 out
             })
         })

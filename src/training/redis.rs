@@ -57,8 +57,7 @@ const STATUS: &str = "local current = redis.call('GET', KEYS[1]) \
 if not current then return {0, '', -2} end \
 return {1, current, redis.call('PTTL', KEYS[1])}";
 
-const CLAIM: &str =
-    "local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, 100) \
+const CLAIM: &str = "local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, 100) \
 local out = {} \
 for _, member in ipairs(due) do \
   local tenant, fencing = string.match(member, '^([^|]*)|([^|]*)|') \
@@ -70,14 +69,9 @@ end \
 return out";
 
 /// The client queues commands while it reconnects, so bound every call ourselves.
-async fn bounded<T>(
-    timeout: Duration,
-    call: impl std::future::Future<Output = Result<T, fred::error::Error>>,
-) -> Result<T, LockError> {
+async fn bounded<T>(timeout: Duration, call: impl std::future::Future<Output = Result<T, fred::error::Error>>) -> Result<T, LockError> {
     match tokio::time::timeout(timeout, call).await {
-        Err(_) => Err(LockError::Unavailable(format!(
-            "no answer within {timeout:?}"
-        ))),
+        Err(_) => Err(LockError::Unavailable(format!("no answer within {timeout:?}"))),
         Ok(result) => result.map_err(|e| LockError::Unavailable(e.to_string())),
     }
 }
@@ -113,11 +107,7 @@ impl RedisLockStore {
             .build()
             .map_err(|e| LockError::Unavailable(e.to_string()))?;
         client.connect();
-        Ok(Self {
-            client,
-            prefix: prefix.to_owned(),
-            timeout,
-        })
+        Ok(Self { client, prefix: prefix.to_owned(), timeout })
     }
 
     fn key(&self, name: &str) -> String {
@@ -128,59 +118,29 @@ impl RedisLockStore {
         self.key(&format!("lock:{tenant}"))
     }
 
-    async fn eval(
-        &self,
-        script: &str,
-        keys: Vec<String>,
-        mut args: Vec<String>,
-    ) -> Result<Value, LockError> {
+    async fn eval(&self, script: &str, keys: Vec<String>, mut args: Vec<String>) -> Result<Value, LockError> {
         // The deadline is on Steward's clock and checked on Redis's: allow them a second apart.
-        args.push(
-            (crate::db::now_ms() + self.timeout.as_millis() as i64 + CLOCK_SKEW_MS).to_string(),
-        );
+        args.push((crate::db::now_ms() + self.timeout.as_millis() as i64 + CLOCK_SKEW_MS).to_string());
         let client = self.client.with_options(&self.options());
-        bounded(
-            self.timeout,
-            client.eval::<Value, _, _, _>(format!("{PRELUDE}{script}"), keys, args),
-        )
-        .await
+        bounded(self.timeout, client.eval::<Value, _, _, _>(format!("{PRELUDE}{script}"), keys, args)).await
     }
 
     fn options(&self) -> Options {
-        Options {
-            fail_fast: true,
-            timeout: Some(self.timeout),
-            max_attempts: Some(1),
-            ..Default::default()
-        }
+        Options { fail_fast: true, timeout: Some(self.timeout), max_attempts: Some(1), ..Default::default() }
     }
 
     /// Reads a `{found, value, pttl}` reply.
     fn reply(value: Value) -> Result<(bool, Option<LockInfo>), LockError> {
-        let parts: Vec<Value> = value
-            .convert()
-            .map_err(|e| LockError::Protocol(e.to_string()))?;
-        let [flag, stored, ttl] = <[Value; 3]>::try_from(parts)
-            .map_err(|_| LockError::Protocol("expected 3 items".into()))?;
-        let flag: i64 = flag
-            .convert()
-            .map_err(|e| LockError::Protocol(e.to_string()))?;
+        let parts: Vec<Value> = value.convert().map_err(|e| LockError::Protocol(e.to_string()))?;
+        let [flag, stored, ttl] = <[Value; 3]>::try_from(parts).map_err(|_| LockError::Protocol("expected 3 items".into()))?;
+        let flag: i64 = flag.convert().map_err(|e| LockError::Protocol(e.to_string()))?;
         let stored: String = stored.convert().unwrap_or_default();
-        let ttl: i64 = ttl
-            .convert()
-            .map_err(|e| LockError::Protocol(e.to_string()))?;
+        let ttl: i64 = ttl.convert().map_err(|e| LockError::Protocol(e.to_string()))?;
         if stored.is_empty() || ttl == -2 {
             return Ok((flag == 1, None));
         }
-        let s: Stored =
-            serde_json::from_str(&stored).map_err(|e| LockError::Protocol(e.to_string()))?;
-        let info = LockInfo {
-            token: s.token,
-            owner: s.owner,
-            reason: s.reason,
-            fencing_token: s.fencing,
-            ttl_ms: ttl.max(0) as u64,
-        };
+        let s: Stored = serde_json::from_str(&stored).map_err(|e| LockError::Protocol(e.to_string()))?;
+        let info = LockInfo { token: s.token, owner: s.owner, reason: s.reason, fencing_token: s.fencing, ttl_ms: ttl.max(0) as u64 };
         Ok((flag == 1, Some(info)))
     }
 
@@ -194,35 +154,15 @@ impl RedisLockStore {
     /// Whether Redis answers, for readiness.
     pub async fn ping(&self) -> Result<(), LockError> {
         let client = self.client.with_options(&self.options());
-        bounded(self.timeout, client.ping::<String>(None))
-            .await
-            .map(|_| ())
+        bounded(self.timeout, client.ping::<String>(None)).await.map(|_| ())
     }
 }
 
 impl LockStore for RedisLockStore {
-    fn acquire<'a>(
-        &'a self,
-        tenant: &'a str,
-        owner: &'a str,
-        reason: &'a str,
-        token: &'a str,
-        ttl: Duration,
-    ) -> BoxFuture<'a, Result<Acquired, LockError>> {
+    fn acquire<'a>(&'a self, tenant: &'a str, owner: &'a str, reason: &'a str, token: &'a str, ttl: Duration) -> BoxFuture<'a, Result<Acquired, LockError>> {
         Box::pin(async move {
-            let keys = vec![
-                self.lock_key(tenant),
-                self.key(&format!("fencing:{tenant}")),
-                self.key("expiries"),
-                self.key("tenants"),
-            ];
-            let args = vec![
-                token.into(),
-                owner.into(),
-                reason.into(),
-                ttl.as_millis().to_string(),
-                tenant.into(),
-            ];
+            let keys = vec![self.lock_key(tenant), self.key(&format!("fencing:{tenant}")), self.key("expiries"), self.key("tenants")];
+            let args = vec![token.into(), owner.into(), reason.into(), ttl.as_millis().to_string(), tenant.into()];
             match Self::reply(self.eval(ACQUIRE, keys, args).await?)? {
                 (true, Some(info)) => Ok(Acquired::Acquired(info)),
                 (false, Some(info)) => Ok(Acquired::Held(info)),
@@ -231,74 +171,35 @@ impl LockStore for RedisLockStore {
         })
     }
 
-    fn renew<'a>(
-        &'a self,
-        tenant: &'a str,
-        token: &'a str,
-        ttl: Duration,
-    ) -> BoxFuture<'a, Result<Owned, LockError>> {
+    fn renew<'a>(&'a self, tenant: &'a str, token: &'a str, ttl: Duration) -> BoxFuture<'a, Result<Owned, LockError>> {
         Box::pin(async move {
             let keys = vec![self.lock_key(tenant), self.key("expiries")];
-            Self::owned(
-                self.eval(
-                    RENEW,
-                    keys,
-                    vec![token.into(), ttl.as_millis().to_string(), tenant.into()],
-                )
-                .await?,
-            )
+            Self::owned(self.eval(RENEW, keys, vec![token.into(), ttl.as_millis().to_string(), tenant.into()]).await?)
         })
     }
 
-    fn release<'a>(
-        &'a self,
-        tenant: &'a str,
-        token: &'a str,
-    ) -> BoxFuture<'a, Result<Owned, LockError>> {
+    fn release<'a>(&'a self, tenant: &'a str, token: &'a str) -> BoxFuture<'a, Result<Owned, LockError>> {
         Box::pin(async move {
             let keys = vec![self.lock_key(tenant), self.key("expiries")];
-            Self::owned(
-                self.eval(RELEASE, keys, vec![token.into(), tenant.into()])
-                    .await?,
-            )
+            Self::owned(self.eval(RELEASE, keys, vec![token.into(), tenant.into()]).await?)
         })
     }
 
     fn status<'a>(&'a self, tenant: &'a str) -> BoxFuture<'a, Result<Option<LockInfo>, LockError>> {
-        Box::pin(async move {
-            Ok(Self::reply(
-                self.eval(STATUS, vec![self.lock_key(tenant)], vec![])
-                    .await?,
-            )?
-            .1)
-        })
+        Box::pin(async move { Ok(Self::reply(self.eval(STATUS, vec![self.lock_key(tenant)], vec![]).await?)?.1) })
     }
 
     fn claim_expired(&self) -> BoxFuture<'_, Result<Vec<Expired>, LockError>> {
         Box::pin(async move {
-            let reply = self
-                .eval(CLAIM, vec![self.key("expiries")], vec![self.key("lock:")])
-                .await?;
+            let reply = self.eval(CLAIM, vec![self.key("expiries")], vec![self.key("lock:")]).await?;
             // An empty array may come back as nil; anything else undecodable is an error, not "none".
-            let claimed: Vec<String> = if reply.is_null() {
-                Vec::new()
-            } else {
-                reply
-                    .convert()
-                    .map_err(|e| LockError::Protocol(e.to_string()))?
-            };
+            let claimed: Vec<String> = if reply.is_null() { Vec::new() } else { reply.convert().map_err(|e| LockError::Protocol(e.to_string()))? };
             Ok(claimed
                 .iter()
                 .filter_map(|member| {
                     let mut parts = member.splitn(4, '|');
-                    let (tenant, fencing, owner, reason) =
-                        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-                    Some(Expired {
-                        tenant: tenant.into(),
-                        owner: owner.into(),
-                        reason: reason.into(),
-                        fencing_token: fencing.parse().ok()?,
-                    })
+                    let (tenant, fencing, owner, reason) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+                    Some(Expired { tenant: tenant.into(), owner: owner.into(), reason: reason.into(), fencing_token: fencing.parse().ok()? })
                 })
                 .collect())
         })
@@ -307,11 +208,7 @@ impl LockStore for RedisLockStore {
     fn tenants(&self) -> BoxFuture<'_, Result<Vec<String>, LockError>> {
         Box::pin(async move {
             let client = self.client.with_options(&self.options());
-            bounded(
-                self.timeout,
-                client.smembers::<Vec<String>, _>(self.key("tenants")),
-            )
-            .await
+            bounded(self.timeout, client.smembers::<Vec<String>, _>(self.key("tenants"))).await
         })
     }
 }

@@ -74,19 +74,8 @@ pub struct TrainingService {
 }
 
 impl TrainingService {
-    pub fn new(
-        store: Arc<dyn LockStore>,
-        events: EventLog,
-        metrics: Arc<Metrics>,
-        settings: TrainingSettings,
-    ) -> Self {
-        Self {
-            store,
-            events,
-            metrics,
-            settings,
-            view: Mutex::new(HashMap::new()),
-        }
+    pub fn new(store: Arc<dyn LockStore>, events: EventLog, metrics: Arc<Metrics>, settings: TrainingSettings) -> Self {
+        Self { store, events, metrics, settings, view: Mutex::new(HashMap::new()) }
     }
 
     pub fn store(&self) -> &Arc<dyn LockStore> {
@@ -98,20 +87,11 @@ impl TrainingService {
         Duration::from_secs(ttl_seconds).min(self.settings.max_ttl)
     }
 
-    pub async fn enable(
-        &self,
-        actor: &Actor<'_>,
-        ttl: Duration,
-        reason: &str,
-    ) -> Result<LockInfo, TrainingError> {
+    pub async fn enable(&self, actor: &Actor<'_>, ttl: Duration, reason: &str) -> Result<LockInfo, TrainingError> {
         let mut bytes = [0u8; 24];
         rand::rngs::OsRng.fill_bytes(&mut bytes);
         let token = hex::encode(bytes);
-        match self
-            .store
-            .acquire(actor.tenant, actor.key_id, reason, &digest(&token), ttl)
-            .await
-        {
+        match self.store.acquire(actor.tenant, actor.key_id, reason, &digest(&token), ttl).await {
             Ok(Acquired::Acquired(info)) => {
                 if let Err(err) = self.transition(actor, "enabled", Some(&info), reason).await {
                     // Nobody will ever see this lock's token: release it rather than lock the tenant out.
@@ -123,28 +103,14 @@ impl TrainingService {
                 Ok(LockInfo { token, ..info })
             }
             Ok(Acquired::Held(info)) => {
-                self.transition(
-                    actor,
-                    "denied",
-                    Some(&info),
-                    &format!("already held by {}", info.owner),
-                )
-                .await?;
-                Err(TrainingError::Held {
-                    owner: info.owner.clone(),
-                    expires_at: rfc3339(info.expires_at_ms()),
-                })
+                self.transition(actor, "denied", Some(&info), &format!("already held by {}", info.owner)).await?;
+                Err(TrainingError::Held { owner: info.owner.clone(), expires_at: rfc3339(info.expires_at_ms()) })
             }
             Err(err) => Err(err.into()),
         }
     }
 
-    pub async fn renew(
-        &self,
-        actor: &Actor<'_>,
-        token: &str,
-        ttl: Duration,
-    ) -> Result<LockInfo, TrainingError> {
+    pub async fn renew(&self, actor: &Actor<'_>, token: &str, ttl: Duration) -> Result<LockInfo, TrainingError> {
         let outcome = self.store.renew(actor.tenant, &digest(token), ttl).await?;
         self.owned(actor, "renewed", outcome).await
     }
@@ -158,34 +124,18 @@ impl TrainingService {
         result
     }
 
-    async fn owned(
-        &self,
-        actor: &Actor<'_>,
-        action: &'static str,
-        outcome: Owned,
-    ) -> Result<LockInfo, TrainingError> {
+    async fn owned(&self, actor: &Actor<'_>, action: &'static str, outcome: Owned) -> Result<LockInfo, TrainingError> {
         match outcome {
             Owned::Done(info) => {
-                self.transition(actor, action, Some(&info), &info.reason.clone())
-                    .await?;
+                self.transition(actor, action, Some(&info), &info.reason.clone()).await?;
                 if action == "renewed" {
                     self.remember(actor.tenant, Some(info.clone()));
                 }
                 Ok(info)
             }
             Owned::NotOwner(current) => {
-                let verb = if action == "renewed" {
-                    "renew"
-                } else {
-                    "disable"
-                };
-                self.transition(
-                    actor,
-                    "denied",
-                    current.as_ref(),
-                    &format!("{verb} with a token that does not hold the lock"),
-                )
-                .await?;
+                let verb = if action == "renewed" { "renew" } else { "disable" };
+                self.transition(actor, "denied", current.as_ref(), &format!("{verb} with a token that does not hold the lock")).await?;
                 Err(TrainingError::NotOwner)
             }
         }
@@ -207,9 +157,7 @@ impl TrainingService {
     pub async fn mark(&self, tenant: &str) -> TrainingMark {
         let cached = self.view.lock().ok().and_then(|v| v.get(tenant).cloned());
         if let Some((read_at, lock)) = cached {
-            let lapsed = lock
-                .as_ref()
-                .is_some_and(|l| read_at.elapsed().as_millis() as u64 >= l.ttl_ms);
+            let lapsed = lock.as_ref().is_some_and(|l| read_at.elapsed().as_millis() as u64 >= l.ttl_ms);
             if read_at.elapsed() < self.settings.state_cache && !lapsed {
                 return mark_of(lock.as_ref());
             }
@@ -221,11 +169,7 @@ impl TrainingService {
             }
             Err(err) => {
                 tracing::warn!(tenant, error = %err, "training state unknown: lock store unreadable");
-                TrainingMark {
-                    enabled: None,
-                    fencing_token: None,
-                    source: "lock_store_unavailable",
-                }
+                TrainingMark { enabled: None, fencing_token: None, source: "lock_store_unavailable" }
             }
         }
     }
@@ -237,13 +181,7 @@ impl TrainingService {
     }
 
     /// Records a transition: audit record (durable), counter, log line.
-    pub(super) async fn transition(
-        &self,
-        actor: &Actor<'_>,
-        action: &'static str,
-        lock: Option<&LockInfo>,
-        reason: &str,
-    ) -> Result<(), TrainingError> {
+    pub(super) async fn transition(&self, actor: &Actor<'_>, action: &'static str, lock: Option<&LockInfo>, reason: &str) -> Result<(), TrainingError> {
         let occurred_at = rfc3339(crate::db::now_ms());
         let record = json!({
             "schema": AUDIT_SCHEMA,
@@ -277,8 +215,7 @@ impl TrainingService {
         self.events.emit_durable(vec![pending]).await?;
         self.metrics.training_transition(actor.tenant, action);
         if action != "denied" {
-            self.metrics
-                .training_state(actor.tenant, Some(matches!(action, "enabled" | "renewed")));
+            self.metrics.training_state(actor.tenant, Some(matches!(action, "enabled" | "renewed")));
         }
         tracing::info!(
             tenant = actor.tenant, action, actor = actor.key_id, lock_owner = lock.map(|l| l.owner.as_str()),
@@ -297,9 +234,5 @@ fn digest(token: &str) -> String {
 }
 
 fn mark_of(lock: Option<&LockInfo>) -> TrainingMark {
-    TrainingMark {
-        enabled: Some(lock.is_some()),
-        fencing_token: lock.map(|l| l.fencing_token),
-        source: "lock_store",
-    }
+    TrainingMark { enabled: Some(lock.is_some()), fencing_token: lock.map(|l| l.fencing_token), source: "lock_store" }
 }

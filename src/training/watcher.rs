@@ -13,12 +13,7 @@ use super::lock::LockInfo;
 use super::service::{Actor, TrainingService};
 use crate::telemetry::{Metrics, TraceContext};
 
-pub async fn watch(
-    service: Arc<TrainingService>,
-    metrics: Arc<Metrics>,
-    every: Duration,
-    cancel: CancellationToken,
-) {
+pub async fn watch(service: Arc<TrainingService>, metrics: Arc<Metrics>, every: Duration, cancel: CancellationToken) {
     loop {
         tokio::select! {
             () = cancel.cancelled() => return,
@@ -28,11 +23,7 @@ pub async fn watch(
             Ok(expired) => {
                 for lapse in expired {
                     let trace = TraceContext::new_root();
-                    let actor = Actor {
-                        tenant: &lapse.tenant,
-                        key_id: "steward:expiry-watcher",
-                        trace: &trace,
-                    };
+                    let actor = Actor { tenant: &lapse.tenant, key_id: "steward:expiry-watcher", trace: &trace };
                     let lock = LockInfo {
                         token: String::new(),
                         owner: lapse.owner.clone(),
@@ -40,10 +31,7 @@ pub async fn watch(
                         fencing_token: lapse.fencing_token,
                         ttl_ms: 0,
                     };
-                    if let Err(err) = service
-                        .transition(&actor, "expired", Some(&lock), &lapse.reason)
-                        .await
-                    {
+                    if let Err(err) = service.transition(&actor, "expired", Some(&lock), &lapse.reason).await {
                         tracing::error!(tenant = %lapse.tenant, error = %err, "could not audit a lapsed training lock");
                     }
                 }

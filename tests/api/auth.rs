@@ -12,24 +12,13 @@ fn turn() -> serde_json::Value {
 #[tokio::test]
 async fn a_request_without_a_key_is_401() {
     let app = spawn_app().await;
-    assert_error(
-        app.post("/v1/chat/stream", None, &turn()).await,
-        401,
-        "unauthenticated",
-    )
-    .await;
+    assert_error(app.post("/v1/chat/stream", None, &turn()).await, 401, "unauthenticated").await;
 }
 
 #[tokio::test]
 async fn an_unknown_key_is_401() {
     let app = spawn_app().await;
-    assert_error(
-        app.post("/v1/chat/stream", Some("stw_not_a_real_key"), &turn())
-            .await,
-        401,
-        "unauthenticated",
-    )
-    .await;
+    assert_error(app.post("/v1/chat/stream", Some("stw_not_a_real_key"), &turn()).await, 401, "unauthenticated").await;
 }
 
 #[tokio::test]
@@ -37,38 +26,18 @@ async fn a_revoked_key_is_401() {
     let app = spawn_app().await;
     let tenant = unique("tenant-");
     let key = app.key(&tenant, &[Capability::Chat]).await;
-    let id = app
-        .keys
-        .list()
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|k| k.tenant == tenant)
-        .unwrap()
-        .id;
+    let id = app.keys.list().await.unwrap().into_iter().find(|k| k.tenant == tenant).unwrap().id;
 
     app.keys.revoke(&id).await.unwrap();
 
-    assert_error(
-        app.post("/v1/chat/stream", Some(&key), &turn()).await,
-        401,
-        "unauthenticated",
-    )
-    .await;
+    assert_error(app.post("/v1/chat/stream", Some(&key), &turn()).await, 401, "unauthenticated").await;
 }
 
 #[tokio::test]
 async fn a_key_without_the_chat_capability_is_403() {
     let app = spawn_app().await;
-    let key = app
-        .key(&unique("tenant-"), &[Capability::TrainingAdmin])
-        .await;
-    assert_error(
-        app.post("/v1/chat/stream", Some(&key), &turn()).await,
-        403,
-        "forbidden",
-    )
-    .await;
+    let key = app.key(&unique("tenant-"), &[Capability::TrainingAdmin]).await;
+    assert_error(app.post("/v1/chat/stream", Some(&key), &turn()).await, 403, "forbidden").await;
 }
 
 #[tokio::test]
@@ -77,37 +46,18 @@ async fn tenant_b_cannot_continue_tenant_a_session() {
     let (_, key_a) = app.chat_key().await;
     let (_, key_b) = app.chat_key().await;
     let first = app.chat(&key_a, &turn()).await;
-    let session_id = first.first("session")["session_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let session_id = first.first("session")["session_id"].as_str().unwrap().to_owned();
 
-    let response = app
-        .post(
-            "/v1/chat/stream",
-            Some(&key_b),
-            &json!({ "message": "Hi", "session_id": session_id }),
-        )
-        .await;
+    let response = app.post("/v1/chat/stream", Some(&key_b), &json!({ "message": "Hi", "session_id": session_id })).await;
 
     assert_error(response, 404, "session_not_found").await;
-    assert_eq!(
-        app.store.turns(&session_id).await.unwrap().len(),
-        1,
-        "tenant B added nothing to A's session"
-    );
+    assert_eq!(app.store.turns(&session_id).await.unwrap().len(), 1, "tenant B added nothing to A's session");
 }
 
 #[tokio::test]
 async fn an_unknown_session_id_is_404() {
     let app = spawn_app().await;
     let (_, key) = app.chat_key().await;
-    let response = app
-        .post(
-            "/v1/chat/stream",
-            Some(&key),
-            &json!({ "message": "Hi", "session_id": uuid::Uuid::now_v7() }),
-        )
-        .await;
+    let response = app.post("/v1/chat/stream", Some(&key), &json!({ "message": "Hi", "session_id": uuid::Uuid::now_v7() })).await;
     assert_error(response, 404, "session_not_found").await;
 }

@@ -19,17 +19,9 @@ pub fn shared_broker() -> String {
 }
 
 pub async fn client(broker: &str) -> Client {
-    let backoff = BackoffConfig {
-        init_backoff: Duration::from_millis(50),
-        max_backoff: Duration::from_millis(500),
-        base: 2.0,
-        deadline: Some(Duration::from_secs(10)),
-    };
-    ClientBuilder::new(vec![broker.to_owned()])
-        .backoff_config(backoff)
-        .build()
-        .await
-        .expect("broker reachable (STEWARD_TEST_KAFKA)")
+    let backoff =
+        BackoffConfig { init_backoff: Duration::from_millis(50), max_backoff: Duration::from_millis(500), base: 2.0, deadline: Some(Duration::from_secs(10)) };
+    ClientBuilder::new(vec![broker.to_owned()]).backoff_config(backoff).build().await.expect("broker reachable (STEWARD_TEST_KAFKA)")
 }
 
 /// One record as a consumer reads it.
@@ -45,21 +37,12 @@ pub struct Consumed {
 /// Every record of `topic`, partition by partition, in offset order; empty if the topic does not exist.
 pub async fn consume(broker: &str, topic: &str) -> Vec<Consumed> {
     let client = client(broker).await;
-    let Some(t) = client
-        .list_topics()
-        .await
-        .unwrap()
-        .into_iter()
-        .find(|t| t.name == topic)
-    else {
+    let Some(t) = client.list_topics().await.unwrap().into_iter().find(|t| t.name == topic) else {
         return Vec::new();
     };
     let mut out = Vec::new();
     for partition in t.partitions {
-        let pc = client
-            .partition_client(topic, partition, UnknownTopicHandling::Retry)
-            .await
-            .unwrap();
+        let pc = client.partition_client(topic, partition, UnknownTopicHandling::Retry).await.unwrap();
         let mut offset = 0;
         loop {
             let (records, high) = pc.fetch_records(offset, 1..10_000_000, 20).await.unwrap();
@@ -68,12 +51,7 @@ pub async fn consume(broker: &str, topic: &str) -> Vec<Consumed> {
                 out.push(Consumed {
                     partition,
                     key: String::from_utf8(r.record.key.clone().unwrap_or_default()).unwrap(),
-                    headers: r
-                        .record
-                        .headers
-                        .iter()
-                        .map(|(k, v)| (k.clone(), String::from_utf8(v.clone()).unwrap()))
-                        .collect(),
+                    headers: r.record.headers.iter().map(|(k, v)| (k.clone(), String::from_utf8(v.clone()).unwrap())).collect(),
                     value: serde_json::from_slice(&raw).unwrap_or(Value::Null),
                     raw,
                 });
@@ -88,12 +66,7 @@ pub async fn consume(broker: &str, topic: &str) -> Vec<Consumed> {
 }
 
 /// Polls `topic` until `done` holds for what it holds, or panics after `secs`.
-pub async fn wait_for(
-    broker: &str,
-    topic: &str,
-    secs: u64,
-    done: impl Fn(&[Consumed]) -> bool,
-) -> Vec<Consumed> {
+pub async fn wait_for(broker: &str, topic: &str, secs: u64, done: impl Fn(&[Consumed]) -> bool) -> Vec<Consumed> {
     let deadline = std::time::Instant::now() + Duration::from_secs(secs);
     loop {
         let records = consume(broker, topic).await;
@@ -113,26 +86,14 @@ pub async fn wait_for(
 /// Creates a one-partition topic and produces `records` to it in order.
 pub async fn produce_copy(broker: &str, topic: &str, records: &[Consumed]) {
     let client = client(broker).await;
-    client
-        .controller_client()
-        .unwrap()
-        .create_topic(topic, 1, 1, 5_000)
-        .await
-        .unwrap();
-    let pc = client
-        .partition_client(topic, 0, UnknownTopicHandling::Retry)
-        .await
-        .unwrap();
+    client.controller_client().unwrap().create_topic(topic, 1, 1, 5_000).await.unwrap();
+    let pc = client.partition_client(topic, 0, UnknownTopicHandling::Retry).await.unwrap();
     let batch = records
         .iter()
         .map(|r| Record {
             key: Some(r.key.clone().into_bytes()),
             value: Some(r.raw.clone()),
-            headers: r
-                .headers
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone().into_bytes()))
-                .collect(),
+            headers: r.headers.iter().map(|(k, v)| (k.clone(), v.clone().into_bytes())).collect(),
             timestamp: rskafka::chrono::Utc::now(),
         })
         .collect();
@@ -153,16 +114,8 @@ fn tansu() -> String {
 
 impl PrivateBroker {
     pub async fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut broker = Self {
-            child: None,
-            port,
-            dir: tempfile::tempdir().unwrap(),
-        };
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut broker = Self { child: None, port, dir: tempfile::tempdir().unwrap() };
         broker.spawn().await;
         broker
     }
@@ -174,16 +127,7 @@ impl PrivateBroker {
     async fn spawn(&mut self) {
         let url = format!("tcp://127.0.0.1:{}", self.port);
         let child = Command::new(tansu())
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-                "--storage-engine",
-                "sqlite://tansu.db",
-                "--silent",
-            ])
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "sqlite://tansu.db", "--silent"])
             .current_dir(self.dir.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -191,10 +135,7 @@ impl PrivateBroker {
             .expect("start tansu (STEWARD_TEST_TANSU)");
         self.child = Some(child);
         for _ in 0..200 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
-                .await
-                .is_ok()
-            {
+            if tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.is_ok() {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(25)).await;

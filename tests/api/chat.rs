@@ -10,25 +10,15 @@ async fn an_allowed_turn_streams_session_deltas_then_done_with_usage_and_governa
     let app = spawn_app().await;
     let (_, key) = app.chat_key().await;
 
-    let sse = app
-        .chat(
-            &key,
-            &json!({ "message": "Say hello to me.", "max_tokens": 12, "temperature": 0 }),
-        )
-        .await;
+    let sse = app.chat(&key, &json!({ "message": "Say hello to me.", "max_tokens": 12, "temperature": 0 })).await;
 
     let names = sse.names();
     assert_eq!(names.first(), Some(&"session"), "{names:?}");
     assert_eq!(names.last(), Some(&"done"), "{names:?}");
-    assert!(
-        names[1..names.len() - 1].iter().all(|n| *n == "delta") && names.len() >= 3,
-        "{names:?}"
-    );
+    assert!(names[1..names.len() - 1].iter().all(|n| *n == "delta") && names.len() >= 3, "{names:?}");
     assert!(!sse.text().is_empty());
 
-    let expected_hash = Constitution::load(&manifest_dir().join("config/constitution.toml"))
-        .unwrap()
-        .hash();
+    let expected_hash = Constitution::load(&manifest_dir().join("config/constitution.toml")).unwrap().hash();
     assert_eq!(sse.header("x-constitution-hash"), expected_hash.as_str());
     assert_eq!(sse.header("x-policy-verdict"), "allow");
     assert_eq!(sse.header("content-type"), "text/event-stream");
@@ -37,30 +27,17 @@ async fn an_allowed_turn_streams_session_deltas_then_done_with_usage_and_governa
     assert_eq!(session["policy_verdict"], "allow");
     assert_eq!(sse.header("x-session-id"), session["session_id"]);
     assert_eq!(sse.header("x-trace-id"), session["trace_id"]);
-    assert!(sse
-        .header("traceparent")
-        .contains(session["trace_id"].as_str().unwrap()));
+    assert!(sse.header("traceparent").contains(session["trace_id"].as_str().unwrap()));
 
     let done = sse.first("done");
-    assert!(
-        ["stop", "length"].contains(&done["finish_reason"].as_str().unwrap()),
-        "{done}"
-    );
+    assert!(["stop", "length"].contains(&done["finish_reason"].as_str().unwrap()), "{done}");
     let completion = done["usage"]["completion_tokens"].as_u64().unwrap();
     assert!((1..=12).contains(&completion), "{done}");
     assert!(done["usage"]["prompt_tokens"].as_u64().unwrap() > 0);
 
-    let turns = app
-        .store
-        .turns(session["session_id"].as_str().unwrap())
-        .await
-        .unwrap();
+    let turns = app.store.turns(session["session_id"].as_str().unwrap()).await.unwrap();
     assert_eq!(turns.len(), 1);
-    assert_eq!(
-        turns[0].2,
-        sse.text(),
-        "the stored answer is what the client received"
-    );
+    assert_eq!(turns[0].2, sse.text(), "the stored answer is what the client received");
 }
 
 #[tokio::test]
@@ -88,16 +65,8 @@ async fn an_incoming_traceparent_is_continued_in_the_response() {
 async fn a_second_turn_in_the_same_session_sends_the_history() {
     let app = spawn_app().await;
     let (_, key) = app.chat_key().await;
-    let first = app
-        .chat(
-            &key,
-            &json!({ "message": "My name is Ada.", "max_tokens": 16, "temperature": 0 }),
-        )
-        .await;
-    let session_id = first.first("session")["session_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let first = app.chat(&key, &json!({ "message": "My name is Ada.", "max_tokens": 16, "temperature": 0 })).await;
+    let session_id = first.first("session")["session_id"].as_str().unwrap().to_owned();
     let first_usage = &first.first("done")["usage"];
 
     let second = app.chat(&key, &json!({ "message": "What is my name?", "session_id": session_id, "max_tokens": 8, "temperature": 0 })).await;
@@ -105,29 +74,19 @@ async fn a_second_turn_in_the_same_session_sends_the_history() {
     assert_eq!(second.first("session")["session_id"], session_id.as_str());
     // The model server's own token count proves the earlier exchange was in the prompt:
     // the second prompt holds the first prompt, the first answer and the new message.
-    let second_prompt = second.first("done")["usage"]["prompt_tokens"]
-        .as_u64()
-        .unwrap();
+    let second_prompt = second.first("done")["usage"]["prompt_tokens"].as_u64().unwrap();
     let first_prompt = first_usage["prompt_tokens"].as_u64().unwrap();
     let first_answer = first_usage["completion_tokens"].as_u64().unwrap();
-    assert!(
-        second_prompt >= first_prompt + first_answer,
-        "second prompt {second_prompt} < {first_prompt} + {first_answer}"
-    );
+    assert!(second_prompt >= first_prompt + first_answer, "second prompt {second_prompt} < {first_prompt} + {first_answer}");
     assert_eq!(app.store.turns(&session_id).await.unwrap().len(), 2);
 }
 
 #[tokio::test]
 async fn a_turn_whose_model_server_is_unreachable_ends_with_an_error_event() {
-    let app = spawn_app_with(Storage::Sqlite, |s| {
-        s.slm.base_url = "http://127.0.0.1:9/v1".into()
-    })
-    .await;
+    let app = spawn_app_with(Storage::Sqlite, |s| s.slm.base_url = "http://127.0.0.1:9/v1".into()).await;
     let (_, key) = app.chat_key().await;
 
-    let sse = app
-        .chat(&key, &json!({ "message": "Hello?", "max_tokens": 4 }))
-        .await;
+    let sse = app.chat(&key, &json!({ "message": "Hello?", "max_tokens": 4 })).await;
 
     assert_eq!(sse.names(), vec!["session", "error", "done"]);
     assert_eq!(sse.first("error")["code"], "model_unavailable");
@@ -139,22 +98,9 @@ async fn the_chat_path_works_on_postgresql() {
     let app = spawn_app_with(Storage::Postgres, |_| {}).await;
     let (_, key) = app.chat_key().await;
 
-    let first = app
-        .chat(
-            &key,
-            &json!({ "message": "Name a colour.", "max_tokens": 6 }),
-        )
-        .await;
-    let session_id = first.first("session")["session_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let second = app
-        .chat(
-            &key,
-            &json!({ "message": "Another one.", "session_id": session_id, "max_tokens": 6 }),
-        )
-        .await;
+    let first = app.chat(&key, &json!({ "message": "Name a colour.", "max_tokens": 6 })).await;
+    let session_id = first.first("session")["session_id"].as_str().unwrap().to_owned();
+    let second = app.chat(&key, &json!({ "message": "Another one.", "session_id": session_id, "max_tokens": 6 })).await;
 
     assert_eq!(second.names().last(), Some(&"done"));
     assert_eq!(app.store.turns(&session_id).await.unwrap().len(), 2);
@@ -165,28 +111,14 @@ async fn a_client_that_hangs_up_stops_the_generation_and_the_turn_is_recorded_ca
     use futures_util::StreamExt;
     let model = crate::moderation::PrivateModelServer::start().await;
     let port = model.port;
-    let app = spawn_app_with(Storage::Sqlite, |s| {
-        s.slm.base_url = format!("http://127.0.0.1:{port}/v1")
-    })
-    .await;
+    let app = spawn_app_with(Storage::Sqlite, |s| s.slm.base_url = format!("http://127.0.0.1:{port}/v1")).await;
     let (_, key) = app.chat_key().await;
-    let response = app
-        .post(
-            "/v1/chat/stream",
-            Some(&key),
-            &json!({ "message": "Write a very long story about the sea.", "max_tokens": 2000 }),
-        )
-        .await;
-    let session = response.headers()["x-session-id"]
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let response = app.post("/v1/chat/stream", Some(&key), &json!({ "message": "Write a very long story about the sea.", "max_tokens": 2000 })).await;
+    let session = response.headers()["x-session-id"].to_str().unwrap().to_owned();
     let mut body = response.bytes_stream();
     let mut seen = String::new();
     while !seen.contains("event: delta") {
-        seen.push_str(&String::from_utf8_lossy(
-            &body.next().await.unwrap().unwrap(),
-        ));
+        seen.push_str(&String::from_utf8_lossy(&body.next().await.unwrap().unwrap()));
     }
     assert!(model.busy().await, "the model is generating");
 
@@ -194,17 +126,11 @@ async fn a_client_that_hangs_up_stops_the_generation_and_the_turn_is_recorded_ca
 
     let hung_up = std::time::Instant::now();
     while model.busy().await {
-        assert!(
-            hung_up.elapsed() < std::time::Duration::from_secs(2),
-            "the model server kept generating after the client left"
-        );
+        assert!(hung_up.elapsed() < std::time::Duration::from_secs(2), "the model server kept generating after the client left");
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     let (_, predicted) = model.counters().await;
-    assert!(
-        predicted < 2000.0,
-        "generation stopped early: {predicted} tokens"
-    );
+    assert!(predicted < 2000.0, "generation stopped early: {predicted} tokens");
     let mut turns = Vec::new();
     for _ in 0..50 {
         turns = app.store.turns(&session).await.unwrap();

@@ -36,16 +36,12 @@ pub fn manifest_dir() -> PathBuf {
 
 /// A unique name for tenants, sessions and databases.
 pub fn unique(prefix: &str) -> String {
-    format!(
-        "{prefix}{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..12]
-    )
+    format!("{prefix}{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
 }
 
 /// Settings for a test: the project's defaults, a private database, port 0.
 pub async fn test_settings(storage: Storage) -> (Settings, Option<tempfile::TempDir>) {
-    let mut settings =
-        Settings::load_from(&manifest_dir().join("config")).expect("config/default.toml loads");
+    let mut settings = Settings::load_from(&manifest_dir().join("config")).expect("config/default.toml loads");
     settings.server.bind = "127.0.0.1:0".into();
     settings.server.keepalive_ms = 500;
     settings.slm.base_url = slm_url();
@@ -57,13 +53,7 @@ pub async fn test_settings(storage: Storage) -> (Settings, Option<tempfile::Temp
     let (url, dir) = match storage {
         Storage::Sqlite => {
             let dir = tempfile::tempdir().expect("temp dir");
-            (
-                format!(
-                    "sqlite://{}?mode=rwc",
-                    dir.path().join("steward.db").display()
-                ),
-                Some(dir),
-            )
+            (format!("sqlite://{}?mode=rwc", dir.path().join("steward.db").display()), Some(dir))
         }
         Storage::Postgres => (postgres_database().await, None),
     };
@@ -73,21 +63,12 @@ pub async fn test_settings(storage: Storage) -> (Settings, Option<tempfile::Temp
 
 /// Creates an empty database on the test PostgreSQL server and returns its URL.
 pub async fn postgres_database() -> String {
-    let admin = std::env::var("STEWARD_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let admin = std::env::var("STEWARD_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
     sqlx::any::install_default_drivers();
-    let mut conn = sqlx::AnyConnection::connect(&admin)
-        .await
-        .expect("PostgreSQL reachable at STEWARD_TEST_POSTGRES_URL");
+    let mut conn = sqlx::AnyConnection::connect(&admin).await.expect("PostgreSQL reachable at STEWARD_TEST_POSTGRES_URL");
     let name = unique("steward_test_");
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&mut conn)
-        .await
-        .expect("create test database");
-    let base = admin
-        .rsplit_once('/')
-        .map(|(b, _)| b.to_owned())
-        .unwrap_or(admin);
+    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.expect("create test database");
+    let base = admin.rsplit_once('/').map(|(b, _)| b.to_owned()).unwrap_or(admin);
     format!("{base}/{name}")
 }
 
@@ -109,23 +90,11 @@ pub async fn spawn_app_with(storage: Storage, adjust: impl FnOnce(&mut Settings)
     steward::telemetry::init_logging("json", "warn");
     let (mut settings, dir) = test_settings(storage).await;
     adjust(&mut settings);
-    let app = Application::build(&settings)
-        .await
-        .expect("application builds");
+    let app = Application::build(&settings).await.expect("application builds");
     let address = format!("http://127.0.0.1:{}", app.port());
     tokio::spawn(app.run_until_stopped());
-    let db = Database::connect(settings.database.url.expose(), 2)
-        .await
-        .expect("test db handle");
-    TestApp {
-        address,
-        keys: KeyStore::new(db.clone()),
-        store: ConversationStore::new(db.clone()),
-        db,
-        settings,
-        http: reqwest::Client::new(),
-        _dir: dir,
-    }
+    let db = Database::connect(settings.database.url.expose(), 2).await.expect("test db handle");
+    TestApp { address, keys: KeyStore::new(db.clone()), store: ConversationStore::new(db.clone()), db, settings, http: reqwest::Client::new(), _dir: dir }
 }
 
 /// A parsed SSE response.
@@ -139,27 +108,14 @@ impl Sse {
         self.events.iter().map(|(n, _)| n.as_str()).collect()
     }
     pub fn first(&self, name: &str) -> &Value {
-        &self
-            .events
-            .iter()
-            .find(|(n, _)| n == name)
-            .unwrap_or_else(|| panic!("no `{name}` event in {:?}", self.names()))
-            .1
+        &self.events.iter().find(|(n, _)| n == name).unwrap_or_else(|| panic!("no `{name}` event in {:?}", self.names())).1
     }
     /// All `delta` contents, concatenated.
     pub fn text(&self) -> String {
-        self.events
-            .iter()
-            .filter(|(n, _)| n == "delta")
-            .map(|(_, d)| d["content"].as_str().unwrap_or_default())
-            .collect()
+        self.events.iter().filter(|(n, _)| n == "delta").map(|(_, d)| d["content"].as_str().unwrap_or_default()).collect()
     }
     pub fn header(&self, name: &str) -> &str {
-        self.headers
-            .get(name)
-            .unwrap_or_else(|| panic!("missing header {name}"))
-            .to_str()
-            .expect("ascii header")
+        self.headers.get(name).unwrap_or_else(|| panic!("missing header {name}")).to_str().expect("ascii header")
     }
 }
 
@@ -169,11 +125,7 @@ pub async fn read_sse(response: reqwest::Response) -> Sse {
     let mut stream = response.bytes_stream().eventsource();
     while let Some(event) = stream.next().await {
         let event = event.expect("well-formed SSE");
-        let data = if event.data == "[DONE]" {
-            Value::String("[DONE]".into())
-        } else {
-            serde_json::from_str(&event.data).expect("JSON data")
-        };
+        let data = if event.data == "[DONE]" { Value::String("[DONE]".into()) } else { serde_json::from_str(&event.data).expect("JSON data") };
         events.push((event.event, data));
     }
     Sse { headers, events }
@@ -181,11 +133,7 @@ pub async fn read_sse(response: reqwest::Response) -> Sse {
 
 impl TestApp {
     pub async fn key(&self, tenant: &str, caps: &[Capability]) -> String {
-        let (_, key) = self
-            .keys
-            .create(&TenantId::parse(tenant).expect("tenant"), caps)
-            .await
-            .expect("create key");
+        let (_, key) = self.keys.create(&TenantId::parse(tenant).expect("tenant"), caps).await.expect("create key");
         key.expose().to_owned()
     }
 
@@ -206,48 +154,28 @@ impl TestApp {
 
     pub async fn chat(&self, key: &str, body: &Value) -> Sse {
         let response = self.post("/v1/chat/stream", Some(key), body).await;
-        assert_eq!(
-            response.status(),
-            200,
-            "chat/stream failed: {:?}",
-            response.text().await
-        );
+        assert_eq!(response.status(), 200, "chat/stream failed: {:?}", response.text().await);
         read_sse(response).await
     }
 
     pub async fn get_with(&self, path: &str, key: &str) -> reqwest::Response {
-        self.http
-            .get(format!("{}{path}", self.address))
-            .bearer_auth(key)
-            .send()
-            .await
-            .expect("request sent")
+        self.http.get(format!("{}{path}", self.address)).bearer_auth(key).send().await.expect("request sent")
     }
 
     /// Payloads stored in the outbox for `topic`, oldest first.
     pub async fn outbox(&self, topic: &str) -> Vec<Value> {
         let outbox = steward::events::OutboxStore::new(self.db.clone(), topic);
-        let rows = outbox
-            .tail(topic, None, 0, 10_000)
-            .await
-            .expect("outbox readable");
-        rows.into_iter()
-            .map(|(_, payload)| serde_json::from_str(&payload).expect("JSON payload"))
-            .collect()
+        let rows = outbox.tail(topic, None, 0, 10_000).await.expect("outbox readable");
+        rows.into_iter().map(|(_, payload)| serde_json::from_str(&payload).expect("JSON payload")).collect()
     }
 
     pub async fn get(&self, path: &str) -> reqwest::Response {
-        self.http
-            .get(format!("{}{path}", self.address))
-            .send()
-            .await
-            .expect("request sent")
+        self.http.get(format!("{}{path}", self.address)).send().await.expect("request sent")
     }
 
     /// A policy engine holding the same key and constitution as the app.
     pub fn policy(&self) -> PolicyEngine {
-        let constitution =
-            Constitution::load(&self.settings.policy.constitution).expect("constitution");
+        let constitution = Constitution::load(&self.settings.policy.constitution).expect("constitution");
         PolicyEngine::new(constitution.hash(), Secret::new(SIGNING_KEY), 60)
     }
 }
@@ -257,9 +185,6 @@ pub async fn assert_error(response: reqwest::Response, status: u16, code: &str) 
     assert_eq!(response.status().as_u16(), status, "unexpected status");
     let body: Value = response.json().await.expect("JSON error body");
     assert_eq!(body["code"], code, "body: {body}");
-    assert!(
-        body["message"].as_str().is_some_and(|m| !m.is_empty()),
-        "body: {body}"
-    );
+    assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()), "body: {body}");
     body
 }

@@ -19,11 +19,7 @@ struct Instance {
 
 impl Instance {
     async fn start(database_url: &str, key_prefix: &str) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let child = Command::new(env!("CARGO_BIN_EXE_steward"))
             .arg("serve")
             .current_dir(manifest_dir())
@@ -40,15 +36,9 @@ impl Instance {
             .spawn()
             .expect("start the steward binary");
         // Owned before waiting, so a failed start still kills the process.
-        let instance = Self {
-            child,
-            address: format!("http://127.0.0.1:{port}"),
-        };
+        let instance = Self { child, address: format!("http://127.0.0.1:{port}") };
         for _ in 0..200 {
-            if reqwest::get(format!("{}/healthz", instance.address))
-                .await
-                .is_ok_and(|r| r.status() == 200)
-            {
+            if reqwest::get(format!("{}/healthz", instance.address)).await.is_ok_and(|r| r.status() == 200) {
                 return instance;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -57,37 +47,18 @@ impl Instance {
     }
 
     async fn post(&self, path: &str, key: &str, body: &Value) -> reqwest::Response {
-        reqwest::Client::new()
-            .post(format!("{}{path}", self.address))
-            .bearer_auth(key)
-            .json(body)
-            .send()
-            .await
-            .unwrap()
+        reqwest::Client::new().post(format!("{}{path}", self.address)).bearer_auth(key).json(body).send().await.unwrap()
     }
 
     async fn status(&self, key: &str) -> Value {
-        reqwest::Client::new()
-            .get(format!("{}/v1/training/status", self.address))
-            .bearer_auth(key)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+        reqwest::Client::new().get(format!("{}/v1/training/status", self.address)).bearer_auth(key).send().await.unwrap().json().await.unwrap()
     }
 
     /// Waits until this instance's gauge for `tenant` reads `value`.
     async fn gauge_reads(&self, tenant: &str, value: u8) {
         let line = format!("training_mode_state{{tenant=\"{tenant}\"}} {value}\n");
         for _ in 0..100 {
-            let metrics = reqwest::get(format!("{}/metrics", self.address))
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
+            let metrics = reqwest::get(format!("{}/metrics", self.address)).await.unwrap().text().await.unwrap();
             if metrics.contains(&line) {
                 return;
             }
@@ -122,82 +93,38 @@ async fn two_instances_share_one_lock_one_status_one_gauge_and_audit_an_expiry_o
     let tenant = unique("tenant-");
     let keys = KeyStore::new(db.clone());
     let caps = [Capability::Chat, Capability::TrainingAdmin];
-    let (_, alice) = keys
-        .create(&TenantId::parse(&tenant).unwrap(), &caps)
-        .await
-        .unwrap();
-    let (_, bob) = keys
-        .create(&TenantId::parse(&tenant).unwrap(), &caps)
-        .await
-        .unwrap();
+    let (_, alice) = keys.create(&TenantId::parse(&tenant).unwrap(), &caps).await.unwrap();
+    let (_, bob) = keys.create(&TenantId::parse(&tenant).unwrap(), &caps).await.unwrap();
     let (alice, bob) = (alice.expose().to_owned(), bob.expose().to_owned());
     let prefix = format!("{}:", unique("steward-test-"));
-    let (a, b) = tokio::join!(
-        Instance::start(&url, &prefix),
-        Instance::start(&url, &prefix)
-    );
+    let (a, b) = tokio::join!(Instance::start(&url, &prefix), Instance::start(&url, &prefix));
 
     let enable = json!({ "ttl_seconds": 60, "reason": "race" });
-    let (first, second) = tokio::join!(
-        a.post("/v1/training/enable", &alice, &enable),
-        b.post("/v1/training/enable", &bob, &enable)
-    );
+    let (first, second) = tokio::join!(a.post("/v1/training/enable", &alice, &enable), b.post("/v1/training/enable", &bob, &enable));
 
     let mut statuses = [first.status().as_u16(), second.status().as_u16()];
     statuses.sort();
     assert_eq!(statuses, [200, 409], "exactly one enable wins");
     let alice_won = first.status() == 200;
-    let winner: Value = if alice_won {
-        first.json().await.unwrap()
-    } else {
-        second.json().await.unwrap()
-    };
+    let winner: Value = if alice_won { first.json().await.unwrap() } else { second.json().await.unwrap() };
     let (seen_a, seen_b) = (a.status(&alice).await, b.status(&bob).await);
     // The same lock: the remaining TTL differs only by the time between the two reads.
     for field in ["state", "owner", "fencing_token", "reason"] {
-        assert_eq!(
-            seen_a[field], seen_b[field],
-            "both instances report the same {field}"
-        );
+        assert_eq!(seen_a[field], seen_b[field], "both instances report the same {field}");
     }
-    let expiry = |v: &Value| {
-        chrono::DateTime::parse_from_rfc3339(v["expires_at"].as_str().unwrap()).unwrap()
-    };
+    let expiry = |v: &Value| chrono::DateTime::parse_from_rfc3339(v["expires_at"].as_str().unwrap()).unwrap();
     assert!((expiry(&seen_a) - expiry(&seen_b)).num_milliseconds().abs() < 100);
-    assert_eq!(
-        (seen_a["owner"].clone(), seen_a["fencing_token"].clone()),
-        (winner["owner"].clone(), winner["fencing_token"].clone())
-    );
+    assert_eq!((seen_a["owner"].clone(), seen_a["fencing_token"].clone()), (winner["owner"].clone(), winner["fencing_token"].clone()));
     a.gauge_reads(&tenant, 1).await;
     b.gauge_reads(&tenant, 1).await;
 
     let token = winner["lock_token"].as_str().unwrap();
     let (holder_key, other) = if alice_won { (&alice, &b) } else { (&bob, &a) };
-    assert_eq!(
-        other
-            .post(
-                "/v1/training/disable",
-                holder_key,
-                &json!({ "lock_token": token })
-            )
-            .await
-            .status(),
-        200,
-        "any instance can release"
-    );
+    assert_eq!(other.post("/v1/training/disable", holder_key, &json!({ "lock_token": token })).await.status(), 200, "any instance can release");
     a.gauge_reads(&tenant, 0).await;
     b.gauge_reads(&tenant, 0).await;
 
-    let short: Value = a
-        .post(
-            "/v1/training/enable",
-            &alice,
-            &json!({ "ttl_seconds": 1, "reason": "left to lapse" }),
-        )
-        .await
-        .json()
-        .await
-        .unwrap();
+    let short: Value = a.post("/v1/training/enable", &alice, &json!({ "ttl_seconds": 1, "reason": "left to lapse" })).await.json().await.unwrap();
     assert!(short["fencing_token"].as_u64() > winner["fencing_token"].as_u64());
     for _ in 0..100 {
         if expired_records(&db, &tenant).await > 0 {
@@ -206,11 +133,7 @@ async fn two_instances_share_one_lock_one_status_one_gauge_and_audit_an_expiry_o
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep(Duration::from_millis(800)).await; // several more check rounds on both instances
-    assert_eq!(
-        expired_records(&db, &tenant).await,
-        1,
-        "training.expired audited exactly once"
-    );
+    assert_eq!(expired_records(&db, &tenant).await, 1, "training.expired audited exactly once");
     assert_eq!(a.status(&alice).await["state"], "disabled");
     b.gauge_reads(&tenant, 0).await;
 }

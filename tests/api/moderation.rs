@@ -15,33 +15,18 @@ pub struct PrivateModelServer {
 
 impl PrivateModelServer {
     pub async fn start() -> Self {
-        let python = std::env::var("STEWARD_TEST_MODEL_PYTHON")
-            .unwrap_or_else(|_| format!("{}/.venv/bin/python", env!("CARGO_MANIFEST_DIR")));
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let python = std::env::var("STEWARD_TEST_MODEL_PYTHON").unwrap_or_else(|_| format!("{}/.venv/bin/python", env!("CARGO_MANIFEST_DIR")));
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let child = Command::new(python)
             .arg(manifest_dir().join("scripts/model_server.py"))
-            .args([
-                "--port",
-                &port.to_string(),
-                "--parallel",
-                "1",
-                "--ctx",
-                "2048",
-            ])
+            .args(["--port", &port.to_string(), "--parallel", "1", "--ctx", "2048"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("start a model server (is STEWARD_TEST_MODEL_PYTHON the project's .venv?)");
         let server = Self { child, port };
         for _ in 0..240 {
-            if reqwest::get(format!("http://127.0.0.1:{port}/health"))
-                .await
-                .is_ok_and(|r| r.status() == 200)
-            {
+            if reqwest::get(format!("http://127.0.0.1:{port}/health")).await.is_ok_and(|r| r.status() == 200) {
                 return server;
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
@@ -51,41 +36,21 @@ impl PrivateModelServer {
 
     /// (prompt tokens processed, tokens predicted), from the server's own /metrics.
     pub async fn counters(&self) -> (f64, f64) {
-        let text = reqwest::get(format!("http://127.0.0.1:{}/metrics", self.port))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = reqwest::get(format!("http://127.0.0.1:{}/metrics", self.port)).await.unwrap().text().await.unwrap();
         let read = |name: &str| {
             text.lines()
-                .find_map(|l| {
-                    l.strip_prefix(name)
-                        .and_then(|rest| rest.trim().parse::<f64>().ok())
-                })
+                .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.trim().parse::<f64>().ok()))
                 .unwrap_or_else(|| panic!("{name} missing from model server metrics"))
         };
-        (
-            read("llamacpp:prompt_tokens_total "),
-            read("llamacpp:tokens_predicted_total "),
-        )
+        (read("llamacpp:prompt_tokens_total "), read("llamacpp:tokens_predicted_total "))
     }
 }
 
 impl PrivateModelServer {
     /// Whether any slot is generating, from the server's own `/slots`.
     pub async fn busy(&self) -> bool {
-        let slots: Value = reqwest::get(format!("http://127.0.0.1:{}/slots", self.port))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        slots
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|s| s["is_processing"] == true)
+        let slots: Value = reqwest::get(format!("http://127.0.0.1:{}/slots", self.port)).await.unwrap().json().await.unwrap();
+        slots.as_array().unwrap().iter().any(|s| s["is_processing"] == true)
     }
 }
 
@@ -100,10 +65,7 @@ impl Drop for PrivateModelServer {
 async fn a_refused_input_never_reaches_the_model() {
     let model = PrivateModelServer::start().await;
     let port = model.port;
-    let app = spawn_app_with(Storage::Sqlite, |s| {
-        s.slm.base_url = format!("http://127.0.0.1:{port}/v1")
-    })
-    .await;
+    let app = spawn_app_with(Storage::Sqlite, |s| s.slm.base_url = format!("http://127.0.0.1:{port}/v1")).await;
     let (_, key) = app.chat_key().await;
     let before = model.counters().await;
 
@@ -111,29 +73,18 @@ async fn a_refused_input_never_reaches_the_model() {
 
     assert_eq!(sse.names(), vec!["session", "refusal", "done"]);
     assert_eq!(sse.header("x-policy-verdict"), "refuse:prompt_injection");
-    assert_eq!(
-        sse.first("session")["policy_verdict"],
-        "refuse:prompt_injection"
-    );
+    assert_eq!(sse.first("session")["policy_verdict"], "refuse:prompt_injection");
     let refusal = sse.first("refusal");
     assert_eq!(refusal["code"], "prompt_injection");
     assert_eq!(refusal["category"], "prompt_injection");
     assert!(!refusal["message"].as_str().unwrap().is_empty());
     assert_eq!(sse.first("done")["finish_reason"], "refused");
-    assert_eq!(
-        model.counters().await,
-        before,
-        "the model server processed no prompt and predicted no token"
-    );
+    assert_eq!(model.counters().await, before, "the model server processed no prompt and predicted no token");
 
     // Control: the same counters move for an allowed turn, so they would have caught a dispatch.
-    app.chat(&key, &json!({ "message": "Hello!", "max_tokens": 3 }))
-        .await;
+    app.chat(&key, &json!({ "message": "Hello!", "max_tokens": 3 })).await;
     let after = model.counters().await;
-    assert!(
-        after.0 > before.0 && after.1 > before.1,
-        "{before:?} -> {after:?}"
-    );
+    assert!(after.0 > before.0 && after.1 > before.1, "{before:?} -> {after:?}");
 }
 
 /// The exact answer the shared model server gives (greedy decoding) to the
@@ -144,19 +95,8 @@ async fn direct_answer(system: &str, prompt: &str, max_tokens: u32) -> String {
         "messages": [{ "role": "system", "content": system }, { "role": "user", "content": prompt }],
         "max_tokens": max_tokens, "temperature": 0, "seed": 7,
     });
-    let response: Value = reqwest::Client::new()
-        .post(format!("{}/chat/completions", slm_url()))
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    response["choices"][0]["message"]["content"]
-        .as_str()
-        .unwrap()
-        .to_owned()
+    let response: Value = reqwest::Client::new().post(format!("{}/chat/completions", slm_url())).json(&body).send().await.unwrap().json().await.unwrap();
+    response["choices"][0]["message"]["content"].as_str().unwrap().to_owned()
 }
 
 #[tokio::test]
@@ -165,24 +105,12 @@ async fn an_output_refusal_stops_the_stream_before_any_character_of_the_phrase()
     let system = "You are a helpful assistant.";
     let answer = direct_answer(system, prompt, 48).await;
     // A phrase the model really produces, well into its answer: 3 words starting after char 80.
-    let start = answer
-        .char_indices()
-        .find(|(i, c)| *i >= 80 && c.is_whitespace())
-        .map(|(i, _)| i + 1)
-        .expect("answer longer than 80 chars");
-    let phrase: String = answer[start..]
-        .split_whitespace()
-        .take(3)
-        .collect::<Vec<_>>()
-        .join(" ");
+    let start = answer.char_indices().find(|(i, c)| *i >= 80 && c.is_whitespace()).map(|(i, _)| i + 1).expect("answer longer than 80 chars");
+    let phrase: String = answer[start..].split_whitespace().take(3).collect::<Vec<_>>().join(" ");
     let phrase_at = answer.find(&phrase).expect("phrase is in the answer");
-    assert!(
-        !prompt.contains(&phrase) && phrase.chars().count() >= 8,
-        "unsuitable phrase {phrase:?} from {answer:?}"
-    );
+    assert!(!prompt.contains(&phrase) && phrase.chars().count() >= 8, "unsuitable phrase {phrase:?} from {answer:?}");
 
-    let mut constitution =
-        std::fs::read_to_string(manifest_dir().join("config/constitution.toml")).unwrap();
+    let mut constitution = std::fs::read_to_string(manifest_dir().join("config/constitution.toml")).unwrap();
     constitution.push_str(&format!(
         "\n[[categories]]\ncode = \"X1\"\nname = \"test_output_rule\"\nmessage = \"This answer was stopped by policy.\"\nphrases = [{}]\n",
         serde_json::to_string(&phrase).unwrap()
@@ -197,34 +125,16 @@ async fn an_output_refusal_stops_the_stream_before_any_character_of_the_phrase()
     .await;
     let (_, key) = app.chat_key().await;
 
-    let sse = app
-        .chat(
-            &key,
-            &json!({ "message": prompt, "max_tokens": 48, "temperature": 0, "seed": 7 }),
-        )
-        .await;
+    let sse = app.chat(&key, &json!({ "message": prompt, "max_tokens": 48, "temperature": 0, "seed": 7 })).await;
 
     let names = sse.names();
-    assert_eq!(
-        &names[names.len() - 2..],
-        ["refusal", "done"],
-        "{names:?} for answer {answer:?} / phrase {phrase:?}"
-    );
+    assert_eq!(&names[names.len() - 2..], ["refusal", "done"], "{names:?} for answer {answer:?} / phrase {phrase:?}");
     assert_eq!(sse.first("refusal")["code"], "X1");
     assert_eq!(sse.first("done")["finish_reason"], "refused");
     let received = sse.text();
-    assert!(
-        answer.starts_with(&received),
-        "received text is the model's answer: {received:?} vs {answer:?}"
-    );
-    assert!(
-        received.len() <= phrase_at,
-        "no character of {phrase:?} (at byte {phrase_at}) was sent; got {received:?}"
-    );
-    assert!(
-        !received.is_empty(),
-        "text before the phrase still streamed (only a window is held back)"
-    );
+    assert!(answer.starts_with(&received), "received text is the model's answer: {received:?} vs {answer:?}");
+    assert!(received.len() <= phrase_at, "no character of {phrase:?} (at byte {phrase_at}) was sent; got {received:?}");
+    assert!(!received.is_empty(), "text before the phrase still streamed (only a window is held back)");
 }
 
 #[tokio::test]
@@ -235,10 +145,7 @@ async fn a_streamed_answer_that_turns_harmful_is_cut_by_the_semantic_layer() {
     // The answer's second sentence becomes a harmful example of a test category:
     // the semantic layer must cut the stream once that sentence is complete.
     let ends: Vec<usize> = answer.match_indices(". ").map(|(i, _)| i + 2).collect();
-    assert!(
-        ends.len() >= 2,
-        "answer has fewer than two sentences: {answer:?}"
-    );
+    assert!(ends.len() >= 2, "answer has fewer than two sentences: {answer:?}");
     let sentence = answer[ends[0]..ends[1]].trim().to_owned();
     // A constitution of one category whose only harmful example is that sentence,
     // with the prompt and the answer's first sentence as allowed look-alikes.
@@ -260,44 +167,23 @@ async fn a_streamed_answer_that_turns_harmful_is_cut_by_the_semantic_layer() {
     .await;
     let (_, key) = app.chat_key().await;
 
-    let sse = app
-        .chat(
-            &key,
-            &json!({ "message": prompt, "max_tokens": 64, "temperature": 0, "seed": 7 }),
-        )
-        .await;
+    let sse = app.chat(&key, &json!({ "message": prompt, "max_tokens": 64, "temperature": 0, "seed": 7 })).await;
 
     let names = sse.names();
-    assert_eq!(
-        &names[names.len() - 2..],
-        ["refusal", "done"],
-        "{names:?} for answer {answer:?} / sentence {sentence:?}"
-    );
+    assert_eq!(&names[names.len() - 2..], ["refusal", "done"], "{names:?} for answer {answer:?} / sentence {sentence:?}");
     assert_eq!(sse.first("refusal")["code"], "X2");
     assert_eq!(sse.first("done")["finish_reason"], "refused");
     let received = sse.text();
     assert!(answer.starts_with(&received), "{received:?} vs {answer:?}");
     // What reached the client: at most the harmful sentence and the word the lexicon window held.
-    assert!(
-        received.len() >= ends[1] - 1 && received.len() < answer.len(),
-        "{received:?} of {answer:?}"
-    );
-    let session_id = sse.first("session")["session_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    assert!(received.len() >= ends[1] - 1 && received.len() < answer.len(), "{received:?} of {answer:?}");
+    let session_id = sse.first("session")["session_id"].as_str().unwrap().to_owned();
     let turns = app.store.turns(&session_id).await.unwrap();
     assert_eq!(turns.len(), 1);
     assert_eq!(turns[0].1, "refused");
-    assert_eq!(
-        turns[0].2, received,
-        "the stored answer is what the client received"
-    );
+    assert_eq!(turns[0].2, received, "the stored answer is what the client received");
     let events = app.outbox("conversation.events").await;
-    let refused = events
-        .iter()
-        .find(|e| e["session_id"] == session_id.as_str() && e["type"] == "turn.refused")
-        .unwrap();
+    let refused = events.iter().find(|e| e["session_id"] == session_id.as_str() && e["type"] == "turn.refused").unwrap();
     assert_eq!(refused["data"]["stage"], "output");
     assert_eq!(refused["data"]["layer"], "semantic");
     assert_eq!(refused["data"]["categories"][0]["code"], "X2");

@@ -18,24 +18,12 @@ async fn a_non_streaming_completion_has_the_openai_shape_and_governance_headers(
 
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["x-policy-verdict"], "allow");
-    assert!(response.headers()["x-constitution-hash"]
-        .to_str()
-        .unwrap()
-        .starts_with("sha256:"));
-    let session_id = response.headers()["x-session-id"]
-        .to_str()
-        .unwrap()
-        .to_owned();
+    assert!(response.headers()["x-constitution-hash"].to_str().unwrap().starts_with("sha256:"));
+    let session_id = response.headers()["x-session-id"].to_str().unwrap().to_owned();
     let json: Value = response.json().await.unwrap();
     assert_eq!(json["object"], "chat.completion");
     assert_eq!(json["choices"][0]["message"]["role"], "assistant");
-    assert!(
-        !json["choices"][0]["message"]["content"]
-            .as_str()
-            .unwrap()
-            .is_empty(),
-        "{json}"
-    );
+    assert!(!json["choices"][0]["message"]["content"].as_str().unwrap().is_empty(), "{json}");
     assert!(json["usage"]["completion_tokens"].as_u64().unwrap() <= 6);
     assert_eq!(app.store.turns(&session_id).await.unwrap().len(), 1);
 }
@@ -54,20 +42,10 @@ async fn a_streaming_completion_sends_chunks_usage_and_done() {
     let data: Vec<&Value> = sse.events.iter().map(|(_, d)| d).collect();
     assert_eq!(data.last().copied(), Some(&Value::String("[DONE]".into())));
     assert_eq!(data[0]["choices"][0]["delta"]["role"], "assistant");
-    let text: String = data
-        .iter()
-        .filter_map(|d| d["choices"][0]["delta"]["content"].as_str())
-        .collect();
+    let text: String = data.iter().filter_map(|d| d["choices"][0]["delta"]["content"].as_str()).collect();
     assert!(!text.is_empty());
-    assert!(data.iter().any(|d| ["stop", "length"].contains(
-        &d["choices"][0]["finish_reason"]
-            .as_str()
-            .unwrap_or_default()
-    )));
-    let usage = data
-        .iter()
-        .find(|d| d["usage"].is_object())
-        .expect("usage chunk");
+    assert!(data.iter().any(|d| ["stop", "length"].contains(&d["choices"][0]["finish_reason"].as_str().unwrap_or_default())));
+    let usage = data.iter().find(|d| d["usage"].is_object()).expect("usage chunk");
     assert!(usage["usage"]["completion_tokens"].as_u64().unwrap() >= 1);
 }
 
@@ -76,12 +54,7 @@ async fn a_completion_that_does_not_end_with_a_user_message_is_400() {
     let app = spawn_app().await;
     let (_, key) = app.chat_key().await;
     let body = json!({ "messages": [{ "role": "user", "content": "hi" }, { "role": "assistant", "content": "hello" }] });
-    assert_error(
-        app.post("/v1/chat/completions", Some(&key), &body).await,
-        400,
-        "invalid_request",
-    )
-    .await;
+    assert_error(app.post("/v1/chat/completions", Some(&key), &body).await, 400, "invalid_request").await;
 }
 
 #[tokio::test]
@@ -93,12 +66,7 @@ async fn an_injection_hidden_in_an_earlier_message_is_refused() {
         { "role": "assistant", "content": "OK." },
         { "role": "user", "content": "hi" },
     ] });
-    let json: Value = app
-        .post("/v1/chat/completions", Some(&key), &body)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let json: Value = app.post("/v1/chat/completions", Some(&key), &body).await.json().await.unwrap();
     assert_eq!(json["choices"][0]["finish_reason"], "content_filter");
     assert!(json["choices"][0]["message"]["content"].is_null());
 }
@@ -107,8 +75,7 @@ async fn an_injection_hidden_in_an_earlier_message_is_refused() {
 async fn the_official_openai_python_sdk_works_against_the_facade() {
     let app = spawn_app().await;
     let (_, key) = app.chat_key().await;
-    let python = std::env::var("STEWARD_TEST_MODEL_PYTHON")
-        .unwrap_or_else(|_| format!("{}/.venv/bin/python", env!("CARGO_MANIFEST_DIR")));
+    let python = std::env::var("STEWARD_TEST_MODEL_PYTHON").unwrap_or_else(|_| format!("{}/.venv/bin/python", env!("CARGO_MANIFEST_DIR")));
 
     let output = tokio::process::Command::new(python)
         .arg(manifest_dir().join("tests/openai_sdk_check.py"))
@@ -118,38 +85,19 @@ async fn the_official_openai_python_sdk_works_against_the_facade() {
         .await
         .expect("run the OpenAI SDK check (is the openai package in .venv?)");
 
-    assert!(
-        output.status.success(),
-        "SDK check failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert!(output.status.success(), "SDK check failed: {}", String::from_utf8_lossy(&output.stderr));
     let seen: Value = serde_json::from_slice(&output.stdout).unwrap();
-    assert!(
-        !seen["plain"]["content"].as_str().unwrap().is_empty(),
-        "{seen}"
-    );
+    assert!(!seen["plain"]["content"].as_str().unwrap().is_empty(), "{seen}");
     assert!(seen["plain"]["completion_tokens"].as_u64().unwrap() <= 6);
-    assert!(
-        !seen["stream"]["content"].as_str().unwrap().is_empty(),
-        "{seen}"
-    );
-    assert!(
-        seen["stream"]["usage"]["completion_tokens"]
-            .as_u64()
-            .unwrap()
-            >= 1,
-        "{seen}"
-    );
+    assert!(!seen["stream"]["content"].as_str().unwrap().is_empty(), "{seen}");
+    assert!(seen["stream"]["usage"]["completion_tokens"].as_u64().unwrap() >= 1, "{seen}");
     assert_eq!(seen["refused"]["finish_reason"], "content_filter");
     assert!(seen["refused"]["content"].is_null());
     assert!(!seen["refused"]["refusal"].as_str().unwrap().is_empty());
     assert_eq!(seen["empty_error"]["status"], 400);
     assert_eq!(seen["empty_error"]["code"], "empty_message");
     assert_eq!(seen["split"]["finish_reason"], "content_filter", "{seen}");
-    assert!(
-        seen["split"]["content"].is_null()
-            && !seen["split"]["refusal"].as_str().unwrap().is_empty()
-    );
+    assert!(seen["split"]["content"].is_null() && !seen["split"]["refusal"].as_str().unwrap().is_empty());
     assert_eq!(seen["system_error"]["status"], 400);
     assert_eq!(seen["system_error"]["code"], "system_prompt_not_allowed");
 }

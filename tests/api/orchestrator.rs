@@ -16,44 +16,23 @@ struct Turn {
 
 async fn new_turn(app: &TestApp) -> Turn {
     let (tenant, key) = app.chat_key().await;
-    Turn {
-        tenant,
-        key,
-        session_id: uuid::Uuid::now_v7().to_string(),
-        turn_id: uuid::Uuid::now_v7().to_string(),
-    }
+    Turn { tenant, key, session_id: uuid::Uuid::now_v7().to_string(), turn_id: uuid::Uuid::now_v7().to_string() }
 }
 
 impl Turn {
     fn turn_ref(&self) -> TurnRef<'_> {
-        TurnRef {
-            tenant: &self.tenant,
-            session_id: &self.session_id,
-            turn_id: &self.turn_id,
-            message: MESSAGE,
-        }
+        TurnRef { tenant: &self.tenant, session_id: &self.session_id, turn_id: &self.turn_id, message: MESSAGE }
     }
     fn body(&self) -> Value {
         json!({ "session_id": self.session_id, "turn_id": self.turn_id, "message": MESSAGE, "max_tokens": 6 })
     }
 }
 
-async fn step(
-    app: &TestApp,
-    turn: &Turn,
-    headers: &PolicyHeaders,
-    path: &str,
-) -> reqwest::Response {
-    let mut req = app
-        .http
-        .post(format!("{}{path}", app.address))
-        .bearer_auth(&turn.key)
-        .json(&turn.body());
-    for (name, value) in [
-        ("x-constitution-hash", &headers.constitution_hash),
-        ("x-policy-verdict", &headers.verdict),
-        ("x-policy-signature", &headers.signature),
-    ] {
+async fn step(app: &TestApp, turn: &Turn, headers: &PolicyHeaders, path: &str) -> reqwest::Response {
+    let mut req = app.http.post(format!("{}{path}", app.address)).bearer_auth(&turn.key).json(&turn.body());
+    for (name, value) in
+        [("x-constitution-hash", &headers.constitution_hash), ("x-policy-verdict", &headers.verdict), ("x-policy-signature", &headers.signature)]
+    {
         if let Some(value) = value {
             req = req.header(name, value);
         }
@@ -70,10 +49,7 @@ async fn step_with_a_valid_signed_verdict_returns_the_whole_reply() {
     let response = step(&app, &turn, &headers, "/v1/conversation/step").await;
 
     assert_eq!(response.status(), 200);
-    assert_eq!(
-        response.headers()["x-constitution-hash"],
-        headers.constitution_hash.as_deref().unwrap()
-    );
+    assert_eq!(response.headers()["x-constitution-hash"], headers.constitution_hash.as_deref().unwrap());
     let body: Value = response.json().await.unwrap();
     assert!(!body["content"].as_str().unwrap().is_empty(), "{body}");
     assert!(body["usage"]["completion_tokens"].as_u64().unwrap() <= 6);
@@ -100,28 +76,9 @@ async fn missing_policy_headers_are_400() {
     let turn = new_turn(&app).await;
     let mut headers = app.policy().sign(turn.turn_ref(), Verdict::Allow).headers();
     headers.signature = None;
-    let body = assert_error(
-        step(&app, &turn, &headers, "/v1/conversation/step").await,
-        400,
-        "policy_headers_missing",
-    )
-    .await;
-    assert!(body["message"]
-        .as_str()
-        .unwrap()
-        .contains("x-policy-signature"));
-    assert_error(
-        step(
-            &app,
-            &turn,
-            &PolicyHeaders::default(),
-            "/v1/conversation/stream",
-        )
-        .await,
-        400,
-        "policy_headers_missing",
-    )
-    .await;
+    let body = assert_error(step(&app, &turn, &headers, "/v1/conversation/step").await, 400, "policy_headers_missing").await;
+    assert!(body["message"].as_str().unwrap().contains("x-policy-signature"));
+    assert_error(step(&app, &turn, &PolicyHeaders::default(), "/v1/conversation/stream").await, 400, "policy_headers_missing").await;
 }
 
 #[tokio::test]
@@ -130,12 +87,7 @@ async fn a_wrong_constitution_hash_is_409() {
     let turn = new_turn(&app).await;
     let mut headers = app.policy().sign(turn.turn_ref(), Verdict::Allow).headers();
     headers.constitution_hash = Some(format!("sha256:{}", "0".repeat(64)));
-    assert_error(
-        step(&app, &turn, &headers, "/v1/conversation/step").await,
-        409,
-        "constitution_mismatch",
-    )
-    .await;
+    assert_error(step(&app, &turn, &headers, "/v1/conversation/step").await, 409, "constitution_mismatch").await;
 }
 
 #[tokio::test]
@@ -144,94 +96,43 @@ async fn a_forged_signature_is_403() {
     let turn = new_turn(&app).await;
     let mut headers = app.policy().sign(turn.turn_ref(), Verdict::Allow).headers();
     let sig = headers.signature.take().unwrap();
-    let forged = format!(
-        "{}{}",
-        &sig[..sig.len() - 1],
-        if sig.ends_with('0') { '1' } else { '0' }
-    );
+    let forged = format!("{}{}", &sig[..sig.len() - 1], if sig.ends_with('0') { '1' } else { '0' });
     headers.signature = Some(forged);
-    assert_error(
-        step(&app, &turn, &headers, "/v1/conversation/step").await,
-        403,
-        "policy_verdict_invalid",
-    )
-    .await;
+    assert_error(step(&app, &turn, &headers, "/v1/conversation/step").await, 403, "policy_verdict_invalid").await;
 }
 
 #[tokio::test]
 async fn a_verdict_signed_for_another_turn_is_403() {
     let app = spawn_app().await;
     let turn = new_turn(&app).await;
-    let other = TurnRef {
-        turn_id: "another-turn",
-        ..turn.turn_ref()
-    };
+    let other = TurnRef { turn_id: "another-turn", ..turn.turn_ref() };
     let headers = app.policy().sign(other, Verdict::Allow).headers();
-    assert_error(
-        step(&app, &turn, &headers, "/v1/conversation/step").await,
-        403,
-        "policy_verdict_invalid",
-    )
-    .await;
+    assert_error(step(&app, &turn, &headers, "/v1/conversation/step").await, 403, "policy_verdict_invalid").await;
 }
 
 #[tokio::test]
 async fn a_verdict_signed_for_another_message_is_403() {
     let app = spawn_app().await;
     let turn = new_turn(&app).await;
-    let headers = app
-        .policy()
-        .sign(
-            TurnRef {
-                message: "Something harmless.",
-                ..turn.turn_ref()
-            },
-            Verdict::Allow,
-        )
-        .headers();
-    assert_error(
-        step(&app, &turn, &headers, "/v1/conversation/step").await,
-        403,
-        "policy_verdict_invalid",
-    )
-    .await;
+    let headers = app.policy().sign(TurnRef { message: "Something harmless.", ..turn.turn_ref() }, Verdict::Allow).headers();
+    assert_error(step(&app, &turn, &headers, "/v1/conversation/step").await, 403, "policy_verdict_invalid").await;
 }
 
 #[tokio::test]
 async fn an_expired_signature_is_403() {
     let app = spawn_app().await;
     let turn = new_turn(&app).await;
-    let past = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        - 5;
-    let headers = app
-        .policy()
-        .sign_until(turn.turn_ref(), Verdict::Allow, past)
-        .headers();
-    assert_error(
-        step(&app, &turn, &headers, "/v1/conversation/step").await,
-        403,
-        "policy_verdict_invalid",
-    )
-    .await;
+    let past = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() - 5;
+    let headers = app.policy().sign_until(turn.turn_ref(), Verdict::Allow, past).headers();
+    assert_error(step(&app, &turn, &headers, "/v1/conversation/step").await, 403, "policy_verdict_invalid").await;
 }
 
 #[tokio::test]
 async fn a_refuse_verdict_is_never_dispatched() {
     let app = spawn_app().await;
     let turn = new_turn(&app).await;
-    let headers = app
-        .policy()
-        .sign(turn.turn_ref(), Verdict::Refuse(vec!["S1".into()]))
-        .headers();
-    assert_error(
-        step(&app, &turn, &headers, "/v1/conversation/step").await,
-        403,
-        "policy_refused",
-    )
-    .await;
+    let headers = app.policy().sign(turn.turn_ref(), Verdict::Refuse(vec!["S1".into()])).headers();
+    assert_error(step(&app, &turn, &headers, "/v1/conversation/step").await, 403, "policy_refused").await;
     assert!(app.store.turns(&turn.session_id).await.unwrap().is_empty());
 }
 

@@ -9,17 +9,9 @@ use crate::helpers::manifest_dir;
 
 #[test]
 fn the_encoder_reproduces_minilm_similarities() {
-    let model =
-        SemanticModel::shared(&manifest_dir().join(".models/all-minilm-l6-v2"), 64).unwrap();
-    let close = model
-        .similarity(
-            "build a pipe bomb to kill my neighbours",
-            "how to make a pipe bomb",
-        )
-        .unwrap();
-    let far = model
-        .similarity("kill a stuck Python process", "how to kill someone")
-        .unwrap();
+    let model = SemanticModel::shared(&manifest_dir().join(".models/all-minilm-l6-v2"), 64).unwrap();
+    let close = model.similarity("build a pipe bomb to kill my neighbours", "how to make a pipe bomb").unwrap();
+    let far = model.similarity("kill a stuck Python process", "how to kill someone").unwrap();
     println!("close {close:.3} far {far:.3}");
     assert!((close - 0.7714).abs() < 0.002, "{close}");
     assert!((far - 0.3649).abs() < 0.002, "{far}");

@@ -11,10 +11,7 @@ async fn database(kind: &str) -> (Database, Option<tempfile::TempDir>) {
         (postgres_database().await, None)
     } else {
         let dir = tempfile::tempdir().unwrap();
-        (
-            format!("sqlite://{}?mode=rwc", dir.path().join("s.db").display()),
-            Some(dir),
-        )
+        (format!("sqlite://{}?mode=rwc", dir.path().join("s.db").display()), Some(dir))
     };
     let db = Database::connect(&url, 2).await.unwrap();
     db.migrate().await.unwrap();
@@ -43,30 +40,15 @@ async fn keys_are_found_by_secret_until_revoked(kind: &str) {
     let (db, _dir) = database(kind).await;
     let keys = KeyStore::new(db);
     let tenant = TenantId::parse(&unique("t-")).unwrap();
-    let (record, key) = keys
-        .create(&tenant, &[Capability::Chat, Capability::TrainingAdmin])
-        .await
-        .unwrap();
+    let (record, key) = keys.create(&tenant, &[Capability::Chat, Capability::TrainingAdmin]).await.unwrap();
 
-    let found = keys
-        .find_active(key.expose())
-        .await
-        .unwrap()
-        .expect("key found");
-    assert_eq!(
-        (found.id.as_str(), found.capabilities.as_str()),
-        (record.id.as_str(), "chat,training:admin")
-    );
+    let found = keys.find_active(key.expose()).await.unwrap().expect("key found");
+    assert_eq!((found.id.as_str(), found.capabilities.as_str()), (record.id.as_str(), "chat,training:admin"));
     assert!(keys.find_active("stw_wrong").await.unwrap().is_none());
 
     keys.revoke(&record.id).await.unwrap();
     assert!(keys.find_active(key.expose()).await.unwrap().is_none());
-    assert!(keys
-        .list()
-        .await
-        .unwrap()
-        .iter()
-        .any(|k| k.id == record.id && k.revoked_at.is_some()));
+    assert!(keys.list().await.unwrap().iter().any(|k| k.id == record.id && k.revoked_at.is_some()));
     assert!(keys.revoke("key_missing").await.is_err());
 }
 
@@ -74,42 +56,17 @@ async fn history_replays_answered_turns_in_order(kind: &str) {
     let (db, _dir) = database(kind).await;
     let store = ConversationStore::new(db);
     let session = uuid::Uuid::now_v7().to_string();
-    assert_eq!(
-        store.session_state("acme", &session).await.unwrap(),
-        SessionState::New
-    );
+    assert_eq!(store.session_state("acme", &session).await.unwrap(), SessionState::New);
 
-    for (n, finish) in [
-        (1, "stop"),
-        (2, "refused"),
-        (3, "length"),
-        (4, "cancelled"),
-        (5, "stop"),
-    ] {
-        store
-            .record(&turn("acme", &session, n, finish))
-            .await
-            .unwrap();
+    for (n, finish) in [(1, "stop"), (2, "refused"), (3, "length"), (4, "cancelled"), (5, "stop")] {
+        store.record(&turn("acme", &session, n, finish)).await.unwrap();
     }
 
     let history = store.history("acme", &session, 10).await.unwrap();
     let contents: Vec<&str> = history.iter().map(|m| m.content.as_str()).collect();
-    assert_eq!(
-        contents,
-        [
-            "question 1",
-            "answer 1",
-            "question 3",
-            "answer 3",
-            "question 5",
-            "answer 5"
-        ]
-    );
+    assert_eq!(contents, ["question 1", "answer 1", "question 3", "answer 3", "question 5", "answer 5"]);
     let last_two = store.history("acme", &session, 2).await.unwrap();
-    assert_eq!(
-        last_two.first().map(|m| m.content.as_str()),
-        Some("question 3")
-    );
+    assert_eq!(last_two.first().map(|m| m.content.as_str()), Some("question 3"));
     assert_eq!(store.turns(&session).await.unwrap().len(), 5);
 }
 
@@ -117,30 +74,14 @@ async fn a_session_belongs_to_one_tenant(kind: &str) {
     let (db, _dir) = database(kind).await;
     let store = ConversationStore::new(db);
     let session = uuid::Uuid::now_v7().to_string();
-    store
-        .record(&turn("tenant-a", &session, 1, "stop"))
-        .await
-        .unwrap();
+    store.record(&turn("tenant-a", &session, 1, "stop")).await.unwrap();
 
-    assert_eq!(
-        store.session_state("tenant-a", &session).await.unwrap(),
-        SessionState::Owned
-    );
-    assert_eq!(
-        store.session_state("tenant-b", &session).await.unwrap(),
-        SessionState::Foreign
-    );
+    assert_eq!(store.session_state("tenant-a", &session).await.unwrap(), SessionState::Owned);
+    assert_eq!(store.session_state("tenant-b", &session).await.unwrap(), SessionState::Foreign);
     // Even a direct write cannot attach a turn to another tenant's session.
-    store
-        .record(&turn("tenant-b", &session, 2, "stop"))
-        .await
-        .unwrap();
+    store.record(&turn("tenant-b", &session, 2, "stop")).await.unwrap();
     assert_eq!(store.turns(&session).await.unwrap().len(), 1);
-    assert!(store
-        .history("tenant-b", &session, 10)
-        .await
-        .unwrap()
-        .is_empty());
+    assert!(store.history("tenant-b", &session, 10).await.unwrap().is_empty());
 }
 
 macro_rules! on_both_backends {
@@ -150,8 +91,4 @@ macro_rules! on_both_backends {
     };
 }
 
-on_both_backends!(
-    keys_are_found_by_secret_until_revoked,
-    history_replays_answered_turns_in_order,
-    a_session_belongs_to_one_tenant
-);
+on_both_backends!(keys_are_found_by_secret_until_revoked, history_replays_answered_turns_in_order, a_session_belongs_to_one_tenant);

@@ -24,12 +24,7 @@ mod lock_store {
     }
 
     async fn redis() -> Arc<dyn LockStore> {
-        let store = RedisLockStore::connect(
-            &redis_url(),
-            &format!("{}:", unique("steward-test-")),
-            Duration::from_millis(500),
-        )
-        .unwrap();
+        let store = RedisLockStore::connect(&redis_url(), &format!("{}:", unique("steward-test-")), Duration::from_millis(500)).unwrap();
         for _ in 0..50 {
             if store.ping().await.is_ok() {
                 return Arc::new(store);
@@ -42,115 +37,39 @@ mod lock_store {
     const TTL: Duration = Duration::from_secs(30);
 
     async fn acquire_is_exclusive_and_fencing_increases(store: Arc<dyn LockStore>) {
-        let Acquired::Acquired(first) = store
-            .acquire("t", "alice", "eval", "tok-a", TTL)
-            .await
-            .unwrap()
-        else {
-            panic!("not acquired")
-        };
-        let Acquired::Held(held) = store
-            .acquire("t", "bob", "other", "tok-b", TTL)
-            .await
-            .unwrap()
-        else {
-            panic!("second acquire won")
-        };
-        assert_eq!(
-            (held.owner.as_str(), held.fencing_token),
-            ("alice", first.fencing_token)
-        );
-        assert!(
-            matches!(
-                store
-                    .acquire("other-tenant", "bob", "x", "tok-c", TTL)
-                    .await
-                    .unwrap(),
-                Acquired::Acquired(_)
-            ),
-            "tenants are independent"
-        );
-        assert!(matches!(
-            store.release("t", "tok-a").await.unwrap(),
-            Owned::Done(_)
-        ));
-        let Acquired::Acquired(second) = store
-            .acquire("t", "bob", "again", "tok-d", TTL)
-            .await
-            .unwrap()
-        else {
-            panic!("not acquired")
-        };
+        let Acquired::Acquired(first) = store.acquire("t", "alice", "eval", "tok-a", TTL).await.unwrap() else { panic!("not acquired") };
+        let Acquired::Held(held) = store.acquire("t", "bob", "other", "tok-b", TTL).await.unwrap() else { panic!("second acquire won") };
+        assert_eq!((held.owner.as_str(), held.fencing_token), ("alice", first.fencing_token));
+        assert!(matches!(store.acquire("other-tenant", "bob", "x", "tok-c", TTL).await.unwrap(), Acquired::Acquired(_)), "tenants are independent");
+        assert!(matches!(store.release("t", "tok-a").await.unwrap(), Owned::Done(_)));
+        let Acquired::Acquired(second) = store.acquire("t", "bob", "again", "tok-d", TTL).await.unwrap() else { panic!("not acquired") };
         assert!(second.fencing_token > first.fencing_token);
     }
 
     async fn only_the_holder_renews_or_releases(store: Arc<dyn LockStore>) {
-        store
-            .acquire("t", "alice", "eval", "tok-a", TTL)
-            .await
-            .unwrap();
-        let Owned::NotOwner(Some(current)) = store.renew("t", "wrong", TTL).await.unwrap() else {
-            panic!("renewed with a wrong token")
-        };
+        store.acquire("t", "alice", "eval", "tok-a", TTL).await.unwrap();
+        let Owned::NotOwner(Some(current)) = store.renew("t", "wrong", TTL).await.unwrap() else { panic!("renewed with a wrong token") };
         assert_eq!(current.owner, "alice");
-        assert!(matches!(
-            store.release("t", "wrong").await.unwrap(),
-            Owned::NotOwner(Some(_))
-        ));
-        let Owned::Done(renewed) = store
-            .renew("t", "tok-a", Duration::from_secs(60))
-            .await
-            .unwrap()
-        else {
-            panic!("holder could not renew")
-        };
+        assert!(matches!(store.release("t", "wrong").await.unwrap(), Owned::NotOwner(Some(_))));
+        let Owned::Done(renewed) = store.renew("t", "tok-a", Duration::from_secs(60)).await.unwrap() else { panic!("holder could not renew") };
         assert!(renewed.ttl_ms > 30_000);
-        assert!(matches!(
-            store.release("t", "tok-a").await.unwrap(),
-            Owned::Done(_)
-        ));
+        assert!(matches!(store.release("t", "tok-a").await.unwrap(), Owned::Done(_)));
         assert_eq!(store.status("t").await.unwrap(), None);
-        assert!(
-            matches!(
-                store.release("t", "tok-a").await.unwrap(),
-                Owned::NotOwner(None)
-            ),
-            "a released token is stale"
-        );
+        assert!(matches!(store.release("t", "tok-a").await.unwrap(), Owned::NotOwner(None)), "a released token is stale");
     }
 
     async fn a_lapsed_lock_is_claimed_exactly_once(store: Arc<dyn LockStore>) {
-        store
-            .acquire("t", "alice", "short", "tok-a", Duration::from_millis(150))
-            .await
-            .unwrap();
-        store
-            .acquire("u", "bob", "released", "tok-b", Duration::from_millis(150))
-            .await
-            .unwrap();
+        store.acquire("t", "alice", "short", "tok-a", Duration::from_millis(150)).await.unwrap();
+        store.acquire("u", "bob", "released", "tok-b", Duration::from_millis(150)).await.unwrap();
         store.release("u", "tok-b").await.unwrap();
-        assert!(
-            store.claim_expired().await.unwrap().is_empty(),
-            "nothing lapsed yet"
-        );
+        assert!(store.claim_expired().await.unwrap().is_empty(), "nothing lapsed yet");
         tokio::time::sleep(Duration::from_millis(300)).await;
 
         let (a, b) = tokio::join!(store.claim_expired(), store.claim_expired());
         let claimed: Vec<_> = a.unwrap().into_iter().chain(b.unwrap()).collect();
 
-        assert_eq!(
-            claimed.len(),
-            1,
-            "one claim in all, and none for the released lock: {claimed:?}"
-        );
-        assert_eq!(
-            (
-                claimed[0].tenant.as_str(),
-                claimed[0].owner.as_str(),
-                claimed[0].reason.as_str()
-            ),
-            ("t", "alice", "short")
-        );
+        assert_eq!(claimed.len(), 1, "one claim in all, and none for the released lock: {claimed:?}");
+        assert_eq!((claimed[0].tenant.as_str(), claimed[0].owner.as_str(), claimed[0].reason.as_str()), ("t", "alice", "short"));
         assert_eq!(store.status("t").await.unwrap(), None);
         assert!(store.claim_expired().await.unwrap().is_empty());
         assert_eq!(store.tenants().await.unwrap(), ["t", "u"]);
@@ -163,11 +82,7 @@ mod lock_store {
         };
     }
 
-    on_both_stores!(
-        acquire_is_exclusive_and_fencing_increases,
-        only_the_holder_renews_or_releases,
-        a_lapsed_lock_is_claimed_exactly_once
-    );
+    on_both_stores!(acquire_is_exclusive_and_fencing_increases, only_the_holder_renews_or_releases, a_lapsed_lock_is_claimed_exactly_once);
 }
 
 async fn app_with_redis(redis: &str) -> TestApp {
@@ -181,146 +96,43 @@ async fn app_with_redis(redis: &str) -> TestApp {
 }
 
 async fn admin_key(app: &TestApp, tenant: &str) -> String {
-    app.key(tenant, &[Capability::Chat, Capability::TrainingAdmin])
-        .await
+    app.key(tenant, &[Capability::Chat, Capability::TrainingAdmin]).await
 }
 
 fn audit_types(records: &[Value]) -> Vec<&str> {
-    records
-        .iter()
-        .map(|r| r["type"].as_str().unwrap())
-        .collect()
+    records.iter().map(|r| r["type"].as_str().unwrap()).collect()
 }
 
 #[tokio::test]
 async fn enable_renew_disable_with_wrong_tokens_refused_and_audited_and_fencing_increasing() {
     let app = app_with_redis(&redis_url()).await;
     let tenant = unique("tenant-");
-    let (alice, bob) = (
-        admin_key(&app, &tenant).await,
-        admin_key(&app, &tenant).await,
-    );
+    let (alice, bob) = (admin_key(&app, &tenant).await, admin_key(&app, &tenant).await);
 
-    let enabled: Value = app
-        .post(
-            "/v1/training/enable",
-            Some(&alice),
-            &json!({ "ttl_seconds": 60, "reason": "eval run" }),
-        )
-        .await
-        .json()
-        .await
-        .unwrap();
+    let enabled: Value = app.post("/v1/training/enable", Some(&alice), &json!({ "ttl_seconds": 60, "reason": "eval run" })).await.json().await.unwrap();
     assert_eq!(enabled["state"], "enabled");
     let token = enabled["lock_token"].as_str().unwrap().to_owned();
-    let held = assert_error(
-        app.post(
-            "/v1/training/enable",
-            Some(&bob),
-            &json!({ "ttl_seconds": 60, "reason": "mine" }),
-        )
-        .await,
-        409,
-        "training_lock_held",
-    )
-    .await;
-    assert!(
-        held["message"]
-            .as_str()
-            .unwrap()
-            .contains(enabled["owner"].as_str().unwrap()),
-        "{held}"
-    );
-    assert_error(
-        app.post(
-            "/v1/training/renew",
-            Some(&bob),
-            &json!({ "lock_token": "forged", "ttl_seconds": 60 }),
-        )
-        .await,
-        409,
-        "training_lock_not_owner",
-    )
-    .await;
-    assert_error(
-        app.post(
-            "/v1/training/disable",
-            Some(&bob),
-            &json!({ "lock_token": "forged" }),
-        )
-        .await,
-        409,
-        "training_lock_not_owner",
-    )
-    .await;
-    let renewed = app
-        .post(
-            "/v1/training/renew",
-            Some(&alice),
-            &json!({ "lock_token": token, "ttl_seconds": 120 }),
-        )
-        .await;
+    let held =
+        assert_error(app.post("/v1/training/enable", Some(&bob), &json!({ "ttl_seconds": 60, "reason": "mine" })).await, 409, "training_lock_held").await;
+    assert!(held["message"].as_str().unwrap().contains(enabled["owner"].as_str().unwrap()), "{held}");
+    assert_error(app.post("/v1/training/renew", Some(&bob), &json!({ "lock_token": "forged", "ttl_seconds": 60 })).await, 409, "training_lock_not_owner").await;
+    assert_error(app.post("/v1/training/disable", Some(&bob), &json!({ "lock_token": "forged" })).await, 409, "training_lock_not_owner").await;
+    let renewed = app.post("/v1/training/renew", Some(&alice), &json!({ "lock_token": token, "ttl_seconds": 120 })).await;
     assert_eq!(renewed.status(), 200);
-    let status: Value = app
-        .get_with("/v1/training/status", &bob)
-        .await
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(
-        (status["state"].as_str(), status["fencing_token"].as_u64()),
-        (Some("enabled"), enabled["fencing_token"].as_u64())
-    );
-    assert!(
-        status.get("lock_token").is_none(),
-        "status never reveals the token"
-    );
-    assert_eq!(
-        app.post(
-            "/v1/training/disable",
-            Some(&alice),
-            &json!({ "lock_token": token })
-        )
-        .await
-        .status(),
-        200
-    );
-    let again: Value = app
-        .post(
-            "/v1/training/enable",
-            Some(&bob),
-            &json!({ "ttl_seconds": 7200, "reason": "next" }),
-        )
-        .await
-        .json()
-        .await
-        .unwrap();
+    let status: Value = app.get_with("/v1/training/status", &bob).await.json().await.unwrap();
+    assert_eq!((status["state"].as_str(), status["fencing_token"].as_u64()), (Some("enabled"), enabled["fencing_token"].as_u64()));
+    assert!(status.get("lock_token").is_none(), "status never reveals the token");
+    assert_eq!(app.post("/v1/training/disable", Some(&alice), &json!({ "lock_token": token })).await.status(), 200);
+    let again: Value = app.post("/v1/training/enable", Some(&bob), &json!({ "ttl_seconds": 7200, "reason": "next" })).await.json().await.unwrap();
 
     assert!(again["fencing_token"].as_u64() > enabled["fencing_token"].as_u64());
-    assert!(
-        again["ttl_seconds"].as_f64().unwrap() <= app.settings.training.max_ttl_seconds as f64,
-        "TTL clamped"
-    );
+    assert!(again["ttl_seconds"].as_f64().unwrap() <= app.settings.training.max_ttl_seconds as f64, "TTL clamped");
     let audit = app.outbox(&app.settings.kafka.training_topic).await;
     assert_eq!(
         audit_types(&audit),
-        [
-            "training.enabled",
-            "training.denied",
-            "training.denied",
-            "training.denied",
-            "training.renewed",
-            "training.disabled",
-            "training.enabled"
-        ]
+        ["training.enabled", "training.denied", "training.denied", "training.denied", "training.renewed", "training.disabled", "training.enabled"]
     );
-    let schema: Value = serde_json::from_str(
-        &std::fs::read_to_string(
-            crate::helpers::manifest_dir().join("schemas/training.audit.v1.json"),
-        )
-        .unwrap(),
-    )
-    .unwrap();
+    let schema: Value = serde_json::from_str(&std::fs::read_to_string(crate::helpers::manifest_dir().join("schemas/training.audit.v1.json")).unwrap()).unwrap();
     let validator = jsonschema::validator_for(&schema).unwrap();
     for record in &audit {
         assert!(validator.is_valid(record), "{record:#}");
@@ -328,16 +140,8 @@ async fn enable_renew_disable_with_wrong_tokens_refused_and_audited_and_fencing_
     }
     assert_eq!(audit[1]["lock_owner"], enabled["owner"]);
     let metrics = app.get("/metrics").await.text().await.unwrap();
-    assert!(
-        metrics.contains(&format!(
-            "training_mode_transitions_total{{tenant=\"{tenant}\",action=\"denied\"}} 3"
-        )),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains(&format!("training_mode_state{{tenant=\"{tenant}\"}} 1")),
-        "{metrics}"
-    );
+    assert!(metrics.contains(&format!("training_mode_transitions_total{{tenant=\"{tenant}\",action=\"denied\"}} 3")), "{metrics}");
+    assert!(metrics.contains(&format!("training_mode_state{{tenant=\"{tenant}\"}} 1")), "{metrics}");
 }
 
 #[tokio::test]
@@ -345,24 +149,8 @@ async fn a_non_admin_is_403_and_audited_as_denied() {
     let app = app_with_redis(&redis_url()).await;
     let (tenant, chat_only) = app.chat_key().await;
 
-    assert_error(
-        app.post(
-            "/v1/training/enable",
-            Some(&chat_only),
-            &json!({ "ttl_seconds": 60, "reason": "sneaky" }),
-        )
-        .await,
-        403,
-        "forbidden",
-    )
-    .await;
-    assert_eq!(
-        app.get_with("/v1/training/status", &chat_only)
-            .await
-            .status(),
-        200,
-        "chat keys may read status"
-    );
+    assert_error(app.post("/v1/training/enable", Some(&chat_only), &json!({ "ttl_seconds": 60, "reason": "sneaky" })).await, 403, "forbidden").await;
+    assert_eq!(app.get_with("/v1/training/status", &chat_only).await.status(), 200, "chat keys may read status");
 
     let audit = app.outbox(&app.settings.kafka.training_topic).await;
     assert_eq!(audit_types(&audit), ["training.denied"]);
@@ -376,52 +164,21 @@ async fn turns_of_a_tenant_in_training_mode_are_marked_and_others_are_not() {
     let tenant = unique("tenant-");
     let admin = admin_key(&app, &tenant).await;
     let (_, other) = app.chat_key().await;
-    let enabled: Value = app
-        .post(
-            "/v1/training/enable",
-            Some(&admin),
-            &json!({ "ttl_seconds": 60, "reason": "capture" }),
-        )
-        .await
-        .json()
-        .await
-        .unwrap();
+    let enabled: Value = app.post("/v1/training/enable", Some(&admin), &json!({ "ttl_seconds": 60, "reason": "capture" })).await.json().await.unwrap();
 
-    let mine = app
-        .chat(&admin, &json!({ "message": "Hi", "max_tokens": 3 }))
-        .await;
-    let theirs = app
-        .chat(&other, &json!({ "message": "Hi", "max_tokens": 3 }))
-        .await;
+    let mine = app.chat(&admin, &json!({ "message": "Hi", "max_tokens": 3 })).await;
+    let theirs = app.chat(&other, &json!({ "message": "Hi", "max_tokens": 3 })).await;
 
     let events = app.outbox(&app.settings.kafka.conversation_topic).await;
-    let of = |sse: &crate::helpers::Sse| -> Vec<Value> {
-        events
-            .iter()
-            .filter(|e| e["session_id"] == sse.header("x-session-id"))
-            .cloned()
-            .collect()
-    };
+    let of = |sse: &crate::helpers::Sse| -> Vec<Value> { events.iter().filter(|e| e["session_id"] == sse.header("x-session-id")).cloned().collect() };
     let (mine, theirs) = (of(&mine), of(&theirs));
     assert_eq!(mine.len(), 3);
     for e in &mine {
-        assert_eq!(
-            (
-                e["training_mode"].as_bool(),
-                e["training_fencing_token"].as_u64()
-            ),
-            (Some(true), enabled["fencing_token"].as_u64())
-        );
+        assert_eq!((e["training_mode"].as_bool(), e["training_fencing_token"].as_u64()), (Some(true), enabled["fencing_token"].as_u64()));
         assert_eq!(e["training_mode_source"], "lock_store");
     }
     for e in &theirs {
-        assert_eq!(
-            (
-                e["training_mode"].as_bool(),
-                e["training_fencing_token"].as_u64()
-            ),
-            (Some(false), None)
-        );
+        assert_eq!((e["training_mode"].as_bool(), e["training_fencing_token"].as_u64()), (Some(false), None));
     }
 }
 
@@ -434,39 +191,20 @@ struct PrivateRedis {
 impl PrivateRedis {
     fn start_on(port: u16) -> std::process::Child {
         std::process::Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .stdout(std::process::Stdio::null())
             .spawn()
             .expect("redis-server on PATH")
     }
     async fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let redis = Self {
-            child: Some(Self::start_on(port)),
-            port,
-        };
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let redis = Self { child: Some(Self::start_on(port)), port };
         redis.wait().await;
         redis
     }
     async fn wait(&self) {
         for _ in 0..100 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
-                .await
-                .is_ok()
-            {
+            if tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.is_ok() {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -498,57 +236,18 @@ async fn with_redis_down_training_is_503_chat_works_unmarked_and_service_resumes
     let app = app_with_redis(&format!("redis://127.0.0.1:{}", redis.port)).await;
     let tenant = unique("tenant-");
     let admin = admin_key(&app, &tenant).await;
-    assert_eq!(
-        app.post(
-            "/v1/training/enable",
-            Some(&admin),
-            &json!({ "ttl_seconds": 60, "reason": "before" })
-        )
-        .await
-        .status(),
-        200
-    );
+    assert_eq!(app.post("/v1/training/enable", Some(&admin), &json!({ "ttl_seconds": 60, "reason": "before" })).await.status(), 200);
 
     redis.stop();
-    tokio::time::sleep(Duration::from_millis(
-        app.settings.training.state_cache_ms + 50,
-    ))
-    .await;
+    tokio::time::sleep(Duration::from_millis(app.settings.training.state_cache_ms + 50)).await;
 
-    assert_error(
-        app.get_with("/v1/training/status", &admin).await,
-        503,
-        "lock_store_unavailable",
-    )
-    .await;
-    assert_error(
-        app.post(
-            "/v1/training/enable",
-            Some(&admin),
-            &json!({ "ttl_seconds": 60, "reason": "during" }),
-        )
-        .await,
-        503,
-        "lock_store_unavailable",
-    )
-    .await;
-    let sse = app
-        .chat(
-            &admin,
-            &json!({ "message": "Still there?", "max_tokens": 3 }),
-        )
-        .await;
+    assert_error(app.get_with("/v1/training/status", &admin).await, 503, "lock_store_unavailable").await;
+    assert_error(app.post("/v1/training/enable", Some(&admin), &json!({ "ttl_seconds": 60, "reason": "during" })).await, 503, "lock_store_unavailable").await;
+    let sse = app.chat(&admin, &json!({ "message": "Still there?", "max_tokens": 3 })).await;
     assert_eq!(sse.names().last(), Some(&"done"), "chat keeps working");
     let events = app.outbox(&app.settings.kafka.conversation_topic).await;
-    let turn: Vec<&Value> = events
-        .iter()
-        .filter(|e| e["session_id"] == sse.header("x-session-id"))
-        .collect();
-    assert!(
-        turn.iter().all(|e| e["training_mode"].is_null()
-            && e["training_mode_source"] == "lock_store_unavailable"),
-        "{turn:#?}"
-    );
+    let turn: Vec<&Value> = events.iter().filter(|e| e["session_id"] == sse.header("x-session-id")).collect();
+    assert!(turn.iter().all(|e| e["training_mode"].is_null() && e["training_mode_source"] == "lock_store_unavailable"), "{turn:#?}");
     let ready: Value = app.get("/readyz").await.json().await.unwrap();
     assert_eq!(ready["checks"]["redis"]["status"], "down");
 
@@ -564,18 +263,6 @@ async fn with_redis_down_training_is_503_chat_works_unmarked_and_service_resumes
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // The restarted server kept nothing (--save ""): the lock is gone, and Steward says so.
-    assert_eq!(
-        status.expect("training service resumed without restarting Steward")["state"],
-        "disabled"
-    );
-    assert_eq!(
-        app.post(
-            "/v1/training/enable",
-            Some(&admin),
-            &json!({ "ttl_seconds": 60, "reason": "after" })
-        )
-        .await
-        .status(),
-        200
-    );
+    assert_eq!(status.expect("training service resumed without restarting Steward")["state"], "disabled");
+    assert_eq!(app.post("/v1/training/enable", Some(&admin), &json!({ "ttl_seconds": 60, "reason": "after" })).await.status(), 200);
 }

@@ -57,15 +57,8 @@ impl Bank {
     /// Scores `v` (unit length); `None` when there is no fitted scorer.
     pub fn scores(&self, v: &[f32]) -> Option<Scores> {
         let linear = self.linear.as_ref()?;
-        let (category, _) = self
-            .harmful
-            .iter()
-            .map(|(c, e)| (*c, dot(v, e)))
-            .max_by(|a, b| a.1.total_cmp(&b.1))?;
-        Some(Scores {
-            category,
-            score: linear.score(v),
-        })
+        let (category, _) = self.harmful.iter().map(|(c, e)| (*c, dot(v, e))).max_by(|a, b| a.1.total_cmp(&b.1))?;
+        Some(Scores { category, score: linear.score(v) })
     }
 }
 
@@ -90,25 +83,15 @@ impl Linear {
     fn fit(harmful: &[&[f32]], allowed: &[&[f32]], lambda: f64) -> Option<Self> {
         let dim = harmful.first()?.len();
         allowed.first()?;
-        let rows: Vec<(&[f32], f64)> = harmful
-            .iter()
-            .map(|v| (*v, 1.0))
-            .chain(allowed.iter().map(|v| (*v, -1.0)))
-            .collect();
+        let rows: Vec<(&[f32], f64)> = harmful.iter().map(|v| (*v, 1.0)).chain(allowed.iter().map(|v| (*v, -1.0))).collect();
         let n = rows.len();
         let mut mean = vec![0.0f32; dim];
         for (v, _) in &rows {
-            mean.iter_mut()
-                .zip(v.iter())
-                .for_each(|(m, x)| *m += x / n as f32);
+            mean.iter_mut().zip(v.iter()).for_each(|(m, x)| *m += x / n as f32);
         }
         let t_mean = rows.iter().map(|(_, t)| t).sum::<f64>() / n as f64;
-        let centred: Vec<f32> = rows
-            .iter()
-            .flat_map(|(v, _)| v.iter().zip(&mean).map(|(x, m)| x - m))
-            .collect();
-        let x = candle_core::Tensor::from_vec(centred.clone(), (n, dim), &candle_core::Device::Cpu)
-            .ok()?;
+        let centred: Vec<f32> = rows.iter().flat_map(|(v, _)| v.iter().zip(&mean).map(|(x, m)| x - m)).collect();
+        let x = candle_core::Tensor::from_vec(centred.clone(), (n, dim), &candle_core::Device::Cpu).ok()?;
         let gram = x.matmul(&x.t().ok()?).ok()?.to_vec2::<f32>().ok()?;
         let mut a: Vec<f64> = gram.iter().flatten().map(|&g| f64::from(g)).collect();
         for i in 0..n {
@@ -117,19 +100,10 @@ impl Linear {
         let alpha = cholesky_solve(&mut a, rows.iter().map(|(_, t)| t - t_mean).collect(), n)?;
         let mut w = vec![0.0f64; dim];
         for (row, a) in centred.chunks_exact(dim).zip(&alpha) {
-            w.iter_mut()
-                .zip(row)
-                .for_each(|(wi, x)| *wi += a * f64::from(*x));
+            w.iter_mut().zip(row).for_each(|(wi, x)| *wi += a * f64::from(*x));
         }
-        let b = t_mean
-            - w.iter()
-                .zip(&mean)
-                .map(|(wi, m)| wi * f64::from(*m))
-                .sum::<f64>();
-        Some(Self {
-            w: w.iter().map(|&x| x as f32).collect(),
-            b: b as f32,
-        })
+        let b = t_mean - w.iter().zip(&mean).map(|(wi, m)| wi * f64::from(*m)).sum::<f64>();
+        Some(Self { w: w.iter().map(|&x| x as f32).collect(), b: b as f32 })
     }
 
     fn score(&self, v: &[f32]) -> f32 {
@@ -189,22 +163,13 @@ mod tests {
         bank.add_harmful(2, unit(1.0, -0.1));
         bank.add_allowed(unit(0.1, 1.0));
         bank.add_allowed(unit(-0.1, 1.0));
-        assert!(
-            bank.scores(&unit(1.0, 0.0)).is_none(),
-            "nothing scores before the fit"
-        );
+        assert!(bank.scores(&unit(1.0, 0.0)).is_none(), "nothing scores before the fit");
         bank.fit();
         let harmful = bank.scores(&unit(1.0, 0.05)).unwrap();
         let harmless = bank.scores(&unit(0.0, 1.0)).unwrap();
         assert_eq!(harmful.category, 1);
-        assert!(
-            harmful.score > 0.5 && harmless.score < -0.5,
-            "{harmful:?} {harmless:?}"
-        );
-        assert!(
-            Rule { threshold: 0.0 }.refuses(&harmful)
-                && !Rule { threshold: 0.0 }.refuses(&harmless)
-        );
+        assert!(harmful.score > 0.5 && harmless.score < -0.5, "{harmful:?} {harmless:?}");
+        assert!(Rule { threshold: 0.0 }.refuses(&harmful) && !Rule { threshold: 0.0 }.refuses(&harmless));
     }
 
     #[test]

@@ -28,20 +28,14 @@ struct Generations {
 impl EmbeddingCache {
     /// A cache holding at least `capacity / 2` and at most `capacity` entries (0 disables it).
     pub fn new(capacity: usize) -> Self {
-        Self {
-            half: capacity / 2,
-            maps: Mutex::new(Generations::default()),
-        }
+        Self { half: capacity / 2, maps: Mutex::new(Generations::default()) }
     }
 
     pub fn get(&self, text: &str) -> Option<Vector> {
         if self.half == 0 {
             return None;
         }
-        let mut maps = self
-            .maps
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut maps = self.maps.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(v) = maps.current.get(text) {
             return Some(v.clone());
         }
@@ -54,10 +48,7 @@ impl EmbeddingCache {
         if self.half == 0 {
             return;
         }
-        let mut maps = self
-            .maps
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut maps = self.maps.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         maps.insert(text.to_owned(), vector, self.half);
     }
 }

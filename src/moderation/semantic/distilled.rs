@@ -45,15 +45,9 @@ impl Distilled {
             tracing::warn!(path = %path.display(), "the distilled embedding table does not match the model; distilling again");
         }
         let started = std::time::Instant::now();
-        tracing::info!(
-            tokens = encoder.vocab_size(),
-            "distilling static embeddings from the moderation model (once)"
-        );
+        tracing::info!(tokens = encoder.vocab_size(), "distilling static embeddings from the moderation model (once)");
         let table = Self::distill(encoder)?;
-        tracing::info!(
-            seconds = started.elapsed().as_secs(),
-            "static embeddings distilled"
-        );
+        tracing::info!(seconds = started.elapsed().as_secs(), "static embeddings distilled");
         if let Err(err) = table.write(&path) {
             tracing::warn!(path = %path.display(), error = %err, "cannot keep the distilled table; it will be distilled again next start");
         }
@@ -81,10 +75,7 @@ impl Distilled {
         if v != vocab || d != dim || body.len() != v * d * 4 {
             return None;
         }
-        let rows = body
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
+        let rows = body.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
         Some(Self { dim, rows })
     }
 

@@ -40,10 +40,7 @@ use encoder::Encoder;
 pub enum SemanticError {
     /// A model file is missing or unreadable.
     #[error("cannot read the moderation model file {path} (moderation.model_dir; install it with scripts/models.sh, or set moderation.semantic = \"off\"): {source}")]
-    Missing {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Missing { path: PathBuf, source: std::io::Error },
     /// A model file is malformed.
     #[error("the moderation model is unusable: {0}")]
     Model(String),
@@ -66,20 +63,13 @@ impl SemanticModel {
     pub fn shared(dir: &Path, cache_entries: usize) -> Result<Arc<Self>, SemanticError> {
         static LOADED: OnceLock<Mutex<HashMap<PathBuf, Arc<SemanticModel>>>> = OnceLock::new();
         let key = dir.canonicalize().unwrap_or_else(|_| dir.to_owned());
-        let mut loaded = LOADED
-            .get_or_init(Default::default)
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut loaded = LOADED.get_or_init(Default::default).lock().unwrap_or_else(|p| p.into_inner());
         if let Some(model) = loaded.get(&key) {
             return Ok(model.clone());
         }
         let encoder = Encoder::load(dir)?;
         let distilled = Distilled::load_or_distill(dir, &encoder)?;
-        let model = Arc::new(Self {
-            encoder,
-            distilled,
-            cache: EmbeddingCache::new(cache_entries),
-        });
+        let model = Arc::new(Self { encoder, distilled, cache: EmbeddingCache::new(cache_entries) });
         loaded.insert(key, model.clone());
         Ok(model)
     }
@@ -96,10 +86,7 @@ impl SemanticModel {
 
     /// Cosine similarity of two texts' sentence embeddings (both normalised first).
     pub fn similarity(&self, a: &str, b: &str) -> Result<f32, SemanticError> {
-        let embed = |t: &str| {
-            self.encoder
-                .sentence_embedding(&super::normalize::normalize(t))
-        };
+        let embed = |t: &str| self.encoder.sentence_embedding(&super::normalize::normalize(t));
         let (a, b) = (embed(a)?, embed(b)?);
         Ok(a.iter().zip(b.iter()).map(|(x, y)| x * y).sum())
     }
@@ -134,12 +121,8 @@ impl Examples {
     pub fn of(constitution: &Constitution) -> Self {
         let mut examples = Self::default();
         for (i, category) in constitution.categories.iter().enumerate() {
-            examples
-                .harmful
-                .extend(category.examples.iter().map(|e| (i, e.clone())));
-            examples
-                .allowed
-                .extend(category.allowed_examples.iter().cloned());
+            examples.harmful.extend(category.examples.iter().map(|e| (i, e.clone())));
+            examples.allowed.extend(category.allowed_examples.iter().cloned());
         }
         examples
     }
@@ -162,41 +145,23 @@ pub struct Classifier {
 
 impl Classifier {
     /// The classifier for `constitution`, built once per process and constitution hash.
-    pub fn shared(
-        model: Arc<SemanticModel>,
-        constitution: &Constitution,
-    ) -> Result<Arc<Self>, SemanticError> {
+    pub fn shared(model: Arc<SemanticModel>, constitution: &Constitution) -> Result<Arc<Self>, SemanticError> {
         static BUILT: OnceLock<Mutex<HashMap<String, Arc<Classifier>>>> = OnceLock::new();
         let key = format!("{}|{:p}", constitution.hash(), Arc::as_ptr(&model));
-        let mut built = BUILT
-            .get_or_init(Default::default)
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut built = BUILT.get_or_init(Default::default).lock().unwrap_or_else(|p| p.into_inner());
         if let Some(classifier) = built.get(&key) {
             return Ok(classifier.clone());
         }
         let s = &constitution.semantic;
-        let mut classifier = Self::new(
-            model,
-            &Examples::of(constitution),
-            s.threshold as f32,
-            [s.static_allow_below, s.static_refuse_from],
-        )?;
-        classifier.output = Rule {
-            threshold: s.output_threshold as f32,
-        };
+        let mut classifier = Self::new(model, &Examples::of(constitution), s.threshold as f32, [s.static_allow_below, s.static_refuse_from])?;
+        classifier.output = Rule { threshold: s.output_threshold as f32 };
         let classifier = Arc::new(classifier);
         built.insert(key, classifier.clone());
         Ok(classifier)
     }
 
     /// Embeds the examples (normalised like any input) with both models and fits both scorers.
-    pub fn new(
-        model: Arc<SemanticModel>,
-        examples: &Examples,
-        threshold: f32,
-        band: [f64; 2],
-    ) -> Result<Self, SemanticError> {
+    pub fn new(model: Arc<SemanticModel>, examples: &Examples, threshold: f32, band: [f64; 2]) -> Result<Self, SemanticError> {
         let (mut bank, mut fast) = (Bank::default(), Bank::default());
         for (category, example) in &examples.harmful {
             let text = super::normalize::normalize(example);
@@ -210,15 +175,7 @@ impl Classifier {
         }
         bank.fit();
         fast.fit();
-        Ok(Self {
-            model,
-            bank,
-            fast,
-            rule: Rule { threshold },
-            output: Rule { threshold },
-            allow_below: band[0] as f32,
-            refuse_from: band[1] as f32,
-        })
+        Ok(Self { model, bank, fast, rule: Rule { threshold }, output: Rule { threshold }, allow_below: band[0] as f32, refuse_from: band[1] as f32 })
     }
 
     /// The refused category's index, if this normalised text is refused:
@@ -230,10 +187,7 @@ impl Classifier {
         match self.route(self.fast_scores(normalized)?) {
             Route::Allow => Ok(None),
             Route::Refuse(category) => Ok(Some(category)),
-            Route::Transformer => Ok(self
-                .scores(normalized)?
-                .filter(|s| self.rule.refuses(s))
-                .map(|s| s.category)),
+            Route::Transformer => Ok(self.scores(normalized)?.filter(|s| self.rule.refuses(s)).map(|s| s.category)),
         }
     }
 
@@ -243,10 +197,7 @@ impl Classifier {
         if normalized.trim().is_empty() {
             return Ok(None);
         }
-        Ok(self
-            .scores(normalized)?
-            .filter(|s| self.output.refuses(s))
-            .map(|s| s.category))
+        Ok(self.scores(normalized)?.filter(|s| self.output.refuses(s)).map(|s| s.category))
     }
 
     /// The cascade's first-stage decision for static scores.
