@@ -118,10 +118,12 @@ impl Gateway {
         let turn = TurnRef { tenant, session_id: &session_id, turn_id: &turn_id, message: &input.message };
 
         let texts = input.preamble.iter().map(|m| m.content.clone()).chain([input.message.clone()]).collect();
+        let judging = Instant::now();
         let decision = self.moderator.judge_messages(texts).await.map_err(|e| {
             tracing::error!(error = %e, "input moderation failed");
             ApiError::new(Code::Internal, "moderation failed")
         })?;
+        self.metrics.moderation_check("input", judging.elapsed());
         let hits: Vec<Hit> = match decision {
             Decision::Allow => Vec::new(),
             Decision::Refuse(hits) => hits,

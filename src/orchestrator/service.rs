@@ -98,7 +98,7 @@ impl Orchestrator {
                                 yield TurnEvent::Delta(safe.clone());
                             }
                             let pieces = sentences.as_mut().map(|s| s.push(&safe)).unwrap_or_default();
-                            if let Some(hit) = judge_output(&moderator, pieces).await {
+                            if let Some(hit) = judge_output(&moderator, &metrics, pieces).await {
                                 refusal = Some((hit, "semantic"));
                                 break;
                             }
@@ -128,7 +128,7 @@ impl Orchestrator {
                 }
                 // The answer's last pieces are judged before `done`.
                 let last = sentences.as_mut().map(|s| s.push(&rest).into_iter().chain(s.finish()).collect()).unwrap_or_default();
-                refusal = judge_output(&moderator, last).await.map(|hit| (hit, "semantic"));
+                refusal = judge_output(&moderator, &metrics, last).await.map(|hit| (hit, "semantic"));
             }
             if let Some((hit, layer)) = refusal {
                 metrics.moderation_refusal("output", &hit.category);
@@ -160,11 +160,14 @@ impl Orchestrator {
 /// Judges finished pieces of the answer with the semantic layer. A failure
 /// of the layer is logged and lets the answer go on: the input passed every
 /// layer, and the lexicon still guards the output.
-async fn judge_output(moderator: &Moderator, pieces: Vec<String>) -> Option<Hit> {
+async fn judge_output(moderator: &Moderator, metrics: &Metrics, pieces: Vec<String>) -> Option<Hit> {
     if pieces.is_empty() {
         return None;
     }
-    match moderator.judge_output(pieces).await {
+    let started = std::time::Instant::now();
+    let judged = moderator.judge_output(pieces).await;
+    metrics.moderation_check("output", started.elapsed());
+    match judged {
         Ok(hit) => hit,
         Err(err) => {
             tracing::error!(error = %err, "output moderation failed; the answer goes on under the lexicon alone");

@@ -44,6 +44,11 @@ struct ModerationLabels {
 
 type HistogramFamily = Family<RouteLabels, Histogram, fn() -> Histogram>;
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StageLabels {
+    stage: &'static str,
+}
+
 /// How a request ended, for `orchestrator_requests_total{decision}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RequestOutcome {
@@ -76,12 +81,18 @@ pub struct Metrics {
     ttft: HistogramFamily,
     tokens: Family<RouteLabels, Counter>,
     moderation: Family<ModerationLabels, Counter>,
+    moderation_time: Family<StageLabels, Histogram, fn() -> Histogram>,
     outbox_pending: Gauge,
     outbox_oldest: Gauge<f64, std::sync::atomic::AtomicU64>,
     publish_failures: Counter,
     published: Family<TopicLabels, Counter>,
     training_state: Family<TenantLabels, Gauge>,
     training_transitions: Family<TransitionLabels, Counter>,
+}
+
+/// 50 µs to about 1.6 s: a cached or static-stage judgement takes microseconds, the transformer milliseconds.
+fn moderation_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 16))
 }
 
 fn latency_histogram() -> Histogram {
@@ -107,6 +118,12 @@ impl Metrics {
         registry.register("steward_time_to_first_token_seconds", "From request arrival to the first streamed content", ttft.clone());
         registry.register("steward_stream_deltas", "Content chunks streamed to clients", tokens.clone());
         registry.register("moderation_decisions", "Moderation refusals by stage and category", moderation.clone());
+        let moderation_time: Family<StageLabels, Histogram, fn() -> Histogram> = Family::new_with_constructor(moderation_histogram);
+        registry.register(
+            "moderation_check_duration_seconds",
+            "Time to judge a turn's messages (input) or a piece of its answer (output), every layer",
+            moderation_time.clone(),
+        );
         let outbox_pending = Gauge::default();
         let outbox_oldest = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
         let publish_failures = Counter::default();
@@ -126,6 +143,7 @@ impl Metrics {
             ttft,
             tokens,
             moderation,
+            moderation_time,
             outbox_pending,
             outbox_oldest,
             publish_failures,
@@ -151,6 +169,10 @@ impl Metrics {
     /// `stage` is `input` or `output`; `category` the snake_case name.
     pub fn moderation_refusal(&self, stage: &'static str, category: &str) {
         self.moderation.get_or_create(&ModerationLabels { stage, category: category.to_owned() }).inc();
+    }
+
+    pub fn moderation_check(&self, stage: &'static str, elapsed: Duration) {
+        self.moderation_time.get_or_create(&StageLabels { stage }).observe(elapsed.as_secs_f64());
     }
 
     pub fn outbox(&self, pending: i64, oldest_seconds: f64) {

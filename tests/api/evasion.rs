@@ -29,6 +29,9 @@ async fn harmful_requests_and_their_disguises_are_refused_by_the_running_service
         assert_eq!(sse.first("done")["finish_reason"], "refused");
         assert!(sse.header("x-policy-verdict").starts_with("refuse:"));
     }
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    let line = metrics.lines().find(|l| l.starts_with("moderation_check_duration_seconds_count{stage=\"input\"}")).unwrap();
+    assert!(line.ends_with(&format!(" {}", cases.len())), "{line}");
 }
 
 #[tokio::test]
