@@ -35,6 +35,9 @@ pub async fn run(settings: &Settings, command: ModerationCommand) -> anyhow::Res
             let categories: Vec<String> = constitution.categories.iter().map(|c| c.name.clone()).collect();
             let points = eval::fit_points(&moderator, &model, &categories, &rows, folds)?;
             let (rule, counts) = eval::fit(&points, max_false_refusals).context("no threshold meets --max-false-refusals")?;
+            if let Some((_, alone)) = eval::fit_static(&points, max_false_refusals) {
+                println!("# the static stage alone, at the same budget: {:.1}% of harmful refused", 100.0 * alone.refusal_rate());
+            }
             let (allow_below, refuse_from, decided) = eval::fit_band(&points, rule);
             println!(
                 "[semantic]\nthreshold = {:.4}\noutput_threshold = {:.4}\nstatic_allow_below = {:.4}\nstatic_refuse_from = {:.4}\n\

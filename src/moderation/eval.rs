@@ -291,7 +291,16 @@ pub fn fit_points(
 /// The threshold that refuses the most harmful training rows while refusing
 /// at most `max_false_refusals` of the harmless ones, with its counts.
 pub fn fit(points: &[FitPoint], max_false_refusals: f64) -> Option<(Rule, Counts)> {
-    let mut candidates: Vec<f32> = points.iter().filter_map(|p| p.scores.map(|s| s.score)).collect();
+    fit_on(points, max_false_refusals, |p| p.scores)
+}
+
+/// [`fit`] for the static stage's scores alone (what it would achieve without the transformer).
+pub fn fit_static(points: &[FitPoint], max_false_refusals: f64) -> Option<(Rule, Counts)> {
+    fit_on(points, max_false_refusals, |p| p.fast)
+}
+
+fn fit_on(points: &[FitPoint], max_false_refusals: f64, scores: fn(&FitPoint) -> Option<Scores>) -> Option<(Rule, Counts)> {
+    let mut candidates: Vec<f32> = points.iter().filter_map(|p| scores(p).map(|s| s.score)).collect();
     candidates.sort_by(f32::total_cmp);
     candidates.dedup();
     candidates.push(f32::MAX);
@@ -300,7 +309,7 @@ pub fn fit(points: &[FitPoint], max_false_refusals: f64) -> Option<(Rule, Counts
         let rule = Rule { threshold };
         let mut counts = Counts::default();
         for p in points {
-            counts.add(p.label, p.lexicon_refuses || p.scores.as_ref().is_some_and(|s| rule.refuses(s)));
+            counts.add(p.label, p.lexicon_refuses || scores(p).is_some_and(|s| rule.refuses(&s)));
         }
         (counts.false_refusal_rate() <= max_false_refusals).then_some((rule, counts))
     })
