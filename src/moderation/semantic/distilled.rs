@@ -13,15 +13,13 @@
 //! Distilling takes tens of seconds, so the table is written next to the
 //! model (`static-embeddings.bin`) and read from there afterwards.
 
-use std::io::Write;
 use std::path::Path;
 
 use super::encoder::{normalize, Encoder};
-use super::SemanticError;
+use super::{table, SemanticError};
 
 /// The file the distilled table is kept in, inside the model directory.
 pub const FILE: &str = "static-embeddings.bin";
-const MAGIC: &[u8; 8] = b"STWDST01";
 /// Tokens distilled per forward pass.
 const BATCH: usize = 256;
 /// First id of BERT's frequency-ordered word pieces (below: padding, unused slots, single characters).
@@ -38,24 +36,12 @@ impl Distilled {
     /// Reads the table from `dir`, or distils it from `encoder` and writes it there.
     pub fn load_or_distill(dir: &Path, encoder: &Encoder) -> Result<Self, SemanticError> {
         let path = dir.join(FILE);
-        if let Ok(bytes) = std::fs::read(&path) {
-            if let Some(table) = Self::decode(&bytes, encoder.vocab_size(), encoder.dim()) {
-                return Ok(table);
-            }
-            tracing::warn!(path = %path.display(), "the distilled embedding table does not match the model; distilling again");
+        let (vocab, dim) = (encoder.vocab_size(), encoder.dim());
+        if let Some(rows) = table::read(&path, vocab, dim) {
+            return Ok(Self { dim, rows });
         }
         let started = std::time::Instant::now();
-        tracing::info!(tokens = encoder.vocab_size(), "distilling static embeddings from the moderation model (once)");
-        let table = Self::distill(encoder)?;
-        tracing::info!(seconds = started.elapsed().as_secs(), "static embeddings distilled");
-        if let Err(err) = table.write(&path) {
-            tracing::warn!(path = %path.display(), error = %err, "cannot keep the distilled table; it will be distilled again next start");
-        }
-        Ok(table)
-    }
-
-    fn distill(encoder: &Encoder) -> Result<Self, SemanticError> {
-        let (vocab, dim) = (encoder.vocab_size(), encoder.dim());
+        tracing::info!(tokens = vocab, "distilling static embeddings from the moderation model (once)");
         let mut rows = Vec::with_capacity(vocab * dim);
         let ids: Vec<u32> = (0..vocab as u32).collect();
         for chunk in ids.chunks(BATCH) {
@@ -64,32 +50,11 @@ impl Distilled {
                 rows.extend_from_slice(&v);
             }
         }
+        tracing::info!(seconds = started.elapsed().as_secs(), "static embeddings distilled");
+        if let Err(err) = table::write(&path, vocab, dim, &rows) {
+            tracing::warn!(path = %path.display(), error = %err, "cannot keep the distilled table; it will be distilled again next start");
+        }
         Ok(Self { dim, rows })
-    }
-
-    fn decode(bytes: &[u8], vocab: usize, dim: usize) -> Option<Self> {
-        let body = bytes.strip_prefix(MAGIC.as_slice())?;
-        let (header, body) = body.split_at_checked(8)?;
-        let v = u32::from_le_bytes(header.get(..4)?.try_into().ok()?) as usize;
-        let d = u32::from_le_bytes(header.get(4..)?.try_into().ok()?) as usize;
-        if v != vocab || d != dim || body.len() != v * d * 4 {
-            return None;
-        }
-        let rows = body.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
-        Some(Self { dim, rows })
-    }
-
-    fn write(&self, path: &Path) -> std::io::Result<()> {
-        let tmp = path.with_extension("part");
-        let mut file = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
-        file.write_all(MAGIC)?;
-        file.write_all(&((self.rows.len() / self.dim.max(1)) as u32).to_le_bytes())?;
-        file.write_all(&(self.dim as u32).to_le_bytes())?;
-        for x in &self.rows {
-            file.write_all(&x.to_le_bytes())?;
-        }
-        file.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-        std::fs::rename(tmp, path)
     }
 
     /// The static embedding of a text's token ids (unit length; zeros for no tokens).

@@ -130,6 +130,11 @@ impl Encoder {
         self.dim
     }
 
+    /// Length of the moderation features ([`Encoder::features`]).
+    pub fn features_dim(&self) -> usize {
+        self.dim * POOLED_LAYERS.min(self.layers.len())
+    }
+
     /// The WordPiece ids of `text`, without `[CLS]` and `[SEP]`.
     pub fn token_ids(&self, text: &str) -> Result<Vec<u32>, SemanticError> {
         let encoding = self.tokenizer.encode(text, false).map_err(|e| SemanticError::Model(format!("tokenizer: {e}")))?;

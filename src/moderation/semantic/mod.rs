@@ -21,6 +21,7 @@ mod bank;
 mod cache;
 mod distilled;
 mod encoder;
+mod table;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -53,6 +54,8 @@ pub enum SemanticError {
 /// by every classifier of a process.
 #[derive(Debug)]
 pub struct SemanticModel {
+    /// Where the model's files are; the embedded exemplars are kept there too.
+    dir: PathBuf,
     encoder: Encoder,
     distilled: Distilled,
     cache: EmbeddingCache,
@@ -69,7 +72,7 @@ impl SemanticModel {
         }
         let encoder = Encoder::load(dir)?;
         let distilled = Distilled::load_or_distill(dir, &encoder)?;
-        let model = Arc::new(Self { encoder, distilled, cache: EmbeddingCache::new(cache_entries) });
+        let model = Arc::new(Self { dir: key.clone(), encoder, distilled, cache: EmbeddingCache::new(cache_entries) });
         loaded.insert(key, model.clone());
         Ok(model)
     }
@@ -89,6 +92,28 @@ impl SemanticModel {
         let embed = |t: &str| self.encoder.sentence_embedding(&super::normalize::normalize(t));
         let (a, b) = (embed(a)?, embed(b)?);
         Ok(a.iter().zip(b.iter()).map(|(x, y)| x * y).sum())
+    }
+
+    /// The transformer features of many normalised texts, kept in a file in
+    /// the model directory named by their digest: a restart reads them
+    /// instead of running the model over the same exemplars again.
+    pub fn embed_all(&self, texts: &[String]) -> Result<Vec<Vector>, SemanticError> {
+        use sha2::{Digest, Sha256};
+        let mut digest = Sha256::new();
+        texts.iter().for_each(|t| digest.update(format!("{}\n{t}\n", t.len())));
+        let path = self.dir.join(format!("exemplars-{}.bin", &hex::encode(digest.finalize())[..16]));
+        let dim = self.encoder.features_dim();
+        if let Some(rows) = table::read(&path, texts.len(), dim) {
+            return Ok(rows.chunks_exact(dim.max(1)).map(Arc::from).collect());
+        }
+        let vectors = texts.iter().map(|t| self.embed(t)).collect::<Result<Vec<_>, _>>()?;
+        if vectors.iter().all(|v| v.len() == dim) {
+            let flat: Vec<f32> = vectors.iter().flat_map(|v| v.iter().copied()).collect();
+            if let Err(err) = table::write(&path, texts.len(), dim, &flat) {
+                tracing::warn!(path = %path.display(), error = %err, "cannot keep the embedded exemplars; they will be embedded again next start");
+            }
+        }
+        Ok(vectors)
     }
 
     /// Number of WordPiece tokens in a text (without `[CLS]` and `[SEP]`).
@@ -163,15 +188,17 @@ impl Classifier {
     /// Embeds the examples (normalised like any input) with both models and fits both scorers.
     pub fn new(model: Arc<SemanticModel>, examples: &Examples, threshold: f32, band: [f64; 2]) -> Result<Self, SemanticError> {
         let (mut bank, mut fast) = (Bank::default(), Bank::default());
-        for (category, example) in &examples.harmful {
-            let text = super::normalize::normalize(example);
-            bank.add_harmful(*category, model.embed(&text)?);
-            fast.add_harmful(*category, Arc::from(model.embed_static(&text)?));
+        let harmful: Vec<String> = examples.harmful.iter().map(|(_, e)| super::normalize::normalize(e)).collect();
+        let allowed: Vec<String> = examples.allowed.iter().map(|e| super::normalize::normalize(e)).collect();
+        let features = model.embed_all(&[harmful.clone(), allowed.clone()].concat())?;
+        let (harmful_features, allowed_features) = features.split_at(harmful.len().min(features.len()));
+        for (((category, _), text), v) in examples.harmful.iter().zip(&harmful).zip(harmful_features) {
+            bank.add_harmful(*category, v.clone());
+            fast.add_harmful(*category, Arc::from(model.embed_static(text)?));
         }
-        for example in &examples.allowed {
-            let text = super::normalize::normalize(example);
-            bank.add_allowed(model.embed(&text)?);
-            fast.add_allowed(Arc::from(model.embed_static(&text)?));
+        for (text, v) in allowed.iter().zip(allowed_features) {
+            bank.add_allowed(v.clone());
+            fast.add_allowed(Arc::from(model.embed_static(text)?));
         }
         bank.fit();
         fast.fit();
