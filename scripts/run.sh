@@ -14,6 +14,7 @@ cleanup() { [ "$started_model" = yes ] && scripts/model-server.sh stop 8081; }
 trap cleanup EXIT
 
 cargo build --quiet --bin steward
+./target/debug/steward moderation prepare
 ./target/debug/steward migrate
 cat >&2 <<'MSG'
 

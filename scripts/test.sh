@@ -41,8 +41,11 @@ ensure_redis
 export STEWARD_TEST_REDIS_URL=${STEWARD_TEST_REDIS_URL:-redis://127.0.0.1:6379}
 export STEWARD_TEST_POSTGRES_URL=${STEWARD_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 
-# The moderation model (all-MiniLM-L6-v2), loaded in process by the semantic layer.
+# The moderation model (all-MiniLM-L6-v2), loaded in process by the semantic layer, and what
+# Steward computes from it once (the distilled table, the embedded exemplars), before any test
+# or spawned instance needs it.
 scripts/models.sh install
+cargo run --quiet --bin steward -- moderation prepare
 
 # The official OpenAI SDK, for the facade's compatibility test.
 scripts/model-server.sh install

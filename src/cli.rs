@@ -37,6 +37,10 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum ModerationCommand {
+    /// Load the moderation model and compute what Steward keeps beside it
+    /// (the distilled static table, the embedded exemplars of the configured
+    /// constitution), so the next start is quick; install scripts run it.
+    Prepare,
     /// Judge every row of a labelled JSON-lines file with every layer and
     /// print the rates per category; `--evasions` also judges each harmful
     /// row disguised with every known evasion.

@@ -12,6 +12,14 @@ pub async fn run(settings: &Settings, command: ModerationCommand) -> anyhow::Res
     let constitution = Constitution::load(&settings.policy.constitution)?;
     let moderator = crate::app::moderator(settings, &constitution)?;
     match command {
+        ModerationCommand::Prepare => {
+            let on = matches!(settings.moderation.semantic, crate::config::SemanticSwitch::On);
+            eprintln!(
+                "moderation ready ({}; model_dir {})",
+                if on { "semantic layer on" } else { "semantic layer off" },
+                settings.moderation.model_dir.display()
+            );
+        }
         ModerationCommand::Eval { file, evasions, mistakes } => {
             let rows = eval::load(&file)?;
             let report = eval::evaluate(&moderator, &rows).await?;
