@@ -226,16 +226,19 @@ impl Layer {
     fn forward(&self, x: &Tensor, heads: usize) -> candle_core::Result<Tensor> {
         let (b, n, hidden) = x.dims3()?;
         let head_dim = hidden / heads;
+        // The dense layers see one row per token: a plain 2-D matrix product
+        // instead of a batched one over a broadcast weight.
+        let rows = x.reshape((b * n, hidden))?;
         let split = |t: Tensor| t.reshape((b, n, heads, head_dim))?.transpose(1, 2)?.contiguous();
-        let q = split(self.query.forward(x)?)?;
-        let k = split(self.key.forward(x)?)?;
-        let v = split(self.value.forward(x)?)?;
+        let q = split(self.query.forward(&rows)?)?;
+        let k = split(self.key.forward(&rows)?)?;
+        let v = split(self.value.forward(&rows)?)?;
         let scores = (q.matmul(&k.t()?)? / (head_dim as f64).sqrt())?;
         let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let context = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, n, hidden))?;
-        let attended = self.attention_norm.forward(&(self.attention_out.forward(&context)? + x)?)?;
+        let context = probs.matmul(&v)?.transpose(1, 2)?.contiguous()?.reshape((b * n, hidden))?;
+        let attended = self.attention_norm.forward(&(self.attention_out.forward(&context)? + &rows)?)?;
         let inner = self.intermediate.forward(&attended)?.gelu_erf()?;
-        self.output_norm.forward(&(self.output.forward(&inner)? + attended)?)
+        self.output_norm.forward(&(self.output.forward(&inner)? + attended)?)?.reshape((b, n, hidden))
     }
 }
 
