@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
+pub use crate::config::CallerSystemPrompt;
 use crate::db::now_ms;
 use crate::error::{ApiError, Code};
 use crate::events::{EventLog, EventType, NewEvent, Pending};
@@ -46,8 +47,6 @@ impl CallerSystemPolicy {
         self.tenants.get(tenant).unwrap_or(&self.default) == &CallerSystemPrompt::AfterOperator
     }
 }
-
-pub use crate::config::CallerSystemPrompt;
 
 /// A turn as a chat entry point received it.
 pub struct TurnInput {

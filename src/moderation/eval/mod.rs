@@ -1,0 +1,129 @@
+//! Measuring moderation on labelled data: the rates a constitution achieves,
+//! per category, through the real [`Moderator`] (every layer).
+//!
+//! Data are JSON lines `{"text", "label": "harmful"|"harmless", "category"}`;
+//! a harmless row's category is the one it looks like. [`evasion`] derives,
+//! from harmful rows, the disguised variants the normaliser must see through;
+//! [`fit`] chooses the semantic layer's numbers on the training part.
+
+mod evasion;
+mod fit;
+
+pub use evasion::{evasions, Evasion};
+pub use fit::{fit, fit_band, fit_output, fit_points, fit_static, FitPoint};
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::Path;
+
+use serde::Deserialize;
+
+use super::{Decision, ModerationError, Moderator};
+
+/// One labelled request.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Row {
+    pub text: String,
+    pub label: Label,
+    pub category: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Label {
+    Harmful,
+    Harmless,
+}
+
+/// Reads a JSON-lines file of [`Row`]s.
+pub fn load(path: &Path) -> anyhow::Result<Vec<Row>> {
+    use anyhow::Context;
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, line)| !line.trim().is_empty())
+        .map(|(i, line)| serde_json::from_str(line).with_context(|| format!("{}:{}: not a labelled row", path.display(), i + 1)))
+        .collect()
+}
+
+/// Counts for one category (or the total).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub harmful: usize,
+    pub harmful_refused: usize,
+    pub harmless: usize,
+    pub harmless_refused: usize,
+}
+
+impl Counts {
+    /// Share of harmful rows refused (1 when there are none).
+    pub fn refusal_rate(&self) -> f64 {
+        ratio(self.harmful_refused, self.harmful, 1.0)
+    }
+    /// Share of harmless rows refused (0 when there are none).
+    pub fn false_refusal_rate(&self) -> f64 {
+        ratio(self.harmless_refused, self.harmless, 0.0)
+    }
+    fn add(&mut self, label: Label, refused: bool) {
+        match label {
+            Label::Harmful => {
+                self.harmful += 1;
+                self.harmful_refused += usize::from(refused);
+            }
+            Label::Harmless => {
+                self.harmless += 1;
+                self.harmless_refused += usize::from(refused);
+            }
+        }
+    }
+}
+
+fn ratio(n: usize, d: usize, empty: f64) -> f64 {
+    if d == 0 {
+        empty
+    } else {
+        n as f64 / d as f64
+    }
+}
+
+/// Rates per category and in total, plus the rows judged wrongly.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub categories: BTreeMap<String, Counts>,
+    pub total: Counts,
+    /// Harmful rows allowed and harmless rows refused.
+    pub mistakes: Vec<(Row, Option<String>)>,
+}
+
+/// Judges every row with the moderator's input path (all layers).
+pub async fn evaluate(moderator: &Moderator, rows: &[Row]) -> Result<Report, ModerationError> {
+    let mut report = Report::default();
+    for row in rows {
+        let decision = moderator.judge_messages(vec![row.text.clone()]).await?;
+        let refused_as = match &decision {
+            Decision::Allow => None,
+            Decision::Refuse(hits) => hits.first().map(|h| h.category.clone()),
+        };
+        let refused = refused_as.is_some();
+        report.categories.entry(row.category.clone()).or_default().add(row.label, refused);
+        report.total.add(row.label, refused);
+        if refused != (row.label == Label::Harmful) {
+            report.mistakes.push((row.clone(), refused_as));
+        }
+    }
+    Ok(report)
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "{:<27} {:>8} {:>9} {:>9} {:>10}", "category", "harmful", "refused", "harmless", "refused")?;
+        let line = |f: &mut fmt::Formatter<'_>, name: &str, c: &Counts| {
+            writeln!(f, "{:<27} {:>8} {:>8.1}% {:>9} {:>9.1}%", name, c.harmful, 100.0 * c.refusal_rate(), c.harmless, 100.0 * c.false_refusal_rate())
+        };
+        for (name, counts) in &self.categories {
+            line(f, name, counts)?;
+        }
+        line(f, "TOTAL", &self.total)
+    }
+}
