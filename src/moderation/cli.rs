@@ -42,16 +42,20 @@ pub async fn run(settings: &Settings, command: ModerationCommand) -> anyhow::Res
             let model = SemanticModel::shared(&settings.moderation.model_dir, settings.moderation.cache_entries)?;
             let categories: Vec<String> = constitution.categories.iter().map(|c| c.name.clone()).collect();
             let points = eval::fit_points(&moderator, &model, &categories, &rows, folds)?;
-            let (rule, counts) = eval::fit(&points, max_false_refusals).context("no threshold meets --max-false-refusals")?;
+            let (rule, _) = eval::fit(&points, max_false_refusals).context("no threshold meets --max-false-refusals")?;
+            // Texts unlike every harmful example are left alone, at the cost of 2% of the rule's refusals.
+            let rule = eval::Rule { min_similarity: eval::fit_min_similarity(&points, rule, 0.02), ..rule };
+            let counts = eval::counts(&points, rule);
             if let Some((_, alone)) = eval::fit_static(&points, max_false_refusals) {
                 println!("# the static stage alone, at the same budget: {:.1}% of harmful refused", 100.0 * alone.refusal_rate());
             }
             let (allow_below, refuse_from, decided) = eval::fit_band(&points, rule);
             println!(
-                "[semantic]\nthreshold = {:.4}\noutput_threshold = {:.4}\nstatic_allow_below = {:.4}\nstatic_refuse_from = {:.4}\n\
+                "[semantic]\nthreshold = {:.4}\nmin_similarity = {:.4}\noutput_threshold = {:.4}\nstatic_allow_below = {:.4}\nstatic_refuse_from = {:.4}\n\
                  # {folds}-fold cross-validation on {} training rows: {:.1}% of {} harmful refused, {:.1}% of {} harmless refused;\n\
                  # the static stage decides {:.1}% of them without the transformer",
                 rule.threshold,
+                rule.min_similarity,
                 eval::fit_output(&points),
                 allow_below,
                 refuse_from,

@@ -40,6 +40,9 @@ pub struct Constitution {
 #[serde(deny_unknown_fields, default)]
 pub struct SemanticRule {
     pub threshold: f64,
+    /// A refused text must also be at least this similar (cosine) to its
+    /// nearest harmful example, in both directions (requests and answers).
+    pub min_similarity: f64,
     /// The threshold for streamed answers, stricter than for requests: the
     /// examples are requests, and an answer on a look-alike topic (how to kill
     /// a process) reads closer to them than the request did.
@@ -56,7 +59,7 @@ impl Default for SemanticRule {
     /// Without fitted numbers only texts scored clearly harmful are refused,
     /// and the transformer judges every text.
     fn default() -> Self {
-        Self { threshold: 0.9, output_threshold: 0.9, static_allow_below: -100.0, static_refuse_from: 100.0 }
+        Self { threshold: 0.9, min_similarity: -1.0, output_threshold: 0.9, static_allow_below: -100.0, static_refuse_from: 100.0 }
     }
 }
 
@@ -152,8 +155,8 @@ impl Constitution {
         if self.name.trim().is_empty() || self.version.trim().is_empty() {
             return fail("fields `name` and `version` must not be empty".into());
         }
-        let SemanticRule { threshold, output_threshold, static_allow_below, static_refuse_from } = self.semantic;
-        let numbers = [threshold, output_threshold, static_allow_below, static_refuse_from];
+        let SemanticRule { threshold, min_similarity, output_threshold, static_allow_below, static_refuse_from } = self.semantic;
+        let numbers = [threshold, min_similarity, output_threshold, static_allow_below, static_refuse_from];
         if !numbers.iter().all(|x| x.is_finite()) {
             return fail("[semantic]: every number must be finite".into());
         }
@@ -201,8 +204,9 @@ impl Constitution {
     pub fn canonical_bytes(&self) -> Vec<u8> {
         let Self { name, version, semantic, categories } = self;
         let categories = categories.iter().map(CategoryRule::canonical_value).collect();
-        let SemanticRule { threshold, output_threshold, static_allow_below, static_refuse_from } = semantic;
+        let SemanticRule { threshold, min_similarity, output_threshold, static_allow_below, static_refuse_from } = semantic;
         let semantic = object(vec![
+            ("min_similarity", Value::from(*min_similarity)),
             ("output_threshold", Value::from(*output_threshold)),
             ("static_allow_below", Value::from(*static_allow_below)),
             ("static_refuse_from", Value::from(*static_refuse_from)),
@@ -330,7 +334,7 @@ code="S1"
     #[test]
     fn changing_any_rule_changes_hash() -> TestResult {
         let base = Constitution::from_toml_str(BASE)?;
-        let edits: [fn(&mut Constitution); 13] = [
+        let edits: [fn(&mut Constitution); 14] = [
             |c| c.name.push('x'),
             |c| c.version.push('x'),
             |c| c.categories[0].code.push('x'),
@@ -343,6 +347,7 @@ code="S1"
             |c| c.semantic.threshold = 0.5,
             |c| c.semantic.static_allow_below = 0.3,
             |c| c.semantic.output_threshold = 0.95,
+            |c| c.semantic.min_similarity = 0.5,
             |c| c.semantic.static_refuse_from = 0.8,
         ];
         for (i, edit) in edits.iter().enumerate() {
@@ -358,7 +363,7 @@ code="S1"
         let c = Constitution::from_toml_str(BASE)?;
         let expected = concat!(
             r#"{"categories":[{"allowed_examples":[],"code":"S1","examples":[],"message":"No.","name":"violent_crimes","#,
-            r#""patterns":["\\d{3}"],"phrases":["build a bomb"]}],"name":"t","semantic":{"output_threshold":0.9,"static_allow_below":-100.0,"static_refuse_from":100.0,"threshold":0.9},"version":"1"}"#,
+            r#""patterns":["\\d{3}"],"phrases":["build a bomb"]}],"name":"t","semantic":{"min_similarity":-1.0,"output_threshold":0.9,"static_allow_below":-100.0,"static_refuse_from":100.0,"threshold":0.9},"version":"1"}"#,
         );
         assert_eq!(String::from_utf8(c.canonical_bytes())?, expected);
         Ok(())

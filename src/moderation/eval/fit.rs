@@ -66,13 +66,33 @@ fn fit_on(points: &[FitPoint], max_false_refusals: f64, scores: fn(&FitPoint) ->
     candidates.push(f32::MAX);
     // The lowest threshold within the budget refuses the most.
     candidates.into_iter().find_map(|threshold| {
-        let rule = Rule { threshold };
+        let rule = Rule { threshold, min_similarity: -1.0 };
         let mut counts = Counts::default();
         for p in points {
             counts.add(p.label, p.lexicon_refuses || scores(p).is_some_and(|s| rule.refuses(&s)));
         }
         (counts.false_refusal_rate() <= max_false_refusals).then_some((rule, counts))
     })
+}
+
+/// What `rule` (with the lexicon) refuses of the training rows.
+pub fn counts(points: &[FitPoint], rule: Rule) -> Counts {
+    let mut counts = Counts::default();
+    for p in points {
+        counts.add(p.label, p.lexicon_refuses || p.scores.is_some_and(|s| rule.refuses(&s)));
+    }
+    counts
+}
+
+/// The least similarity to the nearest harmful example that `rule` keeps
+/// requiring: the highest value that loses at most `max_lost` of the harmful
+/// training rows the rule refuses (their nearest example is in another fold).
+pub fn fit_min_similarity(points: &[FitPoint], rule: Rule, max_lost: f64) -> f32 {
+    let mut nearest: Vec<f32> =
+        points.iter().filter(|p| p.label == Label::Harmful).filter_map(|p| p.scores.filter(|s| rule.refuses(s)).map(|s| s.nearest)).collect();
+    nearest.sort_by(f32::total_cmp);
+    let lost = ((nearest.len() as f64) * max_lost).floor() as usize;
+    nearest.get(lost).copied().unwrap_or(-1.0)
 }
 
 /// The output threshold: above the score of every harmless training row, so

@@ -9,8 +9,9 @@
 mod evasion;
 mod fit;
 
+pub use crate::moderation::semantic::Rule;
 pub use evasion::{evasions, Evasion};
-pub use fit::{fit, fit_band, fit_output, fit_points, fit_static, FitPoint};
+pub use fit::{counts, fit, fit_band, fit_min_similarity, fit_output, fit_points, fit_static, FitPoint};
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -18,6 +18,10 @@ pub const RIDGE: f64 = 1.0;
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Rule {
     pub threshold: f32,
+    /// The text must also be at least this similar (cosine) to its nearest
+    /// harmful example: a text unlike every example (a technical document, a
+    /// long paste) lands where a linear score means little, and is left alone.
+    pub min_similarity: f32,
 }
 
 /// Exemplar embeddings and the scorer fitted on them.
@@ -36,6 +40,8 @@ pub struct Scores {
     pub category: usize,
     /// The linear score: above 0 leans harmful, below 0 harmless.
     pub score: f32,
+    /// Cosine similarity to the nearest harmful example.
+    pub nearest: f32,
 }
 
 impl Bank {
@@ -57,14 +63,14 @@ impl Bank {
     /// Scores `v` (unit length); `None` when there is no fitted scorer.
     pub fn scores(&self, v: &[f32]) -> Option<Scores> {
         let linear = self.linear.as_ref()?;
-        let (category, _) = self.harmful.iter().map(|(c, e)| (*c, dot(v, e))).max_by(|a, b| a.1.total_cmp(&b.1))?;
-        Some(Scores { category, score: linear.score(v) })
+        let (category, nearest) = self.harmful.iter().map(|(c, e)| (*c, dot(v, e))).max_by(|a, b| a.1.total_cmp(&b.1))?;
+        Some(Scores { category, score: linear.score(v), nearest })
     }
 }
 
 impl Rule {
     pub fn refuses(&self, s: &Scores) -> bool {
-        s.score >= self.threshold
+        s.score >= self.threshold && s.nearest >= self.min_similarity
     }
 }
 
@@ -169,7 +175,10 @@ mod tests {
         let harmless = bank.scores(&unit(0.0, 1.0)).unwrap();
         assert_eq!(harmful.category, 1);
         assert!(harmful.score > 0.5 && harmless.score < -0.5, "{harmful:?} {harmless:?}");
-        assert!(Rule { threshold: 0.0 }.refuses(&harmful) && !Rule { threshold: 0.0 }.refuses(&harmless));
+        let rule = Rule { threshold: 0.0, min_similarity: -1.0 };
+        assert!(rule.refuses(&harmful) && !rule.refuses(&harmless));
+        // Far from every harmful example, even a harmful-leaning score is not enough.
+        assert!(!Rule { min_similarity: 0.999, ..rule }.refuses(&harmful));
     }
 
     #[test]

@@ -61,7 +61,9 @@ impl Classifier {
         }
         let s = &constitution.semantic;
         let mut classifier = Self::new(model, &Examples::of(constitution), s.threshold as f32, [s.static_allow_below, s.static_refuse_from])?;
-        classifier.output = Rule { threshold: s.output_threshold as f32 };
+        let min_similarity = s.min_similarity as f32;
+        classifier.rule.min_similarity = min_similarity;
+        classifier.output = Rule { threshold: s.output_threshold as f32, min_similarity };
         let classifier = Arc::new(classifier);
         built.insert(key, classifier.clone());
         Ok(classifier)
@@ -84,7 +86,15 @@ impl Classifier {
         }
         bank.fit();
         fast.fit();
-        Ok(Self { model, bank, fast, rule: Rule { threshold }, output: Rule { threshold }, allow_below: band[0] as f32, refuse_from: band[1] as f32 })
+        Ok(Self {
+            model,
+            bank,
+            fast,
+            rule: Rule { threshold, min_similarity: -1.0 },
+            output: Rule { threshold, min_similarity: -1.0 },
+            allow_below: band[0] as f32,
+            refuse_from: band[1] as f32,
+        })
     }
 
     /// The refused category's index, if this normalised text is refused:
