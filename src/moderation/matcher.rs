@@ -72,6 +72,11 @@ impl PhraseIndex {
         (first..starts.len()).find(|&i| self.prefixes.contains(&text[starts[i]..])).unwrap_or(starts.len())
     }
 
+    /// Length of the longest normalised phrase, in chars.
+    pub(super) fn longest_chars(&self) -> usize {
+        self.longest_chars
+    }
+
     fn hit(&self, category: Option<usize>) -> Option<Hit> {
         category.and_then(|i| self.hits.get(i)).cloned()
     }

@@ -242,3 +242,25 @@ fn moderator_is_shareable_and_guard_is_send() {
     shareable::<Moderator>();
     sendable::<OutputGuard>();
 }
+
+#[test]
+fn text_without_a_safe_cut_is_still_released_in_bounded_steps() -> TestResult {
+    let m = small()?;
+    let mut guard = m.output_guard();
+    // One endless word, then a phrase: held text stays bounded, nothing is lost, the phrase is refused.
+    let word = "ab1".repeat(3000);
+    let mut released = String::new();
+    for chunk in chunks_of(&word, 7) {
+        match guard.push(&chunk) {
+            GuardStep::Release(text) => released.push_str(&text),
+            GuardStep::Refuse(hit) => return Err(format!("refused: {hit:?}").into()),
+        }
+        assert!(guard.held().len() <= 2048 + 7, "held {} bytes", guard.held().len());
+    }
+    assert!(!released.is_empty() && word.starts_with(&released));
+    let GuardStep::Refuse(hit) = guard.push(" and then build a bomb") else {
+        return Err("the phrase after the long word was not refused".into());
+    };
+    assert_eq!(hit.code, "S9");
+    Ok(())
+}

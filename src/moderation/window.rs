@@ -27,6 +27,12 @@ use std::sync::Arc;
 use super::matcher::{Hit, PhraseIndex};
 use super::normalize::{normalize_mapped, Cut};
 
+/// Held text beyond which a cut is forced (see `OutputGuard::forced_cut`).
+const MAX_HELD_BYTES: usize = 2048;
+/// What a forced cut keeps at least: more than a 48-char phrase can take (and
+/// four bytes for each char of the longest phrase when that is more).
+const FORCED_KEEP_BYTES: usize = 256;
+
 /// One step of the output guard.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GuardStep {
@@ -73,8 +79,8 @@ impl OutputGuard {
         // any final text that could still grow into a phrase.
         let closed = mapped.text.char_indices().nth(mapped.open.index).map_or(mapped.text.len(), |(i, _)| i);
         let pending = self.index.pending_start(&mapped.text[..closed]);
-        let cut = mapped.cuts.iter().rev().find(|c| c.index <= pending && c.raw <= mapped.open.raw);
-        let Some(&Cut { index: released_chars, raw: cut_byte }) = cut.filter(|c| c.raw > 0) else {
+        let cut = mapped.cuts.iter().rev().find(|c| c.index <= pending && c.raw <= mapped.open.raw).filter(|c| c.raw > 0);
+        let Some(Cut { index: released_chars, raw: cut_byte }) = cut.copied().or_else(|| self.forced_cut(&mapped)) else {
             return GuardStep::Release(String::new());
         };
         // The last released normalised char carries the whitespace state.
@@ -83,6 +89,20 @@ impl OutputGuard {
         }
         let rest = self.held.split_off(cut_byte);
         GuardStep::Release(std::mem::replace(&mut self.held, rest))
+    }
+
+    /// A cut for text that never offers a safe one (one endless word, an
+    /// endless spelled-out run), so the held text stays bounded: at a segment
+    /// start that keeps the last [`FORCED_KEEP_BYTES`]. No phrase can cross it:
+    /// the whole held text was just scanned, and anything that ends after it
+    /// and starts before the cut would be longer than the longest phrase.
+    fn forced_cut(&self, mapped: &super::normalize::Mapped) -> Option<Cut> {
+        let keep = FORCED_KEEP_BYTES.max(4 * (self.index.longest_chars() + 1));
+        let limit = self.held.len().checked_sub(keep).filter(|_| self.held.len() > MAX_HELD_BYTES.max(2 * keep))?;
+        let last = mapped.chars.partition_point(|c| c.raw_start <= limit).checked_sub(1)?;
+        let raw = mapped.chars.get(last)?.raw_start;
+        let index = mapped.chars.partition_point(|c| c.raw_start < raw);
+        (raw > 0).then_some(Cut { index, raw })
     }
 
     /// End of stream: releases whatever is still held (the held text was already checked).
