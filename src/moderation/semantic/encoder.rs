@@ -59,9 +59,8 @@ struct Embeddings {
 }
 
 struct Layer {
-    query: Linear,
-    key: Linear,
-    value: Linear,
+    /// Query, key and value projections stacked into one `[3h, h]` matrix: one product instead of three.
+    qkv: Linear,
     attention_out: Linear,
     attention_norm: LayerNorm,
     intermediate: Linear,
@@ -103,9 +102,7 @@ impl Encoder {
                 let l = vb.pp(format!("encoder.layer.{i}"));
                 let (a, h, inter) = (l.pp("attention"), c.hidden_size, c.intermediate_size);
                 Ok(Layer {
-                    query: linear(h, h, a.pp("self.query"))?,
-                    key: linear(h, h, a.pp("self.key"))?,
-                    value: linear(h, h, a.pp("self.value"))?,
+                    qkv: stacked([linear(h, h, a.pp("self.query"))?, linear(h, h, a.pp("self.key"))?, linear(h, h, a.pp("self.value"))?])?,
                     attention_out: linear(h, h, a.pp("output.dense"))?,
                     attention_norm: layer_norm(h, eps, a.pp("output.LayerNorm"))?,
                     intermediate: linear(h, inter, l.pp("intermediate.dense"))?,
@@ -229,10 +226,11 @@ impl Layer {
         // The dense layers see one row per token: a plain 2-D matrix product
         // instead of a batched one over a broadcast weight.
         let rows = x.reshape((b * n, hidden))?;
-        let split = |t: Tensor| t.reshape((b, n, heads, head_dim))?.transpose(1, 2)?.contiguous();
-        let q = split(self.query.forward(&rows)?)?;
-        let k = split(self.key.forward(&rows)?)?;
-        let v = split(self.value.forward(&rows)?)?;
+        let split = |t: Tensor| t.contiguous()?.reshape((b, n, heads, head_dim))?.transpose(1, 2)?.contiguous();
+        let qkv = self.qkv.forward(&rows)?;
+        let q = split(qkv.narrow(1, 0, hidden)?)?;
+        let k = split(qkv.narrow(1, hidden, hidden)?)?;
+        let v = split(qkv.narrow(1, 2 * hidden, hidden)?)?;
         let scores = (q.matmul(&k.t()?)? / (head_dim as f64).sqrt())?;
         let probs = candle_nn::ops::softmax_last_dim(&scores)?;
         let context = probs.matmul(&v)?.transpose(1, 2)?.contiguous()?.reshape((b * n, hidden))?;
@@ -240,6 +238,14 @@ impl Layer {
         let inner = self.intermediate.forward(&attended)?.gelu_erf()?;
         self.output_norm.forward(&(self.output.forward(&inner)? + attended)?)?.reshape((b, n, hidden))
     }
+}
+
+/// One linear layer computing the given ones side by side (their outputs concatenated).
+fn stacked(parts: [Linear; 3]) -> candle_core::Result<Linear> {
+    let weights: Vec<&Tensor> = parts.iter().map(Linear::weight).collect();
+    let biases: Vec<&Tensor> = parts.iter().filter_map(Linear::bias).collect();
+    let bias = if biases.len() == parts.len() { Some(Tensor::cat(&biases, 0)?) } else { None };
+    Ok(Linear::new(Tensor::cat(&weights, 0)?, bias))
 }
 
 /// Scales `v` to unit length (left as is if it is all zeros).
