@@ -99,6 +99,19 @@ async fn direct_answer(system: &str, prompt: &str, max_tokens: u32) -> String {
     response["choices"][0]["message"]["content"].as_str().unwrap().to_owned()
 }
 
+/// An app judging under `constitution` (written to a temporary file, kept while the app runs).
+async fn app_with_constitution(constitution: &str, system: &str) -> (crate::helpers::TestApp, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("constitution.toml");
+    std::fs::write(&path, constitution).unwrap();
+    let app = spawn_app_with(Storage::Sqlite, |s| {
+        s.policy.constitution = path.clone();
+        s.slm.system_prompt = system.into();
+    })
+    .await;
+    (app, dir)
+}
+
 #[tokio::test]
 async fn an_output_refusal_stops_the_stream_before_any_character_of_the_phrase() {
     let prompt = "Write a short paragraph about the history of bread.";
@@ -115,14 +128,7 @@ async fn an_output_refusal_stops_the_stream_before_any_character_of_the_phrase()
         "\n[[categories]]\ncode = \"X1\"\nname = \"test_output_rule\"\nmessage = \"This answer was stopped by policy.\"\nphrases = [{}]\n",
         serde_json::to_string(&phrase).unwrap()
     ));
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("constitution.toml");
-    std::fs::write(&path, constitution).unwrap();
-    let app = spawn_app_with(Storage::Sqlite, |s| {
-        s.policy.constitution = path.clone();
-        s.slm.system_prompt = system.into();
-    })
-    .await;
+    let (app, _dir) = app_with_constitution(&constitution, system).await;
     let (_, key) = app.chat_key().await;
 
     let sse = app.chat(&key, &json!({ "message": prompt, "max_tokens": 48, "temperature": 0, "seed": 7 })).await;
@@ -157,14 +163,7 @@ async fn a_streamed_answer_that_turns_harmful_is_cut_by_the_semantic_layer() {
         serde_json::to_string(prompt).unwrap(),
         serde_json::to_string(answer[..ends[0]].trim()).unwrap(),
     );
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("constitution.toml");
-    std::fs::write(&path, constitution).unwrap();
-    let app = spawn_app_with(Storage::Sqlite, |s| {
-        s.policy.constitution = path.clone();
-        s.slm.system_prompt = system.into();
-    })
-    .await;
+    let (app, _dir) = app_with_constitution(&constitution, system).await;
     let (_, key) = app.chat_key().await;
 
     let sse = app.chat(&key, &json!({ "message": prompt, "max_tokens": 64, "temperature": 0, "seed": 7 })).await;
