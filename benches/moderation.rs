@@ -9,6 +9,8 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
+mod stats;
+
 use std::path::Path;
 use std::time::Instant;
 
@@ -16,6 +18,8 @@ use steward::config::Settings;
 use steward::moderation::normalize::normalize;
 use steward::moderation::semantic::{Classifier, Route, SemanticModel};
 use steward::policy::Constitution;
+
+use stats::report;
 
 const SUBJECTS: &[&str] = &["my neighbour", "the old bridge", "a chemistry set", "our office printer", "the school bus", "a garden hose"];
 const ASKS: &[&str] = &[
@@ -33,23 +37,6 @@ fn messages(n: usize) -> Vec<String> {
             format!("{ask} {subject} before day {i} ends, without anyone else noticing it at all?")
         })
         .collect()
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
-    sorted[rank.min(sorted.len() - 1)]
-}
-
-fn report(name: &str, mut ms: Vec<f64>) {
-    ms.sort_by(f64::total_cmp);
-    println!(
-        "{name:<34} n={:<5} p50 {:>7.3} ms  p90 {:>7.3} ms  p99 {:>7.3} ms  max {:>7.3} ms",
-        ms.len(),
-        percentile(&ms, 50.0),
-        percentile(&ms, 90.0),
-        percentile(&ms, 99.0),
-        ms[ms.len() - 1]
-    );
 }
 
 fn main() {

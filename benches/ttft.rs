@@ -7,6 +7,8 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
+mod stats;
+
 use std::time::{Duration, Instant};
 
 use eventsource_stream::Eventsource;
@@ -16,6 +18,8 @@ use steward::app::Application;
 use steward::config::{Secret, Settings};
 use steward::db::Database;
 use steward::identity::{Capability, KeyStore, TenantId};
+
+use stats::report;
 
 const PROMPT: &str = "Write one sentence about the sea.";
 
@@ -33,22 +37,6 @@ async fn first_content(request: reqwest::RequestBuilder, is_content: impl Fn(&st
         }
     }
     first.expect("no content")
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
-    sorted[rank.min(sorted.len() - 1)]
-}
-
-fn summary(name: &str, mut ms: Vec<f64>) {
-    ms.sort_by(f64::total_cmp);
-    println!(
-        "{name:<28} p50 {:>8.3} ms   p90 {:>8.3} ms   p99 {:>8.3} ms   (n={})",
-        percentile(&ms, 50.0),
-        percentile(&ms, 90.0),
-        percentile(&ms, 99.0),
-        ms.len()
-    );
 }
 
 #[tokio::main]
@@ -94,7 +82,7 @@ async fn main() {
         }
     }
     println!("time to first token, prompt {PROMPT:?}, max_tokens 8, temperature 0, {rounds} interleaved pairs");
-    summary("direct to model server", direct);
-    summary("through Steward", through);
-    summary("added by Steward (paired)", added);
+    report("direct to model server", direct);
+    report("through Steward", through);
+    report("added by Steward (paired)", added);
 }

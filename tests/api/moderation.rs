@@ -99,6 +99,14 @@ async fn direct_answer(system: &str, prompt: &str, max_tokens: u32) -> String {
     response["choices"][0]["message"]["content"].as_str().unwrap().to_owned()
 }
 
+/// The stream ended with a refusal of category `code`, then `done` with `finish_reason: refused`.
+fn assert_cut_by(sse: &crate::helpers::Sse, code: &str, context: &str) {
+    let names = sse.names();
+    assert_eq!(&names[names.len().saturating_sub(2)..], ["refusal", "done"], "{names:?} for {context}");
+    assert_eq!(sse.first("refusal")["code"], code);
+    assert_eq!(sse.first("done")["finish_reason"], "refused");
+}
+
 /// An app judging under `constitution` (written to a temporary file, kept while the app runs).
 async fn app_with_constitution(constitution: &str, system: &str) -> (crate::helpers::TestApp, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
@@ -133,10 +141,7 @@ async fn an_output_refusal_stops_the_stream_before_any_character_of_the_phrase()
 
     let sse = app.chat(&key, &json!({ "message": prompt, "max_tokens": 48, "temperature": 0, "seed": 7 })).await;
 
-    let names = sse.names();
-    assert_eq!(&names[names.len() - 2..], ["refusal", "done"], "{names:?} for answer {answer:?} / phrase {phrase:?}");
-    assert_eq!(sse.first("refusal")["code"], "X1");
-    assert_eq!(sse.first("done")["finish_reason"], "refused");
+    assert_cut_by(&sse, "X1", &format!("answer {answer:?} / phrase {phrase:?}"));
     let received = sse.text();
     assert!(answer.starts_with(&received), "received text is the model's answer: {received:?} vs {answer:?}");
     assert!(received.len() <= phrase_at, "no character of {phrase:?} (at byte {phrase_at}) was sent; got {received:?}");
@@ -168,10 +173,7 @@ async fn a_streamed_answer_that_turns_harmful_is_cut_by_the_semantic_layer() {
 
     let sse = app.chat(&key, &json!({ "message": prompt, "max_tokens": 64, "temperature": 0, "seed": 7 })).await;
 
-    let names = sse.names();
-    assert_eq!(&names[names.len() - 2..], ["refusal", "done"], "{names:?} for answer {answer:?} / sentence {sentence:?}");
-    assert_eq!(sse.first("refusal")["code"], "X2");
-    assert_eq!(sse.first("done")["finish_reason"], "refused");
+    assert_cut_by(&sse, "X2", &format!("answer {answer:?} / sentence {sentence:?}"));
     let received = sse.text();
     assert!(answer.starts_with(&received), "{received:?} vs {answer:?}");
     // What reached the client: at most the harmful sentence and the word the lexicon window held.

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use super::{Counts, Label, Row};
 use crate::moderation::semantic::{Classifier, Examples, Rule, Scores, SemanticModel};
 use crate::moderation::{Decision, ModerationError, Moderator};
+use crate::policy::constitution::SemanticRule;
 
 /// One training row's cross-validated scores, and whether the lexicon refuses it anyway.
 #[derive(Debug, Clone)]
@@ -37,7 +38,7 @@ pub fn fit_points(
                 (Label::Harmful, None) => return Err(ModerationError::Worker(format!("row {i}: unknown category {}", row.category))),
             }
         }
-        let classifier = Classifier::new(model.clone(), &examples, 0.0, [-100.0, 100.0])?;
+        let classifier = Classifier::new(model.clone(), &examples, &SemanticRule::default())?;
         for (i, row) in rows.iter().enumerate().filter(|(i, _)| i % folds == fold) {
             let lexicon_refuses = matches!(moderator.check_messages(&[row.text.as_str()]), Decision::Refuse(_));
             let text = crate::moderation::normalize::normalize(&row.text);

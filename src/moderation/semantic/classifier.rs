@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use super::bank::{Bank, Rule, Scores};
 use super::{SemanticError, SemanticModel};
 use crate::moderation::normalize::normalize;
-use crate::policy::constitution::Constitution;
+use crate::policy::constitution::{Constitution, SemanticRule};
 
 /// How the cascade's first stage routes a text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,6 +25,11 @@ pub struct Examples {
 }
 
 impl Examples {
+    /// Every example, normalised: harmful ones first, then allowed ones.
+    pub fn texts(&self) -> Vec<String> {
+        self.harmful.iter().map(|(_, e)| e).chain(&self.allowed).map(|e| normalize(e)).collect()
+    }
+
     pub fn of(constitution: &Constitution) -> Self {
         let mut examples = Self::default();
         for (i, category) in constitution.categories.iter().enumerate() {
@@ -59,41 +64,38 @@ impl Classifier {
         if let Some(classifier) = built.get(&key) {
             return Ok(classifier.clone());
         }
-        let s = &constitution.semantic;
-        let mut classifier = Self::new(model, &Examples::of(constitution), s.threshold as f32, [s.static_allow_below, s.static_refuse_from])?;
-        let min_similarity = s.min_similarity as f32;
-        classifier.rule.min_similarity = min_similarity;
-        classifier.output = Rule { threshold: s.output_threshold as f32, min_similarity };
-        let classifier = Arc::new(classifier);
+        let examples = Examples::of(constitution);
+        model.remember(&examples.texts())?;
+        let classifier = Arc::new(Self::new(model, &examples, &constitution.semantic)?);
         built.insert(key, classifier.clone());
         Ok(classifier)
     }
 
-    /// Embeds the examples (normalised like any input) with both models and fits both scorers.
-    pub fn new(model: Arc<SemanticModel>, examples: &Examples, threshold: f32, band: [f64; 2]) -> Result<Self, SemanticError> {
+    /// Embeds the examples (normalised like any input) with both models, fits
+    /// both scorers, and judges with the constitution's `numbers`.
+    pub fn new(model: Arc<SemanticModel>, examples: &Examples, numbers: &SemanticRule) -> Result<Self, SemanticError> {
         let (mut bank, mut fast) = (Bank::default(), Bank::default());
-        let harmful: Vec<String> = examples.harmful.iter().map(|(_, e)| normalize(e)).collect();
-        let allowed: Vec<String> = examples.allowed.iter().map(|e| normalize(e)).collect();
-        let features = model.embed_all(&[harmful.clone(), allowed.clone()].concat())?;
-        let (harmful_features, allowed_features) = features.split_at(harmful.len().min(features.len()));
-        for (((category, _), text), v) in examples.harmful.iter().zip(&harmful).zip(harmful_features) {
-            bank.add_harmful(*category, v.clone());
-            fast.add_harmful(*category, Arc::from(model.embed_static(text)?));
+        for (category, example) in &examples.harmful {
+            let text = normalize(example);
+            bank.add_harmful(*category, model.embed(&text)?);
+            fast.add_harmful(*category, Arc::from(model.embed_static(&model.token_ids(&text)?)));
         }
-        for (text, v) in allowed.iter().zip(allowed_features) {
-            bank.add_allowed(v.clone());
-            fast.add_allowed(Arc::from(model.embed_static(text)?));
+        for example in &examples.allowed {
+            let text = normalize(example);
+            bank.add_allowed(model.embed(&text)?);
+            fast.add_allowed(Arc::from(model.embed_static(&model.token_ids(&text)?)));
         }
         bank.fit();
         fast.fit();
+        let min_similarity = numbers.min_similarity as f32;
         Ok(Self {
             model,
             bank,
             fast,
-            rule: Rule { threshold, min_similarity: -1.0 },
-            output: Rule { threshold, min_similarity: -1.0 },
-            allow_below: band[0] as f32,
-            refuse_from: band[1] as f32,
+            rule: Rule { threshold: numbers.threshold as f32, min_similarity },
+            output: Rule { threshold: numbers.output_threshold as f32, min_similarity },
+            allow_below: numbers.static_allow_below as f32,
+            refuse_from: numbers.static_refuse_from as f32,
         })
     }
 
@@ -103,10 +105,15 @@ impl Classifier {
         if normalized.trim().is_empty() {
             return Ok(None);
         }
-        match self.route(self.fast_scores(normalized)?) {
+        // Tokenised once, for both stages.
+        let ids = self.model.token_ids(normalized)?;
+        match self.route(self.fast.scores(&self.model.embed_static(&ids))) {
             Route::Allow => Ok(None),
             Route::Refuse(category) => Ok(Some(category)),
-            Route::Transformer => Ok(self.scores(normalized)?.filter(|s| self.rule.refuses(s)).map(|s| s.category)),
+            Route::Transformer => {
+                let v = self.model.embed_tokenized(normalized, &ids)?;
+                Ok(self.bank.scores(&v).filter(|s| self.rule.refuses(s)).map(|s| s.category))
+            }
         }
     }
 
@@ -136,7 +143,7 @@ impl Classifier {
 
     /// Static-stage scores of a normalised text.
     pub fn fast_scores(&self, normalized: &str) -> Result<Option<Scores>, SemanticError> {
-        Ok(self.fast.scores(&self.model.embed_static(normalized)?))
+        Ok(self.fast.scores(&self.model.embed_static(&self.model.token_ids(normalized)?)))
     }
 
     pub fn rule(&self) -> Rule {

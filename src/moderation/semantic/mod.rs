@@ -79,12 +79,25 @@ impl SemanticModel {
 
     /// The transformer features of an already normalised text, from the cache when seen before.
     pub fn embed(&self, text: &str) -> Result<Vector, SemanticError> {
+        match self.cache.get(text) {
+            Some(v) => Ok(v),
+            None => self.embed_tokenized(text, &self.encoder.token_ids(text)?),
+        }
+    }
+
+    /// [`SemanticModel::embed`] for a text already tokenised (`ids` from [`SemanticModel::token_ids`]).
+    pub fn embed_tokenized(&self, text: &str, ids: &[u32]) -> Result<Vector, SemanticError> {
         if let Some(v) = self.cache.get(text) {
             return Ok(v);
         }
-        let v: Vector = Arc::from(self.encoder.features(text)?);
+        let v: Vector = Arc::from(self.encoder.features(ids)?);
         self.cache.insert(text, v.clone());
         Ok(v)
+    }
+
+    /// The WordPiece ids of a text (without `[CLS]` and `[SEP]`).
+    pub fn token_ids(&self, text: &str) -> Result<Vec<u32>, SemanticError> {
+        self.encoder.token_ids(text)
     }
 
     /// Cosine similarity of two texts' sentence embeddings (both normalised first).
@@ -94,26 +107,27 @@ impl SemanticModel {
         Ok(a.iter().zip(b.iter()).map(|(x, y)| x * y).sum())
     }
 
-    /// The transformer features of many normalised texts, kept in a file in
-    /// the model directory named by their digest: a restart reads them
-    /// instead of running the model over the same exemplars again.
-    pub fn embed_all(&self, texts: &[String]) -> Result<Vec<Vector>, SemanticError> {
+    /// Puts the transformer features of many normalised texts (a
+    /// constitution's examples) in the cache, from a file in the model
+    /// directory named by their digest when there is one, else by running the
+    /// model and writing that file: a restart reads them instead of running
+    /// the model over the same examples again.
+    pub fn remember(&self, texts: &[String]) -> Result<(), SemanticError> {
         use sha2::{Digest, Sha256};
         let mut digest = Sha256::new();
         texts.iter().for_each(|t| digest.update(format!("{}\n{t}\n", t.len())));
         let path = self.dir.join(format!("exemplars-{}.bin", &hex::encode(digest.finalize())[..16]));
         let dim = self.encoder.features_dim();
         if let Some(rows) = table::read(&path, texts.len(), dim) {
-            return Ok(rows.chunks_exact(dim.max(1)).map(Arc::from).collect());
+            texts.iter().zip(rows.chunks_exact(dim.max(1))).for_each(|(t, v)| self.cache.insert(t, Arc::from(v)));
+            return Ok(());
         }
         let vectors = texts.iter().map(|t| self.embed(t)).collect::<Result<Vec<_>, _>>()?;
-        if vectors.iter().all(|v| v.len() == dim) {
-            let flat: Vec<f32> = vectors.iter().flat_map(|v| v.iter().copied()).collect();
-            if let Err(err) = table::write(&path, texts.len(), dim, &flat) {
-                tracing::warn!(path = %path.display(), error = %err, "cannot keep the embedded exemplars; they will be embedded again next start");
-            }
+        let flat: Vec<f32> = vectors.iter().flat_map(|v| v.iter().copied()).collect();
+        if let Err(err) = table::write(&path, texts.len(), dim, &flat) {
+            tracing::warn!(path = %path.display(), error = %err, "cannot keep the embedded exemplars; they will be embedded again next start");
         }
-        Ok(vectors)
+        Ok(())
     }
 
     /// Number of WordPiece tokens in a text (without `[CLS]` and `[SEP]`).
@@ -122,8 +136,8 @@ impl SemanticModel {
     }
 
     /// The static (distilled) embedding of an already normalised text.
-    pub fn embed_static(&self, text: &str) -> Result<Vec<f32>, SemanticError> {
-        Ok(self.distilled.embed(&self.encoder.token_ids(text)?))
+    pub fn embed_static(&self, ids: &[u32]) -> Vec<f32> {
+        self.distilled.embed(ids)
     }
 }
 
