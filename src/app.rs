@@ -18,7 +18,7 @@ use crate::config::{Secret, Settings};
 use crate::db::Database;
 use crate::events::{EventLog, EventPublisher, OutboxStore, Relay, RelaySettings};
 use crate::gateway::Gateway;
-use crate::identity::KeyStore;
+use crate::identity::{KeyCache, KeyStore};
 use crate::moderation::{Moderator, Semantic};
 use crate::ops::Dependencies;
 use crate::orchestrator::{Conversation, ConversationStore, Orchestrator, OrchestratorApi, OrchestratorSettings, TurnLimits};
@@ -92,7 +92,11 @@ impl Application {
         });
         let orchestrator_api =
             web::Data::new(OrchestratorApi { conversation: orchestrator, training: training.clone(), limits, metrics: metrics.clone(), keepalive });
-        let keys = web::Data::new(KeyStore::new(db.clone()));
+        let keys = web::Data::new(KeyCache::new(
+            KeyStore::new(db.clone()),
+            Duration::from_millis(settings.identity.key_cache_ms),
+            settings.identity.key_cache_entries,
+        ));
         let training = web::Data::from(training);
         let deps = web::Data::new(Dependencies { database: db, model, broker: publisher, redis });
         let metrics = web::Data::from(metrics);
@@ -116,6 +120,8 @@ impl Application {
                 .configure(crate::ops::configure)
                 .default_service(web::to(crate::ops::not_found))
         })
+        // Without TCP_NODELAY the last small frames of a stream wait for the client's delayed ACK on a reused connection.
+        .tcp_nodelay(true)
         .listen(listener)?
         .run();
         tracing::info!(port, "steward listening");

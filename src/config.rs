@@ -34,6 +34,7 @@ impl std::fmt::Debug for Secret {
 pub struct Settings {
     pub server: ServerSettings,
     pub database: DatabaseSettings,
+    pub identity: IdentitySettings,
     pub slm: SlmSettings,
     pub policy: PolicySettings,
     pub moderation: ModerationSettings,
@@ -54,6 +55,16 @@ pub struct ServerSettings {
     pub body_limit_bytes: usize,
     /// Interval of SSE comment keep-alives while the model is silent.
     pub keepalive_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentitySettings {
+    /// How long an authenticated key is remembered (the longest a revocation
+    /// takes to apply on an instance); 0 reads the database on every request.
+    pub key_cache_ms: u64,
+    /// Most keys remembered at once.
+    pub key_cache_entries: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]

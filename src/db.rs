@@ -50,6 +50,12 @@ impl Database {
         }
         let pool =
             AnyPoolOptions::new().max_connections(max_connections).acquire_timeout(Duration::from_secs(5)).connect(url).await.map_err(DbError::Connect)?;
+        if backend == Backend::Sqlite && !url.contains(":memory:") {
+            // Write-ahead logging: a commit is one append and one fsync (synchronous stays FULL, so a
+            // committed turn survives a power cut), and readers never wait for the writer. The mode is
+            // kept in the file, so every connection and process that opens it uses it.
+            sqlx::query("PRAGMA journal_mode = WAL").execute(&pool).await.map_err(DbError::Connect)?;
+        }
         Ok(Self { pool, backend })
     }
 

@@ -84,38 +84,54 @@ impl OutboxStore {
             heads.insert(key.clone(), (row.try_get::<i64, _>("last_seq")?, row.try_get::<String, _>("last_hash")?));
         }
         let now = now_ms();
+        let mut rows = Vec::with_capacity(batch.len());
         for item in batch {
-            let (topic, key, session_id, event_type, payload, headers) = match item {
+            match item {
                 Pending::Conversation(new) => {
                     let chain = new.context.chain_key();
                     let (seq, prev) = heads.get(&chain).cloned().unwrap_or((0, ZERO_HASH.to_owned()));
                     let event = serde_json::to_value(ConversationEvent::chained(new, seq + 1, prev)).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
                     heads.insert(chain.clone(), (seq + 1, event_hash(&event)));
                     let headers = conversation_headers(new);
-                    (self.conversation_topic.clone(), chain, Some(new.context.session_id.clone()), new.kind.as_str().to_owned(), event, headers)
+                    rows.push(NewRow {
+                        topic: self.conversation_topic.clone(),
+                        key: chain,
+                        session_id: Some(new.context.session_id.clone()),
+                        event_type: new.kind.as_str().to_owned(),
+                        payload: event.to_string(),
+                        headers: headers.to_string(),
+                    });
                 }
-                Pending::Record { topic, key, event_type, payload, headers } => {
-                    (topic.clone(), key.clone(), None, event_type.clone(), payload.clone(), headers.clone())
-                }
-                Pending::Write(write) => {
-                    write.write(&mut tx).await?;
-                    continue;
-                }
-            };
-            let id: i64 = sqlx::query_scalar(
-                "INSERT INTO outbox (topic, record_key, session_id, event_type, payload, headers, created_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
-            )
-            .bind(topic)
-            .bind(key)
-            .bind(session_id)
-            .bind(event_type)
-            .bind(payload.to_string())
-            .bind(headers.to_string())
-            .bind(now)
-            .fetch_one(&mut *tx)
-            .await?;
-            sqlx::query("INSERT INTO outbox_pending (id, created_at) VALUES ($1, $2)").bind(id).bind(now).execute(&mut *tx).await?;
+                Pending::Record { topic, key, event_type, payload, headers } => rows.push(NewRow {
+                    topic: topic.clone(),
+                    key: key.clone(),
+                    session_id: None,
+                    event_type: event_type.clone(),
+                    payload: payload.to_string(),
+                    headers: headers.to_string(),
+                }),
+                Pending::Write(write) => write.write(&mut tx).await?,
+            }
+        }
+        // Many rows per statement: ids follow the order of the rows, so each chain's events keep their order.
+        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+            let values: Vec<String> = (0..chunk.len()).map(|i| placeholders(i * 7, 7)).collect();
+            let sql = format!(
+                "INSERT INTO outbox (topic, record_key, session_id, event_type, payload, headers, created_at) VALUES {} RETURNING id",
+                values.join(", ")
+            );
+            let mut insert = sqlx::query_scalar::<_, i64>(&sql);
+            for row in chunk {
+                insert = insert.bind(&row.topic).bind(&row.key).bind(&row.session_id).bind(&row.event_type).bind(&row.payload).bind(&row.headers).bind(now);
+            }
+            let ids = insert.fetch_all(&mut *tx).await?;
+            let values: Vec<String> = (0..ids.len()).map(|i| placeholders(i * 2, 2)).collect();
+            let sql = format!("INSERT INTO outbox_pending (id, created_at) VALUES {}", values.join(", "));
+            let mut pending = sqlx::query(&sql);
+            for id in ids {
+                pending = pending.bind(id).bind(now);
+            }
+            pending.execute(&mut *tx).await?;
         }
         for key in &keys {
             if let Some((seq, hash)) = heads.get(key) {
@@ -214,6 +230,25 @@ impl OutboxStore {
             .await?;
         rows.iter().map(|r| Ok((r.try_get("id")?, r.try_get("payload")?))).collect()
     }
+}
+
+/// Rows per multi-row insert: 7 parameters each stays far below either backend's limit.
+const ROWS_PER_STATEMENT: usize = 200;
+
+/// One outbox row about to be inserted.
+struct NewRow {
+    topic: String,
+    key: String,
+    session_id: Option<String>,
+    event_type: String,
+    payload: String,
+    headers: String,
+}
+
+/// `($first+1, …, $first+n)`.
+fn placeholders(first: usize, n: usize) -> String {
+    let list: Vec<String> = (1..=n).map(|i| format!("${}", first + i)).collect();
+    format!("({})", list.join(", "))
 }
 
 fn conversation_headers(new: &NewEvent) -> Value {

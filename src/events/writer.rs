@@ -16,6 +16,10 @@ use crate::error::{Code, ErrorCode};
 const MAX_BATCH: usize = 1000;
 /// Jobs waiting for the writer before `emit` waits for room.
 const QUEUE: usize = 10_000;
+/// How long the writer waits for more work when nobody waits for what is
+/// queued (`emit`, not `emit_durable`): a turn's first events then share the
+/// commit of its last one instead of paying a commit (an fsync) each.
+const LINGER: Duration = Duration::from_millis(5);
 
 struct Job {
     items: Vec<Pending>,
@@ -72,16 +76,7 @@ async fn write_loop(store: OutboxStore, mut rx: mpsc::Receiver<Job>, committed: 
         };
         let Some(first) = first else { return };
         let mut jobs = vec![first];
-        let mut count = jobs[0].items.len();
-        while count < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(job) => {
-                    count += job.items.len();
-                    jobs.push(job);
-                }
-                Err(_) => break,
-            }
-        }
+        gather(&mut rx, &mut jobs, &cancel).await;
         let items: Vec<Pending> = jobs.iter().flat_map(|j| j.items.iter().cloned()).collect();
         let result = write_with_retry(&store, &items, &cancel).await;
         if result.is_ok() || jobs.len() == 1 {
@@ -94,6 +89,32 @@ async fn write_loop(store: OutboxStore, mut rx: mpsc::Receiver<Job>, committed: 
             let result = write_with_retry(&store, &job.items, &cancel).await;
             finish(vec![job], result, &committed);
         }
+    }
+}
+
+/// Adds what is queued to `jobs`, lingering while no job is awaited.
+async fn gather(rx: &mut mpsc::Receiver<Job>, jobs: &mut Vec<Job>, cancel: &CancellationToken) {
+    let mut count: usize = jobs.iter().map(|j| j.items.len()).sum();
+    while count < MAX_BATCH {
+        match rx.try_recv() {
+            Ok(job) => {
+                count += job.items.len();
+                jobs.push(job);
+            }
+            Err(_) => break,
+        }
+    }
+    let until = tokio::time::Instant::now() + LINGER;
+    while count < MAX_BATCH && !cancel.is_cancelled() && jobs.iter().all(|j| j.ack.is_none()) {
+        let job = tokio::select! {
+            job = tokio::time::timeout_at(until, rx.recv()) => match job {
+                Ok(Some(job)) => job,
+                Ok(None) | Err(_) => break,
+            },
+            () = cancel.cancelled() => break,
+        };
+        count += job.items.len();
+        jobs.push(job);
     }
 }
 

@@ -5,8 +5,8 @@ use std::pin::Pin;
 
 use actix_web::{dev::Payload, http::header, web, FromRequest, HttpRequest};
 
+use super::cache::KeyCache;
 use super::domain::{Capability, IdentityError, TenantId};
-use super::store::KeyStore;
 use crate::error::ApiError;
 
 /// Who is calling: the key's tenant and capabilities.
@@ -27,9 +27,9 @@ impl Caller {
         }
     }
 
-    async fn authenticate(store: web::Data<KeyStore>, bearer: Option<String>) -> Result<Self, IdentityError> {
+    async fn authenticate(keys: web::Data<KeyCache>, bearer: Option<String>) -> Result<Self, IdentityError> {
         let key = bearer.ok_or(IdentityError::MissingKey)?;
-        let record = store.find_active(&key).await?.ok_or(IdentityError::UnknownKey)?;
+        let record = keys.find_active(&key).await?.ok_or(IdentityError::UnknownKey)?;
         let tenant = TenantId::parse(&record.tenant)?;
         let capabilities = Capability::parse_list(&record.capabilities)?;
         Ok(Self { key_id: record.id, tenant, capabilities })
@@ -48,11 +48,11 @@ impl FromRequest for Caller {
     type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        let store = req.app_data::<web::Data<KeyStore>>().cloned();
+        let keys = req.app_data::<web::Data<KeyCache>>().cloned();
         let bearer = bearer(req);
         Box::pin(async move {
-            let store = store.ok_or_else(|| ApiError::new(crate::error::Code::Internal, "identity is not configured"))?;
-            Ok(Self::authenticate(store, bearer).await?)
+            let keys = keys.ok_or_else(|| ApiError::new(crate::error::Code::Internal, "identity is not configured"))?;
+            Ok(Self::authenticate(keys, bearer).await?)
         })
     }
 }

@@ -2,12 +2,15 @@
 //!
 //! `KeyStore` creates, lists and revokes keys (only their SHA-256 is stored);
 //! the [`Caller`] extractor authenticates `Authorization: Bearer <key>` on every
-//! request, and [`Caller::require`] checks a capability.
+//! request through a [`KeyCache`] (a revocation takes effect within its
+//! lifetime), and [`Caller::require`] checks a capability.
 
+mod cache;
 mod caller;
 mod domain;
 mod store;
 
+pub use cache::KeyCache;
 pub use caller::Caller;
 pub use domain::{ApiKey, Capability, IdentityError, TenantId};
 pub use store::{KeyRecord, KeyStore};

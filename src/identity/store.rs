@@ -50,8 +50,13 @@ impl KeyStore {
 
     /// The live (not revoked) key with this secret, if any.
     pub async fn find_active(&self, key: &str) -> Result<Option<KeyRecord>, IdentityError> {
+        self.find_active_by_hash(&ApiKey::hash_of(key)).await
+    }
+
+    /// The live key whose secret hashes to `hash`, if any.
+    pub async fn find_active_by_hash(&self, hash: &str) -> Result<Option<KeyRecord>, IdentityError> {
         let row = sqlx::query("SELECT id, tenant, capabilities, created_at, revoked_at FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL")
-            .bind(ApiKey::hash_of(key))
+            .bind(hash)
             .fetch_optional(self.db.pool())
             .await
             .map_err(IdentityError::Store)?;

@@ -3,7 +3,9 @@
 use serde_json::json;
 use steward::identity::Capability;
 
-use crate::helpers::{assert_error, spawn_app, unique};
+use std::time::{Duration, Instant};
+
+use crate::helpers::{assert_error, spawn_app, spawn_app_with, unique, Storage};
 
 fn turn() -> serde_json::Value {
     json!({ "message": "Hello", "max_tokens": 4 })
@@ -31,6 +33,30 @@ async fn a_revoked_key_is_401() {
     app.keys.revoke(&id).await.unwrap();
 
     assert_error(app.post("/v1/chat/stream", Some(&key), &turn()).await, 401, "unauthenticated").await;
+}
+
+#[tokio::test]
+async fn a_revoked_key_that_was_in_use_stops_working_within_the_key_cache_bound() {
+    let app = spawn_app_with(Storage::Sqlite, |s| s.identity.key_cache_ms = 300).await;
+    let tenant = unique("tenant-");
+    // A chat key may read its tenant's training status: an authenticated request without a model call.
+    let key = app.key(&tenant, &[Capability::Chat]).await;
+    assert_eq!(app.get_with("/v1/training/status", &key).await.status(), 200, "the key is in use (and now remembered)");
+    let id = app.keys.list().await.unwrap().into_iter().find(|k| k.tenant == tenant).unwrap().id;
+
+    app.keys.revoke(&id).await.unwrap();
+    let revoked = Instant::now();
+
+    loop {
+        let status = app.get_with("/v1/training/status", &key).await.status();
+        if status == 401 {
+            break;
+        }
+        assert_eq!(status, 200);
+        assert!(revoked.elapsed() < Duration::from_millis(300 + 700), "still accepted {:?} after revocation", revoked.elapsed());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_error(app.get_with("/v1/training/status", &key).await, 401, "unauthenticated").await;
 }
 
 #[tokio::test]

@@ -1,0 +1,255 @@
+//! Side by side, in one run: a replay upstream alone, and the same upstream
+//! through Steward (release binary, its own process), under closed-loop
+//! streaming clients at several concurrencies. Prints time to first content
+//! and completion time (p50/p99), requests per second and resident memory,
+//! as one markdown table.
+//!
+//! `cargo bench --bench gateway` runs Steward on embedded defaults (SQLite,
+//! in-process lock store, events kept in the outbox) with the semantic layer
+//! off and on (every prompt distinct). With `STEWARD_BENCH_POSTGRES_URL`,
+//! `STEWARD_BENCH_REDIS_URL` and `STEWARD_BENCH_KAFKA` set, it also runs it
+//! with PostgreSQL, Redis and the broker. `STEWARD_BENCH_MODE=idle` holds
+//! `STEWARD_BENCH_IDLE_STREAMS` (8000) streams open against an upstream that
+//! never answers and reports memory per open stream.
+//!
+//! Knobs: `STEWARD_BENCH_CLIENTS` (1,16,64,256), `STEWARD_BENCH_SECONDS` (5),
+//! `STEWARD_BENCH_WARMUP_SECONDS` (1), `STEWARD_BENCH_TOKENS` (32),
+//! `STEWARD_BENCH_TOKEN_DELAY_US` (0), `STEWARD_BENCH_FIRST_DELAY_US` (0),
+//! `STEWARD_BENCH_STEWARD` (configurations to run, e.g. `embedded-off,full-on`),
+//! `STEWARD_BENCH_BASELINE` (another checkout with a release build: each
+//! configuration runs there first, for a before/after in one run).
+
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+mod idle;
+mod load;
+mod process;
+#[allow(dead_code)] // one summary helper is for the other benches
+#[path = "../stats/mod.rs"]
+mod stats;
+mod upstream;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+
+use load::{closed_loop, Outcome, Target};
+use process::{free_port, wait_healthy, Proc, StewardEnv};
+use upstream::Replay;
+
+const TOPICS: [&str; 8] = ["the sea", "a mountain walk", "baking bread", "a city at night", "an old library", "spring rain", "a train journey", "a garden"];
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn prompt(n: u64) -> String {
+    format!("Write a few calm sentences about {} for reader number {n}.", TOPICS[(n % TOPICS.len() as u64) as usize])
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// One configuration of Steward under test.
+struct Config {
+    name: String,
+    semantic: bool,
+    full: bool,
+    /// The binary and the checkout it runs from: this build, or a baseline.
+    binary: PathBuf,
+    root: PathBuf,
+}
+
+fn configs() -> Vec<Config> {
+    let full_available = ["STEWARD_BENCH_POSTGRES_URL", "STEWARD_BENCH_REDIS_URL", "STEWARD_BENCH_KAFKA"].iter().all(|k| std::env::var(k).is_ok());
+    let default = if full_available { "embedded-off,embedded-on,full-off,full-on" } else { "embedded-off,embedded-on" };
+    let list = std::env::var("STEWARD_BENCH_STEWARD").unwrap_or_else(|_| default.into());
+    // A baseline build (another checkout, built with `cargo build --release`) runs before this one, in the same run.
+    let baseline = std::env::var("STEWARD_BENCH_BASELINE").ok().map(PathBuf::from);
+    let mut configs = Vec::new();
+    for name in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let full = name.starts_with("full");
+        assert!(!full || full_available, "{name} needs STEWARD_BENCH_POSTGRES_URL, STEWARD_BENCH_REDIS_URL and STEWARD_BENCH_KAFKA");
+        let semantic = name.ends_with("-on");
+        if let Some(base) = &baseline {
+            let binary = base.join("target/release/steward");
+            configs.push(Config { name: format!("{name} (baseline)"), semantic, full, binary, root: base.clone() });
+        }
+        configs.push(Config { name: name.to_owned(), semantic, full, binary: env!("CARGO_BIN_EXE_steward").into(), root: root() });
+    }
+    configs
+}
+
+/// Steward's settings for `config`, isolated by a fresh name for this run.
+async fn steward_env(config: &Config, upstream_port: u16, port: u16, dir: &Path, extra: &[(&str, String)]) -> StewardEnv {
+    let root = &config.root;
+    let run = format!("bench{}", uuid::Uuid::new_v4().simple());
+    let mut vars: Vec<(String, String)> = vec![
+        ("STEWARD_SERVER__BIND".into(), format!("127.0.0.1:{port}")),
+        ("STEWARD_SLM__BASE_URL".into(), format!("http://127.0.0.1:{upstream_port}/v1")),
+        ("STEWARD_POLICY__SIGNING_KEY".into(), "bench-signing-key-0123456789abcdef0123".into()),
+        ("STEWARD_POLICY__CONSTITUTION".into(), root.join("config/constitution.toml").display().to_string()),
+        ("STEWARD_MODERATION__MODEL_DIR".into(), root.join(".models/all-minilm-l6-v2").display().to_string()),
+        ("STEWARD_MODERATION__SEMANTIC".into(), if config.semantic { "on" } else { "off" }.into()),
+        ("STEWARD_CONFIG_DIR".into(), root.join("config").display().to_string()),
+    ];
+    if config.full {
+        let admin = std::env::var("STEWARD_BENCH_POSTGRES_URL").unwrap();
+        let db = steward::db::Database::connect(&admin, 1).await.expect("postgres");
+        sqlx::query(&format!("CREATE DATABASE {run}")).execute(db.pool()).await.expect("create database");
+        let (base, _) = admin.rsplit_once('/').expect("postgres url with a database");
+        vars.push(("STEWARD_DATABASE__URL".into(), format!("{base}/{run}")));
+        vars.push(("STEWARD_REDIS__URL".into(), std::env::var("STEWARD_BENCH_REDIS_URL").unwrap()));
+        vars.push(("STEWARD_REDIS__KEY_PREFIX".into(), format!("{run}:")));
+        vars.push(("STEWARD_KAFKA__BROKERS".into(), format!("[\"{}\"]", std::env::var("STEWARD_BENCH_KAFKA").unwrap())));
+        vars.push(("STEWARD_KAFKA__CONVERSATION_TOPIC".into(), format!("{run}.conversation")));
+        vars.push(("STEWARD_KAFKA__TRAINING_TOPIC".into(), format!("{run}.training")));
+    } else {
+        vars.push(("STEWARD_DATABASE__URL".into(), format!("sqlite://{}?mode=rwc", dir.join(format!("{run}.db")).display())));
+    }
+    vars.extend(extra.iter().map(|(k, v)| ((*k).to_owned(), v.clone())));
+    StewardEnv { binary: config.binary.clone(), root: root.clone(), vars }
+}
+
+async fn start_steward(env: &StewardEnv, port: u16, log: &Path) -> (Proc, String) {
+    let key = env.create_key();
+    let proc = env.serve(log);
+    // The first start with the semantic layer on may embed the exemplars (`steward moderation prepare` does it ahead).
+    wait_healthy("steward", &format!("http://127.0.0.1:{port}/healthz"), Duration::from_secs(300)).await;
+    (proc, key)
+}
+
+struct Row {
+    target: String,
+    clients: usize,
+    outcome: Outcome,
+    rss_kib: u64,
+    peak_kib: u64,
+}
+
+fn print_table(rows: &[Row]) {
+    let p = |v: &[f64], q: f64| {
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        if v.is_empty() {
+            f64::NAN
+        } else {
+            stats::percentile(&v, q)
+        }
+    };
+    println!("\n| target | clients | TTFT p50 ms | TTFT p99 ms | completion p50 ms | completion p99 ms | req/s | failed / no content | RSS MiB (peak) |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for row in rows {
+        let o = &row.outcome;
+        println!(
+            "| {} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.0} | {} / {} | {:.1} ({:.1}) |",
+            row.target,
+            row.clients,
+            p(&o.ttft_ms, 50.0),
+            p(&o.ttft_ms, 99.0),
+            p(&o.completion_ms, 50.0),
+            p(&o.completion_ms, 99.0),
+            o.rate(),
+            o.failures,
+            o.empty,
+            row.rss_kib as f64 / 1024.0,
+            row.peak_kib as f64 / 1024.0
+        );
+    }
+}
+
+async fn run_levels(rows: &mut Vec<Row>, name: &str, proc: &Proc, target: &Target, levels: &[usize], warmup: Duration, measure: Duration) {
+    for &clients in levels {
+        let http = reqwest::Client::builder().tcp_nodelay(true).pool_max_idle_per_host(clients.max(1)).build().expect("client");
+        let outcome = closed_loop(&http, target, clients, warmup, measure).await;
+        let (rss_kib, peak_kib) = proc.memory_kib();
+        eprintln!("{name} c={clients}: {:.0} req/s, {} failed, {} without content", outcome.rate(), outcome.failures, outcome.empty);
+        rows.push(Row { target: name.to_owned(), clients, outcome, rss_kib, peak_kib });
+    }
+}
+
+fn main() {
+    if std::env::var("STEWARD_BENCH_ROLE").as_deref() == Ok("upstream") {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        let port = args[0].parse().expect("port");
+        upstream::serve(port, Replay::from_args(&args[1..])).expect("upstream");
+        return;
+    }
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime").block_on(bench());
+}
+
+async fn bench() {
+    let replay = Replay {
+        tokens: env_or("STEWARD_BENCH_TOKENS", 32),
+        first_delay: Duration::from_micros(env_or("STEWARD_BENCH_FIRST_DELAY_US", 0)),
+        token_delay: Duration::from_micros(env_or("STEWARD_BENCH_TOKEN_DELAY_US", 0)),
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    if std::env::var("STEWARD_BENCH_MODE").as_deref() == Ok("idle") {
+        return idle::run(dir.path()).await;
+    }
+    let levels: Vec<usize> =
+        std::env::var("STEWARD_BENCH_CLIENTS").unwrap_or_else(|_| "1,16,64,256".into()).split(',').filter_map(|v| v.trim().parse().ok()).collect();
+    let warmup = Duration::from_secs_f64(env_or("STEWARD_BENCH_WARMUP_SECONDS", 1.0));
+    let measure = Duration::from_secs_f64(env_or("STEWARD_BENCH_SECONDS", 5.0));
+    let up_port = free_port();
+    let upstream = process::upstream(up_port, replay.to_args());
+    wait_healthy("upstream", &format!("http://127.0.0.1:{up_port}/health"), Duration::from_secs(10)).await;
+    println!(
+        "replay upstream: {} tokens, first-token delay {:?}, per-token delay {:?}; {warmup:?} warm-up then {measure:?} per level",
+        replay.tokens, replay.first_delay, replay.token_delay
+    );
+
+    let tokens = replay.tokens;
+    let direct = Target {
+        url: format!("http://127.0.0.1:{up_port}/v1/chat/completions"),
+        bearer: None,
+        body: Arc::new(move |n| {
+            json!({
+                "model": "replay", "stream": true, "stream_options": { "include_usage": true }, "max_tokens": tokens,
+                "messages": [{ "role": "system", "content": "You are a helpful assistant." }, { "role": "user", "content": prompt(n) }],
+            })
+        }),
+        content_marker: b"\"content\":",
+    };
+    let mut rows = Vec::new();
+    run_levels(&mut rows, "upstream alone", &upstream, &direct, &levels, warmup, measure).await;
+
+    for config in configs() {
+        let port = free_port();
+        let env = steward_env(&config, up_port, port, dir.path(), &[]).await;
+        let log = dir.path().join(format!("steward-{}.log", config.name.replace(' ', "-")));
+        let (steward, key) = start_steward(&env, port, &log).await;
+        let (rss, _) = steward.memory_kib();
+        println!("steward {}: RSS at rest {:.1} MiB", config.name, rss as f64 / 1024.0);
+        let target = Target {
+            url: format!("http://127.0.0.1:{port}/v1/chat/stream"),
+            bearer: Some(key),
+            body: Arc::new(move |n| json!({ "message": prompt(n), "max_tokens": tokens, "temperature": 0 })),
+            content_marker: b"event: delta",
+        };
+        run_levels(&mut rows, &format!("steward {}", config.name), &steward, &target, &levels, warmup, measure).await;
+    }
+    print_table(&rows);
+    let at = |target: &str| rows.iter().find(|r| r.target == target && r.clients == 1);
+    if let Some(base) = at("upstream alone") {
+        for row in rows.iter().filter(|r| r.clients == 1 && r.target != "upstream alone") {
+            let med = |v: &[f64], q: f64| {
+                let mut v = v.to_vec();
+                v.sort_by(f64::total_cmp);
+                stats::percentile(&v, q)
+            };
+            println!(
+                "{} at c=1, over the upstream alone: TTFT p50 {:+.3} ms, p99 {:+.3} ms; completion p50 {:+.3} ms",
+                row.target,
+                med(&row.outcome.ttft_ms, 50.0) - med(&base.outcome.ttft_ms, 50.0),
+                med(&row.outcome.ttft_ms, 99.0) - med(&base.outcome.ttft_ms, 99.0),
+                med(&row.outcome.completion_ms, 50.0) - med(&base.outcome.completion_ms, 50.0),
+            );
+        }
+    }
+    drop(upstream);
+}

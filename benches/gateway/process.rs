@@ -1,0 +1,96 @@
+//! Child processes of the bench: Steward's release binary and the replay
+//! upstream (this bench binary again, in its upstream role), with their
+//! memory read from `/proc`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A child process killed when dropped.
+pub struct Proc {
+    pub child: Child,
+}
+
+impl Proc {
+    /// Resident and peak resident memory, in KiB (`VmRSS`, `VmHWM`).
+    pub fn memory_kib(&self) -> (u64, u64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        let field =
+            |name: &str| status.lines().find(|l| l.starts_with(name)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).unwrap_or(0);
+        (field("VmRSS:"), field("VmHWM:"))
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A port nobody listens on now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+/// Polls `url` until it answers 2xx, or panics after `limit` naming `name`.
+pub async fn wait_healthy(name: &str, url: &str, limit: Duration) {
+    let http = reqwest::Client::new();
+    let started = Instant::now();
+    while started.elapsed() < limit {
+        if http.get(url).send().await.is_ok_and(|r| r.status().is_success()) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{name} did not answer {url} within {limit:?}");
+}
+
+/// Starts the replay upstream as a copy of this binary.
+pub fn upstream(port: u16, args: Vec<String>) -> Proc {
+    let exe = std::env::current_exe().expect("current exe");
+    let child = Command::new(exe)
+        .env("STEWARD_BENCH_ROLE", "upstream")
+        .arg(port.to_string())
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn upstream");
+    Proc { child }
+}
+
+/// Which Steward binary runs, from which checkout (its `config/`, constitution and model).
+pub struct StewardEnv {
+    pub binary: PathBuf,
+    pub root: PathBuf,
+    pub vars: Vec<(String, String)>,
+}
+
+impl StewardEnv {
+    fn command(&self) -> Command {
+        let mut command = Command::new(&self.binary);
+        command.current_dir(&self.root).env_clear();
+        for key in ["PATH", "HOME", "LANG"] {
+            if let Ok(value) = std::env::var(key) {
+                command.env(key, value);
+            }
+        }
+        command.envs(self.vars.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        command
+    }
+
+    /// Creates a chat key for tenant `bench` and returns it.
+    pub fn create_key(&self) -> String {
+        let out = self.command().args(["keys", "create", "--tenant", "bench"]).output().expect("steward keys create");
+        assert!(out.status.success(), "keys create failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).expect("utf-8 key").trim().to_owned()
+    }
+
+    /// Serves with its log written to `log`.
+    pub fn serve(&self, log: &Path) -> Proc {
+        let file = std::fs::File::create(log).expect("steward log file");
+        let child = self.command().arg("serve").stdout(Stdio::null()).stderr(file).spawn().expect("spawn steward");
+        Proc { child }
+    }
+}
