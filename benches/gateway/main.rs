@@ -24,7 +24,6 @@
 mod idle;
 mod load;
 mod process;
-#[allow(dead_code)] // one summary helper is for the other benches
 #[path = "../stats/mod.rs"]
 mod stats;
 mod upstream;
@@ -131,15 +130,7 @@ struct Row {
 }
 
 fn print_table(rows: &[Row]) {
-    let p = |v: &[f64], q: f64| {
-        let mut v = v.to_vec();
-        v.sort_by(f64::total_cmp);
-        if v.is_empty() {
-            f64::NAN
-        } else {
-            stats::percentile(&v, q)
-        }
-    };
+    let p = stats::percentile_of;
     println!("\n| target | clients | TTFT p50 ms | TTFT p99 ms | completion p50 ms | completion p99 ms | req/s | failed / no content | RSS MiB (peak) |");
     println!("|---|---|---|---|---|---|---|---|---|");
     for row in rows {
@@ -237,11 +228,7 @@ async fn bench() {
     let at = |target: &str| rows.iter().find(|r| r.target == target && r.clients == 1);
     if let Some(base) = at("upstream alone") {
         for row in rows.iter().filter(|r| r.clients == 1 && r.target != "upstream alone") {
-            let med = |v: &[f64], q: f64| {
-                let mut v = v.to_vec();
-                v.sort_by(f64::total_cmp);
-                stats::percentile(&v, q)
-            };
+            let med = stats::percentile_of;
             println!(
                 "{} at c=1, over the upstream alone: TTFT p50 {:+.3} ms, p99 {:+.3} ms; completion p50 {:+.3} ms",
                 row.target,

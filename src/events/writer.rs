@@ -95,25 +95,23 @@ async fn write_loop(store: OutboxStore, mut rx: mpsc::Receiver<Job>, committed: 
 /// Adds what is queued to `jobs`, lingering while no job is awaited.
 async fn gather(rx: &mut mpsc::Receiver<Job>, jobs: &mut Vec<Job>, cancel: &CancellationToken) {
     let mut count: usize = jobs.iter().map(|j| j.items.len()).sum();
-    while count < MAX_BATCH {
-        match rx.try_recv() {
-            Ok(job) => {
-                count += job.items.len();
-                jobs.push(job);
-            }
-            Err(_) => break,
-        }
-    }
+    let mut awaited = jobs.iter().any(|j| j.ack.is_some());
     let until = tokio::time::Instant::now() + LINGER;
-    while count < MAX_BATCH && !cancel.is_cancelled() && jobs.iter().all(|j| j.ack.is_none()) {
-        let job = tokio::select! {
-            job = tokio::time::timeout_at(until, rx.recv()) => match job {
-                Ok(Some(job)) => job,
-                Ok(None) | Err(_) => break,
+    while count < MAX_BATCH {
+        let job = match rx.try_recv() {
+            Ok(job) => job,
+            // Nothing queued: stop, or linger while nobody awaits what is gathered.
+            Err(_) if awaited || cancel.is_cancelled() => break,
+            Err(_) => tokio::select! {
+                job = tokio::time::timeout_at(until, rx.recv()) => match job {
+                    Ok(Some(job)) => job,
+                    Ok(None) | Err(_) => break,
+                },
+                () = cancel.cancelled() => break,
             },
-            () = cancel.cancelled() => break,
         };
         count += job.items.len();
+        awaited |= job.ack.is_some();
         jobs.push(job);
     }
 }

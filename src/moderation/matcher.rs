@@ -131,20 +131,25 @@ impl Moderator {
     /// Checks a user input: phrases (one automaton pass) over the normalised
     /// text, patterns (`RegexSet` passes) over the folded and normalised text.
     pub fn check_input(&self, text: &str) -> Decision {
-        let normalized = normalize(text);
+        self.check_normalized(text, &normalize(text))
+    }
+
+    /// [`Moderator::check_input`] with the text's normalised form already made.
+    fn check_normalized(&self, text: &str, normalized: &str) -> Decision {
         let mut matched = vec![false; self.phrases.hits.len()];
         let mut mark = |category: Option<usize>| {
             if let Some(slot) = category.and_then(|i| matched.get_mut(i)) {
                 *slot = true;
             }
         };
-        for found in self.phrases.automaton.find_overlapping_iter(&normalized) {
+        for found in self.phrases.automaton.find_overlapping_iter(normalized) {
             mark(self.phrases.phrase_category.get(found.pattern().as_usize()).copied());
         }
         // Patterns see both forms: the folded one keeps digits and symbols as
         // written (card numbers, e-mail addresses), the full one reads disguises.
-        for form in [fold(text), normalized] {
-            for i in self.patterns.matches(&form).iter() {
+        let folded = fold(text);
+        for form in [folded.as_str(), normalized] {
+            for i in self.patterns.matches(form).iter() {
                 mark(self.pattern_category.get(i).copied());
             }
         }
@@ -159,10 +164,13 @@ impl Moderator {
     /// Checks every caller-supplied message of a turn, each on its own and
     /// all joined, so a phrase split across messages is found too.
     pub fn check_messages(&self, messages: &[&str]) -> Decision {
-        let joined = messages.join("\n");
+        self.check_forms(&judged_forms(messages))
+    }
+
+    /// The lexicon's decision over (text, normalised text) pairs, hits in constitution order.
+    fn check_forms(&self, forms: &[(String, String)]) -> Decision {
         let mut hits: Vec<Hit> = Vec::new();
-        let checks = messages.iter().copied().chain((messages.len() > 1).then_some(joined.as_str()));
-        for decision in checks.map(|text| self.check_input(text)) {
+        for decision in forms.iter().map(|(text, normalized)| self.check_normalized(text, normalized)) {
             if let Decision::Refuse(found) = decision {
                 hits.extend(found);
             }
@@ -183,14 +191,13 @@ impl Moderator {
     /// blocking thread: it is CPU work).
     pub async fn judge_messages(&self, messages: Vec<String>) -> Result<Decision, ModerationError> {
         let texts: Vec<&str> = messages.iter().map(String::as_str).collect();
-        let decision = self.check_messages(&texts);
+        // Each text is normalised once, for both layers.
+        let forms = judged_forms(&texts);
+        let decision = self.check_forms(&forms);
         if matches!(decision, Decision::Refuse(_)) || !self.semantic.is_on() {
             return Ok(decision);
         }
-        let mut pieces: Vec<String> = messages.iter().map(|m| normalize(m)).collect();
-        if pieces.len() > 1 {
-            pieces.push(normalize(&messages.join("\n")));
-        }
+        let pieces = forms.into_iter().map(|(_, normalized)| normalized).collect();
         let category = self.judge_blocking(pieces, Semantic::judge).await?;
         Ok(match category.and_then(|i| self.phrases.hit(Some(i))) {
             Some(hit) => Decision::Refuse(vec![hit]),
@@ -235,4 +242,19 @@ impl Moderator {
     pub fn longest_phrase_chars(&self) -> usize {
         self.phrases.longest_chars
     }
+}
+
+/// What a turn's messages are judged as: each message, and all of them
+/// joined when there are several, each with its normalised form.
+fn judged_forms(messages: &[&str]) -> Vec<(String, String)> {
+    let joined = (messages.len() > 1).then(|| messages.join("\n"));
+    messages
+        .iter()
+        .map(|m| (*m).to_owned())
+        .chain(joined)
+        .map(|text| {
+            let normalized = normalize(&text);
+            (text, normalized)
+        })
+        .collect()
 }
