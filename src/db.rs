@@ -1,7 +1,8 @@
 //! The database handle shared by the stores: SQLite (embedded default) or
 //! PostgreSQL, chosen by the URL, through sqlx's `Any` driver so that every
 //! store has one set of queries. Queries use `$1` placeholders, which both
-//! backends accept, and only portable types (TEXT, BIGINT).
+//! backends accept (multi-row statements use [`Backend::values`]), and only
+//! portable types (TEXT, BIGINT).
 
 use std::time::Duration;
 
@@ -25,6 +26,52 @@ pub enum DbError {
     Connect(#[source] sqlx::Error),
     #[error("could not apply migrations")]
     Migrate(#[source] sqlx::migrate::MigrateError),
+}
+
+impl Backend {
+    /// The `VALUES` list of a multi-row statement: `rows` rows of `cols`
+    /// parameters, bound in order. PostgreSQL gets `($1, $2), ($3, $4)`;
+    /// SQLite gets `(?, ?), (?, ?)`, because it finds a numbered parameter by
+    /// a linear search of the statement's names, which makes binding and
+    /// parsing a statement of many `$n` grow with the square of their count.
+    pub fn values(self, rows: usize, cols: usize) -> String {
+        let mut sql = String::with_capacity(rows * cols * 5);
+        for row in 0..rows {
+            sql.push_str(if row == 0 { "(" } else { ", (" });
+            for col in 0..cols {
+                if col > 0 {
+                    sql.push_str(", ");
+                }
+                match self {
+                    Self::Postgres => {
+                        sql.push('$');
+                        sql.push_str(&(row * cols + col + 1).to_string());
+                    }
+                    Self::Sqlite => sql.push('?'),
+                }
+            }
+            sql.push(')');
+        }
+        sql
+    }
+}
+
+/// Splits `items` into runs for multi-row statements: each run's length is a
+/// power of two, at most `max`, largest first. A statement then comes in a
+/// handful of shapes, each prepared once and kept in the connection's
+/// statement cache, instead of a new shape for every batch size.
+pub fn runs<T>(items: &[T], max: usize) -> impl Iterator<Item = &[T]> {
+    let max = max.max(1);
+    let mut rest = items;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let len = 1usize << rest.len().min(max).ilog2();
+        let (run, tail) = rest.split_at(len);
+        rest = tail;
+        Some(run)
+    })
 }
 
 /// A pool plus the backend it speaks to.
@@ -103,4 +150,27 @@ pub fn rfc3339(ms: i64) -> String {
 /// Milliseconds since the Unix epoch, the timestamp type of every table.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_number_parameters_for_postgres_and_leave_them_positional_for_sqlite() {
+        assert_eq!(Backend::Postgres.values(2, 3), "($1, $2, $3), ($4, $5, $6)");
+        assert_eq!(Backend::Sqlite.values(2, 2), "(?, ?), (?, ?)");
+        assert_eq!(Backend::Sqlite.values(1, 1), "(?)");
+    }
+
+    #[test]
+    fn runs_cover_every_item_in_order_in_power_of_two_lengths() {
+        for n in 0..300usize {
+            let items: Vec<usize> = (0..n).collect();
+            let runs: Vec<&[usize]> = runs(&items, 128).collect();
+            assert!(runs.iter().all(|r| r.len().is_power_of_two() && r.len() <= 128), "n={n}");
+            assert!(runs.windows(2).all(|w| w[0].len() >= w[1].len()), "largest first, n={n}");
+            assert_eq!(runs.concat(), items, "n={n}");
+        }
+    }
 }

@@ -11,6 +11,7 @@ use actix_web::{web, HttpRequest, HttpResponseBuilder};
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use serde::Serialize;
+use tokio::time::Instant;
 
 use crate::error::{ApiError, Code};
 use crate::telemetry::TraceContext;
@@ -18,27 +19,66 @@ use crate::telemetry::TraceContext;
 /// One SSE event: `event: <name>\ndata: <json>\n\n`. JSON never contains a raw
 /// newline, so the data fits one `data:` line.
 pub fn sse_frame(name: &str, data: &impl Serialize) -> Bytes {
-    let json = serde_json::to_string(data).unwrap_or_else(|_| "{}".into());
-    Bytes::from(format!("event: {name}\ndata: {json}\n\n"))
+    let mut frame = Vec::with_capacity(FRAME_CAPACITY);
+    frame.extend_from_slice(b"event: ");
+    frame.extend_from_slice(name.as_bytes());
+    frame.extend_from_slice(b"\ndata: ");
+    let start = frame.len();
+    if serde_json::to_writer(&mut frame, data).is_err() {
+        frame.truncate(start);
+        frame.extend_from_slice(b"{}");
+    }
+    frame.extend_from_slice(b"\n\n");
+    Bytes::from(frame)
 }
+
+/// Room for a typical frame (a delta of a few tokens), so it is built in one allocation.
+const FRAME_CAPACITY: usize = 128;
 
 /// A bare `data: …` frame (the OpenAI streaming format).
 pub fn sse_data(data: &str) -> Bytes {
-    Bytes::from(format!("data: {data}\n\n"))
+    let mut frame = Vec::with_capacity(data.len() + 8);
+    frame.extend_from_slice(b"data: ");
+    frame.extend_from_slice(data.as_bytes());
+    frame.extend_from_slice(b"\n\n");
+    Bytes::from(frame)
 }
 
 /// Interleaves `: keep-alive` comments whenever `stream` is silent for `every`.
+///
+/// One timer serves the whole stream: a frame only notes when it was sent,
+/// and the timer, when it fires, either sends a comment or moves to `every`
+/// after the last frame. (A timeout per frame would register and cancel a
+/// timer for every token.)
 pub fn with_keepalive<S>(stream: S, every: Duration) -> impl Stream<Item = Result<Bytes, Infallible>>
 where
     S: Stream<Item = Bytes> + Unpin,
 {
     async_stream::stream! {
         let mut stream = stream;
+        let mut last = Instant::now();
+        let tick = tokio::time::sleep_until(last + every);
+        tokio::pin!(tick);
         loop {
-            match tokio::time::timeout(every, stream.next()).await {
-                Err(_) => yield Ok(Bytes::from_static(b": keep-alive\n\n")),
-                Ok(Some(frame)) => yield Ok(frame),
-                Ok(None) => break,
+            tokio::select! {
+                biased;
+                next = stream.next() => match next {
+                    Some(frame) => {
+                        last = Instant::now();
+                        yield Ok(frame);
+                    }
+                    None => break,
+                },
+                () = &mut tick => {
+                    let due = last + every;
+                    if Instant::now() >= due {
+                        last = Instant::now();
+                        tick.as_mut().reset(last + every);
+                        yield Ok(Bytes::from_static(b": keep-alive\n\n"));
+                    } else {
+                        tick.as_mut().reset(due);
+                    }
+                }
             }
         }
     }
@@ -98,4 +138,45 @@ pub fn json_config(limit: usize) -> web::JsonConfig {
         };
         api.into()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::stream;
+
+    #[test]
+    fn a_frame_names_its_event_and_carries_its_data_on_one_line() {
+        let frame = sse_frame("delta", &serde_json::json!({ "content": "two\nlines \"quoted\"" }));
+        assert_eq!(&frame[..], b"event: delta\ndata: {\"content\":\"two\\nlines \\\"quoted\\\"\"}\n\n");
+        assert_eq!(&sse_data("[DONE]")[..], b"data: [DONE]\n\n");
+    }
+
+    async fn collect(frames: impl Stream<Item = Result<Bytes, Infallible>>) -> Vec<Bytes> {
+        frames.map(|f| f.unwrap_or_else(|never| match never {})).collect().await
+    }
+
+    #[tokio::test]
+    async fn a_silent_stream_gets_keep_alive_comments_and_a_busy_one_none() {
+        const COMMENT: &[u8] = b": keep-alive\n\n";
+        // Silent for 260 ms between two frames, with a comment due every 50 ms.
+        let silent = stream::iter([0u64, 260]).then(|wait| async move {
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+            Bytes::from_static(b"event: delta\ndata: {}\n\n")
+        });
+        let frames = collect(with_keepalive(Box::pin(silent), Duration::from_millis(50))).await;
+        let comments = frames.iter().filter(|f| &f[..] == COMMENT).count();
+        assert!((2..=5).contains(&comments), "{comments} comments in 260 ms of silence at one per 50 ms");
+        assert_ne!(&frames[0][..], COMMENT, "the first frame was sent at once");
+        assert_ne!(&frames[frames.len() - 1][..], COMMENT, "the stream ends with its last frame");
+
+        // A frame every 5 ms keeps a 200 ms keep-alive from ever firing.
+        let busy = stream::iter(0..20).then(|_| async {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            Bytes::from_static(b"event: delta\ndata: {}\n\n")
+        });
+        let frames = collect(with_keepalive(Box::pin(busy), Duration::from_millis(200))).await;
+        assert_eq!(frames.len(), 20);
+        assert!(frames.iter().all(|f| &f[..] != COMMENT));
+    }
 }

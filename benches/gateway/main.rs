@@ -1,6 +1,7 @@
-//! Side by side, in one run: a replay upstream alone, and the same upstream
-//! through Steward (release binary, its own process), under closed-loop
-//! streaming clients at several concurrencies. Prints time to first content
+//! Side by side, in one run: a replay upstream alone, through a pass-through
+//! proxy on Steward's stack (the floor for any gateway here), and through
+//! Steward (release binary, its own process), under closed-loop streaming
+//! clients at several concurrencies. Prints time to first content
 //! and completion time (p50/p99), requests per second and resident memory,
 //! as one markdown table.
 //!
@@ -16,6 +17,8 @@
 //! `STEWARD_BENCH_WARMUP_SECONDS` (1), `STEWARD_BENCH_TOKENS` (32),
 //! `STEWARD_BENCH_TOKEN_DELAY_US` (0), `STEWARD_BENCH_FIRST_DELAY_US` (0),
 //! `STEWARD_BENCH_STEWARD` (configurations to run, e.g. `embedded-off,full-on`),
+//! `STEWARD_BENCH_PROXY` (`per-worker`, `shared`, both comma-separated, or
+//! `none`: the pass-through proxy's connection pool),
 //! `STEWARD_BENCH_BASELINE` (another checkout with a release build: each
 //! configuration runs there first, for a before/after in one run).
 
@@ -24,6 +27,7 @@
 mod idle;
 mod load;
 mod process;
+mod proxy;
 #[path = "../stats/mod.rs"]
 mod stats;
 mod upstream;
@@ -152,6 +156,23 @@ fn print_table(rows: &[Row]) {
     }
 }
 
+/// Each target's throughput as a share of the upstream alone's and of the
+/// pass-through proxy's (per-worker pool) at the same concurrency.
+fn print_shares(rows: &[Row]) {
+    let rate = |target: &str, clients: usize| rows.iter().find(|r| r.target == target && r.clients == clients).map(|r| r.outcome.rate());
+    for row in rows.iter().filter(|r| r.target != "upstream alone") {
+        let share = |base: Option<f64>| base.map_or("—".to_owned(), |b| format!("{:.0}%", 100.0 * row.outcome.rate() / b));
+        println!(
+            "{} at c={}: {:.0} req/s, {} of the upstream alone, {} of the pass-through proxy",
+            row.target,
+            row.clients,
+            row.outcome.rate(),
+            share(rate("upstream alone", row.clients)),
+            share(rate("pass-through proxy (per-worker pool)", row.clients)),
+        );
+    }
+}
+
 async fn run_levels(rows: &mut Vec<Row>, name: &str, proc: &Proc, target: &Target, levels: &[usize], warmup: Duration, measure: Duration) {
     for &clients in levels {
         let http = reqwest::Client::builder().tcp_nodelay(true).pool_max_idle_per_host(clients.max(1)).build().expect("client");
@@ -163,11 +184,13 @@ async fn run_levels(rows: &mut Vec<Row>, name: &str, proc: &Proc, target: &Targe
 }
 
 fn main() {
-    if std::env::var("STEWARD_BENCH_ROLE").as_deref() == Ok("upstream") {
-        let args: Vec<String> = std::env::args().skip(1).collect();
-        let port = args[0].parse().expect("port");
-        upstream::serve(port, Replay::from_args(&args[1..])).expect("upstream");
-        return;
+    let role = std::env::var("STEWARD_BENCH_ROLE").unwrap_or_default();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let port = || args[0].parse().expect("port");
+    match role.as_str() {
+        "upstream" => return upstream::serve(port(), Replay::from_args(&args[1..])).expect("upstream"),
+        "proxy" => return proxy::serve(port(), args[1].parse().expect("upstream port"), args[2] == "shared").expect("proxy"),
+        _ => {}
     }
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime").block_on(bench());
 }
@@ -187,7 +210,7 @@ async fn bench() {
     let warmup = Duration::from_secs_f64(env_or("STEWARD_BENCH_WARMUP_SECONDS", 1.0));
     let measure = Duration::from_secs_f64(env_or("STEWARD_BENCH_SECONDS", 5.0));
     let up_port = free_port();
-    let upstream = process::upstream(up_port, replay.to_args());
+    let upstream = process::helper("upstream", up_port, replay.to_args());
     wait_healthy("upstream", &format!("http://127.0.0.1:{up_port}/health"), Duration::from_secs(10)).await;
     println!(
         "replay upstream: {} tokens, first-token delay {:?}, per-token delay {:?}; {warmup:?} warm-up then {measure:?} per level",
@@ -208,6 +231,14 @@ async fn bench() {
     };
     let mut rows = Vec::new();
     run_levels(&mut rows, "upstream alone", &upstream, &direct, &levels, warmup, measure).await;
+    // The floor for a gateway on this stack: a pass-through proxy (`STEWARD_BENCH_PROXY`: per-worker, shared or none).
+    for pool in std::env::var("STEWARD_BENCH_PROXY").unwrap_or_else(|_| "per-worker".into()).split(',').filter(|p| *p == "per-worker" || *p == "shared") {
+        let port = free_port();
+        let proxy = process::helper("proxy", port, vec![up_port.to_string(), pool.to_owned()]);
+        wait_healthy("proxy", &format!("http://127.0.0.1:{port}/health"), Duration::from_secs(10)).await;
+        let through = Target { url: format!("http://127.0.0.1:{port}/v1/chat/completions"), ..direct.clone() };
+        run_levels(&mut rows, &format!("pass-through proxy ({pool} pool)"), &proxy, &through, &levels, warmup, measure).await;
+    }
 
     for config in configs() {
         let port = free_port();
@@ -225,6 +256,7 @@ async fn bench() {
         run_levels(&mut rows, &format!("steward {}", config.name), &steward, &target, &levels, warmup, measure).await;
     }
     print_table(&rows);
+    print_shares(&rows);
     let at = |target: &str| rows.iter().find(|r| r.target == target && r.clients == 1);
     if let Some(base) = at("upstream alone") {
         for row in rows.iter().filter(|r| r.clients == 1 && r.target != "upstream alone") {

@@ -46,11 +46,11 @@ pub async fn wait_healthy(name: &str, url: &str, limit: Duration) {
     panic!("{name} did not answer {url} within {limit:?}");
 }
 
-/// Starts the replay upstream as a copy of this binary.
-pub fn upstream(port: u16, args: Vec<String>) -> Proc {
+/// Starts a copy of this binary in `role` (`upstream`, `proxy`).
+pub fn helper(role: &str, port: u16, args: Vec<String>) -> Proc {
     let exe = std::env::current_exe().expect("current exe");
     let child = Command::new(exe)
-        .env("STEWARD_BENCH_ROLE", "upstream")
+        .env("STEWARD_BENCH_ROLE", role)
         .arg(port.to_string())
         .args(args)
         .stdout(Stdio::null())
@@ -71,7 +71,7 @@ impl StewardEnv {
     fn command(&self) -> Command {
         let mut command = Command::new(&self.binary);
         command.current_dir(&self.root).env_clear();
-        for key in ["PATH", "HOME", "LANG"] {
+        for key in ["PATH", "HOME", "LANG", "MALLOC_ARENA_MAX", "GLIBC_TUNABLES"] {
             if let Ok(value) = std::env::var(key) {
                 command.env(key, value);
             }

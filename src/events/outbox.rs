@@ -4,6 +4,7 @@
 //! `outbox_pending`; `outbox` itself is never changed), the relay lease and
 //! pending statistics.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
@@ -11,7 +12,7 @@ use serde_json::{json, Value};
 use sqlx::Row;
 
 use super::model::{event_hash, ConversationEvent, NewEvent, ZERO_HASH};
-use crate::db::{now_ms, Database};
+use crate::db::{now_ms, runs, Backend, Database};
 
 /// A state change that commits in the same transaction as the events
 /// beside it (the transactional outbox), e.g. the finished turn's row. It
@@ -67,22 +68,7 @@ impl OutboxStore {
             .collect();
         keys.sort();
         keys.dedup();
-        let mut heads = std::collections::HashMap::new();
-        for key in &keys {
-            // One statement creates the chain head if needed and reads it. The upsert's
-            // update takes the row lock on PostgreSQL (as FOR UPDATE would), held until
-            // commit, so a concurrent writer of the same session waits for this chain.
-            let row = sqlx::query(
-                "INSERT INTO event_chains (chain_key, last_seq, last_hash) VALUES ($1, 0, $2) \
-                 ON CONFLICT (chain_key) DO UPDATE SET chain_key = excluded.chain_key \
-                 RETURNING last_seq, last_hash",
-            )
-            .bind(key)
-            .bind(ZERO_HASH)
-            .fetch_one(&mut *tx)
-            .await?;
-            heads.insert(key.clone(), (row.try_get::<i64, _>("last_seq")?, row.try_get::<String, _>("last_hash")?));
-        }
+        let mut heads = read_heads(&mut tx, self.db.backend(), &keys).await?;
         let now = now_ms();
         let mut rows = Vec::with_capacity(batch.len());
         for item in batch {
@@ -114,35 +100,25 @@ impl OutboxStore {
             }
         }
         // Many rows per statement: ids follow the order of the rows, so each chain's events keep their order.
-        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-            let values: Vec<String> = (0..chunk.len()).map(|i| placeholders(i * 7, 7)).collect();
+        let backend = self.db.backend();
+        for chunk in runs(&rows, ROWS_PER_STATEMENT) {
             let sql = format!(
                 "INSERT INTO outbox (topic, record_key, session_id, event_type, payload, headers, created_at) VALUES {} RETURNING id",
-                values.join(", ")
+                backend.values(chunk.len(), 7)
             );
             let mut insert = sqlx::query_scalar::<_, i64>(&sql);
             for row in chunk {
                 insert = insert.bind(&row.topic).bind(&row.key).bind(&row.session_id).bind(&row.event_type).bind(&row.payload).bind(&row.headers).bind(now);
             }
             let ids = insert.fetch_all(&mut *tx).await?;
-            let values: Vec<String> = (0..ids.len()).map(|i| placeholders(i * 2, 2)).collect();
-            let sql = format!("INSERT INTO outbox_pending (id, created_at) VALUES {}", values.join(", "));
+            let sql = format!("INSERT INTO outbox_pending (id, created_at) VALUES {}", backend.values(ids.len(), 2));
             let mut pending = sqlx::query(&sql);
             for id in ids {
                 pending = pending.bind(id).bind(now);
             }
             pending.execute(&mut *tx).await?;
         }
-        for key in &keys {
-            if let Some((seq, hash)) = heads.get(key) {
-                sqlx::query("UPDATE event_chains SET last_seq = $1, last_hash = $2 WHERE chain_key = $3")
-                    .bind(seq)
-                    .bind(hash)
-                    .bind(key)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-        }
+        write_heads(&mut tx, self.db.backend(), &keys, &heads).await?;
         tx.commit().await
     }
 
@@ -172,9 +148,9 @@ impl OutboxStore {
     }
 
     pub async fn mark_published(&self, ids: &[i64]) -> Result<(), sqlx::Error> {
-        for chunk in ids.chunks(500) {
-            let placeholders: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 1)).collect();
-            let sql = format!("DELETE FROM outbox_pending WHERE id IN ({})", placeholders.join(", "));
+        for chunk in runs(ids, 512) {
+            // One row of as many parameters as ids: `($1, $2, …)`, the `IN` list.
+            let sql = format!("DELETE FROM outbox_pending WHERE id IN {}", self.db.backend().values(1, chunk.len()));
             let mut query = sqlx::query(&sql);
             for id in chunk {
                 query = query.bind(*id);
@@ -232,8 +208,55 @@ impl OutboxStore {
     }
 }
 
-/// Rows per multi-row insert: 7 parameters each stays far below either backend's limit.
-const ROWS_PER_STATEMENT: usize = 200;
+/// Most rows per multi-row statement (a power of two: see [`runs`]); 7
+/// parameters each stays far below either backend's limit.
+const ROWS_PER_STATEMENT: usize = 128;
+
+/// Each chain's head (last seq, last hash), keyed by chain.
+type Heads = HashMap<String, (i64, String)>;
+
+/// Creates the chain heads that do not exist yet and reads them all, many
+/// chains per statement. `keys` are sorted: the upsert's update takes each
+/// row lock on PostgreSQL (as `FOR UPDATE` would) in that order, held until
+/// commit, so a concurrent writer of the same session waits for this chain
+/// and two writers cannot deadlock.
+async fn read_heads(tx: &mut sqlx::AnyConnection, backend: Backend, keys: &[String]) -> Result<Heads, sqlx::Error> {
+    let mut heads = HashMap::with_capacity(keys.len());
+    for chunk in runs(keys, ROWS_PER_STATEMENT) {
+        let sql = format!(
+            "INSERT INTO event_chains (chain_key, last_seq, last_hash) VALUES {} \
+             ON CONFLICT (chain_key) DO UPDATE SET chain_key = excluded.chain_key \
+             RETURNING chain_key, last_seq, last_hash",
+            backend.values(chunk.len(), 3)
+        );
+        let mut query = sqlx::query(&sql);
+        for key in chunk {
+            query = query.bind(key).bind(0_i64).bind(ZERO_HASH);
+        }
+        for row in query.fetch_all(&mut *tx).await? {
+            heads.insert(row.try_get("chain_key")?, (row.try_get::<i64, _>("last_seq")?, row.try_get::<String, _>("last_hash")?));
+        }
+    }
+    Ok(heads)
+}
+
+/// Moves each chain's head to its last appended event, many chains per statement.
+async fn write_heads(tx: &mut sqlx::AnyConnection, backend: Backend, keys: &[String], heads: &Heads) -> Result<(), sqlx::Error> {
+    let moved: Vec<(&String, &(i64, String))> = keys.iter().filter_map(|k| heads.get(k).map(|h| (k, h))).collect();
+    for chunk in runs(&moved, ROWS_PER_STATEMENT) {
+        let sql = format!(
+            "INSERT INTO event_chains (chain_key, last_seq, last_hash) VALUES {} \
+             ON CONFLICT (chain_key) DO UPDATE SET last_seq = excluded.last_seq, last_hash = excluded.last_hash",
+            backend.values(chunk.len(), 3)
+        );
+        let mut query = sqlx::query(&sql);
+        for (key, (seq, hash)) in chunk {
+            query = query.bind(*key).bind(*seq).bind(hash);
+        }
+        query.execute(&mut *tx).await?;
+    }
+    Ok(())
+}
 
 /// One outbox row about to be inserted.
 struct NewRow {
@@ -243,12 +266,6 @@ struct NewRow {
     event_type: String,
     payload: String,
     headers: String,
-}
-
-/// `($first+1, …, $first+n)`.
-fn placeholders(first: usize, n: usize) -> String {
-    let list: Vec<String> = (1..=n).map(|i| format!("${}", first + i)).collect();
-    format!("({})", list.join(", "))
 }
 
 fn conversation_headers(new: &NewEvent) -> Value {

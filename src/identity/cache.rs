@@ -6,38 +6,63 @@
 //! a caller guessing keys cannot fill the memory.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
+
+use futures_util::future::{BoxFuture, Shared};
+use futures_util::FutureExt;
 
 use super::domain::{ApiKey, IdentityError};
 use super::store::{KeyRecord, KeyStore};
 
+/// A database read of one key, shared by every request that waits for it.
+type Lookup = Shared<BoxFuture<'static, Result<Option<KeyRecord>, Arc<IdentityError>>>>;
+
 pub struct KeyCache {
     store: KeyStore,
     memory: Mutex<Memory>,
+    /// Reads under way, by key hash.
+    reading: Mutex<HashMap<String, Lookup>>,
 }
 
 impl KeyCache {
     pub fn new(store: KeyStore, ttl: Duration, capacity: usize) -> Self {
-        Self { store, memory: Mutex::new(Memory { ttl, capacity, entries: HashMap::new() }) }
+        Self { store, memory: Mutex::new(Memory { ttl, capacity, entries: HashMap::new() }), reading: Mutex::new(HashMap::new()) }
     }
 
     /// The live key with this secret: from memory if it was read less than the lifetime ago.
+    ///
+    /// One read per key at a time: when a key in use expires from memory under load, the
+    /// requests that miss it together share one database read, instead of each taking a
+    /// connection from the pool the event writer also needs.
     pub async fn find_active(&self, key: &str) -> Result<Option<KeyRecord>, IdentityError> {
         let hash = ApiKey::hash_of(key);
         if let Some(record) = self.memory().get(&hash, Instant::now()) {
             return Ok(Some(record));
         }
-        let found = self.store.find_active_by_hash(&hash).await?;
+        let lookup = lock(&self.reading)
+            .entry(hash.clone())
+            .or_insert_with(|| {
+                let (store, hash) = (self.store.clone(), hash.clone());
+                async move { store.find_active_by_hash(&hash).await.map_err(Arc::new) }.boxed().shared()
+            })
+            .clone();
+        let found = lookup.await;
+        lock(&self.reading).remove(&hash);
+        let found = found.map_err(IdentityError::Shared)?;
         if let Some(record) = &found {
             self.memory().put(hash, record.clone(), Instant::now());
         }
         Ok(found)
     }
 
-    fn memory(&self) -> std::sync::MutexGuard<'_, Memory> {
-        self.memory.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn memory(&self) -> MutexGuard<'_, Memory> {
+        lock(&self.memory)
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Records by key hash, each with the time it was read.

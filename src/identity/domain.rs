@@ -104,6 +104,9 @@ pub enum IdentityError {
     NoSuchKey(String),
     #[error("identity store failed")]
     Store(#[source] sqlx::Error),
+    /// A failed read shared by the requests that waited for it.
+    #[error(transparent)]
+    Shared(std::sync::Arc<IdentityError>),
 }
 
 impl ErrorCode for IdentityError {
@@ -114,6 +117,7 @@ impl ErrorCode for IdentityError {
             Self::InvalidTenant(_) | Self::UnknownCapability(_) => Code::InvalidRequest,
             Self::NoSuchKey(_) => Code::NotFound,
             Self::Store(_) => Code::Internal,
+            Self::Shared(inner) => inner.code(),
         }
     }
 }

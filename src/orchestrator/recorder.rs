@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use prometheus_client::metrics::counter::Counter;
 use serde_json::{json, Value};
 
 use super::store::{RecordTurn, TurnRecord};
@@ -43,6 +44,7 @@ pub struct Recorder {
     span_id: String,
     started: Instant,
     first_token_seen: bool,
+    deltas: Counter,
     pub usage: Option<Usage>,
 }
 
@@ -64,6 +66,7 @@ impl Recorder {
             created_at: now_ms(),
         };
         Self {
+            deltas: metrics.deltas(request.route),
             metrics,
             events,
             context,
@@ -83,7 +86,7 @@ impl Recorder {
             self.first_token_seen = true;
             self.metrics.first_token(self.route, self.started.elapsed());
         }
-        self.metrics.delta(self.route);
+        self.deltas.inc();
         if let Some(record) = self.record.as_mut() {
             record.assistant_message.push_str(text);
         }

@@ -85,6 +85,8 @@ impl Orchestrator {
         let metrics = self.metrics.clone();
         let context = turn_context(&request, &signed);
         let mut recorder = Recorder::new(self.metrics.clone(), self.events.clone(), context, &request, &signed, &self.settings.model);
+        // The commits awaited only when the turn ends are boxed where they are awaited: inline,
+        // they would size the stream, which an open turn holds, for the whole turn.
         Box::pin(async_stream::stream! {
             let mut finish = FinishReason::Stop;
             // (category, which layer found it) once the answer must be cut.
@@ -93,11 +95,11 @@ impl Orchestrator {
                 match item {
                     Ok(ModelEvent::Delta(text)) => match guard.push(&text) {
                         GuardStep::Release(safe) => {
+                            let pieces = sentences.as_mut().map(|s| s.push(&safe)).unwrap_or_default();
                             if !safe.is_empty() {
                                 recorder.emitted(&safe);
-                                yield TurnEvent::Delta(safe.clone());
+                                yield TurnEvent::Delta(safe);
                             }
-                            let pieces = sentences.as_mut().map(|s| s.push(&safe)).unwrap_or_default();
                             if let Some(hit) = judge_output(&moderator, &metrics, pieces).await {
                                 refusal = Some((hit, "semantic"));
                                 break;
@@ -113,7 +115,7 @@ impl Orchestrator {
                     Err(err) => {
                         let public = ApiError::from(err);
                         let data = json!({ "code": public.code().name(), "stage": "model", "content_included": false });
-                        let _ = recorder.finish(FinishReason::Error, RequestOutcome::Error, EventType::Failed, data).await;
+                        let _ = Box::pin(recorder.finish(FinishReason::Error, RequestOutcome::Error, EventType::Failed, data)).await;
                         yield TurnEvent::Error { code: public.code(), message: public.body().message };
                         yield TurnEvent::Done { finish_reason: FinishReason::Error, usage: None };
                         return;
@@ -122,12 +124,12 @@ impl Orchestrator {
             }
             if refusal.is_none() {
                 let rest = guard.finish();
-                if !rest.is_empty() {
-                    recorder.emitted(&rest);
-                    yield TurnEvent::Delta(rest.clone());
-                }
                 // The answer's last pieces are judged before `done`.
                 let last = sentences.as_mut().map(|s| s.push(&rest).into_iter().chain(s.finish()).collect()).unwrap_or_default();
+                if !rest.is_empty() {
+                    recorder.emitted(&rest);
+                    yield TurnEvent::Delta(rest);
+                }
                 refusal = judge_output(&moderator, &metrics, last).await.map(|hit| (hit, "semantic"));
             }
             if let Some((hit, layer)) = refusal {
@@ -136,7 +138,7 @@ impl Orchestrator {
                     "stage": "output", "layer": layer, "categories": [{ "code": hit.code, "category": hit.category }],
                     "content_included": false,
                 });
-                let stored = recorder.finish(FinishReason::Refused, RequestOutcome::Refuse, EventType::Refused, data).await;
+                let stored = Box::pin(recorder.finish(FinishReason::Refused, RequestOutcome::Refuse, EventType::Refused, data)).await;
                 yield TurnEvent::Refusal(hit);
                 if !stored {
                     yield not_stored();
@@ -147,7 +149,7 @@ impl Orchestrator {
                 return;
             }
             let data = recorder.completion_data(finish);
-            if !recorder.finish(finish, RequestOutcome::Allow, EventType::Completed, data).await {
+            if !Box::pin(recorder.finish(finish, RequestOutcome::Allow, EventType::Completed, data)).await {
                 yield not_stored();
                 yield TurnEvent::Done { finish_reason: FinishReason::Error, usage: recorder.usage };
                 return;
@@ -165,7 +167,8 @@ async fn judge_output(moderator: &Moderator, metrics: &Metrics, pieces: Vec<Stri
         return None;
     }
     let started = std::time::Instant::now();
-    let judged = moderator.judge_output(pieces).await;
+    // Boxed: the judgement's future would otherwise size every running turn's stream.
+    let judged = Box::pin(moderator.judge_output(pieces)).await;
     metrics.moderation_check("output", started.elapsed());
     match judged {
         Ok(hit) => hit,

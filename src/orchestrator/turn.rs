@@ -106,15 +106,25 @@ impl ErrorCode for OrchestratorError {
 
 impl TurnEvent {
     /// SSE event name and JSON data, as DESIGN.md defines them.
-    pub fn sse(&self) -> (&'static str, serde_json::Value) {
+    pub fn sse(&self) -> (&'static str, EventData<'_>) {
         use serde_json::json;
         match self {
-            Self::Delta(content) => ("delta", json!({ "content": content })),
-            Self::Refusal(hit) => ("refusal", json!({ "category": hit.category, "code": hit.code, "message": hit.message })),
-            Self::Error { code, message } => ("error", json!({ "code": code.name(), "message": message })),
-            Self::Done { finish_reason, usage } => ("done", json!({ "finish_reason": finish_reason, "usage": usage })),
+            Self::Delta(content) => ("delta", EventData::Delta { content }),
+            Self::Refusal(hit) => ("refusal", EventData::Other(json!({ "category": hit.category, "code": hit.code, "message": hit.message }))),
+            Self::Error { code, message } => ("error", EventData::Other(json!({ "code": code.name(), "message": message }))),
+            Self::Done { finish_reason, usage } => ("done", EventData::Other(json!({ "finish_reason": finish_reason, "usage": usage }))),
         }
     }
+}
+
+/// The JSON data of a turn's SSE event. A delta, sent once per token or so,
+/// serialises straight from the text it borrows; the rarer events go
+/// through a JSON value.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum EventData<'a> {
+    Delta { content: &'a str },
+    Other(serde_json::Value),
 }
 
 /// Limits and defaults applied to every turn request, whichever the entry point.

@@ -9,6 +9,7 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::time::{timeout_at, Instant};
 
+use super::clients::PerThread;
 use super::types::{ModelEvent, ModelRequest, SlmError, Usage};
 use super::{ModelClient, ModelStream};
 use crate::policy::headers;
@@ -25,7 +26,8 @@ pub struct Timeouts {
 }
 
 pub struct HttpModelClient {
-    http: reqwest::Client,
+    /// A client per dispatching thread (see [`PerThread`]).
+    http: PerThread,
     base_url: String,
     model: String,
     timeouts: Timeouts,
@@ -33,12 +35,10 @@ pub struct HttpModelClient {
 
 impl HttpModelClient {
     pub fn new(base_url: &str, model: &str, timeouts: Timeouts) -> Result<Self, SlmError> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(timeouts.connect)
-            .tcp_nodelay(true)
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build()
-            .map_err(SlmError::Unavailable)?;
+        let connect = timeouts.connect;
+        let http =
+            PerThread::new(move || reqwest::Client::builder().connect_timeout(connect).tcp_nodelay(true).pool_idle_timeout(Duration::from_secs(60)).build())
+                .map_err(SlmError::Unavailable)?;
         Ok(Self { http, base_url: base_url.trim_end_matches('/').to_owned(), model: model.to_owned(), timeouts })
     }
 
@@ -110,14 +110,18 @@ impl ModelClient for HttpModelClient {
         let deadline = started + self.timeouts.total;
         let first_deadline = started + self.timeouts.first_token;
         let idle = self.timeouts.idle;
-        let send = self
-            .http
-            .post(format!("{}/chat/completions", self.base_url))
-            .header(headers::CONSTITUTION_HASH, &request.context.constitution_hash)
-            .header(headers::POLICY_VERDICT, &request.context.policy_verdict)
-            .header("traceparent", &request.context.traceparent)
-            .json(&self.body(&request))
-            .send();
+        // Boxed, so that the request's future (a kilobyte and more) is freed once the
+        // answer's headers are in, instead of sizing the stream for as long as it runs.
+        let send = Box::pin(
+            self.http
+                .get()
+                .post(format!("{}/chat/completions", self.base_url))
+                .header(headers::CONSTITUTION_HASH, &request.context.constitution_hash)
+                .header(headers::POLICY_VERDICT, &request.context.policy_verdict)
+                .header("traceparent", &request.context.traceparent)
+                .json(&self.body(&request))
+                .send(),
+        );
         Box::pin(async_stream::try_stream! {
             let response = match timeout_at(first_deadline.min(deadline), send).await {
                 Err(_) => Err(SlmError::Timeout("response headers"))?,
@@ -127,19 +131,34 @@ impl ModelClient for HttpModelClient {
             };
             if !response.status().is_success() {
                 let status = response.status().as_u16();
-                let body = timeout_at(deadline, response.text()).await.ok().and_then(Result::ok).unwrap_or_default().chars().take(300).collect();
+                let body = timeout_at(deadline, Box::pin(response.text())).await.ok().and_then(Result::ok).unwrap_or_default().chars().take(300).collect();
                 Err(SlmError::Status { status, body })?;
                 return;
             }
             let mut events = response.bytes_stream().eventsource();
             let mut seen_content = false;
+            // One timer for the three deadlines: an event only notes its time, and the
+            // timer, when it fires, either ends the stream or moves to the next due time.
+            let due = |seen_content: bool, last: Instant| if seen_content { (last + idle).min(deadline) } else { first_deadline.min(deadline) };
+            let mut last = Instant::now();
+            let timer = tokio::time::sleep_until(due(false, last));
+            tokio::pin!(timer);
             loop {
-                let wait_until = if seen_content { Instant::now() + idle } else { first_deadline };
-                let what = if seen_content { "event" } else { "first token" };
-                let next = match timeout_at(wait_until.min(deadline), events.next()).await {
-                    Err(_) => Err(SlmError::Timeout(if Instant::now() >= deadline { "complete answer" } else { what }))?,
-                    Ok(next) => next,
+                let next = tokio::select! {
+                    biased;
+                    next = events.next() => Some(next),
+                    () = &mut timer => None,
                 };
+                let Some(next) = next else {
+                    let (now, at) = (Instant::now(), due(seen_content, last));
+                    if now >= at {
+                        let what = if now >= deadline { "complete answer" } else if seen_content { "event" } else { "first token" };
+                        Err(SlmError::Timeout(what))?;
+                    }
+                    timer.as_mut().reset(at);
+                    continue;
+                };
+                last = Instant::now();
                 let Some(event) = next else { break };
                 let event = event.map_err(|e| SlmError::Stream(Box::new(e)))?;
                 if event.data.trim() == "[DONE]" {
@@ -159,7 +178,7 @@ impl ModelClient for HttpModelClient {
     fn ready(&self) -> BoxFuture<'_, Result<(), SlmError>> {
         Box::pin(async move {
             let url = format!("{}/models", self.base_url);
-            let response = self.http.get(url).timeout(self.timeouts.connect).send().await.map_err(SlmError::Unavailable)?;
+            let response = self.http.get().get(url).timeout(self.timeouts.connect).send().await.map_err(SlmError::Unavailable)?;
             if response.status().is_success() {
                 Ok(())
             } else {

@@ -4,6 +4,7 @@
 //! body into [`ModelEvent`]s under connect, first-token, idle and total
 //! timeouts.
 
+mod clients;
 mod http;
 mod types;
 

@@ -162,8 +162,10 @@ impl Metrics {
         self.ttft.get_or_create(&RouteLabels { route }).observe(elapsed.as_secs_f64());
     }
 
-    pub fn delta(&self, route: &'static str) {
-        self.tokens.get_or_create(&RouteLabels { route }).inc();
+    /// The counter of content chunks streamed on `route`, held by a turn so
+    /// that counting a chunk is one atomic add, not a label lookup.
+    pub fn deltas(&self, route: &'static str) -> Counter {
+        self.tokens.get_or_create(&RouteLabels { route }).clone()
     }
 
     /// `stage` is `input` or `output`; `category` the snake_case name.
