@@ -43,7 +43,11 @@ impl Application {
         let constitution = Constitution::load(&settings.policy.constitution)
             .with_context(|| format!("Failed to load the constitution (policy.constitution = {})", settings.policy.constitution.display()))?;
         let moderator = Arc::new(moderator(settings, &constitution)?);
-        let policy = Arc::new(PolicyEngine::new(constitution.hash(), signing_key(&settings.policy.signing_key), settings.policy.verdict_ttl_seconds));
+        let policy = PolicyEngine::new(constitution.hash(), signing_key(&settings.policy.signing_key), settings.policy.verdict_ttl_seconds);
+        let policy = Arc::new(match verdict_ledger(settings)? {
+            Some(ledger) => policy.with_ledger(ledger),
+            None => policy,
+        });
         tracing::info!(constitution = %constitution.name, version = %constitution.version, hash = %policy.active_hash(), "constitution loaded");
 
         let slm = &settings.slm;
@@ -224,6 +228,24 @@ fn publisher(settings: &Settings) -> Option<Arc<dyn EventPublisher>> {
 #[cfg(not(feature = "kafka"))]
 fn publisher(_settings: &Settings) -> Option<Arc<dyn EventPublisher>> {
     None
+}
+
+/// Where verdicts accepted over HTTP are claimed: Redis when configured (so a
+/// verdict is good once across the fleet), else this process.
+#[cfg(feature = "redis")]
+fn verdict_ledger(settings: &Settings) -> anyhow::Result<Option<Arc<dyn crate::policy::VerdictLedger>>> {
+    let url = settings.redis.url.expose();
+    if url.is_empty() {
+        return Ok(None);
+    }
+    let timeout = Duration::from_millis(settings.redis.command_timeout_ms);
+    let client = crate::redis_client::connect(url, timeout).context("Failed to configure the Redis client (redis.url)")?;
+    Ok(Some(Arc::new(crate::policy::RedisLedger::new(client, &settings.redis.key_prefix, timeout))))
+}
+
+#[cfg(not(feature = "redis"))]
+fn verdict_ledger(_settings: &Settings) -> anyhow::Result<Option<Arc<dyn crate::policy::VerdictLedger>>> {
+    Ok(None)
 }
 
 #[cfg(feature = "redis")]

@@ -28,6 +28,8 @@ pub enum Code {
     ConstitutionMismatch,
     PolicyVerdictInvalid,
     PolicyRefused,
+    PolicyVerdictReplayed,
+    PolicyRegistryUnavailable,
     TrainingLockHeld,
     TrainingLockNotOwner,
     LockStoreUnavailable,
@@ -58,6 +60,8 @@ impl Code {
             ConstitutionMismatch => ("constitution_mismatch", "policy", 409),
             PolicyVerdictInvalid => ("policy_verdict_invalid", "policy", 403),
             PolicyRefused => ("policy_refused", "policy", 403),
+            PolicyVerdictReplayed => ("policy_verdict_replayed", "policy", 403),
+            PolicyRegistryUnavailable => ("policy_registry_unavailable", "upstream", 503),
             TrainingLockHeld => ("training_lock_held", "training", 409),
             TrainingLockNotOwner => ("training_lock_not_owner", "training", 409),
             LockStoreUnavailable => ("lock_store_unavailable", "upstream", 503),
@@ -147,6 +151,7 @@ fn generic_message(code: Code) -> &'static str {
         Code::ModelTimeout => "the language model did not answer in time",
         Code::ModelError => "the language model failed",
         Code::LockStoreUnavailable => "the training lock store is unavailable",
+        Code::PolicyRegistryUnavailable => "the policy registry is unavailable",
         _ => "internal error",
     }
 }

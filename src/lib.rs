@@ -30,6 +30,8 @@ pub mod moderation;
 pub mod ops;
 pub mod orchestrator;
 pub mod policy;
+#[cfg(feature = "redis")]
+mod redis_client;
 pub mod slm;
 pub mod telemetry;
 pub mod training;

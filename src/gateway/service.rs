@@ -12,7 +12,8 @@ use crate::events::{EventLog, EventType, NewEvent, Pending};
 use crate::identity::{Caller, Capability};
 use crate::moderation::{Decision, Hit, Moderator};
 use crate::orchestrator::{
-    turn_context, Conversation, ConversationStore, FinishReason, OrchestratorError, RecordTurn, SessionState, TurnLimits, TurnRecord, TurnRequest, TurnStream,
+    turn_context, Conversation, ConversationStore, FinishReason, OrchestratorError, Origin, RecordTurn, SessionState, TurnLimits, TurnRecord, TurnRequest,
+    TurnStream,
 };
 use crate::policy::{PolicyEngine, SignedVerdict, TurnRef, Verdict};
 use crate::slm::{ChatMessage, GenerationParams, Role};
@@ -114,7 +115,7 @@ impl Gateway {
             }
         };
         let turn_id = uuid::Uuid::now_v7().to_string();
-        let turn = TurnRef { tenant, session_id: &session_id, turn_id: &turn_id, message: &input.message };
+        let turn = TurnRef { tenant, session_id: &session_id, turn_id: &turn_id, message: &input.message, params: input.params };
 
         let texts = input.preamble.iter().map(|m| m.content.clone()).chain([input.message.clone()]).collect();
         let judging = Instant::now();
@@ -141,7 +142,7 @@ impl Gateway {
             trace: input.trace.clone(),
             route: input.route,
             started: input.started,
-            announce: false,
+            origin: Origin::Gateway,
             session_known: Some(session_known),
             training,
         };

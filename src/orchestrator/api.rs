@@ -11,7 +11,7 @@ use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::turn::{TurnEvent, TurnLimits, TurnRequest};
+use super::turn::{Origin, TurnEvent, TurnLimits, TurnRequest};
 use super::Conversation;
 use crate::error::{ApiError, Code};
 use crate::identity::{Caller, Capability};
@@ -80,7 +80,7 @@ async fn begin(
             trace: trace_of(req),
             route,
             started,
-            announce: true,
+            origin: Origin::Http,
             session_known: None,
             training,
         };

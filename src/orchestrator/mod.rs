@@ -18,7 +18,7 @@ pub use api::{configure, OrchestratorApi};
 pub use recorder::turn_context;
 pub use service::{Orchestrator, OrchestratorSettings};
 pub use store::{ConversationStore, RecordTurn, SessionState, TurnRecord};
-pub use turn::{EventData, FinishReason, OrchestratorError, TurnEvent, TurnLimits, TurnRequest, TurnStream};
+pub use turn::{EventData, FinishReason, OrchestratorError, Origin, TurnEvent, TurnLimits, TurnRequest, TurnStream};
 
 use crate::policy::PolicyHeaders;
 

@@ -9,7 +9,7 @@ use serde_json::json;
 
 use super::recorder::{turn_context, Recorder};
 use super::store::{ConversationStore, SessionState};
-use super::turn::{FinishReason, OrchestratorError, TurnEvent, TurnRequest, TurnStream};
+use super::turn::{FinishReason, OrchestratorError, Origin, TurnEvent, TurnRequest, TurnStream};
 use super::Conversation;
 use crate::error::ApiError;
 use crate::events::{EventLog, EventType};
@@ -182,14 +182,24 @@ async fn judge_output(moderator: &Moderator, metrics: &Metrics, pieces: Vec<Stri
 impl Conversation for Orchestrator {
     fn start_turn(&self, request: TurnRequest, policy: PolicyHeaders) -> BoxFuture<'_, Result<TurnStream, OrchestratorError>> {
         Box::pin(async move {
-            let turn = TurnRef { tenant: request.tenant.as_str(), session_id: &request.session_id, turn_id: &request.turn_id, message: &request.message };
-            let signed = self.policy.verify(turn, &policy)?;
+            let turn = TurnRef {
+                tenant: request.tenant.as_str(),
+                session_id: &request.session_id,
+                turn_id: &request.turn_id,
+                message: &request.message,
+                params: request.params,
+            };
+            // Headers from outside the process are good once; the gateway's never leave it.
+            let signed = match request.origin {
+                Origin::Gateway => self.policy.verify(turn, &policy)?,
+                Origin::Http => self.policy.accept(turn, &policy).await?,
+            };
             if let Verdict::Refuse(_) = signed.verdict {
                 return Err(PolicyError::Refused.into());
             }
             let messages = self.prompt(&request).await?;
             let context = turn_context(&request, &signed);
-            if request.announce {
+            if request.origin == Origin::Http {
                 let data = json!({ "route": request.route, "message_chars": request.message.chars().count(), "content_included": false });
                 self.events.turn(&context, EventType::Received, data).await;
             }

@@ -35,9 +35,19 @@ pub struct TurnRequest {
     pub session_known: Option<super::SessionState>,
     /// The tenant's training mode when the turn arrived (marks its events).
     pub training: crate::training::TrainingMark,
-    /// Whether the orchestrator emits `turn.received` (true over HTTP; the
-    /// gateway emits it itself, with its own admission decision).
-    pub announce: bool,
+    /// Where the turn's policy headers came from.
+    pub origin: Origin,
+}
+
+/// Where a turn's policy headers came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// The gateway in this process: it emitted `turn.received` with its own
+    /// admission decision, and its headers never left the process.
+    Gateway,
+    /// A caller of the orchestrator's HTTP routes: the orchestrator emits
+    /// `turn.received`, and the verdict is claimed so it is good only once.
+    Http,
 }
 
 /// What a running turn emits, in order: deltas, then at most one refusal or

@@ -2,15 +2,23 @@
 //! per-turn verdicts.
 //!
 //! [`PolicyEngine::sign`] turns a moderation decision into a [`SignedVerdict`]
-//! (HMAC-SHA256 over tenant, session, turn, verdict, hash and expiry);
+//! (HMAC-SHA256 over tenant, session, turn, message digest, generation
+//! parameters, verdict, hash and expiry);
 //! [`PolicyEngine::verify`] is the single check the orchestrator applies to the
 //! three policy headers, whether they came over HTTP or from the gateway in
-//! process.
+//! process; [`PolicyEngine::accept`] adds, for headers that came over HTTP,
+//! the claim in a [`VerdictLedger`] that makes each verdict good once.
 
 pub mod constitution;
+mod ledger;
+#[cfg(feature = "redis")]
+mod ledger_redis;
 mod verdict;
 
 pub use constitution::{Constitution, ConstitutionHash};
+pub use ledger::{LedgerError, MemoryLedger, VerdictLedger};
+#[cfg(feature = "redis")]
+pub use ledger_redis::RedisLedger;
 pub use verdict::{PolicyEngine, PolicyError, PolicyHeaders, SignedVerdict, TurnRef, Verdict};
 
 /// Header names of the policy contract.

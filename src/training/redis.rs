@@ -15,7 +15,7 @@
 use std::time::Duration;
 
 use fred::prelude::*;
-use fred::types::config::{Options, ReconnectPolicy};
+use fred::types::config::Options;
 use futures_util::future::BoxFuture;
 use serde::Deserialize;
 
@@ -96,17 +96,7 @@ pub struct RedisLockStore {
 impl RedisLockStore {
     /// Starts connecting in the background; never waits for Redis.
     pub fn connect(url: &str, prefix: &str, timeout: Duration) -> Result<Self, LockError> {
-        let config = Config::from_url(url).map_err(|e| LockError::Unavailable(e.to_string()))?;
-        let client = Builder::from_config(config)
-            .with_config(|c| c.fail_fast = true)
-            .with_connection_config(|c| {
-                c.connection_timeout = timeout.max(Duration::from_millis(200));
-                c.internal_command_timeout = timeout.max(Duration::from_millis(200));
-            })
-            .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2))
-            .build()
-            .map_err(|e| LockError::Unavailable(e.to_string()))?;
-        client.connect();
+        let client = crate::redis_client::connect(url, timeout).map_err(|e| LockError::Unavailable(e.to_string()))?;
         Ok(Self { client, prefix: prefix.to_owned(), timeout })
     }
 

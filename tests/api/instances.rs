@@ -6,8 +6,11 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use sqlx::Row;
+use steward::config::Secret;
 use steward::db::Database;
 use steward::identity::{Capability, KeyStore, TenantId};
+use steward::policy::{Constitution, PolicyEngine, PolicyHeaders, TurnRef, Verdict};
+use steward::slm::GenerationParams;
 
 use crate::helpers::{manifest_dir, postgres_database, slm_url, unique, SIGNING_KEY};
 use crate::training::redis_url;
@@ -48,6 +51,18 @@ impl Instance {
 
     async fn post(&self, path: &str, key: &str, body: &Value) -> reqwest::Response {
         reqwest::Client::new().post(format!("{}{path}", self.address)).bearer_auth(key).json(body).send().await.unwrap()
+    }
+
+    async fn post_with(&self, path: &str, key: &str, body: &Value, policy: &PolicyHeaders) -> reqwest::Response {
+        let mut request = reqwest::Client::new().post(format!("{}{path}", self.address)).bearer_auth(key).json(body);
+        for (name, value) in
+            [("x-constitution-hash", &policy.constitution_hash), ("x-policy-verdict", &policy.verdict), ("x-policy-signature", &policy.signature)]
+        {
+            if let Some(value) = value {
+                request = request.header(name, value);
+            }
+        }
+        request.send().await.unwrap()
     }
 
     async fn status(&self, key: &str) -> Value {
@@ -136,4 +151,30 @@ async fn two_instances_share_one_lock_one_status_one_gauge_and_audit_an_expiry_o
     assert_eq!(expired_records(&db, &tenant).await, 1, "training.expired audited exactly once");
     assert_eq!(a.status(&alice).await["state"], "disabled");
     b.gauge_reads(&tenant, 0).await;
+}
+
+#[tokio::test]
+async fn a_verdict_used_on_one_instance_is_refused_by_the_other() {
+    let url = postgres_database().await;
+    let db = Database::connect(&url, 2).await.unwrap();
+    db.migrate().await.unwrap();
+    let tenant = unique("tenant-");
+    let (_, key) = KeyStore::new(db.clone()).create(&TenantId::parse(&tenant).unwrap(), &[Capability::Chat]).await.unwrap();
+    let key = key.expose().to_owned();
+    let prefix = format!("{}:", unique("steward-test-"));
+    let (a, b) = tokio::join!(Instance::start(&url, &prefix), Instance::start(&url, &prefix));
+
+    let constitution = Constitution::load(&manifest_dir().join("config/constitution.toml")).unwrap();
+    let policy = PolicyEngine::new(constitution.hash(), Secret::new(SIGNING_KEY), 60);
+    let (session_id, turn_id, message) = (uuid::Uuid::now_v7().to_string(), uuid::Uuid::now_v7().to_string(), "Say hi.");
+    let params = GenerationParams { max_tokens: 6, temperature: None, seed: None };
+    let headers = policy.sign(TurnRef { tenant: &tenant, session_id: &session_id, turn_id: &turn_id, message, params }, Verdict::Allow).headers();
+    let body = json!({ "session_id": session_id, "turn_id": turn_id, "message": message, "max_tokens": 6 });
+
+    assert_eq!(a.post_with("/v1/conversation/step", &key, &body, &headers).await.status(), 200);
+    let replayed = b.post_with("/v1/conversation/step", &key, &body, &headers).await;
+    assert_eq!(replayed.status(), 403);
+    assert_eq!(replayed.json::<Value>().await.unwrap()["code"], "policy_verdict_replayed");
+    let turns: i64 = sqlx::query("SELECT COUNT(*) AS n FROM turns WHERE id = $1").bind(&turn_id).fetch_one(db.pool()).await.unwrap().try_get("n").unwrap();
+    assert_eq!(turns, 1, "the turn ran once");
 }

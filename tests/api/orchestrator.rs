@@ -2,8 +2,9 @@
 
 use serde_json::{json, Value};
 use steward::policy::{PolicyHeaders, TurnRef, Verdict};
+use steward::slm::GenerationParams;
 
-use crate::helpers::{assert_error, spawn_app, TestApp};
+use crate::helpers::{assert_error, spawn_app, spawn_app_with, Storage, TestApp};
 
 const MESSAGE: &str = "Say hi.";
 
@@ -21,7 +22,9 @@ async fn new_turn(app: &TestApp) -> Turn {
 
 impl Turn {
     fn turn_ref(&self) -> TurnRef<'_> {
-        TurnRef { tenant: &self.tenant, session_id: &self.session_id, turn_id: &self.turn_id, message: MESSAGE }
+        // The body's `max_tokens: 6`, as the orchestrator resolves it.
+        let params = GenerationParams { max_tokens: 6, temperature: None, seed: None };
+        TurnRef { tenant: &self.tenant, session_id: &self.session_id, turn_id: &self.turn_id, message: MESSAGE, params }
     }
     fn body(&self) -> Value {
         json!({ "session_id": self.session_id, "turn_id": self.turn_id, "message": MESSAGE, "max_tokens": 6 })
@@ -142,4 +145,44 @@ async fn orchestrator_endpoints_require_a_key() {
     let turn = new_turn(&app).await;
     let response = app.post("/v1/conversation/step", None, &turn.body()).await;
     assert_error(response, 401, "unauthenticated").await;
+}
+
+#[tokio::test]
+async fn a_verdict_is_good_for_one_dispatch() {
+    let app = spawn_app().await;
+    let turn = new_turn(&app).await;
+    let headers = app.policy().sign(turn.turn_ref(), Verdict::Allow).headers();
+
+    assert_eq!(step(&app, &turn, &headers, "/v1/conversation/step").await.status(), 200);
+    assert_error(step(&app, &turn, &headers, "/v1/conversation/step").await, 403, "policy_verdict_replayed").await;
+    assert_error(step(&app, &turn, &headers, "/v1/conversation/stream").await, 403, "policy_verdict_replayed").await;
+    assert_eq!(app.store.turns(&turn.session_id).await.unwrap().len(), 1, "the replays ran nothing");
+}
+
+#[tokio::test]
+async fn a_verdict_signed_for_other_generation_parameters_is_403() {
+    let app = spawn_app().await;
+    let turn = new_turn(&app).await;
+    // The body asks for 6 tokens; the verdict was signed for 64.
+    let params = GenerationParams { max_tokens: 64, ..turn.turn_ref().params };
+    let headers = app.policy().sign(TurnRef { params, ..turn.turn_ref() }, Verdict::Allow).headers();
+    assert_error(step(&app, &turn, &headers, "/v1/conversation/step").await, 403, "policy_verdict_invalid").await;
+    // The rejected attempt claimed nothing: the genuine verdict still works.
+    let genuine = app.policy().sign(turn.turn_ref(), Verdict::Allow).headers();
+    assert_eq!(step(&app, &turn, &genuine, "/v1/conversation/step").await.status(), 200);
+}
+
+#[tokio::test]
+async fn an_unreachable_verdict_ledger_is_503_and_dispatches_nothing() {
+    // Nothing listens on this port, so the Redis ledger cannot record the claim.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let app = spawn_app_with(Storage::Sqlite, move |s| {
+        s.redis.url = steward::config::Secret::new(format!("redis://127.0.0.1:{port}"));
+        s.redis.command_timeout_ms = 300;
+    })
+    .await;
+    let turn = new_turn(&app).await;
+    let headers = app.policy().sign(turn.turn_ref(), Verdict::Allow).headers();
+    assert_error(step(&app, &turn, &headers, "/v1/conversation/step").await, 503, "policy_registry_unavailable").await;
+    assert!(app.store.turns(&turn.session_id).await.unwrap().is_empty());
 }
