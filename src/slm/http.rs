@@ -168,7 +168,12 @@ impl ModelClient for HttpModelClient {
                     continue;
                 }
                 for item in parse_chunk(&event.data)? {
-                    seen_content |= matches!(item, ModelEvent::Delta(_));
+                    if !seen_content && matches!(item, ModelEvent::Delta(_)) {
+                        // From the first content on, the idle deadline applies, and it may be
+                        // nearer than the first-token deadline the timer is set for.
+                        seen_content = true;
+                        timer.as_mut().reset(due(true, last));
+                    }
                     yield item;
                 }
             }

@@ -142,3 +142,18 @@ async fn a_client_that_hangs_up_stops_the_generation_and_the_turn_is_recorded_ca
     assert_eq!(turns.len(), 1);
     assert_eq!(turns[0].1, "cancelled");
 }
+
+#[tokio::test]
+async fn a_model_silent_past_the_idle_deadline_after_its_first_token_ends_the_turn_with_model_timeout() {
+    // The local model takes milliseconds per token, so a 1 ms idle deadline always passes
+    // between two of them; the first-token deadline stays at a minute.
+    let app = spawn_app_with(Storage::Sqlite, |s| s.slm.idle_timeout_ms = 1).await;
+    let (_, key) = app.chat_key().await;
+    let started = std::time::Instant::now();
+
+    let sse = app.chat(&key, &json!({ "message": "Write a short poem about the sea.", "max_tokens": 48 })).await;
+
+    assert_eq!(sse.first("error")["code"], "model_timeout", "{:?}", sse.events);
+    assert_eq!(sse.first("done")["finish_reason"], "error");
+    assert!(started.elapsed() < std::time::Duration::from_secs(30), "the idle deadline ended the turn, not the first-token one");
+}
