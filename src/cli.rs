@@ -1,5 +1,5 @@
 //! The command line: `serve`, `migrate`, `keys create|list|revoke`, `events tail`,
-//! `audit verify` and `moderation eval|fit`.
+//! `audit verify`, `moderation eval|fit` and `constitution dry-run`.
 
 use clap::{Parser, Subcommand};
 
@@ -33,6 +33,28 @@ pub enum Command {
     /// Measure moderation on labelled data.
     #[command(subcommand)]
     Moderation(ModerationCommand),
+    /// Try a constitution before activating it.
+    #[command(subcommand)]
+    Constitution(ConstitutionCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConstitutionCommand {
+    /// Judge the stored turns of a window under a candidate document and
+    /// report, per category, which verdicts would change. Read-only.
+    DryRun {
+        /// The candidate constitution (TOML).
+        file: std::path::PathBuf,
+        /// Only this tenant's turns.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// How far back: `90s`, `30m`, `24h`, `7d`.
+        #[arg(long, default_value = "24h")]
+        since: String,
+        /// At most this many turns, newest first.
+        #[arg(long, default_value_t = 10_000)]
+        limit: i64,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -126,6 +148,7 @@ pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
             audit_verify(&brokers, &topic, tenant.as_deref(), session.as_deref()).await?
         }
         Command::Moderation(cmd) => crate::moderation::cli::run(&settings, cmd).await?,
+        Command::Constitution(cmd) => crate::policy::cli::run(&settings, cmd).await?,
         Command::Keys(cmd) => {
             let keys = KeyStore::new(database(&settings).await?);
             match cmd {

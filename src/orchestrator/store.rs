@@ -85,6 +85,40 @@ impl ConversationStore {
         tx.commit().await
     }
 
+    /// Finished turns created at or after `since_ms`, of one tenant or all,
+    /// newest first, at most `limit` (for the constitution dry run).
+    pub async fn window(&self, tenant: Option<&str>, since_ms: i64, limit: i64) -> Result<Vec<TurnRecord>, sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT id, session_id, tenant, user_message, preamble, assistant_message, finish_reason, policy_verdict, constitution_hash, \
+             trace_id, prompt_tokens, completion_tokens, created_at FROM turns \
+             WHERE created_at >= $1 AND ($2 = '' OR tenant = $2) ORDER BY created_at DESC, id DESC LIMIT $3",
+        )
+        .bind(since_ms)
+        .bind(tenant.unwrap_or_default())
+        .bind(limit)
+        .fetch_all(self.db.pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(TurnRecord {
+                    turn_id: r.try_get("id")?,
+                    session_id: r.try_get("session_id")?,
+                    tenant: r.try_get("tenant")?,
+                    user_message: r.try_get("user_message")?,
+                    preamble: r.try_get("preamble")?,
+                    assistant_message: r.try_get("assistant_message")?,
+                    finish_reason: r.try_get("finish_reason")?,
+                    policy_verdict: r.try_get("policy_verdict")?,
+                    constitution_hash: r.try_get("constitution_hash")?,
+                    trace_id: r.try_get("trace_id")?,
+                    prompt_tokens: r.try_get("prompt_tokens")?,
+                    completion_tokens: r.try_get("completion_tokens")?,
+                    created_at: r.try_get("created_at")?,
+                })
+            })
+            .collect()
+    }
+
     /// All turns of a session, oldest first (for tests and audits).
     pub async fn turns(&self, session_id: &str) -> Result<Vec<(String, String, String)>, sqlx::Error> {
         let rows = sqlx::query("SELECT id, finish_reason, assistant_message FROM turns WHERE session_id = $1 ORDER BY created_at, id")

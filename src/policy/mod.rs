@@ -9,13 +9,16 @@
 //! process; [`PolicyEngine::accept`] adds, for headers that came over HTTP,
 //! the claim in a [`VerdictLedger`] that makes each verdict good once.
 
+pub mod cli;
 pub mod constitution;
+mod dry_run;
 mod ledger;
 #[cfg(feature = "redis")]
 mod ledger_redis;
 mod verdict;
 
 pub use constitution::{Constitution, ConstitutionHash};
+pub use dry_run::{dry_run, Change, DryRunReport, PastTurn};
 pub use ledger::{LedgerError, MemoryLedger, VerdictLedger};
 #[cfg(feature = "redis")]
 pub use ledger_redis::RedisLedger;

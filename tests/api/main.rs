@@ -11,6 +11,7 @@ mod helpers;
 mod auth;
 mod bad_input;
 mod chat;
+mod constitution;
 mod evasion;
 mod events;
 mod instances;

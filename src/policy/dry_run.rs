@@ -1,0 +1,158 @@
+//! What a candidate constitution would change, before it is activated: past
+//! turns judged again under it, each compared with the verdict it got.
+//! Read-only. A turn refused on input was stored without its text (it may be
+//! the very content the refusal is about), so it cannot be judged again; it
+//! is counted apart.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use super::verdict::Verdict;
+use crate::moderation::{Decision, GuardStep, Hit, ModerationError, Moderator};
+
+/// A stored turn, as the dry run needs it.
+#[derive(Debug, Clone)]
+pub struct PastTurn {
+    pub turn_id: String,
+    pub trace_id: String,
+    /// `None` when the text was withheld (refused on input).
+    pub user_message: Option<String>,
+    pub assistant_message: String,
+    /// The input verdict it was signed with.
+    pub verdict: Verdict,
+    /// Whether the answer was cut by output moderation.
+    pub output_refused: bool,
+}
+
+/// How a turn's outcome would change: `allow`, `refuse:<codes>` for input,
+/// `refuse_output[:<code>]` for an answer cut short.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Change {
+    pub turn_id: String,
+    pub trace_id: String,
+    pub from: String,
+    pub to: String,
+}
+
+/// The report: counts by kind and category, and a sample of the changes.
+#[derive(Debug, Default, Serialize)]
+pub struct DryRunReport {
+    pub turns: u64,
+    pub judged: u64,
+    /// Refused on input and stored without text: not judged again.
+    pub withheld: u64,
+    /// Allowed before, refused under the candidate, by the candidate's category code.
+    pub allow_to_refuse: BTreeMap<String, u64>,
+    /// Refused before, allowed under the candidate, by the category code it had
+    /// (`output` for an answer cut short, whose category the turn row does not keep).
+    pub refuse_to_allow: BTreeMap<String, u64>,
+    /// Refused both times under other categories.
+    pub category_changed: u64,
+    pub samples: Vec<Change>,
+}
+
+/// Changes listed in the report, at most.
+const SAMPLES: usize = 20;
+
+/// Judges `turns` under `candidate` (a moderator built from the candidate
+/// document) and compares; `progress` is told how many turns are done.
+pub async fn dry_run(candidate: &Moderator, turns: &[PastTurn], mut progress: impl FnMut(usize)) -> Result<DryRunReport, ModerationError> {
+    let mut report = DryRunReport::default();
+    for (done, turn) in turns.iter().enumerate() {
+        report.turns += 1;
+        let Some(user) = &turn.user_message else {
+            report.withheld += 1;
+            continue;
+        };
+        report.judged += 1;
+        let before = Outcome::of(turn);
+        let after = judge(candidate, user, &turn.assistant_message).await?;
+        if let Some(kind) = before.compare(&after) {
+            match kind {
+                Kind::AllowToRefuse(code) => *report.allow_to_refuse.entry(code).or_default() += 1,
+                Kind::RefuseToAllow(code) => *report.refuse_to_allow.entry(code).or_default() += 1,
+                Kind::CategoryChanged => report.category_changed += 1,
+            }
+            if report.samples.len() < SAMPLES {
+                report.samples.push(Change { turn_id: turn.turn_id.clone(), trace_id: turn.trace_id.clone(), from: before.label(), to: after.label() });
+            }
+        }
+        progress(done + 1);
+    }
+    Ok(report)
+}
+
+/// A turn's outcome: allowed, refused on input (codes), or cut on output (code if known).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Outcome {
+    Allow,
+    Input(Vec<String>),
+    Output(Option<String>),
+}
+
+enum Kind {
+    AllowToRefuse(String),
+    RefuseToAllow(String),
+    CategoryChanged,
+}
+
+impl Outcome {
+    fn of(turn: &PastTurn) -> Self {
+        match &turn.verdict {
+            Verdict::Refuse(codes) => Self::Input(codes.clone()),
+            Verdict::Allow if turn.output_refused => Self::Output(None),
+            Verdict::Allow => Self::Allow,
+        }
+    }
+
+    fn first_code(&self) -> String {
+        match self {
+            Self::Allow => String::new(),
+            Self::Input(codes) => codes.first().cloned().unwrap_or_default(),
+            Self::Output(code) => code.clone().unwrap_or_else(|| "output".into()),
+        }
+    }
+
+    fn compare(&self, after: &Self) -> Option<Kind> {
+        match (self, after) {
+            (Self::Allow, Self::Allow) => None,
+            (Self::Allow, refused) => Some(Kind::AllowToRefuse(refused.first_code())),
+            (refused, Self::Allow) => Some(Kind::RefuseToAllow(refused.first_code())),
+            // An answer cut short keeps no category in the turn row: only the stage can differ.
+            (Self::Output(None), Self::Output(_)) => None,
+            (before, after) if before == after => None,
+            _ => Some(Kind::CategoryChanged),
+        }
+    }
+
+    fn label(&self) -> String {
+        match self {
+            Self::Allow => "allow".into(),
+            Self::Input(codes) => format!("refuse:{}", codes.join(",")),
+            Self::Output(None) => "refuse_output".into(),
+            Self::Output(Some(code)) => format!("refuse_output:{code}"),
+        }
+    }
+}
+
+/// The candidate's outcome for one turn: its input, then (if allowed) its answer
+/// as streamed output, through the phrase guard and the semantic layer.
+async fn judge(candidate: &Moderator, user: &str, answer: &str) -> Result<Outcome, ModerationError> {
+    if let Decision::Refuse(hits) = candidate.judge_messages(vec![user.to_owned()]).await? {
+        return Ok(Outcome::Input(hits.into_iter().map(|h| h.code).collect()));
+    }
+    let mut guard = candidate.output_guard();
+    if let GuardStep::Refuse(hit) = guard.push(answer) {
+        return Ok(Outcome::Output(Some(hit.code)));
+    }
+    let cut: Option<Hit> = match candidate.output_sentences() {
+        Some(mut sentences) => {
+            let mut pieces = sentences.push(answer);
+            pieces.extend(sentences.finish());
+            candidate.judge_output(pieces).await?
+        }
+        None => None,
+    };
+    Ok(cut.map_or(Outcome::Allow, |hit| Outcome::Output(Some(hit.code))))
+}

@@ -1,0 +1,64 @@
+//! Trying a constitution before activating it: `steward constitution dry-run`
+//! (the real binary) over turns recorded by real conversations.
+
+use std::process::Command;
+
+use serde_json::{json, Value};
+
+use crate::helpers::{manifest_dir, spawn_app, TestApp, SIGNING_KEY};
+
+fn dry_run(app: &TestApp, candidate: &std::path::Path, tenant: &str) -> Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_steward"))
+        .args(["constitution", "dry-run"])
+        .arg(candidate)
+        .args(["--tenant", tenant, "--since", "1h"])
+        .current_dir(manifest_dir())
+        .env("STEWARD_DATABASE__URL", app.settings.database.url.expose())
+        .env("STEWARD_POLICY__SIGNING_KEY", SIGNING_KEY)
+        .env("STEWARD_TELEMETRY__LOG_LEVEL", "warn")
+        .output()
+        .expect("run steward constitution dry-run");
+    assert!(out.status.success(), "dry-run failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("2/2 judged"), "progress is shown: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("a JSON report")
+}
+
+#[tokio::test]
+async fn a_dry_run_reports_the_turns_a_new_phrase_would_refuse_and_changes_nothing() {
+    let app = spawn_app().await;
+    let (tenant, key) = app.chat_key().await;
+    let greeted = app.chat(&key, &json!({ "message": "Say hello to me.", "max_tokens": 8, "temperature": 0 })).await;
+    let poem = app.chat(&key, &json!({ "message": "Write a short poem about the sea.", "max_tokens": 8, "temperature": 0 })).await;
+    assert_eq!(greeted.first("session")["policy_verdict"], "allow");
+    assert_eq!(poem.first("session")["policy_verdict"], "allow");
+    let greeted_turn = greeted.first("session")["turn_id"].as_str().unwrap().to_owned();
+
+    // Under the document the turns were judged by, nothing changes.
+    let same = dry_run(&app, &app.settings.policy.constitution, &tenant);
+    assert_eq!(same["report"]["turns"], 2);
+    assert_eq!(same["report"]["judged"], 2);
+    assert_eq!(same["report"]["samples"], json!([]), "{same}");
+
+    // A candidate with one more phrase, which the first request contains.
+    let mut doc: toml::Table = std::fs::read_to_string(&app.settings.policy.constitution).unwrap().parse().unwrap();
+    let first = doc["categories"].as_array_mut().unwrap()[0].as_table_mut().unwrap();
+    let code = first["code"].as_str().unwrap().to_owned();
+    first["phrases"].as_array_mut().unwrap().push("hello to me".into());
+    let dir = tempfile::tempdir().unwrap();
+    let candidate = dir.path().join("candidate.toml");
+    std::fs::write(&candidate, toml::to_string(&doc).unwrap()).unwrap();
+    let turns_before = app.store.turns(greeted.first("session")["session_id"].as_str().unwrap()).await.unwrap();
+
+    let changed = dry_run(&app, &candidate, &tenant);
+
+    let report = &changed["report"];
+    assert_eq!(report["allow_to_refuse"][&code], 1, "{changed}");
+    assert_eq!(report["refuse_to_allow"], json!({}));
+    let sample = &report["samples"][0];
+    assert_eq!(sample["turn_id"], greeted_turn);
+    assert_eq!(sample["trace_id"], greeted.first("session")["trace_id"]);
+    assert_eq!((sample["from"].as_str(), sample["to"].as_str()), (Some("allow"), Some(format!("refuse:{code}").as_str())));
+    assert_ne!(changed["candidate"]["hash"], same["candidate"]["hash"]);
+    let turns_after = app.store.turns(greeted.first("session")["session_id"].as_str().unwrap()).await.unwrap();
+    assert_eq!(turns_before, turns_after, "read-only");
+}
