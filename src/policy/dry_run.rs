@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 
+use futures_util::StreamExt;
 use serde::Serialize;
 
 use super::verdict::Verdict;
@@ -57,17 +58,29 @@ const SAMPLES: usize = 20;
 
 /// Judges `turns` under `candidate` (a moderator built from the candidate
 /// document) and compares; `progress` is told how many turns are done.
+/// Turns are judged as many at a time as there are cores (the semantic
+/// layer's passes run on blocking threads); the report keeps their order.
 pub async fn dry_run(candidate: &Moderator, turns: &[PastTurn], mut progress: impl FnMut(usize)) -> Result<DryRunReport, ModerationError> {
+    let parallel = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let mut judged = futures_util::stream::iter(turns)
+        .map(|turn| async move {
+            match &turn.user_message {
+                None => Ok((turn, None)),
+                Some(user) => judge(candidate, user, &turn.assistant_message).await.map(|after| (turn, Some(after))),
+            }
+        })
+        .buffered(parallel);
     let mut report = DryRunReport::default();
-    for (done, turn) in turns.iter().enumerate() {
+    while let Some(next) = judged.next().await {
+        let (turn, after) = next?;
         report.turns += 1;
-        let Some(user) = &turn.user_message else {
+        progress(report.turns as usize);
+        let Some(after) = after else {
             report.withheld += 1;
             continue;
         };
         report.judged += 1;
         let before = Outcome::of(turn);
-        let after = judge(candidate, user, &turn.assistant_message).await?;
         if let Some(kind) = before.compare(&after) {
             match kind {
                 Kind::AllowToRefuse(code) => *report.allow_to_refuse.entry(code).or_default() += 1,
@@ -78,7 +91,6 @@ pub async fn dry_run(candidate: &Moderator, turns: &[PastTurn], mut progress: im
                 report.samples.push(Change { turn_id: turn.turn_id.clone(), trace_id: turn.trace_id.clone(), from: before.label(), to: after.label() });
             }
         }
-        progress(done + 1);
     }
     Ok(report)
 }
@@ -155,4 +167,26 @@ async fn judge(candidate: &Moderator, user: &str, answer: &str) -> Result<Outcom
         None => None,
     };
     Ok(cut.map_or(Outcome::Allow, |hit| Outcome::Output(Some(hit.code))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input(codes: &[&str]) -> Outcome {
+        Outcome::Input(codes.iter().map(|c| (*c).to_owned()).collect())
+    }
+
+    #[test]
+    fn outcomes_compare_by_decision_then_category() {
+        assert!(Outcome::Allow.compare(&Outcome::Allow).is_none());
+        assert!(matches!(Outcome::Allow.compare(&input(&["S1"])), Some(Kind::AllowToRefuse(c)) if c == "S1"));
+        assert!(matches!(input(&["pii"]).compare(&Outcome::Allow), Some(Kind::RefuseToAllow(c)) if c == "pii"));
+        assert!(matches!(Outcome::Output(None).compare(&Outcome::Allow), Some(Kind::RefuseToAllow(c)) if c == "output"));
+        assert!(matches!(input(&["S1"]).compare(&input(&["S2"])), Some(Kind::CategoryChanged)));
+        assert!(input(&["S1"]).compare(&input(&["S1"])).is_none());
+        assert!(Outcome::Output(None).compare(&Outcome::Output(Some("S9".into()))).is_none(), "the stored row keeps no output category");
+        assert_eq!(input(&["S1", "pii"]).label(), "refuse:S1,pii");
+        assert_eq!(Outcome::Output(Some("S9".into())).label(), "refuse_output:S9");
+    }
 }
