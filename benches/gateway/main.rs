@@ -21,6 +21,8 @@
 //! `none`: the pass-through proxy's connection pool),
 //! `STEWARD_BENCH_BASELINE` (another checkout with a release build: each
 //! configuration runs there first, for a before/after in one run).
+//! `MALLOC_ARENA_MAX` and `GLIBC_TUNABLES` pass through to Steward, for
+//! allocator experiments.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
