@@ -94,6 +94,7 @@ impl Application {
                 tenants: settings.chat.caller_system_prompt_tenants.clone(),
             },
         });
+        let policy_api = web::Data::new(crate::policy::PolicyApi { settings: Arc::new(settings.clone()), store: ConversationStore::new(db.clone()) });
         let orchestrator_api =
             web::Data::new(OrchestratorApi { conversation: orchestrator, training: training.clone(), limits, metrics: metrics.clone(), keepalive });
         let keys = web::Data::new(KeyCache::new(
@@ -114,12 +115,14 @@ impl Application {
                 .app_data(web::PayloadConfig::new(body_limit))
                 .app_data(gateway.clone())
                 .app_data(orchestrator_api.clone())
+                .app_data(policy_api.clone())
                 .app_data(keys.clone())
                 .app_data(training.clone())
                 .app_data(deps.clone())
                 .app_data(metrics.clone())
                 .configure(crate::gateway::configure)
                 .configure(crate::orchestrator::configure)
+                .configure(crate::policy::configure)
                 .configure(crate::training::configure)
                 .configure(crate::ops::configure)
                 .default_service(web::to(crate::ops::not_found))

@@ -120,7 +120,7 @@ pub enum KeysCommand {
     Create {
         #[arg(long)]
         tenant: String,
-        /// Comma-separated: chat, training:admin.
+        /// Comma-separated: chat, training:admin, policy:admin.
         #[arg(long, default_value = "chat")]
         capabilities: String,
     },

@@ -35,6 +35,8 @@ impl std::fmt::Display for TenantId {
 pub enum Capability {
     Chat,
     TrainingAdmin,
+    /// Constitution tools: the dry run (and, later, activation).
+    PolicyAdmin,
 }
 
 impl Capability {
@@ -42,6 +44,7 @@ impl Capability {
         match s.trim() {
             "chat" => Ok(Self::Chat),
             "training:admin" => Ok(Self::TrainingAdmin),
+            "policy:admin" => Ok(Self::PolicyAdmin),
             other => Err(IdentityError::UnknownCapability(other.to_owned())),
         }
     }
@@ -49,6 +52,7 @@ impl Capability {
         match self {
             Self::Chat => "chat",
             Self::TrainingAdmin => "training:admin",
+            Self::PolicyAdmin => "policy:admin",
         }
     }
     /// Parses a comma-separated list, rejecting an empty one.
@@ -98,7 +102,7 @@ pub enum IdentityError {
     MissingCapability(&'static str),
     #[error("invalid tenant `{0}`: use 1-64 of A-Z a-z 0-9 _ . -")]
     InvalidTenant(String),
-    #[error("unknown capability `{0}`: expected chat or training:admin")]
+    #[error("unknown capability `{0}`: expected chat, training:admin or policy:admin")]
     UnknownCapability(String),
     #[error("no API key with id `{0}`")]
     NoSuchKey(String),

@@ -5,12 +5,14 @@
 //! is counted apart.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use serde::Serialize;
 
 use super::verdict::Verdict;
 use crate::moderation::{Decision, GuardStep, Hit, ModerationError, Moderator};
+use crate::orchestrator::{FinishReason, TurnRecord};
 
 /// A stored turn, as the dry run needs it.
 #[derive(Debug, Clone)]
@@ -24,6 +26,22 @@ pub struct PastTurn {
     pub verdict: Verdict,
     /// Whether the answer was cut by output moderation.
     pub output_refused: bool,
+}
+
+impl From<TurnRecord> for PastTurn {
+    /// A stored turn. One refused on input was stored without its text.
+    fn from(turn: TurnRecord) -> Self {
+        let verdict = Verdict::parse(&turn.policy_verdict).unwrap_or(Verdict::Allow);
+        let withheld = matches!(verdict, Verdict::Refuse(_));
+        Self {
+            output_refused: !withheld && turn.finish_reason == FinishReason::Refused.as_str(),
+            user_message: (!withheld).then_some(turn.user_message),
+            assistant_message: turn.assistant_message,
+            turn_id: turn.turn_id,
+            trace_id: turn.trace_id,
+            verdict,
+        }
+    }
 }
 
 /// How a turn's outcome would change: `allow`, `refuse:<codes>` for input,
@@ -93,6 +111,21 @@ pub async fn dry_run(candidate: &Moderator, turns: &[PastTurn], mut progress: im
         }
     }
     Ok(report)
+}
+
+/// A window back from now: `90s`, `30m`, `24h`, `7d`.
+pub fn parse_window(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (number, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = number.parse().map_err(|_| format!("`{s}`: expected a number and a unit, e.g. 24h"))?;
+    let seconds = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("`{s}`: the unit must be s, m, h or d")),
+    };
+    Ok(Duration::from_secs(n * seconds))
 }
 
 /// A turn's outcome: allowed, refused on input (codes), or cut on output (code if known).
@@ -175,6 +208,17 @@ mod tests {
 
     fn input(codes: &[&str]) -> Outcome {
         Outcome::Input(codes.iter().map(|c| (*c).to_owned()).collect())
+    }
+
+    #[test]
+    fn windows_read_seconds_minutes_hours_and_days() {
+        assert_eq!(parse_window("90s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_window("30m").unwrap(), Duration::from_secs(1800));
+        assert_eq!(parse_window("24h").unwrap(), Duration::from_secs(86_400));
+        assert_eq!(parse_window("7d").unwrap(), Duration::from_secs(604_800));
+        assert!(parse_window("7").is_err());
+        assert!(parse_window("h").is_err());
+        assert!(parse_window("3w").is_err());
     }
 
     #[test]

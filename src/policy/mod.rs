@@ -9,6 +9,7 @@
 //! process; [`PolicyEngine::accept`] adds, for headers that came over HTTP,
 //! the claim in a [`VerdictLedger`] that makes each verdict good once.
 
+mod api;
 pub mod cli;
 pub mod constitution;
 mod dry_run;
@@ -17,6 +18,7 @@ mod ledger;
 mod ledger_redis;
 mod verdict;
 
+pub use api::{configure, PolicyApi};
 pub use constitution::{Constitution, ConstitutionHash};
 pub use dry_run::{dry_run, Change, DryRunReport, PastTurn};
 pub use ledger::{LedgerError, MemoryLedger, VerdictLedger};

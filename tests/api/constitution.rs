@@ -5,7 +5,9 @@ use std::process::Command;
 
 use serde_json::{json, Value};
 
-use crate::helpers::{manifest_dir, spawn_app, TestApp, SIGNING_KEY};
+use steward::identity::Capability;
+
+use crate::helpers::{assert_error, manifest_dir, spawn_app, TestApp, SIGNING_KEY};
 
 fn dry_run(app: &TestApp, candidate: &std::path::Path, tenant: &str) -> Value {
     let out = Command::new(env!("CARGO_BIN_EXE_steward"))
@@ -21,6 +23,15 @@ fn dry_run(app: &TestApp, candidate: &std::path::Path, tenant: &str) -> Value {
     assert!(out.status.success(), "dry-run failed: {}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stderr).contains("2/2 judged"), "progress is shown: {}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout).expect("a JSON report")
+}
+
+/// The configured constitution with `phrase` added to its first category: (TOML text, that category's code).
+fn candidate_with_phrase(app: &TestApp, phrase: &str) -> (String, String) {
+    let mut doc: toml::Table = std::fs::read_to_string(&app.settings.policy.constitution).unwrap().parse().unwrap();
+    let first = doc["categories"].as_array_mut().unwrap()[0].as_table_mut().unwrap();
+    let code = first["code"].as_str().unwrap().to_owned();
+    first["phrases"].as_array_mut().unwrap().push(phrase.into());
+    (toml::to_string(&doc).unwrap(), code)
 }
 
 #[tokio::test]
@@ -40,13 +51,10 @@ async fn a_dry_run_reports_the_turns_a_new_phrase_would_refuse_and_changes_nothi
     assert_eq!(same["report"]["samples"], json!([]), "{same}");
 
     // A candidate with one more phrase, which the first request contains.
-    let mut doc: toml::Table = std::fs::read_to_string(&app.settings.policy.constitution).unwrap().parse().unwrap();
-    let first = doc["categories"].as_array_mut().unwrap()[0].as_table_mut().unwrap();
-    let code = first["code"].as_str().unwrap().to_owned();
-    first["phrases"].as_array_mut().unwrap().push("hello to me".into());
+    let (document, code) = candidate_with_phrase(&app, "hello to me");
     let dir = tempfile::tempdir().unwrap();
     let candidate = dir.path().join("candidate.toml");
-    std::fs::write(&candidate, toml::to_string(&doc).unwrap()).unwrap();
+    std::fs::write(&candidate, document).unwrap();
     let turns_before = app.store.turns(greeted.first("session")["session_id"].as_str().unwrap()).await.unwrap();
 
     let changed = dry_run(&app, &candidate, &tenant);
@@ -61,4 +69,30 @@ async fn a_dry_run_reports_the_turns_a_new_phrase_would_refuse_and_changes_nothi
     assert_ne!(changed["candidate"]["hash"], same["candidate"]["hash"]);
     let turns_after = app.store.turns(greeted.first("session")["session_id"].as_str().unwrap()).await.unwrap();
     assert_eq!(turns_before, turns_after, "read-only");
+}
+
+#[tokio::test]
+async fn the_dry_run_endpoint_judges_only_the_callers_tenant_and_needs_policy_admin() {
+    let app = spawn_app().await;
+    let (tenant, chat) = app.chat_key().await;
+    let admin = app.key(&tenant, &[Capability::PolicyAdmin]).await;
+    let greeted = app.chat(&chat, &json!({ "message": "Say hello to me.", "max_tokens": 8, "temperature": 0 })).await;
+    // Another tenant's turn with the same words, which this tenant's admin must not see.
+    let (_, other) = app.chat_key().await;
+    app.chat(&other, &json!({ "message": "Say hello to me.", "max_tokens": 8, "temperature": 0 })).await;
+    let (document, code) = candidate_with_phrase(&app, "hello to me");
+    let url = format!("{}/v1/policy/constitution/dry-run", app.address);
+    let post = |key: &str, body: Value| app.http.post(&url).bearer_auth(key).json(&body).send();
+
+    assert_error(post(&chat, json!({ "document": document })).await.unwrap(), 403, "forbidden").await;
+    assert_error(post(&admin, json!({ "document": "name = 1" })).await.unwrap(), 400, "invalid_request").await;
+    assert_error(post(&admin, json!({ "document": document, "since": "3w" })).await.unwrap(), 400, "invalid_request").await;
+    assert_error(post(&admin, json!({ "document": document, "limit": 5000 })).await.unwrap(), 400, "invalid_request").await;
+
+    let response = post(&admin, json!({ "document": document, "since": "1h" })).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["report"]["turns"], 1, "only the caller's own tenant: {body}");
+    assert_eq!(body["report"]["allow_to_refuse"][&code], 1);
+    assert_eq!(body["report"]["samples"][0]["turn_id"], greeted.first("session")["turn_id"]);
 }
