@@ -94,7 +94,13 @@ impl Application {
                 tenants: settings.chat.caller_system_prompt_tenants.clone(),
             },
         });
-        let policy_api = web::Data::new(crate::policy::PolicyApi { settings: Arc::new(settings.clone()), store: ConversationStore::new(db.clone()) });
+        let text = std::fs::read_to_string(&settings.policy.constitution)
+            .with_context(|| format!("Failed to read the constitution (policy.constitution = {})", settings.policy.constitution.display()))?;
+        let policy_api = web::Data::new(crate::policy::PolicyApi {
+            active: crate::policy::ActiveDocument { constitution: constitution.clone(), text },
+            settings: Arc::new(settings.clone()),
+            store: ConversationStore::new(db.clone()),
+        });
         let orchestrator_api =
             web::Data::new(OrchestratorApi { conversation: orchestrator, training: training.clone(), limits, metrics: metrics.clone(), keepalive });
         let keys = web::Data::new(KeyCache::new(

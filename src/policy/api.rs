@@ -1,7 +1,11 @@
-//! `POST /v1/policy/constitution/dry-run` (capability `policy:admin`): what a
-//! candidate constitution would change on the caller's own tenant's stored
-//! turns. The same dry run as `steward constitution dry-run`, bounded per
-//! request.
+//! The policy routes:
+//! - `GET /v1/policy/constitution`: the document the caller's turns are judged
+//!   under, with its hash (any key);
+//! - `GET /v1/policy/constitutions/{hash}`: a known document by its hash;
+//! - `POST /v1/policy/constitution/dry-run` (capability `policy:admin`): what a
+//!   candidate constitution would change on the caller's own tenant's stored
+//!   turns; the same dry run as `steward constitution dry-run`, bounded per
+//!   request.
 
 use std::sync::Arc;
 
@@ -10,17 +14,25 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::dry_run::{dry_run, parse_window, PastTurn};
-use super::Constitution;
+use super::{Constitution, ConstitutionHash};
 use crate::config::Settings;
 use crate::error::{ApiError, Code};
 use crate::identity::{Caller, Capability};
 use crate::orchestrator::{ConversationStore, OrchestratorError};
 
-/// What the policy routes need: the settings a candidate's moderator is built
-/// with, and the stored turns.
+/// What the policy routes need: the active document, the settings a
+/// candidate's moderator is built with, and the stored turns.
 pub struct PolicyApi {
+    pub active: ActiveDocument,
     pub settings: Arc<Settings>,
     pub store: ConversationStore,
+}
+
+/// The constitution every turn is judged under, as loaded at start.
+pub struct ActiveDocument {
+    pub constitution: Constitution,
+    /// The file's text, as written (comments included).
+    pub text: String,
 }
 
 /// Most turns one request judges (about 13 s with every layer on, on 2 cores);
@@ -39,7 +51,26 @@ struct DryRunBody {
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/v1/policy/constitution/dry-run", web::post().to(dry_run_route));
+    cfg.route("/v1/policy/constitution", web::get().to(active))
+        .route("/v1/policy/constitutions/{hash}", web::get().to(by_hash))
+        .route("/v1/policy/constitution/dry-run", web::post().to(dry_run_route));
+}
+
+fn document(active: &ActiveDocument) -> HttpResponse {
+    let c = &active.constitution;
+    HttpResponse::Ok().json(json!({ "hash": c.hash().as_str(), "name": c.name, "version": c.version, "document": active.text }))
+}
+
+async fn active(_caller: Caller, api: web::Data<PolicyApi>) -> HttpResponse {
+    document(&api.active)
+}
+
+async fn by_hash(_caller: Caller, hash: web::Path<String>, api: web::Data<PolicyApi>) -> Result<HttpResponse, ApiError> {
+    let hash = ConstitutionHash::parse(&hash).map_err(|e| ApiError::new(Code::InvalidRequest, e.to_string()))?;
+    if hash != api.active.constitution.hash() {
+        return Err(ApiError::new(Code::NotFound, format!("no constitution with hash {hash} is known here")));
+    }
+    Ok(document(&api.active))
 }
 
 async fn dry_run_route(caller: Caller, body: web::Json<DryRunBody>, api: web::Data<PolicyApi>) -> Result<HttpResponse, ApiError> {

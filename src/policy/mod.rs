@@ -18,7 +18,7 @@ mod ledger;
 mod ledger_redis;
 mod verdict;
 
-pub use api::{configure, PolicyApi};
+pub use api::{configure, ActiveDocument, PolicyApi};
 pub use constitution::{Constitution, ConstitutionHash};
 pub use dry_run::{dry_run, Change, DryRunReport, PastTurn};
 pub use ledger::{LedgerError, MemoryLedger, VerdictLedger};

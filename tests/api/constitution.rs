@@ -96,3 +96,23 @@ async fn the_dry_run_endpoint_judges_only_the_callers_tenant_and_needs_policy_ad
     assert_eq!(body["report"]["allow_to_refuse"][&code], 1);
     assert_eq!(body["report"]["samples"][0]["turn_id"], greeted.first("session")["turn_id"]);
 }
+
+#[tokio::test]
+async fn the_active_constitution_is_served_by_itself_and_by_its_hash() {
+    let app = spawn_app().await;
+    let (_, key) = app.chat_key().await;
+    let get = |path: String| app.http.get(format!("{}{path}", app.address)).bearer_auth(&key).send();
+    let hash = steward::policy::Constitution::load(&app.settings.policy.constitution).unwrap().hash();
+
+    let active: Value = get("/v1/policy/constitution".into()).await.unwrap().json().await.unwrap();
+    assert_eq!(active["hash"], hash.as_str());
+    assert_eq!(active["document"], std::fs::read_to_string(&app.settings.policy.constitution).unwrap());
+    let same: Value = get(format!("/v1/policy/constitutions/{hash}")).await.unwrap().json().await.unwrap();
+    assert_eq!(same, active);
+
+    let unknown = format!("sha256:{}", "0".repeat(64));
+    assert_error(get(format!("/v1/policy/constitutions/{unknown}")).await.unwrap(), 404, "not_found").await;
+    assert_error(get("/v1/policy/constitutions/not-a-hash".into()).await.unwrap(), 400, "invalid_request").await;
+    let anonymous = app.http.get(format!("{}/v1/policy/constitution", app.address)).send().await.unwrap();
+    assert_error(anonymous, 401, "unauthenticated").await;
+}

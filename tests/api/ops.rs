@@ -60,6 +60,7 @@ async fn openapi_json_describes_every_route_the_app_serves() {
         ("/v1/training/renew", "post"),
         ("/v1/training/disable", "post"),
         ("/v1/training/status", "get"),
+        ("/v1/policy/constitution", "get"),
         ("/v1/policy/constitution/dry-run", "post"),
         ("/healthz", "get"),
         ("/readyz", "get"),
