@@ -40,11 +40,12 @@ impl Application {
         let db = Database::connect(settings.database.url.expose(), settings.database.max_connections).await.context("Failed to connect to the database")?;
         db.migrate().await.context("Failed to apply migrations")?;
 
-        let constitution = Constitution::load(&settings.policy.constitution)
+        let (constitution, text) = Constitution::read(&settings.policy.constitution)
             .with_context(|| format!("Failed to load the constitution (policy.constitution = {})", settings.policy.constitution.display()))?;
         let moderator = Arc::new(moderator(settings, &constitution)?);
         let policy = PolicyEngine::new(constitution.hash(), signing_key(&settings.policy.signing_key), settings.policy.verdict_ttl_seconds);
-        let policy = Arc::new(match verdict_ledger(settings)? {
+        let redis = redis_connection(settings)?;
+        let policy = Arc::new(match verdict_ledger(settings, &redis) {
             Some(ledger) => policy.with_ledger(ledger),
             None => policy,
         });
@@ -62,7 +63,7 @@ impl Application {
         let store = ConversationStore::new(db.clone());
         let (cancel, tasks) = (CancellationToken::new(), TaskTracker::new());
         let (events, publisher) = start_events(settings, &db, &metrics, &cancel, &tasks);
-        let (training, redis) = start_training(settings, &events, &metrics, &cancel, &tasks)?;
+        let (training, redis) = start_training(settings, &redis, &events, &metrics, &cancel, &tasks)?;
         let limits = TurnLimits {
             max_message_chars: settings.chat.max_message_chars,
             default_max_tokens: slm.default_max_tokens,
@@ -94,10 +95,8 @@ impl Application {
                 tenants: settings.chat.caller_system_prompt_tenants.clone(),
             },
         });
-        let text = std::fs::read_to_string(&settings.policy.constitution)
-            .with_context(|| format!("Failed to read the constitution (policy.constitution = {})", settings.policy.constitution.display()))?;
         let policy_api = web::Data::new(crate::policy::PolicyApi {
-            active: crate::policy::ActiveDocument { constitution: constitution.clone(), text },
+            active: crate::policy::ActiveDocument::new(constitution, text),
             settings: Arc::new(settings.clone()),
             store: ConversationStore::new(db.clone()),
         });
@@ -239,22 +238,47 @@ fn publisher(_settings: &Settings) -> Option<Arc<dyn EventPublisher>> {
     None
 }
 
-/// Where verdicts accepted over HTTP are claimed: Redis when configured (so a
-/// verdict is good once across the fleet), else this process.
+/// The instance's one Redis connection, shared by the training lock store and
+/// the verdict ledger; `None` when `redis.url` is empty.
 #[cfg(feature = "redis")]
-fn verdict_ledger(settings: &Settings) -> anyhow::Result<Option<Arc<dyn crate::policy::VerdictLedger>>> {
+type RedisConnection = Option<fred::prelude::Client>;
+#[cfg(not(feature = "redis"))]
+type RedisConnection = Option<std::convert::Infallible>;
+
+#[cfg(feature = "redis")]
+fn redis_connection(settings: &Settings) -> anyhow::Result<RedisConnection> {
     let url = settings.redis.url.expose();
     if url.is_empty() {
         return Ok(None);
     }
-    let timeout = Duration::from_millis(settings.redis.command_timeout_ms);
-    let client = crate::redis_client::connect(url, timeout).context("Failed to configure the Redis client (redis.url)")?;
-    Ok(Some(Arc::new(crate::policy::RedisLedger::new(client, &settings.redis.key_prefix, timeout))))
+    let client = crate::redis_client::connect(url, redis_timeout(settings)).context("Failed to configure the Redis client (redis.url)")?;
+    Ok(Some(client))
 }
 
 #[cfg(not(feature = "redis"))]
-fn verdict_ledger(_settings: &Settings) -> anyhow::Result<Option<Arc<dyn crate::policy::VerdictLedger>>> {
-    Ok(None)
+fn redis_connection(settings: &Settings) -> anyhow::Result<RedisConnection> {
+    if settings.redis.url.expose().is_empty() {
+        return Ok(None);
+    }
+    anyhow::bail!("redis.url is set but this build lacks the `redis` Cargo feature")
+}
+
+#[cfg(feature = "redis")]
+fn redis_timeout(settings: &Settings) -> Duration {
+    Duration::from_millis(settings.redis.command_timeout_ms)
+}
+
+/// Where verdicts accepted over HTTP are claimed: Redis when configured (so a
+/// verdict is good once across the fleet), else this process.
+#[cfg(feature = "redis")]
+fn verdict_ledger(settings: &Settings, redis: &RedisConnection) -> Option<Arc<dyn crate::policy::VerdictLedger>> {
+    let client = redis.clone()?;
+    Some(Arc::new(crate::policy::RedisLedger::new(client, &settings.redis.key_prefix, redis_timeout(settings))))
+}
+
+#[cfg(not(feature = "redis"))]
+fn verdict_ledger(_settings: &Settings, _redis: &RedisConnection) -> Option<Arc<dyn crate::policy::VerdictLedger>> {
+    None
 }
 
 #[cfg(feature = "redis")]
@@ -265,17 +289,19 @@ type RedisHandle = Option<()>;
 /// The training service over the configured lock store, and its expiry watcher.
 fn start_training(
     settings: &Settings,
+    redis: &RedisConnection,
     events: &EventLog,
     metrics: &Arc<Metrics>,
     cancel: &CancellationToken,
     tasks: &TaskTracker,
 ) -> anyhow::Result<(Arc<crate::training::TrainingService>, RedisHandle)> {
     use crate::training::{InMemoryLockStore, LockStore, TrainingService, TrainingSettings};
-    let (store, redis): (Arc<dyn LockStore>, RedisHandle) = if settings.redis.url.expose().is_empty() {
-        tracing::info!("redis.url is empty: training locks are held in process (single instance only)");
-        (Arc::new(InMemoryLockStore::default()), None)
-    } else {
-        redis_store(settings)?
+    let (store, redis): (Arc<dyn LockStore>, RedisHandle) = match redis {
+        None => {
+            tracing::info!("redis.url is empty: training locks are held in process (single instance only)");
+            (Arc::new(InMemoryLockStore::default()), None)
+        }
+        Some(client) => redis_store(settings, client),
     };
     let service = Arc::new(TrainingService::new(
         store,
@@ -293,16 +319,12 @@ fn start_training(
 }
 
 #[cfg(feature = "redis")]
-fn redis_store(settings: &Settings) -> anyhow::Result<(Arc<dyn crate::training::LockStore>, RedisHandle)> {
-    let timeout = Duration::from_millis(settings.redis.command_timeout_ms);
-    let store = Arc::new(
-        crate::training::RedisLockStore::connect(settings.redis.url.expose(), &settings.redis.key_prefix, timeout)
-            .context("Failed to configure the Redis client (redis.url)")?,
-    );
-    Ok((store.clone(), Some(store)))
+fn redis_store(settings: &Settings, client: &fred::prelude::Client) -> (Arc<dyn crate::training::LockStore>, RedisHandle) {
+    let store = Arc::new(crate::training::RedisLockStore::new(client.clone(), &settings.redis.key_prefix, redis_timeout(settings)));
+    (store.clone(), Some(store))
 }
 
 #[cfg(not(feature = "redis"))]
-fn redis_store(_settings: &Settings) -> anyhow::Result<(Arc<dyn crate::training::LockStore>, RedisHandle)> {
-    anyhow::bail!("redis.url is set but this build lacks the `redis` Cargo feature")
+fn redis_store(_settings: &Settings, never: &std::convert::Infallible) -> (Arc<dyn crate::training::LockStore>, RedisHandle) {
+    match *never {}
 }

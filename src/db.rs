@@ -4,6 +4,7 @@
 //! backends accept (multi-row statements use [`Backend::values`]), and only
 //! portable types (TEXT, BIGINT).
 
+use std::fmt::Write;
 use std::time::Duration;
 
 use sqlx::any::AnyPoolOptions;
@@ -43,10 +44,8 @@ impl Backend {
                     sql.push_str(", ");
                 }
                 match self {
-                    Self::Postgres => {
-                        sql.push('$');
-                        sql.push_str(&(row * cols + col + 1).to_string());
-                    }
+                    // Writing to a String cannot fail.
+                    Self::Postgres => drop(write!(sql, "${}", row * cols + col + 1)),
                     Self::Sqlite => sql.push('?'),
                 }
             }

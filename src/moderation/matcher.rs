@@ -164,7 +164,7 @@ impl Moderator {
     /// Checks every caller-supplied message of a turn, each on its own and
     /// all joined, so a phrase split across messages is found too.
     pub fn check_messages(&self, messages: &[&str]) -> Decision {
-        self.check_forms(&judged_forms(messages))
+        self.check_forms(&judged_forms(messages.iter().map(|m| (*m).to_owned()).collect()))
     }
 
     /// The lexicon's decision over (text, normalised text) pairs, hits in constitution order.
@@ -190,9 +190,8 @@ impl Moderator {
     /// semantic layer on each message and on all of them joined (on a
     /// blocking thread: it is CPU work).
     pub async fn judge_messages(&self, messages: Vec<String>) -> Result<Decision, ModerationError> {
-        let texts: Vec<&str> = messages.iter().map(String::as_str).collect();
         // Each text is normalised once, for both layers.
-        let forms = judged_forms(&texts);
+        let forms = judged_forms(messages);
         let decision = self.check_forms(&forms);
         if matches!(decision, Decision::Refuse(_)) || !self.semantic.is_on() {
             return Ok(decision);
@@ -246,11 +245,10 @@ impl Moderator {
 
 /// What a turn's messages are judged as: each message, and all of them
 /// joined when there are several, each with its normalised form.
-fn judged_forms(messages: &[&str]) -> Vec<(String, String)> {
+fn judged_forms(messages: Vec<String>) -> Vec<(String, String)> {
     let joined = (messages.len() > 1).then(|| messages.join("\n"));
     messages
-        .iter()
-        .map(|m| (*m).to_owned())
+        .into_iter()
         .chain(joined)
         .map(|text| {
             let normalized = normalize(&text);

@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use futures_util::future::BoxFuture;
 use prometheus_client::metrics::counter::Counter;
 use serde_json::{json, Value};
 
@@ -116,20 +117,26 @@ impl Recorder {
     /// transaction, shared with whatever else is queued) before the client
     /// sees `done`; false if they could not be stored. The commit is awaited
     /// in a task of its own: a client leaving mid-write cannot cut it short.
-    pub async fn finish(&mut self, finish: FinishReason, outcome: RequestOutcome, kind: EventType, data: Value) -> bool {
-        let Some(record) = self.take(finish, outcome) else {
-            return true;
-        };
-        let (events, items) = (self.events.clone(), self.terminal(record, kind, data));
-        let commit = tokio::spawn(async move { events.emit_durable(items).await });
-        match commit.await {
-            Ok(Ok(())) => true,
-            Ok(Err(err)) => {
-                tracing::error!(error = %err, turn_id = %self.context.turn_id, "turn and its events not stored");
-                false
+    ///
+    /// The future is boxed: awaited only when a turn ends, it would otherwise
+    /// size the stream that every open turn holds for its whole life.
+    pub fn finish(&mut self, finish: FinishReason, outcome: RequestOutcome, kind: EventType, data: Value) -> BoxFuture<'_, bool> {
+        let record = self.take(finish, outcome);
+        Box::pin(async move {
+            let Some(record) = record else {
+                return true;
+            };
+            let (events, items) = (self.events.clone(), self.terminal(record, kind, data));
+            let commit = tokio::spawn(async move { events.emit_durable(items).await });
+            match commit.await {
+                Ok(Ok(())) => true,
+                Ok(Err(err)) => {
+                    tracing::error!(error = %err, turn_id = %self.context.turn_id, "turn and its events not stored");
+                    false
+                }
+                Err(_) => false,
             }
-            Err(_) => false,
-        }
+        })
     }
 
     fn terminal(&self, record: TurnRecord, kind: EventType, data: Value) -> Vec<Pending> {

@@ -85,8 +85,6 @@ impl Orchestrator {
         let metrics = self.metrics.clone();
         let context = turn_context(&request, &signed);
         let mut recorder = Recorder::new(self.metrics.clone(), self.events.clone(), context, &request, &signed, &self.settings.model);
-        // The commits awaited only when the turn ends are boxed where they are awaited: inline,
-        // they would size the stream, which an open turn holds, for the whole turn.
         Box::pin(async_stream::stream! {
             let mut finish = FinishReason::Stop;
             // (category, which layer found it) once the answer must be cut.
@@ -115,7 +113,7 @@ impl Orchestrator {
                     Err(err) => {
                         let public = ApiError::from(err);
                         let data = json!({ "code": public.code().name(), "stage": "model", "content_included": false });
-                        let _ = Box::pin(recorder.finish(FinishReason::Error, RequestOutcome::Error, EventType::Failed, data)).await;
+                        let _ = recorder.finish(FinishReason::Error, RequestOutcome::Error, EventType::Failed, data).await;
                         yield TurnEvent::Error { code: public.code(), message: public.body().message };
                         yield TurnEvent::Done { finish_reason: FinishReason::Error, usage: None };
                         return;
@@ -138,7 +136,7 @@ impl Orchestrator {
                     "stage": "output", "layer": layer, "categories": [{ "code": hit.code, "category": hit.category }],
                     "content_included": false,
                 });
-                let stored = Box::pin(recorder.finish(FinishReason::Refused, RequestOutcome::Refuse, EventType::Refused, data)).await;
+                let stored = recorder.finish(FinishReason::Refused, RequestOutcome::Refuse, EventType::Refused, data).await;
                 yield TurnEvent::Refusal(hit);
                 if !stored {
                     yield not_stored();
@@ -149,7 +147,7 @@ impl Orchestrator {
                 return;
             }
             let data = recorder.completion_data(finish);
-            if !Box::pin(recorder.finish(finish, RequestOutcome::Allow, EventType::Completed, data)).await {
+            if !recorder.finish(finish, RequestOutcome::Allow, EventType::Completed, data).await {
                 yield not_stored();
                 yield TurnEvent::Done { finish_reason: FinishReason::Error, usage: recorder.usage };
                 return;

@@ -28,11 +28,19 @@ pub struct PolicyApi {
     pub store: ConversationStore,
 }
 
-/// The constitution every turn is judged under, as loaded at start.
+/// The constitution every turn is judged under, as loaded at start, with
+/// its hash computed once.
 pub struct ActiveDocument {
-    pub constitution: Constitution,
+    constitution: Constitution,
+    hash: ConstitutionHash,
     /// The file's text, as written (comments included).
-    pub text: String,
+    text: String,
+}
+
+impl ActiveDocument {
+    pub fn new(constitution: Constitution, text: String) -> Self {
+        Self { hash: constitution.hash(), constitution, text }
+    }
 }
 
 /// Most turns one request judges (about 13 s with every layer on, on 2 cores);
@@ -58,7 +66,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 
 fn document(active: &ActiveDocument) -> HttpResponse {
     let c = &active.constitution;
-    HttpResponse::Ok().json(json!({ "hash": c.hash().as_str(), "name": c.name, "version": c.version, "document": active.text }))
+    HttpResponse::Ok().json(json!({ "hash": active.hash.as_str(), "name": c.name, "version": c.version, "document": active.text }))
 }
 
 async fn active(_caller: Caller, api: web::Data<PolicyApi>) -> HttpResponse {
@@ -67,7 +75,7 @@ async fn active(_caller: Caller, api: web::Data<PolicyApi>) -> HttpResponse {
 
 async fn by_hash(_caller: Caller, hash: web::Path<String>, api: web::Data<PolicyApi>) -> Result<HttpResponse, ApiError> {
     let hash = ConstitutionHash::parse(&hash).map_err(|e| ApiError::new(Code::InvalidRequest, e.to_string()))?;
-    if hash != api.active.constitution.hash() {
+    if hash != api.active.hash {
         return Err(ApiError::new(Code::NotFound, format!("no constitution with hash {hash} is known here")));
     }
     Ok(document(&api.active))

@@ -128,9 +128,14 @@ pub enum ConstitutionError {
 impl Constitution {
     /// Reads, parses and validates the constitution file at `path`.
     pub fn load(path: &Path) -> Result<Self, ConstitutionError> {
+        Self::read(path).map(|(constitution, _)| constitution)
+    }
+
+    /// [`Constitution::load`], keeping the file's text as written (comments included).
+    pub fn read(path: &Path) -> Result<(Self, String), ConstitutionError> {
         let origin = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|source| ConstitutionError::Read { path: origin.clone(), source })?;
-        Self::parse(&text, &origin)
+        Ok((Self::parse(&text, &origin)?, text))
     }
 
     /// Parses and validates a constitution from TOML text.

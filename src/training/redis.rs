@@ -97,7 +97,12 @@ impl RedisLockStore {
     /// Starts connecting in the background; never waits for Redis.
     pub fn connect(url: &str, prefix: &str, timeout: Duration) -> Result<Self, LockError> {
         let client = crate::redis_client::connect(url, timeout).map_err(|e| LockError::Unavailable(e.to_string()))?;
-        Ok(Self { client, prefix: prefix.to_owned(), timeout })
+        Ok(Self::new(client, prefix, timeout))
+    }
+
+    /// Locks through `client`, a connection the caller shares (see `redis_client`).
+    pub fn new(client: Client, prefix: &str, timeout: Duration) -> Self {
+        Self { client, prefix: prefix.to_owned(), timeout }
     }
 
     fn key(&self, name: &str) -> String {
