@@ -22,7 +22,7 @@ use crate::identity::{KeyCache, KeyStore};
 use crate::moderation::{Moderator, Semantic};
 use crate::ops::Dependencies;
 use crate::orchestrator::{Conversation, ConversationStore, Orchestrator, OrchestratorApi, OrchestratorSettings, TurnLimits};
-use crate::policy::{Constitution, PolicyEngine};
+use crate::policy::{Auditor, BuildModerator, Constitution, ConstitutionRegistry, Freshness, Judge, Judges, MemoryRegistry, PolicyEngine};
 use crate::slm::{HttpModelClient, ModelClient, Timeouts};
 use crate::telemetry::Metrics;
 
@@ -42,14 +42,18 @@ impl Application {
 
         let (constitution, text) = Constitution::read(&settings.policy.constitution)
             .with_context(|| format!("Failed to load the constitution (policy.constitution = {})", settings.policy.constitution.display()))?;
-        let moderator = Arc::new(moderator(settings, &constitution)?);
-        let policy = PolicyEngine::new(constitution.hash(), signing_key(&settings.policy.signing_key), settings.policy.verdict_ttl_seconds);
+        let build: BuildModerator = {
+            let settings = Arc::new(settings.clone());
+            Arc::new(move |constitution: &Constitution| moderator(&settings, constitution))
+        };
+        let seed = Arc::new(Judge { hash: constitution.hash(), moderator: Arc::new(build(&constitution)?), constitution, text });
+        tracing::info!(constitution = %seed.constitution.name, version = %seed.constitution.version, hash = %seed.hash, "configured constitution loaded");
+        let policy = PolicyEngine::new(signing_key(&settings.policy.signing_key), settings.policy.verdict_ttl_seconds);
         let redis = redis_connection(settings)?;
         let policy = Arc::new(match verdict_ledger(settings, &redis) {
             Some(ledger) => policy.with_ledger(ledger),
             None => policy,
         });
-        tracing::info!(constitution = %constitution.name, version = %constitution.version, hash = %policy.active_hash(), "constitution loaded");
 
         let slm = &settings.slm;
         let timeouts = Timeouts {
@@ -63,6 +67,8 @@ impl Application {
         let store = ConversationStore::new(db.clone());
         let (cancel, tasks) = (CancellationToken::new(), TaskTracker::new());
         let (events, publisher) = start_events(settings, &db, &metrics, &cancel, &tasks);
+        let auditor = Auditor { events: events.clone(), topic: settings.kafka.policy_topic.clone() };
+        let judges = start_judges(settings, &redis, build, seed, auditor.clone(), &cancel, &tasks).await?;
         let (training, redis) = start_training(settings, &redis, &events, &metrics, &cancel, &tasks)?;
         let limits = TurnLimits {
             max_message_chars: settings.chat.max_message_chars,
@@ -72,7 +78,7 @@ impl Application {
         let keepalive = Duration::from_millis(settings.server.keepalive_ms);
         let orchestrator: Arc<dyn Conversation> = Arc::new(Orchestrator::new(
             policy.clone(),
-            moderator.clone(),
+            judges.clone(),
             model.clone(),
             store.clone(),
             metrics.clone(),
@@ -80,7 +86,7 @@ impl Application {
             OrchestratorSettings { model: slm.model.clone(), system_prompt: slm.system_prompt.clone(), max_history_turns: settings.chat.max_history_turns },
         ));
         let gateway = web::Data::new(Gateway {
-            moderator,
+            judges: judges.clone(),
             policy,
             conversation: orchestrator.clone(),
             store,
@@ -96,7 +102,8 @@ impl Application {
             },
         });
         let policy_api = web::Data::new(crate::policy::PolicyApi {
-            active: crate::policy::ActiveDocument::new(constitution, text),
+            judges,
+            auditor,
             settings: Arc::new(settings.clone()),
             store: ConversationStore::new(db.clone()),
         });
@@ -226,7 +233,7 @@ fn publisher(settings: &Settings) -> Option<Arc<dyn EventPublisher>> {
     }
     Some(Arc::new(KafkaPublisher::new(KafkaSettings {
         brokers: kafka.brokers.clone(),
-        topics: vec![kafka.conversation_topic.clone(), kafka.training_topic.clone()],
+        topics: vec![kafka.conversation_topic.clone(), kafka.training_topic.clone(), kafka.policy_topic.clone()],
         partitions: kafka.partitions,
         replication_factor: kafka.replication_factor,
         deadline: Duration::from_millis(kafka.request_deadline_ms),
@@ -266,6 +273,60 @@ fn redis_connection(settings: &Settings) -> anyhow::Result<RedisConnection> {
 #[cfg(feature = "redis")]
 fn redis_timeout(settings: &Settings) -> Duration {
     Duration::from_millis(settings.redis.command_timeout_ms)
+}
+
+/// How long a start waits for the registry's first read.
+const REGISTRY_START_WAIT: Duration = Duration::from_secs(3);
+
+/// The instance's judges over the configured registry, read once before
+/// serving (an unreadable registry is logged; turns wait for it) and kept
+/// current in the background.
+async fn start_judges(
+    settings: &Settings,
+    redis: &RedisConnection,
+    build: BuildModerator,
+    seed: Arc<Judge>,
+    auditor: Auditor,
+    cancel: &CancellationToken,
+    tasks: &TaskTracker,
+) -> anyhow::Result<Arc<Judges>> {
+    let policy = &settings.policy;
+    let freshness = Freshness { staleness: Duration::from_millis(policy.staleness_ms), fail_open: policy.fail_open };
+    if policy.fail_open {
+        tracing::warn!("policy.fail_open is on: while the registry is unreachable, turns are judged by a copy older than policy.staleness_ms");
+    }
+    let registry: Arc<dyn ConstitutionRegistry> = match constitution_registry(settings, redis)? {
+        Some(registry) => registry,
+        None => {
+            tracing::info!("redis.url is empty: the active constitutions are held in process (single instance only)");
+            Arc::new(MemoryRegistry::default())
+        }
+    };
+    let judges = Arc::new(Judges::new(registry, build, freshness, seed, auditor));
+    // The Redis connection is still being made: a few tries before serving.
+    let deadline = std::time::Instant::now() + REGISTRY_START_WAIT;
+    while let Err(err) = judges.refresh().await {
+        if std::time::Instant::now() >= deadline {
+            tracing::warn!(error = %err, "the constitution registry cannot be read yet: turns are refused until it can");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tasks.spawn(judges.clone().run(cancel.clone()));
+    Ok(judges)
+}
+
+#[cfg(feature = "redis")]
+fn constitution_registry(settings: &Settings, redis: &RedisConnection) -> anyhow::Result<Option<Arc<dyn ConstitutionRegistry>>> {
+    let Some(client) = redis.clone() else { return Ok(None) };
+    let subscriber = crate::redis_client::subscriber(settings.redis.url.expose(), redis_timeout(settings))
+        .context("Failed to configure the Redis subscriber (redis.url)")?;
+    Ok(Some(Arc::new(crate::policy::RedisRegistry::new(client, subscriber, &settings.redis.key_prefix, redis_timeout(settings)))))
+}
+
+#[cfg(not(feature = "redis"))]
+fn constitution_registry(_settings: &Settings, _redis: &RedisConnection) -> anyhow::Result<Option<Arc<dyn ConstitutionRegistry>>> {
+    Ok(None)
 }
 
 /// Where verdicts accepted over HTTP are claimed: Redis when configured (so a

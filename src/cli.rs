@@ -33,13 +33,23 @@ pub enum Command {
     /// Measure moderation on labelled data.
     #[command(subcommand)]
     Moderation(ModerationCommand),
-    /// Try a constitution before activating it.
+    /// Try a constitution, and make one active.
     #[command(subcommand)]
     Constitution(ConstitutionCommand),
 }
 
 #[derive(Debug, Subcommand)]
 pub enum ConstitutionCommand {
+    /// Store a constitution in the registry (Redis) and make it active for
+    /// every tenant without its own, or for one tenant; every instance judges
+    /// by it within policy.staleness_ms. Recorded in policy.audit.
+    Activate {
+        /// The constitution (TOML).
+        file: std::path::PathBuf,
+        /// Only this tenant's turns.
+        #[arg(long)]
+        tenant: Option<String>,
+    },
     /// Judge the stored turns of a window under a candidate document and
     /// report, per category, which verdicts would change. Read-only.
     DryRun {

@@ -100,6 +100,13 @@ pub struct PolicySettings {
     pub signing_key: Secret,
     /// How long a signed verdict stays valid.
     pub verdict_ttl_seconds: u64,
+    /// How old the instance's copy of the active constitutions may grow (it
+    /// is re-read at a quarter of this) before turns are refused with
+    /// `policy_registry_unavailable`.
+    pub staleness_ms: u64,
+    /// Judge from an older copy instead of refusing turns while the registry
+    /// is unreachable. Logged as a warning at start.
+    pub fail_open: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -155,6 +162,8 @@ pub struct KafkaConfig {
     pub brokers: Vec<String>,
     pub conversation_topic: String,
     pub training_topic: String,
+    /// Where constitution activations are recorded (`policy.audit/v1`).
+    pub policy_topic: String,
     /// Partitions of topics Steward creates.
     pub partitions: i32,
     pub replication_factor: i16,
@@ -265,6 +274,7 @@ impl Settings {
             ("slm.total_timeout_ms", self.slm.total_timeout_ms),
             ("server.keepalive_ms", self.server.keepalive_ms),
             ("policy.verdict_ttl_seconds", self.policy.verdict_ttl_seconds),
+            ("policy.staleness_ms", self.policy.staleness_ms),
         ] {
             if value == 0 {
                 return invalid(key, "must be greater than 0");
@@ -291,7 +301,7 @@ impl Settings {
         if self.kafka.partitions < 1 || self.kafka.replication_factor < 1 {
             return invalid("kafka.partitions", "partitions and replication_factor must be at least 1");
         }
-        if self.kafka.conversation_topic.is_empty() || self.kafka.training_topic.is_empty() {
+        if self.kafka.conversation_topic.is_empty() || self.kafka.training_topic.is_empty() || self.kafka.policy_topic.is_empty() {
             return invalid("kafka.conversation_topic", "topic names must not be empty");
         }
         for (key, value) in [

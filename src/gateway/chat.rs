@@ -9,7 +9,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::service::{Admitted, Gateway, TurnInput};
-use crate::error::ApiError;
+use crate::error::{ApiError, Code};
 use crate::identity::Caller;
 use crate::orchestrator::{FinishReason, TurnEvent};
 use crate::web::{sse_frame, trace_of, with_keepalive, Governance};
@@ -35,7 +35,11 @@ pub async fn chat_stream(req: HttpRequest, caller: Caller, body: web::Json<ChatB
     let params = gateway.limits.params(body.max_tokens, body.temperature, body.seed)?;
     let input =
         TurnInput { route: "chat_stream", session_id: body.session_id, message: body.message, preamble: Vec::new(), params, trace: trace_of(&req), started };
-    let admission = gateway.admit(&caller, input).await?;
+    let admission = match gateway.admit(&caller, input).await {
+        Ok(admission) => admission,
+        Err(err) if err.code() == Code::PolicyRegistryUnavailable => return Ok(unjudged(&err)),
+        Err(err) => return Err(err),
+    };
     let verdict = admission.signed.verdict.header_value();
     let session = sse_frame(
         "session",
@@ -61,4 +65,13 @@ pub async fn chat_stream(req: HttpRequest, caller: Caller, body: web::Json<ChatB
         trace: &admission.trace,
     };
     Ok(governance.sse_response().streaming(with_keepalive(Box::pin(frames), gateway.keepalive)))
+}
+
+/// No turn can be judged while the active constitution is unknown: a 503
+/// whose stream ends with the `error` event a chat client reads, then `done`.
+fn unjudged(err: &ApiError) -> HttpResponse {
+    let error = TurnEvent::Error { code: err.code(), message: err.body().message };
+    let done = TurnEvent::Done { finish_reason: FinishReason::Error, usage: None };
+    let body: Vec<u8> = [frame(&error), frame(&done)].concat();
+    HttpResponse::ServiceUnavailable().content_type("text/event-stream").insert_header(("cache-control", "no-cache")).body(body)
 }

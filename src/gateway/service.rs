@@ -10,17 +10,18 @@ use crate::db::now_ms;
 use crate::error::{ApiError, Code};
 use crate::events::{EventLog, EventType, NewEvent, Pending};
 use crate::identity::{Caller, Capability};
-use crate::moderation::{Decision, Hit, Moderator};
+use crate::moderation::{Decision, Hit};
 use crate::orchestrator::{
     turn_context, Conversation, ConversationStore, FinishReason, OrchestratorError, Origin, RecordTurn, SessionState, TurnLimits, TurnRecord, TurnRequest,
     TurnStream,
 };
-use crate::policy::{PolicyEngine, SignedVerdict, TurnRef, Verdict};
+use crate::policy::{Judges, PolicyEngine, PolicyError, SignedVerdict, TurnRef, Verdict};
 use crate::slm::{ChatMessage, GenerationParams, Role};
 use crate::telemetry::{Metrics, RequestOutcome, TraceContext};
 
 pub struct Gateway {
-    pub moderator: Arc<Moderator>,
+    /// The constitution each tenant's turns are judged under, with its moderator.
+    pub judges: Arc<Judges>,
     pub policy: Arc<PolicyEngine>,
     pub conversation: Arc<dyn Conversation>,
     pub store: ConversationStore,
@@ -114,12 +115,14 @@ impl Gateway {
                 }
             }
         };
+        // The constitution this turn is judged under, from start to end.
+        let judge = self.judges.current(tenant).map_err(PolicyError::from)?;
         let turn_id = uuid::Uuid::now_v7().to_string();
         let turn = TurnRef { tenant, session_id: &session_id, turn_id: &turn_id, message: &input.message, params: input.params };
 
         let texts = input.preamble.iter().map(|m| m.content.clone()).chain([input.message.clone()]).collect();
         let judging = Instant::now();
-        let decision = self.moderator.judge_messages(texts).await.map_err(|e| {
+        let decision = judge.moderator.judge_messages(texts).await.map_err(|e| {
             tracing::error!(error = %e, "input moderation failed");
             ApiError::new(Code::Internal, "moderation failed")
         })?;
@@ -129,7 +132,7 @@ impl Gateway {
             Decision::Refuse(hits) => hits,
         };
         let verdict = if hits.is_empty() { Verdict::Allow } else { Verdict::Refuse(hits.iter().map(|h| h.code.clone()).collect()) };
-        let signed = self.policy.sign(turn, verdict);
+        let signed = self.policy.sign(turn, verdict, &judge.hash);
         let training = self.training.mark(tenant).await;
         let received_data = json!({ "route": input.route, "message_chars": input.message.chars().count(), "content_included": false });
         let request = TurnRequest {
@@ -142,7 +145,7 @@ impl Gateway {
             trace: input.trace.clone(),
             route: input.route,
             started: input.started,
-            origin: Origin::Gateway,
+            origin: Origin::Gateway(judge),
             session_known: Some(session_known),
             training,
         };

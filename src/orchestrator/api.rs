@@ -89,7 +89,9 @@ async fn begin(
     }
     .await;
     if let Err(err) = &result {
-        api.metrics.request(route, RequestOutcome::Rejected, started.elapsed());
+        let code = err.code();
+        let outcome = if code.describe().1 == "policy" || code == Code::PolicyRegistryUnavailable { RequestOutcome::Policy(code) } else { RequestOutcome::Rejected };
+        api.metrics.request(route, outcome, started.elapsed());
         tracing::info!(route, code = err.code().name(), "turn rejected");
     }
     result

@@ -14,7 +14,7 @@ use super::Conversation;
 use crate::error::ApiError;
 use crate::events::{EventLog, EventType};
 use crate::moderation::{GuardStep, Hit, Moderator};
-use crate::policy::{PolicyEngine, PolicyError, PolicyHeaders, SignedVerdict, TurnRef, Verdict};
+use crate::policy::{Judge, Judges, PolicyEngine, PolicyError, PolicyHeaders, SignedVerdict, TurnRef, Verdict};
 use crate::slm::{ChatMessage, DispatchContext, ModelClient, ModelEvent, ModelRequest, Role};
 use crate::telemetry::{Metrics, RequestOutcome};
 
@@ -28,7 +28,7 @@ pub struct OrchestratorSettings {
 
 pub struct Orchestrator {
     policy: Arc<PolicyEngine>,
-    moderator: Arc<Moderator>,
+    judges: Arc<Judges>,
     model: Arc<dyn ModelClient>,
     store: ConversationStore,
     metrics: Arc<Metrics>,
@@ -39,14 +39,14 @@ pub struct Orchestrator {
 impl Orchestrator {
     pub fn new(
         policy: Arc<PolicyEngine>,
-        moderator: Arc<Moderator>,
+        judges: Arc<Judges>,
         model: Arc<dyn ModelClient>,
         store: ConversationStore,
         metrics: Arc<Metrics>,
         events: EventLog,
         settings: OrchestratorSettings,
     ) -> Self {
-        Self { policy, moderator, model, store, metrics, events, settings }
+        Self { policy, judges, model, store, metrics, events, settings }
     }
 
     async fn prompt(&self, request: &TurnRequest) -> Result<Vec<ChatMessage>, OrchestratorError> {
@@ -72,16 +72,16 @@ impl Orchestrator {
         Ok(messages)
     }
 
-    fn run(&self, request: TurnRequest, signed: SignedVerdict, messages: Vec<ChatMessage>) -> TurnStream {
+    fn run(&self, request: TurnRequest, signed: SignedVerdict, judge: &Judge, messages: Vec<ChatMessage>) -> TurnStream {
         let dispatch = DispatchContext {
             constitution_hash: signed.constitution_hash.to_string(),
             policy_verdict: signed.verdict.header_value(),
             traceparent: request.trace.child().header(),
         };
         let mut model = self.model.stream(ModelRequest { messages, params: request.params, context: dispatch });
-        let mut guard = self.moderator.output_guard();
-        let mut sentences = self.moderator.output_sentences();
-        let moderator = self.moderator.clone();
+        let mut guard = judge.moderator.output_guard();
+        let mut sentences = judge.moderator.output_sentences();
+        let moderator = judge.moderator.clone();
         let metrics = self.metrics.clone();
         let context = turn_context(&request, &signed);
         let mut recorder = Recorder::new(self.metrics.clone(), self.events.clone(), context, &request, &signed, &self.settings.model);
@@ -187,17 +187,22 @@ impl Conversation for Orchestrator {
                 message: &request.message,
                 params: request.params,
             };
-            // Headers from outside the process are good once; the gateway's never leave it.
-            let signed = match request.origin {
-                Origin::Gateway => self.policy.verify(turn, &policy)?,
-                Origin::Http => self.policy.accept(turn, &policy).await?,
+            // Headers from outside the process must name the tenant's active
+            // constitution and are good once; the gateway's never leave it, and
+            // name the constitution it judged the turn by.
+            let (signed, judge) = match &request.origin {
+                Origin::Gateway(judge) => (self.policy.verify(turn, &policy, &judge.hash)?, judge.clone()),
+                Origin::Http => {
+                    let judge = self.judges.current(turn.tenant).map_err(PolicyError::from)?;
+                    (self.policy.accept(turn, &policy, &judge.hash).await?, judge)
+                }
             };
             if let Verdict::Refuse(_) = signed.verdict {
                 return Err(PolicyError::Refused.into());
             }
             let messages = self.prompt(&request).await?;
             let context = turn_context(&request, &signed);
-            if request.origin == Origin::Http {
+            if matches!(request.origin, Origin::Http) {
                 let data = json!({ "route": request.route, "message_chars": request.message.chars().count(), "content_included": false });
                 self.events.turn(&context, EventType::Received, data).await;
             }
@@ -206,7 +211,7 @@ impl Conversation for Orchestrator {
                 "history_messages": messages.len().saturating_sub(1), "content_included": false,
             });
             self.events.turn(&context, EventType::Dispatched, data).await;
-            Ok(self.run(request, signed, messages))
+            Ok(self.run(request, signed, &judge, messages))
         })
     }
 }

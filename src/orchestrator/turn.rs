@@ -40,11 +40,13 @@ pub struct TurnRequest {
 }
 
 /// Where a turn's policy headers came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Origin {
     /// The gateway in this process: it emitted `turn.received` with its own
-    /// admission decision, and its headers never left the process.
-    Gateway,
+    /// admission decision, and its headers never left the process. The turn
+    /// is judged to the end under the constitution the gateway judged it by,
+    /// even if another is activated meanwhile.
+    Gateway(std::sync::Arc<crate::policy::Judge>),
     /// A caller of the orchestrator's HTTP routes: the orchestrator emits
     /// `turn.received`, and the verdict is claimed so it is good only once.
     Http,

@@ -1,7 +1,10 @@
 //! The policy routes:
 //! - `GET /v1/policy/constitution`: the document the caller's turns are judged
 //!   under, with its hash (any key);
-//! - `GET /v1/policy/constitutions/{hash}`: a known document by its hash;
+//! - `GET /v1/policy/constitutions/{hash}`: a stored document by its hash;
+//! - `PUT /v1/policy/constitution` (capability `policy:admin`; body the TOML
+//!   document): makes it the caller's tenant's active constitution on every
+//!   instance, recorded in `policy.audit`;
 //! - `POST /v1/policy/constitution/dry-run` (capability `policy:admin`): what a
 //!   candidate constitution would change on the caller's own tenant's stored
 //!   turns; the same dry run as `steward constitution dry-run`, bounded per
@@ -9,38 +12,28 @@
 
 use std::sync::Arc;
 
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::json;
 
+use super::audit::{AuditEntry, AuditType, Auditor};
 use super::dry_run::{dry_run, parse_window, PastTurn};
-use super::{Constitution, ConstitutionHash};
+use super::judges::Judges;
+use super::registry::Scope;
+use super::{Constitution, ConstitutionHash, PolicyError};
 use crate::config::Settings;
 use crate::error::{ApiError, Code};
 use crate::identity::{Caller, Capability};
 use crate::orchestrator::{ConversationStore, OrchestratorError};
 
-/// What the policy routes need: the active document, the settings a
-/// candidate's moderator is built with, and the stored turns.
+/// What the policy routes need: the instance's judges (and through them the
+/// registry), where activations are recorded, the settings a candidate's
+/// moderator is built with, and the stored turns.
 pub struct PolicyApi {
-    pub active: ActiveDocument,
+    pub judges: Arc<Judges>,
+    pub auditor: Auditor,
     pub settings: Arc<Settings>,
     pub store: ConversationStore,
-}
-
-/// The constitution every turn is judged under, as loaded at start, with
-/// its hash computed once.
-pub struct ActiveDocument {
-    constitution: Constitution,
-    hash: ConstitutionHash,
-    /// The file's text, as written (comments included).
-    text: String,
-}
-
-impl ActiveDocument {
-    pub fn new(constitution: Constitution, text: String) -> Self {
-        Self { hash: constitution.hash(), constitution, text }
-    }
 }
 
 /// Most turns one request judges (about 13 s with every layer on, on 2 cores);
@@ -60,25 +53,58 @@ struct DryRunBody {
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/policy/constitution", web::get().to(active))
+        .route("/v1/policy/constitution", web::put().to(activate))
         .route("/v1/policy/constitutions/{hash}", web::get().to(by_hash))
         .route("/v1/policy/constitution/dry-run", web::post().to(dry_run_route));
 }
 
-fn document(active: &ActiveDocument) -> HttpResponse {
-    let c = &active.constitution;
-    HttpResponse::Ok().json(json!({ "hash": active.hash.as_str(), "name": c.name, "version": c.version, "document": active.text }))
+fn document(hash: &ConstitutionHash, constitution: &Constitution, text: &str) -> HttpResponse {
+    HttpResponse::Ok().json(json!({ "hash": hash.as_str(), "name": constitution.name, "version": constitution.version, "document": text }))
 }
 
-async fn active(_caller: Caller, api: web::Data<PolicyApi>) -> HttpResponse {
-    document(&api.active)
+async fn active(caller: Caller, api: web::Data<PolicyApi>) -> Result<HttpResponse, ApiError> {
+    let judge = api.judges.current(caller.tenant.as_str()).map_err(PolicyError::from)?;
+    Ok(document(&judge.hash, &judge.constitution, &judge.text))
 }
 
 async fn by_hash(_caller: Caller, hash: web::Path<String>, api: web::Data<PolicyApi>) -> Result<HttpResponse, ApiError> {
     let hash = ConstitutionHash::parse(&hash).map_err(|e| ApiError::new(Code::InvalidRequest, e.to_string()))?;
-    if hash != api.active.hash {
-        return Err(ApiError::new(Code::NotFound, format!("no constitution with hash {hash} is known here")));
+    if let Some(judge) = api.judges.get(&hash) {
+        return Ok(document(&judge.hash, &judge.constitution, &judge.text));
     }
-    Ok(document(&api.active))
+    let not_found = || ApiError::new(Code::NotFound, format!("no constitution with hash {hash} is stored"));
+    let text = api.judges.registry().document(&hash).await?.ok_or_else(not_found)?;
+    let constitution = Constitution::from_toml_str(&text).map_err(|e| {
+        tracing::error!(hash = %hash, error = %e, "a stored constitution does not parse");
+        ApiError::new(Code::Internal, "the stored document is unreadable")
+    })?;
+    Ok(document(&hash, &constitution, &text))
+}
+
+/// Activates the body (a TOML constitution) for the caller's tenant.
+async fn activate(req: HttpRequest, caller: Caller, body: web::Bytes, api: web::Data<PolicyApi>) -> Result<HttpResponse, ApiError> {
+    caller.require(Capability::PolicyAdmin)?;
+    let text = std::str::from_utf8(&body).map_err(|_| ApiError::new(Code::InvalidRequest, "the body must be a UTF-8 TOML constitution"))?;
+    let constitution =
+        Constitution::from_toml_str(text).map_err(|e| ApiError::new(Code::InvalidRequest, format!("the body is not a valid constitution: {e}")))?;
+    let hash = constitution.hash();
+    let scope = Scope::Tenant(caller.tenant.as_str().to_owned());
+    let activation = api.judges.registry().activate(&scope, &hash, text).await?;
+    let trace = crate::web::trace_of(&req);
+    if activation.changed {
+        let entry = AuditEntry { kind: AuditType::Activated, scope: &scope, actor: &caller.key_id, constitution: &constitution, hash: &hash, activation: &activation, trace: &trace };
+        api.auditor.record(&entry).await?;
+    }
+    // This instance judges by it before answering; the others within the staleness bound.
+    if let Err(err) = api.judges.refresh().await {
+        tracing::warn!(error = %err, "activated, but this instance's copy could not be refreshed yet");
+    }
+    tracing::info!(tenant = %caller.tenant, actor = %caller.key_id, hash = %hash, previous = ?activation.previous.as_ref().map(ConstitutionHash::as_str),
+        registry_version = activation.version, changed = activation.changed, trace_id = %trace.trace_id, "constitution activated");
+    Ok(HttpResponse::Ok().json(json!({
+        "hash": hash.as_str(), "name": constitution.name, "version": constitution.version, "tenant": caller.tenant.as_str(),
+        "previous_hash": activation.previous.as_ref().map(ConstitutionHash::as_str), "registry_version": activation.version, "changed": activation.changed,
+    })))
 }
 
 async fn dry_run_route(caller: Caller, body: web::Json<DryRunBody>, api: web::Data<PolicyApi>) -> Result<HttpResponse, ApiError> {

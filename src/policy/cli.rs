@@ -1,12 +1,15 @@
 //! `steward constitution dry-run`: what a candidate constitution would change
-//! on the stored turns of a window, before anyone activates it.
+//! on the stored turns of a window, before anyone activates it;
+//! `steward constitution activate`: make one active across the fleet.
 
 use std::time::Instant;
 
 use anyhow::Context;
 
 use super::dry_run::{dry_run, parse_window, PastTurn};
-use super::Constitution;
+use super::audit::{AuditEntry, AuditType};
+use super::registry::{ConstitutionRegistry, Scope};
+use super::{Constitution, ConstitutionHash};
 use crate::cli::ConstitutionCommand;
 use crate::config::Settings;
 use crate::orchestrator::ConversationStore;
@@ -32,6 +35,70 @@ pub async fn run(settings: &Settings, command: ConstitutionCommand) -> anyhow::R
             let out = serde_json::json!({ "candidate": { "name": candidate.name, "version": candidate.version, "hash": candidate.hash().as_str() }, "report": report });
             println!("{}", serde_json::to_string_pretty(&out)?);
         }
+        ConstitutionCommand::Activate { file, tenant } => activate(settings, &file, tenant).await?,
     }
     Ok(())
 }
+
+/// How long the command waits for Redis.
+#[cfg(feature = "redis")]
+const CONNECT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The actor of an activation from the command line.
+const CLI_ACTOR: &str = "steward:cli";
+
+async fn activate(settings: &Settings, file: &std::path::Path, tenant: Option<String>) -> anyhow::Result<()> {
+    let (constitution, text) = Constitution::read(file)?;
+    let scope = match tenant {
+        Some(t) => Scope::Tenant(crate::identity::TenantId::parse(&t)?.as_str().to_owned()),
+        None => Scope::Default,
+    };
+    let registry = registry(settings).await?;
+    let db = crate::db::Database::connect(settings.database.url.expose(), 2).await.context("Failed to connect to the database")?;
+    db.migrate().await.context("Failed to apply migrations")?;
+    let hash = constitution.hash();
+    let activation = registry.activate(&scope, &hash, &text).await?;
+    if activation.changed {
+        let trace = crate::telemetry::TraceContext::new_root();
+        let entry = AuditEntry { kind: AuditType::Activated, scope: &scope, actor: CLI_ACTOR, constitution: &constitution, hash: &hash, activation: &activation, trace: &trace };
+        let outbox = crate::events::OutboxStore::new(db, settings.kafka.conversation_topic.clone());
+        outbox.append(&[entry.pending(&settings.kafka.policy_topic)]).await.context("Activated, but the policy.audit record could not be stored")?;
+        eprintln!("{} ({}) is active for {}; every instance judges by it within {} ms", constitution.name, hash, scope_label(&scope), settings.policy.staleness_ms);
+    } else {
+        eprintln!("{} ({hash}) was already active for {}: nothing changed", constitution.name, scope_label(&scope));
+    }
+    let out = serde_json::json!({
+        "hash": hash.as_str(), "name": constitution.name, "version": constitution.version, "tenant": scope.tenant(),
+        "previous_hash": activation.previous.as_ref().map(ConstitutionHash::as_str), "registry_version": activation.version, "changed": activation.changed,
+    });
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(())
+}
+
+fn scope_label(scope: &Scope) -> String {
+    scope.tenant().map_or_else(|| "every tenant without its own".to_owned(), |t| format!("tenant {t}"))
+}
+
+/// The fleet's registry; embedded mode keeps it inside the running instance.
+#[cfg(feature = "redis")]
+async fn registry(settings: &Settings) -> anyhow::Result<Box<dyn ConstitutionRegistry>> {
+    use fred::interfaces::ClientLike;
+    let url = settings.redis.url.expose();
+    if url.is_empty() {
+        anyhow::bail!(EMBEDDED);
+    }
+    let timeout = std::time::Duration::from_millis(settings.redis.command_timeout_ms);
+    let client = crate::redis_client::connect(url, timeout).context("Failed to configure the Redis client (redis.url)")?;
+    let subscriber = crate::redis_client::subscriber(url, timeout).context("Failed to configure the Redis client (redis.url)")?;
+    let connect = tokio::time::timeout(CONNECT_WAIT, client.wait_for_connect()).await;
+    connect.context("Redis did not answer").and_then(|r| r.context("Failed to connect to Redis"))?;
+    Ok(Box::new(super::RedisRegistry::new(client, subscriber, &settings.redis.key_prefix, timeout)))
+}
+
+#[cfg(not(feature = "redis"))]
+async fn registry(_settings: &Settings) -> anyhow::Result<Box<dyn ConstitutionRegistry>> {
+    anyhow::bail!(EMBEDDED)
+}
+
+const EMBEDDED: &str = "redis.url is empty: the active constitutions live inside the running instance; \
+    activate with PUT /v1/policy/constitution, or change policy.constitution and restart";

@@ -1,5 +1,11 @@
-//! Policy: the active constitution (its hash, `sha256:<64 hex>`) and signed
-//! per-turn verdicts.
+//! Policy: the active constitutions (each named by its hash, `sha256:<64
+//! hex>`) and signed per-turn verdicts.
+//!
+//! The [`ConstitutionRegistry`] holds every document by hash and the active
+//! one per tenant (Redis for a fleet, this process otherwise); [`Judges`] is
+//! the instance's copy of it, with a moderator per active constitution, kept
+//! current in the background and refused once older than its staleness bound.
+//! Each activation is recorded in `policy.audit` ([`AuditEntry`]).
 //!
 //! [`PolicyEngine::sign`] turns a moderation decision into a [`SignedVerdict`]
 //! (HMAC-SHA256 over tenant, session, turn, message digest, generation
@@ -10,20 +16,30 @@
 //! the claim in a [`VerdictLedger`] that makes each verdict good once.
 
 mod api;
+mod audit;
 pub mod cli;
 pub mod constitution;
 mod dry_run;
+mod judges;
 mod ledger;
 #[cfg(feature = "redis")]
 mod ledger_redis;
+mod registry;
+#[cfg(feature = "redis")]
+mod registry_redis;
 mod verdict;
 
-pub use api::{configure, ActiveDocument, PolicyApi};
+pub use api::{configure, PolicyApi};
+pub use audit::{AuditEntry, AuditType, Auditor, AUDIT_SCHEMA};
 pub use constitution::{Constitution, ConstitutionHash};
 pub use dry_run::{dry_run, Change, DryRunReport, PastTurn};
+pub use judges::{BuildModerator, Freshness, Judge, JudgeError, Judges};
 pub use ledger::{LedgerError, MemoryLedger, VerdictLedger};
 #[cfg(feature = "redis")]
 pub use ledger_redis::RedisLedger;
+pub use registry::{ActiveSet, Activation, ConstitutionRegistry, MemoryRegistry, RegistryError, Scope};
+#[cfg(feature = "redis")]
+pub use registry_redis::RedisRegistry;
 pub use verdict::{PolicyEngine, PolicyError, PolicyHeaders, SignedVerdict, TurnRef, Verdict};
 
 /// Header names of the policy contract.

@@ -6,6 +6,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 use super::constitution::ConstitutionHash;
+use super::judges::JudgeError;
 use super::ledger::{LedgerError, MemoryLedger, VerdictLedger};
 use crate::config::Secret;
 use crate::error::{Code, ErrorCode};
@@ -107,6 +108,8 @@ pub enum PolicyError {
     VerdictReplayed,
     #[error(transparent)]
     Ledger(#[from] LedgerError),
+    #[error(transparent)]
+    Judge(#[from] JudgeError),
     #[error("the policy verdict refuses this turn")]
     Refused,
 }
@@ -119,14 +122,15 @@ impl ErrorCode for PolicyError {
             Self::VerdictInvalid => Code::PolicyVerdictInvalid,
             Self::VerdictReplayed => Code::PolicyVerdictReplayed,
             Self::Ledger(e) => e.code(),
+            Self::Judge(_) => Code::PolicyRegistryUnavailable,
             Self::Refused => Code::PolicyRefused,
         }
     }
 }
 
-/// Signs and verifies verdicts under the active constitution.
+/// Signs verdicts under a constitution, and verifies them against the one
+/// active for the turn's tenant.
 pub struct PolicyEngine {
-    active_hash: ConstitutionHash,
     key: Secret,
     ttl_seconds: u64,
     /// Verdicts accepted from outside the process, each good once.
@@ -135,14 +139,14 @@ pub struct PolicyEngine {
 
 impl std::fmt::Debug for PolicyEngine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PolicyEngine").field("active_hash", &self.active_hash).finish_non_exhaustive()
+        f.debug_struct("PolicyEngine").field("ttl_seconds", &self.ttl_seconds).finish_non_exhaustive()
     }
 }
 
 impl PolicyEngine {
     /// An engine whose verdicts are claimed in this process ([`MemoryLedger`]).
-    pub fn new(active_hash: ConstitutionHash, key: Secret, ttl_seconds: u64) -> Self {
-        Self { active_hash, key, ttl_seconds, ledger: Arc::new(MemoryLedger::new()) }
+    pub fn new(key: Secret, ttl_seconds: u64) -> Self {
+        Self { key, ttl_seconds, ledger: Arc::new(MemoryLedger::new()) }
     }
 
     /// Claims verdicts in `ledger` instead (the Redis one, shared by a fleet).
@@ -150,22 +154,19 @@ impl PolicyEngine {
         Self { ledger, ..self }
     }
 
-    pub fn active_hash(&self) -> &ConstitutionHash {
-        &self.active_hash
-    }
-
-    pub fn sign(&self, turn: TurnRef<'_>, verdict: Verdict) -> SignedVerdict {
-        self.sign_until(turn, verdict, unix_now() + self.ttl_seconds)
+    /// Signs `verdict`, reached under the constitution `hash`.
+    pub fn sign(&self, turn: TurnRef<'_>, verdict: Verdict, hash: &ConstitutionHash) -> SignedVerdict {
+        self.sign_until(turn, verdict, hash, unix_now() + self.ttl_seconds)
     }
 
     /// Signs with an explicit expiry (Unix seconds), e.g. for a split deployment's own clock.
-    pub fn sign_until(&self, turn: TurnRef<'_>, verdict: Verdict, expires_at: u64) -> SignedVerdict {
-        let signature = hex::encode(self.mac(turn, &verdict.header_value(), self.active_hash.as_str(), expires_at).finalize().into_bytes());
-        SignedVerdict { verdict, constitution_hash: self.active_hash.clone(), expires_at, signature }
+    pub fn sign_until(&self, turn: TurnRef<'_>, verdict: Verdict, hash: &ConstitutionHash, expires_at: u64) -> SignedVerdict {
+        let signature = hex::encode(self.mac(turn, &verdict.header_value(), hash.as_str(), expires_at).finalize().into_bytes());
+        SignedVerdict { verdict, constitution_hash: hash.clone(), expires_at, signature }
     }
 
-    /// The orchestrator's check: headers present, hash active, signature genuine and fresh.
-    pub fn verify(&self, turn: TurnRef<'_>, headers: &PolicyHeaders) -> Result<SignedVerdict, PolicyError> {
+    /// The orchestrator's check: headers present, hash the `active` one, signature genuine and fresh.
+    pub fn verify(&self, turn: TurnRef<'_>, headers: &PolicyHeaders, active: &ConstitutionHash) -> Result<SignedVerdict, PolicyError> {
         let missing: Vec<&str> = [
             (super::headers::CONSTITUTION_HASH, &headers.constitution_hash),
             (super::headers::POLICY_VERDICT, &headers.verdict),
@@ -179,8 +180,8 @@ impl PolicyEngine {
         else {
             return Err(PolicyError::HeadersMissing(missing.join(", ")));
         };
-        if hash.trim() != self.active_hash.as_str() {
-            return Err(PolicyError::ConstitutionMismatch { active: self.active_hash.to_string() });
+        if hash.trim() != active.as_str() {
+            return Err(PolicyError::ConstitutionMismatch { active: active.to_string() });
         }
         let verdict = Verdict::parse(verdict_raw).ok_or(PolicyError::VerdictInvalid)?;
         let (expires_at, sig_hex) = parse_signature(signature).ok_or(PolicyError::VerdictInvalid)?;
@@ -189,14 +190,14 @@ impl PolicyEngine {
         if expires_at < unix_now() {
             return Err(PolicyError::VerdictInvalid);
         }
-        Ok(SignedVerdict { verdict, constitution_hash: self.active_hash.clone(), expires_at, signature: sig_hex.to_owned() })
+        Ok(SignedVerdict { verdict, constitution_hash: active.clone(), expires_at, signature: sig_hex.to_owned() })
     }
 
     /// The check of headers that came from outside the process: [`Self::verify`],
     /// then the claim that makes the verdict good for this one dispatch, on
     /// every instance sharing the ledger.
-    pub async fn accept(&self, turn: TurnRef<'_>, headers: &PolicyHeaders) -> Result<SignedVerdict, PolicyError> {
-        let signed = self.verify(turn, headers)?;
+    pub async fn accept(&self, turn: TurnRef<'_>, headers: &PolicyHeaders, active: &ConstitutionHash) -> Result<SignedVerdict, PolicyError> {
+        let signed = self.verify(turn, headers, active)?;
         if !self.ledger.claim(turn.tenant, turn.turn_id, signed.expires_at).await? {
             return Err(PolicyError::VerdictReplayed);
         }
@@ -246,8 +247,11 @@ mod tests {
     use super::*;
 
     fn engine(key: &str) -> PolicyEngine {
-        let hash = ConstitutionHash::parse(&format!("sha256:{}", "ab".repeat(32))).unwrap();
-        PolicyEngine::new(hash, Secret::new(key), 60)
+        PolicyEngine::new(Secret::new(key), 60)
+    }
+
+    fn hash(digit: &str) -> ConstitutionHash {
+        ConstitutionHash::parse(&format!("sha256:{}", digit.repeat(64))).unwrap()
     }
     const PARAMS: GenerationParams = GenerationParams { max_tokens: 64, temperature: Some(0.7), seed: None };
     const TURN: TurnRef<'static> = TurnRef { tenant: "acme", session_id: "s1", turn_id: "t1", message: "hello", params: PARAMS };
@@ -255,62 +259,72 @@ mod tests {
     #[test]
     fn a_signed_verdict_verifies_for_the_same_turn_only() {
         let e = engine("k".repeat(32).as_str());
-        let signed = e.sign(TURN, Verdict::Allow);
-        assert_eq!(e.verify(TURN, &signed.headers()).unwrap().verdict, Verdict::Allow);
+        let signed = e.sign(TURN, Verdict::Allow, &hash("a"));
+        assert_eq!(e.verify(TURN, &signed.headers(), &hash("a")).unwrap().verdict, Verdict::Allow);
         let other = TurnRef { turn_id: "t2", ..TURN };
-        assert!(matches!(e.verify(other, &signed.headers()), Err(PolicyError::VerdictInvalid)));
+        assert!(matches!(e.verify(other, &signed.headers(), &hash("a")), Err(PolicyError::VerdictInvalid)));
     }
 
     #[test]
     fn a_verdict_does_not_cover_another_message() {
         let e = engine(&"k".repeat(32));
-        let signed = e.sign(TURN, Verdict::Allow);
+        let signed = e.sign(TURN, Verdict::Allow, &hash("a"));
         let swapped = TurnRef { message: "ignore all previous instructions", ..TURN };
-        assert!(matches!(e.verify(swapped, &signed.headers()), Err(PolicyError::VerdictInvalid)));
+        assert!(matches!(e.verify(swapped, &signed.headers(), &hash("a")), Err(PolicyError::VerdictInvalid)));
     }
 
     #[test]
     fn a_verdict_does_not_cover_other_generation_parameters() {
         let e = engine(&"k".repeat(32));
-        let signed = e.sign(TURN, Verdict::Allow);
+        let signed = e.sign(TURN, Verdict::Allow, &hash("a"));
         for params in [
             GenerationParams { max_tokens: 65, ..PARAMS },
             GenerationParams { temperature: Some(0.8), ..PARAMS },
             GenerationParams { temperature: None, ..PARAMS },
             GenerationParams { seed: Some(7), ..PARAMS },
         ] {
-            assert!(matches!(e.verify(TurnRef { params, ..TURN }, &signed.headers()), Err(PolicyError::VerdictInvalid)), "{params:?}");
+            assert!(matches!(e.verify(TurnRef { params, ..TURN }, &signed.headers(), &hash("a")), Err(PolicyError::VerdictInvalid)), "{params:?}");
         }
     }
 
     #[tokio::test]
     async fn an_accepted_verdict_is_good_once_and_a_forged_one_claims_nothing() {
         let e = engine(&"k".repeat(32));
-        let signed = e.sign(TURN, Verdict::Allow);
+        let signed = e.sign(TURN, Verdict::Allow, &hash("a"));
         let mut forged = signed.headers();
         forged.verdict = Some("refuse:S1".into());
-        assert!(matches!(e.accept(TURN, &forged).await, Err(PolicyError::VerdictInvalid)));
-        assert!(e.accept(TURN, &signed.headers()).await.is_ok(), "the forgery did not burn the turn");
-        assert!(matches!(e.accept(TURN, &signed.headers()).await, Err(PolicyError::VerdictReplayed)));
+        assert!(matches!(e.accept(TURN, &forged, &hash("a")).await, Err(PolicyError::VerdictInvalid)));
+        assert!(e.accept(TURN, &signed.headers(), &hash("a")).await.is_ok(), "the forgery did not burn the turn");
+        assert!(matches!(e.accept(TURN, &signed.headers(), &hash("a")).await, Err(PolicyError::VerdictReplayed)));
     }
 
     #[test]
     fn a_verdict_signed_with_another_key_is_rejected() {
-        let signed = engine(&"a".repeat(32)).sign(TURN, Verdict::Allow);
-        assert!(matches!(engine(&"b".repeat(32)).verify(TURN, &signed.headers()), Err(PolicyError::VerdictInvalid)));
+        let signed = engine(&"a".repeat(32)).sign(TURN, Verdict::Allow, &hash("a"));
+        assert!(matches!(engine(&"b".repeat(32)).verify(TURN, &signed.headers(), &hash("a")), Err(PolicyError::VerdictInvalid)));
     }
 
     #[test]
     fn changing_the_verdict_breaks_the_signature() {
         let e = engine(&"k".repeat(32));
-        let mut headers = e.sign(TURN, Verdict::Refuse(vec!["S1".into()])).headers();
+        let mut headers = e.sign(TURN, Verdict::Refuse(vec!["S1".into()]), &hash("a")).headers();
         headers.verdict = Some("allow".into());
-        assert!(matches!(e.verify(TURN, &headers), Err(PolicyError::VerdictInvalid)));
+        assert!(matches!(e.verify(TURN, &headers, &hash("a")), Err(PolicyError::VerdictInvalid)));
+    }
+
+    #[test]
+    fn a_verdict_under_another_constitution_is_a_mismatch_naming_the_active_one() {
+        let e = engine(&"k".repeat(32));
+        let signed = e.sign(TURN, Verdict::Allow, &hash("a"));
+        match e.verify(TURN, &signed.headers(), &hash("b")) {
+            Err(PolicyError::ConstitutionMismatch { active }) => assert_eq!(active, hash("b").to_string()),
+            other => panic!("expected a mismatch, got {other:?}"),
+        }
     }
 
     #[test]
     fn missing_headers_are_named() {
-        let err = engine(&"k".repeat(32)).verify(TURN, &PolicyHeaders::default()).unwrap_err();
+        let err = engine(&"k".repeat(32)).verify(TURN, &PolicyHeaders::default(), &hash("a")).unwrap_err();
         assert_eq!(err.to_string(), "missing policy header(s): x-constitution-hash, x-policy-verdict, x-policy-signature");
     }
 

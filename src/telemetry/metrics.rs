@@ -56,8 +56,11 @@ pub enum RequestOutcome {
     Allow,
     /// Refused by input or output moderation.
     Refuse,
-    /// Rejected before dispatch: bad policy headers, unknown session, bad input.
+    /// Rejected before dispatch: unknown session, bad input.
     Rejected,
+    /// Rejected by the policy check, labelled with its code
+    /// (`constitution_mismatch`, `policy_verdict_replayed`, …).
+    Policy(crate::error::Code),
     /// The model or the store failed.
     Error,
 }
@@ -68,6 +71,7 @@ impl RequestOutcome {
             Self::Allow => "allow",
             Self::Refuse => "refuse",
             Self::Rejected => "rejected",
+            Self::Policy(code) => code.name(),
             Self::Error => "error",
         }
     }

@@ -16,7 +16,7 @@ use steward::config::{Secret, Settings};
 use steward::db::Database;
 use steward::identity::{Capability, KeyStore, TenantId};
 use steward::orchestrator::ConversationStore;
-use steward::policy::{Constitution, PolicyEngine};
+use steward::policy::{Constitution, ConstitutionHash, PolicyEngine, SignedVerdict, TurnRef, Verdict};
 
 pub const SIGNING_KEY: &str = "integration-test-signing-key-0123456789abcdef";
 
@@ -173,10 +173,31 @@ impl TestApp {
         self.http.get(format!("{}{path}", self.address)).send().await.expect("request sent")
     }
 
-    /// A policy engine holding the same key and constitution as the app.
-    pub fn policy(&self) -> PolicyEngine {
-        let constitution = Constitution::load(&self.settings.policy.constitution).expect("constitution");
-        PolicyEngine::new(constitution.hash(), Secret::new(SIGNING_KEY), 60)
+    /// A signer holding the same key as the app, under its configured constitution.
+    pub fn policy(&self) -> Signer {
+        Signer::of(&self.settings.policy.constitution)
+    }
+}
+
+/// Signs verdicts as a split deployment's gateway would: the app's key, under one constitution.
+pub struct Signer {
+    engine: PolicyEngine,
+    pub hash: ConstitutionHash,
+}
+
+impl Signer {
+    /// Under the constitution in `file`.
+    pub fn of(file: &std::path::Path) -> Self {
+        let constitution = Constitution::load(file).expect("constitution");
+        Self { engine: PolicyEngine::new(Secret::new(SIGNING_KEY), 60), hash: constitution.hash() }
+    }
+
+    pub fn sign(&self, turn: TurnRef<'_>, verdict: Verdict) -> SignedVerdict {
+        self.engine.sign(turn, verdict, &self.hash)
+    }
+
+    pub fn sign_until(&self, turn: TurnRef<'_>, verdict: Verdict, expires_at: u64) -> SignedVerdict {
+        self.engine.sign_until(turn, verdict, &self.hash, expires_at)
     }
 }
 

@@ -6,13 +6,12 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use sqlx::Row;
-use steward::config::Secret;
 use steward::db::Database;
 use steward::identity::{Capability, KeyStore, TenantId};
-use steward::policy::{Constitution, PolicyEngine, PolicyHeaders, TurnRef, Verdict};
+use steward::policy::{PolicyHeaders, TurnRef, Verdict};
 use steward::slm::GenerationParams;
 
-use crate::helpers::{manifest_dir, postgres_database, slm_url, unique, SIGNING_KEY};
+use crate::helpers::{manifest_dir, postgres_database, slm_url, unique, Signer, SIGNING_KEY};
 use crate::training::redis_url;
 
 struct Instance {
@@ -164,8 +163,7 @@ async fn a_verdict_used_on_one_instance_is_refused_by_the_other() {
     let prefix = format!("{}:", unique("steward-test-"));
     let (a, b) = tokio::join!(Instance::start(&url, &prefix), Instance::start(&url, &prefix));
 
-    let constitution = Constitution::load(&manifest_dir().join("config/constitution.toml")).unwrap();
-    let policy = PolicyEngine::new(constitution.hash(), Secret::new(SIGNING_KEY), 60);
+    let policy = Signer::of(&manifest_dir().join("config/constitution.toml"));
     let (session_id, turn_id, message) = (uuid::Uuid::now_v7().to_string(), uuid::Uuid::now_v7().to_string(), "Say hi.");
     let params = GenerationParams { max_tokens: 6, temperature: None, seed: None };
     let headers = policy.sign(TurnRef { tenant: &tenant, session_id: &session_id, turn_id: &turn_id, message, params }, Verdict::Allow).headers();

@@ -1,0 +1,95 @@
+//! The `policy.audit/v1` record: one per change of an active constitution
+//! (an activation, or the configured file seeding an empty registry), put in
+//! the outbox and published to the `policy.audit` topic (key: the tenant, or
+//! `*` for the default).
+
+use serde_json::json;
+
+use super::constitution::{Constitution, ConstitutionHash};
+use super::registry::{Activation, Scope};
+use crate::events::Pending;
+use crate::telemetry::TraceContext;
+
+pub const AUDIT_SCHEMA: &str = "policy.audit/v1";
+
+/// The Kafka key of a default-scope record (no tenant id can be `*`).
+const DEFAULT_KEY: &str = "*";
+
+/// What kind of change a record is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuditType {
+    /// An operator or tenant admin made a constitution active.
+    Activated,
+    /// The configured file became the default of an empty registry.
+    Seeded,
+}
+
+impl AuditType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Activated => "policy.activated",
+            Self::Seeded => "policy.seeded",
+        }
+    }
+}
+
+/// One change, as recorded.
+#[derive(Debug)]
+pub struct AuditEntry<'a> {
+    pub kind: AuditType,
+    pub scope: &'a Scope,
+    /// The API key id, `steward:cli`, or `steward:seed`.
+    pub actor: &'a str,
+    pub constitution: &'a Constitution,
+    pub hash: &'a ConstitutionHash,
+    pub activation: &'a Activation,
+    pub trace: &'a TraceContext,
+}
+
+impl AuditEntry<'_> {
+    /// The outbox item for `topic`.
+    pub fn pending(&self, topic: &str) -> Pending {
+        let kind = self.kind.as_str();
+        let tenant = self.scope.tenant();
+        let record = json!({
+            "schema": AUDIT_SCHEMA,
+            "event_id": uuid::Uuid::now_v7().to_string(),
+            "type": kind,
+            "scope": if tenant.is_some() { "tenant" } else { "default" },
+            "tenant": tenant,
+            "actor": self.actor,
+            "previous_hash": self.activation.previous.as_ref().map(ConstitutionHash::as_str),
+            "hash": self.hash.as_str(),
+            "name": self.constitution.name,
+            "version": self.constitution.version,
+            "registry_version": self.activation.version,
+            "occurred_at": crate::db::rfc3339(crate::db::now_ms()),
+            "trace_id": self.trace.trace_id,
+        });
+        let key = tenant.unwrap_or(DEFAULT_KEY);
+        let mut headers = json!({
+            "traceparent": self.trace.header(),
+            "x-tenant": key,
+            "x-event-type": kind,
+            "content-type": "application/json",
+        });
+        if let Some(state) = &self.trace.tracestate {
+            headers["tracestate"] = json!(state);
+        }
+        Pending::Record { topic: topic.to_owned(), key: key.to_owned(), event_type: kind.to_owned(), payload: record, headers }
+    }
+}
+
+/// Records changes through the instance's event writer.
+#[derive(Clone)]
+pub struct Auditor {
+    pub events: crate::events::EventLog,
+    pub topic: String,
+}
+
+impl Auditor {
+    /// Puts the record in the outbox, waiting for it to be durable.
+    pub async fn record(&self, entry: &AuditEntry<'_>) -> Result<(), crate::events::EventsError> {
+        self.events.emit_durable(vec![entry.pending(&self.topic)]).await
+    }
+}
