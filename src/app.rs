@@ -101,12 +101,8 @@ impl Application {
                 tenants: settings.chat.caller_system_prompt_tenants.clone(),
             },
         });
-        let policy_api = web::Data::new(crate::policy::PolicyApi {
-            judges,
-            auditor,
-            settings: Arc::new(settings.clone()),
-            store: ConversationStore::new(db.clone()),
-        });
+        let policy_api =
+            web::Data::new(crate::policy::PolicyApi { judges, auditor, settings: Arc::new(settings.clone()), store: ConversationStore::new(db.clone()) });
         let orchestrator_api =
             web::Data::new(OrchestratorApi { conversation: orchestrator, training: training.clone(), limits, metrics: metrics.clone(), keepalive });
         let keys = web::Data::new(KeyCache::new(

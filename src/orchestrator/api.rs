@@ -90,7 +90,8 @@ async fn begin(
     .await;
     if let Err(err) = &result {
         let code = err.code();
-        let outcome = if code.describe().1 == "policy" || code == Code::PolicyRegistryUnavailable { RequestOutcome::Policy(code) } else { RequestOutcome::Rejected };
+        let outcome =
+            if code.describe().1 == "policy" || code == Code::PolicyRegistryUnavailable { RequestOutcome::Policy(code) } else { RequestOutcome::Rejected };
         api.metrics.request(route, outcome, started.elapsed());
         tracing::info!(route, code = err.code().name(), "turn rejected");
     }

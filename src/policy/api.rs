@@ -92,7 +92,15 @@ async fn activate(req: HttpRequest, caller: Caller, body: web::Bytes, api: web::
     let activation = api.judges.registry().activate(&scope, &hash, text).await?;
     let trace = crate::web::trace_of(&req);
     if activation.changed {
-        let entry = AuditEntry { kind: AuditType::Activated, scope: &scope, actor: &caller.key_id, constitution: &constitution, hash: &hash, activation: &activation, trace: &trace };
+        let entry = AuditEntry {
+            kind: AuditType::Activated,
+            scope: &scope,
+            actor: &caller.key_id,
+            constitution: &constitution,
+            hash: &hash,
+            activation: &activation,
+            trace: &trace,
+        };
         api.auditor.record(&entry).await?;
     }
     // This instance judges by it before answering; the others within the staleness bound.

@@ -6,8 +6,8 @@ use std::time::Instant;
 
 use anyhow::Context;
 
-use super::dry_run::{dry_run, parse_window, PastTurn};
 use super::audit::{AuditEntry, AuditType};
+use super::dry_run::{dry_run, parse_window, PastTurn};
 use super::registry::{ConstitutionRegistry, Scope};
 use super::{Constitution, ConstitutionHash};
 use crate::cli::ConstitutionCommand;
@@ -60,10 +60,24 @@ async fn activate(settings: &Settings, file: &std::path::Path, tenant: Option<St
     let activation = registry.activate(&scope, &hash, &text).await?;
     if activation.changed {
         let trace = crate::telemetry::TraceContext::new_root();
-        let entry = AuditEntry { kind: AuditType::Activated, scope: &scope, actor: CLI_ACTOR, constitution: &constitution, hash: &hash, activation: &activation, trace: &trace };
+        let entry = AuditEntry {
+            kind: AuditType::Activated,
+            scope: &scope,
+            actor: CLI_ACTOR,
+            constitution: &constitution,
+            hash: &hash,
+            activation: &activation,
+            trace: &trace,
+        };
         let outbox = crate::events::OutboxStore::new(db, settings.kafka.conversation_topic.clone());
         outbox.append(&[entry.pending(&settings.kafka.policy_topic)]).await.context("Activated, but the policy.audit record could not be stored")?;
-        eprintln!("{} ({}) is active for {}; every instance judges by it within {} ms", constitution.name, hash, scope_label(&scope), settings.policy.staleness_ms);
+        eprintln!(
+            "{} ({}) is active for {}; every instance judges by it within {} ms",
+            constitution.name,
+            hash,
+            scope_label(&scope),
+            settings.policy.staleness_ms
+        );
     } else {
         eprintln!("{} ({hash}) was already active for {}: nothing changed", constitution.name, scope_label(&scope));
     }
@@ -82,17 +96,14 @@ fn scope_label(scope: &Scope) -> String {
 /// The fleet's registry; embedded mode keeps it inside the running instance.
 #[cfg(feature = "redis")]
 async fn registry(settings: &Settings) -> anyhow::Result<Box<dyn ConstitutionRegistry>> {
-    use fred::interfaces::ClientLike;
     let url = settings.redis.url.expose();
     if url.is_empty() {
         anyhow::bail!(EMBEDDED);
     }
     let timeout = std::time::Duration::from_millis(settings.redis.command_timeout_ms);
-    let client = crate::redis_client::connect(url, timeout).context("Failed to configure the Redis client (redis.url)")?;
-    let subscriber = crate::redis_client::subscriber(url, timeout).context("Failed to configure the Redis client (redis.url)")?;
-    let connect = tokio::time::timeout(CONNECT_WAIT, client.wait_for_connect()).await;
-    connect.context("Redis did not answer").and_then(|r| r.context("Failed to connect to Redis"))?;
-    Ok(Box::new(super::RedisRegistry::new(client, subscriber, &settings.redis.key_prefix, timeout)))
+    let registry = super::RedisRegistry::connect(url, &settings.redis.key_prefix, timeout).context("Failed to configure the Redis client (redis.url)")?;
+    registry.connected(CONNECT_WAIT).await?;
+    Ok(Box::new(registry))
 }
 
 #[cfg(not(feature = "redis"))]

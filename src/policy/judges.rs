@@ -16,9 +16,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::constitution::{Constitution, ConstitutionHash};
 use super::audit::{AuditEntry, AuditType, Auditor};
-use super::registry::{ActiveSet, Activation, ConstitutionRegistry, RegistryError, Scope};
+use super::constitution::{Constitution, ConstitutionHash};
+use super::registry::{Activation, ActiveSet, ConstitutionRegistry, RegistryError, Scope};
 use crate::moderation::Moderator;
 use crate::telemetry::TraceContext;
 

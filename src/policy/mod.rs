@@ -37,7 +37,7 @@ pub use judges::{BuildModerator, Freshness, Judge, JudgeError, Judges};
 pub use ledger::{LedgerError, MemoryLedger, VerdictLedger};
 #[cfg(feature = "redis")]
 pub use ledger_redis::RedisLedger;
-pub use registry::{ActiveSet, Activation, ConstitutionRegistry, MemoryRegistry, RegistryError, Scope};
+pub use registry::{Activation, ActiveSet, ConstitutionRegistry, MemoryRegistry, RegistryError, Scope};
 #[cfg(feature = "redis")]
 pub use registry_redis::RedisRegistry;
 pub use verdict::{PolicyEngine, PolicyError, PolicyHeaders, SignedVerdict, TurnRef, Verdict};

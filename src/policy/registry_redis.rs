@@ -17,7 +17,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::constitution::ConstitutionHash;
-use super::registry::{ActiveSet, Activation, ConstitutionRegistry, RegistryError, Scope};
+use super::registry::{Activation, ActiveSet, ConstitutionRegistry, RegistryError, Scope};
 
 /// KEYS: document, active set. ARGV: text, field, hash, channel.
 /// Returns `{previous or '', version, changed 0/1}`.
@@ -53,6 +53,21 @@ impl RedisRegistry {
     /// activations through `subscriber`, with keys under `prefix`.
     pub fn new(client: Client, subscriber: SubscriberClient, prefix: &str, timeout: Duration) -> Self {
         Self { client, subscriber, prefix: format!("{prefix}policy:constitution:"), timeout }
+    }
+
+    /// A registry with its own connections to `url` (made in the background).
+    pub fn connect(url: &str, prefix: &str, timeout: Duration) -> Result<Self, fred::error::Error> {
+        let client = crate::redis_client::connect(url, timeout)?;
+        Ok(Self::new(client, crate::redis_client::subscriber(url, timeout)?, prefix, timeout))
+    }
+
+    /// Waits, at most `within`, until the connection is made.
+    pub async fn connected(&self, within: Duration) -> Result<(), RegistryError> {
+        match tokio::time::timeout(within, self.client.wait_for_connect()).await {
+            Err(_) => Err(RegistryError::Unavailable(format!("not connected within {within:?}"))),
+            Ok(Err(err)) => Err(RegistryError::Unavailable(err.to_string())),
+            Ok(Ok(())) => Ok(()),
+        }
     }
 
     fn key(&self, name: &str) -> String {

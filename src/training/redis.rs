@@ -203,7 +203,10 @@ impl LockStore for RedisLockStore {
     fn tenants(&self) -> BoxFuture<'_, Result<Vec<String>, LockError>> {
         Box::pin(async move {
             let client = self.client.with_options(&self.options());
-            bounded(self.timeout, client.smembers::<Vec<String>, _>(self.key("tenants"))).await
+            let mut tenants = bounded(self.timeout, client.smembers::<Vec<String>, _>(self.key("tenants"))).await?;
+            // A set has no order; the port's callers get the same order from every adapter.
+            tenants.sort();
+            Ok(tenants)
         })
     }
 }

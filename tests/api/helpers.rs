@@ -188,8 +188,12 @@ pub struct Signer {
 impl Signer {
     /// Under the constitution in `file`.
     pub fn of(file: &std::path::Path) -> Self {
-        let constitution = Constitution::load(file).expect("constitution");
-        Self { engine: PolicyEngine::new(Secret::new(SIGNING_KEY), 60), hash: constitution.hash() }
+        Self::under(Constitution::load(file).expect("constitution").hash())
+    }
+
+    /// Under the constitution whose hash is `hash`.
+    pub fn under(hash: ConstitutionHash) -> Self {
+        Self { engine: PolicyEngine::new(Secret::new(SIGNING_KEY), 60), hash }
     }
 
     pub fn sign(&self, turn: TurnRef<'_>, verdict: Verdict) -> SignedVerdict {

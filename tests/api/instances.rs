@@ -14,13 +14,18 @@ use steward::slm::GenerationParams;
 use crate::helpers::{manifest_dir, postgres_database, slm_url, unique, Signer, SIGNING_KEY};
 use crate::training::redis_url;
 
-struct Instance {
+pub struct Instance {
     child: Child,
-    address: String,
+    pub address: String,
 }
 
 impl Instance {
-    async fn start(database_url: &str, key_prefix: &str) -> Self {
+    pub async fn start(database_url: &str, key_prefix: &str) -> Self {
+        Self::start_with(database_url, key_prefix, &[]).await
+    }
+
+    /// An instance with more settings (`STEWARD_…` variables).
+    pub async fn start_with(database_url: &str, key_prefix: &str, env: &[(&str, &str)]) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let child = Command::new(env!("CARGO_BIN_EXE_steward"))
             .arg("serve")
@@ -33,6 +38,7 @@ impl Instance {
             .env("STEWARD_POLICY__SIGNING_KEY", SIGNING_KEY)
             .env("STEWARD_TRAINING__EXPIRY_CHECK_MS", "100")
             .env("STEWARD_TELEMETRY__LOG_LEVEL", "warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -48,11 +54,11 @@ impl Instance {
         panic!("steward did not start on {}", instance.address);
     }
 
-    async fn post(&self, path: &str, key: &str, body: &Value) -> reqwest::Response {
+    pub async fn post(&self, path: &str, key: &str, body: &Value) -> reqwest::Response {
         reqwest::Client::new().post(format!("{}{path}", self.address)).bearer_auth(key).json(body).send().await.unwrap()
     }
 
-    async fn post_with(&self, path: &str, key: &str, body: &Value, policy: &PolicyHeaders) -> reqwest::Response {
+    pub async fn post_with(&self, path: &str, key: &str, body: &Value, policy: &PolicyHeaders) -> reqwest::Response {
         let mut request = reqwest::Client::new().post(format!("{}{path}", self.address)).bearer_auth(key).json(body);
         for (name, value) in
             [("x-constitution-hash", &policy.constitution_hash), ("x-policy-verdict", &policy.verdict), ("x-policy-signature", &policy.signature)]

@@ -20,6 +20,7 @@ mod moderation_eval;
 mod openai;
 mod ops;
 mod orchestrator;
+mod registry;
 mod semantic;
 mod storage;
 mod training;

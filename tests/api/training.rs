@@ -183,12 +183,15 @@ async fn turns_of_a_tenant_in_training_mode_are_marked_and_others_are_not() {
 }
 
 /// A Redis server of this test's own, to stop and start.
-struct PrivateRedis {
+pub struct PrivateRedis {
     child: Option<std::process::Child>,
-    port: u16,
+    pub port: u16,
 }
 
 impl PrivateRedis {
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
     fn start_on(port: u16) -> std::process::Child {
         std::process::Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
@@ -196,7 +199,7 @@ impl PrivateRedis {
             .spawn()
             .expect("redis-server on PATH")
     }
-    async fn start() -> Self {
+    pub async fn start() -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let redis = Self { child: Some(Self::start_on(port)), port };
         redis.wait().await;
@@ -211,13 +214,13 @@ impl PrivateRedis {
         }
         panic!("redis-server did not start");
     }
-    fn stop(&mut self) {
+    pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
     }
-    async fn restart(&mut self) {
+    pub async fn restart(&mut self) {
         self.stop();
         self.child = Some(Self::start_on(self.port));
         self.wait().await;
@@ -233,7 +236,16 @@ impl Drop for PrivateRedis {
 #[tokio::test]
 async fn with_redis_down_training_is_503_chat_works_unmarked_and_service_resumes_when_it_returns() {
     let mut redis = PrivateRedis::start().await;
-    let app = app_with_redis(&format!("redis://127.0.0.1:{}", redis.port)).await;
+    let url = redis.url();
+    // Chat goes on without Redis only where the operator chose to judge from a stale
+    // copy of the active constitutions (failing closed is `registry::with_redis_gone…`).
+    let app = spawn_app_with(Storage::Sqlite, move |s| {
+        s.redis.url = steward::config::Secret::new(url);
+        s.redis.key_prefix = format!("{}:", unique("steward-test-"));
+        s.training.expiry_check_ms = 100;
+        s.policy.fail_open = true;
+    })
+    .await;
     let tenant = unique("tenant-");
     let admin = admin_key(&app, &tenant).await;
     assert_eq!(app.post("/v1/training/enable", Some(&admin), &json!({ "ttl_seconds": 60, "reason": "before" })).await.status(), 200);
