@@ -116,3 +116,35 @@ async fn the_active_constitution_is_served_by_itself_and_by_its_hash() {
     let anonymous = app.http.get(format!("{}/v1/policy/constitution", app.address)).send().await.unwrap();
     assert_error(anonymous, 401, "unauthenticated").await;
 }
+
+#[tokio::test]
+async fn put_activates_a_constitution_for_the_callers_tenant_only_without_a_restart() {
+    let app = spawn_app().await;
+    let (tenant, chat) = app.chat_key().await;
+    let admin = app.key(&tenant, &[Capability::PolicyAdmin]).await;
+    let (_, other) = app.chat_key().await;
+    let (document, code) = candidate_with_phrase(&app, "tell me a riddle");
+    let put = |key: &str, body: String| app.http.put(format!("{}/v1/policy/constitution", app.address)).bearer_auth(key).body(body).send();
+
+    assert_error(put(&chat, document.clone()).await.unwrap(), 403, "forbidden").await;
+    assert_error(put(&admin, "name = 1".into()).await.unwrap(), 400, "invalid_request").await;
+    let before = app.chat(&chat, &json!({ "message": "Tell me a riddle.", "max_tokens": 2 })).await;
+    assert_eq!(before.first("session")["policy_verdict"], "allow");
+
+    let response = put(&admin, document.clone()).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let activated: Value = response.json().await.unwrap();
+    assert_eq!((activated["tenant"].as_str(), activated["changed"].as_bool()), (Some(tenant.as_str()), Some(true)));
+
+    let refused = app.chat(&chat, &json!({ "message": "Tell me a riddle.", "max_tokens": 2 })).await;
+    assert_eq!(refused.first("session")["constitution_hash"], activated["hash"]);
+    assert_eq!(refused.first("refusal")["code"], code.as_str());
+    let elsewhere = app.chat(&other, &json!({ "message": "Tell me a riddle.", "max_tokens": 2 })).await;
+    assert_eq!(elsewhere.first("session")["policy_verdict"], "allow", "other tenants keep the default");
+    let again: Value = put(&admin, document).await.unwrap().json().await.unwrap();
+    assert_eq!(again["changed"], false);
+    let audit = app.outbox("policy.audit").await;
+    let types: Vec<&str> = audit.iter().map(|r| r["type"].as_str().unwrap()).collect();
+    assert_eq!(types, ["policy.seeded", "policy.activated"], "one record per change: {audit:#?}");
+    assert_eq!(audit[1]["tenant"], tenant.as_str());
+}

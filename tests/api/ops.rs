@@ -61,6 +61,8 @@ async fn openapi_json_describes_every_route_the_app_serves() {
         ("/v1/training/disable", "post"),
         ("/v1/training/status", "get"),
         ("/v1/policy/constitution", "get"),
+        ("/v1/policy/constitution", "put"),
+        ("/v1/policy/constitutions/{hash}", "get"),
         ("/v1/policy/constitution/dry-run", "post"),
         ("/healthz", "get"),
         ("/readyz", "get"),
