@@ -102,8 +102,10 @@ pub enum PolicyError {
     HeadersMissing(String),
     #[error("x-constitution-hash does not match the active constitution {active}")]
     ConstitutionMismatch { active: String },
-    #[error("policy verdict is malformed, forged or expired")]
+    #[error("policy verdict is malformed, forged or signed for another turn")]
     VerdictInvalid,
+    #[error("policy verdict has expired: judge the turn again")]
+    VerdictExpired,
     #[error("this policy verdict has been used already: a verdict is good for one dispatch")]
     VerdictReplayed,
     #[error(transparent)]
@@ -120,6 +122,7 @@ impl ErrorCode for PolicyError {
             Self::HeadersMissing(_) => Code::PolicyHeadersMissing,
             Self::ConstitutionMismatch { .. } => Code::ConstitutionMismatch,
             Self::VerdictInvalid => Code::PolicyVerdictInvalid,
+            Self::VerdictExpired => Code::PolicyVerdictExpired,
             Self::VerdictReplayed => Code::PolicyVerdictReplayed,
             Self::Ledger(e) => e.code(),
             Self::Judge(_) => Code::PolicyRegistryUnavailable,
@@ -187,8 +190,9 @@ impl PolicyEngine {
         let (expires_at, sig_hex) = parse_signature(signature).ok_or(PolicyError::VerdictInvalid)?;
         let sig = hex::decode(sig_hex).map_err(|_| PolicyError::VerdictInvalid)?;
         self.mac(turn, verdict_raw.trim(), hash.trim(), expires_at).verify_slice(&sig).map_err(|_| PolicyError::VerdictInvalid)?;
+        // Only a genuine signature learns that it expired.
         if expires_at < unix_now() {
-            return Err(PolicyError::VerdictInvalid);
+            return Err(PolicyError::VerdictExpired);
         }
         Ok(SignedVerdict { verdict, constitution_hash: active.clone(), expires_at, signature: sig_hex.to_owned() })
     }

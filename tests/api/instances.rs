@@ -159,7 +159,7 @@ async fn two_instances_share_one_lock_one_status_one_gauge_and_audit_an_expiry_o
 }
 
 #[tokio::test]
-async fn a_verdict_used_on_one_instance_is_refused_by_the_other() {
+async fn forged_expired_tampered_and_replayed_verdicts_are_refused_with_their_codes_on_either_instance() {
     let url = postgres_database().await;
     let db = Database::connect(&url, 2).await.unwrap();
     db.migrate().await.unwrap();
@@ -172,11 +172,36 @@ async fn a_verdict_used_on_one_instance_is_refused_by_the_other() {
     let policy = Signer::of(&manifest_dir().join("config/constitution.toml"));
     let (session_id, turn_id, message) = (uuid::Uuid::now_v7().to_string(), uuid::Uuid::now_v7().to_string(), "Say hi.");
     let params = GenerationParams { max_tokens: 6, temperature: None, seed: None };
-    let headers = policy.sign(TurnRef { tenant: &tenant, session_id: &session_id, turn_id: &turn_id, message, params }, Verdict::Allow).headers();
+    let turn = TurnRef { tenant: &tenant, session_id: &session_id, turn_id: &turn_id, message, params };
+    let genuine = policy.sign(turn, Verdict::Allow).headers();
     let body = json!({ "session_id": session_id, "turn_id": turn_id, "message": message, "max_tokens": 6 });
+    let past = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() - 5;
+    let tampered = |change: &dyn Fn(&mut PolicyHeaders)| {
+        let mut headers = genuine.clone();
+        change(&mut headers);
+        headers
+    };
+    let forged = tampered(&|h| h.signature = Some(format!("t=9999999999,v1={}", "ab".repeat(32))));
+    let expired = policy.sign_until(turn, Verdict::Allow, past).headers();
+    let verdict = tampered(&|h| h.verdict = Some("refuse:S1".into()));
+    let hash = tampered(&|h| h.constitution_hash = Some(format!("sha256:{}", "0".repeat(64))));
+    let longer = json!({ "session_id": session_id, "turn_id": turn_id, "message": message, "max_tokens": 60 });
+    let cases: [(&str, &Instance, &Value, &PolicyHeaders, u16, &str); 5] = [
+        ("forged signature", &a, &body, &forged, 403, "policy_verdict_invalid"),
+        ("expired signature", &b, &body, &expired, 403, "policy_verdict_expired"),
+        ("tampered verdict", &a, &body, &verdict, 403, "policy_verdict_invalid"),
+        ("tampered hash", &b, &body, &hash, 409, "constitution_mismatch"),
+        ("tampered parameters", &a, &longer, &genuine, 403, "policy_verdict_invalid"),
+    ];
+    for (case, instance, body, headers, status, code) in cases {
+        let response = instance.post_with("/v1/conversation/step", &key, body, headers).await;
+        assert_eq!(response.status(), status, "{case}");
+        assert_eq!(response.json::<Value>().await.unwrap()["code"], code, "{case}");
+    }
 
-    assert_eq!(a.post_with("/v1/conversation/step", &key, &body, &headers).await.status(), 200);
-    let replayed = b.post_with("/v1/conversation/step", &key, &body, &headers).await;
+    // None of them burnt the turn: the genuine verdict runs once, on A, and is refused on B.
+    assert_eq!(a.post_with("/v1/conversation/step", &key, &body, &genuine).await.status(), 200);
+    let replayed = b.post_with("/v1/conversation/step", &key, &body, &genuine).await;
     assert_eq!(replayed.status(), 403);
     assert_eq!(replayed.json::<Value>().await.unwrap()["code"], "policy_verdict_replayed");
     let turns: i64 = sqlx::query("SELECT COUNT(*) AS n FROM turns WHERE id = $1").bind(&turn_id).fetch_one(db.pool()).await.unwrap().try_get("n").unwrap();

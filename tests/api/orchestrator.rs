@@ -127,7 +127,7 @@ async fn an_expired_signature_is_403() {
     let turn = new_turn(&app).await;
     let past = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() - 5;
     let headers = app.policy().sign_until(turn.turn_ref(), Verdict::Allow, past).headers();
-    assert_error(step(&app, &turn, &headers, "/v1/conversation/step").await, 403, "policy_verdict_invalid").await;
+    assert_error(step(&app, &turn, &headers, "/v1/conversation/step").await, 403, "policy_verdict_expired").await;
 }
 
 #[tokio::test]
