@@ -96,6 +96,7 @@ impl Application {
             limits,
             keepalive,
             model_name: slm.model.clone(),
+            store_refused_text: settings.chat.store_refused_text,
             caller_system: crate::gateway::CallerSystemPolicy {
                 default: settings.chat.caller_system_prompt,
                 tenants: settings.chat.caller_system_prompt_tenants.clone(),

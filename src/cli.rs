@@ -1,5 +1,5 @@
 //! The command line: `serve`, `migrate`, `keys create|list|revoke`, `events tail`,
-//! `audit verify`, `moderation eval|fit` and `constitution dry-run`.
+//! `audit verify|replay`, `moderation prepare|eval|fit` and `constitution dry-run|activate`.
 
 use clap::{Parser, Subcommand};
 
@@ -122,6 +122,14 @@ pub enum AuditCommand {
         #[arg(long)]
         session: Option<String>,
     },
+    /// Judge one stored turn again under the constitution it was judged by
+    /// (fetched by its hash from the registry) and show whether the verdict
+    /// reproduces: exit 0 if it does, 1 if not, 3 if the turn's text was
+    /// withheld (refused on input) and cannot be judged again.
+    Replay {
+        #[arg(long)]
+        turn: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -157,6 +165,7 @@ pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
         Command::Audit(AuditCommand::Verify { brokers, topic, tenant, session }) => {
             audit_verify(&brokers, &topic, tenant.as_deref(), session.as_deref()).await?
         }
+        Command::Audit(AuditCommand::Replay { turn }) => crate::policy::cli::replay(&settings, &turn).await?,
         Command::Moderation(cmd) => crate::moderation::cli::run(&settings, cmd).await?,
         Command::Constitution(cmd) => crate::policy::cli::run(&settings, cmd).await?,
         Command::Keys(cmd) => {

@@ -144,6 +144,11 @@ pub struct ChatSettings {
     /// Per-tenant exceptions to `caller_system_prompt`.
     #[serde(default)]
     pub caller_system_prompt_tenants: std::collections::HashMap<String, CallerSystemPrompt>,
+    /// Keep the text of turns refused on input (it may be the very content
+    /// the refusal is about), so `steward audit replay` and the dry run can
+    /// judge them again. Off: stored as withheld.
+    #[serde(default)]
+    pub store_refused_text: bool,
 }
 
 /// See [`ChatSettings::caller_system_prompt`].

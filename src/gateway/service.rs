@@ -13,7 +13,7 @@ use crate::identity::{Caller, Capability};
 use crate::moderation::{Decision, Hit};
 use crate::orchestrator::{
     turn_context, Conversation, ConversationStore, FinishReason, OrchestratorError, Origin, RecordTurn, SessionState, TurnLimits, TurnRecord, TurnRequest,
-    TurnStream,
+    TurnStream, WITHHELD_TEXT,
 };
 use crate::policy::{Judges, PolicyEngine, PolicyError, SignedVerdict, TurnRef, Verdict};
 use crate::slm::{ChatMessage, GenerationParams, Role};
@@ -34,6 +34,8 @@ pub struct Gateway {
     pub model_name: String,
     /// Whether a tenant's callers may add system messages after the operator's.
     pub caller_system: CallerSystemPolicy,
+    /// Store the text of turns refused on input instead of withholding it.
+    pub store_refused_text: bool,
 }
 
 /// What happens to a caller's `system`/`developer` message: refused (the
@@ -158,7 +160,12 @@ impl Gateway {
             }
             let categories: Vec<_> = hits.iter().map(|h| json!({ "code": h.code, "category": h.category })).collect();
             let refused = NewEvent::new(context, EventType::Refused, json!({ "stage": "input", "categories": categories, "content_included": false }));
-            let turn = Pending::Write(Arc::new(RecordTurn(refusal_record(tenant, &session_id, &turn_id, &input.trace, &signed))));
+            let mut record = refusal_record(tenant, &session_id, &turn_id, &input.trace, &signed);
+            if self.store_refused_text {
+                record.user_message = request.message;
+                record.preamble = serde_json::to_string(&request.preamble).unwrap_or_else(|_| "[]".into());
+            }
+            let turn = Pending::Write(Arc::new(RecordTurn(record)));
             self.events.emit_durable(vec![Pending::Conversation(received), Pending::Conversation(refused), turn]).await?;
             self.metrics.request(input.route, RequestOutcome::Refuse, input.started.elapsed());
             tracing::info!(trace_id = %input.trace.trace_id, span_id = %input.trace.span_id, tenant, session_id = %session_id,
@@ -181,13 +188,13 @@ impl Gateway {
     }
 }
 
-/// A refused turn is stored without its text: it may be the very content (PII, say) the refusal is about.
+/// A refused turn, stored without its text.
 fn refusal_record(tenant: &str, session_id: &str, turn_id: &str, trace: &TraceContext, signed: &SignedVerdict) -> TurnRecord {
     TurnRecord {
         turn_id: turn_id.to_owned(),
         session_id: session_id.to_owned(),
         tenant: tenant.to_owned(),
-        user_message: "[withheld: refused by input moderation]".into(),
+        user_message: WITHHELD_TEXT.into(),
         preamble: "[]".into(),
         assistant_message: String::new(),
         finish_reason: FinishReason::Refused.as_str().into(),

@@ -17,7 +17,7 @@ use futures_util::future::BoxFuture;
 pub use api::{configure, OrchestratorApi};
 pub use recorder::turn_context;
 pub use service::{Orchestrator, OrchestratorSettings};
-pub use store::{ConversationStore, RecordTurn, SessionState, TurnRecord};
+pub use store::{ConversationStore, RecordTurn, SessionState, TurnRecord, WITHHELD_TEXT};
 pub use turn::{EventData, FinishReason, OrchestratorError, Origin, TurnEvent, TurnLimits, TurnRequest, TurnStream};
 
 use crate::policy::PolicyHeaders;

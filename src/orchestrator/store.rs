@@ -18,6 +18,11 @@ pub enum SessionState {
     Foreign,
 }
 
+/// What a turn refused on input is stored with instead of its text (unless
+/// `chat.store_refused_text`): it may be the very content (PII, say) the
+/// refusal is about.
+pub const WITHHELD_TEXT: &str = "[withheld: refused by input moderation]";
+
 /// One finished turn, as stored.
 #[derive(Debug, Clone)]
 pub struct TurnRecord {
@@ -88,35 +93,21 @@ impl ConversationStore {
     /// Finished turns created at or after `since_ms`, of one tenant or all,
     /// newest first, at most `limit` (for the constitution dry run).
     pub async fn window(&self, tenant: Option<&str>, since_ms: i64, limit: i64) -> Result<Vec<TurnRecord>, sqlx::Error> {
-        let rows = sqlx::query(
-            "SELECT id, session_id, tenant, user_message, preamble, assistant_message, finish_reason, policy_verdict, constitution_hash, \
-             trace_id, prompt_tokens, completion_tokens, created_at FROM turns \
-             WHERE created_at >= $1 AND ($2 = '' OR tenant = $2) ORDER BY created_at DESC, id DESC LIMIT $3",
-        )
+        let rows = sqlx::query(&format!(
+            "SELECT {TURN_COLUMNS} FROM turns WHERE created_at >= $1 AND ($2 = '' OR tenant = $2) ORDER BY created_at DESC, id DESC LIMIT $3"
+        ))
         .bind(since_ms)
         .bind(tenant.unwrap_or_default())
         .bind(limit)
         .fetch_all(self.db.pool())
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(TurnRecord {
-                    turn_id: r.try_get("id")?,
-                    session_id: r.try_get("session_id")?,
-                    tenant: r.try_get("tenant")?,
-                    user_message: r.try_get("user_message")?,
-                    preamble: r.try_get("preamble")?,
-                    assistant_message: r.try_get("assistant_message")?,
-                    finish_reason: r.try_get("finish_reason")?,
-                    policy_verdict: r.try_get("policy_verdict")?,
-                    constitution_hash: r.try_get("constitution_hash")?,
-                    trace_id: r.try_get("trace_id")?,
-                    prompt_tokens: r.try_get("prompt_tokens")?,
-                    completion_tokens: r.try_get("completion_tokens")?,
-                    created_at: r.try_get("created_at")?,
-                })
-            })
-            .collect()
+        rows.iter().map(record_of).collect()
+    }
+
+    /// One finished turn by its id (for `steward audit replay`).
+    pub async fn turn(&self, turn_id: &str) -> Result<Option<TurnRecord>, sqlx::Error> {
+        let row = sqlx::query(&format!("SELECT {TURN_COLUMNS} FROM turns WHERE id = $1")).bind(turn_id).fetch_optional(self.db.pool()).await?;
+        row.as_ref().map(record_of).transpose()
     }
 
     /// All turns of a session, oldest first (for tests and audits).
@@ -177,4 +168,26 @@ impl TxWrite for RecordTurn {
     fn write<'c>(&'c self, conn: &'c mut sqlx::AnyConnection) -> BoxFuture<'c, Result<(), sqlx::Error>> {
         Box::pin(self.insert(conn))
     }
+}
+
+/// The columns of a [`TurnRecord`], as [`record_of`] reads them.
+const TURN_COLUMNS: &str = "id, session_id, tenant, user_message, preamble, assistant_message, finish_reason, policy_verdict, constitution_hash, \
+    trace_id, prompt_tokens, completion_tokens, created_at";
+
+fn record_of(r: &sqlx::any::AnyRow) -> Result<TurnRecord, sqlx::Error> {
+    Ok(TurnRecord {
+        turn_id: r.try_get("id")?,
+        session_id: r.try_get("session_id")?,
+        tenant: r.try_get("tenant")?,
+        user_message: r.try_get("user_message")?,
+        preamble: r.try_get("preamble")?,
+        assistant_message: r.try_get("assistant_message")?,
+        finish_reason: r.try_get("finish_reason")?,
+        policy_verdict: r.try_get("policy_verdict")?,
+        constitution_hash: r.try_get("constitution_hash")?,
+        trace_id: r.try_get("trace_id")?,
+        prompt_tokens: r.try_get("prompt_tokens")?,
+        completion_tokens: r.try_get("completion_tokens")?,
+        created_at: r.try_get("created_at")?,
+    })
 }

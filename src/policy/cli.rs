@@ -1,6 +1,8 @@
 //! `steward constitution dry-run`: what a candidate constitution would change
 //! on the stored turns of a window, before anyone activates it;
-//! `steward constitution activate`: make one active across the fleet.
+//! `steward constitution activate`: make one active across the fleet;
+//! `steward audit replay`: judge one past turn again under the constitution
+//! it was judged by.
 
 use std::time::Instant;
 
@@ -38,6 +40,50 @@ pub async fn run(settings: &Settings, command: ConstitutionCommand) -> anyhow::R
         ConstitutionCommand::Activate { file, tenant } => activate(settings, &file, tenant).await?,
     }
     Ok(())
+}
+
+/// Exit status of a replay whose turn was stored without its text.
+const WITHHELD_EXIT: i32 = 3;
+
+pub async fn replay(settings: &Settings, turn_id: &str) -> anyhow::Result<()> {
+    let db = crate::db::Database::connect(settings.database.url.expose(), 2).await.context("Failed to connect to the database")?;
+    let record = ConversationStore::new(db).turn(turn_id).await?.ok_or_else(|| anyhow::anyhow!("no stored turn has the id {turn_id}"))?;
+    let hash = ConstitutionHash::parse(&record.constitution_hash)?;
+    let text = document_of(settings, &hash).await?;
+    let constitution = Constitution::from_toml_str(&text)?;
+    anyhow::ensure!(constitution.hash() == hash, "the document stored under {hash} hashes to {}", constitution.hash());
+    let moderator = crate::app::moderator(settings, &constitution)?;
+    let turn = PastTurn::from(record);
+    let mut out = serde_json::json!({
+        "turn_id": turn.turn_id, "trace_id": turn.trace_id, "constitution_hash": hash.as_str(), "constitution": constitution.name,
+    });
+    let Some(replayed) = super::dry_run::replay(&moderator, &turn).await? else {
+        out["recorded"] = turn.verdict.header_value().into();
+        out["withheld"] = true.into();
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        eprintln!("turn {turn_id} was refused on input and stored without its text: it cannot be judged again");
+        // The distinct status lets a script tell "cannot replay" from "does not reproduce".
+        std::process::exit(WITHHELD_EXIT);
+    };
+    out["recorded"] = replayed.recorded.clone().into();
+    out["replayed"] = replayed.replayed.clone().into();
+    out["reproduced"] = replayed.reproduced.into();
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    anyhow::ensure!(replayed.reproduced, "the verdict does not reproduce: recorded {}, now {}", replayed.recorded, replayed.replayed);
+    eprintln!("the verdict reproduces under {} ({hash}): {}", constitution.name, replayed.replayed);
+    Ok(())
+}
+
+/// A constitution's text by its hash: from the registry (Redis), else the configured file.
+async fn document_of(settings: &Settings, hash: &ConstitutionHash) -> anyhow::Result<String> {
+    if !settings.redis.url.expose().is_empty() {
+        if let Some(text) = registry(settings).await?.document(hash).await? {
+            return Ok(text);
+        }
+    }
+    let (configured, text) = Constitution::read(&settings.policy.constitution)?;
+    anyhow::ensure!(configured.hash() == *hash, "constitution {hash} is neither in the registry nor the configured file");
+    Ok(text)
 }
 
 /// How long the command waits for Redis.

@@ -1,8 +1,10 @@
 //! What a candidate constitution would change, before it is activated: past
 //! turns judged again under it, each compared with the verdict it got.
-//! Read-only. A turn refused on input was stored without its text (it may be
-//! the very content the refusal is about), so it cannot be judged again; it
-//! is counted apart.
+//! Read-only. A turn refused on input is stored without its text (it may be
+//! the very content the refusal is about) unless `chat.store_refused_text`
+//! is on, and then cannot be judged again; it is counted apart. An answer
+//! cut on output is stored as far as it reached the client, without the text
+//! that was cut, so such a turn is judged again on input only.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -12,7 +14,7 @@ use serde::Serialize;
 
 use super::verdict::Verdict;
 use crate::moderation::{Decision, GuardStep, Hit, ModerationError, Moderator};
-use crate::orchestrator::{FinishReason, TurnRecord};
+use crate::orchestrator::{FinishReason, TurnRecord, WITHHELD_TEXT};
 
 /// A stored turn, as the dry run needs it.
 #[derive(Debug, Clone)]
@@ -21,6 +23,9 @@ pub struct PastTurn {
     pub trace_id: String,
     /// `None` when the text was withheld (refused on input).
     pub user_message: Option<String>,
+    /// The earlier messages the caller supplied with it (OpenAI facade),
+    /// judged with it on input.
+    pub earlier: Vec<String>,
     pub assistant_message: String,
     /// The input verdict it was signed with.
     pub verdict: Verdict,
@@ -32,9 +37,11 @@ impl From<TurnRecord> for PastTurn {
     /// A stored turn. One refused on input was stored without its text.
     fn from(turn: TurnRecord) -> Self {
         let verdict = Verdict::parse(&turn.policy_verdict).unwrap_or(Verdict::Allow);
-        let withheld = matches!(verdict, Verdict::Refuse(_));
+        let withheld = matches!(verdict, Verdict::Refuse(_)) && turn.user_message == WITHHELD_TEXT;
+        let earlier: Vec<serde_json::Value> = serde_json::from_str(&turn.preamble).unwrap_or_default();
         Self {
-            output_refused: !withheld && turn.finish_reason == FinishReason::Refused.as_str(),
+            earlier: earlier.iter().filter_map(|m| m["content"].as_str().map(str::to_owned)).collect(),
+            output_refused: matches!(verdict, Verdict::Allow) && turn.finish_reason == FinishReason::Refused.as_str(),
             user_message: (!withheld).then_some(turn.user_message),
             assistant_message: turn.assistant_message,
             turn_id: turn.turn_id,
@@ -61,6 +68,9 @@ pub struct DryRunReport {
     pub judged: u64,
     /// Refused on input and stored without text: not judged again.
     pub withheld: u64,
+    /// Of the judged turns, answers cut on output: judged again on input only
+    /// (the text that was cut was never stored).
+    pub output_cut: u64,
     /// Allowed before, refused under the candidate, by the candidate's category code.
     pub allow_to_refuse: BTreeMap<String, u64>,
     /// Refused before, allowed under the candidate, by the category code it had
@@ -84,7 +94,7 @@ pub async fn dry_run(candidate: &Moderator, turns: &[PastTurn], mut progress: im
         .map(|turn| async move {
             match &turn.user_message {
                 None => Ok((turn, None)),
-                Some(user) => judge(candidate, user, &turn.assistant_message).await.map(|after| (turn, Some(after))),
+                Some(user) => rejudge(candidate, turn, user).await.map(|after| (turn, Some(after))),
             }
         })
         .buffered(parallel);
@@ -98,6 +108,7 @@ pub async fn dry_run(candidate: &Moderator, turns: &[PastTurn], mut progress: im
             continue;
         };
         report.judged += 1;
+        report.output_cut += u64::from(turn.output_refused);
         let before = Outcome::of(turn);
         if let Some(kind) = before.compare(&after) {
             match kind {
@@ -111,6 +122,22 @@ pub async fn dry_run(candidate: &Moderator, turns: &[PastTurn], mut progress: im
         }
     }
     Ok(report)
+}
+
+/// A turn judged again: its recorded outcome, the one it gets now (labels as
+/// in [`Change`]), and whether they agree.
+#[derive(Debug, Serialize)]
+pub struct Replayed {
+    pub recorded: String,
+    pub replayed: String,
+    pub reproduced: bool,
+}
+
+/// One turn judged again under `moderator`; `None` when its text was withheld.
+pub async fn replay(moderator: &Moderator, turn: &PastTurn) -> Result<Option<Replayed>, ModerationError> {
+    let Some(user) = &turn.user_message else { return Ok(None) };
+    let (before, after) = (Outcome::of(turn), rejudge(moderator, turn, user).await?);
+    Ok(Some(Replayed { recorded: before.label(), replayed: after.label(), reproduced: before.compare(&after).is_none() }))
 }
 
 /// A window back from now: `90s`, `30m`, `24h`, `7d`.
@@ -181,12 +208,22 @@ impl Outcome {
     }
 }
 
-/// The candidate's outcome for one turn: its input, then (if allowed) its answer
-/// as streamed output, through the phrase guard and the semantic layer.
-async fn judge(candidate: &Moderator, user: &str, answer: &str) -> Result<Outcome, ModerationError> {
-    if let Decision::Refuse(hits) = candidate.judge_messages(vec![user.to_owned()]).await? {
+/// The candidate's outcome for one turn: its input (with the earlier messages
+/// the caller supplied), then, if allowed, its answer as streamed output,
+/// through the phrase guard and the semantic layer. An answer that was cut is
+/// taken as cut again: what was cut is not stored to judge.
+async fn rejudge(candidate: &Moderator, turn: &PastTurn, user: &str) -> Result<Outcome, ModerationError> {
+    let texts = turn.earlier.iter().cloned().chain([user.to_owned()]).collect();
+    if let Decision::Refuse(hits) = candidate.judge_messages(texts).await? {
         return Ok(Outcome::Input(hits.into_iter().map(|h| h.code).collect()));
     }
+    if turn.output_refused {
+        return Ok(Outcome::Output(None));
+    }
+    judge_answer(candidate, &turn.assistant_message).await
+}
+
+async fn judge_answer(candidate: &Moderator, answer: &str) -> Result<Outcome, ModerationError> {
     let mut guard = candidate.output_guard();
     if let GuardStep::Refuse(hit) = guard.push(answer) {
         return Ok(Outcome::Output(Some(hit.code)));

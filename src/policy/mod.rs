@@ -32,7 +32,7 @@ mod verdict;
 pub use api::{configure, PolicyApi};
 pub use audit::{AuditEntry, AuditType, Auditor, AUDIT_SCHEMA};
 pub use constitution::{Constitution, ConstitutionHash};
-pub use dry_run::{dry_run, Change, DryRunReport, PastTurn};
+pub use dry_run::{dry_run, replay, Change, DryRunReport, PastTurn, Replayed};
 pub use judges::{BuildModerator, Freshness, Judge, JudgeError, Judges};
 pub use ledger::{LedgerError, MemoryLedger, VerdictLedger};
 #[cfg(feature = "redis")]
