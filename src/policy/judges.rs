@@ -69,6 +69,9 @@ pub struct Judges {
     auditor: Auditor,
     held: RwLock<Arc<Held>>,
     changed: Arc<Notify>,
+    /// One refresh at a time (the background task's, an activating
+    /// request's), so an older read never replaces a newer one.
+    refreshing: tokio::sync::Mutex<()>,
 }
 
 /// One read of the registry, with the judges it needs.
@@ -89,7 +92,16 @@ impl Judges {
         let set = ActiveSet { version: 0, default: Some(seed.hash.clone()), tenants: HashMap::new() };
         let never = Instant::now().checked_sub(freshness.staleness + Duration::from_millis(1)).unwrap_or_else(Instant::now);
         let held = Held { set, judges: HashMap::from([(seed.hash.clone(), seed.clone())]), retired: Vec::new(), read_at: never };
-        Self { registry, build, freshness, seed, auditor, held: RwLock::new(Arc::new(held)), changed: Arc::new(Notify::new()) }
+        Self {
+            registry,
+            build,
+            freshness,
+            seed,
+            auditor,
+            held: RwLock::new(Arc::new(held)),
+            changed: Arc::new(Notify::new()),
+            refreshing: tokio::sync::Mutex::new(()),
+        }
     }
 
     /// Makes the configured file the default of a registry that has none (a
@@ -152,6 +164,7 @@ impl Judges {
     /// Reads the registry and builds the judges of hashes new to this
     /// instance; the copy changes only once everything it names is ready.
     pub async fn refresh(&self) -> Result<(), RefreshError> {
+        let _one = self.refreshing.lock().await;
         let read_at = Instant::now();
         let mut set = self.registry.active().await?;
         if let Some(seeded) = self.seed_empty(&set).await? {

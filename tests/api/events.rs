@@ -16,6 +16,7 @@ pub async fn app_with_broker(storage: Storage, broker: &str, topic: &str, adjust
         s.kafka.brokers = vec![broker];
         s.kafka.conversation_topic = topic;
         s.kafka.training_topic = format!("{}.training", s.kafka.conversation_topic);
+        s.kafka.policy_topic = format!("{}.policy", s.kafka.conversation_topic);
         s.kafka.partitions = 2;
         s.outbox.poll_interval_ms = 50;
         s.outbox.max_backoff_ms = 400;
@@ -259,13 +260,14 @@ async fn without_a_broker_events_stay_in_the_outbox_and_events_tail_prints_them(
     let kinds: Vec<&str> = lines.iter().map(|e| e["type"].as_str().unwrap()).collect();
     assert_eq!(kinds, ["turn.received", "turn.dispatched", "turn.completed"]);
     // The relay refreshes the outbox gauges on its own schedule (outbox.poll_interval_ms).
+    // Pending: the turn's three events and the record of the registry's seeding (policy.audit).
     let mut metrics = String::new();
     for _ in 0..40 {
         metrics = app.get("/metrics").await.text().await.unwrap();
-        if metrics.contains("outbox_pending_events 3\n") {
+        if metrics.contains("outbox_pending_events 4\n") {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    assert!(metrics.contains("outbox_pending_events 3\n"), "{metrics}");
+    assert!(metrics.contains("outbox_pending_events 4\n"), "{metrics}");
 }

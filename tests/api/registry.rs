@@ -423,3 +423,30 @@ async fn replay_of_a_turn_stored_without_its_text_says_so_with_its_own_status() 
     let (status, report) = replay_with_cli(&app, refused.first("session")["turn_id"].as_str().unwrap());
     assert_eq!((status, report["withheld"].as_bool(), report["recorded"].as_str()), (3, Some(true), Some("refuse:prompt_injection")), "{report}");
 }
+
+#[tokio::test]
+async fn an_activation_reaches_the_policy_audit_topic_of_a_real_broker() {
+    let topic = unique("conversation.events.");
+    let redis = redis_url();
+    let app = crate::events::app_with_broker(Storage::Sqlite, &crate::broker::shared_broker(), &topic, move |s| {
+        s.redis.url = steward::config::Secret::new(redis);
+        s.redis.key_prefix = format!("{}:", unique("steward-test-"));
+    })
+    .await;
+    let (tenant, _) = app.chat_key().await;
+    let admin = app.key(&tenant, &[Capability::PolicyAdmin]).await;
+    let (document, new) = with_phrase("X6", "wombat cipher");
+    let put = app.http.put(format!("{}/v1/policy/constitution", app.address)).bearer_auth(&admin).body(document).send().await.unwrap();
+    assert_eq!(put.status(), 200);
+
+    let policy_topic = &app.settings.kafka.policy_topic;
+    let records = crate::broker::wait_for(&crate::broker::shared_broker(), policy_topic, 15, |r| r.len() >= 2).await;
+    let activated = records.iter().find(|r| r.value["type"] == "policy.activated").expect("the activation in Kafka");
+    assert_eq!((activated.key.as_str(), activated.value["hash"].as_str()), (tenant.as_str(), Some(new.as_str())));
+    assert_eq!(activated.headers.get("x-event-type").map(String::as_str), Some("policy.activated"));
+    assert!(activated.headers.contains_key("traceparent"));
+    let seeded = records.iter().find(|r| r.value["type"] == "policy.seeded").expect("the seeding in Kafka");
+    assert_eq!(seeded.key, "*");
+    let validator = schema_validator();
+    assert!(records.iter().all(|r| validator.is_valid(&r.value)), "{:#?}", records.iter().map(|r| &r.value).collect::<Vec<_>>());
+}
