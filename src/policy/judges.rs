@@ -54,6 +54,8 @@ pub enum JudgeError {
     Stale(Duration),
     #[error("no constitution is active for this tenant")]
     NoneActive,
+    #[error("the active constitution {0} cannot be used by this instance (see its log)")]
+    Unusable(ConstitutionHash),
 }
 
 /// How many judges of constitutions no longer active are kept for turns
@@ -80,6 +82,10 @@ struct Held {
     judges: HashMap<ConstitutionHash, Arc<Judge>>,
     /// Judges no longer active, newest last.
     retired: Vec<Arc<Judge>>,
+    /// Active hashes this instance cannot judge by (a document it cannot
+    /// parse or build, e.g. written by a newer version), with why. A document
+    /// never changes under its hash, so they are not tried again.
+    unusable: HashMap<ConstitutionHash, String>,
     /// When the read began.
     read_at: Instant,
 }
@@ -91,7 +97,8 @@ impl Judges {
     pub fn new(registry: Arc<dyn ConstitutionRegistry>, build: BuildModerator, freshness: Freshness, seed: Arc<Judge>, auditor: Auditor) -> Self {
         let set = ActiveSet { version: 0, default: Some(seed.hash.clone()), tenants: HashMap::new() };
         let never = Instant::now().checked_sub(freshness.staleness + Duration::from_millis(1)).unwrap_or_else(Instant::now);
-        let held = Held { set, judges: HashMap::from([(seed.hash.clone(), seed.clone())]), retired: Vec::new(), read_at: never };
+        let judges = HashMap::from([(seed.hash.clone(), seed.clone())]);
+        let held = Held { set, judges, retired: Vec::new(), unusable: HashMap::new(), read_at: never };
         Self {
             registry,
             build,
@@ -147,7 +154,8 @@ impl Judges {
         if age > self.freshness.staleness && !self.freshness.fail_open {
             return Err(JudgeError::Stale(age));
         }
-        held.set.for_tenant(tenant).and_then(|hash| held.judges.get(hash)).cloned().ok_or(JudgeError::NoneActive)
+        let hash = held.set.for_tenant(tenant).ok_or(JudgeError::NoneActive)?;
+        held.judges.get(hash).cloned().ok_or_else(|| JudgeError::Unusable(hash.clone()))
     }
 
     /// A judge this instance holds for `hash`, active or recently retired.
@@ -172,13 +180,24 @@ impl Judges {
         }
         let old = self.held();
         let mut judges = HashMap::with_capacity(old.judges.len());
+        let mut unusable: HashMap<ConstitutionHash, String> =
+            old.unusable.iter().filter(|(h, _)| set.hashes().any(|a| a == *h)).map(|(h, w)| (h.clone(), w.clone())).collect();
         for hash in set.hashes() {
-            if judges.contains_key(hash) {
+            if judges.contains_key(hash) || unusable.contains_key(hash) {
                 continue;
             }
             let judge = match self.get(hash) {
                 Some(judge) => judge,
-                None => self.build_judge(hash).await?,
+                None => match self.build_judge(hash).await {
+                    Ok(judge) => judge,
+                    Err(RefreshError::Registry(err)) => return Err(err.into()),
+                    // One bad document stops its own tenants' turns, not everyone's.
+                    Err(err) => {
+                        tracing::error!(hash = %hash, error = %err, "an active constitution cannot be used: turns judged by it are refused");
+                        unusable.insert(hash.clone(), err.to_string());
+                        continue;
+                    }
+                },
             };
             judges.insert(hash.clone(), judge);
         }
@@ -190,7 +209,7 @@ impl Judges {
             tracing::info!(version = set.version, default = ?set.default.as_ref().map(ConstitutionHash::as_str), tenants = set.tenants.len(),
                 "active constitutions changed");
         }
-        *self.held.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(Held { set, judges, retired, read_at });
+        *self.held.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(Held { set, judges, retired, unusable, read_at });
         Ok(())
     }
 

@@ -450,3 +450,27 @@ async fn an_activation_reaches_the_policy_audit_topic_of_a_real_broker() {
     let validator = schema_validator();
     assert!(records.iter().all(|r| validator.is_valid(&r.value)), "{:#?}", records.iter().map(|r| &r.value).collect::<Vec<_>>());
 }
+
+#[tokio::test]
+async fn a_document_this_instance_cannot_use_stops_only_its_own_tenants_turns() {
+    let app = app_with_redis(redis_url()).await;
+    let (broken, broken_key) = app.chat_key().await;
+    let (_, other_key) = app.chat_key().await;
+    // As a newer version might write it: a document this one cannot parse, active for one tenant.
+    let registry = RedisRegistry::connect(&redis_url(), &app.settings.redis.key_prefix, Duration::from_millis(500)).unwrap();
+    registry.connected(Duration::from_secs(5)).await.unwrap();
+    let unknown = ConstitutionHash::parse(&format!("sha256:{}", "f".repeat(64))).unwrap();
+    registry.activate(&Scope::Tenant(broken.clone()), &unknown, "name = \"future\"\nversion = \"9\"\nshape = \"new\"\n").await.unwrap();
+
+    let hi = json!({ "message": "Say hi.", "max_tokens": 2 });
+    eventually(Duration::from_secs(2), "the broken tenant's turns refused", || async {
+        app.post("/v1/chat/stream", Some(&broken_key), &hi).await.status() == 503
+    })
+    .await;
+    let refused = read_sse(app.post("/v1/chat/stream", Some(&broken_key), &hi).await).await;
+    assert_eq!(refused.first("error")["code"], "policy_registry_unavailable");
+    // The copy is still fresh and every other tenant is served.
+    assert_eq!(app.chat(&other_key, &hi).await.names().last(), Some(&"done"));
+    let active: Value = app.get_with("/v1/policy/constitution", &other_key).await.json().await.unwrap();
+    assert_eq!(active["hash"], configured_hash().as_str());
+}
