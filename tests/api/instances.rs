@@ -95,6 +95,14 @@ impl Drop for Instance {
     }
 }
 
+/// A PostgreSQL database of this test's own, migrated, for the instances to share: (URL, handle).
+pub async fn shared_database() -> (String, Database) {
+    let url = postgres_database().await;
+    let db = Database::connect(&url, 2).await.unwrap();
+    db.migrate().await.unwrap();
+    (url, db)
+}
+
 async fn expired_records(db: &Database, tenant: &str) -> i64 {
     sqlx::query("SELECT COUNT(*) AS n FROM outbox WHERE event_type = 'training.expired' AND record_key = $1")
         .bind(tenant)
@@ -107,9 +115,7 @@ async fn expired_records(db: &Database, tenant: &str) -> i64 {
 
 #[tokio::test]
 async fn two_instances_share_one_lock_one_status_one_gauge_and_audit_an_expiry_once() {
-    let url = postgres_database().await;
-    let db = Database::connect(&url, 2).await.unwrap();
-    db.migrate().await.unwrap();
+    let (url, db) = shared_database().await;
     let tenant = unique("tenant-");
     let keys = KeyStore::new(db.clone());
     let caps = [Capability::Chat, Capability::TrainingAdmin];
@@ -160,9 +166,7 @@ async fn two_instances_share_one_lock_one_status_one_gauge_and_audit_an_expiry_o
 
 #[tokio::test]
 async fn forged_expired_tampered_and_replayed_verdicts_are_refused_with_their_codes_on_either_instance() {
-    let url = postgres_database().await;
-    let db = Database::connect(&url, 2).await.unwrap();
-    db.migrate().await.unwrap();
+    let (url, db) = shared_database().await;
     let tenant = unique("tenant-");
     let (_, key) = KeyStore::new(db.clone()).create(&TenantId::parse(&tenant).unwrap(), &[Capability::Chat]).await.unwrap();
     let key = key.expose().to_owned();

@@ -16,8 +16,8 @@ use steward::identity::{Capability, KeyStore, TenantId};
 use steward::policy::{Constitution, ConstitutionHash, ConstitutionRegistry, MemoryRegistry, RedisRegistry, Scope, TurnRef, Verdict};
 use steward::slm::GenerationParams;
 
-use crate::helpers::{manifest_dir, postgres_database, read_sse, spawn_app_with, unique, Signer, Storage, TestApp, SIGNING_KEY};
-use crate::instances::Instance;
+use crate::helpers::{manifest_dir, read_sse, spawn_app_with, unique, Signer, Storage, TestApp, SIGNING_KEY};
+use crate::instances::{shared_database, Instance};
 use crate::training::{redis_url, PrivateRedis};
 
 mod adapters {
@@ -76,25 +76,18 @@ mod adapters {
         tokio::time::timeout(Duration::from_secs(5), watcher).await.expect("the watcher stops when cancelled").unwrap();
     }
 
-    #[tokio::test]
-    async fn memory_seeds_once_then_activates_per_scope() {
-        seeds_once_then_activates_per_scope(Arc::new(MemoryRegistry::default())).await;
+    async fn memory() -> Arc<dyn ConstitutionRegistry> {
+        Arc::new(MemoryRegistry::default())
     }
 
-    #[tokio::test]
-    async fn redis_seeds_once_then_activates_per_scope() {
-        seeds_once_then_activates_per_scope(redis().await).await;
+    macro_rules! on_both_registries {
+        ($($name:ident),* $(,)?) => {
+            mod in_memory { $( #[tokio::test] async fn $name() { super::$name(super::memory().await).await } )* }
+            mod in_redis { $( #[tokio::test] async fn $name() { super::$name(super::redis().await).await } )* }
+        };
     }
 
-    #[tokio::test]
-    async fn memory_an_activation_wakes_the_watchers() {
-        an_activation_wakes_the_watchers(Arc::new(MemoryRegistry::default())).await;
-    }
-
-    #[tokio::test]
-    async fn redis_an_activation_wakes_the_watchers() {
-        an_activation_wakes_the_watchers(redis().await).await;
-    }
+    on_both_registries!(seeds_once_then_activates_per_scope, an_activation_wakes_the_watchers);
 }
 
 /// The configured constitution with one more category refusing `phrase`: (TOML text, its hash).
@@ -148,9 +141,7 @@ async fn audit_records(db: &Database, topic: &str) -> Vec<Value> {
 
 #[tokio::test]
 async fn activating_on_one_instance_moves_the_other_within_a_second_and_a_stream_in_flight_keeps_its_hash() {
-    let url = postgres_database().await;
-    let db = Database::connect(&url, 2).await.unwrap();
-    db.migrate().await.unwrap();
+    let (url, db) = shared_database().await;
     let tenant = unique("tenant-");
     let keys = KeyStore::new(db.clone());
     let (_, key) = keys.create(&TenantId::parse(&tenant).unwrap(), &[Capability::Chat, Capability::PolicyAdmin]).await.unwrap();
