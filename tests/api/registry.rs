@@ -127,10 +127,11 @@ fn schema_validator() -> jsonschema::Validator {
     jsonschema::validator_for(&schema).unwrap()
 }
 
-async fn audit_records(db: &Database, topic: &str) -> Vec<Value> {
+/// The payloads of the outbox rows where `column` is `value`, oldest first.
+async fn outbox_where(db: &Database, column: &str, value: &str) -> Vec<Value> {
     use sqlx::Row;
-    sqlx::query("SELECT payload FROM outbox WHERE topic = $1 ORDER BY id")
-        .bind(topic)
+    sqlx::query(&format!("SELECT payload FROM outbox WHERE {column} = $1 ORDER BY id"))
+        .bind(value)
         .fetch_all(db.pool())
         .await
         .unwrap()
@@ -185,17 +186,7 @@ async fn activating_on_one_instance_moves_the_other_within_a_second_and_a_stream
     }
     assert_eq!(rest.last().map(String::as_str), Some("done"), "{rest:?}");
     assert!(!rest.iter().any(|e| e == "error" || e == "refusal"), "{rest:?}");
-    let turn_events: Vec<Value> = {
-        use sqlx::Row;
-        sqlx::query("SELECT payload FROM outbox WHERE record_key = $1 ORDER BY id")
-            .bind(format!("{tenant}:{}", session["session_id"].as_str().unwrap()))
-            .fetch_all(db.pool())
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|row| serde_json::from_str(&row.get::<String, _>("payload")).unwrap())
-            .collect()
-    };
+    let turn_events = outbox_where(&db, "record_key", &format!("{tenant}:{}", session["session_id"].as_str().unwrap())).await;
     let completed = turn_events.last().unwrap();
     assert_eq!(completed["type"], "turn.completed", "{turn_events:#?}");
     assert!(turn_events.iter().all(|e| e["constitution_hash"] == old.as_str()), "every event of the turn names the hash it started with: {turn_events:#?}");
@@ -224,7 +215,7 @@ async fn activating_on_one_instance_moves_the_other_within_a_second_and_a_stream
     assert!(metrics.contains("orchestrator_requests_total{route=\"conversation_step\",decision=\"constitution_mismatch\"} 1"), "{metrics}");
 
     // One policy.audit record, valid against its schema.
-    let records = audit_records(&db, "policy.audit").await;
+    let records = outbox_where(&db, "topic", "policy.audit").await;
     let mine: Vec<&Value> = records.iter().filter(|r| r["tenant"] == tenant.as_str()).collect();
     assert_eq!(mine.len(), 1, "{records:#?}");
     let record = mine[0];
