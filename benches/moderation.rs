@@ -91,6 +91,19 @@ fn main() {
     }
     report("semantic check, repeated (cache)", hit);
 
+    // The same work in bulk (the dry run's way): texts of one token length in one pass.
+    let bulk: Vec<String> = messages(rounds * 2 + 8).iter().skip(rounds + 8).map(|m| normalize(m)).collect();
+    let t = Instant::now();
+    let embedded = model.prefetch(&bulk).unwrap();
+    let ms = t.elapsed().as_secs_f64() * 1e3;
+    let lengths: std::collections::BTreeSet<usize> = bulk.iter().map(|t| model.token_count(t).unwrap()).collect();
+    println!(
+        "prefetch, distinct, {} lengths, at most {} per pass: {embedded} texts in {ms:.0} ms, {:.2} ms per text",
+        lengths.len(),
+        steward::moderation::semantic::BATCH,
+        ms / embedded.max(1) as f64
+    );
+
     let mut normalise = Vec::with_capacity(rounds);
     for m in messages(rounds) {
         let t = Instant::now();

@@ -226,6 +226,28 @@ impl Moderator {
         judged.map_err(|e| ModerationError::Worker(e.to_string()))?
     }
 
+    /// Before judging many past turns at once (the constitution dry run):
+    /// runs the semantic layer's model, in bulk, over what it will judge of
+    /// these turns — each turn's messages as [`Moderator::judge_messages`]
+    /// forms them (unless the lexicon refuses them) and each answer's pieces
+    /// as [`Moderator::output_sentences`] cuts them — and keeps the results in
+    /// its cache. Decisions are unchanged; CPU work for a blocking thread.
+    pub fn prefetch(&self, turns: &[(Vec<String>, &str)]) -> Result<usize, ModerationError> {
+        if !self.semantic.is_on() {
+            return Ok(0);
+        }
+        let (mut inputs, mut pieces) = (Vec::new(), Vec::new());
+        for (messages, answer) in turns {
+            let forms = judged_forms(messages.clone());
+            if matches!(self.check_forms(&forms), Decision::Allow) {
+                inputs.extend(forms.into_iter().map(|(_, normalized)| normalized));
+            }
+            let mut sentences = SentenceBuffer::new(self.output_window_chars);
+            pieces.extend(sentences.push(answer).into_iter().chain(sentences.finish()).map(|p| normalize(&p)));
+        }
+        Ok(self.semantic.prefetch(&inputs, &pieces)?)
+    }
+
     /// A fresh guard for one streamed answer (phrases only).
     pub fn output_guard(&self) -> OutputGuard {
         OutputGuard::new(Arc::clone(&self.phrases))

@@ -136,7 +136,7 @@ async fn dry_run_route(caller: Caller, body: web::Json<DryRunBody>, api: web::Da
     let since_ms = crate::db::now_ms() - window.as_millis() as i64;
     let stored = api.store.window(Some(caller.tenant.as_str()), since_ms, limit).await.map_err(OrchestratorError::Store)?;
     let turns: Vec<PastTurn> = stored.into_iter().map(PastTurn::from).collect();
-    let report = dry_run(&moderator, &turns, |_| {}).await.map_err(|e| {
+    let report = dry_run(&Arc::new(moderator), &turns, |_| {}).await.map_err(|e| {
         tracing::error!(error = %e, "dry run failed");
         ApiError::new(Code::Internal, "moderation failed")
     })?;

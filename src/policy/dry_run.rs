@@ -7,6 +7,7 @@
 //! that was cut, so such a turn is judged again on input only.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -86,42 +87,77 @@ const SAMPLES: usize = 20;
 
 /// Judges `turns` under `candidate` (a moderator built from the candidate
 /// document) and compares; `progress` is told how many turns are done.
-/// Turns are judged as many at a time as there are cores (the semantic
-/// layer's passes run on blocking threads); the report keeps their order.
-pub async fn dry_run(candidate: &Moderator, turns: &[PastTurn], mut progress: impl FnMut(usize)) -> Result<DryRunReport, ModerationError> {
+/// Turns go in chunks: the semantic layer's model first runs over the whole
+/// chunk in bulk ([`Moderator::prefetch`]), then the turns are judged as many
+/// at a time as there are cores (on blocking threads), finding their texts in
+/// the cache; the report keeps their order.
+pub async fn dry_run(candidate: &Arc<Moderator>, turns: &[PastTurn], mut progress: impl FnMut(usize)) -> Result<DryRunReport, ModerationError> {
     let parallel = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let mut judged = futures_util::stream::iter(turns)
-        .map(|turn| async move {
-            match &turn.user_message {
-                None => Ok((turn, None)),
-                Some(user) => rejudge(candidate, turn, user).await.map(|after| (turn, Some(after))),
-            }
-        })
-        .buffered(parallel);
     let mut report = DryRunReport::default();
-    while let Some(next) = judged.next().await {
-        let (turn, after) = next?;
-        report.turns += 1;
-        progress(report.turns as usize);
-        let Some(after) = after else {
-            report.withheld += 1;
-            continue;
-        };
-        report.judged += 1;
-        report.output_cut += u64::from(turn.output_refused);
-        let before = Outcome::of(turn);
-        if let Some(kind) = before.compare(&after) {
-            match kind {
-                Kind::AllowToRefuse(code) => *report.allow_to_refuse.entry(code).or_default() += 1,
-                Kind::RefuseToAllow(code) => *report.refuse_to_allow.entry(code).or_default() += 1,
-                Kind::CategoryChanged => report.category_changed += 1,
-            }
-            if report.samples.len() < SAMPLES {
-                report.samples.push(Change { turn_id: turn.turn_id.clone(), trace_id: turn.trace_id.clone(), from: before.label(), to: after.label() });
-            }
+    for chunk in turns.chunks(CHUNK) {
+        prefetch(candidate, chunk).await?;
+        let mut judged = futures_util::stream::iter(chunk)
+            .map(|turn| async move {
+                match &turn.user_message {
+                    None => Ok((turn, None)),
+                    Some(user) => rejudge(candidate, turn, user).await.map(|after| (turn, Some(after))),
+                }
+            })
+            .buffered(parallel);
+        while let Some(next) = judged.next().await {
+            let (turn, after) = next?;
+            report.add(turn, after);
+            progress(report.turns as usize);
         }
     }
     Ok(report)
+}
+
+/// Turns judged per bulk pass of the model: their texts stay well within the
+/// embedding cache (`moderation.cache_entries`) until they are judged.
+const CHUNK: usize = 256;
+
+/// [`Moderator::prefetch`] of the texts of `turns` that will be judged, on a blocking thread.
+async fn prefetch(candidate: &Arc<Moderator>, turns: &[PastTurn]) -> Result<(), ModerationError> {
+    let work: Vec<(Vec<String>, String)> = turns
+        .iter()
+        .filter_map(|t| {
+            let user = t.user_message.as_ref()?;
+            let answer = if t.output_refused { String::new() } else { t.assistant_message.clone() };
+            Some((t.earlier.iter().cloned().chain([user.clone()]).collect(), answer))
+        })
+        .collect();
+    let candidate = candidate.clone();
+    let done = tokio::task::spawn_blocking(move || {
+        let turns: Vec<(Vec<String>, &str)> = work.iter().map(|(messages, answer)| (messages.clone(), answer.as_str())).collect();
+        candidate.prefetch(&turns)
+    })
+    .await;
+    done.map_err(|e| ModerationError::Worker(e.to_string()))?.map(|_| ())
+}
+
+impl DryRunReport {
+    /// Counts one turn: `after` is its outcome under the candidate (`None` if withheld).
+    fn add(&mut self, turn: &PastTurn, after: Option<Outcome>) {
+        self.turns += 1;
+        let Some(after) = after else {
+            self.withheld += 1;
+            return;
+        };
+        self.judged += 1;
+        self.output_cut += u64::from(turn.output_refused);
+        let before = Outcome::of(turn);
+        if let Some(kind) = before.compare(&after) {
+            match kind {
+                Kind::AllowToRefuse(code) => *self.allow_to_refuse.entry(code).or_default() += 1,
+                Kind::RefuseToAllow(code) => *self.refuse_to_allow.entry(code).or_default() += 1,
+                Kind::CategoryChanged => self.category_changed += 1,
+            }
+            if self.samples.len() < SAMPLES {
+                self.samples.push(Change { turn_id: turn.turn_id.clone(), trace_id: turn.trace_id.clone(), from: before.label(), to: after.label() });
+            }
+        }
+    }
 }
 
 /// A turn judged again: its recorded outcome, the one it gets now (labels as

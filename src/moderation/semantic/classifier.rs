@@ -117,6 +117,22 @@ impl Classifier {
         }
     }
 
+    /// Bulk judging's warm-up: of these normalised inputs, embeds together
+    /// the ones the static stage leaves to the transformer, and of these
+    /// normalised answer pieces (all judged by the transformer) every one,
+    /// so that judging them next finds each in the cache. Returns how many
+    /// texts it embedded; decisions are unchanged.
+    pub fn prefetch(&self, inputs: &[String], pieces: &[String]) -> Result<usize, SemanticError> {
+        let mut needed: Vec<String> = pieces.iter().filter(|p| !p.trim().is_empty()).cloned().collect();
+        for text in inputs.iter().filter(|t| !t.trim().is_empty()) {
+            let ids = self.model.token_ids(text)?;
+            if self.route(self.fast.scores(&self.model.embed_static(&ids))) == Route::Transformer {
+                needed.push(text.clone());
+            }
+        }
+        self.model.prefetch(&needed)
+    }
+
     /// The refused category's index, if this normalised piece of a streamed
     /// answer is refused (the transformer alone, at the output threshold).
     pub fn judge_output(&self, normalized: &str) -> Result<Option<usize>, SemanticError> {

@@ -153,6 +153,19 @@ impl Encoder {
         self.embed_ids(ids, self.layers.len().saturating_sub(POOLED_LAYERS))
     }
 
+    /// [`Encoder::features`] of several texts whose token ids are all of one
+    /// length and fit one window, in one forward pass: the same numbers as
+    /// one pass per text, for much less work per text. `None` if the ids are
+    /// not all of one length or do not fit a window.
+    pub fn features_of_equal_length(&self, texts: &[&[u32]]) -> Result<Option<Vec<Vec<f32>>>, SemanticError> {
+        let n = texts.first().map_or(0, |t| t.len());
+        if n == 0 || n > WINDOW - 2 || texts.iter().any(|t| t.len() != n) {
+            return Ok(None);
+        }
+        let windows: Vec<Vec<u32>> = texts.iter().map(|ids| [&[self.cls][..], ids, &[self.sep]].concat()).collect();
+        Ok(Some(self.forward(&windows, self.layers.len().saturating_sub(POOLED_LAYERS))?))
+    }
+
     /// The embedding of token ids (as [`Encoder::token_ids`] gives them),
     /// pooled from layer `from` on; long texts window by window, averaged.
     fn embed_ids(&self, ids: &[u32], from: usize) -> Result<Vec<f32>, SemanticError> {

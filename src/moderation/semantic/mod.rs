@@ -52,6 +52,9 @@ pub enum SemanticError {
 
 /// The encoder, its distilled static table and the embedding cache, shared
 /// by every classifier of a process.
+/// Most texts [`SemanticModel::prefetch`] runs through the model at once.
+pub const BATCH: usize = 32;
+
 #[derive(Debug)]
 pub struct SemanticModel {
     /// Where the model's files are; the embedded exemplars are kept there too.
@@ -95,6 +98,12 @@ impl SemanticModel {
         Ok(v)
     }
 
+    /// The transformer features of a normalised text computed now, one pass
+    /// for this text alone, past the cache (for checking the cache's contents).
+    pub fn embed_alone(&self, text: &str) -> Result<Vec<f32>, SemanticError> {
+        self.encoder.features(&self.encoder.token_ids(text)?)
+    }
+
     /// The WordPiece ids of a text (without `[CLS]` and `[SEP]`).
     pub fn token_ids(&self, text: &str) -> Result<Vec<u32>, SemanticError> {
         self.encoder.token_ids(text)
@@ -130,6 +139,35 @@ impl SemanticModel {
         Ok(())
     }
 
+    /// Puts the transformer features of many normalised texts in the cache,
+    /// running the model over texts of one token length together, at most
+    /// [`BATCH`] at a time, instead of once per text. Texts already cached,
+    /// and texts longer than one window, are left to [`SemanticModel::embed`].
+    /// For bulk judging (the constitution dry run); returns how many it embedded.
+    pub fn prefetch(&self, texts: &[String]) -> Result<usize, SemanticError> {
+        let mut by_length: HashMap<usize, Vec<(&str, Vec<u32>)>> = HashMap::new();
+        for text in texts {
+            if self.cache.get(text).is_none() {
+                let ids = self.encoder.token_ids(text)?;
+                by_length.entry(ids.len()).or_default().push((text, ids));
+            }
+        }
+        let mut embedded = 0;
+        for group in by_length.values_mut() {
+            group.sort_by(|a, b| a.0.cmp(b.0));
+            group.dedup_by(|a, b| a.0 == b.0);
+            for batch in group.chunks(BATCH) {
+                let ids: Vec<&[u32]> = batch.iter().map(|(_, ids)| ids.as_slice()).collect();
+                let Some(vectors) = self.encoder.features_of_equal_length(&ids)? else { continue };
+                for ((text, _), vector) in batch.iter().zip(vectors) {
+                    self.cache.insert(text, Arc::from(vector));
+                }
+                embedded += batch.len();
+            }
+        }
+        Ok(embedded)
+    }
+
     /// Number of WordPiece tokens in a text (without `[CLS]` and `[SEP]`).
     pub fn token_count(&self, text: &str) -> Result<usize, SemanticError> {
         Ok(self.encoder.token_ids(text)?.len())
@@ -163,6 +201,14 @@ impl Semantic {
         match self {
             Self::Off => Ok(None),
             Self::On(classifier) => classifier.judge_output(normalized),
+        }
+    }
+
+    /// [`Classifier::prefetch`] (nothing when off).
+    pub fn prefetch(&self, inputs: &[String], pieces: &[String]) -> Result<usize, SemanticError> {
+        match self {
+            Self::Off => Ok(0),
+            Self::On(classifier) => classifier.prefetch(inputs, pieces),
         }
     }
 
