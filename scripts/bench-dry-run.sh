@@ -28,12 +28,14 @@ db.executemany(
 db.commit()
 PY
 start=$(date +%s.%N)
-./target/release/steward constitution dry-run config/constitution.toml --since 1h --limit "$n" >"$dir/report.json"
+timer=(); [ -x /usr/bin/time ] && timer=(/usr/bin/time -o "$dir/rss" -f %M)
+"${timer[@]}" ./target/release/steward constitution dry-run config/constitution.toml --since 1h --limit "$n" >"$dir/report.json"
 end=$(date +%s.%N)
-python3 - "$dir/report.json" "$start" "$end" <<'PY'
-import json, sys
+python3 - "$dir/report.json" "$start" "$end" "$dir/rss" <<'PY'
+import json, os, sys
 report = json.load(open(sys.argv[1]))["report"]
 seconds = float(sys.argv[3]) - float(sys.argv[2])
-print(f"{report['judged']} turns judged in {seconds:.1f} s ({report['judged'] / seconds:.0f} turns/s, model loading included); "
+rss = f", peak RSS {int(open(sys.argv[4]).read().split()[-1]) / 1024:.0f} MiB" if os.path.exists(sys.argv[4]) else ""
+print(f"{report['judged']} turns judged in {seconds:.1f} s ({report['judged'] / seconds:.0f} turns/s, model loading included{rss}); "
       f"{sum(report['allow_to_refuse'].values())} would now be refused")
 PY

@@ -113,9 +113,10 @@ pub async fn dry_run(candidate: &Arc<Moderator>, turns: &[PastTurn], mut progres
     Ok(report)
 }
 
-/// Turns judged per bulk pass of the model: their texts stay well within the
-/// embedding cache (`moderation.cache_entries`) until they are judged.
-const CHUNK: usize = 256;
+/// Turns judged per bulk pass of the model: enough for many texts of each
+/// token length (so each pass is large); [`Moderator::prefetch`] leaves any
+/// texts past what the cache keeps to be judged one by one.
+const CHUNK: usize = 2048;
 
 /// [`Moderator::prefetch`] of the texts of `turns` that will be judged, on a blocking thread.
 async fn prefetch(candidate: &Arc<Moderator>, turns: &[PastTurn]) -> Result<(), ModerationError> {

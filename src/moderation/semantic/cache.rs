@@ -31,6 +31,11 @@ impl EmbeddingCache {
         Self { half: capacity / 2, maps: Mutex::new(Generations::default()) }
     }
 
+    /// How many insertions an entry is sure to survive (0: the cache is off).
+    pub fn sure_to_survive(&self) -> usize {
+        self.half
+    }
+
     pub fn get(&self, text: &str) -> Option<Vector> {
         if self.half == 0 {
             return None;

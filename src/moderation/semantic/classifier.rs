@@ -123,13 +123,14 @@ impl Classifier {
     /// so that judging them next finds each in the cache. Returns how many
     /// texts it embedded; decisions are unchanged.
     pub fn prefetch(&self, inputs: &[String], pieces: &[String]) -> Result<usize, SemanticError> {
-        let mut needed: Vec<String> = pieces.iter().filter(|p| !p.trim().is_empty()).cloned().collect();
+        let mut needed: Vec<String> = Vec::with_capacity(inputs.len() + pieces.len());
         for text in inputs.iter().filter(|t| !t.trim().is_empty()) {
             let ids = self.model.token_ids(text)?;
             if self.route(self.fast.scores(&self.model.embed_static(&ids))) == Route::Transformer {
                 needed.push(text.clone());
             }
         }
+        needed.extend(pieces.iter().filter(|p| !p.trim().is_empty()).cloned());
         self.model.prefetch(&needed)
     }
 

@@ -50,11 +50,16 @@ pub enum SemanticError {
     Inference(#[from] candle_core::Error),
 }
 
+/// Most texts [`SemanticModel::prefetch`] runs through the model at once (fewer when they are long: see `TOKENS_PER_PASS`).
+pub const BATCH: usize = 256;
+
+/// Most tokens [`SemanticModel::prefetch`] runs through the model at once:
+/// bounds a pass's memory (the widest activations and the attention scores
+/// are each about 50 MB at this size) whatever the texts' length.
+const TOKENS_PER_PASS: usize = 8192;
+
 /// The encoder, its distilled static table and the embedding cache, shared
 /// by every classifier of a process.
-/// Most texts [`SemanticModel::prefetch`] runs through the model at once.
-pub const BATCH: usize = 32;
-
 #[derive(Debug)]
 pub struct SemanticModel {
     /// Where the model's files are; the embedded exemplars are kept there too.
@@ -142,21 +147,25 @@ impl SemanticModel {
     /// Puts the transformer features of many normalised texts in the cache,
     /// running the model over texts of one token length together, at most
     /// [`BATCH`] at a time, instead of once per text. Texts already cached,
-    /// and texts longer than one window, are left to [`SemanticModel::embed`].
-    /// For bulk judging (the constitution dry run); returns how many it embedded.
+    /// texts longer than one window, and texts past half of what the cache is
+    /// sure to keep (so none is evicted before it is used) are left to
+    /// [`SemanticModel::embed`]. For bulk judging (the constitution dry run);
+    /// returns how many it embedded.
     pub fn prefetch(&self, texts: &[String]) -> Result<usize, SemanticError> {
+        let budget = self.cache.sure_to_survive() / 2;
         let mut by_length: HashMap<usize, Vec<(&str, Vec<u32>)>> = HashMap::new();
-        for text in texts {
+        for text in texts.iter().take(budget) {
             if self.cache.get(text).is_none() {
                 let ids = self.encoder.token_ids(text)?;
                 by_length.entry(ids.len()).or_default().push((text, ids));
             }
         }
         let mut embedded = 0;
-        for group in by_length.values_mut() {
+        for (length, group) in &mut by_length {
             group.sort_by(|a, b| a.0.cmp(b.0));
             group.dedup_by(|a, b| a.0 == b.0);
-            for batch in group.chunks(BATCH) {
+            let rows = (TOKENS_PER_PASS / (length + 2)).clamp(1, BATCH);
+            for batch in group.chunks(rows) {
                 let ids: Vec<&[u32]> = batch.iter().map(|(_, ids)| ids.as_slice()).collect();
                 let Some(vectors) = self.encoder.features_of_equal_length(&ids)? else { continue };
                 for ((text, _), vector) in batch.iter().zip(vectors) {
