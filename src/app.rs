@@ -302,12 +302,21 @@ async fn start_judges(
     let judges = Arc::new(Judges::new(registry, build, freshness, seed, auditor));
     // The Redis connection is still being made: a few tries before serving.
     let deadline = std::time::Instant::now() + REGISTRY_START_WAIT;
-    while let Err(err) = judges.refresh().await {
-        if std::time::Instant::now() >= deadline {
-            tracing::warn!(error = %err, "the constitution registry cannot be read yet: turns are refused until it can");
-            break;
+    loop {
+        match judges.refresh().await {
+            Ok(()) => {
+                // The active constitutions other than the configured file are built in the background.
+                if !judges.settled(deadline.saturating_duration_since(std::time::Instant::now())).await {
+                    tracing::warn!("an active constitution is not loaded yet: its tenants' turns are refused until it is");
+                }
+                break;
+            }
+            Err(err) if std::time::Instant::now() >= deadline => {
+                tracing::warn!(error = %err, "the constitution registry cannot be read yet: turns are refused until it can");
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tasks.spawn(judges.clone().run(cancel.clone()));
     Ok(judges)

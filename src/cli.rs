@@ -124,8 +124,8 @@ pub enum AuditCommand {
     },
     /// Judge one stored turn again under the constitution it was judged by
     /// (fetched by its hash from the registry) and show whether the verdict
-    /// reproduces: exit 0 if it does, 1 if not, 3 if the turn's text was
-    /// withheld (refused on input) and cannot be judged again.
+    /// reproduces: exit 0 if it does, 2 if not, 3 if the turn's text was
+    /// withheld (refused on input) and cannot be judged again, 1 on failure.
     Replay {
         #[arg(long)]
         turn: String,

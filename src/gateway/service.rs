@@ -188,7 +188,8 @@ impl Gateway {
     }
 }
 
-/// A refused turn, stored without its text.
+/// A turn refused on input, as stored: without its text (the gateway puts
+/// the text back when `chat.store_refused_text` is on).
 fn refusal_record(tenant: &str, session_id: &str, turn_id: &str, trace: &TraceContext, signed: &SignedVerdict) -> TurnRecord {
     TurnRecord {
         turn_id: turn_id.to_owned(),

@@ -18,7 +18,7 @@ use serde_json::json;
 
 use super::audit::{AuditEntry, AuditType, Auditor};
 use super::dry_run::{dry_run, parse_window, PastTurn};
-use super::judges::Judges;
+use super::judges::{Judge, Judges};
 use super::registry::Scope;
 use super::{Constitution, ConstitutionHash, PolicyError};
 use crate::config::Settings;
@@ -88,6 +88,9 @@ async fn activate(req: HttpRequest, caller: Caller, body: web::Bytes, api: web::
     let constitution =
         Constitution::from_toml_str(text).map_err(|e| ApiError::new(Code::InvalidRequest, format!("the body is not a valid constitution: {e}")))?;
     let hash = constitution.hash();
+    // Built before it is activated: a document no moderator can be made of is the caller's 400, not every turn's 503.
+    let judge = build_judge(&api.settings, constitution.clone(), text.to_owned()).await?;
+    api.judges.adopt(judge);
     let scope = Scope::Tenant(caller.tenant.as_str().to_owned());
     let activation = api.judges.registry().activate(&scope, &hash, text).await?;
     let trace = crate::web::trace_of(&req);
@@ -103,7 +106,7 @@ async fn activate(req: HttpRequest, caller: Caller, body: web::Bytes, api: web::
         };
         api.auditor.record(&entry).await?;
     }
-    // This instance judges by it before answering; the others within the staleness bound.
+    // This instance judges by it before answering (its judge is built); the others within the staleness bound.
     if let Err(err) = api.judges.refresh().await {
         tracing::warn!(error = %err, "activated, but this instance's copy could not be refreshed yet");
     }
@@ -113,6 +116,19 @@ async fn activate(req: HttpRequest, caller: Caller, body: web::Bytes, api: web::
         "hash": hash.as_str(), "name": constitution.name, "version": constitution.version, "tenant": caller.tenant.as_str(),
         "previous_hash": activation.previous.as_ref().map(ConstitutionHash::as_str), "registry_version": activation.version, "changed": activation.changed,
     })))
+}
+
+/// The judge of a candidate document, built off the worker thread (it embeds the examples).
+async fn build_judge(settings: &Arc<Settings>, constitution: Constitution, text: String) -> Result<Arc<Judge>, ApiError> {
+    let settings = settings.clone();
+    let built = web::block(move || crate::app::moderator(&settings, &constitution).map(|moderator| (constitution, moderator)))
+        .await
+        .map_err(|e| ApiError::new(Code::Internal, e.to_string()))?;
+    let (constitution, moderator) = built.map_err(|e| {
+        tracing::error!(error = format!("{e:#}"), "a candidate constitution's moderator could not be built");
+        ApiError::new(Code::Internal, "the document could not be loaded")
+    })?;
+    Ok(Arc::new(Judge { hash: constitution.hash(), constitution, text, moderator: Arc::new(moderator) }))
 }
 
 async fn dry_run_route(caller: Caller, body: web::Json<DryRunBody>, api: web::Data<PolicyApi>) -> Result<HttpResponse, ApiError> {
@@ -127,16 +143,11 @@ async fn dry_run_route(caller: Caller, body: web::Json<DryRunBody>, api: web::Da
         .map_err(|e| ApiError::new(Code::InvalidRequest, format!("the document is not a valid constitution: {e}")))?;
     let (hash, name, version) = (candidate.hash(), candidate.name.clone(), candidate.version.clone());
     // Building the moderator embeds the candidate's examples: CPU work, off the worker thread.
-    let settings = api.settings.clone();
-    let moderator =
-        web::block(move || crate::app::moderator(&settings, &candidate)).await.map_err(|e| ApiError::new(Code::Internal, e.to_string()))?.map_err(|e| {
-            tracing::error!(error = %e, "the candidate's moderator could not be built");
-            ApiError::new(Code::Internal, "the candidate could not be loaded")
-        })?;
+    let judge = build_judge(&api.settings, candidate, body.document).await?;
     let since_ms = crate::db::now_ms() - window.as_millis() as i64;
     let stored = api.store.window(Some(caller.tenant.as_str()), since_ms, limit).await.map_err(OrchestratorError::Store)?;
     let turns: Vec<PastTurn> = stored.into_iter().map(PastTurn::from).collect();
-    let report = dry_run(&Arc::new(moderator), &turns, |_| {}).await.map_err(|e| {
+    let report = dry_run(&judge.moderator, &turns, |_| {}).await.map_err(|e| {
         tracing::error!(error = %e, "dry run failed");
         ApiError::new(Code::Internal, "moderation failed")
     })?;

@@ -42,6 +42,8 @@ pub async fn run(settings: &Settings, command: ConstitutionCommand) -> anyhow::R
     Ok(())
 }
 
+/// Exit status of a replay whose verdict does not reproduce (1 is any other failure).
+const NOT_REPRODUCED_EXIT: i32 = 2;
 /// Exit status of a replay whose turn was stored without its text.
 const WITHHELD_EXIT: i32 = 3;
 
@@ -62,14 +64,17 @@ pub async fn replay(settings: &Settings, turn_id: &str) -> anyhow::Result<()> {
         out["withheld"] = true.into();
         println!("{}", serde_json::to_string_pretty(&out)?);
         eprintln!("turn {turn_id} was refused on input and stored without its text: it cannot be judged again");
-        // The distinct status lets a script tell "cannot replay" from "does not reproduce".
+        // Distinct statuses let a script tell "cannot replay" from "does not reproduce" and from a failure.
         std::process::exit(WITHHELD_EXIT);
     };
     out["recorded"] = replayed.recorded.clone().into();
     out["replayed"] = replayed.replayed.clone().into();
     out["reproduced"] = replayed.reproduced.into();
     println!("{}", serde_json::to_string_pretty(&out)?);
-    anyhow::ensure!(replayed.reproduced, "the verdict does not reproduce: recorded {}, now {}", replayed.recorded, replayed.replayed);
+    if !replayed.reproduced {
+        eprintln!("the verdict does not reproduce: recorded {}, now {}", replayed.recorded, replayed.replayed);
+        std::process::exit(NOT_REPRODUCED_EXIT);
+    }
     eprintln!("the verdict reproduces under {} ({hash}): {}", constitution.name, replayed.replayed);
     Ok(())
 }

@@ -1,8 +1,8 @@
 //! What a candidate constitution would change, before it is activated: past
 //! turns judged again under it, each compared with the verdict it got.
-//! Read-only. A turn refused on input is stored without its text (it may be
-//! the very content the refusal is about) unless `chat.store_refused_text`
-//! is on, and then cannot be judged again; it is counted apart. An answer
+//! Read-only. Unless `chat.store_refused_text` is on, a turn refused on
+//! input is stored without its text (it may be the very content the refusal
+//! is about); such a turn cannot be judged again and is counted apart. An answer
 //! cut on output is stored as far as it reached the client, without the text
 //! that was cut, so such a turn is judged again on input only.
 

@@ -391,10 +391,10 @@ async fn replay_judges_a_past_turn_under_the_constitution_it_was_judged_by() {
     assert_eq!(status, 0, "{report}");
     assert_eq!((report["recorded"].as_str(), report["replayed"].as_str()), (Some("refuse:prompt_injection"), Some("refuse:prompt_injection")));
 
-    // A stored verdict that no longer matches what its constitution decides: exit 1.
+    // A stored verdict that no longer matches what its constitution decides: exit 2.
     sqlx::query("UPDATE turns SET policy_verdict = 'refuse:S1' WHERE id = $1").bind(turn(&allowed)).execute(app.db.pool()).await.unwrap();
     let (status, report) = replay_with_cli(&app, &turn(&allowed));
-    assert_eq!((status, report["reproduced"].as_bool()), (1, Some(false)), "{report}");
+    assert_eq!((status, report["reproduced"].as_bool()), (2, Some(false)), "{report}");
 }
 
 #[tokio::test]

@@ -2,7 +2,7 @@
 //! by both stages, the scorers fitted on them, and the cascade between them.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use super::bank::{Bank, Rule, Scores};
 use super::{SemanticError, SemanticModel};
@@ -56,18 +56,21 @@ pub struct Classifier {
 }
 
 impl Classifier {
-    /// The classifier for `constitution`, built once per process and constitution hash.
+    /// The classifier for `constitution`, built once per process and
+    /// constitution hash while anything holds it (constitutions come and go
+    /// with activations: none is kept for good).
     pub fn shared(model: Arc<SemanticModel>, constitution: &Constitution) -> Result<Arc<Self>, SemanticError> {
-        static BUILT: OnceLock<Mutex<HashMap<String, Arc<Classifier>>>> = OnceLock::new();
+        static BUILT: OnceLock<Mutex<HashMap<String, Weak<Classifier>>>> = OnceLock::new();
         let key = format!("{}|{:p}", constitution.hash(), Arc::as_ptr(&model));
         let mut built = BUILT.get_or_init(Default::default).lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(classifier) = built.get(&key) {
-            return Ok(classifier.clone());
+        if let Some(classifier) = built.get(&key).and_then(Weak::upgrade) {
+            return Ok(classifier);
         }
+        built.retain(|_, held| held.strong_count() > 0);
         let examples = Examples::of(constitution);
         model.remember(&examples.texts())?;
         let classifier = Arc::new(Self::new(model, &examples, &constitution.semantic)?);
-        built.insert(key, classifier.clone());
+        built.insert(key, Arc::downgrade(&classifier));
         Ok(classifier)
     }
 
