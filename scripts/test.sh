@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole test suite against real services: PostgreSQL (127.0.0.1:5432)
-# and Redis (127.0.0.1:6379), each started or installed when missing; the local
+# and Redis (127.0.0.1:6379), each started or installed when missing; Prometheus
+# and promtool, installed when missing (a test starts its own server); the local
 # model server (127.0.0.1:8091) and the tansu broker (127.0.0.1:19092), started
 # here and stopped afterwards; and Steward itself (spawned by the tests on free
 # ports, in process or as the real binary).
@@ -36,8 +37,15 @@ ensure_redis() {
   exit 1
 }
 
+ensure_prometheus() {
+  command -v prometheus >/dev/null && command -v promtool >/dev/null && return
+  echo "installing Prometheus (the dashboard and alert-rule test)" >&2
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null
+}
+
 ensure_postgres
 ensure_redis
+ensure_prometheus
 export STEWARD_TEST_REDIS_URL=${STEWARD_TEST_REDIS_URL:-redis://127.0.0.1:6379}
 export STEWARD_TEST_POSTGRES_URL=${STEWARD_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use futures_util::future::BoxFuture;
-use prometheus_client::metrics::counter::Counter;
 use serde_json::{json, Value};
 
 use super::store::{RecordTurn, TurnRecord};
@@ -16,7 +15,7 @@ use crate::db::now_ms;
 use crate::events::{EventLog, EventType, NewEvent, Pending, TurnContext};
 use crate::policy::SignedVerdict;
 use crate::slm::Usage;
-use crate::telemetry::{Metrics, RequestOutcome};
+use crate::telemetry::{Metrics, RequestOutcome, StreamMetrics};
 
 /// The event context of a turn.
 pub fn turn_context(request: &TurnRequest, signed: &SignedVerdict) -> TurnContext {
@@ -44,8 +43,9 @@ pub struct Recorder {
     route: &'static str,
     span_id: String,
     started: Instant,
-    first_token_seen: bool,
-    deltas: Counter,
+    /// When the last content reached the client (`None` before the first).
+    last_emitted: Option<Instant>,
+    stream: StreamMetrics,
     pub usage: Option<Usage>,
 }
 
@@ -67,7 +67,7 @@ impl Recorder {
             created_at: now_ms(),
         };
         Self {
-            deltas: metrics.deltas(request.route),
+            stream: metrics.stream(request.route),
             metrics,
             events,
             context,
@@ -76,18 +76,19 @@ impl Recorder {
             route: request.route,
             span_id: request.trace.span_id.clone(),
             started: request.started,
-            first_token_seen: false,
+            last_emitted: None,
             usage: None,
         }
     }
 
     /// Text that reached the client.
     pub fn emitted(&mut self, text: &str) {
-        if !self.first_token_seen {
-            self.first_token_seen = true;
-            self.metrics.first_token(self.route, self.started.elapsed());
+        let now = Instant::now();
+        match self.last_emitted.replace(now) {
+            None => self.metrics.first_token(self.route, now - self.started),
+            Some(last) => self.stream.inter_token.observe((now - last).as_secs_f64()),
         }
-        self.deltas.inc();
+        self.stream.deltas.inc();
         if let Some(record) = self.record.as_mut() {
             record.assistant_message.push_str(text);
         }
@@ -146,9 +147,11 @@ impl Recorder {
 
 impl Drop for Recorder {
     fn drop(&mut self) {
+        self.stream.ended();
         let Some(record) = self.take(FinishReason::Cancelled, RequestOutcome::Allow) else {
             return;
         };
+        self.metrics.interrupted(self.route, "client_disconnected");
         let data = json!({ "reason": "client_disconnected", "emitted_chars": record.assistant_message.chars().count(), "content_included": false });
         let (events, items, turn_id) = (self.events.clone(), self.terminal(record, EventType::Cancelled, data), self.context.turn_id.clone());
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {

@@ -83,6 +83,7 @@ impl Orchestrator {
         let mut sentences = judge.moderator.output_sentences();
         let moderator = judge.moderator.clone();
         let metrics = self.metrics.clone();
+        let route = request.route;
         let context = turn_context(&request, &signed);
         let mut recorder = Recorder::new(self.metrics.clone(), self.events.clone(), context, &request, &signed, &self.settings.model);
         Box::pin(async_stream::stream! {
@@ -111,6 +112,7 @@ impl Orchestrator {
                     Ok(ModelEvent::Finish(reason)) => finish = FinishReason::from_model(&reason),
                     Ok(ModelEvent::Usage(usage)) => recorder.usage = Some(usage),
                     Err(err) => {
+                        metrics.interrupted(route, err.reason());
                         let public = ApiError::from(err);
                         let data = json!({ "code": public.code().name(), "stage": "model", "content_included": false });
                         let _ = recorder.finish(FinishReason::Error, RequestOutcome::Error, EventType::Failed, data).await;

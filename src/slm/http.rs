@@ -10,7 +10,7 @@ use serde_json::json;
 use tokio::time::{timeout_at, Instant};
 
 use super::clients::PerThread;
-use super::types::{ModelEvent, ModelRequest, SlmError, Usage};
+use super::types::{Deadline, ModelEvent, ModelRequest, SlmError, Usage};
 use super::{ModelClient, ModelStream};
 use crate::policy::headers;
 
@@ -124,7 +124,7 @@ impl ModelClient for HttpModelClient {
         );
         Box::pin(async_stream::try_stream! {
             let response = match timeout_at(first_deadline.min(deadline), send).await {
-                Err(_) => Err(SlmError::Timeout("response headers"))?,
+                Err(_) => Err(SlmError::Timeout(if Instant::now() >= deadline { Deadline::Total } else { Deadline::FirstToken }))?,
                 Ok(Err(e)) if e.is_connect() => Err(SlmError::Unavailable(e))?,
                 Ok(Err(e)) => Err(SlmError::Stream(Box::new(e)))?,
                 Ok(Ok(r)) => r,
@@ -152,8 +152,8 @@ impl ModelClient for HttpModelClient {
                 let Some(next) = next else {
                     let (now, at) = (Instant::now(), due(seen_content, last));
                     if now >= at {
-                        let what = if now >= deadline { "complete answer" } else if seen_content { "event" } else { "first token" };
-                        Err(SlmError::Timeout(what))?;
+                        let which = if now >= deadline { Deadline::Total } else if seen_content { Deadline::Idle } else { Deadline::FirstToken };
+                        Err(SlmError::Timeout(which))?;
                     }
                     timer.as_mut().reset(at);
                     continue;

@@ -14,7 +14,7 @@ use futures_util::future::BoxFuture;
 use futures_util::Stream;
 
 pub use http::{HttpModelClient, Timeouts};
-pub use types::{ChatMessage, DispatchContext, GenerationParams, ModelEvent, ModelRequest, Role, SlmError, Usage};
+pub use types::{ChatMessage, Deadline, DispatchContext, GenerationParams, ModelEvent, ModelRequest, Role, SlmError, Usage};
 
 /// Model output as it arrives.
 pub type ModelStream = Pin<Box<dyn Stream<Item = Result<ModelEvent, SlmError>> + Send>>;

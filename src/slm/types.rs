@@ -67,14 +67,55 @@ pub enum ModelEvent {
 pub enum SlmError {
     #[error("model server unreachable")]
     Unavailable(#[source] reqwest::Error),
-    #[error("model server sent no {0} in time")]
-    Timeout(&'static str),
+    #[error("model server sent no {} in time", .0.awaited())]
+    Timeout(Deadline),
     #[error("model server answered HTTP {status}: {body}")]
     Status { status: u16, body: String },
     #[error("model stream broke")]
     Stream(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("model server sent an unreadable chunk: {0}")]
     Protocol(String),
+}
+
+/// Which of the model call's deadlines passed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deadline {
+    /// No response headers or no first content in time (`slm.first_token_timeout_ms`).
+    FirstToken,
+    /// Silent between two events too long (`slm.idle_timeout_ms`).
+    Idle,
+    /// The whole answer took too long (`slm.total_timeout_ms`).
+    Total,
+}
+
+impl Deadline {
+    /// Metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::FirstToken => "first_token_deadline",
+            Self::Idle => "idle_deadline",
+            Self::Total => "total_deadline",
+        }
+    }
+
+    fn awaited(self) -> &'static str {
+        match self {
+            Self::FirstToken => "first token",
+            Self::Idle => "event",
+            Self::Total => "complete answer",
+        }
+    }
+}
+
+impl SlmError {
+    /// Why a turn stopped on this error, as a metric label.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Timeout(deadline) => deadline.as_str(),
+            Self::Unavailable(_) => "model_unavailable",
+            Self::Status { .. } | Self::Stream(_) | Self::Protocol(_) => "model_error",
+        }
+    }
 }
 
 impl ErrorCode for SlmError {

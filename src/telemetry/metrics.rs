@@ -92,6 +92,37 @@ pub struct Metrics {
     published: Family<TopicLabels, Counter>,
     training_state: Family<TenantLabels, Gauge>,
     training_transitions: Family<TransitionLabels, Counter>,
+    inter_token: HistogramFamily,
+    active_streams: Family<RouteLabels, Gauge>,
+    interruptions: Family<InterruptionLabels, Counter>,
+    lock_store_failures: Counter,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct InterruptionLabels {
+    route: &'static str,
+    reason: &'static str,
+}
+
+/// The live-stream handles a running turn holds, so that counting a chunk is
+/// an atomic add, not a label lookup.
+#[derive(Debug, Clone)]
+pub struct StreamMetrics {
+    pub deltas: Counter,
+    pub inter_token: Histogram,
+    active: Gauge,
+}
+
+impl StreamMetrics {
+    /// Counts the stream as active until [`StreamMetrics::ended`].
+    fn started(self) -> Self {
+        self.active.inc();
+        self
+    }
+
+    pub fn ended(&self) {
+        self.active.dec();
+    }
 }
 
 /// 50 µs to about 1.6 s: a cached or static-stage judgement takes microseconds, the transformer milliseconds.
@@ -140,6 +171,18 @@ impl Metrics {
         let training_transitions = Family::<TransitionLabels, Counter>::default();
         registry.register("training_mode_state", "1 while the tenant's training lock is held, read from the lock store", training_state.clone());
         registry.register("training_mode_transitions", "Training lock transitions by tenant and action", training_transitions.clone());
+        let inter_token: HistogramFamily = Family::new_with_constructor(latency_histogram);
+        registry.register("steward_inter_token_seconds", "Time between consecutive content chunks of a streamed answer", inter_token.clone());
+        let active_streams = Family::<RouteLabels, Gauge>::default();
+        registry.register("steward_active_streams", "Turns streaming an answer now", active_streams.clone());
+        let interruptions = Family::<InterruptionLabels, Counter>::default();
+        registry.register(
+            "steward_turn_interruptions",
+            "Turns ended before the model finished: client_disconnected, first_token_deadline, idle_deadline, total_deadline, model_unavailable, model_error",
+            interruptions.clone(),
+        );
+        let lock_store_failures = Counter::default();
+        registry.register("training_lock_store_failures", "Failed reads of the training lock store", lock_store_failures.clone());
         Self {
             registry,
             requests,
@@ -154,7 +197,31 @@ impl Metrics {
             published,
             training_state,
             training_transitions,
+            inter_token,
+            active_streams,
+            interruptions,
+            lock_store_failures,
         }
+    }
+
+    /// The handles of one streaming turn on `route`, counted active from now.
+    pub fn stream(&self, route: &'static str) -> StreamMetrics {
+        let labels = RouteLabels { route };
+        StreamMetrics {
+            deltas: self.tokens.get_or_create(&labels).clone(),
+            inter_token: self.inter_token.get_or_create(&labels).clone(),
+            active: self.active_streams.get_or_create(&labels).clone(),
+        }
+        .started()
+    }
+
+    /// A turn ended early; `reason` as listed in the metric's help.
+    pub fn interrupted(&self, route: &'static str, reason: &'static str) {
+        self.interruptions.get_or_create(&InterruptionLabels { route, reason }).inc();
+    }
+
+    pub fn lock_store_failure(&self) {
+        self.lock_store_failures.inc();
     }
 
     pub fn request(&self, route: &'static str, outcome: RequestOutcome, elapsed: Duration) {
@@ -164,12 +231,6 @@ impl Metrics {
 
     pub fn first_token(&self, route: &'static str, elapsed: Duration) {
         self.ttft.get_or_create(&RouteLabels { route }).observe(elapsed.as_secs_f64());
-    }
-
-    /// The counter of content chunks streamed on `route`, held by a turn so
-    /// that counting a chunk is one atomic add, not a label lookup.
-    pub fn deltas(&self, route: &'static str) -> Counter {
-        self.tokens.get_or_create(&RouteLabels { route }).clone()
     }
 
     /// `stage` is `input` or `output`; `category` the snake_case name.

@@ -9,5 +9,5 @@ mod metrics;
 mod trace;
 
 pub use logging::init_logging;
-pub use metrics::{Metrics, RequestOutcome};
+pub use metrics::{Metrics, RequestOutcome, StreamMetrics};
 pub use trace::TraceContext;

@@ -168,6 +168,7 @@ impl TrainingService {
                 mark_of(lock.as_ref())
             }
             Err(err) => {
+                self.metrics.lock_store_failure();
                 tracing::warn!(tenant, error = %err, "training state unknown: lock store unreadable");
                 TrainingMark { enabled: None, fencing_token: None, source: "lock_store_unavailable" }
             }

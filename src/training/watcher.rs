@@ -37,6 +37,7 @@ pub async fn watch(service: Arc<TrainingService>, metrics: Arc<Metrics>, every: 
                 }
             }
             Err(err) => {
+                metrics.lock_store_failure();
                 tracing::debug!(error = %err, "expiry check skipped: lock store unavailable")
             }
         }

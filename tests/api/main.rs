@@ -12,6 +12,7 @@ mod auth;
 mod bad_input;
 mod chat;
 mod constitution;
+mod dashboards;
 mod evasion;
 mod events;
 mod instances;
