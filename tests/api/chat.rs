@@ -141,6 +141,9 @@ async fn a_client_that_hangs_up_stops_the_generation_and_the_turn_is_recorded_ca
     }
     assert_eq!(turns.len(), 1);
     assert_eq!(turns[0].1, "cancelled");
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    assert!(metrics.contains("steward_turn_interruptions_total{route=\"chat_stream\",reason=\"client_disconnected\"} 1"), "{metrics}");
+    assert!(metrics.contains("steward_active_streams{route=\"chat_stream\"} 0"), "{metrics}");
 }
 
 #[tokio::test]
@@ -156,4 +159,6 @@ async fn a_model_silent_past_the_idle_deadline_after_its_first_token_ends_the_tu
     assert_eq!(sse.first("error")["code"], "model_timeout", "{:?}", sse.events);
     assert_eq!(sse.first("done")["finish_reason"], "error");
     assert!(started.elapsed() < std::time::Duration::from_secs(30), "the idle deadline ended the turn, not the first-token one");
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    assert!(metrics.contains("steward_turn_interruptions_total{route=\"chat_stream\",reason=\"idle_deadline\"} 1"), "{metrics}");
 }
