@@ -95,6 +95,7 @@ impl Application {
             training: training.clone(),
             limits,
             keepalive,
+            socket_auth_timeout: Duration::from_millis(settings.server.socket_auth_timeout_ms),
             model_name: slm.model.clone(),
             store_refused_text: settings.chat.store_refused_text,
             caller_system: crate::gateway::CallerSystemPolicy {

@@ -53,8 +53,10 @@ pub struct ServerSettings {
     pub bind: String,
     /// Largest accepted request body, in bytes.
     pub body_limit_bytes: usize,
-    /// Interval of SSE comment keep-alives while the model is silent.
+    /// Interval of SSE comment keep-alives while the model is silent, and of WebSocket pings.
     pub keepalive_ms: u64,
+    /// A WebSocket that has not authenticated within this is closed (1008).
+    pub socket_auth_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -278,6 +280,7 @@ impl Settings {
             ("slm.idle_timeout_ms", self.slm.idle_timeout_ms),
             ("slm.total_timeout_ms", self.slm.total_timeout_ms),
             ("server.keepalive_ms", self.server.keepalive_ms),
+            ("server.socket_auth_timeout_ms", self.server.socket_auth_timeout_ms),
             ("policy.verdict_ttl_seconds", self.policy.verdict_ttl_seconds),
             ("policy.staleness_ms", self.policy.staleness_ms),
         ] {

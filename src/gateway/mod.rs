@@ -10,11 +10,14 @@
 mod chat;
 mod openai;
 mod service;
+mod socket;
 
 pub use service::{Admission, Admitted, CallerSystemPolicy, Gateway, TurnInput};
 
 use actix_web::web;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/v1/chat/stream", web::post().to(chat::chat_stream)).route("/v1/chat/completions", web::post().to(openai::completions));
+    cfg.route("/v1/chat/stream", web::post().to(chat::chat_stream))
+        .route("/v1/chat/stream", web::get().to(socket::chat_socket))
+        .route("/v1/chat/completions", web::post().to(openai::completions));
 }

@@ -30,6 +30,8 @@ pub struct Gateway {
     pub training: Arc<crate::training::TrainingService>,
     pub limits: TurnLimits,
     pub keepalive: Duration,
+    /// How long a WebSocket may take to send its key.
+    pub socket_auth_timeout: Duration,
     /// Model name reported by the OpenAI facade.
     pub model_name: String,
     /// Whether a tenant's callers may add system messages after the operator's.

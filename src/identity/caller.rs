@@ -27,7 +27,12 @@ impl Caller {
         }
     }
 
-    async fn authenticate(keys: web::Data<KeyCache>, bearer: Option<String>) -> Result<Self, IdentityError> {
+    /// The caller holding `key` (e.g. one a WebSocket client sent in a message).
+    pub async fn from_key(keys: &KeyCache, key: &str) -> Result<Self, IdentityError> {
+        Self::authenticate(keys, Some(key.to_owned())).await
+    }
+
+    async fn authenticate(keys: &KeyCache, bearer: Option<String>) -> Result<Self, IdentityError> {
         let key = bearer.ok_or(IdentityError::MissingKey)?;
         let record = keys.find_active(&key).await?.ok_or(IdentityError::UnknownKey)?;
         let tenant = TenantId::parse(&record.tenant)?;
@@ -36,7 +41,8 @@ impl Caller {
     }
 }
 
-fn bearer(req: &HttpRequest) -> Option<String> {
+/// The key of an `Authorization: Bearer <key>` header.
+pub fn bearer(req: &HttpRequest) -> Option<String> {
     let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, key) = value.trim().split_once(' ')?;
     let key = key.trim();
@@ -52,7 +58,7 @@ impl FromRequest for Caller {
         let bearer = bearer(req);
         Box::pin(async move {
             let keys = keys.ok_or_else(|| ApiError::new(crate::error::Code::Internal, "identity is not configured"))?;
-            Ok(Self::authenticate(keys, bearer).await?)
+            Ok(Self::authenticate(&keys, bearer).await?)
         })
     }
 }

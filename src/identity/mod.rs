@@ -11,6 +11,6 @@ mod domain;
 mod store;
 
 pub use cache::KeyCache;
-pub use caller::Caller;
+pub use caller::{bearer, Caller};
 pub use domain::{ApiKey, Capability, IdentityError, TenantId};
 pub use store::{KeyRecord, KeyStore};

@@ -23,5 +23,6 @@ mod ops;
 mod orchestrator;
 mod registry;
 mod semantic;
+mod socket;
 mod storage;
 mod training;
