@@ -33,8 +33,16 @@ pub async fn chat_stream(req: HttpRequest, caller: Caller, body: web::Json<ChatB
     let started = Instant::now();
     let body = body.into_inner();
     let params = gateway.limits.params(body.max_tokens, body.temperature, body.seed)?;
-    let input =
-        TurnInput { route: "chat_stream", session_id: body.session_id, message: body.message, preamble: Vec::new(), params, trace: trace_of(&req), started };
+    let input = TurnInput {
+        route: "chat_stream",
+        session_id: body.session_id,
+        message: body.message,
+        preamble: Vec::new(),
+        params,
+        trace: trace_of(&req),
+        started,
+        cancel: Default::default(),
+    };
     let admission = match gateway.admit(&caller, input).await {
         Ok(admission) => admission,
         Err(err) if err.code() == Code::PolicyRegistryUnavailable => return Ok(unjudged(&err)),

@@ -65,6 +65,8 @@ pub struct TurnInput {
     pub params: GenerationParams,
     pub trace: TraceContext,
     pub started: Instant,
+    /// Ends the turn early on the client's request (see [`TurnRequest::cancel`]).
+    pub cancel: tokio_util::sync::CancellationToken,
 }
 
 /// An admitted turn: its identity, its signed verdict and what follows.
@@ -150,6 +152,7 @@ impl Gateway {
             route: input.route,
             started: input.started,
             origin: Origin::Gateway(judge),
+            cancel: input.cancel,
             session_known: Some(session_known),
             training,
         };

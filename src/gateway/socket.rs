@@ -8,8 +8,9 @@
 //!   (browsers cannot set headers); it must come within
 //!   `server.socket_auth_timeout_ms`;
 //! - `{"type":"turn","message":"…","session_id"?,"max_tokens"?,"temperature"?,"seed"?}`;
-//! - `{"type":"cancel","turn_id":"…"}`: ends the running turn, recorded as
-//!   `turn.cancelled`, the model request aborted.
+//! - `{"type":"cancel","turn_id":"…"}`: ends the running turn: the model
+//!   request is aborted, `turn.cancelled` stored, then its `done`
+//!   (`finish_reason: cancelled`) is sent.
 //!
 //! Server frames: `{"type":"session"|"delta"|"refusal"|"error"|"done","turn_id":…, …}`
 //! with the SSE events' fields; an `error` with no `turn_id` answers a
@@ -31,6 +32,7 @@ use crate::identity::{bearer, Caller, KeyCache};
 use crate::orchestrator::EventData;
 use crate::orchestrator::{FinishReason, TurnEvent};
 use crate::telemetry::TraceContext;
+use tokio_util::sync::CancellationToken;
 
 /// The subprotocol the server speaks; offer it with `steward.key.<key>`.
 pub const PROTOCOL: &str = "steward.v1";
@@ -47,14 +49,10 @@ enum ClientMessage {
 /// A turn's frames, until its `done`.
 type Frames = futures_util::stream::BoxStream<'static, Value>;
 
-pub async fn chat_socket(
-    req: HttpRequest,
-    body: web::Payload,
-    gateway: web::Data<Gateway>,
-    keys: web::Data<KeyCache>,
-) -> Result<HttpResponse, actix_web::Error> {
+pub async fn chat_socket(req: HttpRequest, body: web::Payload, gateway: web::Data<Gateway>, keys: web::Data<KeyCache>) -> Result<HttpResponse, ApiError> {
     let key = bearer(&req).or_else(|| protocol_key(&req));
-    let (response, session, stream) = actix_ws::handle_with_protocols(&req, body, &[PROTOCOL])?;
+    let (response, session, stream) = actix_ws::handle_with_protocols(&req, body, &[PROTOCOL])
+        .map_err(|e| ApiError::new(Code::InvalidRequest, format!("GET /v1/chat/stream is a WebSocket: {e} (POST streams server-sent events)")))?;
     let limit = gateway.limits.max_message_chars * 4 + 4096;
     let stream = stream.max_frame_size(limit).aggregate_continuations().max_continuation_size(limit);
     actix_web::rt::spawn(serve(session, stream, gateway.into_inner(), keys.into_inner(), key));
@@ -104,12 +102,18 @@ async fn first_auth(stream: &mut AggregatedMessageStream, within: Duration, keys
     }
 }
 
+struct Running {
+    turn_id: String,
+    cancel: CancellationToken,
+    frames: Frames,
+}
+
 struct Connection<'a> {
     gateway: &'a Gateway,
     caller: &'a Caller,
     session: &'a mut Session,
-    /// The running turn: its id and the frames still to send.
-    turn: Option<(String, Frames)>,
+    /// The running turn: its id, what cancels it, and the frames still to send.
+    turn: Option<Running>,
 }
 
 impl Connection<'_> {
@@ -120,7 +124,7 @@ impl Connection<'_> {
         loop {
             let next_frame = async {
                 match self.turn.as_mut() {
-                    Some((_, frames)) => frames.next().await,
+                    Some(running) => running.frames.next().await,
                     None => std::future::pending().await,
                 }
             };
@@ -173,26 +177,23 @@ impl Connection<'_> {
         };
         match message {
             ClientMessage::Auth { .. } => self.send(error_frame(None, Code::InvalidRequest, "this socket is authenticated already")).await,
-            ClientMessage::Cancel { turn_id } => match self.turn.take() {
-                // Dropping the turn's stream aborts the model request and records it cancelled.
-                Some((running, frames)) if running == turn_id => {
-                    drop(frames);
+            ClientMessage::Cancel { turn_id } => match &self.turn {
+                // The turn aborts the model request, is stored as cancelled, then sends its `done`.
+                Some(running) if running.turn_id == turn_id => {
+                    running.cancel.cancel();
                     tracing::info!(turn_id = %turn_id, tenant = %self.caller.tenant, "turn cancelled by the client");
-                    self.send(json!({ "type": "done", "turn_id": turn_id, "finish_reason": FinishReason::Cancelled, "usage": null })).await
+                    true
                 }
-                other => {
-                    self.turn = other;
-                    self.send(error_frame(Some(&turn_id), Code::NotFound, "no running turn has this id")).await
-                }
+                _ => self.send(error_frame(Some(&turn_id), Code::NotFound, "no running turn has this id")).await,
             },
             ClientMessage::Turn { .. } if self.turn.is_some() => {
-                let running = self.turn.as_ref().map(|(id, _)| id.clone());
+                let running = self.turn.as_ref().map(|r| r.turn_id.clone());
                 self.send(error_frame(running.as_deref(), Code::TurnInProgress, "a turn is running on this socket: wait for its done, or cancel it")).await
             }
             ClientMessage::Turn { message, session_id, max_tokens, temperature, seed } => {
                 match self.start(message, session_id, max_tokens, temperature, seed).await {
-                    Ok((turn_id, frames)) => {
-                        self.turn = Some((turn_id, frames));
+                    Ok(running) => {
+                        self.turn = Some(running);
                         true
                     }
                     Err(err) => self.send(error_frame(None, err.code(), &err.body().message)).await,
@@ -208,11 +209,13 @@ impl Connection<'_> {
         max_tokens: Option<u32>,
         temperature: Option<f32>,
         seed: Option<i64>,
-    ) -> Result<(String, Frames), ApiError> {
+    ) -> Result<Running, ApiError> {
         let gateway = self.gateway;
         let params = gateway.limits.params(max_tokens, temperature, seed)?;
+        let cancel = CancellationToken::new();
+        let trace = TraceContext::new_root();
         let input =
-            TurnInput { route: "chat_socket", session_id, message, preamble: Vec::new(), params, trace: TraceContext::new_root(), started: Instant::now() };
+            TurnInput { route: "chat_socket", session_id, message, preamble: Vec::new(), params, trace, started: Instant::now(), cancel: cancel.clone() };
         let admission = gateway.admit(self.caller, input).await?;
         let turn_id = admission.turn_id.clone();
         let session = json!({
@@ -231,7 +234,7 @@ impl Connection<'_> {
             .boxed(),
             Admitted::Streaming(turn) => turn.map(move |event| frame(&id, &event)).boxed(),
         };
-        Ok((turn_id, futures_util::stream::once(async move { session }).chain(rest).boxed()))
+        Ok(Running { turn_id, cancel, frames: futures_util::stream::once(async move { session }).chain(rest).boxed() })
     }
 }
 

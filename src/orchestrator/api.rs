@@ -81,6 +81,7 @@ async fn begin(
             route,
             started,
             origin: Origin::Http,
+            cancel: Default::default(),
             session_known: None,
             training,
         };

@@ -81,6 +81,11 @@ impl Recorder {
         }
     }
 
+    /// Characters of the answer that reached the client so far.
+    pub fn emitted_chars(&self) -> usize {
+        self.record.as_ref().map_or(0, |r| r.assistant_message.chars().count())
+    }
+
     /// Text that reached the client.
     pub fn emitted(&mut self, text: &str) {
         let now = Instant::now();

@@ -84,13 +84,28 @@ impl Orchestrator {
         let moderator = judge.moderator.clone();
         let metrics = self.metrics.clone();
         let route = request.route;
+        let cancel = request.cancel.clone();
         let context = turn_context(&request, &signed);
         let mut recorder = Recorder::new(self.metrics.clone(), self.events.clone(), context, &request, &signed, &self.settings.model);
         Box::pin(async_stream::stream! {
             let mut finish = FinishReason::Stop;
             // (category, which layer found it) once the answer must be cut.
             let mut refusal = None;
-            while let Some(item) = model.next().await {
+            // Registered once for the whole answer, not once per token.
+            let cancelled = cancel.cancelled();
+            tokio::pin!(cancelled);
+            let mut cancel_requested = false;
+            loop {
+                let next = tokio::select! {
+                    biased;
+                    () = &mut cancelled => None,
+                    item = model.next() => Some(item),
+                };
+                let Some(next) = next else {
+                    cancel_requested = true;
+                    break;
+                };
+                let Some(item) = next else { break };
                 match item {
                     Ok(ModelEvent::Delta(text)) => match guard.push(&text) {
                         GuardStep::Release(safe) => {
@@ -121,6 +136,19 @@ impl Orchestrator {
                         return;
                     }
                 }
+            }
+            if cancel_requested {
+                // The model request goes first; the turn ends as cancelled, durably, before its `done`.
+                drop(model);
+                metrics.interrupted(route, "cancel_requested");
+                let data = json!({ "reason": "cancel_requested", "emitted_chars": recorder.emitted_chars(), "content_included": false });
+                if !recorder.finish(FinishReason::Cancelled, RequestOutcome::Allow, EventType::Cancelled, data).await {
+                    yield not_stored();
+                    yield TurnEvent::Done { finish_reason: FinishReason::Error, usage: recorder.usage };
+                    return;
+                }
+                yield TurnEvent::Done { finish_reason: FinishReason::Cancelled, usage: recorder.usage };
+                return;
             }
             if refusal.is_none() {
                 let rest = guard.finish();

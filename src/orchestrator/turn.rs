@@ -37,6 +37,9 @@ pub struct TurnRequest {
     pub training: crate::training::TrainingMark,
     /// Where the turn's policy headers came from.
     pub origin: Origin,
+    /// Cancelled on the client's explicit request (a WebSocket `cancel`):
+    /// the turn then ends as cancelled, durably, before its `done`.
+    pub cancel: tokio_util::sync::CancellationToken,
 }
 
 /// Where a turn's policy headers came from.

@@ -53,6 +53,7 @@ async fn openapi_json_describes_every_route_the_app_serves() {
     assert_eq!(spec["openapi"], "3.1.0");
     for (path, method) in [
         ("/v1/chat/stream", "post"),
+        ("/v1/chat/stream", "get"),
         ("/v1/chat/completions", "post"),
         ("/v1/conversation/step", "post"),
         ("/v1/conversation/stream", "post"),

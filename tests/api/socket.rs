@@ -78,23 +78,19 @@ async fn several_turns_on_one_socket_and_a_cancelled_one_frees_the_model_and_is_
     let (_, key) = app.chat_key().await;
     let (mut socket, _) = connect(&app, &[("authorization", &format!("Bearer {key}"))]).await;
 
-    send(&mut socket, json!({ "type": "turn", "message": "Name a colour.", "max_tokens": 6 })).await;
-    let first = until_done(&mut socket).await;
-    assert_eq!(types(&first)[0], "session");
-    assert!(types(&first).contains(&"delta"), "{first:?}");
-    let turn_id = first[0]["turn_id"].as_str().unwrap().to_owned();
-    let session_id = first[0]["session_id"].as_str().unwrap().to_owned();
-    assert!(first.iter().all(|f| f["turn_id"] == turn_id.as_str()), "every frame names its turn");
-
-    // A long answer in the same session, cancelled once it streams.
-    send(&mut socket, json!({ "type": "turn", "message": "Write a very long story about the sea.", "session_id": session_id, "max_tokens": 2000 })).await;
+    // A long answer, the first turn of a new session, cancelled once it streams.
+    send(&mut socket, json!({ "type": "turn", "message": "Write a very long story about the sea.", "max_tokens": 2000 })).await;
     let started = next(&mut socket).await;
     assert_eq!(started["type"], "session");
     let long_turn = started["turn_id"].as_str().unwrap().to_owned();
+    let session_id = started["session_id"].as_str().unwrap().to_owned();
     while next(&mut socket).await["type"] != "delta" {}
     assert!(model.busy().await, "the model is generating");
     send(&mut socket, json!({ "type": "turn", "message": "And another?" })).await;
-    let busy = next(&mut socket).await;
+    let mut busy = next(&mut socket).await;
+    while busy["type"] == "delta" {
+        busy = next(&mut socket).await;
+    }
     assert_eq!((busy["type"].as_str(), busy["code"].as_str()), (Some("error"), Some("turn_in_progress")), "{busy}");
 
     send(&mut socket, json!({ "type": "cancel", "turn_id": long_turn })).await;
@@ -102,31 +98,37 @@ async fn several_turns_on_one_socket_and_a_cancelled_one_frees_the_model_and_is_
     while done["type"] == "delta" {
         done = next(&mut socket).await;
     }
-    assert_eq!((done["type"].as_str(), done["finish_reason"].as_str()), (Some("done"), Some("cancelled")), "{done}");
+    assert_eq!(
+        (done["type"].as_str(), done["finish_reason"].as_str(), done["turn_id"].as_str()),
+        (Some("done"), Some("cancelled"), Some(long_turn.as_str())),
+        "{done}"
+    );
     let cancelled_at = Instant::now();
     while model.busy().await {
         assert!(cancelled_at.elapsed() < Duration::from_secs(2), "the model server kept generating after the cancel");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 
-    // The socket goes on.
+    // The cancelled turn is stored before its `done`: the session goes on at once.
+    send(&mut socket, json!({ "type": "turn", "message": "Name a colour.", "session_id": session_id, "max_tokens": 6 })).await;
+    let second = until_done(&mut socket).await;
+    assert_eq!(types(&second)[0], "session", "{second:?}");
+    assert!(types(&second).contains(&"delta"), "{second:?}");
+    let turn_id = second[0]["turn_id"].as_str().unwrap().to_owned();
+    assert!(second.iter().all(|f| f["turn_id"] == turn_id.as_str()), "every frame names its turn");
     send(&mut socket, json!({ "type": "turn", "message": "Say hi.", "session_id": session_id, "max_tokens": 4 })).await;
     assert_eq!(types(&until_done(&mut socket).await).last(), Some(&"done"));
 
-    let mut turns = Vec::new();
-    for _ in 0..50 {
-        turns = app.store.turns(&session_id).await.unwrap();
-        if turns.len() == 3 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let turns = app.store.turns(&session_id).await.unwrap();
     let reasons: Vec<&str> = turns.iter().map(|t| t.1.as_str()).collect();
     assert_eq!(reasons.len(), 3, "{turns:?}");
-    assert_eq!(reasons[1], "cancelled", "{turns:?}");
+    assert_eq!(reasons[0], "cancelled", "{turns:?}");
     let events = app.outbox("conversation.events").await;
     let cancelled = events.iter().find(|e| e["turn_id"] == long_turn.as_str() && e["type"] == "turn.cancelled").expect("turn.cancelled recorded");
+    assert_eq!(cancelled["data"]["reason"], "cancel_requested");
     assert!(cancelled["data"]["emitted_chars"].as_u64().unwrap() > 0, "{cancelled}");
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    assert!(metrics.contains("steward_turn_interruptions_total{route=\"chat_socket\",reason=\"cancel_requested\"} 1"), "{metrics}");
     socket.close(None).await.unwrap();
 }
 
