@@ -157,13 +157,18 @@ async fn activating_on_one_instance_moves_the_other_within_a_second_and_a_stream
     // Before: the phrase is allowed on B.
     let before = read_sse(b.post("/v1/chat/stream", &key, &json!({ "message": format!("What is the {phrase}?"), "max_tokens": 2 })).await).await;
     assert_eq!(before.first("session")["policy_verdict"], "allow");
-    // A long answer streaming on B while the rotation happens.
-    let long = b.post("/v1/chat/stream", &key, &json!({ "message": "Count from one to one hundred in words.", "max_tokens": 160, "temperature": 0 })).await;
+    // A long answer streaming on B while the rotation happens (a story of up to 400 tokens takes
+    // seconds here; the activation below takes well under one).
+    let long = b.post("/v1/chat/stream", &key, &json!({ "message": "Write a very long story about the sea.", "max_tokens": 400, "temperature": 0 })).await;
     let mut in_flight = long.bytes_stream().eventsource();
     let session = in_flight.next().await.unwrap().unwrap();
     assert_eq!(session.event, "session");
     let session: Value = serde_json::from_str(&session.data).unwrap();
     assert_eq!(session["constitution_hash"], old.as_str());
+    let mut rest = Vec::new();
+    while rest.last().is_none_or(|e| e != "delta") {
+        rest.push(in_flight.next().await.unwrap().unwrap().event);
+    }
 
     let put = reqwest::Client::new().put(format!("{}/v1/policy/constitution", a.address)).bearer_auth(&key).body(document).send().await.unwrap();
     assert_eq!(put.status(), 200);
@@ -180,7 +185,6 @@ async fn activating_on_one_instance_moves_the_other_within_a_second_and_a_stream
     );
 
     // The stream in flight finishes, under the hash it started with.
-    let mut rest = Vec::new();
     while let Some(event) = in_flight.next().await {
         rest.push(event.unwrap().event);
     }
