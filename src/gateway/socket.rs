@@ -14,10 +14,15 @@
 //!
 //! Server frames: `{"type":"session"|"delta"|"refusal"|"error"|"done","turn_id":…, …}`
 //! with the SSE events' fields; an `error` with no `turn_id` answers a
-//! message that started no turn. Pings every `server.keepalive_ms`. Close
-//! codes: 1008 (not authenticated, or the key lacks `chat`), 1009 (a frame
-//! over `server.body_limit_bytes`), 1003 (a binary frame), 1011 (internal).
+//! message that started no turn (a key without `chat` gets `forbidden`
+//! there). Pings every `server.keepalive_ms`; a client silent for two
+//! intervals, or not reading for one, is dropped (a running turn is then
+//! recorded cancelled). Close codes: 1008 (no key, or one Steward does not
+//! know, looked up again for every turn), 1009 (a message larger than the
+//! longest accepted message can be), 1003 (a binary frame), 1001 (silent
+//! client), 1011 (the key store failed).
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -26,13 +31,13 @@ use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use super::service::{Admitted, Gateway, TurnInput};
-use crate::error::{ApiError, Code};
-use crate::identity::{bearer, Caller, KeyCache};
-use crate::orchestrator::EventData;
-use crate::orchestrator::{FinishReason, TurnEvent};
-use crate::telemetry::TraceContext;
 use tokio_util::sync::CancellationToken;
+
+use super::service::{Admitted, Gateway, TurnInput};
+use crate::error::{ApiError, Code, ErrorCode};
+use crate::identity::{bearer, Caller, IdentityError, KeyCache};
+use crate::orchestrator::{EventData, FinishReason, TurnEvent};
+use crate::telemetry::TraceContext;
 
 /// The subprotocol the server speaks; offer it with `steward.key.<key>`.
 pub const PROTOCOL: &str = "steward.v1";
@@ -51,11 +56,24 @@ type Frames = futures_util::stream::BoxStream<'static, Value>;
 
 pub async fn chat_socket(req: HttpRequest, body: web::Payload, gateway: web::Data<Gateway>, keys: web::Data<KeyCache>) -> Result<HttpResponse, ApiError> {
     let key = bearer(&req).or_else(|| protocol_key(&req));
+    let parent = req.headers().get("traceparent").and_then(|v| v.to_str().ok()).and_then(TraceContext::parse);
     let (response, session, stream) = actix_ws::handle_with_protocols(&req, body, &[PROTOCOL])
         .map_err(|e| ApiError::new(Code::InvalidRequest, format!("GET /v1/chat/stream is a WebSocket: {e} (POST streams server-sent events)")))?;
-    let limit = gateway.limits.max_message_chars * 4 + 4096;
+    // Room for the longest accepted message even when every character is sent as a `\uXXXX\uXXXX` escape.
+    let limit = gateway.limits.max_message_chars * 12 + 4096;
     let stream = stream.max_frame_size(limit).aggregate_continuations().max_continuation_size(limit);
-    actix_web::rt::spawn(serve(session, stream, gateway.into_inner(), keys.into_inner(), key));
+    let connection = Connection {
+        gateway: gateway.into_inner(),
+        keys: keys.into_inner(),
+        key: String::new(),
+        tenant: String::new(),
+        parent,
+        session,
+        turn: None,
+        closing: None,
+        last_heard: tokio::time::Instant::now(),
+    };
+    actix_web::rt::spawn(connection.serve(stream, key));
     Ok(response)
 }
 
@@ -69,37 +87,10 @@ fn close(code: CloseCode, description: &str) -> Option<CloseReason> {
     Some(CloseReason { code, description: Some(description.to_owned()) })
 }
 
-/// One socket, until either side closes it.
-async fn serve(
-    mut session: Session,
-    mut stream: AggregatedMessageStream,
-    gateway: std::sync::Arc<Gateway>,
-    keys: std::sync::Arc<KeyCache>,
-    key: Option<String>,
-) {
-    let caller = match key {
-        Some(key) => Caller::from_key(&keys, &key).await.map_err(|e| e.to_string()),
-        None => first_auth(&mut stream, gateway.socket_auth_timeout, &keys).await,
-    };
-    let caller = match caller {
-        Ok(caller) => caller,
-        Err(why) => {
-            let _ = session.close(close(CloseCode::Policy, &why)).await;
-            return;
-        }
-    };
-    let reason = Connection { gateway: &gateway, caller: &caller, session: &mut session, turn: None }.run(&mut stream).await;
-    let _ = session.close(reason).await;
-}
-
-/// Waits for `{"type":"auth"}` as the first message.
-async fn first_auth(stream: &mut AggregatedMessageStream, within: Duration, keys: &KeyCache) -> Result<Caller, String> {
-    let first = tokio::time::timeout(within, stream.next()).await.map_err(|_| "no key within the authentication timeout".to_owned())?;
-    let Some(Ok(AggregatedMessage::Text(text))) = first else { return Err("the first message must be {\"type\":\"auth\",\"key\":…}".into()) };
-    match serde_json::from_str::<ClientMessage>(&text) {
-        Ok(ClientMessage::Auth { key }) => Caller::from_key(keys, &key).await.map_err(|e| e.to_string()),
-        _ => Err("the first message must be {\"type\":\"auth\",\"key\":…}".into()),
-    }
+/// Why a key is not accepted, as a close reason: 1008, or 1011 when the key store failed.
+fn refused(err: &IdentityError) -> Option<CloseReason> {
+    let code = if err.code().status().is_server_error() { CloseCode::Error } else { CloseCode::Policy };
+    close(code, &err.to_string())
 }
 
 struct Running {
@@ -108,18 +99,58 @@ struct Running {
     frames: Frames,
 }
 
-struct Connection<'a> {
-    gateway: &'a Gateway,
-    caller: &'a Caller,
-    session: &'a mut Session,
+/// One socket, until either side closes it.
+struct Connection {
+    gateway: Arc<Gateway>,
+    keys: Arc<KeyCache>,
+    /// Looked up again for every turn: a key revoked meanwhile stops working.
+    key: String,
+    tenant: String,
+    /// The upgrade request's trace, which every turn continues (else each starts its own).
+    parent: Option<TraceContext>,
+    session: Session,
     /// The running turn: its id, what cancels it, and the frames still to send.
     turn: Option<Running>,
+    /// Set when a message makes the server close the socket.
+    closing: Option<CloseReason>,
+    /// When the client was last heard from (any frame, pongs included).
+    last_heard: tokio::time::Instant,
 }
 
-impl Connection<'_> {
+impl Connection {
+    async fn serve(mut self, mut stream: AggregatedMessageStream, key: Option<String>) {
+        let key = match key {
+            Some(key) => Ok(key),
+            None => first_auth(&mut stream, self.gateway.socket_auth_timeout).await,
+        };
+        let caller = match key {
+            Ok(key) => Caller::from_key(&self.keys, &key).await.map(|caller| (key, caller)),
+            Err(why) => {
+                let _ = tokio::time::timeout(self.gateway.keepalive, self.session.close(close(CloseCode::Policy, &why))).await;
+                return;
+            }
+        };
+        match caller {
+            Ok((key, caller)) => {
+                self.key = key;
+                self.tenant = caller.tenant.as_str().to_owned();
+            }
+            Err(err) => {
+                let _ = tokio::time::timeout(self.gateway.keepalive, self.session.close(refused(&err))).await;
+                return;
+            }
+        }
+        let reason = self.run(&mut stream).await;
+        let wait = self.gateway.keepalive;
+        // Dropping a running turn records it cancelled and aborts its model request.
+        self.turn = None;
+        let _ = tokio::time::timeout(wait, self.session.close(reason)).await;
+    }
+
     /// Serves messages, turn frames and pings until the socket ends; the close reason.
     async fn run(&mut self, stream: &mut AggregatedMessageStream) -> Option<CloseReason> {
-        let mut ping = tokio::time::interval(self.gateway.keepalive);
+        let keepalive = self.gateway.keepalive;
+        let mut ping = tokio::time::interval(keepalive);
         ping.tick().await;
         loop {
             let next_frame = async {
@@ -129,20 +160,27 @@ impl Connection<'_> {
                 }
             };
             tokio::select! {
-                message = stream.next() => match message {
-                    None | Some(Ok(AggregatedMessage::Close(_))) => return None,
-                    Some(Err(actix_ws::ProtocolError::Overflow)) => return close(CloseCode::Size, "frame too large"),
-                    Some(Err(_)) => return close(CloseCode::Protocol, "malformed frame"),
-                    Some(Ok(AggregatedMessage::Binary(_))) => return close(CloseCode::Unsupported, "binary frames are not accepted"),
-                    Some(Ok(AggregatedMessage::Ping(bytes))) => {
-                        if self.session.pong(&bytes).await.is_err() {
-                            return None;
+                message = stream.next() => {
+                    self.last_heard = tokio::time::Instant::now();
+                    match message {
+                        None | Some(Ok(AggregatedMessage::Close(_))) => return None,
+                        Some(Err(actix_ws::ProtocolError::Overflow)) => return close(CloseCode::Size, "frame too large"),
+                        // actix-ws reports an oversized fragmented message as an I/O error.
+                        Some(Err(actix_ws::ProtocolError::Io(e))) if e.to_string().contains("maximum continuation size") => {
+                            return close(CloseCode::Size, "message too large");
                         }
-                    }
-                    Some(Ok(AggregatedMessage::Pong(_))) => {}
-                    Some(Ok(AggregatedMessage::Text(text))) => {
-                        if !self.handle(&text).await {
-                            return None;
+                        Some(Err(_)) => return close(CloseCode::Protocol, "malformed frame"),
+                        Some(Ok(AggregatedMessage::Binary(_))) => return close(CloseCode::Unsupported, "binary frames are not accepted"),
+                        Some(Ok(AggregatedMessage::Ping(bytes))) => {
+                            if !self.within(|s| s.pong(&bytes)).await {
+                                return None;
+                            }
+                        }
+                        Some(Ok(AggregatedMessage::Pong(_))) => {}
+                        Some(Ok(AggregatedMessage::Text(text))) => {
+                            if !self.handle(&text).await {
+                                return self.closing.take();
+                            }
                         }
                     }
                 },
@@ -157,7 +195,11 @@ impl Connection<'_> {
                     }
                 }
                 _ = ping.tick() => {
-                    if self.session.ping(b"").await.is_err() {
+                    // A client that answers nothing, not even pongs, is gone (or a half-open connection).
+                    if self.last_heard.elapsed() > keepalive * 2 {
+                        return close(CloseCode::Away, "no answer to pings");
+                    }
+                    if !self.within(|s| s.ping(b"")).await {
                         return None;
                     }
                 }
@@ -165,11 +207,23 @@ impl Connection<'_> {
         }
     }
 
-    async fn send(&mut self, frame: Value) -> bool {
-        self.session.text(frame.to_string()).await.is_ok()
+    /// Runs a send on the session, at most a keep-alive interval: a client
+    /// that stops reading must not hold its turn (and the model) forever.
+    async fn within<'s, F, Fut>(&'s mut self, send: F) -> bool
+    where
+        F: FnOnce(&'s mut Session) -> Fut,
+        Fut: std::future::Future<Output = Result<(), actix_ws::Closed>> + 's,
+    {
+        let wait = self.gateway.keepalive;
+        matches!(tokio::time::timeout(wait, send(&mut self.session)).await, Ok(Ok(())))
     }
 
-    /// One client message; false once the socket is gone.
+    async fn send(&mut self, frame: Value) -> bool {
+        let text = frame.to_string();
+        self.within(|s| s.text(text)).await
+    }
+
+    /// One client message; false once the socket is gone or must close ([`Connection::closing`]).
     async fn handle(&mut self, text: &str) -> bool {
         let message = match serde_json::from_str::<ClientMessage>(text) {
             Ok(message) => message,
@@ -177,11 +231,11 @@ impl Connection<'_> {
         };
         match message {
             ClientMessage::Auth { .. } => self.send(error_frame(None, Code::InvalidRequest, "this socket is authenticated already")).await,
+            // Once the model has finished, a cancel changes nothing: the turn ends as it would have.
             ClientMessage::Cancel { turn_id } => match &self.turn {
-                // The turn aborts the model request, is stored as cancelled, then sends its `done`.
                 Some(running) if running.turn_id == turn_id => {
                     running.cancel.cancel();
-                    tracing::info!(turn_id = %turn_id, tenant = %self.caller.tenant, "turn cancelled by the client");
+                    tracing::info!(turn_id = %turn_id, tenant = %self.tenant, "turn cancelled by the client");
                     true
                 }
                 _ => self.send(error_frame(Some(&turn_id), Code::NotFound, "no running turn has this id")).await,
@@ -191,7 +245,14 @@ impl Connection<'_> {
                 self.send(error_frame(running.as_deref(), Code::TurnInProgress, "a turn is running on this socket: wait for its done, or cancel it")).await
             }
             ClientMessage::Turn { message, session_id, max_tokens, temperature, seed } => {
-                match self.start(message, session_id, max_tokens, temperature, seed).await {
+                let caller = match Caller::from_key(&self.keys, &self.key).await {
+                    Ok(caller) => caller,
+                    Err(err) => {
+                        self.closing = refused(&err);
+                        return false;
+                    }
+                };
+                match self.start(&caller, message, session_id, max_tokens, temperature, seed).await {
                     Ok(running) => {
                         self.turn = Some(running);
                         true
@@ -203,20 +264,21 @@ impl Connection<'_> {
     }
 
     async fn start(
-        &mut self,
+        &self,
+        caller: &Caller,
         message: String,
         session_id: Option<String>,
         max_tokens: Option<u32>,
         temperature: Option<f32>,
         seed: Option<i64>,
     ) -> Result<Running, ApiError> {
-        let gateway = self.gateway;
+        let gateway = &self.gateway;
         let params = gateway.limits.params(max_tokens, temperature, seed)?;
         let cancel = CancellationToken::new();
-        let trace = TraceContext::new_root();
+        let trace = self.parent.as_ref().map_or_else(TraceContext::new_root, TraceContext::child);
         let input =
             TurnInput { route: "chat_socket", session_id, message, preamble: Vec::new(), params, trace, started: Instant::now(), cancel: cancel.clone() };
-        let admission = gateway.admit(self.caller, input).await?;
+        let admission = gateway.admit(caller, input).await?;
         let turn_id = admission.turn_id.clone();
         let session = json!({
             "type": "session",
@@ -235,6 +297,16 @@ impl Connection<'_> {
             Admitted::Streaming(turn) => turn.map(move |event| frame(&id, &event)).boxed(),
         };
         Ok(Running { turn_id, cancel, frames: futures_util::stream::once(async move { session }).chain(rest).boxed() })
+    }
+}
+
+/// Waits for `{"type":"auth","key":…}` as the first message; the key.
+async fn first_auth(stream: &mut AggregatedMessageStream, within: Duration) -> Result<String, String> {
+    let first = tokio::time::timeout(within, stream.next()).await.map_err(|_| "no key within the authentication timeout".to_owned())?;
+    let Some(Ok(AggregatedMessage::Text(text))) = first else { return Err("the first message must be {\"type\":\"auth\",\"key\":…}".into()) };
+    match serde_json::from_str::<ClientMessage>(&text) {
+        Ok(ClientMessage::Auth { key }) => Ok(key),
+        _ => Err("the first message must be {\"type\":\"auth\",\"key\":…}".into()),
     }
 }
 

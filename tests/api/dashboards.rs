@@ -142,5 +142,6 @@ async fn every_dashboard_query_returns_data_from_a_live_prometheus_and_the_alert
     }
     assert!(empty.is_empty(), "dashboard queries without data: {empty:#?}");
     let interrupted = prometheus.query("sum by (reason) (steward_turn_interruptions_total)").await;
-    assert_eq!(interrupted["data"]["result"][0]["metric"]["reason"], "client_disconnected", "{interrupted}");
+    let reasons: Vec<&str> = interrupted["data"]["result"].as_array().unwrap().iter().filter_map(|r| r["metric"]["reason"].as_str()).collect();
+    assert!(reasons.contains(&"client_disconnected"), "{interrupted}");
 }

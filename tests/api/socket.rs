@@ -105,7 +105,7 @@ async fn several_turns_on_one_socket_and_a_cancelled_one_frees_the_model_and_is_
     );
     let cancelled_at = Instant::now();
     while model.busy().await {
-        assert!(cancelled_at.elapsed() < Duration::from_secs(2), "the model server kept generating after the cancel");
+        assert!(cancelled_at.elapsed() < Duration::from_secs(10), "the model server kept generating after the cancel");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 
@@ -177,11 +177,32 @@ async fn bad_messages_get_error_frames_and_oversized_or_binary_frames_close_the_
     assert_eq!(next(&mut socket).await["code"], "empty_message");
     send(&mut socket, json!({ "type": "cancel", "turn_id": "nothing-running" })).await;
     assert_eq!(next(&mut socket).await["code"], "not_found");
-    let huge = "x".repeat(app.settings.chat.max_message_chars * 8);
+    // One character over the limit, every one escaped as JSON clients do (`\u4e00`): a clear error, not a close.
+    let over: String = "\u{4e00}".repeat(app.settings.chat.max_message_chars + 1);
+    let escaped =
+        serde_json::to_string(&over).unwrap().chars().map(|c| if c.is_ascii() { c.to_string() } else { format!("\\u{:04x}", c as u32) }).collect::<String>();
+    socket.send(Message::text(format!(r#"{{"type":"turn","message":{escaped}}}"#))).await.unwrap();
+    assert_eq!(next(&mut socket).await["code"], "message_too_long");
+    let huge = "x".repeat(app.settings.chat.max_message_chars * 16);
     send(&mut socket, json!({ "type": "turn", "message": huge })).await;
     assert_eq!(closed_with(&mut socket).await, CloseCode::Size);
 
     let (mut socket, _) = connect(&app, &[("authorization", &auth)]).await;
     socket.send(Message::binary(vec![1u8, 2, 3])).await.unwrap();
     assert_eq!(closed_with(&mut socket).await, CloseCode::Unsupported);
+}
+
+#[tokio::test]
+async fn a_key_revoked_while_its_socket_is_open_is_refused_at_the_next_turn() {
+    let app = spawn_app_with(Storage::Sqlite, |s| s.identity.key_cache_ms = 0).await;
+    let tenant = steward::identity::TenantId::parse(&crate::helpers::unique("tenant-")).unwrap();
+    let (record, key) = app.keys.create(&tenant, &[steward::identity::Capability::Chat]).await.unwrap();
+    let (mut socket, _) = connect(&app, &[("authorization", &format!("Bearer {}", key.expose()))]).await;
+    send(&mut socket, json!({ "type": "turn", "message": "Say hi.", "max_tokens": 2 })).await;
+    assert_eq!(types(&until_done(&mut socket).await)[0], "session");
+
+    app.keys.revoke(&record.id).await.unwrap();
+    send(&mut socket, json!({ "type": "turn", "message": "Say hi again.", "max_tokens": 2 })).await;
+
+    assert_eq!(closed_with(&mut socket).await, CloseCode::Policy);
 }
