@@ -139,6 +139,10 @@ impl Application {
         })
         // Without TCP_NODELAY the last small frames of a stream wait for the client's delayed ACK on a reused connection.
         .tcp_nodelay(true)
+        // A client that closes its connection ends the response at once, also while a turn waits
+        // for its first token (nothing written yet would reveal it): the turn is recorded
+        // cancelled and its model request aborted.
+        .h1_allow_half_closed(false)
         .listen(listener)?
         .run();
         tracing::info!(port, "steward listening");

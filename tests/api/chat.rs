@@ -147,6 +147,42 @@ async fn a_client_that_hangs_up_stops_the_generation_and_the_turn_is_recorded_ca
 }
 
 #[tokio::test]
+async fn a_client_that_hangs_up_before_the_first_token_is_noticed_at_once() {
+    let model = crate::moderation::PrivateModelServer::start().await;
+    let port = model.port;
+    let app = spawn_app_with(Storage::Sqlite, |s| {
+        s.slm.base_url = format!("http://127.0.0.1:{port}/v1");
+        // Only the phrase lexicon: the long message reaches the model quickly.
+        s.moderation.semantic = steward::config::SemanticSwitch::Off;
+    })
+    .await;
+    let (_, key) = app.chat_key().await;
+    // A long prompt: the model reads it for a while before its first token.
+    let long = "The harbour was quiet and the boats rested by the old pier. ".repeat(24);
+    let response = app.post("/v1/chat/stream", Some(&key), &json!({ "message": format!("{long}Summarise this."), "max_tokens": 64 })).await;
+    let session = response.headers()["x-session-id"].to_str().unwrap().to_owned();
+
+    drop(response);
+
+    let hung_up = std::time::Instant::now();
+    let mut turns = Vec::new();
+    while turns.is_empty() {
+        assert!(hung_up.elapsed() < std::time::Duration::from_secs(10), "the hang-up was never noticed");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        turns = app.store.turns(&session).await.unwrap();
+    }
+    assert_eq!((turns[0].1.as_str(), turns[0].2.as_str()), ("cancelled", ""), "cancelled before any content reached the client");
+    assert!(hung_up.elapsed() < std::time::Duration::from_secs(3), "noticed {:?} after the hang-up", hung_up.elapsed());
+    // Steward closed its model request at once; llama.cpp notices a closed connection only when it
+    // next writes, after reading the whole prompt.
+    while model.busy().await {
+        assert!(hung_up.elapsed() < std::time::Duration::from_secs(60), "the model server kept working after the client left");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    eprintln!("model slot free {:?} after the hang-up", hung_up.elapsed());
+}
+
+#[tokio::test]
 async fn a_model_silent_past_the_idle_deadline_after_its_first_token_ends_the_turn_with_model_timeout() {
     // The local model takes milliseconds per token, so a 1 ms idle deadline always passes
     // between two of them; the first-token deadline stays at a minute.
