@@ -183,6 +183,36 @@ async fn a_client_that_hangs_up_before_the_first_token_is_noticed_at_once() {
 }
 
 #[tokio::test]
+async fn a_first_token_deadline_shorter_than_the_model_takes_fails_the_turn_and_frees_the_model() {
+    let model = crate::moderation::PrivateModelServer::start().await;
+    let port = model.port;
+    let app = spawn_app_with(Storage::Sqlite, |s| {
+        s.slm.base_url = format!("http://127.0.0.1:{port}/v1");
+        s.slm.first_token_timeout_ms = 20;
+    })
+    .await;
+    let (_, key) = app.chat_key().await;
+    let long = "The harbour was quiet and the boats rested by the old pier. ".repeat(24);
+
+    let sse = app.chat(&key, &json!({ "message": format!("{long}Summarise this."), "max_tokens": 32 })).await;
+
+    assert_eq!(sse.names(), ["session", "error", "done"], "{:?}", sse.events);
+    assert_eq!(sse.first("error")["code"], "model_timeout");
+    assert_eq!(sse.first("done")["finish_reason"], "error");
+    let session_id = sse.first("session")["session_id"].as_str().unwrap();
+    let events = app.outbox("conversation.events").await;
+    let failed = events.iter().find(|e| e["session_id"] == session_id && e["type"] == "turn.failed").expect("turn.failed recorded");
+    assert_eq!(failed["data"]["code"], "model_timeout");
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    assert!(metrics.contains("steward_turn_interruptions_total{route=\"chat_stream\",reason=\"first_token_deadline\"} 1"), "{metrics}");
+    let failed_at = std::time::Instant::now();
+    while model.busy().await {
+        assert!(failed_at.elapsed() < std::time::Duration::from_secs(10), "the model server kept working after the deadline");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
 async fn a_model_silent_past_the_idle_deadline_after_its_first_token_ends_the_turn_with_model_timeout() {
     // The local model takes milliseconds per token, so a 1 ms idle deadline always passes
     // between two of them; the first-token deadline stays at a minute.
