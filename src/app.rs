@@ -105,8 +105,14 @@ impl Application {
         });
         let policy_api =
             web::Data::new(crate::policy::PolicyApi { judges, auditor, settings: Arc::new(settings.clone()), store: ConversationStore::new(db.clone()) });
-        let orchestrator_api =
-            web::Data::new(OrchestratorApi { conversation: orchestrator, training: training.clone(), limits, metrics: metrics.clone(), keepalive });
+        let orchestrator_api = web::Data::new(OrchestratorApi {
+            conversation: orchestrator,
+            training: training.clone(),
+            limits,
+            metrics: metrics.clone(),
+            keepalive,
+            socket_auth_timeout: Duration::from_millis(settings.server.socket_auth_timeout_ms),
+        });
         let keys = web::Data::new(KeyCache::new(
             KeyStore::new(db.clone()),
             Duration::from_millis(settings.identity.key_cache_ms),

@@ -33,6 +33,7 @@ pub mod policy;
 #[cfg(feature = "redis")]
 mod redis_client;
 pub mod slm;
+pub mod socket;
 pub mod telemetry;
 pub mod training;
 pub mod web;

@@ -18,6 +18,6 @@ use actix_web::web;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/chat/stream", web::post().to(chat::chat_stream))
-        .route("/v1/chat/stream", web::get().to(socket::chat_socket))
+        .route("/v1/chat/stream", web::get().to(crate::socket::upgrade::<Gateway>))
         .route("/v1/chat/completions", web::post().to(openai::completions));
 }

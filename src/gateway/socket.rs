@@ -1,328 +1,75 @@
-//! `GET /v1/chat/stream` as a WebSocket (`actix-ws`): many turns per socket,
-//! one at a time, with the same admission and the same events as the SSE
-//! route.
-//!
-//! Client messages (JSON text frames):
-//! - `{"type":"auth","key":"…"}` — only when the key came neither in
-//!   `Authorization: Bearer` nor as a `steward.key.<key>` subprotocol
-//!   (browsers cannot set headers); it must come within
-//!   `server.socket_auth_timeout_ms`;
-//! - `{"type":"turn","message":"…","session_id"?,"max_tokens"?,"temperature"?,"seed"?}`;
-//! - `{"type":"cancel","turn_id":"…"}`: ends the running turn: the model
-//!   request is aborted, `turn.cancelled` stored, then its `done`
-//!   (`finish_reason: cancelled`) is sent.
-//!
-//! Server frames: `{"type":"session"|"delta"|"refusal"|"error"|"done","turn_id":…, …}`
-//! with the SSE events' fields; an `error` with no `turn_id` answers a
-//! message that started no turn (a key without `chat` gets `forbidden`
-//! there). Pings every `server.keepalive_ms`; a client silent for two
-//! intervals, or not reading for one, is dropped (a running turn is then
-//! recorded cancelled). Close codes: 1008 (no key, or one Steward does not
-//! know, looked up again for every turn), 1009 (a message larger than the
-//! longest accepted message can be), 1003 (a binary frame), 1001 (silent
-//! client), 1011 (the key store failed).
+//! The gateway's turns over a WebSocket (`GET /v1/chat/stream`, see
+//! [`crate::socket`]): a `turn` message carries the fields of the POST body.
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use actix_web::{web, HttpRequest, HttpResponse};
-use actix_ws::{AggregatedMessage, AggregatedMessageStream, CloseCode, CloseReason, Session};
+use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
-
 use tokio_util::sync::CancellationToken;
 
 use super::service::{Admitted, Gateway, TurnInput};
-use crate::error::{ApiError, Code, ErrorCode};
-use crate::identity::{bearer, Caller, IdentityError, KeyCache};
-use crate::orchestrator::{EventData, FinishReason, TurnEvent};
+use crate::error::ApiError;
+use crate::identity::Caller;
+use crate::orchestrator::{FinishReason, TurnEvent};
+use crate::socket::{fields, frame, Frames, SocketSettings, Started, TurnSource};
 use crate::telemetry::TraceContext;
 
-/// The subprotocol the server speaks; offer it with `steward.key.<key>`.
-pub const PROTOCOL: &str = "steward.v1";
-const KEY_PROTOCOL: &str = "steward.key.";
-
 #[derive(Debug, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
-enum ClientMessage {
-    Auth { key: String },
-    Turn { message: String, session_id: Option<String>, max_tokens: Option<u32>, temperature: Option<f32>, seed: Option<i64> },
-    Cancel { turn_id: String },
+#[serde(deny_unknown_fields)]
+struct ChatTurn {
+    message: String,
+    session_id: Option<String>,
+    max_tokens: Option<u32>,
+    temperature: Option<f32>,
+    seed: Option<i64>,
 }
 
-/// A turn's frames, until its `done`.
-type Frames = futures_util::stream::BoxStream<'static, Value>;
-
-pub async fn chat_socket(req: HttpRequest, body: web::Payload, gateway: web::Data<Gateway>, keys: web::Data<KeyCache>) -> Result<HttpResponse, ApiError> {
-    let key = bearer(&req).or_else(|| protocol_key(&req));
-    let parent = req.headers().get("traceparent").and_then(|v| v.to_str().ok()).and_then(TraceContext::parse);
-    let (response, session, stream) = actix_ws::handle_with_protocols(&req, body, &[PROTOCOL])
-        .map_err(|e| ApiError::new(Code::InvalidRequest, format!("GET /v1/chat/stream is a WebSocket: {e} (POST streams server-sent events)")))?;
-    // Room for the longest accepted message even when every character is sent as a `\uXXXX\uXXXX` escape.
-    let limit = gateway.limits.max_message_chars * 12 + 4096;
-    let stream = stream.max_frame_size(limit).aggregate_continuations().max_continuation_size(limit);
-    let connection = Connection {
-        gateway: gateway.into_inner(),
-        keys: keys.into_inner(),
-        key: String::new(),
-        tenant: String::new(),
-        parent,
-        session,
-        turn: None,
-        closing: None,
-        last_heard: tokio::time::Instant::now(),
-    };
-    actix_web::rt::spawn(connection.serve(stream, key));
-    Ok(response)
-}
-
-/// The key offered as a `steward.key.<key>` subprotocol.
-fn protocol_key(req: &HttpRequest) -> Option<String> {
-    let offered = req.headers().get(actix_web::http::header::SEC_WEBSOCKET_PROTOCOL)?.to_str().ok()?;
-    offered.split(',').find_map(|p| p.trim().strip_prefix(KEY_PROTOCOL)).filter(|k| !k.is_empty()).map(str::to_owned)
-}
-
-fn close(code: CloseCode, description: &str) -> Option<CloseReason> {
-    Some(CloseReason { code, description: Some(description.to_owned()) })
-}
-
-/// Why a key is not accepted, as a close reason: 1008, or 1011 when the key store failed.
-fn refused(err: &IdentityError) -> Option<CloseReason> {
-    let code = if err.code().status().is_server_error() { CloseCode::Error } else { CloseCode::Policy };
-    close(code, &err.to_string())
-}
-
-struct Running {
-    turn_id: String,
-    cancel: CancellationToken,
-    frames: Frames,
-}
-
-/// One socket, until either side closes it.
-struct Connection {
-    gateway: Arc<Gateway>,
-    keys: Arc<KeyCache>,
-    /// Looked up again for every turn: a key revoked meanwhile stops working.
-    key: String,
-    tenant: String,
-    /// The upgrade request's trace, which every turn continues (else each starts its own).
-    parent: Option<TraceContext>,
-    session: Session,
-    /// The running turn: its id, what cancels it, and the frames still to send.
-    turn: Option<Running>,
-    /// Set when a message makes the server close the socket.
-    closing: Option<CloseReason>,
-    /// When the client was last heard from (any frame, pongs included).
-    last_heard: tokio::time::Instant,
-}
-
-impl Connection {
-    async fn serve(mut self, mut stream: AggregatedMessageStream, key: Option<String>) {
-        let key = match key {
-            Some(key) => Ok(key),
-            None => first_auth(&mut stream, self.gateway.socket_auth_timeout).await,
-        };
-        let caller = match key {
-            Ok(key) => Caller::from_key(&self.keys, &key).await.map(|caller| (key, caller)),
-            Err(why) => {
-                let _ = tokio::time::timeout(self.gateway.keepalive, self.session.close(close(CloseCode::Policy, &why))).await;
-                return;
-            }
-        };
-        match caller {
-            Ok((key, caller)) => {
-                self.key = key;
-                self.tenant = caller.tenant.as_str().to_owned();
-            }
-            Err(err) => {
-                let _ = tokio::time::timeout(self.gateway.keepalive, self.session.close(refused(&err))).await;
-                return;
-            }
-        }
-        let reason = self.run(&mut stream).await;
-        let wait = self.gateway.keepalive;
-        // Dropping a running turn records it cancelled and aborts its model request.
-        self.turn = None;
-        let _ = tokio::time::timeout(wait, self.session.close(reason)).await;
+impl TurnSource for Gateway {
+    fn socket_settings(&self) -> SocketSettings {
+        SocketSettings { keepalive: self.keepalive, auth_timeout: self.socket_auth_timeout, max_message_chars: self.limits.max_message_chars }
     }
 
-    /// Serves messages, turn frames and pings until the socket ends; the close reason.
-    async fn run(&mut self, stream: &mut AggregatedMessageStream) -> Option<CloseReason> {
-        let keepalive = self.gateway.keepalive;
-        let mut ping = tokio::time::interval(keepalive);
-        ping.tick().await;
-        loop {
-            let next_frame = async {
-                match self.turn.as_mut() {
-                    Some(running) => running.frames.next().await,
-                    None => std::future::pending().await,
-                }
+    fn start<'a>(
+        &'a self,
+        caller: &'a Caller,
+        turn: Map<String, Value>,
+        trace: TraceContext,
+        cancel: CancellationToken,
+    ) -> BoxFuture<'a, Result<Started, ApiError>> {
+        Box::pin(async move {
+            let turn: ChatTurn = fields(turn)?;
+            let params = self.limits.params(turn.max_tokens, turn.temperature, turn.seed)?;
+            let input = TurnInput {
+                route: "chat_socket",
+                session_id: turn.session_id,
+                message: turn.message,
+                preamble: Vec::new(),
+                params,
+                trace,
+                started: Instant::now(),
+                cancel,
             };
-            tokio::select! {
-                message = stream.next() => {
-                    self.last_heard = tokio::time::Instant::now();
-                    match message {
-                        None | Some(Ok(AggregatedMessage::Close(_))) => return None,
-                        Some(Err(actix_ws::ProtocolError::Overflow)) => return close(CloseCode::Size, "frame too large"),
-                        // actix-ws reports an oversized fragmented message as an I/O error.
-                        Some(Err(actix_ws::ProtocolError::Io(e))) if e.to_string().contains("maximum continuation size") => {
-                            return close(CloseCode::Size, "message too large");
-                        }
-                        Some(Err(_)) => return close(CloseCode::Protocol, "malformed frame"),
-                        Some(Ok(AggregatedMessage::Binary(_))) => return close(CloseCode::Unsupported, "binary frames are not accepted"),
-                        Some(Ok(AggregatedMessage::Ping(bytes))) => {
-                            if !self.within(|s| s.pong(&bytes)).await {
-                                return None;
-                            }
-                        }
-                        Some(Ok(AggregatedMessage::Pong(_))) => {}
-                        Some(Ok(AggregatedMessage::Text(text))) => {
-                            if !self.handle(&text).await {
-                                return self.closing.take();
-                            }
-                        }
-                    }
-                },
-                frame = next_frame => {
-                    let frame = frame.unwrap_or_else(|| json!({ "type": "done", "finish_reason": FinishReason::Error }));
-                    let done = frame["type"] == "done";
-                    if !self.send(frame).await {
-                        return None;
-                    }
-                    if done {
-                        self.turn = None;
-                    }
-                }
-                _ = ping.tick() => {
-                    // A client that answers nothing, not even pongs, is gone (or a half-open connection).
-                    if self.last_heard.elapsed() > keepalive * 2 {
-                        return close(CloseCode::Away, "no answer to pings");
-                    }
-                    if !self.within(|s| s.ping(b"")).await {
-                        return None;
-                    }
-                }
-            }
-        }
+            let admission = self.admit(caller, input).await?;
+            let turn_id = admission.turn_id.clone();
+            let session = json!({
+                "type": "session",
+                "turn_id": turn_id,
+                "session_id": admission.session_id,
+                "trace_id": admission.trace.trace_id,
+                "constitution_hash": admission.signed.constitution_hash.as_str(),
+                "policy_verdict": admission.signed.verdict.header_value(),
+            });
+            let id = turn_id.clone();
+            let rest: Frames = match admission.outcome {
+                Admitted::Refused(hit) => futures_util::stream::iter(
+                    [TurnEvent::Refusal(hit), TurnEvent::Done { finish_reason: FinishReason::Refused, usage: None }].map(move |e| frame(&id, &e)),
+                )
+                .boxed(),
+                Admitted::Streaming(turn) => turn.map(move |event| frame(&id, &event)).boxed(),
+            };
+            Ok(Started { turn_id, frames: futures_util::stream::once(async move { session }).chain(rest).boxed() })
+        })
     }
-
-    /// Runs a send on the session, at most a keep-alive interval: a client
-    /// that stops reading must not hold its turn (and the model) forever.
-    async fn within<'s, F, Fut>(&'s mut self, send: F) -> bool
-    where
-        F: FnOnce(&'s mut Session) -> Fut,
-        Fut: std::future::Future<Output = Result<(), actix_ws::Closed>> + 's,
-    {
-        let wait = self.gateway.keepalive;
-        matches!(tokio::time::timeout(wait, send(&mut self.session)).await, Ok(Ok(())))
-    }
-
-    async fn send(&mut self, frame: Value) -> bool {
-        let text = frame.to_string();
-        self.within(|s| s.text(text)).await
-    }
-
-    /// One client message; false once the socket is gone or must close ([`Connection::closing`]).
-    async fn handle(&mut self, text: &str) -> bool {
-        let message = match serde_json::from_str::<ClientMessage>(text) {
-            Ok(message) => message,
-            Err(e) => return self.send(error_frame(None, Code::InvalidRequest, &format!("unreadable message: {e}"))).await,
-        };
-        match message {
-            ClientMessage::Auth { .. } => self.send(error_frame(None, Code::InvalidRequest, "this socket is authenticated already")).await,
-            // Once the model has finished, a cancel changes nothing: the turn ends as it would have.
-            ClientMessage::Cancel { turn_id } => match &self.turn {
-                Some(running) if running.turn_id == turn_id => {
-                    running.cancel.cancel();
-                    tracing::info!(turn_id = %turn_id, tenant = %self.tenant, "turn cancelled by the client");
-                    true
-                }
-                _ => self.send(error_frame(Some(&turn_id), Code::NotFound, "no running turn has this id")).await,
-            },
-            ClientMessage::Turn { .. } if self.turn.is_some() => {
-                let running = self.turn.as_ref().map(|r| r.turn_id.clone());
-                self.send(error_frame(running.as_deref(), Code::TurnInProgress, "a turn is running on this socket: wait for its done, or cancel it")).await
-            }
-            ClientMessage::Turn { message, session_id, max_tokens, temperature, seed } => {
-                let caller = match Caller::from_key(&self.keys, &self.key).await {
-                    Ok(caller) => caller,
-                    Err(err) => {
-                        self.closing = refused(&err);
-                        return false;
-                    }
-                };
-                match self.start(&caller, message, session_id, max_tokens, temperature, seed).await {
-                    Ok(running) => {
-                        self.turn = Some(running);
-                        true
-                    }
-                    Err(err) => self.send(error_frame(None, err.code(), &err.body().message)).await,
-                }
-            }
-        }
-    }
-
-    async fn start(
-        &self,
-        caller: &Caller,
-        message: String,
-        session_id: Option<String>,
-        max_tokens: Option<u32>,
-        temperature: Option<f32>,
-        seed: Option<i64>,
-    ) -> Result<Running, ApiError> {
-        let gateway = &self.gateway;
-        let params = gateway.limits.params(max_tokens, temperature, seed)?;
-        let cancel = CancellationToken::new();
-        let trace = self.parent.as_ref().map_or_else(TraceContext::new_root, TraceContext::child);
-        let input =
-            TurnInput { route: "chat_socket", session_id, message, preamble: Vec::new(), params, trace, started: Instant::now(), cancel: cancel.clone() };
-        let admission = gateway.admit(caller, input).await?;
-        let turn_id = admission.turn_id.clone();
-        let session = json!({
-            "type": "session",
-            "turn_id": turn_id,
-            "session_id": admission.session_id,
-            "trace_id": admission.trace.trace_id,
-            "constitution_hash": admission.signed.constitution_hash.as_str(),
-            "policy_verdict": admission.signed.verdict.header_value(),
-        });
-        let id = turn_id.clone();
-        let rest: Frames = match admission.outcome {
-            Admitted::Refused(hit) => futures_util::stream::iter(
-                [TurnEvent::Refusal(hit), TurnEvent::Done { finish_reason: FinishReason::Refused, usage: None }].map(move |e| frame(&id, &e)),
-            )
-            .boxed(),
-            Admitted::Streaming(turn) => turn.map(move |event| frame(&id, &event)).boxed(),
-        };
-        Ok(Running { turn_id, cancel, frames: futures_util::stream::once(async move { session }).chain(rest).boxed() })
-    }
-}
-
-/// Waits for `{"type":"auth","key":…}` as the first message; the key.
-async fn first_auth(stream: &mut AggregatedMessageStream, within: Duration) -> Result<String, String> {
-    let first = tokio::time::timeout(within, stream.next()).await.map_err(|_| "no key within the authentication timeout".to_owned())?;
-    let Some(Ok(AggregatedMessage::Text(text))) = first else { return Err("the first message must be {\"type\":\"auth\",\"key\":…}".into()) };
-    match serde_json::from_str::<ClientMessage>(&text) {
-        Ok(ClientMessage::Auth { key }) => Ok(key),
-        _ => Err("the first message must be {\"type\":\"auth\",\"key\":…}".into()),
-    }
-}
-
-/// A turn event as a socket frame: the SSE event's data with its `type` and `turn_id`.
-fn frame(turn_id: &str, event: &TurnEvent) -> Value {
-    let (name, data) = event.sse();
-    let mut fields = match data {
-        EventData::Delta { content } => Map::from_iter([("content".to_owned(), Value::from(content))]),
-        EventData::Other(Value::Object(map)) => map,
-        EventData::Other(other) => Map::from_iter([("data".to_owned(), other)]),
-    };
-    fields.insert("type".into(), name.into());
-    fields.insert("turn_id".into(), turn_id.into());
-    Value::Object(fields)
-}
-
-fn error_frame(turn_id: Option<&str>, code: Code, message: &str) -> Value {
-    json!({ "type": "error", "turn_id": turn_id, "code": code.name(), "message": message })
 }

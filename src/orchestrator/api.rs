@@ -26,21 +26,25 @@ pub struct OrchestratorApi {
     pub limits: TurnLimits,
     pub metrics: Arc<Metrics>,
     pub keepalive: Duration,
+    /// How long a WebSocket may take to send its key.
+    pub socket_auth_timeout: Duration,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct StepBody {
-    session_id: String,
-    turn_id: String,
-    message: String,
-    max_tokens: Option<u32>,
-    temperature: Option<f32>,
-    seed: Option<i64>,
+pub(super) struct StepBody {
+    pub session_id: String,
+    pub turn_id: String,
+    pub message: String,
+    pub max_tokens: Option<u32>,
+    pub temperature: Option<f32>,
+    pub seed: Option<i64>,
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/v1/conversation/step", web::post().to(step)).route("/v1/conversation/stream", web::post().to(stream));
+    cfg.route("/v1/conversation/step", web::post().to(step))
+        .route("/v1/conversation/stream", web::post().to(stream))
+        .route("/v1/conversation/stream", web::get().to(crate::socket::upgrade::<OrchestratorApi>));
 }
 
 fn policy_headers(req: &HttpRequest) -> PolicyHeaders {
@@ -52,14 +56,22 @@ fn valid_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= 128 && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
-/// Shared by both routes: authenticate, validate, verify the policy and start the turn.
-async fn begin(
-    route: &'static str,
-    req: &HttpRequest,
+/// How a turn reached the orchestrator: its route, policy headers, trace and cancel.
+pub(super) struct Arrival {
+    pub route: &'static str,
+    pub policy: PolicyHeaders,
+    pub trace: crate::telemetry::TraceContext,
+    pub cancel: tokio_util::sync::CancellationToken,
+}
+
+/// Shared by every route: authenticate, validate, verify the policy and start the turn.
+pub(super) async fn begin(
+    arrival: Arrival,
     caller: Caller,
     body: StepBody,
     api: &OrchestratorApi,
 ) -> Result<(super::TurnStream, PolicyHeaders, TurnRequest), ApiError> {
+    let Arrival { route, policy, trace, cancel } = arrival;
     let started = Instant::now();
     let result = async {
         caller.require(Capability::Chat)?;
@@ -68,7 +80,6 @@ async fn begin(
         }
         api.limits.check_message(&body.message)?;
         let params = api.limits.params(body.max_tokens, body.temperature, body.seed)?;
-        let policy = policy_headers(req);
         let training = api.training.mark(caller.tenant.as_str()).await;
         let request = TurnRequest {
             tenant: caller.tenant,
@@ -77,11 +88,11 @@ async fn begin(
             message: body.message,
             preamble: Vec::new(),
             params,
-            trace: trace_of(req),
+            trace,
             route,
             started,
             origin: Origin::Http,
-            cancel: Default::default(),
+            cancel,
             session_known: None,
             training,
         };
@@ -99,6 +110,10 @@ async fn begin(
     result
 }
 
+fn arrival(route: &'static str, req: &HttpRequest) -> Arrival {
+    Arrival { route, policy: policy_headers(req), trace: trace_of(req), cancel: Default::default() }
+}
+
 fn governance<'a>(policy: &'a PolicyHeaders, request: &'a TurnRequest) -> Governance<'a> {
     Governance {
         constitution_hash: policy.constitution_hash.as_deref().unwrap_or_default(),
@@ -109,7 +124,7 @@ fn governance<'a>(policy: &'a PolicyHeaders, request: &'a TurnRequest) -> Govern
 }
 
 async fn step(req: HttpRequest, caller: Caller, body: web::Json<StepBody>, api: web::Data<OrchestratorApi>) -> Result<HttpResponse, ApiError> {
-    let (mut turn, policy, request) = begin("conversation_step", &req, caller, body.into_inner(), &api).await?;
+    let (mut turn, policy, request) = begin(arrival("conversation_step", &req), caller, body.into_inner(), &api).await?;
     let mut content = String::new();
     let (mut refusal, mut error, mut done) = (None, None, None);
     while let Some(event) = turn.next().await {
@@ -135,7 +150,7 @@ async fn step(req: HttpRequest, caller: Caller, body: web::Json<StepBody>, api: 
 }
 
 async fn stream(req: HttpRequest, caller: Caller, body: web::Json<StepBody>, api: web::Data<OrchestratorApi>) -> Result<HttpResponse, ApiError> {
-    let (turn, policy, request) = begin("conversation_stream", &req, caller, body.into_inner(), &api).await?;
+    let (turn, policy, request) = begin(arrival("conversation_stream", &req), caller, body.into_inner(), &api).await?;
     let frames = turn.map(|event| {
         let (name, data) = event.sse();
         sse_frame(name, &data)

@@ -9,6 +9,7 @@
 mod api;
 mod recorder;
 mod service;
+mod socket;
 mod store;
 mod turn;
 

@@ -57,6 +57,7 @@ async fn openapi_json_describes_every_route_the_app_serves() {
         ("/v1/chat/completions", "post"),
         ("/v1/conversation/step", "post"),
         ("/v1/conversation/stream", "post"),
+        ("/v1/conversation/stream", "get"),
         ("/v1/training/enable", "post"),
         ("/v1/training/renew", "post"),
         ("/v1/training/disable", "post"),

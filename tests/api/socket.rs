@@ -15,9 +15,13 @@ use crate::helpers::{spawn_app, spawn_app_with, Storage, TestApp};
 
 type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-/// Connects with `headers` on the upgrade request.
+/// Connects to the chat socket with `headers` on the upgrade request.
 async fn connect(app: &TestApp, headers: &[(&str, &str)]) -> (Socket, tokio_tungstenite::tungstenite::handshake::client::Response) {
-    let mut request = format!("{}/v1/chat/stream", app.address.replace("http://", "ws://")).into_client_request().unwrap();
+    connect_to(app, "/v1/chat/stream", headers).await
+}
+
+async fn connect_to(app: &TestApp, path: &str, headers: &[(&str, &str)]) -> (Socket, tokio_tungstenite::tungstenite::handshake::client::Response) {
+    let mut request = format!("{}{path}", app.address.replace("http://", "ws://")).into_client_request().unwrap();
     for (name, value) in headers {
         let name: tokio_tungstenite::tungstenite::http::HeaderName = name.parse().unwrap();
         request.headers_mut().insert(name, value.parse().unwrap());
@@ -205,4 +209,36 @@ async fn a_key_revoked_while_its_socket_is_open_is_refused_at_the_next_turn() {
     send(&mut socket, json!({ "type": "turn", "message": "Say hi again.", "max_tokens": 2 })).await;
 
     assert_eq!(closed_with(&mut socket).await, CloseCode::Policy);
+}
+
+#[tokio::test]
+async fn the_orchestrator_socket_runs_signed_turns_and_refuses_replayed_or_stale_verdicts() {
+    use steward::policy::{TurnRef, Verdict};
+    use steward::slm::GenerationParams;
+    let app = spawn_app().await;
+    let (tenant, key) = app.chat_key().await;
+    let (mut socket, _) = connect_to(&app, "/v1/conversation/stream", &[("authorization", &format!("Bearer {key}"))]).await;
+    let (session_id, turn_id) = (uuid::Uuid::now_v7().to_string(), uuid::Uuid::now_v7().to_string());
+    let params = GenerationParams { max_tokens: 4, temperature: None, seed: None };
+    let signed =
+        app.policy().sign(TurnRef { tenant: &tenant, session_id: &session_id, turn_id: &turn_id, message: "Say hi.", params }, Verdict::Allow).headers();
+    let turn = json!({
+        "type": "turn", "session_id": session_id, "turn_id": turn_id, "message": "Say hi.", "max_tokens": 4,
+        "constitution_hash": signed.constitution_hash, "policy_verdict": signed.verdict, "policy_signature": signed.signature,
+    });
+
+    send(&mut socket, turn.clone()).await;
+    let frames = until_done(&mut socket).await;
+    assert_eq!(types(&frames)[0], "session", "{frames:?}");
+    assert_eq!(frames[0]["turn_id"], turn_id.as_str());
+    assert_eq!(frames.last().unwrap()["finish_reason"], "length");
+
+    send(&mut socket, turn.clone()).await;
+    assert_eq!(next(&mut socket).await["code"], "policy_verdict_replayed");
+    let mut stale = turn;
+    stale["constitution_hash"] = json!(format!("sha256:{}", "0".repeat(64)));
+    send(&mut socket, stale).await;
+    assert_eq!(next(&mut socket).await["code"], "constitution_mismatch");
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    assert!(metrics.contains("orchestrator_requests_total{route=\"conversation_socket\",decision=\"policy_verdict_replayed\"} 1"), "{metrics}");
 }
