@@ -32,11 +32,22 @@ pub struct Application {
     /// Stops the background tasks (event writer, relay) after the server.
     cancel: CancellationToken,
     tasks: TaskTracker,
+    /// The OTLP span exporter, flushed at the end.
+    spans: Option<crate::telemetry::spans::SpanExport>,
 }
 
 impl Application {
     /// Connects, migrates, loads the constitution and binds the listener.
     pub async fn build(settings: &Settings) -> anyhow::Result<Self> {
+        let spans = match settings.telemetry.otlp_endpoint.as_str() {
+            "" => None,
+            endpoint => {
+                let export = crate::telemetry::spans::SpanExport::start(endpoint, "steward")
+                    .context("Failed to start the OTLP span exporter (telemetry.otlp_endpoint)")?;
+                tracing::info!(endpoint, "exporting spans over OTLP/HTTP");
+                Some(export)
+            }
+        };
         let db = Database::connect(settings.database.url.expose(), settings.database.max_connections).await.context("Failed to connect to the database")?;
         db.migrate().await.context("Failed to apply migrations")?;
 
@@ -152,7 +163,7 @@ impl Application {
         .listen(listener)?
         .run();
         tracing::info!(port, "steward listening");
-        Ok(Self { port, server, cancel, tasks })
+        Ok(Self { port, server, cancel, tasks, spans })
     }
 
     pub fn port(&self) -> u16 {
@@ -165,6 +176,9 @@ impl Application {
         self.cancel.cancel();
         self.tasks.close();
         self.tasks.wait().await;
+        if let Some(spans) = &self.spans {
+            spans.shutdown();
+        }
         served
     }
 }

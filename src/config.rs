@@ -220,6 +220,9 @@ pub struct TelemetrySettings {
     pub log_format: String,
     /// An `EnvFilter` directive; `RUST_LOG` wins when set.
     pub log_level: String,
+    /// OTLP/HTTP traces endpoint, e.g. `http://127.0.0.1:4318/v1/traces`; empty = no spans exported.
+    #[serde(default)]
+    pub otlp_endpoint: String,
 }
 
 /// Errors while loading configuration; each names the offending key.

@@ -117,11 +117,7 @@ impl Governance<'_> {
 /// The incoming trace context of a request, continued with a new span.
 pub fn trace_of(req: &HttpRequest) -> TraceContext {
     let header = |name| req.headers().get(name).and_then(|v| v.to_str().ok());
-    let mut trace = TraceContext::from_incoming(header("traceparent"));
-    if trace.tracestate.is_none() && header("traceparent").and_then(TraceContext::parse).is_some() {
-        trace.tracestate = header("tracestate").filter(|s| !s.is_empty() && s.len() <= 512).map(str::to_owned);
-    }
-    trace
+    TraceContext::from_incoming(header("traceparent"), header("tracestate").filter(|s| s.len() <= 512))
 }
 
 /// JSON bodies: size limit and errors as stable codes.

@@ -13,7 +13,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::outbox::{OutboxRow, OutboxStore};
-use crate::telemetry::Metrics;
+use crate::telemetry::{Metrics, TraceContext};
 
 /// Publishes outbox rows to the broker.
 pub trait EventPublisher: Send + Sync {
@@ -138,6 +138,7 @@ impl Relay {
                 return Step::Failed;
             }
         };
+        let sent_at = std::time::SystemTime::now();
         let (published, error) = publisher.publish(&rows).await;
         if !published.is_empty() {
             if let Err(err) = self.store.mark_published(&published).await {
@@ -148,6 +149,7 @@ impl Relay {
             }
             for row in rows.iter().filter(|r| published.contains(&r.id)) {
                 self.metrics.published(&row.topic);
+                publish_span(row, sent_at);
             }
         }
         match error {
@@ -203,6 +205,30 @@ impl Backoff {
     fn active(&self) -> bool {
         self.next.is_some()
     }
+}
+
+/// The span of one record's publish, a child of the hop whose `traceparent` the record carries.
+fn publish_span(row: &OutboxRow, start: std::time::SystemTime) {
+    use opentelemetry::trace::SpanKind;
+    use opentelemetry::KeyValue;
+    let Some(parent) = row.headers.iter().find(|(name, _)| name == "traceparent").and_then(|(_, value)| TraceContext::parse(value)) else { return };
+    let publish = parent.child();
+    crate::telemetry::spans::record(crate::telemetry::spans::FinishedSpan {
+        name: format!("publish {}", row.topic),
+        kind: SpanKind::Producer,
+        trace: &publish,
+        span_id: &publish.span_id,
+        parent_span_id: Some(&parent.span_id),
+        start,
+        end: std::time::SystemTime::now(),
+        attributes: vec![
+            KeyValue::new("messaging.system", "kafka"),
+            KeyValue::new("messaging.destination.name", row.topic.clone()),
+            KeyValue::new("messaging.operation.type", "send"),
+            KeyValue::new("messaging.kafka.message.key", row.key.clone()),
+        ],
+        error: None,
+    });
 }
 
 #[cfg(test)]

@@ -137,6 +137,7 @@ impl Gateway {
             Decision::Allow => Vec::new(),
             Decision::Refuse(hits) => hits,
         };
+        moderation_span(&input.trace, judging.elapsed(), &hits, &judge.hash);
         let verdict = if hits.is_empty() { Verdict::Allow } else { Verdict::Refuse(hits.iter().map(|h| h.code.clone()).collect()) };
         let signed = self.policy.sign(turn, verdict, &judge.hash);
         let training = self.training.mark(tenant).await;
@@ -173,6 +174,7 @@ impl Gateway {
             let turn = Pending::Write(Arc::new(RecordTurn(record)));
             self.events.emit_durable(vec![Pending::Conversation(received), Pending::Conversation(refused), turn]).await?;
             self.metrics.request(input.route, RequestOutcome::Refuse, input.started.elapsed());
+            refused_turn_span(&input.trace, input.route, input.started.elapsed(), &session_id, &turn_id, &signed);
             tracing::info!(trace_id = %input.trace.trace_id, span_id = %input.trace.span_id, tenant, session_id = %session_id,
                 turn_id = %turn_id, category = %first.category, code = %first.code, "turn refused by input moderation");
             return Ok(Admission { session_id, turn_id, trace: input.trace, signed, outcome: Admitted::Refused(first) });
@@ -211,4 +213,56 @@ fn refusal_record(tenant: &str, session_id: &str, turn_id: &str, trace: &TraceCo
         completion_tokens: None,
         created_at: now_ms(),
     }
+}
+
+/// The input moderation's span, under the turn's.
+fn moderation_span(trace: &TraceContext, took: Duration, hits: &[Hit], hash: &crate::policy::ConstitutionHash) {
+    use opentelemetry::trace::SpanKind;
+    use opentelemetry::KeyValue;
+    let span = trace.child();
+    let end = std::time::SystemTime::now();
+    let mut attributes = vec![
+        KeyValue::new("steward.moderation.stage", "input"),
+        KeyValue::new("steward.moderation.decision", if hits.is_empty() { "allow" } else { "refuse" }),
+        KeyValue::new("steward.constitution_hash", hash.to_string()),
+    ];
+    if let Some(hit) = hits.first() {
+        attributes.push(KeyValue::new("steward.moderation.category", hit.category.clone()));
+        attributes.push(KeyValue::new("steward.moderation.code", hit.code.clone()));
+    }
+    crate::telemetry::spans::record(crate::telemetry::spans::FinishedSpan {
+        name: "moderation input".into(),
+        kind: SpanKind::Internal,
+        trace,
+        span_id: &span.span_id,
+        parent_span_id: Some(&trace.span_id),
+        start: end - took,
+        end,
+        attributes,
+        error: None,
+    });
+}
+
+/// The span of a turn refused on input (a running turn's is recorded when it ends).
+fn refused_turn_span(trace: &TraceContext, route: &'static str, took: Duration, session_id: &str, turn_id: &str, signed: &SignedVerdict) {
+    use opentelemetry::trace::SpanKind;
+    use opentelemetry::KeyValue;
+    let end = std::time::SystemTime::now();
+    crate::telemetry::spans::record(crate::telemetry::spans::FinishedSpan {
+        name: format!("turn {route}"),
+        kind: SpanKind::Server,
+        trace,
+        span_id: &trace.span_id,
+        parent_span_id: trace.parent_span_id.as_deref(),
+        start: end - took,
+        end,
+        attributes: vec![
+            KeyValue::new("gen_ai.conversation.id", session_id.to_owned()),
+            KeyValue::new("steward.turn_id", turn_id.to_owned()),
+            KeyValue::new("steward.policy_verdict", signed.verdict.header_value()),
+            KeyValue::new("steward.constitution_hash", signed.constitution_hash.to_string()),
+            KeyValue::new("steward.finish_reason", "refused"),
+        ],
+        error: None,
+    });
 }

@@ -45,8 +45,16 @@ pub struct Recorder {
     started: Instant,
     /// When the last content reached the client (`None` before the first).
     last_emitted: Option<Instant>,
+    /// From the request to the first content.
+    first_chunk: Option<std::time::Duration>,
     stream: StreamMetrics,
     pub usage: Option<Usage>,
+    /// The turn's trace, for its spans.
+    trace: crate::telemetry::TraceContext,
+    max_tokens: u32,
+    started_at: std::time::SystemTime,
+    /// The model call's span (its id is in the model request's traceparent).
+    pub model_call: Option<crate::telemetry::TraceContext>,
 }
 
 impl Recorder {
@@ -77,6 +85,11 @@ impl Recorder {
             span_id: request.trace.span_id.clone(),
             started: request.started,
             last_emitted: None,
+            first_chunk: None,
+            trace: request.trace.clone(),
+            max_tokens: request.params.max_tokens,
+            started_at: std::time::SystemTime::now() - request.started.elapsed(),
+            model_call: None,
             usage: None,
         }
     }
@@ -90,7 +103,10 @@ impl Recorder {
     pub fn emitted(&mut self, text: &str) {
         let now = Instant::now();
         match self.last_emitted.replace(now) {
-            None => self.metrics.first_token(self.route, now - self.started),
+            None => {
+                self.first_chunk = Some(now - self.started);
+                self.metrics.first_token(self.route, now - self.started);
+            }
             Some(last) => self.stream.inter_token.observe((now - last).as_secs_f64()),
         }
         self.stream.deltas.inc();
@@ -112,6 +128,7 @@ impl Recorder {
         record.prompt_tokens = self.usage.map(|u| i64::from(u.prompt_tokens));
         record.completion_tokens = self.usage.map(|u| i64::from(u.completion_tokens));
         self.metrics.request(self.route, outcome, self.started.elapsed());
+        self.spans(&record);
         tracing::info!(
             trace_id = %record.trace_id, span_id = %self.span_id, tenant = %record.tenant, session_id = %record.session_id, turn_id = %record.turn_id,
             finish_reason = %record.finish_reason, elapsed_ms = self.started.elapsed().as_millis() as u64, "turn finished"
@@ -143,6 +160,62 @@ impl Recorder {
                 Err(_) => false,
             }
         })
+    }
+
+    /// The turn's span and its model call's, as OpenTelemetry spans (GenAI conventions).
+    fn spans(&self, record: &TurnRecord) {
+        use crate::telemetry::spans::{record as export, FinishedSpan};
+        use opentelemetry::trace::SpanKind;
+        use opentelemetry::KeyValue;
+        let end = std::time::SystemTime::now();
+        let finish = record.finish_reason.clone();
+        let failed = (finish == FinishReason::Error.as_str()).then(|| "the turn failed".to_owned());
+        if let Some(call) = &self.model_call {
+            let mut attributes = vec![
+                KeyValue::new("gen_ai.operation.name", "chat"),
+                KeyValue::new("gen_ai.provider.name", "openai"),
+                KeyValue::new("gen_ai.request.model", self.model.clone()),
+                KeyValue::new("gen_ai.request.max_tokens", i64::from(self.max_tokens)),
+                KeyValue::new("gen_ai.conversation.id", record.session_id.clone()),
+                KeyValue::new("gen_ai.response.finish_reasons", opentelemetry::Value::Array(vec![opentelemetry::StringValue::from(finish.clone())].into())),
+            ];
+            if let Some(usage) = self.usage {
+                attributes.push(KeyValue::new("gen_ai.usage.input_tokens", i64::from(usage.prompt_tokens)));
+                attributes.push(KeyValue::new("gen_ai.usage.output_tokens", i64::from(usage.completion_tokens)));
+            }
+            if let Some(first) = self.first_chunk {
+                attributes.push(KeyValue::new("steward.time_to_first_chunk_ms", first.as_secs_f64() * 1e3));
+            }
+            export(FinishedSpan {
+                name: format!("chat {}", self.model),
+                kind: SpanKind::Client,
+                trace: call,
+                span_id: &call.span_id,
+                parent_span_id: Some(&self.trace.span_id),
+                start: self.started_at,
+                end,
+                attributes,
+                error: failed.clone(),
+            });
+        }
+        export(FinishedSpan {
+            name: format!("turn {}", self.route),
+            kind: SpanKind::Server,
+            trace: &self.trace,
+            span_id: &self.trace.span_id,
+            parent_span_id: self.trace.parent_span_id.as_deref(),
+            start: self.started_at,
+            end,
+            attributes: vec![
+                KeyValue::new("gen_ai.conversation.id", record.session_id.clone()),
+                KeyValue::new("steward.turn_id", record.turn_id.clone()),
+                KeyValue::new("steward.tenant", record.tenant.clone()),
+                KeyValue::new("steward.policy_verdict", record.policy_verdict.clone()),
+                KeyValue::new("steward.constitution_hash", record.constitution_hash.clone()),
+                KeyValue::new("steward.finish_reason", finish),
+            ],
+            error: failed,
+        });
     }
 
     fn terminal(&self, record: TurnRecord, kind: EventType, data: Value) -> Vec<Pending> {

@@ -73,10 +73,12 @@ impl Orchestrator {
     }
 
     fn run(&self, request: TurnRequest, signed: SignedVerdict, judge: &Judge, messages: Vec<ChatMessage>) -> TurnStream {
+        // The model call's own span: its id travels in the model request's traceparent.
+        let model_call = request.trace.child();
         let dispatch = DispatchContext {
             constitution_hash: signed.constitution_hash.to_string(),
             policy_verdict: signed.verdict.header_value(),
-            traceparent: request.trace.child().header(),
+            traceparent: model_call.header(),
         };
         let mut model = self.model.stream(ModelRequest { messages, params: request.params, context: dispatch });
         let mut guard = judge.moderator.output_guard();
@@ -87,6 +89,7 @@ impl Orchestrator {
         let cancel = request.cancel.clone();
         let context = turn_context(&request, &signed);
         let mut recorder = Recorder::new(self.metrics.clone(), self.events.clone(), context, &request, &signed, &self.settings.model);
+        recorder.model_call = Some(model_call);
         Box::pin(async_stream::stream! {
             let mut finish = FinishReason::Stop;
             // (category, which layer found it) once the answer must be cut.

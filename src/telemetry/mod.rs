@@ -1,4 +1,4 @@
-//! Telemetry: JSON logs, W3C trace context and Prometheus metrics.
+//! Telemetry: JSON logs, W3C trace context, OTLP spans and Prometheus metrics.
 //!
 //! [`init_logging`] installs the subscriber (once, before configuration is
 //! validated, so configuration errors are logged); [`TraceContext`] carries the
@@ -6,6 +6,7 @@
 
 mod logging;
 mod metrics;
+pub mod spans;
 mod trace;
 
 pub use logging::init_logging;

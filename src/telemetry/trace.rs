@@ -11,36 +11,53 @@ pub struct TraceContext {
     pub sampled: bool,
     /// The incoming `tracestate`, passed on unchanged.
     pub tracestate: Option<String>,
+    /// The span this one continues (the caller's, for a request's first hop).
+    pub parent_span_id: Option<String>,
 }
 
 impl TraceContext {
-    /// Parses `00-<32 hex>-<16 hex>-<2 hex>`; all-zero ids are invalid.
+    /// Reads `traceparent` (and `tracestate`) with OpenTelemetry's W3C
+    /// propagator: `00-<32 hex>-<16 hex>-<2 hex>`, all-zero ids invalid.
     pub fn parse(header: &str) -> Option<Self> {
-        let mut parts = header.trim().split('-');
-        let (version, trace_id, span_id, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-        if version.len() != 2 || version == "ff" || !is_hex(version) {
+        Self::extract(header, None)
+    }
+
+    fn extract(traceparent: &str, tracestate: Option<&str>) -> Option<Self> {
+        use opentelemetry::propagation::TextMapPropagator;
+        use opentelemetry::trace::TraceContextExt;
+        // The propagator left-pads short ids; W3C wants them exactly 32 and 16 digits long.
+        let mut fields = traceparent.trim().split('-').skip(1);
+        if fields.next().map(str::len) != Some(32) || fields.next().map(str::len) != Some(16) {
             return None;
         }
-        if version == "00" && parts.next().is_some() {
+        let mut carrier = std::collections::HashMap::from([("traceparent".to_owned(), traceparent.trim().to_owned())]);
+        if let Some(state) = tracestate {
+            carrier.insert("tracestate".to_owned(), state.to_owned());
+        }
+        let context = opentelemetry_sdk::propagation::TraceContextPropagator::new().extract(&carrier);
+        let span = context.span().span_context().clone();
+        if !span.is_valid() {
             return None;
         }
-        let valid = |s: &str, len| s.len() == len && is_hex(s) && s.bytes().any(|b| b != b'0');
-        if !valid(trace_id, 32) || !valid(span_id, 16) || flags.len() != 2 || !is_hex(flags) {
-            return None;
-        }
-        let flags = u8::from_str_radix(flags, 16).ok()?;
-        Some(Self { trace_id: trace_id.to_owned(), span_id: span_id.to_owned(), sampled: flags & 1 == 1, tracestate: None })
+        let state = span.trace_state().header();
+        Some(Self {
+            trace_id: span.trace_id().to_string(),
+            span_id: span.span_id().to_string(),
+            sampled: span.is_sampled(),
+            tracestate: (!state.is_empty()).then_some(state),
+            parent_span_id: None,
+        })
     }
 
     /// A new root trace.
     pub fn new_root() -> Self {
-        Self { trace_id: random_hex::<16>(), span_id: random_hex::<8>(), sampled: true, tracestate: None }
+        Self { trace_id: random_hex::<16>(), span_id: random_hex::<8>(), sampled: true, tracestate: None, parent_span_id: None }
     }
 
-    /// Continues the incoming trace if valid, else starts one; either way with a
-    /// fresh span id for this hop.
-    pub fn from_incoming(header: Option<&str>) -> Self {
-        match header.and_then(Self::parse) {
+    /// Continues the incoming trace (and its `tracestate`) if valid, else
+    /// starts one; either way with a fresh span id for this hop.
+    pub fn from_incoming(header: Option<&str>, tracestate: Option<&str>) -> Self {
+        match header.and_then(|h| Self::extract(h, tracestate)) {
             Some(parent) => parent.child(),
             None => Self::new_root(),
         }
@@ -48,16 +65,18 @@ impl TraceContext {
 
     /// Same trace, new span.
     pub fn child(&self) -> Self {
-        Self { trace_id: self.trace_id.clone(), span_id: random_hex::<8>(), sampled: self.sampled, tracestate: self.tracestate.clone() }
+        Self {
+            trace_id: self.trace_id.clone(),
+            span_id: random_hex::<8>(),
+            sampled: self.sampled,
+            tracestate: self.tracestate.clone(),
+            parent_span_id: Some(self.span_id.clone()),
+        }
     }
 
     pub fn header(&self) -> String {
         format!("00-{}-{}-{}", self.trace_id, self.span_id, if self.sampled { "01" } else { "00" })
     }
-}
-
-fn is_hex(s: &str) -> bool {
-    s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 fn random_hex<const N: usize>() -> String {
@@ -81,7 +100,9 @@ mod tests {
         let child = ctx.child();
         assert_eq!(child.trace_id, ctx.trace_id);
         assert_ne!(child.span_id, ctx.span_id);
-        assert_eq!(TraceContext::parse(&child.header()), Some(child));
+        let parsed = TraceContext::parse(&child.header()).unwrap();
+        assert_eq!((parsed.trace_id, parsed.span_id), (child.trace_id, child.span_id));
+        assert_eq!(child.parent_span_id.as_deref(), Some(ctx.span_id.as_str()));
     }
 
     #[test]
@@ -101,7 +122,7 @@ mod tests {
 
     #[test]
     fn starts_a_new_trace_when_the_incoming_one_is_invalid() {
-        let ctx = TraceContext::from_incoming(Some("garbage"));
+        let ctx = TraceContext::from_incoming(Some("garbage"), None);
         assert_eq!(ctx.trace_id.len(), 32);
         assert!(TraceContext::parse(&ctx.header()).is_some());
     }

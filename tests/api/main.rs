@@ -25,4 +25,5 @@ mod registry;
 mod semantic;
 mod socket;
 mod storage;
+mod tracing;
 mod training;
