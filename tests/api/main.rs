@@ -12,6 +12,7 @@ mod auth;
 mod bad_input;
 mod chat;
 mod constitution;
+mod contracts;
 mod dashboards;
 mod evasion;
 mod events;
