@@ -213,6 +213,42 @@ async fn a_first_token_deadline_shorter_than_the_model_takes_fails_the_turn_and_
 }
 
 #[tokio::test]
+async fn a_model_server_that_dies_mid_stream_fails_the_turn_cleanly_and_the_next_turn_works_once_it_is_back() {
+    use futures_util::StreamExt;
+    let mut model = crate::moderation::PrivateModelServer::start().await;
+    let port = model.port;
+    let app = spawn_app_with(Storage::Sqlite, |s| s.slm.base_url = format!("http://127.0.0.1:{port}/v1")).await;
+    let (_, key) = app.chat_key().await;
+    let response = app.post("/v1/chat/stream", Some(&key), &json!({ "message": "Write a very long story about the sea.", "max_tokens": 2000 })).await;
+    let mut body = response.bytes_stream();
+    let mut seen = String::new();
+    while !seen.contains("event: delta") {
+        seen.push_str(&String::from_utf8_lossy(&body.next().await.unwrap().unwrap()));
+    }
+
+    model.crash().await;
+
+    let rest = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        while let Some(chunk) = body.next().await {
+            seen.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+        }
+    })
+    .await;
+    assert!(rest.is_ok(), "the stream hung after the model server died: {seen}");
+    assert!(seen.contains("event: error\ndata: {\"code\":\"model_error\"") || seen.contains("event: error\ndata: {\"code\":\"model_unavailable\""), "{seen}");
+    assert!(seen.trim_end().ends_with("\"finish_reason\":\"error\",\"usage\":null}"), "{seen}");
+    let events = app.outbox("conversation.events").await;
+    assert!(events.iter().any(|e| e["type"] == "turn.failed" && e["data"]["stage"] == "model"), "turn.failed recorded");
+
+    let down = app.chat(&key, &json!({ "message": "Say hi.", "max_tokens": 2 })).await;
+    assert_eq!(down.first("error")["code"], "model_unavailable");
+    model.restart().await;
+    let back = app.chat(&key, &json!({ "message": "Say hi.", "max_tokens": 2 })).await;
+    assert_eq!(back.names().last(), Some(&"done"));
+    assert!(back.names().contains(&"delta"), "{:?}", back.events);
+}
+
+#[tokio::test]
 async fn a_model_silent_past_the_idle_deadline_after_its_first_token_ends_the_turn_with_model_timeout() {
     // The local model takes milliseconds per token, so a 1 ms idle deadline always passes
     // between two of them; the first-token deadline stays at a minute.

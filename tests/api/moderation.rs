@@ -15,8 +15,24 @@ pub struct PrivateModelServer {
 
 impl PrivateModelServer {
     pub async fn start() -> Self {
-        let python = std::env::var("STEWARD_TEST_MODEL_PYTHON").unwrap_or_else(|_| format!("{}/.venv/bin/python", env!("CARGO_MANIFEST_DIR")));
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        Self::start_on(port).await
+    }
+
+    /// Kills the server (as a crash would) and starts a new one on the same port.
+    pub async fn crash(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub async fn restart(&mut self) {
+        let fresh = Self::start_on(self.port).await;
+        let old = std::mem::replace(self, fresh);
+        drop(old);
+    }
+
+    async fn start_on(port: u16) -> Self {
+        let python = std::env::var("STEWARD_TEST_MODEL_PYTHON").unwrap_or_else(|_| format!("{}/.venv/bin/python", env!("CARGO_MANIFEST_DIR")));
         let child = Command::new(python)
             .arg(manifest_dir().join("scripts/model_server.py"))
             .args(["--port", &port.to_string(), "--parallel", "1", "--ctx", "2048"])
