@@ -4,18 +4,20 @@
 //! verdict + constitution hash) → orchestrator → language model (streamed) →
 //! output moderation → client. Modules:
 //!
-//! - [`gateway`]: `/v1/chat/stream` (SSE) and the OpenAI-compatible
-//!   `/v1/chat/completions`.
+//! - [`gateway`]: `/v1/chat/stream` (SSE, or a WebSocket) and the
+//!   OpenAI-compatible `/v1/chat/completions`.
+//! - [`socket`]: turns over a WebSocket, for the gateway and the orchestrator.
 //! - [`identity`]: API keys → tenant + capabilities.
 //! - [`moderation`]: normalisation, the phrase lexicon, the semantic layer
 //!   (an embedding model in process), the streaming output guard, and their
 //!   evaluation on labelled data.
-//! - [`policy`]: the constitution, its hash, signed verdicts.
+//! - [`policy`]: the constitution registry (the active constitution per
+//!   tenant, in Redis or in process), signed verdicts good once, dry runs.
 //! - [`orchestrator`]: runs an allowed turn; also served over HTTP.
 //! - [`slm`]: the OpenAI-compatible streaming model client.
 //! - [`events`]: the outbox, its relay to Kafka and the audit of the trail.
 //! - [`training`]: the training-mode lock (Redis or in process) and its audit.
-//! - [`telemetry`]: JSON logs, trace context, Prometheus metrics.
+//! - [`telemetry`]: JSON logs, W3C trace context, OTLP spans, Prometheus metrics.
 //! - [`app`]: wires adapters into services and services into routes.
 
 pub mod app;
