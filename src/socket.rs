@@ -131,14 +131,23 @@ fn protocol_key(req: &HttpRequest) -> Option<String> {
     offered.split(',').find_map(|p| p.trim().strip_prefix(KEY_PROTOCOL)).filter(|k| !k.is_empty()).map(str::to_owned)
 }
 
-fn close(code: CloseCode, description: &str) -> Option<CloseReason> {
-    Some(CloseReason { code, description: Some(description.to_owned()) })
+/// Why a key is not accepted, as a close reason: 1008, or 1011 when the key
+/// store failed (its cause goes to the log, not to the client).
+fn refused(err: &IdentityError) -> Option<CloseReason> {
+    if err.code().status().is_server_error() {
+        tracing::error!(error = %err, "a socket's key could not be checked");
+        return close(CloseCode::Error, "the key store is unavailable");
+    }
+    close(CloseCode::Policy, &err.to_string())
 }
 
-/// Why a key is not accepted, as a close reason: 1008, or 1011 when the key store failed.
-fn refused(err: &IdentityError) -> Option<CloseReason> {
-    let code = if err.code().status().is_server_error() { CloseCode::Error } else { CloseCode::Policy };
-    close(code, &err.to_string())
+/// A close reason's text fits a control frame (125 bytes, 2 of them the code).
+fn close(code: CloseCode, description: &str) -> Option<CloseReason> {
+    let mut end = description.len().min(123);
+    while !description.is_char_boundary(end) {
+        end -= 1;
+    }
+    Some(CloseReason { code, description: Some(description[..end].to_owned()) })
 }
 
 struct Running {
