@@ -2,86 +2,38 @@
 //! governance headers of every chat response, and JSON extractor errors
 //! mapped to stable codes.
 
-use std::convert::Infallible;
 use std::time::Duration;
 
 use actix_web::error::JsonPayloadError;
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponseBuilder};
-use bytes::Bytes;
-use futures_util::{Stream, StreamExt};
+use actix_web_lab::sse::{self, Sse};
+use actix_web_lab::util::InfallibleStream;
+use futures_util::Stream;
 use serde::Serialize;
-use tokio::time::Instant;
 
 use crate::error::{ApiError, Code};
 use crate::telemetry::TraceContext;
 
-/// One SSE event: `event: <name>\ndata: <json>\n\n`. JSON never contains a raw
-/// newline, so the data fits one `data:` line.
-pub fn sse_frame(name: &str, data: &impl Serialize) -> Bytes {
-    let mut frame = Vec::with_capacity(FRAME_CAPACITY);
-    frame.extend_from_slice(b"event: ");
-    frame.extend_from_slice(name.as_bytes());
-    frame.extend_from_slice(b"\ndata: ");
-    let start = frame.len();
-    if serde_json::to_writer(&mut frame, data).is_err() {
-        frame.truncate(start);
-        frame.extend_from_slice(b"{}");
-    }
-    frame.extend_from_slice(b"\n\n");
-    Bytes::from(frame)
+/// One SSE event, `event: <name>` with its JSON on one `data:` line (JSON
+/// never contains a raw newline).
+pub fn sse_event(name: &'static str, data: &impl Serialize) -> sse::Event {
+    let json = serde_json::to_string(data).unwrap_or_else(|_| "{}".to_owned());
+    sse::Data::new(json).event(name).into()
 }
 
-/// Room for a typical frame (a delta of a few tokens), so it is built in one allocation.
-const FRAME_CAPACITY: usize = 128;
-
-/// A bare `data: …` frame (the OpenAI streaming format).
-pub fn sse_data(data: &str) -> Bytes {
-    let mut frame = Vec::with_capacity(data.len() + 8);
-    frame.extend_from_slice(b"data: ");
-    frame.extend_from_slice(data.as_bytes());
-    frame.extend_from_slice(b"\n\n");
-    Bytes::from(frame)
+/// A bare `data: …` event (the OpenAI streaming format).
+pub fn sse_data(data: impl Into<String>) -> sse::Event {
+    sse::Data::new(data.into()).into()
 }
 
-/// Interleaves `: keep-alive` comments whenever `stream` is silent for `every`.
-///
-/// One timer serves the whole stream: a frame only notes when it was sent,
-/// and the timer, when it fires, either sends a comment or moves to `every`
-/// after the last frame. (A timeout per frame would register and cancel a
-/// timer for every token.)
-pub fn with_keepalive<S>(stream: S, every: Duration) -> impl Stream<Item = Result<Bytes, Infallible>>
+/// An event stream as a response body (`actix-web-lab`'s): `: keep-alive`
+/// comments every `every`, also while a turn waits for its first token.
+pub fn sse_body<S>(events: S, every: Duration) -> Sse<InfallibleStream<S>>
 where
-    S: Stream<Item = Bytes> + Unpin,
+    S: Stream<Item = sse::Event> + 'static,
 {
-    async_stream::stream! {
-        let mut stream = stream;
-        let mut last = Instant::now();
-        let tick = tokio::time::sleep_until(last + every);
-        tokio::pin!(tick);
-        loop {
-            tokio::select! {
-                biased;
-                next = stream.next() => match next {
-                    Some(frame) => {
-                        last = Instant::now();
-                        yield Ok(frame);
-                    }
-                    None => break,
-                },
-                () = &mut tick => {
-                    let due = last + every;
-                    if Instant::now() >= due {
-                        last = Instant::now();
-                        tick.as_mut().reset(last + every);
-                        yield Ok(Bytes::from_static(b": keep-alive\n\n"));
-                    } else {
-                        tick.as_mut().reset(due);
-                    }
-                }
-            }
-        }
-    }
+    Sse::from_infallible_stream(events).with_keep_alive(every)
 }
 
 /// The headers every chat response carries.
@@ -139,40 +91,34 @@ pub fn json_config(limit: usize) -> web::JsonConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use futures_util::stream;
+    use futures_util::{stream, StreamExt};
 
-    #[test]
-    fn a_frame_names_its_event_and_carries_its_data_on_one_line() {
-        let frame = sse_frame("delta", &serde_json::json!({ "content": "two\nlines \"quoted\"" }));
-        assert_eq!(&frame[..], b"event: delta\ndata: {\"content\":\"two\\nlines \\\"quoted\\\"\"}\n\n");
-        assert_eq!(&sse_data("[DONE]")[..], b"data: [DONE]\n\n");
-    }
-
-    async fn collect(frames: impl Stream<Item = Result<Bytes, Infallible>>) -> Vec<Bytes> {
-        frames.map(|f| f.unwrap_or_else(|never| match never {})).collect().await
+    async fn wire(events: Vec<sse::Event>, every: Duration, gap: Duration) -> String {
+        use actix_web::body::MessageBody;
+        let paced = stream::iter(events).then(move |event| async move {
+            tokio::time::sleep(gap).await;
+            event
+        });
+        let body = sse_body(Box::pin(paced), every);
+        let bytes = actix_web::body::to_bytes(body.boxed()).await.unwrap();
+        String::from_utf8(bytes.to_vec()).unwrap()
     }
 
     #[tokio::test]
-    async fn a_silent_stream_gets_keep_alive_comments_and_a_busy_one_none() {
-        const COMMENT: &[u8] = b": keep-alive\n\n";
-        // Silent for 260 ms between two frames, with a comment due every 50 ms.
-        let silent = stream::iter([0u64, 260]).then(|wait| async move {
-            tokio::time::sleep(Duration::from_millis(wait)).await;
-            Bytes::from_static(b"event: delta\ndata: {}\n\n")
-        });
-        let frames = collect(with_keepalive(Box::pin(silent), Duration::from_millis(50))).await;
-        let comments = frames.iter().filter(|f| &f[..] == COMMENT).count();
-        assert!((2..=5).contains(&comments), "{comments} comments in 260 ms of silence at one per 50 ms");
-        assert_ne!(&frames[0][..], COMMENT, "the first frame was sent at once");
-        assert_ne!(&frames[frames.len() - 1][..], COMMENT, "the stream ends with its last frame");
+    async fn an_event_names_itself_and_carries_its_data_on_one_line() {
+        let events = vec![sse_event("delta", &serde_json::json!({ "content": "two\nlines \"quoted\"" })), sse_data("[DONE]")];
+        // (Keep-alive comments, which every SSE client skips, aside.)
+        let wire = wire(events, Duration::from_secs(60), Duration::ZERO).await.replace(": keep-alive\n\n", "");
+        assert_eq!(wire, "event: delta\ndata: {\"content\":\"two\\nlines \\\"quoted\\\"\"}\n\ndata: [DONE]\n\n");
+    }
 
-        // A frame every 5 ms keeps a 200 ms keep-alive from ever firing.
-        let busy = stream::iter(0..20).then(|_| async {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-            Bytes::from_static(b"event: delta\ndata: {}\n\n")
-        });
-        let frames = collect(with_keepalive(Box::pin(busy), Duration::from_millis(200))).await;
-        assert_eq!(frames.len(), 20);
-        assert!(frames.iter().all(|f| &f[..] != COMMENT));
+    #[tokio::test]
+    async fn a_silent_stream_gets_keep_alive_comments() {
+        // Two events 260 ms apart, with a comment due every 50 ms.
+        let events = vec![sse_event("delta", &serde_json::json!({})), sse_event("done", &serde_json::json!({}))];
+        let wire = wire(events, Duration::from_millis(50), Duration::from_millis(130)).await;
+        let comments = wire.matches(": keep-alive\n\n").count();
+        assert!((2..=7).contains(&comments), "{comments} comments in 260 ms at one per 50 ms: {wire:?}");
+        assert!(wire.ends_with("event: done\ndata: {}\n\n"), "the stream ends with its last event: {wire:?}");
     }
 }

@@ -12,7 +12,7 @@ use super::service::{Admitted, Gateway, TurnInput};
 use crate::error::{ApiError, Code};
 use crate::identity::Caller;
 use crate::orchestrator::{FinishReason, TurnEvent};
-use crate::web::{sse_frame, trace_of, with_keepalive, Governance};
+use crate::web::{sse_body, sse_event, trace_of, Governance};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -24,9 +24,9 @@ pub struct ChatBody {
     seed: Option<i64>,
 }
 
-fn frame(event: &TurnEvent) -> bytes::Bytes {
+fn frame(event: &TurnEvent) -> actix_web_lab::sse::Event {
     let (name, data) = event.sse();
-    sse_frame(name, &data)
+    sse_event(name, &data)
 }
 
 pub async fn chat_stream(req: HttpRequest, caller: Caller, body: web::Json<ChatBody>, gateway: web::Data<Gateway>) -> Result<HttpResponse, ApiError> {
@@ -49,7 +49,7 @@ pub async fn chat_stream(req: HttpRequest, caller: Caller, body: web::Json<ChatB
         Err(err) => return Err(err),
     };
     let verdict = admission.signed.verdict.header_value();
-    let session = sse_frame(
+    let session = sse_event(
         "session",
         &json!({
             "session_id": admission.session_id,
@@ -72,7 +72,7 @@ pub async fn chat_stream(req: HttpRequest, caller: Caller, body: web::Json<ChatB
         session_id: &admission.session_id,
         trace: &admission.trace,
     };
-    Ok(governance.sse_response().streaming(with_keepalive(Box::pin(frames), gateway.keepalive)))
+    Ok(governance.sse_response().body(sse_body(frames, gateway.keepalive)))
 }
 
 /// No turn can be judged while the active constitution is unknown: a 503
@@ -80,6 +80,9 @@ pub async fn chat_stream(req: HttpRequest, caller: Caller, body: web::Json<ChatB
 fn unjudged(err: &ApiError) -> HttpResponse {
     let error = TurnEvent::Error { code: err.code(), message: err.body().message };
     let done = TurnEvent::Done { finish_reason: FinishReason::Error, usage: None };
-    let body: Vec<u8> = [frame(&error), frame(&done)].concat();
-    HttpResponse::ServiceUnavailable().content_type("text/event-stream").insert_header(("cache-control", "no-cache")).body(body)
+    let events = stream::iter([frame(&error), frame(&done)]);
+    HttpResponse::ServiceUnavailable()
+        .content_type("text/event-stream")
+        .insert_header(("cache-control", "no-cache"))
+        .body(actix_web_lab::sse::Sse::from_infallible_stream(events))
 }

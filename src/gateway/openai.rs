@@ -16,7 +16,7 @@ use crate::error::{ApiError, Code};
 use crate::identity::Caller;
 use crate::orchestrator::{FinishReason, TurnEvent};
 use crate::slm::{ChatMessage, Role, Usage};
-use crate::web::{sse_data, trace_of, with_keepalive, Governance};
+use crate::web::{sse_body, sse_data, trace_of, Governance};
 
 /// The request fields Steward honours; others the SDKs send (`n`, `top_p`, `user`…) are ignored.
 #[derive(Debug, Deserialize)]
@@ -130,7 +130,7 @@ pub async fn completions(req: HttpRequest, caller: Caller, body: web::Json<Compl
     if body.stream {
         let include_usage = body.stream_options.is_some_and(|o| o.include_usage);
         let frames = streamed(meta, events, include_usage);
-        return Ok(governance.sse_response().streaming(with_keepalive(Box::pin(frames), gateway.keepalive)));
+        return Ok(governance.sse_response().body(sse_body(frames, gateway.keepalive)));
     }
     let (status, json) = collected(meta, events).await;
     let mut response = HttpResponse::build(status);
@@ -154,26 +154,26 @@ impl Meta {
     }
 }
 
-fn streamed(meta: Meta, events: crate::orchestrator::TurnStream, include_usage: bool) -> impl futures_util::Stream<Item = bytes::Bytes> {
+fn streamed(meta: Meta, events: crate::orchestrator::TurnStream, include_usage: bool) -> impl futures_util::Stream<Item = actix_web_lab::sse::Event> {
     async_stream::stream! {
-        yield sse_data(&meta.chunk(json!({ "role": "assistant", "content": "" }), None));
+        yield sse_data(meta.chunk(json!({ "role": "assistant", "content": "" }), None));
         let mut events = events;
         while let Some(event) = events.next().await {
             match event {
-                TurnEvent::Delta(text) => yield sse_data(&meta.chunk(json!({ "content": text }), None)),
-                TurnEvent::Refusal(hit) => yield sse_data(&meta.chunk(json!({ "refusal": hit.message }), None)),
+                TurnEvent::Delta(text) => yield sse_data(meta.chunk(json!({ "content": text }), None)),
+                TurnEvent::Refusal(hit) => yield sse_data(meta.chunk(json!({ "refusal": hit.message }), None)),
                 TurnEvent::Error { code, message } => {
                     let (code, kind, _) = code.describe();
-                    yield sse_data(&json!({ "error": { "message": message, "type": kind, "code": code } }).to_string());
+                    yield sse_data(json!({ "error": { "message": message, "type": kind, "code": code } }).to_string());
                 }
                 TurnEvent::Done { finish_reason: reason, usage } => {
                     if reason != FinishReason::Error {
-                        yield sse_data(&meta.chunk(json!({}), Some(finish_reason(reason))));
+                        yield sse_data(meta.chunk(json!({}), Some(finish_reason(reason))));
                     }
                     if include_usage {
                         let chunk = json!({ "id": meta.id, "object": "chat.completion.chunk", "created": meta.created,
                             "model": meta.model, "choices": [], "usage": usage_json(usage) });
-                        yield sse_data(&chunk.to_string());
+                        yield sse_data(chunk.to_string());
                     }
                 }
             }

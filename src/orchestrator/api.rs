@@ -17,7 +17,7 @@ use crate::error::{ApiError, Code};
 use crate::identity::{Caller, Capability};
 use crate::policy::{headers, PolicyHeaders};
 use crate::telemetry::{Metrics, RequestOutcome};
-use crate::web::{sse_frame, trace_of, with_keepalive, Governance};
+use crate::web::{sse_body, sse_event, trace_of, Governance};
 
 /// What the orchestrator routes need.
 pub struct OrchestratorApi {
@@ -153,7 +153,7 @@ async fn stream(req: HttpRequest, caller: Caller, body: web::Json<StepBody>, api
     let (turn, policy, request) = begin(arrival("conversation_stream", &req), caller, body.into_inner(), &api).await?;
     let frames = turn.map(|event| {
         let (name, data) = event.sse();
-        sse_frame(name, &data)
+        sse_event(name, &data)
     });
-    Ok(governance(&policy, &request).sse_response().streaming(with_keepalive(Box::pin(frames), api.keepalive)))
+    Ok(governance(&policy, &request).sse_response().body(sse_body(frames, api.keepalive)))
 }
