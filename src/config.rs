@@ -53,7 +53,7 @@ pub struct ServerSettings {
     pub bind: String,
     /// Largest accepted request body, in bytes.
     pub body_limit_bytes: usize,
-    /// Interval of SSE comment keep-alives while the model is silent, and of WebSocket pings.
+    /// Interval of SSE `: keep-alive` comments and of WebSocket pings.
     pub keepalive_ms: u64,
     /// A WebSocket that has not authenticated within this is closed (1008).
     pub socket_auth_timeout_ms: u64,

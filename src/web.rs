@@ -1,4 +1,4 @@
-//! HTTP plumbing shared by the API modules: SSE framing with keep-alives, the
+//! HTTP plumbing shared by the API modules: SSE events (`actix-web-lab`) with keep-alives, the
 //! governance headers of every chat response, and JSON extractor errors
 //! mapped to stable codes.
 
