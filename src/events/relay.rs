@@ -209,6 +209,9 @@ impl Backoff {
 
 /// The span of one record's publish, a child of the hop whose `traceparent` the record carries.
 fn publish_span(row: &OutboxRow, start: std::time::SystemTime) {
+    if !crate::telemetry::spans::enabled() {
+        return;
+    }
     use opentelemetry::trace::SpanKind;
     use opentelemetry::KeyValue;
     let Some(parent) = row.headers.iter().find(|(name, _)| name == "traceparent").and_then(|(_, value)| TraceContext::parse(value)) else { return };

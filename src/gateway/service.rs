@@ -217,6 +217,9 @@ fn refusal_record(tenant: &str, session_id: &str, turn_id: &str, trace: &TraceCo
 
 /// The input moderation's span, under the turn's.
 fn moderation_span(trace: &TraceContext, took: Duration, hits: &[Hit], hash: &crate::policy::ConstitutionHash) {
+    if !crate::telemetry::spans::enabled() {
+        return;
+    }
     use opentelemetry::trace::SpanKind;
     use opentelemetry::KeyValue;
     let span = trace.child();
@@ -245,6 +248,9 @@ fn moderation_span(trace: &TraceContext, took: Duration, hits: &[Hit], hash: &cr
 
 /// The span of a turn refused on input (a running turn's is recorded when it ends).
 fn refused_turn_span(trace: &TraceContext, route: &'static str, took: Duration, session_id: &str, turn_id: &str, signed: &SignedVerdict) {
+    if !crate::telemetry::spans::enabled() {
+        return;
+    }
     use opentelemetry::trace::SpanKind;
     use opentelemetry::KeyValue;
     let end = std::time::SystemTime::now();

@@ -164,6 +164,9 @@ impl Recorder {
 
     /// The turn's span and its model call's, as OpenTelemetry spans (GenAI conventions).
     fn spans(&self, record: &TurnRecord) {
+        if !crate::telemetry::spans::enabled() {
+            return;
+        }
         use crate::telemetry::spans::{record as export, FinishedSpan};
         use opentelemetry::trace::SpanKind;
         use opentelemetry::KeyValue;

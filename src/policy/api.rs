@@ -94,16 +94,16 @@ async fn activate(req: HttpRequest, caller: Caller, body: web::Bytes, api: web::
     let scope = Scope::Tenant(caller.tenant.as_str().to_owned());
     let activation = api.judges.registry().activate(&scope, &hash, text).await?;
     let trace = crate::web::trace_of(&req);
+    let entry = AuditEntry {
+        kind: AuditType::Activated,
+        scope: &scope,
+        actor: &caller.key_id,
+        constitution: &constitution,
+        hash: &hash,
+        activation: &activation,
+        trace: &trace,
+    };
     if activation.changed {
-        let entry = AuditEntry {
-            kind: AuditType::Activated,
-            scope: &scope,
-            actor: &caller.key_id,
-            constitution: &constitution,
-            hash: &hash,
-            activation: &activation,
-            trace: &trace,
-        };
         api.auditor.record(&entry).await?;
     }
     // This instance judges by it before answering (its judge is built); the others within the staleness bound.
@@ -112,10 +112,7 @@ async fn activate(req: HttpRequest, caller: Caller, body: web::Bytes, api: web::
     }
     tracing::info!(tenant = %caller.tenant, actor = %caller.key_id, hash = %hash, previous = ?activation.previous.as_ref().map(ConstitutionHash::as_str),
         registry_version = activation.version, changed = activation.changed, trace_id = %trace.trace_id, "constitution activated");
-    Ok(HttpResponse::Ok().json(json!({
-        "hash": hash.as_str(), "name": constitution.name, "version": constitution.version, "tenant": caller.tenant.as_str(),
-        "previous_hash": activation.previous.as_ref().map(ConstitutionHash::as_str), "registry_version": activation.version, "changed": activation.changed,
-    })))
+    Ok(HttpResponse::Ok().json(entry.outcome()))
 }
 
 /// The judge of a candidate document, built off the worker thread (it embeds the examples).

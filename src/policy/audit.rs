@@ -47,6 +47,16 @@ pub struct AuditEntry<'a> {
 }
 
 impl AuditEntry<'_> {
+    /// An activation's outcome as told to whoever asked for it (the PUT's
+    /// body, the command's output).
+    pub fn outcome(&self) -> serde_json::Value {
+        json!({
+            "hash": self.hash.as_str(), "name": self.constitution.name, "version": self.constitution.version, "tenant": self.scope.tenant(),
+            "previous_hash": self.activation.previous.as_ref().map(ConstitutionHash::as_str),
+            "registry_version": self.activation.version, "changed": self.activation.changed,
+        })
+    }
+
     /// The outbox item for `topic`.
     pub fn pending(&self, topic: &str) -> Pending {
         let kind = self.kind.as_str();

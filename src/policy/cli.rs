@@ -109,17 +109,17 @@ async fn activate(settings: &Settings, file: &std::path::Path, tenant: Option<St
     db.migrate().await.context("Failed to apply migrations")?;
     let hash = constitution.hash();
     let activation = registry.activate(&scope, &hash, &text).await?;
+    let trace = crate::telemetry::TraceContext::new_root();
+    let entry = AuditEntry {
+        kind: AuditType::Activated,
+        scope: &scope,
+        actor: CLI_ACTOR,
+        constitution: &constitution,
+        hash: &hash,
+        activation: &activation,
+        trace: &trace,
+    };
     if activation.changed {
-        let trace = crate::telemetry::TraceContext::new_root();
-        let entry = AuditEntry {
-            kind: AuditType::Activated,
-            scope: &scope,
-            actor: CLI_ACTOR,
-            constitution: &constitution,
-            hash: &hash,
-            activation: &activation,
-            trace: &trace,
-        };
         let outbox = crate::events::OutboxStore::new(db, settings.kafka.conversation_topic.clone());
         outbox.append(&[entry.pending(&settings.kafka.policy_topic)]).await.context("Activated, but the policy.audit record could not be stored")?;
         eprintln!(
@@ -132,11 +132,7 @@ async fn activate(settings: &Settings, file: &std::path::Path, tenant: Option<St
     } else {
         eprintln!("{} ({hash}) was already active for {}: nothing changed", constitution.name, scope_label(&scope));
     }
-    let out = serde_json::json!({
-        "hash": hash.as_str(), "name": constitution.name, "version": constitution.version, "tenant": scope.tenant(),
-        "previous_hash": activation.previous.as_ref().map(ConstitutionHash::as_str), "registry_version": activation.version, "changed": activation.changed,
-    });
-    println!("{}", serde_json::to_string_pretty(&out)?);
+    println!("{}", serde_json::to_string_pretty(&entry.outcome())?);
     Ok(())
 }
 

@@ -2,9 +2,11 @@
 //! empty). A span is recorded once its hop is over, with the ids of the
 //! turn's [`TraceContext`] — the ids every log line, model request and Kafka
 //! record of the turn already carry — so the exported tree is the one those
-//! headers describe. Without an endpoint OpenTelemetry's global tracer is
-//! the no-op one and recording costs nothing.
+//! headers describe. Without an endpoint nothing is built: the functions
+//! that make a span ask [`enabled`] first, so a turn pays no allocation for
+//! spans nobody exports.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags, TraceId, TraceState, Tracer};
@@ -13,6 +15,13 @@ use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 
 use super::TraceContext;
+
+static ENABLED: AtomicBool = AtomicBool::new(false);
+
+/// Whether spans are exported (an OTLP endpoint is configured).
+pub fn enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed)
+}
 
 /// The exporter's provider, shut down (flushed) when Steward stops.
 pub struct SpanExport {
@@ -32,6 +41,7 @@ impl SpanExport {
         let resource = opentelemetry_sdk::Resource::builder().with_service_name(service.to_owned()).build();
         let provider = SdkTracerProvider::builder().with_batch_exporter(exporter).with_resource(resource).build();
         global::set_tracer_provider(provider.clone());
+        ENABLED.store(true, Ordering::Relaxed);
         Ok(Self { provider })
     }
 
@@ -59,8 +69,11 @@ pub struct FinishedSpan<'a> {
     pub error: Option<String>,
 }
 
-/// Records `span` with the global tracer (a no-op unless exporting).
+/// Records `span` with the global tracer (callers check [`enabled`] before building one).
 pub fn record(span: FinishedSpan<'_>) {
+    if !enabled() {
+        return;
+    }
     let (Ok(trace_id), Ok(span_id)) = (TraceId::from_hex(&span.trace.trace_id), SpanId::from_hex(span.span_id)) else { return };
     let parent = match span.parent_span_id.map(SpanId::from_hex) {
         Some(Ok(parent)) => {
