@@ -243,9 +243,12 @@ async fn a_model_server_that_dies_mid_stream_fails_the_turn_cleanly_and_the_next
     let down = app.chat(&key, &json!({ "message": "Say hi.", "max_tokens": 2 })).await;
     assert_eq!(down.first("error")["code"], "model_unavailable");
     model.restart().await;
-    let back = app.chat(&key, &json!({ "message": "Say hi.", "max_tokens": 2 })).await;
-    assert_eq!(back.names().last(), Some(&"done"));
-    assert!(back.names().contains(&"delta"), "{:?}", back.events);
+    let back = app.chat(&key, &json!({ "message": "Say hi.", "max_tokens": 8 })).await;
+    // The model served the turn (a couple of tokens may be only whitespace, so no delta is required).
+    let done = back.first("done");
+    assert!(done["finish_reason"] == "length" || done["finish_reason"] == "stop", "{:?}", back.events);
+    assert!(done["usage"]["completion_tokens"].as_u64() > Some(0), "{:?}", back.events);
+    assert!(!back.names().contains(&"error"), "{:?}", back.events);
 }
 
 #[tokio::test]
