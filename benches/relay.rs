@@ -83,6 +83,7 @@ async fn relay_throughput(broker: &str, n: usize) -> (f64, Vec<steward::events::
             poll_interval: Duration::from_millis(5),
             max_backoff: Duration::from_millis(200),
             lease: Duration::from_secs(10),
+            drain: Duration::from_secs(1),
         },
         committed: Arc::new(Notify::new()),
     };

@@ -54,7 +54,7 @@ async fn main() {
     steward::telemetry::init_logging("json", "error");
     let app = Application::build(&settings).await.expect("build");
     let steward = format!("http://127.0.0.1:{}", app.port());
-    tokio::spawn(app.run_until_stopped());
+    tokio::spawn(app.run_until_stopped(std::future::pending()));
     let db = Database::connect(settings.database.url.expose(), 1).await.expect("db");
     let (_, key) = KeyStore::new(db).create(&TenantId::parse("bench").expect("tenant"), &[Capability::Chat]).await.expect("key");
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs the whole test suite against real services: PostgreSQL (127.0.0.1:5432)
+# Checks formatting and clippy (-D warnings), then runs the whole test suite
+# against real services: PostgreSQL (127.0.0.1:5432)
 # and Redis (127.0.0.1:6379), each started or installed when missing; Prometheus
 # and promtool, installed when missing (a test starts its own server); the local
 # model server (127.0.0.1:8091) and the tansu broker (127.0.0.1:19092), started
@@ -42,6 +43,10 @@ ensure_prometheus() {
   echo "installing Prometheus (the dashboard and alert-rule test)" >&2
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null
 }
+
+# The house checks first: formatting and every clippy warning fail the run.
+cargo fmt --check
+cargo clippy --quiet --all-targets -- -D warnings
 
 ensure_postgres
 ensure_redis

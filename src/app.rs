@@ -21,7 +21,7 @@ use crate::gateway::Gateway;
 use crate::identity::{KeyCache, KeyStore};
 use crate::moderation::{Moderator, Semantic};
 use crate::ops::Dependencies;
-use crate::orchestrator::{Conversation, ConversationStore, Orchestrator, OrchestratorApi, OrchestratorSettings, TurnLimits};
+use crate::orchestrator::{Conversation, ConversationStore, Orchestrator, OrchestratorApi, OrchestratorSettings, Pacing, TurnLimits};
 use crate::policy::{Auditor, BuildModerator, Constitution, ConstitutionRegistry, Freshness, Judge, Judges, MemoryRegistry, PolicyEngine};
 use crate::slm::{HttpModelClient, ModelClient, Timeouts};
 use crate::telemetry::Metrics;
@@ -32,6 +32,10 @@ pub struct Application {
     /// Stops the background tasks (event writer, relay) after the server.
     cancel: CancellationToken,
     tasks: TaskTracker,
+    /// Stops the turns still running when the shutdown's grace period is over.
+    turns: CancellationToken,
+    /// How long a shutdown lets running turns finish (`server.shutdown_grace_ms`).
+    grace: Duration,
     /// The OTLP span exporter, flushed at the end.
     spans: Option<crate::telemetry::spans::SpanExport>,
 }
@@ -76,7 +80,8 @@ impl Application {
         let model: Arc<dyn ModelClient> = Arc::new(HttpModelClient::new(&slm.base_url, &slm.model, timeouts).context("Failed to build the model client")?);
         let metrics = Arc::new(Metrics::new());
         let store = ConversationStore::new(db.clone());
-        let (cancel, tasks) = (CancellationToken::new(), TaskTracker::new());
+        let (cancel, tasks, turns) = (CancellationToken::new(), TaskTracker::new(), CancellationToken::new());
+        let grace = Duration::from_millis(settings.server.shutdown_grace_ms);
         let (events, publisher) = start_events(settings, &db, &metrics, &cancel, &tasks);
         let auditor = Auditor { events: events.clone(), topic: settings.kafka.policy_topic.clone() };
         let judges = start_judges(settings, &redis, build, seed, auditor.clone(), &cancel, &tasks).await?;
@@ -94,7 +99,16 @@ impl Application {
             store.clone(),
             metrics.clone(),
             events.clone(),
-            OrchestratorSettings { model: slm.model.clone(), system_prompt: slm.system_prompt.clone(), max_history_turns: settings.chat.max_history_turns },
+            OrchestratorSettings {
+                model: slm.model.clone(),
+                system_prompt: slm.system_prompt.clone(),
+                max_history_turns: settings.chat.max_history_turns,
+                pacing: Pacing {
+                    buffer: settings.server.stream_buffer_events,
+                    write_stall: Duration::from_millis(settings.server.write_stall_ms),
+                    shutdown: turns.clone(),
+                },
+            },
         ));
         let gateway = web::Data::new(Gateway {
             judges: judges.clone(),
@@ -133,6 +147,7 @@ impl Application {
         let deps = web::Data::new(Dependencies { database: db, model, broker: publisher, redis });
         let metrics = web::Data::from(metrics);
         let body_limit = settings.server.body_limit_bytes;
+        let send_buffer = settings.server.send_buffer_bytes;
 
         let listener = TcpListener::bind(&settings.server.bind).with_context(|| format!("Failed to bind {}", settings.server.bind))?;
         let port = listener.local_addr()?.port();
@@ -156,23 +171,49 @@ impl Application {
         })
         // Without TCP_NODELAY the last small frames of a stream wait for the client's delayed ACK on a reused connection.
         .tcp_nodelay(true)
+        .on_connect(move |connection, _| bound_send_buffer(connection, send_buffer))
         // A client that closes its connection ends the response at once, also while a turn waits
         // for its first token (nothing written yet would reveal it): the turn is recorded
         // cancelled and its model request aborted.
         .h1_allow_half_closed(false)
+        // Signals are the caller's (`run_until_stopped`); connections still open a moment
+        // after the running turns were stopped are closed.
+        .disable_signals()
+        .shutdown_timeout(grace.as_secs() + 5)
         .listen(listener)?
         .run();
         tracing::info!(port, "steward listening");
-        Ok(Self { port, server, cancel, tasks, spans })
+        Ok(Self { port, server, cancel, tasks, turns, grace, spans })
     }
 
     pub fn port(&self) -> u16 {
         self.port
     }
 
-    /// Serves until a shutdown signal, then drains the event writer and stops the relay.
-    pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        let served = self.server.await;
+    /// Serves until `shutdown` resolves, then stops gracefully: no new
+    /// connections; running turns may finish within the grace period, and
+    /// those still running then end as cancelled (recorded, with their
+    /// `done`); then the event writer drains its queue, and the relay
+    /// publishes what is pending (within the grace period) and releases its
+    /// lease.
+    pub async fn run_until_stopped(self, shutdown: impl std::future::Future<Output = ()>) -> std::io::Result<()> {
+        let handle = self.server.handle();
+        let mut server = actix_web::rt::spawn(self.server);
+        let served = tokio::select! {
+            served = &mut server => served,
+            () = shutdown => {
+                tracing::info!(grace_ms = self.grace.as_millis() as u64, "shutting down: running turns may finish within the grace period");
+                let stopping = handle.stop(true);
+                tokio::pin!(stopping);
+                if tokio::time::timeout(self.grace, &mut stopping).await.is_err() {
+                    tracing::warn!("grace period over: stopping the turns still running");
+                    self.turns.cancel();
+                    stopping.await;
+                }
+                server.await
+            }
+        };
+        let served = served.unwrap_or_else(|e| Err(std::io::Error::other(e)));
         self.cancel.cancel();
         self.tasks.close();
         self.tasks.wait().await;
@@ -180,6 +221,23 @@ impl Application {
             spans.shutdown();
         }
         served
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT (Ctrl-C): what `steward serve` stops on.
+pub async fn terminated() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM received"),
+                _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+            }
+        }
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot listen for SIGTERM; stopping on SIGINT only");
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 
@@ -206,6 +264,18 @@ pub fn moderator(settings: &Settings, constitution: &Constitution) -> anyhow::Re
 }
 
 /// The configured key, or a random one that only this process can verify.
+/// Bounds the kernel send buffer of a client connection (`server.send_buffer_bytes`; 0 leaves it).
+fn bound_send_buffer(connection: &dyn std::any::Any, bytes: usize) {
+    if bytes == 0 {
+        return;
+    }
+    if let Some(stream) = connection.downcast_ref::<actix_web::rt::net::TcpStream>() {
+        if let Err(err) = socket2::SockRef::from(stream).set_send_buffer_size(bytes) {
+            tracing::warn!(error = %err, "could not bound a connection's send buffer");
+        }
+    }
+}
+
 fn signing_key(configured: &Secret) -> Secret {
     if !configured.expose().is_empty() {
         return configured.clone();
@@ -238,6 +308,7 @@ fn start_events(
             poll_interval: Duration::from_millis(outbox.poll_interval_ms),
             max_backoff: Duration::from_millis(outbox.max_backoff_ms),
             lease: Duration::from_millis(outbox.lease_ms),
+            drain: Duration::from_millis(settings.server.shutdown_grace_ms),
         },
         committed,
     };

@@ -156,7 +156,7 @@ async fn database(settings: &Settings) -> anyhow::Result<Database> {
 
 pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve => Application::build(&settings).await?.run_until_stopped().await?,
+        Command::Serve => Application::build(&settings).await?.run_until_stopped(crate::app::terminated()).await?,
         Command::Migrate => {
             database(&settings).await?;
             eprintln!("migrations applied");

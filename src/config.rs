@@ -57,6 +57,18 @@ pub struct ServerSettings {
     pub keepalive_ms: u64,
     /// A WebSocket that has not authenticated within this is closed (1008).
     pub socket_auth_timeout_ms: u64,
+    /// Events a turn may run ahead of a client that does not read them.
+    pub stream_buffer_events: usize,
+    /// An event that waits this long for a client to read ends the turn
+    /// (`client_too_slow`).
+    pub write_stall_ms: u64,
+    /// Kernel send buffer of each client connection, in bytes (0 keeps the
+    /// system's autotuned one): with the event buffer, bounds what a client
+    /// that stops reading can hold before the write-stall deadline runs.
+    pub send_buffer_bytes: usize,
+    /// On SIGTERM, how long running turns may go on before they are stopped
+    /// (recorded cancelled); the relay's last publish has as long again.
+    pub shutdown_grace_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -284,6 +296,8 @@ impl Settings {
             ("slm.total_timeout_ms", self.slm.total_timeout_ms),
             ("server.keepalive_ms", self.server.keepalive_ms),
             ("server.socket_auth_timeout_ms", self.server.socket_auth_timeout_ms),
+            ("server.write_stall_ms", self.server.write_stall_ms),
+            ("server.stream_buffer_events", self.server.stream_buffer_events as u64),
             ("policy.verdict_ttl_seconds", self.policy.verdict_ttl_seconds),
             ("policy.staleness_ms", self.policy.staleness_ms),
         ] {

@@ -35,11 +35,9 @@ use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use tokio_util::sync::CancellationToken;
-
 use crate::error::{ApiError, Code, ErrorCode};
 use crate::identity::{bearer, Caller, IdentityError, KeyCache};
-use crate::orchestrator::{EventData, FinishReason, TurnEvent};
+use crate::orchestrator::{EventData, FinishReason, StopReason, TurnEvent, TurnStop};
 use crate::telemetry::TraceContext;
 
 /// The subprotocol the server speaks; offer it with `steward.key.<key>`.
@@ -84,14 +82,8 @@ pub trait TurnSource: Send + Sync + 'static {
     fn socket_settings(&self) -> SocketSettings;
 
     /// Starts a turn from the `turn` message's fields, continuing `trace`;
-    /// `cancel` ends it early (the client's `cancel`).
-    fn start<'a>(
-        &'a self,
-        caller: &'a Caller,
-        fields: Map<String, Value>,
-        trace: TraceContext,
-        cancel: CancellationToken,
-    ) -> BoxFuture<'a, Result<Started, ApiError>>;
+    /// `stop` ends it early (the client's `cancel`).
+    fn start<'a>(&'a self, caller: &'a Caller, fields: Map<String, Value>, trace: TraceContext, stop: TurnStop) -> BoxFuture<'a, Result<Started, ApiError>>;
 }
 
 /// Reads a route's turn fields (unknown fields are an error, as in the POST bodies).
@@ -152,7 +144,7 @@ fn close(code: CloseCode, description: &str) -> Option<CloseReason> {
 
 struct Running {
     turn_id: String,
-    cancel: CancellationToken,
+    stop: TurnStop,
     frames: Frames,
 }
 
@@ -292,7 +284,7 @@ impl<S: TurnSource> Connection<S> {
             // Once the model has finished, a cancel changes nothing: the turn ends as it would have.
             ClientMessage::Cancel { turn_id } => match &self.turn {
                 Some(running) if running.turn_id == turn_id => {
-                    running.cancel.cancel();
+                    running.stop.stop(StopReason::CancelRequested);
                     tracing::info!(turn_id = %turn_id, tenant = %self.tenant, "turn cancelled by the client");
                     true
                 }
@@ -310,11 +302,11 @@ impl<S: TurnSource> Connection<S> {
                         return false;
                     }
                 };
-                let cancel = CancellationToken::new();
+                let stop = TurnStop::default();
                 let trace = self.parent.as_ref().map_or_else(TraceContext::new_root, TraceContext::child);
-                match self.source.start(&caller, fields, trace, cancel.clone()).await {
+                match self.source.start(&caller, fields, trace, stop.clone()).await {
                     Ok(Started { turn_id, frames }) => {
-                        self.turn = Some(Running { turn_id, cancel, frames });
+                        self.turn = Some(Running { turn_id, stop, frames });
                         true
                     }
                     Err(err) => self.send(error_frame(None, err.code(), &err.body().message)).await,

@@ -40,6 +40,9 @@ pub struct RelaySettings {
     pub poll_interval: Duration,
     pub max_backoff: Duration,
     pub lease: Duration,
+    /// After the stop, how long the relay goes on publishing what is pending
+    /// (the writer's last commits included) before it releases its lease.
+    pub drain: Duration,
 }
 
 pub struct Relay {
@@ -70,10 +73,30 @@ impl Relay {
             () = gauges => {}
             () = self.publish_loop(&mut state, &mut backoff, &cancel) => {}
         }
-        if self.publisher.is_some() {
+        if let Some(publisher) = &self.publisher {
+            let drained = tokio::time::timeout(self.settings.drain, self.drain(publisher.as_ref(), &mut state)).await;
+            if drained.is_err() {
+                tracing::warn!("shutdown: events still pending stay in the outbox for the next start");
+            }
             let _ = self.store.release_lease(LEASE, &state.holder).await;
         }
         self.refresh_gauges().await;
+    }
+
+    /// Publishes until the outbox stays empty for a moment (the writer's
+    /// last commits land meanwhile) or a round fails.
+    async fn drain(&self, publisher: &dyn EventPublisher, state: &mut RelayState) {
+        loop {
+            match self.step(publisher, state).await {
+                Step::Published => {}
+                Step::Failed => return,
+                Step::Idle => {
+                    if tokio::time::timeout(Duration::from_millis(100), self.committed.notified()).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
     }
 
     async fn publish_loop(&self, state: &mut RelayState, backoff: &mut Backoff, cancel: &CancellationToken) {

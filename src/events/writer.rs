@@ -44,12 +44,32 @@ impl ErrorCode for EventsError {
 #[derive(Clone)]
 pub struct EventLog {
     tx: mpsc::Sender<Job>,
+    /// The writer's tracker, which shutdown waits for.
+    tracker: tokio_util::task::TaskTracker,
 }
 
 impl EventLog {
     /// Queues events; they are written with the next commit.
     pub async fn emit(&self, items: Vec<Pending>) -> Result<(), EventsError> {
         self.tx.send(Job { items, ack: None }).await.map_err(|_| EventsError::Stopped)
+    }
+
+    /// Queues events without waiting, for code that cannot wait (a `Drop`):
+    /// at once while the queue has room, else from a task of the writer's
+    /// tracker, which shutdown waits for.
+    pub fn queue(&self, items: Vec<Pending>) {
+        match self.tx.try_send(Job { items, ack: None }) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(job)) => {
+                let tx = self.tx.clone();
+                self.tracker.spawn(async move {
+                    if tx.send(job).await.is_err() {
+                        tracing::error!("events queued as the writer stopped were not stored");
+                    }
+                });
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => tracing::error!("events queued after the writer stopped were not stored"),
+        }
     }
 
     /// Queues events and waits until they — and everything queued before — are committed.
@@ -63,7 +83,7 @@ impl EventLog {
     pub fn start(store: OutboxStore, committed: std::sync::Arc<Notify>, cancel: CancellationToken, tracker: &tokio_util::task::TaskTracker) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
         tracker.spawn(write_loop(store, rx, committed, cancel));
-        Self { tx }
+        Self { tx, tracker: tracker.clone() }
     }
 }
 
@@ -130,15 +150,16 @@ fn finish(jobs: Vec<Job>, result: Result<(), String>, committed: &Notify) {
 /// A database outage must delay events, not lose them: retry with capped
 /// backoff until the write succeeds or Steward shuts down. Meanwhile the queue
 /// fills and `emit` waits, which slows the chat path instead of dropping its
-/// trail. A write that keeps failing while the database answers can never
-/// succeed, and is given up (and logged) after a few tries.
+/// trail. Only a statement that a working database keeps rejecting — not a
+/// pool timeout, a lost connection or a busy database — can never succeed,
+/// and is given up (and logged) after a few tries.
 async fn write_with_retry(store: &OutboxStore, items: &[Pending], cancel: &CancellationToken) -> Result<(), String> {
     let mut delay = Duration::from_millis(20);
     let mut attempts = 0;
     loop {
         match store.append(items).await {
             Ok(()) => return Ok(()),
-            Err(err) if attempts >= 2 && store.reachable().await => {
+            Err(err) if attempts >= 2 && !transient(&err) && store.reachable().await => {
                 tracing::error!(error = %crate::error::error_chain(&err), items = items.len(), "outbox write rejected by a working database; not stored");
                 return Err(err.to_string());
             }
@@ -155,5 +176,51 @@ async fn write_with_retry(store: &OutboxStore, items: &[Pending], cancel: &Cance
                 delay = (delay * 2).min(Duration::from_secs(2));
             }
         }
+    }
+}
+
+/// Whether a failed write may succeed when tried again: the database could
+/// not be reached, had no connection to spare, or was busy — as opposed to a
+/// statement it rejects.
+fn transient(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| busy_or_unreachable(&code)),
+        _ => false,
+    }
+}
+
+/// A PostgreSQL SQLSTATE (five characters) of a connection exception (08),
+/// transaction rollback (40: serialization failure, deadlock), insufficient
+/// resources (53), operator intervention (57: shutdown) or lock not
+/// available (55P03); or a SQLite result code of `SQLITE_BUSY` or
+/// `SQLITE_LOCKED` (extended codes keep the primary one in the low byte).
+fn busy_or_unreachable(code: &str) -> bool {
+    if code.len() == 5 {
+        return ["08", "40", "53", "57"].iter().any(|class| code.starts_with(class)) || code == "55P03";
+    }
+    code.parse::<i32>().is_ok_and(|n| matches!(n & 0xff, 5 | 6))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unreachable_starved_or_busy_database_is_retried_and_a_rejected_statement_is_not() {
+        assert!(transient(&sqlx::Error::PoolTimedOut));
+        assert!(transient(&sqlx::Error::Io(std::io::Error::from(std::io::ErrorKind::ConnectionReset))));
+        for code in ["08006", "40001", "40P01", "53300", "57P01", "55P03", "5", "517", "6", "262"] {
+            assert!(busy_or_unreachable(code), "{code}");
+        }
+        for code in ["23505", "42P01", "22P02", "19", "2067", "1"] {
+            assert!(!busy_or_unreachable(code), "{code}");
+        }
+        assert!(!transient(&sqlx::Error::RowNotFound));
     }
 }

@@ -41,7 +41,7 @@ pub async fn chat_stream(req: HttpRequest, caller: Caller, body: web::Json<ChatB
         params,
         trace: trace_of(&req),
         started,
-        cancel: Default::default(),
+        stop: Default::default(),
     };
     let admission = match gateway.admit(&caller, input).await {
         Ok(admission) => admission,

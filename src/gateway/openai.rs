@@ -108,8 +108,7 @@ pub async fn completions(req: HttpRequest, caller: Caller, body: web::Json<Compl
     let body = body.into_inner();
     let params = gateway.limits.params(body.max_completion_tokens.or(body.max_tokens), body.temperature, body.seed)?;
     let (preamble, message) = split_messages(body.messages)?;
-    let input =
-        TurnInput { route: "chat_completions", session_id: None, message, preamble, params, trace: trace_of(&req), started, cancel: Default::default() };
+    let input = TurnInput { route: "chat_completions", session_id: None, message, preamble, params, trace: trace_of(&req), started, stop: Default::default() };
     let admission = gateway.admit(&caller, input).await?;
     let verdict = admission.signed.verdict.header_value();
     let meta = Meta {

@@ -65,8 +65,8 @@ pub struct TurnInput {
     pub params: GenerationParams,
     pub trace: TraceContext,
     pub started: Instant,
-    /// Ends the turn early on the client's request (see [`TurnRequest::cancel`]).
-    pub cancel: tokio_util::sync::CancellationToken,
+    /// Ends the turn early (see [`TurnRequest::stop`]).
+    pub stop: crate::orchestrator::TurnStop,
 }
 
 /// An admitted turn: its identity, its signed verdict and what follows.
@@ -153,7 +153,7 @@ impl Gateway {
             route: input.route,
             started: input.started,
             origin: Origin::Gateway(judge),
-            cancel: input.cancel,
+            stop: input.stop,
             session_known: Some(session_known),
             training,
         };

@@ -7,12 +7,11 @@ use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
-use tokio_util::sync::CancellationToken;
 
 use super::service::{Admitted, Gateway, TurnInput};
 use crate::error::ApiError;
 use crate::identity::Caller;
-use crate::orchestrator::{FinishReason, TurnEvent};
+use crate::orchestrator::{FinishReason, TurnEvent, TurnStop};
 use crate::socket::{fields, frame, Frames, SocketSettings, Started, TurnSource};
 use crate::telemetry::TraceContext;
 
@@ -31,13 +30,7 @@ impl TurnSource for Gateway {
         SocketSettings { keepalive: self.keepalive, auth_timeout: self.socket_auth_timeout, max_message_chars: self.limits.max_message_chars }
     }
 
-    fn start<'a>(
-        &'a self,
-        caller: &'a Caller,
-        turn: Map<String, Value>,
-        trace: TraceContext,
-        cancel: CancellationToken,
-    ) -> BoxFuture<'a, Result<Started, ApiError>> {
+    fn start<'a>(&'a self, caller: &'a Caller, turn: Map<String, Value>, trace: TraceContext, stop: TurnStop) -> BoxFuture<'a, Result<Started, ApiError>> {
         Box::pin(async move {
             let turn: ChatTurn = fields(turn)?;
             let params = self.limits.params(turn.max_tokens, turn.temperature, turn.seed)?;
@@ -49,7 +42,7 @@ impl TurnSource for Gateway {
                 params,
                 trace,
                 started: Instant::now(),
-                cancel,
+                stop,
             };
             let admission = self.admit(caller, input).await?;
             let turn_id = admission.turn_id.clone();

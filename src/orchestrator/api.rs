@@ -56,12 +56,12 @@ fn valid_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= 128 && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
-/// How a turn reached the orchestrator: its route, policy headers, trace and cancel.
+/// How a turn reached the orchestrator: its route, policy headers, trace and stop.
 pub(super) struct Arrival {
     pub route: &'static str,
     pub policy: PolicyHeaders,
     pub trace: crate::telemetry::TraceContext,
-    pub cancel: tokio_util::sync::CancellationToken,
+    pub stop: super::TurnStop,
 }
 
 /// Shared by every route: authenticate, validate, verify the policy and start the turn.
@@ -71,7 +71,7 @@ pub(super) async fn begin(
     body: StepBody,
     api: &OrchestratorApi,
 ) -> Result<(super::TurnStream, PolicyHeaders, TurnRequest), ApiError> {
-    let Arrival { route, policy, trace, cancel } = arrival;
+    let Arrival { route, policy, trace, stop } = arrival;
     let started = Instant::now();
     let result = async {
         caller.require(Capability::Chat)?;
@@ -92,7 +92,7 @@ pub(super) async fn begin(
             route,
             started,
             origin: Origin::Http,
-            cancel,
+            stop,
             session_known: None,
             training,
         };
@@ -111,7 +111,7 @@ pub(super) async fn begin(
 }
 
 fn arrival(route: &'static str, req: &HttpRequest) -> Arrival {
-    Arrival { route, policy: policy_headers(req), trace: trace_of(req), cancel: Default::default() }
+    Arrival { route, policy: policy_headers(req), trace: trace_of(req), stop: Default::default() }
 }
 
 fn governance<'a>(policy: &'a PolicyHeaders, request: &'a TurnRequest) -> Governance<'a> {

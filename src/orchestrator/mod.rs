@@ -7,6 +7,7 @@
 //! `/v1/conversation/stream`, see [`configure`]).
 
 mod api;
+mod pacing;
 mod recorder;
 mod service;
 mod socket;
@@ -16,6 +17,7 @@ mod turn;
 use futures_util::future::BoxFuture;
 
 pub use api::{configure, OrchestratorApi};
+pub use pacing::{Pacing, StopReason, TurnStop};
 pub use recorder::turn_context;
 pub use service::{Orchestrator, OrchestratorSettings};
 pub use store::{ConversationStore, RecordTurn, SessionState, TurnRecord, WITHHELD_TEXT};

@@ -1,7 +1,7 @@
 //! Accumulates a running turn and, when it ends, commits the turn row and its
 //! terminal event in one outbox transaction (the client sees `done` only
 //! after both are durable) — or, if the client goes away first, queues it as
-//! cancelled from `Drop`.
+//! cancelled from `Drop` (at once, without a task of its own).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -234,14 +234,7 @@ impl Drop for Recorder {
         };
         self.metrics.interrupted(self.route, "client_disconnected");
         let data = json!({ "reason": "client_disconnected", "emitted_chars": record.assistant_message.chars().count(), "content_included": false });
-        let (events, items, turn_id) = (self.events.clone(), self.terminal(record, EventType::Cancelled, data), self.context.turn_id.clone());
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            // The client is gone: queue the turn and its event; the writer drains its queue on shutdown.
-            runtime.spawn(async move {
-                if let Err(err) = events.emit(items).await {
-                    tracing::error!(error = %err, turn_id = %turn_id, "cancelled turn not queued");
-                }
-            });
-        }
+        // The client is gone: queue the turn and its event; the writer drains its queue on shutdown.
+        self.events.queue(self.terminal(record, EventType::Cancelled, data));
     }
 }

@@ -7,11 +7,12 @@ use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
 use serde_json::json;
 
+use super::pacing::{paced, Pacing, StopReason};
 use super::recorder::{turn_context, Recorder};
 use super::store::{ConversationStore, SessionState};
 use super::turn::{FinishReason, OrchestratorError, Origin, TurnEvent, TurnRequest, TurnStream};
 use super::Conversation;
-use crate::error::ApiError;
+use crate::error::{ApiError, Code};
 use crate::events::{EventLog, EventType};
 use crate::moderation::{GuardStep, Hit, Moderator};
 use crate::policy::{Judge, Judges, PolicyEngine, PolicyError, PolicyHeaders, SignedVerdict, TurnRef, Verdict};
@@ -24,6 +25,8 @@ pub struct OrchestratorSettings {
     pub model: String,
     pub system_prompt: String,
     pub max_history_turns: u32,
+    /// Bounds between a running turn and its client.
+    pub pacing: Pacing,
 }
 
 pub struct Orchestrator {
@@ -86,27 +89,30 @@ impl Orchestrator {
         let moderator = judge.moderator.clone();
         let metrics = self.metrics.clone();
         let route = request.route;
-        let cancel = request.cancel.clone();
+        let stop = request.stop.clone();
         let context = turn_context(&request, &signed);
         let mut recorder = Recorder::new(self.metrics.clone(), self.events.clone(), context, &request, &signed, &self.settings.model);
         recorder.model_call = Some(model_call);
-        Box::pin(async_stream::stream! {
+        let turn = Box::pin(async_stream::stream! {
             let mut finish = FinishReason::Stop;
             // (category, which layer found it) once the answer must be cut.
             let mut refusal = None;
             // Registered once for the whole answer, not once per token.
-            let cancelled = cancel.cancelled();
-            tokio::pin!(cancelled);
-            let mut cancel_requested = false;
+            let stopped = stop.stopped();
+            tokio::pin!(stopped);
+            let mut stopped_for = None;
             loop {
                 let next = tokio::select! {
                     biased;
-                    () = &mut cancelled => None,
-                    item = model.next() => Some(item),
+                    reason = &mut stopped => Err(reason),
+                    item = model.next() => Ok(item),
                 };
-                let Some(next) = next else {
-                    cancel_requested = true;
-                    break;
+                let next = match next {
+                    Ok(next) => next,
+                    Err(reason) => {
+                        stopped_for = Some(reason);
+                        break;
+                    }
                 };
                 let Some(item) = next else { break };
                 match item {
@@ -140,17 +146,32 @@ impl Orchestrator {
                     }
                 }
             }
-            if cancel_requested {
-                // The model request goes first; the turn ends as cancelled, durably, before its `done`.
+            if let Some(reason) = stopped_for {
+                // The model request goes first; the turn's end is durable before its `done`.
                 drop(model);
-                metrics.interrupted(route, "cancel_requested");
-                let data = json!({ "reason": "cancel_requested", "emitted_chars": recorder.emitted_chars(), "content_included": false });
-                if !recorder.finish(FinishReason::Cancelled, RequestOutcome::Allow, EventType::Cancelled, data).await {
+                metrics.interrupted(route, reason.as_str());
+                let emitted_chars = recorder.emitted_chars();
+                let (finish, stored) = match reason {
+                    StopReason::CancelRequested | StopReason::Shutdown => {
+                        let data = json!({ "reason": reason.as_str(), "emitted_chars": emitted_chars, "content_included": false });
+                        (FinishReason::Cancelled, recorder.finish(FinishReason::Cancelled, RequestOutcome::Allow, EventType::Cancelled, data).await)
+                    }
+                    StopReason::ClientTooSlow => {
+                        let code = Code::ClientTooSlow;
+                        let data = json!({ "code": code.name(), "stage": "client", "emitted_chars": emitted_chars, "content_included": false });
+                        let stored = recorder.finish(FinishReason::Error, RequestOutcome::Error, EventType::Failed, data).await;
+                        if stored {
+                            yield TurnEvent::Error { code, message: "the client did not read the answer in time".into() };
+                        }
+                        (FinishReason::Error, stored)
+                    }
+                };
+                if !stored {
                     yield not_stored();
                     yield TurnEvent::Done { finish_reason: FinishReason::Error, usage: recorder.usage };
                     return;
                 }
-                yield TurnEvent::Done { finish_reason: FinishReason::Cancelled, usage: recorder.usage };
+                yield TurnEvent::Done { finish_reason: finish, usage: recorder.usage };
                 return;
             }
             if refusal.is_none() {
@@ -186,7 +207,8 @@ impl Orchestrator {
                 return;
             }
             yield TurnEvent::Done { finish_reason: finish, usage: recorder.usage };
-        })
+        });
+        paced(turn, request.stop, self.settings.pacing.clone())
     }
 }
 

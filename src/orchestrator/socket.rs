@@ -7,7 +7,6 @@ use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
-use tokio_util::sync::CancellationToken;
 
 use super::api::{begin, Arrival, OrchestratorApi, StepBody};
 use crate::error::ApiError;
@@ -40,12 +39,12 @@ impl TurnSource for OrchestratorApi {
         caller: &'a Caller,
         turn: Map<String, Value>,
         trace: TraceContext,
-        cancel: CancellationToken,
+        stop: super::TurnStop,
     ) -> BoxFuture<'a, Result<Started, ApiError>> {
         Box::pin(async move {
             let turn: SignedTurn = fields(turn)?;
             let policy = PolicyHeaders { constitution_hash: turn.constitution_hash, verdict: turn.policy_verdict, signature: turn.policy_signature };
-            let arrival = Arrival { route: "conversation_socket", policy, trace, cancel };
+            let arrival = Arrival { route: "conversation_socket", policy, trace, stop };
             let body = StepBody {
                 session_id: turn.session_id,
                 turn_id: turn.turn_id,

@@ -37,9 +37,10 @@ pub struct TurnRequest {
     pub training: crate::training::TrainingMark,
     /// Where the turn's policy headers came from.
     pub origin: Origin,
-    /// Cancelled on the client's explicit request (a WebSocket `cancel`):
-    /// the turn then ends as cancelled, durably, before its `done`.
-    pub cancel: tokio_util::sync::CancellationToken,
+    /// Stops the turn early: on the client's explicit request (a WebSocket
+    /// `cancel`: it ends as cancelled, durably, before its `done`) or when
+    /// the client stops reading (`client_too_slow`).
+    pub stop: super::TurnStop,
 }
 
 /// Where a turn's policy headers came from.

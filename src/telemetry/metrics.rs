@@ -178,7 +178,7 @@ impl Metrics {
         let interruptions = Family::<InterruptionLabels, Counter>::default();
         registry.register(
             "steward_turn_interruptions",
-            "Turns ended before the model finished: client_disconnected, cancel_requested, first_token_deadline, idle_deadline, total_deadline, model_unavailable, model_error",
+            "Turns ended before the model finished: client_disconnected, cancel_requested, client_too_slow, first_token_deadline, idle_deadline, total_deadline, model_unavailable, model_error",
             interruptions.clone(),
         );
         let lock_store_failures = Counter::default();

@@ -92,7 +92,7 @@ pub async fn spawn_app_with(storage: Storage, adjust: impl FnOnce(&mut Settings)
     adjust(&mut settings);
     let app = Application::build(&settings).await.expect("application builds");
     let address = format!("http://127.0.0.1:{}", app.port());
-    tokio::spawn(app.run_until_stopped());
+    tokio::spawn(app.run_until_stopped(std::future::pending()));
     let db = Database::connect(settings.database.url.expose(), 2).await.expect("test db handle");
     TestApp { address, keys: KeyStore::new(db.clone()), store: ConversationStore::new(db.clone()), db, settings, http: reqwest::Client::new(), _dir: dir }
 }

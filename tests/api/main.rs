@@ -9,6 +9,7 @@ mod broker;
 mod helpers;
 
 mod auth;
+mod backpressure;
 mod bad_input;
 mod chat;
 mod constitution;
@@ -24,6 +25,7 @@ mod ops;
 mod orchestrator;
 mod registry;
 mod semantic;
+mod shutdown;
 mod socket;
 mod storage;
 mod tracing;

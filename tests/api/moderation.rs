@@ -11,12 +11,18 @@ use crate::helpers::{manifest_dir, slm_url, spawn_app_with, Storage};
 pub struct PrivateModelServer {
     child: Child,
     pub port: u16,
+    context: u32,
 }
 
 impl PrivateModelServer {
     pub async fn start() -> Self {
+        Self::with_context(2048).await
+    }
+
+    /// One slot with a context of `context` tokens (prompt and answer).
+    pub async fn with_context(context: u32) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        Self::start_on(port).await
+        Self::start_on(port, context).await
     }
 
     /// Kills the server (as a crash would) and starts a new one on the same port.
@@ -26,21 +32,21 @@ impl PrivateModelServer {
     }
 
     pub async fn restart(&mut self) {
-        let fresh = Self::start_on(self.port).await;
+        let fresh = Self::start_on(self.port, self.context).await;
         let old = std::mem::replace(self, fresh);
         drop(old);
     }
 
-    async fn start_on(port: u16) -> Self {
+    async fn start_on(port: u16, context: u32) -> Self {
         let python = std::env::var("STEWARD_TEST_MODEL_PYTHON").unwrap_or_else(|_| format!("{}/.venv/bin/python", env!("CARGO_MANIFEST_DIR")));
         let child = Command::new(python)
             .arg(manifest_dir().join("scripts/model_server.py"))
-            .args(["--port", &port.to_string(), "--parallel", "1", "--ctx", "2048"])
+            .args(["--port", &port.to_string(), "--parallel", "1", "--ctx", &context.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("start a model server (is STEWARD_TEST_MODEL_PYTHON the project's .venv?)");
-        let server = Self { child, port };
+        let server = Self { child, port, context };
         for _ in 0..240 {
             if reqwest::get(format!("http://127.0.0.1:{port}/health")).await.is_ok_and(|r| r.status() == 200) {
                 return server;
