@@ -198,7 +198,7 @@ impl Application {
     /// lease.
     pub async fn run_until_stopped(self, shutdown: impl std::future::Future<Output = ()>) -> std::io::Result<()> {
         let handle = self.server.handle();
-        let mut server = actix_web::rt::spawn(self.server);
+        let mut server = tokio::spawn(self.server);
         let served = tokio::select! {
             served = &mut server => served,
             () = shutdown => {
