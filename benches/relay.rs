@@ -71,6 +71,7 @@ async fn relay_throughput(broker: &str, n: usize) -> (f64, Vec<steward::events::
         partitions: PARTITIONS,
         replication_factor: 1,
         deadline: Duration::from_secs(5),
+        max_record_bytes: 1_000_000,
     }));
     use steward::events::EventPublisher;
     publisher.prepare().await.expect("broker ready");

@@ -330,6 +330,7 @@ fn publisher(settings: &Settings) -> Option<Arc<dyn EventPublisher>> {
         partitions: kafka.partitions,
         replication_factor: kafka.replication_factor,
         deadline: Duration::from_millis(kafka.request_deadline_ms),
+        max_record_bytes: kafka.max_record_bytes,
     })))
 }
 

@@ -186,8 +186,11 @@ pub struct KafkaConfig {
     /// Partitions of topics Steward creates.
     pub partitions: i32,
     pub replication_factor: i16,
-    /// Longest a broker call retries before failing.
+    /// Longest a broker call may take, retries included.
     pub request_deadline_ms: u64,
+    /// Largest record (and produce batch) the relay sends; a larger record
+    /// goes to `<topic>.dlq` instead. Kafka's own default limit is 1 MiB.
+    pub max_record_bytes: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -331,6 +334,7 @@ impl Settings {
         }
         for (key, value) in [
             ("kafka.request_deadline_ms", self.kafka.request_deadline_ms),
+            ("kafka.max_record_bytes", self.kafka.max_record_bytes as u64),
             ("outbox.poll_interval_ms", self.outbox.poll_interval_ms),
             ("outbox.max_backoff_ms", self.outbox.max_backoff_ms),
             ("outbox.lease_ms", self.outbox.lease_ms),

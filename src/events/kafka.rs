@@ -2,7 +2,13 @@
 //! (the chat path never waits for the broker), creates missing topics,
 //! partitions by record key with Kafka's own murmur2 partitioner (so other
 //! producers agree on placement), and produces each partition's rows as one
-//! ordered batch.
+//! ordered batch, in batches bounded in bytes. Every broker call has a
+//! deadline, so a broker that accepts connections but never answers ends the
+//! round instead of stalling the relay. A record the broker can never accept
+//! (over `kafka.max_record_bytes`, or refused as too large) goes to the
+//! topic's dead-letter topic `<topic>.dlq` — its key and headers, the reason
+//! in `x-dlq-reason`, and a summary of the event (the whole event stays in the
+//! outbox table) — instead of blocking its partition.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -17,7 +23,7 @@ use rskafka::BackoffConfig;
 use tokio::sync::Mutex;
 
 use super::outbox::OutboxRow;
-use super::relay::{EventPublisher, PublishError};
+use super::relay::{EventPublisher, PublishError, Published};
 
 #[derive(Debug, Clone)]
 pub struct KafkaSettings {
@@ -25,8 +31,10 @@ pub struct KafkaSettings {
     pub topics: Vec<String>,
     pub partitions: i32,
     pub replication_factor: i16,
-    /// Longest a broker call may retry before it fails (rskafka retries forever by default).
+    /// Longest a broker call may take, retries included (rskafka retries forever by default).
     pub deadline: Duration,
+    /// Largest record (and produce batch) sent; larger ones are dead-lettered.
+    pub max_record_bytes: usize,
 }
 
 #[derive(Default)]
@@ -53,8 +61,20 @@ pub async fn connect(brokers: &[String], deadline: Duration) -> Result<Client, P
 }
 
 impl KafkaPublisher {
-    pub fn new(settings: KafkaSettings) -> Self {
+    /// A publisher for `settings.topics`, each with its dead-letter topic.
+    pub fn new(mut settings: KafkaSettings) -> Self {
+        let dead_letter: Vec<String> = settings.topics.iter().map(|t| dead_letter_topic(t)).collect();
+        settings.topics.extend(dead_letter);
         Self { settings, connection: Mutex::new(Connection::default()) }
+    }
+
+    /// Bounds a broker call by the deadline.
+    async fn within<T>(&self, what: &str, call: impl std::future::Future<Output = Result<T, KafkaError>>) -> Result<T, PublishError> {
+        tokio::time::timeout(self.settings.deadline, call).await.map_err(|_| self.no_answer(what))?.map_err(unreachable)
+    }
+
+    fn no_answer(&self, what: &str) -> PublishError {
+        PublishError::Unreachable(format!("{what}: no answer within {:?}", self.settings.deadline))
     }
 
     async fn client(&self, conn: &mut Connection) -> Result<Arc<Client>, PublishError> {
@@ -68,19 +88,20 @@ impl KafkaPublisher {
 
     async fn ensure_topics(&self, conn: &mut Connection) -> Result<(), PublishError> {
         let client = self.client(conn).await?;
-        let existing = client.list_topics().await.map_err(unreachable)?;
+        let existing = self.within("list topics", client.list_topics()).await?;
         let controller = client.controller_client().map_err(unreachable)?;
         for topic in &self.settings.topics {
             if existing.iter().any(|t| &t.name == topic) {
                 continue;
             }
-            match controller.create_topic(topic.as_str(), self.settings.partitions, self.settings.replication_factor, 5_000).await {
+            let created = controller.create_topic(topic.as_str(), self.settings.partitions, self.settings.replication_factor, 5_000);
+            match tokio::time::timeout(self.settings.deadline, created).await.map_err(|_| self.no_answer("create topic"))? {
                 Ok(()) => tracing::info!(topic, partitions = self.settings.partitions, "created topic"),
                 Err(KafkaError::ServerError { protocol_error: ProtocolError::TopicAlreadyExists, .. }) => {}
                 Err(err) => return Err(PublishError::Broker(format!("create topic {topic}: {err}"))),
             }
         }
-        let topics = client.list_topics().await.map_err(unreachable)?;
+        let topics = self.within("list topics", client.list_topics()).await?;
         let partitions: HashMap<String, i32> = topics.into_iter().map(|t| (t.name, t.partitions.len() as i32)).collect();
         // A topic just created may list no partitions yet: placing keys now would put them all
         // in partition 0 and move them later, breaking per-key order. Not ready until it has them.
@@ -97,17 +118,19 @@ impl KafkaPublisher {
             return Ok(client.clone());
         }
         let client = self.client(conn).await?;
-        let pc = Arc::new(client.partition_client(topic, partition, UnknownTopicHandling::Error).await.map_err(unreachable)?);
+        let pc = Arc::new(self.within("partition leader", client.partition_client(topic, partition, UnknownTopicHandling::Error)).await?);
         conn.clients.insert(key, pc.clone());
         Ok(pc)
     }
 
-    async fn publish_rows(&self, rows: &[OutboxRow]) -> (Vec<i64>, Option<PublishError>) {
+    async fn publish_rows(&self, rows: &[OutboxRow]) -> Published {
         let mut conn = self.connection.lock().await;
+        let mut out = Published::default();
         if conn.partitions.is_empty() {
             if let Err(err) = self.ensure_topics(&mut conn).await {
                 *conn = Connection::default();
-                return (Vec::new(), Some(err));
+                out.error = Some(err);
+                return out;
             }
         }
         // Group by (topic, partition), keeping id order inside each group.
@@ -115,31 +138,108 @@ impl KafkaPublisher {
         for row in rows {
             let Some(&count) = conn.partitions.get(&row.topic) else {
                 *conn = Connection::default();
-                return (Vec::new(), Some(PublishError::Broker(format!("topic {} does not exist", row.topic))));
+                out.error = Some(PublishError::Broker(format!("topic {} does not exist", row.topic)));
+                return out;
             };
             groups.entry((row.topic.clone(), partition_for(row.key.as_bytes(), count))).or_default().push(row);
         }
-        let mut published = Vec::new();
-        let mut error = None;
         for ((topic, partition), group) in groups {
-            let result = match self.partition_client(&mut conn, &topic, partition).await {
-                Ok(pc) => pc.produce(group.iter().map(|r| record(r)).collect(), Compression::NoCompression).await.map_err(unreachable),
-                Err(err) => Err(err),
-            };
-            match result {
-                Ok(_) => published.extend(group.iter().map(|r| r.id)),
-                Err(err) => {
-                    // This partition's rows stay pending and go first next time; others proceed.
-                    conn.clients.remove(&(topic.clone(), partition));
-                    error = Some(err);
-                }
+            if let Err(err) = self.publish_partition(&mut conn, &topic, partition, &group, &mut out).await {
+                // This partition's remaining rows stay pending and go first next time; others proceed.
+                conn.clients.remove(&(topic, partition));
+                out.error = Some(err);
             }
         }
-        if error.is_some() {
+        if out.error.is_some() {
             *conn = Connection::default();
         }
-        (published, error)
+        out
     }
+
+    /// One partition's rows, in order, in batches of at most
+    /// `max_record_bytes`; stops at the first failure other than a record
+    /// the broker can never take, which is dead-lettered.
+    async fn publish_partition(
+        &self,
+        conn: &mut Connection,
+        topic: &str,
+        partition: i32,
+        group: &[&OutboxRow],
+        out: &mut Published,
+    ) -> Result<(), PublishError> {
+        let limit = self.settings.max_record_bytes;
+        // Once the broker refuses a batch as too large, its limit is below ours: one row at a time.
+        let mut one_by_one = false;
+        let mut start = 0;
+        while start < group.len() {
+            let first = record_bytes(group[start]);
+            if first > limit {
+                self.dead_letter(conn, group[start], format!("record of {first} bytes is over kafka.max_record_bytes ({limit})"), out).await?;
+                start += 1;
+                continue;
+            }
+            let (mut end, mut bytes) = (start + 1, first);
+            while !one_by_one && end < group.len() && bytes + record_bytes(group[end]) <= limit {
+                bytes += record_bytes(group[end]);
+                end += 1;
+            }
+            let batch = &group[start..end];
+            let pc = self.partition_client(conn, topic, partition).await?;
+            let produce = pc.produce(batch.iter().map(|r| record(r)).collect(), Compression::NoCompression);
+            match tokio::time::timeout(self.settings.deadline, produce).await.map_err(|_| self.no_answer("produce"))? {
+                Ok(_) => out.ids.extend(batch.iter().map(|r| r.id)),
+                Err(err) if too_large(&err) && batch.len() > 1 => {
+                    one_by_one = true;
+                    continue;
+                }
+                Err(err) if too_large(&err) => self.dead_letter(conn, batch[0], format!("the broker refused the record: {err}"), out).await?,
+                Err(err) => return Err(unreachable(err)),
+            }
+            start = end;
+        }
+        Ok(())
+    }
+
+    /// Publishes what the dead-letter topic keeps of `row`, and counts `row` as done.
+    async fn dead_letter(&self, conn: &mut Connection, row: &OutboxRow, reason: String, out: &mut Published) -> Result<(), PublishError> {
+        let topic = dead_letter_topic(&row.topic);
+        let partitions = conn.partitions.get(&topic).copied().unwrap_or(1);
+        let pc = self.partition_client(conn, &topic, partition_for(row.key.as_bytes(), partitions)).await?;
+        self.within("produce to the dead-letter topic", pc.produce(vec![dead_letter_record(row, &reason)], Compression::NoCompression)).await?;
+        out.ids.push(row.id);
+        out.dead_lettered.push((row.id, reason));
+        Ok(())
+    }
+}
+
+/// Where records of `topic` that the broker cannot take go.
+pub fn dead_letter_topic(topic: &str) -> String {
+    format!("{topic}.dlq")
+}
+
+fn too_large(err: &KafkaError) -> bool {
+    matches!(err, KafkaError::ServerError { protocol_error: ProtocolError::MessageTooLarge | ProtocolError::RecordListTooLarge, .. })
+}
+
+/// A record's size as the broker counts it, near enough: key, value and headers.
+fn record_bytes(row: &OutboxRow) -> usize {
+    row.key.len() + row.payload.len() + row.headers.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
+}
+
+/// What the dead-letter topic keeps of a record the broker cannot take: its
+/// key and headers, the reason (also in `x-dlq-reason`), and the event's
+/// identity; the whole event stays in the outbox table under `outbox_id`.
+fn dead_letter_record(row: &OutboxRow, reason: &str) -> Record {
+    let event: serde_json::Value = serde_json::from_str(&row.payload).unwrap_or_default();
+    let value = serde_json::json!({
+        "outbox_id": row.id, "topic": row.topic, "bytes": row.payload.len(), "reason": reason,
+        "event_id": event.get("event_id"), "type": event.get("type"), "session_id": event.get("session_id"), "seq": event.get("seq"),
+    });
+    let mut record = record(row);
+    record.value = Some(value.to_string().into_bytes());
+    record.headers.insert("x-dlq-reason".into(), reason.as_bytes().to_vec());
+    record.headers.insert("x-dlq-original-topic".into(), row.topic.as_bytes().to_vec());
+    record
 }
 
 fn unreachable(err: KafkaError) -> PublishError {
@@ -168,14 +268,14 @@ impl EventPublisher for KafkaPublisher {
         })
     }
 
-    fn publish<'a>(&'a self, rows: &'a [OutboxRow]) -> BoxFuture<'a, (Vec<i64>, Option<PublishError>)> {
+    fn publish<'a>(&'a self, rows: &'a [OutboxRow]) -> BoxFuture<'a, Published> {
         Box::pin(self.publish_rows(rows))
     }
 
     fn ready(&self) -> BoxFuture<'_, Result<(), PublishError>> {
         Box::pin(async move {
             let client = connect(&self.settings.brokers, Duration::from_secs(1)).await?;
-            client.list_topics().await.map(|_| ()).map_err(unreachable)
+            self.within("list topics", client.list_topics()).await.map(|_| ())
         })
     }
 }

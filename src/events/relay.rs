@@ -19,11 +19,22 @@ use crate::telemetry::{Metrics, TraceContext};
 pub trait EventPublisher: Send + Sync {
     /// Connects and creates missing topics.
     fn prepare(&self) -> BoxFuture<'_, Result<(), PublishError>>;
-    /// Publishes rows in order; returns the ids that were published, and the
-    /// error that stopped the rest, if any.
-    fn publish<'a>(&'a self, rows: &'a [OutboxRow]) -> BoxFuture<'a, (Vec<i64>, Option<PublishError>)>;
+    /// Publishes rows in order; see [`Published`].
+    fn publish<'a>(&'a self, rows: &'a [OutboxRow]) -> BoxFuture<'a, Published>;
     /// Whether the broker answers now, for readiness.
     fn ready(&self) -> BoxFuture<'_, Result<(), PublishError>>;
+}
+
+/// What a publish round did.
+#[derive(Debug, Default)]
+pub struct Published {
+    /// Rows that are in the broker now (dead-lettered ones included): done.
+    pub ids: Vec<i64>,
+    /// Of those, rows the broker can never accept (over its size limit),
+    /// published to their topic's dead-letter topic instead, with why.
+    pub dead_lettered: Vec<(i64, String)>,
+    /// What stopped the rest, if anything.
+    pub error: Option<PublishError>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -162,7 +173,12 @@ impl Relay {
             }
         };
         let sent_at = std::time::SystemTime::now();
-        let (published, error) = publisher.publish(&rows).await;
+        let Published { ids: published, dead_lettered, error } = publisher.publish(&rows).await;
+        for (id, reason) in &dead_lettered {
+            let row = rows.iter().find(|r| r.id == *id);
+            self.metrics.dead_lettered(row.map_or("", |r| r.topic.as_str()));
+            tracing::error!(outbox_id = id, topic = row.map(|r| r.topic.as_str()), reason = %reason, "event the broker cannot accept sent to the dead-letter topic");
+        }
         if !published.is_empty() {
             if let Err(err) = self.store.mark_published(&published).await {
                 // They will be published again (at-least-once; consumers dedupe by event_id),

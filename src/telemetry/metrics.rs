@@ -90,6 +90,7 @@ pub struct Metrics {
     outbox_oldest: Gauge<f64, std::sync::atomic::AtomicU64>,
     publish_failures: Counter,
     published: Family<TopicLabels, Counter>,
+    dead_lettered: Family<TopicLabels, Counter>,
     training_state: Family<TenantLabels, Gauge>,
     training_transitions: Family<TransitionLabels, Counter>,
     inter_token: HistogramFamily,
@@ -167,6 +168,12 @@ impl Metrics {
         registry.register("outbox_oldest_pending_seconds", "Age of the oldest unpublished event", outbox_oldest.clone());
         registry.register("kafka_publish_failures", "Failed attempts to publish to the broker", publish_failures.clone());
         registry.register("kafka_published_events", "Events published to the broker, by topic", published.clone());
+        let dead_lettered = Family::<TopicLabels, Counter>::default();
+        registry.register(
+            "kafka_dead_lettered_events",
+            "Events the broker cannot accept (over its size limit), sent to <topic>.dlq instead, by original topic",
+            dead_lettered.clone(),
+        );
         let training_state = Family::<TenantLabels, Gauge>::default();
         let training_transitions = Family::<TransitionLabels, Counter>::default();
         registry.register("training_mode_state", "1 while the tenant's training lock is held, read from the lock store", training_state.clone());
@@ -195,6 +202,7 @@ impl Metrics {
             outbox_oldest,
             publish_failures,
             published,
+            dead_lettered,
             training_state,
             training_transitions,
             inter_token,
@@ -249,6 +257,10 @@ impl Metrics {
 
     pub fn publish_failure(&self) {
         self.publish_failures.inc();
+    }
+
+    pub fn dead_lettered(&self, topic: &str) {
+        self.dead_lettered.get_or_create(&TopicLabels { topic: topic.to_owned() }).inc();
     }
 
     pub fn published(&self, topic: &str) {

@@ -143,6 +143,14 @@ impl PrivateBroker {
         panic!("tansu did not listen on {}", self.port);
     }
 
+    /// Sends a signal to the broker process: `STOP` freezes it (connections stay open, nothing
+    /// is answered), `CONT` thaws it.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("the broker runs").id().to_string();
+        let status = Command::new("kill").args([&format!("-{signal}"), &pid]).status().expect("run kill");
+        assert!(status.success(), "kill -{signal} {pid}");
+    }
+
     /// SIGKILL: the broker gets no chance to flush or say goodbye.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

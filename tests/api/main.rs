@@ -24,6 +24,7 @@ mod openai;
 mod ops;
 mod orchestrator;
 mod registry;
+mod relay_faults;
 mod semantic;
 mod shutdown;
 mod socket;
