@@ -20,9 +20,10 @@ use crate::events::{EventLog, EventPublisher, OutboxStore, Relay, RelaySettings}
 use crate::gateway::Gateway;
 use crate::identity::{KeyCache, KeyStore};
 use crate::moderation::{Moderator, Semantic};
-use crate::ops::Dependencies;
+use crate::ops::OpsAccess;
 use crate::orchestrator::{Conversation, ConversationStore, Orchestrator, OrchestratorApi, OrchestratorSettings, Pacing, TurnLimits};
 use crate::policy::{Auditor, BuildModerator, Constitution, ConstitutionRegistry, Freshness, Judge, Judges, MemoryRegistry, PolicyEngine};
+use crate::readiness::{Dependencies, Readiness};
 use crate::slm::{HttpModelClient, ModelClient, Timeouts};
 use crate::telemetry::Metrics;
 
@@ -144,7 +145,9 @@ impl Application {
             settings.identity.key_cache_entries,
         ));
         let training = web::Data::from(training);
-        let deps = web::Data::new(Dependencies { database: db, model, broker: publisher, redis });
+        let deps = Dependencies { database: db, model, broker: publisher, redis };
+        let readiness = web::Data::from(Readiness::start(deps, Duration::from_millis(settings.server.readiness_refresh_ms), &cancel, &tasks).await);
+        let ops = web::Data::new(OpsAccess { metrics_require_ops: settings.server.metrics_require_ops });
         let metrics = web::Data::from(metrics);
         let body_limit = settings.server.body_limit_bytes;
         let send_buffer = settings.server.send_buffer_bytes;
@@ -160,7 +163,8 @@ impl Application {
                 .app_data(policy_api.clone())
                 .app_data(keys.clone())
                 .app_data(training.clone())
-                .app_data(deps.clone())
+                .app_data(readiness.clone())
+                .app_data(ops.clone())
                 .app_data(metrics.clone())
                 .configure(crate::gateway::configure)
                 .configure(crate::orchestrator::configure)

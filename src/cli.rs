@@ -138,7 +138,7 @@ pub enum KeysCommand {
     Create {
         #[arg(long)]
         tenant: String,
-        /// Comma-separated: chat, training:admin, policy:admin.
+        /// Comma-separated: chat, training:admin, policy:admin, ops.
         #[arg(long, default_value = "chat")]
         capabilities: String,
     },

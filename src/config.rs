@@ -69,6 +69,10 @@ pub struct ServerSettings {
     /// On SIGTERM, how long running turns may go on before they are stopped
     /// (recorded cancelled); the relay's last publish has as long again.
     pub shutdown_grace_ms: u64,
+    /// How often the dependencies are checked for `/readyz`, which serves the last result.
+    pub readiness_refresh_ms: u64,
+    /// Whether `/metrics` needs a key with capability `ops`.
+    pub metrics_require_ops: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -300,6 +304,7 @@ impl Settings {
             ("server.keepalive_ms", self.server.keepalive_ms),
             ("server.socket_auth_timeout_ms", self.server.socket_auth_timeout_ms),
             ("server.write_stall_ms", self.server.write_stall_ms),
+            ("server.readiness_refresh_ms", self.server.readiness_refresh_ms),
             ("server.stream_buffer_events", self.server.stream_buffer_events as u64),
             ("policy.verdict_ttl_seconds", self.policy.verdict_ttl_seconds),
             ("policy.staleness_ms", self.policy.staleness_ms),

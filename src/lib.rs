@@ -18,6 +18,7 @@
 //! - [`events`]: the outbox, its relay to Kafka and the audit of the trail.
 //! - [`training`]: the training-mode lock (Redis or in process) and its audit.
 //! - [`telemetry`]: JSON logs, W3C trace context, OTLP spans, Prometheus metrics.
+//! - [`readiness`]: the dependencies' state, checked in the background for `/readyz`.
 //! - [`app`]: wires adapters into services and services into routes.
 
 pub mod app;
@@ -32,6 +33,7 @@ pub mod moderation;
 pub mod ops;
 pub mod orchestrator;
 pub mod policy;
+pub mod readiness;
 #[cfg(feature = "redis")]
 mod redis_client;
 pub mod slm;

@@ -1,28 +1,19 @@
 //! Operations endpoints: `/healthz` (the process is up), `/readyz` (each
-//! dependency answers), `/metrics` (Prometheus), `/openapi.json` and the JSON 404.
+//! dependency answers, from [`Readiness`]), `/metrics` (Prometheus), `/openapi.json` and the JSON 404.
 
-use std::sync::Arc;
-
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::json;
 
-use crate::db::Database;
 use crate::error::{ApiError, Code};
-use crate::events::EventPublisher;
-use crate::slm::ModelClient;
+use crate::identity::{bearer, Caller, Capability, KeyCache};
+use crate::readiness::Readiness;
 use crate::telemetry::Metrics;
 
-/// What readiness checks.
-pub struct Dependencies {
-    pub database: Database,
-    pub model: Arc<dyn ModelClient>,
-    /// `None` in embedded mode (no broker configured).
-    pub broker: Option<Arc<dyn EventPublisher>>,
-    /// `None` when training locks are held in process.
-    #[cfg(feature = "redis")]
-    pub redis: Option<Arc<crate::training::RedisLockStore>>,
-    #[cfg(not(feature = "redis"))]
-    pub redis: Option<()>,
+/// Who may read the operations endpoints.
+#[derive(Debug, Clone, Copy)]
+pub struct OpsAccess {
+    /// `/metrics` only for a key with capability `ops` (`server.metrics_require_ops`).
+    pub metrics_require_ops: bool,
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -41,56 +32,32 @@ async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({ "status": "ok" }))
 }
 
-async fn readyz(deps: web::Data<Dependencies>) -> HttpResponse {
-    let broker_check = async {
-        match &deps.broker {
-            None => None,
-            Some(broker) => Some(broker.ready().await.map_err(|e| e.to_string())),
-        }
-    };
-    let redis_check = async {
-        #[cfg(feature = "redis")]
-        if let Some(redis) = &deps.redis {
-            return Some(redis.ping().await.map_err(|e| e.to_string()));
-        }
-        None
-    };
-    let (db, model, broker, redis) = tokio::join!(deps.database.ping(), deps.model.ready(), broker_check, redis_check);
-    let check = |r: Result<(), String>| match r {
-        Ok(()) => json!({ "status": "up" }),
-        Err(e) => json!({ "status": "down", "error": e }),
-    };
-    // The broker and Redis are reported but do not gate readiness: chat works while it is down
-    // (events wait in the outbox).
-    let ready = db.is_ok() && model.is_ok();
-    let broker = match broker {
-        None => {
-            json!({ "status": "disabled", "detail": "no brokers configured; events stay in the outbox" })
-        }
-        Some(result) => check(result),
-    };
-    let redis = match redis {
-        None => json!({ "status": "disabled", "detail": "training locks are held in process" }),
-        Some(result) => check(result),
-    };
-    let body = json!({
-        "status": if ready { "ready" } else { "not_ready" },
-        "checks": {
-            "redis": redis,
-            "database": check(db.map_err(|e| e.to_string())),
-            "model": check(model.map_err(|e| crate::error::error_chain(&e))),
-            "broker": broker,
-        }
-    });
-    if ready {
-        HttpResponse::Ok().json(body)
-    } else {
-        HttpResponse::ServiceUnavailable().json(body)
-    }
+/// Fails unless the request carries a key with capability `ops`.
+async fn require_ops(req: &HttpRequest, keys: &KeyCache) -> Result<(), ApiError> {
+    let key = bearer(req).ok_or_else(|| ApiError::new(Code::Unauthenticated, "this endpoint needs a key with capability ops"))?;
+    Caller::from_key(keys, &key).await?.require(Capability::Ops)?;
+    Ok(())
 }
 
-async fn metrics(metrics: web::Data<Metrics>) -> HttpResponse {
-    HttpResponse::Ok().content_type("application/openmetrics-text; version=1.0.0; charset=utf-8").body(metrics.encode())
+/// The last background readiness report: each dependency's status for
+/// anyone, and why one is down for a key with capability `ops`.
+async fn readyz(req: HttpRequest, readiness: web::Data<Readiness>, keys: web::Data<KeyCache>) -> Result<HttpResponse, ApiError> {
+    let report = readiness.current();
+    let body = if bearer(&req).is_some() {
+        require_ops(&req, &keys).await?;
+        (*report).clone()
+    } else {
+        report.summary()
+    };
+    let mut response = if report.ready() { HttpResponse::Ok() } else { HttpResponse::ServiceUnavailable() };
+    Ok(response.json(body))
+}
+
+async fn metrics(req: HttpRequest, metrics: web::Data<Metrics>, access: web::Data<OpsAccess>, keys: web::Data<KeyCache>) -> Result<HttpResponse, ApiError> {
+    if access.metrics_require_ops {
+        require_ops(&req, &keys).await?;
+    }
+    Ok(HttpResponse::Ok().content_type("application/openmetrics-text; version=1.0.0; charset=utf-8").body(metrics.encode()))
 }
 
 /// Unknown paths and methods.

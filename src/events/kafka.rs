@@ -274,8 +274,14 @@ impl EventPublisher for KafkaPublisher {
 
     fn ready(&self) -> BoxFuture<'_, Result<(), PublishError>> {
         Box::pin(async move {
-            let client = connect(&self.settings.brokers, Duration::from_secs(1)).await?;
-            self.within("list topics", client.list_topics()).await.map(|_| ())
+            // The relay's own connection, made once and kept: a readiness check builds no client.
+            let mut conn = self.connection.lock().await;
+            let client = self.client(&mut conn).await?;
+            let result = self.within("list topics", client.list_topics()).await.map(|_| ());
+            if result.is_err() {
+                *conn = Connection::default();
+            }
+            result
         })
     }
 }

@@ -37,6 +37,8 @@ pub enum Capability {
     TrainingAdmin,
     /// Constitution tools: the dry run (and, later, activation).
     PolicyAdmin,
+    /// Operations: readiness details, and `/metrics` where it is guarded.
+    Ops,
 }
 
 impl Capability {
@@ -45,6 +47,7 @@ impl Capability {
             "chat" => Ok(Self::Chat),
             "training:admin" => Ok(Self::TrainingAdmin),
             "policy:admin" => Ok(Self::PolicyAdmin),
+            "ops" => Ok(Self::Ops),
             other => Err(IdentityError::UnknownCapability(other.to_owned())),
         }
     }
@@ -53,6 +56,7 @@ impl Capability {
             Self::Chat => "chat",
             Self::TrainingAdmin => "training:admin",
             Self::PolicyAdmin => "policy:admin",
+            Self::Ops => "ops",
         }
     }
     /// Parses a comma-separated list, rejecting an empty one.

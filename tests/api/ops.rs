@@ -2,7 +2,9 @@
 
 use serde_json::{json, Value};
 
-use crate::helpers::{spawn_app, spawn_app_with, Storage};
+use steward::identity::Capability;
+
+use crate::helpers::{assert_error, spawn_app, spawn_app_with, Storage};
 
 #[tokio::test]
 async fn healthz_answers_ok() {
@@ -28,6 +30,39 @@ async fn readyz_is_503_and_names_the_model_when_it_is_unreachable() {
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["checks"]["database"]["status"], "up");
     assert_eq!(body["checks"]["model"]["status"], "down");
+}
+
+#[tokio::test]
+async fn readyz_tells_why_a_dependency_is_down_only_to_a_key_with_ops() {
+    let app = spawn_app_with(Storage::Sqlite, |s| s.slm.base_url = "http://127.0.0.1:9/v1".into()).await;
+    let tenant = crate::helpers::unique("ops-");
+
+    let public = app.get("/readyz").await;
+    assert_eq!(public.status(), 503);
+    let text = public.text().await.unwrap();
+    assert!(!text.contains("127.0.0.1"), "an internal address in the public report: {text}");
+    let body: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(body["checks"]["model"], json!({ "status": "down" }));
+
+    let chat = app.key(&tenant, &[Capability::Chat]).await;
+    assert_error(app.get_with("/readyz", &chat).await, 403, "forbidden").await;
+    let ops = app.key(&tenant, &[Capability::Ops]).await;
+    let details: Value = app.get_with("/readyz", &ops).await.json().await.unwrap();
+    assert_eq!(details["checks"]["model"]["status"], "down");
+    assert!(details["checks"]["model"]["detail"].as_str().unwrap().contains("127.0.0.1:9"), "{details}");
+}
+
+#[tokio::test]
+async fn metrics_can_be_put_behind_the_ops_capability() {
+    let app = spawn_app_with(Storage::Sqlite, |s| s.server.metrics_require_ops = true).await;
+    let tenant = crate::helpers::unique("ops-");
+    assert_error(app.get("/metrics").await, 401, "unauthenticated").await;
+    let chat = app.key(&tenant, &[Capability::Chat]).await;
+    assert_error(app.get_with("/metrics", &chat).await, 403, "forbidden").await;
+    let ops = app.key(&tenant, &[Capability::Ops]).await;
+    let response = app.get_with("/metrics", &ops).await;
+    assert_eq!(response.status(), 200);
+    assert!(response.text().await.unwrap().contains("# TYPE"));
 }
 
 #[tokio::test]

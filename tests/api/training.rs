@@ -260,8 +260,16 @@ async fn with_redis_down_training_is_503_chat_works_unmarked_and_service_resumes
     let events = app.outbox(&app.settings.kafka.conversation_topic).await;
     let turn: Vec<&Value> = events.iter().filter(|e| e["session_id"] == sse.header("x-session-id")).collect();
     assert!(turn.iter().all(|e| e["training_mode"].is_null() && e["training_mode_source"] == "lock_store_unavailable"), "{turn:#?}");
-    let ready: Value = app.get("/readyz").await.json().await.unwrap();
-    assert_eq!(ready["checks"]["redis"]["status"], "down");
+    // /readyz serves its last background check (every server.readiness_refresh_ms).
+    let mut ready = Value::Null;
+    for _ in 0..50 {
+        ready = app.get("/readyz").await.json().await.unwrap();
+        if ready["checks"]["redis"]["status"] == "down" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(ready["checks"]["redis"]["status"], "down", "{ready}");
 
     redis.restart().await;
 
