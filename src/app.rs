@@ -27,6 +27,9 @@ use crate::readiness::{Dependencies, Readiness};
 use crate::slm::{HttpModelClient, ModelClient, Timeouts};
 use crate::telemetry::Metrics;
 
+/// Connections of the key-lookup pool, apart from `database.max_connections`.
+const IDENTITY_CONNECTIONS: u32 = 2;
+
 pub struct Application {
     port: u16,
     server: Server,
@@ -140,7 +143,11 @@ impl Application {
             socket_auth_timeout: Duration::from_millis(settings.server.socket_auth_timeout_ms),
         });
         let keys = web::Data::new(KeyCache::new(
-            KeyStore::new(db.clone()),
+            // A small pool of its own: a flood of requests waiting on key lookups cannot take the
+            // connections the event writer needs.
+            KeyStore::new(
+                Database::connect(settings.database.url.expose(), IDENTITY_CONNECTIONS).await.context("Failed to connect to the database (key lookups)")?,
+            ),
             Duration::from_millis(settings.identity.key_cache_ms),
             settings.identity.key_cache_entries,
         ));
