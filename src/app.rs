@@ -89,7 +89,7 @@ impl Application {
         let (events, publisher) = start_events(settings, &db, &metrics, &cancel, &tasks);
         let auditor = Auditor { events: events.clone(), topic: settings.kafka.policy_topic.clone() };
         let judges = start_judges(settings, &redis, build, seed, auditor.clone(), &cancel, &tasks).await?;
-        let (training, redis) = start_training(settings, &redis, &events, &metrics, &cancel, &tasks)?;
+        let (training, redis) = start_training(settings, &db, &redis, &events, &metrics, &cancel, &tasks)?;
         let limits = TurnLimits {
             max_message_chars: settings.chat.max_message_chars,
             default_max_tokens: slm.default_max_tokens,
@@ -464,6 +464,7 @@ type RedisHandle = Option<()>;
 /// The training service over the configured lock store, and its expiry watcher.
 fn start_training(
     settings: &Settings,
+    db: &Database,
     redis: &RedisConnection,
     events: &EventLog,
     metrics: &Arc<Metrics>,
@@ -480,6 +481,7 @@ fn start_training(
     };
     let service = Arc::new(TrainingService::new(
         store,
+        crate::training::FencingLedger::new(db.clone()),
         events.clone(),
         metrics.clone(),
         TrainingSettings {

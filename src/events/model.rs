@@ -102,6 +102,10 @@ pub struct ConversationEvent {
     pub training_mode: Option<bool>,
     pub training_fencing_token: Option<u64>,
     pub training_mode_source: String,
+    /// Set when the turn carried a training lock older than the newest the
+    /// database has seen: `training_mode` is then false (absent otherwise).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub training_fencing_rejected: bool,
     pub seq: i64,
     pub prev_hash: String,
     pub data: Value,
@@ -125,6 +129,7 @@ impl ConversationEvent {
             training_mode: c.training_mode,
             training_fencing_token: c.training_fencing_token,
             training_mode_source: c.training_mode_source.clone(),
+            training_fencing_rejected: false,
             seq,
             prev_hash,
             data: new.data.clone(),

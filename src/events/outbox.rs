@@ -16,7 +16,9 @@ use crate::db::{now_ms, runs, Backend, Database};
 
 /// A state change that commits in the same transaction as the events
 /// beside it (the transactional outbox), e.g. the finished turn's row. It
-/// must be idempotent: a retried batch runs it again.
+/// must be idempotent: a retried batch runs it again. A guarded write whose
+/// condition is gone fails with `sqlx::Error::RowNotFound`: its job is then
+/// not stored, and its caller gets `EventsError::Conflict`.
 pub trait TxWrite: Send + Sync + std::fmt::Debug {
     fn write<'c>(&'c self, conn: &'c mut sqlx::AnyConnection) -> BoxFuture<'c, Result<(), sqlx::Error>>;
 }
@@ -69,6 +71,7 @@ impl OutboxStore {
         keys.sort();
         keys.dedup();
         let mut heads = read_heads(&mut tx, self.db.backend(), &keys).await?;
+        let fencing = fencing_high_water(&mut tx, batch).await?;
         let now = now_ms();
         let mut rows = Vec::with_capacity(batch.len());
         for item in batch {
@@ -76,7 +79,15 @@ impl OutboxStore {
                 Pending::Conversation(new) => {
                     let chain = new.context.chain_key();
                     let (seq, prev) = heads.get(&chain).cloned().unwrap_or((0, ZERO_HASH.to_owned()));
-                    let event = serde_json::to_value(ConversationEvent::chained(new, seq + 1, prev)).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+                    let mut event = ConversationEvent::chained(new, seq + 1, prev);
+                    if let (Some(true), Some(token), Some(&newest)) = (event.training_mode, event.training_fencing_token, fencing.get(&event.tenant)) {
+                        // A stale holder's late events are not trusted as training data.
+                        if token < newest {
+                            event.training_mode = Some(false);
+                            event.training_fencing_rejected = true;
+                        }
+                    }
+                    let event = serde_json::to_value(event).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
                     heads.insert(chain.clone(), (seq + 1, event_hash(&event)));
                     let headers = conversation_headers(new);
                     rows.push(NewRow {
@@ -238,6 +249,29 @@ async fn read_heads(tx: &mut sqlx::AnyConnection, backend: Backend, keys: &[Stri
         }
     }
     Ok(heads)
+}
+
+/// The newest training-lock fencing token the database has seen, for each
+/// tenant whose events in `batch` claim training mode (read in the batch's
+/// transaction, so a lock granted meanwhile is seen by what commits after it).
+async fn fencing_high_water(tx: &mut sqlx::AnyConnection, batch: &[Pending]) -> Result<HashMap<String, u64>, sqlx::Error> {
+    let mut tenants: Vec<&str> = batch
+        .iter()
+        .filter_map(|p| match p {
+            Pending::Conversation(e) if e.context.training_mode == Some(true) => Some(e.context.tenant.as_str()),
+            _ => None,
+        })
+        .collect();
+    tenants.sort_unstable();
+    tenants.dedup();
+    let mut high = HashMap::new();
+    for tenant in tenants {
+        let row = sqlx::query("SELECT high_water FROM training_fencing WHERE tenant = $1").bind(tenant).fetch_optional(&mut *tx).await?;
+        if let Some(row) = row {
+            high.insert(tenant.to_owned(), row.try_get::<i64, _>("high_water")? as u64);
+        }
+    }
+    Ok(high)
 }
 
 /// Moves each chain's head to its last appended event, many chains per statement.

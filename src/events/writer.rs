@@ -23,15 +23,19 @@ const LINGER: Duration = Duration::from_millis(5);
 
 struct Job {
     items: Vec<Pending>,
-    ack: Option<oneshot::Sender<Result<(), String>>>,
+    ack: Option<oneshot::Sender<Result<(), EventsError>>>,
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum EventsError {
     #[error("the event writer has stopped")]
     Stopped,
     #[error("events could not be stored: {0}")]
     Store(String),
+    /// A guarded write found its condition gone (e.g. another instance
+    /// claimed the same thing first): nothing of the job was stored.
+    #[error("a guarded write found its condition gone; nothing was stored")]
+    Conflict,
 }
 
 impl ErrorCode for EventsError {
@@ -76,7 +80,7 @@ impl EventLog {
     pub async fn emit_durable(&self, items: Vec<Pending>) -> Result<(), EventsError> {
         let (ack, done) = oneshot::channel();
         self.tx.send(Job { items, ack: Some(ack) }).await.map_err(|_| EventsError::Stopped)?;
-        done.await.map_err(|_| EventsError::Stopped)?.map_err(EventsError::Store)
+        done.await.map_err(|_| EventsError::Stopped)?
     }
 
     /// Starts the writer; `committed` is notified after each commit (the relay listens).
@@ -136,7 +140,7 @@ async fn gather(rx: &mut mpsc::Receiver<Job>, jobs: &mut Vec<Job>, cancel: &Canc
     }
 }
 
-fn finish(jobs: Vec<Job>, result: Result<(), String>, committed: &Notify) {
+fn finish(jobs: Vec<Job>, result: Result<(), EventsError>, committed: &Notify) {
     if result.is_ok() {
         committed.notify_one();
     }
@@ -153,15 +157,17 @@ fn finish(jobs: Vec<Job>, result: Result<(), String>, committed: &Notify) {
 /// trail. Only a statement that a working database keeps rejecting — not a
 /// pool timeout, a lost connection or a busy database — can never succeed,
 /// and is given up (and logged) after a few tries.
-async fn write_with_retry(store: &OutboxStore, items: &[Pending], cancel: &CancellationToken) -> Result<(), String> {
+async fn write_with_retry(store: &OutboxStore, items: &[Pending], cancel: &CancellationToken) -> Result<(), EventsError> {
     let mut delay = Duration::from_millis(20);
     let mut attempts = 0;
     loop {
         match store.append(items).await {
             Ok(()) => return Ok(()),
+            // A guarded write's condition is gone ([`TxWrite`]s say so with `RowNotFound`): trying again changes nothing.
+            Err(sqlx::Error::RowNotFound) => return Err(EventsError::Conflict),
             Err(err) if attempts >= 2 && !transient(&err) && store.reachable().await => {
                 tracing::error!(error = %crate::error::error_chain(&err), items = items.len(), "outbox write rejected by a working database; not stored");
-                return Err(err.to_string());
+                return Err(EventsError::Store(err.to_string()));
             }
             Err(err) => {
                 attempts += 1;
@@ -170,7 +176,7 @@ async fn write_with_retry(store: &OutboxStore, items: &[Pending], cancel: &Cance
                     () = tokio::time::sleep(delay) => {}
                     () = cancel.cancelled() => {
                         tracing::error!(items = items.len(), "shutting down with events not stored");
-                        return Err(err.to_string());
+                        return Err(EventsError::Store(err.to_string()));
                     }
                 }
                 delay = (delay * 2).min(Duration::from_secs(2));

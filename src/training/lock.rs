@@ -2,7 +2,8 @@
 //!
 //! Semantics every adapter honours (one behaviour suite runs against each):
 //! acquiring succeeds only when no live lock exists and then takes a fencing
-//! token greater than every earlier one of that tenant; renew and release
+//! token greater than every earlier one of that tenant and than `floor` (the
+//! highest one Steward's database has seen, should the store have lost its own); renew and release
 //! succeed only for the holder's token; a lock that lapses without release is
 //! reported by exactly one `claim_expired` call, however many instances ask.
 
@@ -62,7 +63,15 @@ pub enum LockError {
 }
 
 pub trait LockStore: Send + Sync {
-    fn acquire<'a>(&'a self, tenant: &'a str, owner: &'a str, reason: &'a str, token: &'a str, ttl: Duration) -> BoxFuture<'a, Result<Acquired, LockError>>;
+    fn acquire<'a>(
+        &'a self,
+        tenant: &'a str,
+        owner: &'a str,
+        reason: &'a str,
+        token: &'a str,
+        ttl: Duration,
+        floor: u64,
+    ) -> BoxFuture<'a, Result<Acquired, LockError>>;
     fn renew<'a>(&'a self, tenant: &'a str, token: &'a str, ttl: Duration) -> BoxFuture<'a, Result<Owned, LockError>>;
     fn release<'a>(&'a self, tenant: &'a str, token: &'a str) -> BoxFuture<'a, Result<Owned, LockError>>;
     fn status<'a>(&'a self, tenant: &'a str) -> BoxFuture<'a, Result<Option<LockInfo>, LockError>>;

@@ -49,7 +49,15 @@ fn live(held: &Held, now: Instant) -> Option<LockInfo> {
 }
 
 impl LockStore for InMemoryLockStore {
-    fn acquire<'a>(&'a self, tenant: &'a str, owner: &'a str, reason: &'a str, token: &'a str, ttl: Duration) -> BoxFuture<'a, Result<Acquired, LockError>> {
+    fn acquire<'a>(
+        &'a self,
+        tenant: &'a str,
+        owner: &'a str,
+        reason: &'a str,
+        token: &'a str,
+        ttl: Duration,
+        floor: u64,
+    ) -> BoxFuture<'a, Result<Acquired, LockError>> {
         Box::pin(async move {
             let now = Instant::now();
             self.with(|s| {
@@ -60,7 +68,7 @@ impl LockStore for InMemoryLockStore {
                     s.lapsed.push(old);
                 }
                 let fencing = s.fencing.entry(tenant.to_owned()).or_insert(0);
-                *fencing += 1;
+                *fencing = (*fencing).max(floor) + 1;
                 let info =
                     LockInfo { token: token.into(), owner: owner.into(), reason: reason.into(), fencing_token: *fencing, ttl_ms: ttl.as_millis() as u64 };
                 s.locks.insert(tenant.to_owned(), Held { tenant: tenant.to_owned(), info: info.clone(), expires: now + ttl });

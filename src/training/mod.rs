@@ -9,6 +9,7 @@
 //! (expiry audits and the state gauge).
 
 mod api;
+mod fencing;
 mod lock;
 mod memory;
 #[cfg(feature = "redis")]
@@ -17,6 +18,7 @@ mod service;
 mod watcher;
 
 pub use api::configure;
+pub use fencing::{FencingLedger, Held};
 pub use lock::{Acquired, Expired, LockError, LockInfo, LockStore, Owned};
 pub use memory::InMemoryLockStore;
 #[cfg(feature = "redis")]

@@ -2,7 +2,8 @@
 //! it is atomic on the server:
 //!
 //! - acquire: `SET lock value NX PX ttl` when no lock exists, with a fencing
-//!   token from `INCR` (the value is JSON holding the holder's token);
+//!   token from `INCR`, raised above the caller's floor (the value is JSON
+//!   holding the holder's token);
 //! - renew / release: compare the token, then `PEXPIRE` / `DEL` — never a bare `DEL`;
 //! - expiry: every live lock has a member `tenant|fencing|owner|reason` in a
 //!   sorted set scored by its expiry; `claim_expired` removes due members whose
@@ -31,6 +32,7 @@ if now > tonumber(ARGV[#ARGV]) then return redis.error_reply('STEWARD_LATE comma
 const ACQUIRE: &str = "local current = redis.call('GET', KEYS[1]) \
 if current then return {0, current, redis.call('PTTL', KEYS[1])} end \
 local fencing = redis.call('INCR', KEYS[2]) \
+if fencing <= tonumber(ARGV[6]) then fencing = tonumber(ARGV[6]) + 1 redis.call('SET', KEYS[2], fencing) end \
 local value = cjson.encode({token = ARGV[1], owner = ARGV[2], reason = ARGV[3], fencing = fencing}) \
 redis.call('SET', KEYS[1], value, 'NX', 'PX', ARGV[4]) \
 redis.call('ZADD', KEYS[3], now + tonumber(ARGV[4]), ARGV[5] .. '|' .. fencing .. '|' .. ARGV[2] .. '|' .. ARGV[3]) \
@@ -154,10 +156,18 @@ impl RedisLockStore {
 }
 
 impl LockStore for RedisLockStore {
-    fn acquire<'a>(&'a self, tenant: &'a str, owner: &'a str, reason: &'a str, token: &'a str, ttl: Duration) -> BoxFuture<'a, Result<Acquired, LockError>> {
+    fn acquire<'a>(
+        &'a self,
+        tenant: &'a str,
+        owner: &'a str,
+        reason: &'a str,
+        token: &'a str,
+        ttl: Duration,
+        floor: u64,
+    ) -> BoxFuture<'a, Result<Acquired, LockError>> {
         Box::pin(async move {
             let keys = vec![self.lock_key(tenant), self.key(&format!("fencing:{tenant}")), self.key("expiries"), self.key("tenants")];
-            let args = vec![token.into(), owner.into(), reason.into(), ttl.as_millis().to_string(), tenant.into()];
+            let args = vec![token.into(), owner.into(), reason.into(), ttl.as_millis().to_string(), tenant.into(), floor.to_string()];
             match Self::reply(self.eval(ACQUIRE, keys, args).await?)? {
                 (true, Some(info)) => Ok(Acquired::Acquired(info)),
                 (false, Some(info)) => Ok(Acquired::Held(info)),

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use rand::RngCore;
 use serde_json::json;
 
+use super::fencing::{ClaimLost, Ended, FencingLedger, Granted, Held};
 use super::lock::{Acquired, LockError, LockInfo, LockStore, Owned};
 use crate::db::rfc3339;
 use crate::error::{Code, ErrorCode};
@@ -28,6 +29,8 @@ pub enum TrainingError {
     Store(#[from] LockError),
     #[error("events could not be stored")]
     Audit(#[from] crate::events::EventsError),
+    #[error("the fencing ledger could not be read")]
+    Ledger(#[from] sqlx::Error),
 }
 
 impl ErrorCode for TrainingError {
@@ -36,7 +39,7 @@ impl ErrorCode for TrainingError {
             Self::Held { .. } => Code::TrainingLockHeld,
             Self::NotOwner => Code::TrainingLockNotOwner,
             Self::Store(_) => Code::LockStoreUnavailable,
-            Self::Audit(_) => Code::Internal,
+            Self::Audit(_) | Self::Ledger(_) => Code::Internal,
         }
     }
 }
@@ -66,6 +69,7 @@ pub struct TrainingSettings {
 
 pub struct TrainingService {
     store: Arc<dyn LockStore>,
+    ledger: FencingLedger,
     events: EventLog,
     metrics: Arc<Metrics>,
     settings: TrainingSettings,
@@ -74,12 +78,16 @@ pub struct TrainingService {
 }
 
 impl TrainingService {
-    pub fn new(store: Arc<dyn LockStore>, events: EventLog, metrics: Arc<Metrics>, settings: TrainingSettings) -> Self {
-        Self { store, events, metrics, settings, view: Mutex::new(HashMap::new()) }
+    pub fn new(store: Arc<dyn LockStore>, ledger: FencingLedger, events: EventLog, metrics: Arc<Metrics>, settings: TrainingSettings) -> Self {
+        Self { store, ledger, events, metrics, settings, view: Mutex::new(HashMap::new()) }
     }
 
     pub fn store(&self) -> &Arc<dyn LockStore> {
         &self.store
+    }
+
+    pub fn ledger(&self) -> &FencingLedger {
+        &self.ledger
     }
 
     /// TTL requested, clamped to `training.max_ttl_seconds`.
@@ -91,9 +99,11 @@ impl TrainingService {
         let mut bytes = [0u8; 24];
         rand::rngs::OsRng.fill_bytes(&mut bytes);
         let token = hex::encode(bytes);
-        match self.store.acquire(actor.tenant, actor.key_id, reason, &digest(&token), ttl).await {
+        // Above every token Steward's database has seen: a lock store that lost its memory cannot hand one out again.
+        let floor = self.ledger.high_water(actor.tenant).await?;
+        match self.store.acquire(actor.tenant, actor.key_id, reason, &digest(&token), ttl, floor).await {
             Ok(Acquired::Acquired(info)) => {
-                if let Err(err) = self.transition(actor, "enabled", Some(&info), reason).await {
+                if let Err(err) = self.transition(actor, "enabled", Some(&info), reason, vec![granted(actor.tenant, &info)]).await {
                     // Nobody will ever see this lock's token: release it rather than lock the tenant out.
                     let _ = self.store.release(actor.tenant, &info.token).await;
                     return Err(err);
@@ -103,7 +113,7 @@ impl TrainingService {
                 Ok(LockInfo { token, ..info })
             }
             Ok(Acquired::Held(info)) => {
-                self.transition(actor, "denied", Some(&info), &format!("already held by {}", info.owner)).await?;
+                self.transition(actor, "denied", Some(&info), &format!("already held by {}", info.owner), Vec::new()).await?;
                 Err(TrainingError::Held { owner: info.owner.clone(), expires_at: rfc3339(info.expires_at_ms()) })
             }
             Err(err) => Err(err.into()),
@@ -127,7 +137,11 @@ impl TrainingService {
     async fn owned(&self, actor: &Actor<'_>, action: &'static str, outcome: Owned) -> Result<LockInfo, TrainingError> {
         match outcome {
             Owned::Done(info) => {
-                self.transition(actor, action, Some(&info), &info.reason.clone()).await?;
+                let write = match action {
+                    "renewed" => granted(actor.tenant, &info),
+                    _ => Pending::Write(Arc::new(Ended { tenant: actor.tenant.to_owned(), fencing_token: info.fencing_token })),
+                };
+                self.transition(actor, action, Some(&info), &info.reason.clone(), vec![write]).await?;
                 if action == "renewed" {
                     self.remember(actor.tenant, Some(info.clone()));
                 }
@@ -135,7 +149,7 @@ impl TrainingService {
             }
             Owned::NotOwner(current) => {
                 let verb = if action == "renewed" { "renew" } else { "disable" };
-                self.transition(actor, "denied", current.as_ref(), &format!("{verb} with a token that does not hold the lock")).await?;
+                self.transition(actor, "denied", current.as_ref(), &format!("{verb} with a token that does not hold the lock"), Vec::new()).await?;
                 Err(TrainingError::NotOwner)
             }
         }
@@ -143,7 +157,39 @@ impl TrainingService {
 
     /// Audits a caller without `training:admin`.
     pub async fn deny(&self, actor: &Actor<'_>, why: &str) -> Result<(), TrainingError> {
-        self.transition(actor, "denied", None, why).await
+        self.transition(actor, "denied", None, why, Vec::new()).await
+    }
+
+    /// Audits a lapsed lock (claimed from the lock store by this instance) as `training.expired`.
+    pub(super) async fn expired(&self, actor: &Actor<'_>, lock: &LockInfo) -> Result<(), TrainingError> {
+        let ended = Pending::Write(Arc::new(Ended { tenant: actor.tenant.to_owned(), fencing_token: lock.fencing_token }));
+        self.transition(actor, "expired", Some(lock), &lock.reason, vec![ended]).await
+    }
+
+    /// Audits a lock the ledger holds but the lock store no longer has, and
+    /// that nobody audited: as `training.lost` when it vanished before its
+    /// TTL ran out (a restart that lost its data, a failover, an eviction),
+    /// as `training.expired` when it lapsed but its expiry was never
+    /// recorded (the store lost its expiry index, or the instance that
+    /// claimed it died first). Claimed in the same transaction as the
+    /// record, so of all the instances that notice, exactly one records it;
+    /// false if another did.
+    pub(super) async fn vanished(&self, actor: &Actor<'_>, held: &Held) -> Result<bool, TrainingError> {
+        let claim = Pending::Write(Arc::new(ClaimLost { tenant: held.tenant.clone(), fencing_token: held.fencing_token }));
+        let lock = LockInfo { token: String::new(), owner: held.owner.clone(), reason: String::new(), fencing_token: held.fencing_token, ttl_ms: 0 };
+        let (action, why) = if held.until_ms > crate::db::now_ms() {
+            ("lost", "the lock vanished from the lock store before it was disabled or expired")
+        } else {
+            ("expired", "the lock lapsed and its expiry was not recorded by the lock store's watcher")
+        };
+        match self.transition(actor, action, Some(&lock), why, vec![claim]).await {
+            Ok(()) => {
+                self.remember(actor.tenant, None);
+                Ok(true)
+            }
+            Err(TrainingError::Audit(crate::events::EventsError::Conflict)) => Ok(false),
+            Err(err) => Err(err),
+        }
     }
 
     pub async fn status(&self, tenant: &str) -> Result<Option<LockInfo>, TrainingError> {
@@ -182,7 +228,15 @@ impl TrainingService {
     }
 
     /// Records a transition: audit record (durable), counter, log line.
-    pub(super) async fn transition(&self, actor: &Actor<'_>, action: &'static str, lock: Option<&LockInfo>, reason: &str) -> Result<(), TrainingError> {
+    /// `writes` commit in the same transaction as the record.
+    async fn transition(
+        &self,
+        actor: &Actor<'_>,
+        action: &'static str,
+        lock: Option<&LockInfo>,
+        reason: &str,
+        writes: Vec<Pending>,
+    ) -> Result<(), TrainingError> {
         let occurred_at = rfc3339(crate::db::now_ms());
         let record = json!({
             "schema": AUDIT_SCHEMA,
@@ -213,7 +267,7 @@ impl TrainingService {
             payload: record,
             headers,
         };
-        self.events.emit_durable(vec![pending]).await?;
+        self.events.emit_durable(writes.into_iter().chain([pending]).collect()).await?;
         self.metrics.training_transition(actor.tenant, action);
         if action != "denied" {
             self.metrics.training_state(actor.tenant, Some(matches!(action, "enabled" | "renewed")));
@@ -232,6 +286,12 @@ impl TrainingService {
 fn digest(token: &str) -> String {
     use sha2::{Digest, Sha256};
     hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// The ledger's record of a lock just granted or renewed.
+fn granted(tenant: &str, info: &LockInfo) -> Pending {
+    let held = Held { tenant: tenant.to_owned(), fencing_token: info.fencing_token, owner: info.owner.clone(), until_ms: info.expires_at_ms() };
+    Pending::Write(Arc::new(Granted(held)))
 }
 
 fn mark_of(lock: Option<&LockInfo>) -> TrainingMark {

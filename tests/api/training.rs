@@ -37,17 +37,17 @@ mod lock_store {
     const TTL: Duration = Duration::from_secs(30);
 
     async fn acquire_is_exclusive_and_fencing_increases(store: Arc<dyn LockStore>) {
-        let Acquired::Acquired(first) = store.acquire("t", "alice", "eval", "tok-a", TTL).await.unwrap() else { panic!("not acquired") };
-        let Acquired::Held(held) = store.acquire("t", "bob", "other", "tok-b", TTL).await.unwrap() else { panic!("second acquire won") };
+        let Acquired::Acquired(first) = store.acquire("t", "alice", "eval", "tok-a", TTL, 0).await.unwrap() else { panic!("not acquired") };
+        let Acquired::Held(held) = store.acquire("t", "bob", "other", "tok-b", TTL, 0).await.unwrap() else { panic!("second acquire won") };
         assert_eq!((held.owner.as_str(), held.fencing_token), ("alice", first.fencing_token));
-        assert!(matches!(store.acquire("other-tenant", "bob", "x", "tok-c", TTL).await.unwrap(), Acquired::Acquired(_)), "tenants are independent");
+        assert!(matches!(store.acquire("other-tenant", "bob", "x", "tok-c", TTL, 0).await.unwrap(), Acquired::Acquired(_)), "tenants are independent");
         assert!(matches!(store.release("t", "tok-a").await.unwrap(), Owned::Done(_)));
-        let Acquired::Acquired(second) = store.acquire("t", "bob", "again", "tok-d", TTL).await.unwrap() else { panic!("not acquired") };
+        let Acquired::Acquired(second) = store.acquire("t", "bob", "again", "tok-d", TTL, 0).await.unwrap() else { panic!("not acquired") };
         assert!(second.fencing_token > first.fencing_token);
     }
 
     async fn only_the_holder_renews_or_releases(store: Arc<dyn LockStore>) {
-        store.acquire("t", "alice", "eval", "tok-a", TTL).await.unwrap();
+        store.acquire("t", "alice", "eval", "tok-a", TTL, 0).await.unwrap();
         let Owned::NotOwner(Some(current)) = store.renew("t", "wrong", TTL).await.unwrap() else { panic!("renewed with a wrong token") };
         assert_eq!(current.owner, "alice");
         assert!(matches!(store.release("t", "wrong").await.unwrap(), Owned::NotOwner(Some(_))));
@@ -59,8 +59,8 @@ mod lock_store {
     }
 
     async fn a_lapsed_lock_is_claimed_exactly_once(store: Arc<dyn LockStore>) {
-        store.acquire("t", "alice", "short", "tok-a", Duration::from_millis(150)).await.unwrap();
-        store.acquire("u", "bob", "released", "tok-b", Duration::from_millis(150)).await.unwrap();
+        store.acquire("t", "alice", "short", "tok-a", Duration::from_millis(150), 0).await.unwrap();
+        store.acquire("u", "bob", "released", "tok-b", Duration::from_millis(150), 0).await.unwrap();
         store.release("u", "tok-b").await.unwrap();
         assert!(store.claim_expired().await.unwrap().is_empty(), "nothing lapsed yet");
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -75,6 +75,14 @@ mod lock_store {
         assert_eq!(store.tenants().await.unwrap(), ["t", "u"]);
     }
 
+    async fn a_token_is_taken_above_the_floor_and_never_goes_back(store: Arc<dyn LockStore>) {
+        let Acquired::Acquired(first) = store.acquire("t", "alice", "eval", "tok-a", TTL, 41).await.unwrap() else { panic!("not acquired") };
+        assert_eq!(first.fencing_token, 42, "above the floor the database remembers");
+        store.release("t", "tok-a").await.unwrap();
+        let Acquired::Acquired(second) = store.acquire("t", "bob", "again", "tok-b", TTL, 0).await.unwrap() else { panic!("not acquired") };
+        assert_eq!(second.fencing_token, 43, "the store keeps counting from there");
+    }
+
     macro_rules! on_both_stores {
         ($($name:ident),* $(,)?) => {
             mod in_memory { $( #[tokio::test] async fn $name() { super::$name(super::memory().await).await } )* }
@@ -82,7 +90,12 @@ mod lock_store {
         };
     }
 
-    on_both_stores!(acquire_is_exclusive_and_fencing_increases, only_the_holder_renews_or_releases, a_lapsed_lock_is_claimed_exactly_once);
+    on_both_stores!(
+        acquire_is_exclusive_and_fencing_increases,
+        only_the_holder_renews_or_releases,
+        a_lapsed_lock_is_claimed_exactly_once,
+        a_token_is_taken_above_the_floor_and_never_goes_back,
+    );
 }
 
 async fn app_with_redis(redis: &str) -> TestApp {
@@ -234,7 +247,7 @@ impl Drop for PrivateRedis {
 }
 
 #[tokio::test]
-async fn with_redis_down_training_is_503_chat_works_unmarked_and_service_resumes_when_it_returns() {
+async fn with_redis_down_training_is_503_chat_works_unmarked_and_after_it_returns_empty_the_loss_is_audited_once_and_fencing_goes_on() {
     let mut redis = PrivateRedis::start().await;
     let url = redis.url();
     // Chat goes on without Redis only where the operator chose to judge from a stale
@@ -248,7 +261,9 @@ async fn with_redis_down_training_is_503_chat_works_unmarked_and_service_resumes
     .await;
     let tenant = unique("tenant-");
     let admin = admin_key(&app, &tenant).await;
-    assert_eq!(app.post("/v1/training/enable", Some(&admin), &json!({ "ttl_seconds": 60, "reason": "before" })).await.status(), 200);
+    let before = app.post("/v1/training/enable", Some(&admin), &json!({ "ttl_seconds": 60, "reason": "before" })).await;
+    assert_eq!(before.status(), 200);
+    let lost_token = before.json::<Value>().await.unwrap()["fencing_token"].as_u64().unwrap();
 
     redis.stop();
     tokio::time::sleep(Duration::from_millis(app.settings.training.state_cache_ms + 50)).await;
@@ -282,7 +297,71 @@ async fn with_redis_down_training_is_503_chat_works_unmarked_and_service_resumes
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // The restarted server kept nothing (--save ""): the lock is gone, and Steward says so.
+    // The restarted server kept nothing (--save ""): the lock is gone, and Steward says so —
+    // and records the loss, once, though no `disabled` or `expired` came.
     assert_eq!(status.expect("training service resumed without restarting Steward")["state"], "disabled");
-    assert_eq!(app.post("/v1/training/enable", Some(&admin), &json!({ "ttl_seconds": 60, "reason": "after" })).await.status(), 200);
+    let topic = app.settings.kafka.training_topic.clone();
+    let mut lost = Vec::new();
+    for _ in 0..100 {
+        lost = app.outbox(&topic).await.into_iter().filter(|r| r["tenant"] == tenant.as_str() && r["type"] == "training.lost").collect();
+        if !lost.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(lost.len(), 1, "training.lost recorded once");
+    assert_eq!(lost[0]["fencing_token"], lost_token);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let records = app.outbox(&topic).await;
+    assert_eq!(records.iter().filter(|r| r["tenant"] == tenant.as_str() && r["type"] == "training.lost").count(), 1, "and only once");
+    // Redis counts from 1 again; the next token is still above the lost one.
+    let after = app.post("/v1/training/enable", Some(&admin), &json!({ "ttl_seconds": 60, "reason": "after" })).await;
+    assert_eq!(after.status(), 200);
+    let token = after.json::<Value>().await.unwrap()["fencing_token"].as_u64().unwrap();
+    assert!(token > lost_token, "fencing token {token} after the loss of {lost_token}");
+}
+
+#[tokio::test]
+async fn a_turn_under_a_training_lock_older_than_the_newest_is_not_trusted_as_training_data() {
+    // Two instances on one database and one Redis; the first trusts its view of the lock for a minute.
+    let prefix = format!("{}:", unique("steward-test-"));
+    let stale = {
+        let prefix = prefix.clone();
+        spawn_app_with(Storage::Sqlite, move |s| {
+            s.redis.url = steward::config::Secret::new(redis_url());
+            s.redis.key_prefix = prefix;
+            s.training.state_cache_ms = 60_000;
+        })
+        .await
+    };
+    let database = stale.settings.database.url.clone();
+    let fresh = spawn_app_with(Storage::Sqlite, move |s| {
+        s.redis.url = steward::config::Secret::new(redis_url());
+        s.redis.key_prefix = prefix;
+        s.database.url = database;
+    })
+    .await;
+    let tenant = unique("tenant-");
+    let admin = admin_key(&fresh, &tenant).await;
+    let enabled: Value = fresh.post("/v1/training/enable", Some(&admin), &json!({ "ttl_seconds": 60, "reason": "first" })).await.json().await.unwrap();
+    let first = stale.chat(&admin, &json!({ "message": "Name a colour.", "max_tokens": 3 })).await;
+
+    // The lock changes hands on the other instance; the first still holds the old one in view.
+    let token = enabled["lock_token"].as_str().unwrap();
+    assert_eq!(fresh.post("/v1/training/disable", Some(&admin), &json!({ "lock_token": token })).await.status(), 200);
+    let again: Value = fresh.post("/v1/training/enable", Some(&admin), &json!({ "ttl_seconds": 60, "reason": "second" })).await.json().await.unwrap();
+    let late = stale.chat(&admin, &json!({ "message": "Name a fruit.", "max_tokens": 3 })).await;
+
+    let events = stale.outbox(&stale.settings.kafka.conversation_topic).await;
+    let of = |sse: &crate::helpers::Sse| -> Vec<Value> { events.iter().filter(|e| e["session_id"] == sse.header("x-session-id")).cloned().collect() };
+    assert!(of(&first)
+        .iter()
+        .all(|e| e["training_mode"] == true && e["training_fencing_token"] == enabled["fencing_token"] && e.get("training_fencing_rejected").is_none()));
+    let late = of(&late);
+    assert!(!late.is_empty());
+    for event in &late {
+        assert_eq!(event["training_fencing_token"], enabled["fencing_token"], "the stale view's token");
+        assert_eq!((event["training_mode"].clone(), event["training_fencing_rejected"].clone()), (json!(false), json!(true)), "{event}");
+    }
+    assert!(again["fencing_token"].as_u64() > enabled["fencing_token"].as_u64());
 }
