@@ -50,6 +50,8 @@ async fn main() {
     settings.policy.signing_key = Secret::new("bench-signing-key-0123456789abcdef0123");
     settings.policy.constitution = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/constitution.toml");
     settings.telemetry.log_level = "error".into();
+    settings.limits.requests_per_second = 0.0;
+    settings.limits.max_concurrent_streams = 0;
     settings.database.url = Secret::new(format!("sqlite://{}?mode=rwc", dir.path().join("bench.db").display()));
     steward::telemetry::init_logging("json", "error");
     let app = Application::build(&settings).await.expect("build");

@@ -89,6 +89,7 @@ impl Application {
         let (events, publisher) = start_events(settings, &db, &metrics, &cancel, &tasks);
         let auditor = Auditor { events: events.clone(), topic: settings.kafka.policy_topic.clone() };
         let judges = start_judges(settings, &redis, build, seed, auditor.clone(), &cancel, &tasks).await?;
+        let limiter = limiter(settings, &redis, &metrics, &tasks);
         let (training, redis) = start_training(settings, &db, &redis, &events, &metrics, &cancel, &tasks)?;
         let limits = TurnLimits {
             max_message_chars: settings.chat.max_message_chars,
@@ -127,6 +128,7 @@ impl Application {
             socket_auth_timeout: Duration::from_millis(settings.server.socket_auth_timeout_ms),
             model_name: slm.model.clone(),
             store_refused_text: settings.chat.store_refused_text,
+            limiter,
             caller_system: crate::gateway::CallerSystemPolicy {
                 default: settings.chat.caller_system_prompt,
                 tenants: settings.chat.caller_system_prompt_tenants.clone(),
@@ -441,6 +443,28 @@ fn constitution_registry(settings: &Settings, redis: &RedisConnection) -> anyhow
 #[cfg(not(feature = "redis"))]
 fn constitution_registry(_settings: &Settings, _redis: &RedisConnection) -> anyhow::Result<Option<Arc<dyn ConstitutionRegistry>>> {
     Ok(None)
+}
+
+/// Tenant limits, counted in Redis when configured (shared by every instance), else in this process.
+fn limiter(settings: &Settings, redis: &RedisConnection, metrics: &Arc<Metrics>, tasks: &TaskTracker) -> Arc<crate::limits::Limiter> {
+    use crate::limits::{LimitStore, Limiter, MemoryLimits, TenantLimits};
+    let store: Arc<dyn LimitStore> = limit_store(settings, redis).unwrap_or_else(|| Arc::new(MemoryLimits::default()));
+    let l = &settings.limits;
+    let defaults = TenantLimits { max_concurrent_streams: l.max_concurrent_streams, requests_per_second: l.requests_per_second, burst: l.burst };
+    // No turn outlives the model's total deadline: a slot an instance could not give back frees itself after it.
+    let lease = Duration::from_millis(settings.slm.total_timeout_ms) + Duration::from_secs(60);
+    Arc::new(Limiter::new(store, defaults, l.tenants.clone(), lease, metrics.clone(), tasks.clone()))
+}
+
+#[cfg(feature = "redis")]
+fn limit_store(settings: &Settings, redis: &RedisConnection) -> Option<Arc<dyn crate::limits::LimitStore>> {
+    let client = redis.clone()?;
+    Some(Arc::new(crate::limits::RedisLimits::new(client, &settings.redis.key_prefix, redis_timeout(settings))))
+}
+
+#[cfg(not(feature = "redis"))]
+fn limit_store(_settings: &Settings, _redis: &RedisConnection) -> Option<Arc<dyn crate::limits::LimitStore>> {
+    None
 }
 
 /// Where verdicts accepted over HTTP are claimed: Redis when configured (so a

@@ -44,6 +44,19 @@ pub struct Settings {
     pub redis: RedisConfig,
     pub training: TrainingConfig,
     pub telemetry: TelemetrySettings,
+    pub limits: LimitsSettings,
+}
+
+/// Per-tenant limits on chat turns (see `crate::limits`): the defaults, and
+/// overrides under `limits.tenants.<tenant>`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSettings {
+    pub max_concurrent_streams: u32,
+    pub requests_per_second: f64,
+    pub burst: u32,
+    #[serde(default)]
+    pub tenants: std::collections::HashMap<String, crate::limits::TenantLimits>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -312,6 +325,10 @@ impl Settings {
             if value == 0 {
                 return invalid(key, "must be greater than 0");
             }
+        }
+        let rates = std::iter::once(self.limits.requests_per_second).chain(self.limits.tenants.values().map(|l| l.requests_per_second));
+        if rates.into_iter().any(|rate| !rate.is_finite() || rate < 0.0) {
+            return invalid("limits.requests_per_second", "must be a number of requests per second, 0 or more (also under limits.tenants)");
         }
         if self.slm.default_max_tokens == 0 || self.slm.default_max_tokens > self.slm.max_tokens_limit {
             return invalid("slm.default_max_tokens", "must be between 1 and slm.max_tokens_limit");

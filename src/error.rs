@@ -33,6 +33,7 @@ pub enum Code {
     PolicyRegistryUnavailable,
     TurnInProgress,
     ClientTooSlow,
+    RateLimited,
     TrainingLockHeld,
     TrainingLockNotOwner,
     LockStoreUnavailable,
@@ -68,6 +69,7 @@ impl Code {
             PolicyRegistryUnavailable => ("policy_registry_unavailable", "upstream", 503),
             TurnInProgress => ("turn_in_progress", "invalid_request", 409),
             ClientTooSlow => ("client_too_slow", "client", 408),
+            RateLimited => ("rate_limited", "rate_limit", 429),
             TrainingLockHeld => ("training_lock_held", "training", 409),
             TrainingLockNotOwner => ("training_lock_not_owner", "training", 409),
             LockStoreUnavailable => ("lock_store_unavailable", "upstream", 503),
@@ -100,6 +102,9 @@ pub struct ErrorBody {
     pub kind: &'static str,
     pub status: u16,
     pub message: String,
+    /// With `rate_limited`: when to try again (also the `Retry-After` header, in whole seconds).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
 }
 
 /// What handlers return on failure.
@@ -107,11 +112,18 @@ pub struct ErrorBody {
 pub struct ApiError {
     code: Code,
     message: String,
+    retry_after: Option<std::time::Duration>,
 }
 
 impl ApiError {
     pub fn new(code: Code, message: impl Into<String>) -> Self {
-        Self { code, message: message.into() }
+        Self { code, message: message.into(), retry_after: None }
+    }
+
+    /// Tells the client when to try again (`Retry-After`).
+    pub fn with_retry_after(mut self, after: std::time::Duration) -> Self {
+        self.retry_after = Some(after);
+        self
     }
 
     pub fn code(&self) -> Code {
@@ -120,7 +132,7 @@ impl ApiError {
 
     pub fn body(&self) -> ErrorBody {
         let (code, kind, status) = self.code.describe();
-        ErrorBody { code, kind, status, message: self.message.clone() }
+        ErrorBody { code, kind, status, message: self.message.clone(), retry_after_ms: self.retry_after.map(|d| d.as_millis().max(1) as u64) }
     }
 }
 
@@ -147,7 +159,13 @@ impl ResponseError for ApiError {
     }
 
     fn error_response(&self) -> HttpResponse {
-        HttpResponse::build(self.status_code()).insert_header((header::CONTENT_TYPE, "application/problem+json")).json(self.body())
+        let mut response = HttpResponse::build(self.status_code());
+        response.insert_header((header::CONTENT_TYPE, "application/problem+json"));
+        if let Some(after) = self.retry_after {
+            // Whole seconds, rounded up: never earlier than the limit allows.
+            response.insert_header((header::RETRY_AFTER, after.as_secs_f64().ceil().max(1.0).to_string()));
+        }
+        response.json(self.body())
     }
 }
 

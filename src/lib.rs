@@ -8,6 +8,7 @@
 //!   OpenAI-compatible `/v1/chat/completions`.
 //! - [`socket`]: turns over a WebSocket, for the gateway and the orchestrator.
 //! - [`identity`]: API keys → tenant + capabilities.
+//! - [`limits`]: per-tenant concurrent streams and request rate (Redis or in process).
 //! - [`moderation`]: normalisation, the phrase lexicon, the semantic layer
 //!   (an embedding model in process), the streaming output guard, and their
 //!   evaluation on labelled data.
@@ -29,6 +30,7 @@ pub mod error;
 pub mod events;
 pub mod gateway;
 pub mod identity;
+pub mod limits;
 pub mod moderation;
 pub mod ops;
 pub mod orchestrator;

@@ -309,7 +309,14 @@ impl<S: TurnSource> Connection<S> {
                         self.turn = Some(Running { turn_id, stop, frames });
                         true
                     }
-                    Err(err) => self.send(error_frame(None, err.code(), &err.body().message)).await,
+                    Err(err) => {
+                        let body = err.body();
+                        let mut frame = error_frame(None, err.code(), &body.message);
+                        if let Some(after) = body.retry_after_ms {
+                            frame["retry_after_ms"] = after.into();
+                        }
+                        self.send(frame).await
+                    }
                 }
             }
         }

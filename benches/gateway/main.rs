@@ -95,6 +95,9 @@ async fn steward_env(config: &Config, upstream_port: u16, port: u16, dir: &Path,
     let mut vars: Vec<(String, String)> = vec![
         ("STEWARD_SERVER__BIND".into(), format!("127.0.0.1:{port}")),
         ("STEWARD_SLM__BASE_URL".into(), format!("http://127.0.0.1:{upstream_port}/v1")),
+        // The bench's one tenant measures throughput, not its limits.
+        ("STEWARD_LIMITS__MAX_CONCURRENT_STREAMS".into(), "0".into()),
+        ("STEWARD_LIMITS__REQUESTS_PER_SECOND".into(), "0".into()),
         ("STEWARD_POLICY__SIGNING_KEY".into(), "bench-signing-key-0123456789abcdef0123".into()),
         ("STEWARD_POLICY__CONSTITUTION".into(), root.join("config/constitution.toml").display().to_string()),
         ("STEWARD_MODERATION__MODEL_DIR".into(), root.join(".models/all-minilm-l6-v2").display().to_string()),

@@ -38,6 +38,8 @@ pub struct Gateway {
     pub caller_system: CallerSystemPolicy,
     /// Store the text of turns refused on input instead of withholding it.
     pub store_refused_text: bool,
+    /// Per-tenant concurrent streams and request rate.
+    pub limiter: Arc<crate::limits::Limiter>,
 }
 
 /// What happens to a caller's `system`/`developer` message: refused (the
@@ -98,6 +100,9 @@ impl Gateway {
 
     async fn try_admit(&self, caller: &Caller, input: TurnInput) -> Result<Admission, ApiError> {
         caller.require(Capability::Chat)?;
+        // The tenant's limits first: a turn over them costs no moderation and no model work.
+        let turn_id = uuid::Uuid::now_v7().to_string();
+        let permit = self.limiter.admit(caller.tenant.as_str(), &turn_id).await?;
         self.limits.check_message(&input.message)?;
         for earlier in &input.preamble {
             self.limits.check_earlier(&earlier.content)?;
@@ -123,7 +128,6 @@ impl Gateway {
         };
         // The constitution this turn is judged under, from start to end.
         let judge = self.judges.current(tenant).map_err(PolicyError::from)?;
-        let turn_id = uuid::Uuid::now_v7().to_string();
         let turn = TurnRef { tenant, session_id: &session_id, turn_id: &turn_id, message: &input.message, params: input.params };
 
         let texts = input.preamble.iter().map(|m| m.content.clone()).chain([input.message.clone()]).collect();
@@ -191,8 +195,14 @@ impl Gateway {
         };
         tracing::info!(trace_id = %input.trace.trace_id, span_id = %input.trace.span_id, tenant, session_id = %session_id,
             turn_id = %turn_id, "turn dispatched");
-        Ok(Admission { session_id, turn_id, trace: input.trace, signed, outcome: Admitted::Streaming(stream) })
+        Ok(Admission { session_id, turn_id, trace: input.trace, signed, outcome: Admitted::Streaming(holding(stream, permit)) })
     }
+}
+
+/// The turn's stream, holding its stream slot until it ends or is dropped.
+fn holding(turn: TurnStream, permit: crate::limits::Permit) -> TurnStream {
+    use futures_util::StreamExt;
+    Box::pin(futures_util::stream::unfold((turn, permit), |(mut turn, permit)| async move { turn.next().await.map(|event| (event, (turn, permit))) }))
 }
 
 /// A turn refused on input, as stored: without its text (the gateway puts

@@ -21,6 +21,11 @@ struct RouteLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LimitLabels {
+    limit: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TopicLabels {
     topic: String,
 }
@@ -91,6 +96,8 @@ pub struct Metrics {
     publish_failures: Counter,
     published: Family<TopicLabels, Counter>,
     dead_lettered: Family<TopicLabels, Counter>,
+    rate_limited: Family<LimitLabels, Counter>,
+    limits_store_failures: Counter,
     training_state: Family<TenantLabels, Gauge>,
     training_transitions: Family<TransitionLabels, Counter>,
     inter_token: HistogramFamily,
@@ -168,6 +175,14 @@ impl Metrics {
         registry.register("outbox_oldest_pending_seconds", "Age of the oldest unpublished event", outbox_oldest.clone());
         registry.register("kafka_publish_failures", "Failed attempts to publish to the broker", publish_failures.clone());
         registry.register("kafka_published_events", "Events published to the broker, by topic", published.clone());
+        let rate_limited = Family::<LimitLabels, Counter>::default();
+        registry.register("rate_limited", "Turns refused over a tenant's limit (429 rate_limited), by limit: streams or rate", rate_limited.clone());
+        let limits_store_failures = Counter::default();
+        registry.register(
+            "limits_store_failures",
+            "Turns admitted without their tenant's limits: the limit store was unavailable",
+            limits_store_failures.clone(),
+        );
         let dead_lettered = Family::<TopicLabels, Counter>::default();
         registry.register(
             "kafka_dead_lettered_events",
@@ -203,6 +218,8 @@ impl Metrics {
             publish_failures,
             published,
             dead_lettered,
+            rate_limited,
+            limits_store_failures,
             training_state,
             training_transitions,
             inter_token,
@@ -257,6 +274,14 @@ impl Metrics {
 
     pub fn publish_failure(&self) {
         self.publish_failures.inc();
+    }
+
+    pub fn rate_limited(&self, limit: &'static str) {
+        self.rate_limited.get_or_create(&LimitLabels { limit }).inc();
+    }
+
+    pub fn limits_store_failure(&self) {
+        self.limits_store_failures.inc();
     }
 
     pub fn dead_lettered(&self, topic: &str) {

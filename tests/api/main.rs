@@ -18,6 +18,7 @@ mod dashboards;
 mod evasion;
 mod events;
 mod instances;
+mod limits;
 mod moderation;
 mod moderation_eval;
 mod openai;
