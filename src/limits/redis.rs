@@ -75,9 +75,12 @@ impl LimitStore for RedisLimits {
         let (client, key, timeout) = (self.client.clone(), self.key("streams", &tenant), self.timeout);
         Box::pin(async move {
             // Not given back (Redis unreachable): the slot frees itself when its lease ends.
-            if let Err(err) = tokio::time::timeout(timeout, client.zrem::<i64, _, _>(key, id)).await.unwrap_or_else(|_| Ok(0)) {
-                tracing::warn!(error = %err, tenant, "a stream slot was not given back; it frees itself at its lease end");
-            }
+            let error = match tokio::time::timeout(timeout, client.zrem::<i64, _, _>(key, id)).await {
+                Ok(Ok(_)) => return,
+                Ok(Err(err)) => err.to_string(),
+                Err(_) => format!("no answer within {timeout:?}"),
+            };
+            tracing::warn!(error, tenant, "a stream slot was not given back; it frees itself at its lease end");
         })
     }
 }
