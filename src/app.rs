@@ -153,6 +153,7 @@ impl Application {
             Duration::from_millis(settings.identity.key_cache_ms),
             settings.identity.key_cache_entries,
         ));
+        let auth_failures = web::Data::new(crate::identity::AuthFailures::new(settings.identity.max_failed_auth_per_minute));
         let training = web::Data::from(training);
         let deps = Dependencies { database: db, model, broker: publisher, redis };
         let readiness = web::Data::from(Readiness::start(deps, Duration::from_millis(settings.server.readiness_refresh_ms), &cancel, &tasks).await);
@@ -171,6 +172,7 @@ impl Application {
                 .app_data(orchestrator_api.clone())
                 .app_data(policy_api.clone())
                 .app_data(keys.clone())
+                .app_data(auth_failures.clone())
                 .app_data(training.clone())
                 .app_data(readiness.clone())
                 .app_data(ops.clone())

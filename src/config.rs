@@ -96,6 +96,9 @@ pub struct IdentitySettings {
     pub key_cache_ms: u64,
     /// Most keys remembered at once.
     pub key_cache_entries: usize,
+    /// Unknown keys one client address may send per minute before it is
+    /// refused (429) without a lookup; 0 = no bound.
+    pub max_failed_auth_per_minute: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]

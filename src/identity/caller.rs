@@ -7,7 +7,8 @@ use actix_web::{dev::Payload, http::header, web, FromRequest, HttpRequest};
 
 use super::cache::KeyCache;
 use super::domain::{Capability, IdentityError, TenantId};
-use crate::error::ApiError;
+use super::failures::AuthFailures;
+use crate::error::{ApiError, Code};
 
 /// Who is calling: the key's tenant and capabilities.
 #[derive(Debug, Clone)]
@@ -55,10 +56,23 @@ impl FromRequest for Caller {
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         let keys = req.app_data::<web::Data<KeyCache>>().cloned();
+        // An address that sent too many unknown keys is refused before its key is looked up.
+        let failures = req.app_data::<web::Data<AuthFailures>>().cloned().zip(req.peer_addr().map(|a| a.ip()));
+        let metrics = req.app_data::<web::Data<crate::telemetry::Metrics>>().cloned();
         let bearer = bearer(req);
         Box::pin(async move {
-            let keys = keys.ok_or_else(|| ApiError::new(crate::error::Code::Internal, "identity is not configured"))?;
-            Ok(Self::authenticate(&keys, bearer).await?)
+            let keys = keys.ok_or_else(|| ApiError::new(Code::Internal, "identity is not configured"))?;
+            if let Some(wait) = failures.as_ref().and_then(|(failures, ip)| failures.check(*ip)) {
+                if let Some(metrics) = metrics {
+                    metrics.rate_limited("failed_auth");
+                }
+                return Err(ApiError::new(Code::RateLimited, "too many failed authentications from this address").with_retry_after(wait));
+            }
+            let result = Self::authenticate(&keys, bearer).await;
+            if let (Err(IdentityError::UnknownKey), Some((failures, ip))) = (&result, &failures) {
+                failures.failed(*ip);
+            }
+            Ok(result?)
         })
     }
 }

@@ -8,9 +8,11 @@
 mod cache;
 mod caller;
 mod domain;
+mod failures;
 mod store;
 
 pub use cache::KeyCache;
 pub use caller::{bearer, Caller};
 pub use domain::{ApiKey, Capability, IdentityError, TenantId};
+pub use failures::AuthFailures;
 pub use store::{KeyRecord, KeyStore};

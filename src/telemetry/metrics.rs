@@ -176,7 +176,11 @@ impl Metrics {
         registry.register("kafka_publish_failures", "Failed attempts to publish to the broker", publish_failures.clone());
         registry.register("kafka_published_events", "Events published to the broker, by topic", published.clone());
         let rate_limited = Family::<LimitLabels, Counter>::default();
-        registry.register("rate_limited", "Turns refused over a tenant's limit (429 rate_limited), by limit: streams or rate", rate_limited.clone());
+        registry.register(
+            "rate_limited",
+            "Requests refused with 429 rate_limited, by limit: streams or rate (a tenant's), failed_auth (an address's)",
+            rate_limited.clone(),
+        );
         let limits_store_failures = Counter::default();
         registry.register(
             "limits_store_failures",

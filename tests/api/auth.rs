@@ -87,3 +87,22 @@ async fn an_unknown_session_id_is_404() {
     let response = app.post("/v1/chat/stream", Some(&key), &json!({ "message": "Hi", "session_id": uuid::Uuid::now_v7() })).await;
     assert_error(response, 404, "session_not_found").await;
 }
+
+#[tokio::test]
+async fn an_address_that_sends_too_many_unknown_keys_is_refused_before_any_lookup() {
+    let app = spawn_app_with(Storage::Sqlite, |s| s.identity.max_failed_auth_per_minute = 3).await;
+    let (_, key) = app.chat_key().await;
+    let body = json!({ "message": "Say hi.", "max_tokens": 2 });
+    for guess in ["stw_guess1", "stw_guess2", "stw_guess3"] {
+        assert_error(app.post("/v1/chat/stream", Some(guess), &body).await, 401, "unauthenticated").await;
+    }
+
+    let refused = app.post("/v1/chat/stream", Some("stw_guess4"), &body).await;
+
+    assert_eq!(refused.headers()["retry-after"].to_str().unwrap().parse::<u64>().unwrap(), 60);
+    assert_error(refused, 429, "rate_limited").await;
+    // For the rest of its minute the address is refused whatever key it sends.
+    assert_error(app.post("/v1/chat/stream", Some(&key), &body).await, 429, "rate_limited").await;
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    assert!(metrics.contains("rate_limited_total{limit=\"failed_auth\"} 2"), "{metrics}");
+}
