@@ -40,6 +40,8 @@ pub struct Application {
     turns: CancellationToken,
     /// How long a shutdown lets running turns finish (`server.shutdown_grace_ms`).
     grace: Duration,
+    /// Signs the trail's checkpoints, the last one at shutdown; `None` without a key.
+    checkpoints: Option<Arc<crate::events::checkpoint::Checkpointer>>,
     /// The OTLP span exporter, flushed at the end.
     spans: Option<crate::telemetry::spans::SpanExport>,
 }
@@ -87,6 +89,7 @@ impl Application {
         let (cancel, tasks, turns) = (CancellationToken::new(), TaskTracker::new(), CancellationToken::new());
         let grace = Duration::from_millis(settings.server.shutdown_grace_ms);
         let (events, publisher) = start_events(settings, &db, &metrics, &cancel, &tasks);
+        let checkpoints = start_checkpoints(settings, &db, &events, &cancel, &tasks);
         let auditor = Auditor { events: events.clone(), topic: settings.kafka.policy_topic.clone() };
         let judges = start_judges(settings, &redis, build, seed, auditor.clone(), &cancel, &tasks).await?;
         let limiter = limiter(settings, &redis, &metrics, &tasks);
@@ -198,7 +201,7 @@ impl Application {
         .listen(listener)?
         .run();
         tracing::info!(port, "steward listening");
-        Ok(Self { port, server, cancel, tasks, turns, grace, spans })
+        Ok(Self { port, server, cancel, tasks, turns, grace, checkpoints, spans })
     }
 
     pub fn port(&self) -> u16 {
@@ -229,6 +232,12 @@ impl Application {
             }
         };
         let served = served.unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        // The last checkpoint covers the turns that ended during the shutdown.
+        if let Some(checkpoints) = &self.checkpoints {
+            if let Err(err) = checkpoints.checkpoint().await {
+                tracing::warn!(error = %err, "the shutdown's checkpoint was not written");
+            }
+        }
         self.cancel.cancel();
         self.tasks.close();
         self.tasks.wait().await;
@@ -278,7 +287,6 @@ pub fn moderator(settings: &Settings, constitution: &Constitution) -> anyhow::Re
     Moderator::with_semantic(constitution, semantic, m.output_window_chars).context("Failed to build the moderator")
 }
 
-/// The configured key, or a random one that only this process can verify.
 /// Bounds the kernel send buffer of a client connection (`server.send_buffer_bytes`; 0 leaves it).
 fn bound_send_buffer(connection: &dyn std::any::Any, bytes: usize) {
     if bytes == 0 {
@@ -291,6 +299,7 @@ fn bound_send_buffer(connection: &dyn std::any::Any, bytes: usize) {
     }
 }
 
+/// The configured key, or a random one that only this process can verify.
 fn signing_key(configured: &Secret) -> Secret {
     if !configured.expose().is_empty() {
         return configured.clone();
@@ -331,6 +340,32 @@ fn start_events(
     (events, publisher)
 }
 
+/// The checkpointer of the trail, when `events.checkpoint_key` is set.
+fn start_checkpoints(
+    settings: &Settings,
+    db: &Database,
+    events: &EventLog,
+    cancel: &CancellationToken,
+    tasks: &TaskTracker,
+) -> Option<Arc<crate::events::checkpoint::Checkpointer>> {
+    use crate::events::checkpoint::{CheckpointKey, Checkpointer};
+    let Some(key) = CheckpointKey::from_secret(settings.events.checkpoint_key.expose()) else {
+        tracing::warn!("events.checkpoint_key is empty: the trail is not checkpointed (audit verify checks its hash chains only)");
+        return None;
+    };
+    tracing::info!(public_key = %key.public_hex(), topic = %settings.kafka.checkpoint_topic, "signing checkpoints of the event trail");
+    let checkpointer = Arc::new(Checkpointer {
+        db: db.clone(),
+        events: events.clone(),
+        key,
+        topic: settings.kafka.checkpoint_topic.clone(),
+        conversation_topic: settings.kafka.conversation_topic.clone(),
+        last: Default::default(),
+    });
+    tasks.spawn(checkpointer.clone().run(Duration::from_millis(settings.events.checkpoint_interval_ms), cancel.clone()));
+    Some(checkpointer)
+}
+
 #[cfg(feature = "kafka")]
 fn publisher(settings: &Settings) -> Option<Arc<dyn EventPublisher>> {
     use crate::events::kafka::{KafkaPublisher, KafkaSettings};
@@ -341,7 +376,7 @@ fn publisher(settings: &Settings) -> Option<Arc<dyn EventPublisher>> {
     }
     Some(Arc::new(KafkaPublisher::new(KafkaSettings {
         brokers: kafka.brokers.clone(),
-        topics: vec![kafka.conversation_topic.clone(), kafka.training_topic.clone(), kafka.policy_topic.clone()],
+        topics: vec![kafka.conversation_topic.clone(), kafka.training_topic.clone(), kafka.policy_topic.clone(), kafka.checkpoint_topic.clone()],
         partitions: kafka.partitions,
         replication_factor: kafka.replication_factor,
         deadline: Duration::from_millis(kafka.request_deadline_ms),

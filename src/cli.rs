@@ -121,6 +121,17 @@ pub enum AuditCommand {
         tenant: Option<String>,
         #[arg(long)]
         session: Option<String>,
+        /// The checkpoint signer's public key (`steward keys audit-public`): also check the
+        /// topic against the signed checkpoints on `--checkpoint-topic`, which finds sessions
+        /// whose last events were removed, deleted sessions and forged events.
+        #[arg(long)]
+        public_key: Option<String>,
+        #[arg(long, default_value = "conversation.checkpoints")]
+        checkpoint_topic: String,
+        /// The topic name the checkpoints were signed for, when `--topic` is a copy of it
+        /// under another name (a mirror, a backup); default: `--topic`.
+        #[arg(long)]
+        checkpointed_as: Option<String>,
     },
     /// Judge one stored turn again under the constitution it was judged by
     /// (fetched by its hash from the registry) and show whether the verdict
@@ -146,6 +157,8 @@ pub enum KeysCommand {
     List,
     /// Revoke a key by id.
     Revoke { id: String },
+    /// Print the public key of `events.checkpoint_key`, for `audit verify --public-key`.
+    AuditPublic,
 }
 
 async fn database(settings: &Settings) -> anyhow::Result<Database> {
@@ -162,8 +175,15 @@ pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
             eprintln!("migrations applied");
         }
         Command::Events(EventsCommand::Tail { follow, session }) => tail(&settings, follow, session).await?,
-        Command::Audit(AuditCommand::Verify { brokers, topic, tenant, session }) => {
-            audit_verify(&brokers, &topic, tenant.as_deref(), session.as_deref()).await?
+        Command::Audit(AuditCommand::Verify { brokers, topic, tenant, session, public_key, checkpoint_topic, checkpointed_as }) => {
+            let signed_for = checkpointed_as.as_deref().unwrap_or(&topic);
+            let checkpoints = public_key.as_deref().map(|key| Checkpoints { public_key: key, topic: &checkpoint_topic, signed_for });
+            audit_verify(&brokers, &topic, tenant.as_deref(), session.as_deref(), checkpoints).await?
+        }
+        Command::Keys(KeysCommand::AuditPublic) => {
+            let key = crate::events::checkpoint::CheckpointKey::from_secret(settings.events.checkpoint_key.expose())
+                .ok_or_else(|| anyhow::anyhow!("events.checkpoint_key is empty: nothing signs checkpoints"))?;
+            println!("{}", key.public_hex());
         }
         Command::Audit(AuditCommand::Replay { turn }) => crate::policy::cli::replay(&settings, &turn).await?,
         Command::Moderation(cmd) => crate::moderation::cli::run(&settings, cmd).await?,
@@ -187,6 +207,7 @@ pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
                     keys.revoke(&id).await?;
                     eprintln!("revoked {id}");
                 }
+                KeysCommand::AuditPublic => unreachable!("answered above, without the database"),
             }
         }
     }
@@ -211,15 +232,66 @@ async fn tail(settings: &Settings, follow: bool, session: Option<String>) -> any
     }
 }
 
-/// Prints one JSON line per session; fails if any session is broken.
-pub async fn audit_verify(brokers: &[String], topic: &str, tenant: Option<&str>, session: Option<&str>) -> anyhow::Result<()> {
+/// Where `audit verify` finds the signed checkpoints of a topic.
+pub struct Checkpoints<'a> {
+    /// The signer's public key, hex.
+    pub public_key: &'a str,
+    /// The topic holding the checkpoints.
+    pub topic: &'a str,
+    /// The name of the topic they were signed for.
+    pub signed_for: &'a str,
+}
+
+/// Prints one JSON line per session; fails if any session is broken. With
+/// `checkpoints`, also checks the sessions against the newest signed
+/// checkpoint of each.
+pub async fn audit_verify(
+    brokers: &[String],
+    topic: &str,
+    tenant: Option<&str>,
+    session: Option<&str>,
+    checkpoints: Option<Checkpoints<'_>>,
+) -> anyhow::Result<()> {
     #[cfg(feature = "kafka")]
     {
-        let events = crate::events::audit::consume(brokers, topic, std::time::Duration::from_secs(5)).await.map_err(anyhow::Error::msg)?;
+        let deadline = std::time::Duration::from_secs(5);
+        let events = crate::events::audit::consume(brokers, topic, deadline).await.map_err(anyhow::Error::msg)?;
+        let chosen = |chain: &str| {
+            let (t, s) = chain.split_once(':').unwrap_or((chain, ""));
+            tenant.is_none_or(|x| x == t) && session.is_none_or(|x| x == s)
+        };
         let selected = events
             .into_iter()
             .filter(|e| tenant.is_none_or(|t| e["tenant"].as_str() == Some(t)) && session.is_none_or(|s| e["session_id"].as_str() == Some(s)));
-        let reports = crate::events::audit::verify(selected);
+        let mut checkpointed = std::collections::BTreeMap::new();
+        if let Some(checkpoints) = checkpoints {
+            use crate::events::checkpoint::{public_key, verified};
+            let key = public_key(checkpoints.public_key).map_err(anyhow::Error::msg)?;
+            let records = crate::events::audit::consume(brokers, checkpoints.topic, deadline).await.map_err(anyhow::Error::msg)?;
+            let (mut good, mut bad) = (0, 0);
+            for record in records.iter().filter(|r| r["topic"].as_str() == Some(checkpoints.signed_for)) {
+                match verified(record, &key) {
+                    Ok(heads) => {
+                        good += 1;
+                        for head in heads.into_iter().filter(|h| chosen(&h.chain)) {
+                            let newest = checkpointed.entry(head.chain).or_insert((0, String::new()));
+                            if head.seq > newest.0 {
+                                *newest = (head.seq, head.hash);
+                            }
+                        }
+                    }
+                    Err(why) => {
+                        bad += 1;
+                        println!("{}", serde_json::json!({ "checkpoint": record["checkpoint_id"], "status": "rejected", "reason": why }));
+                    }
+                }
+            }
+            eprintln!("{good} signed checkpoint(s) of {} verified, {bad} rejected", checkpoints.signed_for);
+            if bad > 0 {
+                anyhow::bail!("{bad} checkpoint(s) do not verify with this public key");
+            }
+        }
+        let reports = crate::events::audit::verify_against(selected, &checkpointed);
         let broken = reports.iter().filter(|r| !r.problems.is_empty()).count();
         for report in &reports {
             println!("{}", serde_json::to_string(report)?);
@@ -232,7 +304,7 @@ pub async fn audit_verify(brokers: &[String], topic: &str, tenant: Option<&str>,
     }
     #[cfg(not(feature = "kafka"))]
     {
-        let _ = (brokers, topic, tenant, session);
+        let _ = (brokers, topic, tenant, session, checkpoints);
         anyhow::bail!("this build lacks the `kafka` Cargo feature")
     }
 }

@@ -45,6 +45,18 @@ pub struct Settings {
     pub training: TrainingConfig,
     pub telemetry: TelemetrySettings,
     pub limits: LimitsSettings,
+    pub events: EventsSettings,
+}
+
+/// Signed checkpoints of the event trail (see `crate::events::checkpoint`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsSettings {
+    /// How often changed chains are checkpointed (and once at shutdown).
+    pub checkpoint_interval_ms: u64,
+    /// The Ed25519 signing key: 64 hex characters (the seed), or any other
+    /// secret text (hashed into one). Empty = no checkpoints.
+    pub checkpoint_key: Secret,
 }
 
 /// Per-tenant limits on chat turns (see `crate::limits`): the defaults, and
@@ -203,6 +215,8 @@ pub struct KafkaConfig {
     pub training_topic: String,
     /// Where constitution activations are recorded (`policy.audit/v1`).
     pub policy_topic: String,
+    /// Where signed checkpoints of `conversation_topic` go.
+    pub checkpoint_topic: String,
     /// Partitions of topics Steward creates.
     pub partitions: i32,
     pub replication_factor: i16,
@@ -321,6 +335,7 @@ impl Settings {
             ("server.socket_auth_timeout_ms", self.server.socket_auth_timeout_ms),
             ("server.write_stall_ms", self.server.write_stall_ms),
             ("server.readiness_refresh_ms", self.server.readiness_refresh_ms),
+            ("events.checkpoint_interval_ms", self.events.checkpoint_interval_ms),
             ("server.stream_buffer_events", self.server.stream_buffer_events as u64),
             ("policy.verdict_ttl_seconds", self.policy.verdict_ttl_seconds),
             ("policy.staleness_ms", self.policy.staleness_ms),

@@ -3,7 +3,10 @@
 //! `prev_hash` equal to the SHA-256 of the previous event's canonical form —
 //! reporting missing, duplicated, reordered and altered events. Identical
 //! redeliveries (same `event_id`, same bytes) are expected under
-//! at-least-once delivery and only counted.
+//! at-least-once delivery and only counted. Given the heads of signed
+//! checkpoints ([`super::checkpoint`]), it also finds a session whose last
+//! events were removed (`truncated`), one deleted whole (`deleted`), and a
+//! well-chained event that is not the one checkpointed (`forged`).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -19,6 +22,12 @@ pub enum ProblemKind {
     Duplicated,
     Reordered,
     Altered,
+    /// Fewer events than a signed checkpoint covers.
+    Truncated,
+    /// No event left of a session a signed checkpoint covers.
+    Deleted,
+    /// The event at a checkpointed `seq` is not the one the checkpoint signed.
+    Forged,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -57,6 +66,12 @@ struct Chain {
 
 /// Verifies events given in the order consumers read them (per partition, by offset).
 pub fn verify(events: impl IntoIterator<Item = Value>) -> Vec<SessionReport> {
+    verify_against(events, &BTreeMap::new())
+}
+
+/// Verifies events as [`verify`] does, and against `checkpointed`: chain →
+/// (seq, hash) of its newest signed checkpoint.
+pub fn verify_against(events: impl IntoIterator<Item = Value>, checkpointed: &BTreeMap<String, (i64, String)>) -> Vec<SessionReport> {
     let mut chains: BTreeMap<String, Chain> = BTreeMap::new();
     for event in events {
         let (Some(tenant), Some(session), Some(seq), Some(id), Some(_)) =
@@ -93,10 +108,37 @@ pub fn verify(events: impl IntoIterator<Item = Value>) -> Vec<SessionReport> {
         let prev_hash = event["prev_hash"].as_str().unwrap_or_default().to_owned();
         chain.by_seq.insert(seq, Link { event_id: id.to_owned(), prev_hash, hash });
     }
-    chains.into_iter().map(|(session, chain)| report(session, chain)).collect()
+    for chain in checkpointed.keys() {
+        chains.entry(chain.clone()).or_default();
+    }
+    chains
+        .into_iter()
+        .map(|(session, chain)| {
+            let head = checkpointed.get(&session);
+            report(session, chain, head)
+        })
+        .collect()
 }
 
-fn report(session: String, mut chain: Chain) -> SessionReport {
+fn report(session: String, mut chain: Chain, checkpointed: Option<&(i64, String)>) -> SessionReport {
+    if let Some((seq, hash)) = checkpointed {
+        let (seq, last) = (*seq, chain.max_seq);
+        if chain.by_seq.is_empty() {
+            chain.problems.push(Problem {
+                seq,
+                kind: ProblemKind::Deleted,
+                detail: format!("a signed checkpoint covers {seq} events of this session; none is left"),
+            });
+        } else if last < seq {
+            chain.problems.push(Problem {
+                seq,
+                kind: ProblemKind::Truncated,
+                detail: format!("a signed checkpoint covers {seq} events; the last left is seq {last}"),
+            });
+        } else if chain.by_seq.get(&seq).is_some_and(|link| &link.hash != hash) {
+            chain.problems.push(Problem { seq, kind: ProblemKind::Forged, detail: "this event is not the one the signed checkpoint covers".into() });
+        }
+    }
     for seq in 1..=chain.max_seq {
         let Some(link) = chain.by_seq.get(&seq) else {
             chain.problems.push(Problem { seq, kind: ProblemKind::Missing, detail: "no event with this seq".into() });
@@ -202,6 +244,24 @@ mod tests {
         let mut events = chain(4);
         events.swap(1, 2);
         assert_eq!(kinds(events), [(2, ProblemKind::Reordered)]);
+    }
+
+    fn against_checkpoint(events: Vec<Value>, seq: i64, hash: String) -> Vec<(i64, ProblemKind)> {
+        let checkpointed = BTreeMap::from([("t:s".to_owned(), (seq, hash))]);
+        verify_against(events, &checkpointed).remove(0).problems.iter().map(|p| (p.seq, p.kind)).collect()
+    }
+
+    #[test]
+    fn what_the_chain_alone_cannot_show_a_signed_checkpoint_does() {
+        let events = chain(4);
+        let head = event_hash(&events[3]);
+        assert_eq!(against_checkpoint(events.clone(), 4, head.clone()), [], "untouched");
+        assert_eq!(against_checkpoint(events[..3].to_vec(), 4, head.clone()), [(4, ProblemKind::Truncated)], "the last event removed");
+        assert_eq!(against_checkpoint(Vec::new(), 4, head.clone()), [(4, ProblemKind::Deleted)], "the session removed");
+        let mut forged = events.clone();
+        forged[3]["data"] = json!({ "forged": true });
+        assert_eq!(kinds(forged.clone()), [], "well chained: the chain alone sees nothing");
+        assert_eq!(against_checkpoint(forged, 4, head), [(4, ProblemKind::Forged)]);
     }
 
     #[test]

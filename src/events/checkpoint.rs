@@ -1,0 +1,212 @@
+//! Signed checkpoints of the conversation trail. Every
+//! `events.checkpoint_interval_ms` (and at shutdown) Steward publishes, on
+//! `kafka.checkpoint_topic`, a record that commits to the head `(seq, hash)`
+//! of every session chain that changed since its last checkpoint — listed,
+//! with a Merkle root over them — signed with an Ed25519 key
+//! (`events.checkpoint_key`). The hash chain alone cannot show that a
+//! session's last events were removed, that a whole session was deleted, or
+//! that a chain was forged and re-linked; a verifier holding the public key
+//! (`steward keys audit-public`) can, up to the last checkpoint.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use sqlx::Row;
+use tokio_util::sync::CancellationToken;
+
+use super::model::canonical_bytes;
+use super::outbox::Pending;
+use super::writer::EventLog;
+use crate::db::Database;
+
+pub const CHECKPOINT_SCHEMA: &str = "conversation.checkpoint/v1";
+/// Heads per record, so a record stays far below the broker's size limit.
+const HEADS_PER_RECORD: usize = 500;
+
+/// The key checkpoints are signed with.
+pub struct CheckpointKey(SigningKey);
+
+impl CheckpointKey {
+    /// From the configured secret: 64 hex characters are the Ed25519 seed
+    /// itself; any other text is hashed (SHA-256) into one. None if empty.
+    pub fn from_secret(secret: &str) -> Option<Self> {
+        if secret.is_empty() {
+            return None;
+        }
+        let seed: [u8; 32] = match hex::decode(secret) {
+            Ok(bytes) if bytes.len() == 32 => bytes.try_into().ok()?,
+            _ => Sha256::digest(secret.as_bytes()).into(),
+        };
+        Some(Self(SigningKey::from_bytes(&seed)))
+    }
+
+    /// The public key, hex: what `audit verify --public-key` takes.
+    pub fn public_hex(&self) -> String {
+        hex::encode(self.0.verifying_key().to_bytes())
+    }
+}
+
+/// A session chain's head: `tenant:session_id`, its last `seq` and that event's hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Head {
+    pub chain: String,
+    pub seq: i64,
+    pub hash: String,
+}
+
+/// The Merkle root over heads sorted by chain: each leaf the SHA-256 of
+/// `chain \0 seq \0 hash`, each parent the SHA-256 of its two children (an
+/// odd node goes up as it is).
+pub fn merkle_root(heads: &[Head]) -> String {
+    let mut level: Vec<[u8; 32]> = heads.iter().map(|h| Sha256::digest(format!("{}\0{}\0{}", h.chain, h.seq, h.hash).as_bytes()).into()).collect();
+    if level.is_empty() {
+        return hex::encode(Sha256::digest(b""));
+    }
+    while level.len() > 1 {
+        level = level
+            .chunks(2)
+            .map(|pair| match pair {
+                [left, right] => Sha256::new().chain_update(left).chain_update(right).finalize().into(),
+                [single] => *single,
+                _ => unreachable!("chunks of two"),
+            })
+            .collect();
+    }
+    hex::encode(level[0])
+}
+
+/// A signed checkpoint record over `heads` (sorted by chain).
+pub fn signed(key: &CheckpointKey, topic: &str, heads: &[Head]) -> Value {
+    let mut record = json!({
+        "schema": CHECKPOINT_SCHEMA,
+        "checkpoint_id": uuid::Uuid::now_v7().to_string(),
+        "created_at": crate::db::rfc3339(crate::db::now_ms()),
+        "topic": topic,
+        "heads": heads,
+        "root": merkle_root(heads),
+        "public_key": key.public_hex(),
+    });
+    let signature = key.0.sign(&canonical_bytes(&record));
+    record["signature"] = hex::encode(signature.to_bytes()).into();
+    record
+}
+
+/// Reads a public key given in hex.
+pub fn public_key(hex_key: &str) -> Result<VerifyingKey, String> {
+    let bytes: [u8; 32] = hex::decode(hex_key.trim()).ok().and_then(|b| b.try_into().ok()).ok_or("a public key is 64 hex characters")?;
+    VerifyingKey::from_bytes(&bytes).map_err(|e| format!("not an Ed25519 public key: {e}"))
+}
+
+/// A checkpoint record's heads, if `key` signed it and its root matches them.
+pub fn verified(record: &Value, key: &VerifyingKey) -> Result<Vec<Head>, String> {
+    let mut unsigned = record.clone();
+    let signature = unsigned.as_object_mut().and_then(|o| o.remove("signature")).ok_or("no signature")?;
+    let signature: [u8; 64] = signature.as_str().and_then(|s| hex::decode(s).ok()).and_then(|b| b.try_into().ok()).ok_or("unreadable signature")?;
+    key.verify(&canonical_bytes(&unsigned), &Signature::from_bytes(&signature)).map_err(|_| "the signature is not this key's".to_owned())?;
+    let heads: Vec<Head> = serde_json::from_value(record["heads"].clone()).map_err(|e| format!("unreadable heads: {e}"))?;
+    if record["root"].as_str() != Some(merkle_root(&heads).as_str()) {
+        return Err("the root does not match the heads".into());
+    }
+    Ok(heads)
+}
+
+/// Publishes checkpoints of the chains that changed.
+pub struct Checkpointer {
+    pub db: Database,
+    pub events: EventLog,
+    pub key: CheckpointKey,
+    /// Where checkpoints go.
+    pub topic: String,
+    /// The topic whose chains they cover.
+    pub conversation_topic: String,
+    /// chain → seq at its last checkpoint from this process.
+    pub last: Mutex<HashMap<String, i64>>,
+}
+
+impl Checkpointer {
+    /// Checkpoints every chain whose head moved since the last time; how many.
+    pub async fn checkpoint(&self) -> Result<usize, String> {
+        let rows = sqlx::query("SELECT chain_key, last_seq, last_hash FROM event_chains WHERE last_seq > 0")
+            .fetch_all(self.db.pool())
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut heads = Vec::new();
+        {
+            let last = self.last.lock().map_err(|_| "poisoned")?;
+            for row in rows {
+                let head = Head {
+                    chain: row.try_get("chain_key").map_err(|e| e.to_string())?,
+                    seq: row.try_get("last_seq").map_err(|e| e.to_string())?,
+                    hash: row.try_get("last_hash").map_err(|e| e.to_string())?,
+                };
+                if last.get(&head.chain) != Some(&head.seq) {
+                    heads.push(head);
+                }
+            }
+        }
+        heads.sort_by(|a, b| a.chain.cmp(&b.chain));
+        for chunk in heads.chunks(HEADS_PER_RECORD) {
+            let record = Pending::Record {
+                topic: self.topic.clone(),
+                key: "checkpoint".into(),
+                event_type: "conversation.checkpoint".into(),
+                payload: signed(&self.key, &self.conversation_topic, chunk),
+                headers: json!({ "x-event-type": "conversation.checkpoint", "content-type": "application/json" }),
+            };
+            self.events.emit_durable(vec![record]).await.map_err(|e| e.to_string())?;
+            if let Ok(mut last) = self.last.lock() {
+                last.extend(chunk.iter().map(|h| (h.chain.clone(), h.seq)));
+            }
+        }
+        Ok(heads.len())
+    }
+
+    /// Checkpoints every `every` until `cancel` (the last one is the shutdown's, see `Application`).
+    pub async fn run(self: Arc<Self>, every: Duration, cancel: CancellationToken) {
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = tokio::time::sleep(every) => {}
+            }
+            if let Err(err) = self.checkpoint().await {
+                tracing::warn!(error = %err, "checkpoint not written; the next one covers its chains");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn heads() -> Vec<Head> {
+        (1..=3).map(|i| Head { chain: format!("t:s{i}"), seq: i, hash: format!("sha256:{i}") }).collect()
+    }
+
+    #[test]
+    fn a_signed_checkpoint_verifies_with_its_key_only_and_only_untouched() {
+        let key = CheckpointKey::from_secret("a test secret").unwrap();
+        let record = signed(&key, "conversation.events", &heads());
+        let public = public_key(&key.public_hex()).unwrap();
+        assert_eq!(verified(&record, &public).unwrap(), heads());
+
+        let other = public_key(&CheckpointKey::from_secret("another").unwrap().public_hex()).unwrap();
+        assert!(verified(&record, &other).is_err(), "another key's");
+        let mut forged = record.clone();
+        forged["heads"][1]["seq"] = 1.into();
+        assert!(verified(&forged, &public).is_err(), "heads changed after signing");
+    }
+
+    #[test]
+    fn the_root_depends_on_every_head() {
+        let mut changed = heads();
+        changed[2].hash = "sha256:x".into();
+        assert_ne!(merkle_root(&heads()), merkle_root(&changed));
+        assert_ne!(merkle_root(&heads()[..2]), merkle_root(&heads()));
+    }
+}
