@@ -38,6 +38,12 @@ ensure_redis() {
   exit 1
 }
 
+ensure_podman() {
+  command -v podman >/dev/null && command -v runc >/dev/null && return
+  echo "installing Podman and runc (the container test)" >&2
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman runc >/dev/null
+}
+
 ensure_prometheus() {
   command -v prometheus >/dev/null && command -v promtool >/dev/null && return
   echo "installing Prometheus (the dashboard and alert-rule test)" >&2
@@ -51,6 +57,7 @@ cargo clippy --quiet --all-targets -- -D warnings
 ensure_postgres
 ensure_redis
 ensure_prometheus
+ensure_podman
 export STEWARD_TEST_REDIS_URL=${STEWARD_TEST_REDIS_URL:-redis://127.0.0.1:6379}
 export STEWARD_TEST_POSTGRES_URL=${STEWARD_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 

@@ -1,4 +1,4 @@
-//! The command line: `serve`, `migrate`, `keys create|list|revoke`, `events tail`,
+//! The command line: `serve`, `migrate`, `healthcheck`, `keys create|list|revoke`, `events tail`,
 //! `audit verify|replay`, `moderation prepare|eval|fit` and `constitution dry-run|activate`.
 
 use clap::{Parser, Subcommand};
@@ -21,6 +21,8 @@ pub enum Command {
     Serve,
     /// Apply database migrations and exit.
     Migrate,
+    /// Ask the server on `server.bind` for /healthz: exit 0 if it answers (the container's HEALTHCHECK).
+    Healthcheck,
     /// Manage API keys.
     #[command(subcommand)]
     Keys(KeysCommand),
@@ -170,6 +172,7 @@ async fn database(settings: &Settings) -> anyhow::Result<Database> {
 pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve => Application::build(&settings).await?.run_until_stopped(crate::app::terminated()).await?,
+        Command::Healthcheck => healthcheck(&settings).await?,
         Command::Migrate => {
             database(&settings).await?;
             eprintln!("migrations applied");
@@ -211,6 +214,15 @@ pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+async fn healthcheck(settings: &Settings) -> anyhow::Result<()> {
+    let port = settings.server.bind.rsplit(':').next().unwrap_or("8080");
+    let url = format!("http://127.0.0.1:{port}/healthz");
+    let client = reqwest::Client::builder().timeout(std::time::Duration::from_secs(2)).build()?;
+    let response = client.get(&url).send().await.map_err(|e| anyhow::anyhow!("{url}: {e}"))?;
+    anyhow::ensure!(response.status().is_success(), "{url} answered {}", response.status());
     Ok(())
 }
 

@@ -14,6 +14,7 @@ mod backpressure;
 mod bad_input;
 mod chat;
 mod constitution;
+mod container;
 mod contracts;
 mod dashboards;
 mod evasion;
