@@ -132,6 +132,7 @@ async fn a_client_that_stops_reading_holds_bounded_memory_and_its_turn_fails_as_
         .expect("turn.failed in the outbox");
     let payload: serde_json::Value = serde_json::from_str(&failed.try_get::<String, _>("payload").unwrap()).unwrap();
     assert_eq!(payload["data"]["code"], "client_too_slow", "{payload}");
+    assert!(crate::events::validator().is_valid(&payload), "turn.failed does not match its schema: {payload}");
     let metrics = reqwest::get(format!("{}/metrics", steward.address)).await.unwrap().text().await.unwrap();
     assert!(metrics.contains("steward_turn_interruptions_total{route=\"chat_stream\",reason=\"client_too_slow\"} 1"), "{metrics}");
 }

@@ -14,6 +14,15 @@ use crate::helpers::{manifest_dir, read_sse, slm_url, unique, SIGNING_KEY};
 use crate::instances::shared_database;
 use crate::training::redis_url;
 
+/// Removes the container however the test ends.
+struct Removed(String);
+
+impl Drop for Removed {
+    fn drop(&mut self) {
+        let _ = podman(&["rm", "-f", &self.0]);
+    }
+}
+
 fn podman(args: &[&str]) -> std::process::Output {
     let conf = manifest_dir().join(".run/containers.conf");
     Command::new("podman").env("CONTAINERS_CONF", conf).args(args).output().expect("podman (scripts/test.sh installs it)")
@@ -49,6 +58,7 @@ async fn the_image_serves_a_turn_and_stops_on_sigterm_with_its_events_in_kafka()
     }
     args.push(&image);
     let started = podman(&args);
+    let _removed = Removed(name.clone());
     assert!(started.status.success(), "podman run: {}", String::from_utf8_lossy(&started.stderr));
     let address = format!("http://127.0.0.1:{port}");
     let mut healthy = false;
@@ -80,7 +90,6 @@ async fn the_image_serves_a_turn_and_stops_on_sigterm_with_its_events_in_kafka()
     assert!(stopped.status.success(), "podman stop: {}", String::from_utf8_lossy(&stopped.stderr));
     let code = String::from_utf8(podman(&["inspect", "--format", "{{.State.ExitCode}}", &name]).stdout).unwrap();
     let log = logs();
-    let _ = podman(&["rm", "-f", &name]);
     assert_eq!(code.trim(), "0", "it stopped on SIGTERM by itself: {log}");
     assert!(log.contains("shutting down"), "{log}");
     let records = wait_for(&shared_broker(), &topic, 20, |r| r.iter().filter(|e| e.value["session_id"] == session.as_str()).count() >= 3).await;

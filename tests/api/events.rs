@@ -25,7 +25,7 @@ pub async fn app_with_broker(storage: Storage, broker: &str, topic: &str, adjust
     .await
 }
 
-fn validator() -> jsonschema::Validator {
+pub fn validator() -> jsonschema::Validator {
     let schema: Value = serde_json::from_str(&std::fs::read_to_string(manifest_dir().join("schemas/conversation.event.v1.json")).unwrap()).unwrap();
     jsonschema::validator_for(&schema).unwrap()
 }

@@ -109,16 +109,19 @@ async fn sigterm_under_load_loses_no_event_of_a_turn_that_received_its_session_a
         waiting += usize::from(!in_kafka.contains(id));
     }
     eprintln!("after SIGTERM: {} events, {} in Kafka, {waiting} waiting in the outbox", rows.len(), rows.len() - waiting);
-    let reasons: Vec<String> = sqlx::query("SELECT payload FROM outbox WHERE topic = $1 AND event_type = 'turn.cancelled'")
+    let cancelled: Vec<Value> = sqlx::query("SELECT payload FROM outbox WHERE topic = $1 AND event_type = 'turn.cancelled'")
         .bind(&topic)
         .fetch_all(db.pool())
         .await
         .unwrap()
         .iter()
-        .map(|row| serde_json::from_str::<Value>(&row.get::<String, _>("payload")).unwrap()["data"]["reason"].as_str().unwrap().to_owned())
+        .map(|row| serde_json::from_str::<Value>(&row.get::<String, _>("payload")).unwrap())
         .collect();
+    let schema = crate::events::validator();
+    assert!(cancelled.iter().all(|e| schema.is_valid(e)), "turn.cancelled does not match its schema: {cancelled:?}");
+    let reasons: Vec<&str> = cancelled.iter().map(|e| e["data"]["reason"].as_str().unwrap()).collect();
     // The six long turns at least (short ones may still wait for a model slot when the grace period ends).
-    assert!(reasons.len() >= 6 && reasons.iter().all(|r| r == "shutdown"), "turns stopped when the grace period ended: {reasons:?}");
+    assert!(reasons.len() >= 6 && reasons.iter().all(|r| *r == "shutdown"), "turns stopped when the grace period ended: {reasons:?}");
 
     // The next start publishes whatever was left.
     let _next = Instance::start_with(&url, &prefix, &env).await;
