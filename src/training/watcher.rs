@@ -54,7 +54,8 @@ pub async fn watch(service: Arc<TrainingService>, metrics: Arc<Metrics>, every: 
 }
 
 /// Locks the ledger holds and the lock store does not; those already gone
-/// at the last check are audited. A lock past its TTL is left to the
+/// at the last check are audited. A lock near the end of its TTL (either
+/// side, as Steward's and the store's clocks may differ) is left to the
 /// store's expiry claim for a while first.
 async fn find_vanished(service: &TrainingService, every: Duration, before: HashSet<(String, u64)>) -> HashSet<(String, u64)> {
     let grace_ms = (every * 10).max(Duration::from_secs(5)).as_millis() as i64;
@@ -62,7 +63,7 @@ async fn find_vanished(service: &TrainingService, every: Duration, before: HashS
     let mut gone = HashSet::new();
     for lock in held {
         let now = crate::db::now_ms();
-        if lock.until_ms <= now && now < lock.until_ms + grace_ms {
+        if lock.until_ms - grace_ms < now && now < lock.until_ms + grace_ms {
             continue;
         }
         match service.store().status(&lock.tenant).await {
