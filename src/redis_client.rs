@@ -1,6 +1,7 @@
 //! The Redis connections of the Redis adapters (training locks, verdict
-//! ledger, constitution registry): fred, failing fast while Redis is
-//! unreachable and reconnecting in the background.
+//! ledger, constitution registry, tenant limits): fred, failing fast while
+//! Redis is unreachable and reconnecting in the background; and how each
+//! adapter sends one command ([`one_shot`], [`bounded`]).
 
 use std::time::Duration;
 
@@ -32,4 +33,18 @@ pub fn connect(url: &str, timeout: Duration) -> Result<Client, fred::error::Erro
 /// and keeps its subscriptions across reconnections).
 pub fn subscriber(url: &str, timeout: Duration) -> Result<SubscriberClient, fred::error::Error> {
     builder(url, timeout)?.build_subscriber_client()
+}
+
+/// `client` for one command: it fails at once while Redis is unreachable and is never retried.
+pub fn one_shot(client: &Client, timeout: Duration) -> fred::clients::WithOptions<Client> {
+    client.with_options(&fred::types::config::Options { fail_fast: true, timeout: Some(timeout), max_attempts: Some(1), ..Default::default() })
+}
+
+/// Bounds a command by `timeout` ourselves (the client queues commands while it
+/// reconnects); a failure as text, for the adapter's own error.
+pub async fn bounded<T>(timeout: Duration, call: impl std::future::Future<Output = Result<T, fred::error::Error>>) -> Result<T, String> {
+    match tokio::time::timeout(timeout, call).await {
+        Err(_) => Err(format!("no answer within {timeout:?}")),
+        Ok(result) => result.map_err(|e| e.to_string()),
+    }
 }

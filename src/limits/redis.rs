@@ -7,7 +7,6 @@
 use std::time::Duration;
 
 use fred::prelude::*;
-use fred::types::config::Options;
 use futures_util::future::BoxFuture;
 
 use super::{LimitError, LimitStore};
@@ -44,12 +43,8 @@ impl RedisLimits {
     }
 
     async fn eval<T: FromValue>(&self, script: &str, key: String, args: Vec<String>) -> Result<T, LimitError> {
-        let options = Options { fail_fast: true, timeout: Some(self.timeout), max_attempts: Some(1), ..Default::default() };
-        let client = self.client.with_options(&options);
-        match tokio::time::timeout(self.timeout, client.eval::<T, _, _, _>(script, vec![key], args)).await {
-            Err(_) => Err(LimitError(format!("no answer within {:?}", self.timeout))),
-            Ok(result) => result.map_err(|e| LimitError(e.to_string())),
-        }
+        let client = crate::redis_client::one_shot(&self.client, self.timeout);
+        crate::redis_client::bounded(self.timeout, client.eval::<T, _, _, _>(script, vec![key], args)).await.map_err(LimitError)
     }
 }
 
@@ -72,15 +67,12 @@ impl LimitStore for RedisLimits {
     }
 
     fn close(&self, tenant: String, id: String) -> BoxFuture<'static, ()> {
-        let (client, key, timeout) = (self.client.clone(), self.key("streams", &tenant), self.timeout);
+        let (client, key, timeout) = (crate::redis_client::one_shot(&self.client, self.timeout), self.key("streams", &tenant), self.timeout);
         Box::pin(async move {
             // Not given back (Redis unreachable): the slot frees itself when its lease ends.
-            let error = match tokio::time::timeout(timeout, client.zrem::<i64, _, _>(key, id)).await {
-                Ok(Ok(_)) => return,
-                Ok(Err(err)) => err.to_string(),
-                Err(_) => format!("no answer within {timeout:?}"),
-            };
-            tracing::warn!(error, tenant, "a stream slot was not given back; it frees itself at its lease end");
+            if let Err(error) = crate::redis_client::bounded(timeout, client.zrem::<i64, _, _>(key, id)).await {
+                tracing::warn!(error, tenant, "a stream slot was not given back; it frees itself at its lease end");
+            }
         })
     }
 }

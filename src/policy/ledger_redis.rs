@@ -8,7 +8,6 @@
 use std::time::Duration;
 
 use fred::prelude::*;
-use fred::types::config::Options;
 use futures_util::future::BoxFuture;
 
 use super::ledger::{LedgerError, VerdictLedger};
@@ -39,14 +38,10 @@ impl VerdictLedger for RedisLedger {
         Box::pin(async move {
             let key = format!("{}policy:verdict:{tenant}:{turn_id}", self.prefix);
             let deadline = crate::db::now_ms() + self.timeout.as_millis() as i64 + CLOCK_SKEW_MS;
-            let options = Options { fail_fast: true, timeout: Some(self.timeout), max_attempts: Some(1), ..Default::default() };
-            let client = self.client.with_options(&options);
+            let client = crate::redis_client::one_shot(&self.client, self.timeout);
             let call = client.eval::<i64, _, _, _>(CLAIM, vec![key], vec![expires_at.to_string(), deadline.to_string()]);
-            match tokio::time::timeout(self.timeout, call).await {
-                Err(_) => Err(LedgerError::Unavailable(format!("no answer within {:?}", self.timeout))),
-                Ok(Err(err)) => Err(LedgerError::Unavailable(err.to_string())),
-                Ok(Ok(claimed)) => Ok(claimed == 1),
-            }
+            let claimed = crate::redis_client::bounded(self.timeout, call).await.map_err(LedgerError::Unavailable)?;
+            Ok(claimed == 1)
         })
     }
 }

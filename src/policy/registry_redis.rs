@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use fred::clients::SubscriberClient;
 use fred::prelude::*;
-use fred::types::config::Options;
 use futures_util::future::BoxFuture;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -80,15 +79,11 @@ impl RedisRegistry {
 
     /// Runs `call` with the command deadline, mapping every failure to `Unavailable`.
     async fn bounded<T>(&self, call: impl std::future::Future<Output = Result<T, fred::error::Error>>) -> Result<T, RegistryError> {
-        match tokio::time::timeout(self.timeout, call).await {
-            Err(_) => Err(RegistryError::Unavailable(format!("no answer within {:?}", self.timeout))),
-            Ok(Err(err)) => Err(RegistryError::Unavailable(err.to_string())),
-            Ok(Ok(value)) => Ok(value),
-        }
+        crate::redis_client::bounded(self.timeout, call).await.map_err(RegistryError::Unavailable)
     }
 
     fn commands(&self) -> fred::clients::WithOptions<Client> {
-        self.client.with_options(&Options { fail_fast: true, timeout: Some(self.timeout), max_attempts: Some(1), ..Default::default() })
+        crate::redis_client::one_shot(&self.client, self.timeout)
     }
 }
 

@@ -16,7 +16,6 @@
 use std::time::Duration;
 
 use fred::prelude::*;
-use fred::types::config::Options;
 use futures_util::future::BoxFuture;
 use serde::Deserialize;
 
@@ -70,12 +69,9 @@ for _, member in ipairs(due) do \
 end \
 return out";
 
-/// The client queues commands while it reconnects, so bound every call ourselves.
+/// Every command, bounded by the timeout (see `redis_client::bounded`).
 async fn bounded<T>(timeout: Duration, call: impl std::future::Future<Output = Result<T, fred::error::Error>>) -> Result<T, LockError> {
-    match tokio::time::timeout(timeout, call).await {
-        Err(_) => Err(LockError::Unavailable(format!("no answer within {timeout:?}"))),
-        Ok(result) => result.map_err(|e| LockError::Unavailable(e.to_string())),
-    }
+    crate::redis_client::bounded(timeout, call).await.map_err(LockError::Unavailable)
 }
 
 /// How far apart Steward's and Redis's clocks may be before every script refuses as late.
@@ -118,12 +114,12 @@ impl RedisLockStore {
     async fn eval(&self, script: &str, keys: Vec<String>, mut args: Vec<String>) -> Result<Value, LockError> {
         // The deadline is on Steward's clock and checked on Redis's: allow them a second apart.
         args.push((crate::db::now_ms() + self.timeout.as_millis() as i64 + CLOCK_SKEW_MS).to_string());
-        let client = self.client.with_options(&self.options());
+        let client = self.commands();
         bounded(self.timeout, client.eval::<Value, _, _, _>(format!("{PRELUDE}{script}"), keys, args)).await
     }
 
-    fn options(&self) -> Options {
-        Options { fail_fast: true, timeout: Some(self.timeout), max_attempts: Some(1), ..Default::default() }
+    fn commands(&self) -> fred::clients::WithOptions<Client> {
+        crate::redis_client::one_shot(&self.client, self.timeout)
     }
 
     /// Reads a `{found, value, pttl}` reply.
@@ -150,7 +146,7 @@ impl RedisLockStore {
 
     /// Whether Redis answers, for readiness.
     pub async fn ping(&self) -> Result<(), LockError> {
-        let client = self.client.with_options(&self.options());
+        let client = self.commands();
         bounded(self.timeout, client.ping::<String>(None)).await.map(|_| ())
     }
 }
@@ -212,7 +208,7 @@ impl LockStore for RedisLockStore {
 
     fn tenants(&self) -> BoxFuture<'_, Result<Vec<String>, LockError>> {
         Box::pin(async move {
-            let client = self.client.with_options(&self.options());
+            let client = self.commands();
             let mut tenants = bounded(self.timeout, client.smembers::<Vec<String>, _>(self.key("tenants"))).await?;
             // A set has no order; the port's callers get the same order from every adapter.
             tenants.sort();
