@@ -1,5 +1,5 @@
 //! The limit store in this process, for a single instance: the same GCRA and
-//! stream slots as the Redis store, in a mutex.
+//! stream slots as the Redis store, in mutexes.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
 
-use super::{LimitError, LimitStore};
+use super::{Counted, LimitError, LimitStore, TenantLimits};
 
 #[derive(Default)]
 pub struct MemoryLimits {
@@ -29,24 +29,26 @@ pub(super) fn gcra(tat: Option<Instant>, now: Instant, per_second: f64, burst: u
 }
 
 impl LimitStore for MemoryLimits {
-    fn take<'a>(&'a self, tenant: &'a str, per_second: f64, burst: u32) -> BoxFuture<'a, Result<Option<Duration>, LimitError>> {
+    fn count<'a>(&'a self, tenant: &'a str, id: &'a str, limits: TenantLimits, _lease: Duration) -> BoxFuture<'a, Result<Counted, LimitError>> {
         Box::pin(async move {
-            let mut arrivals = self.arrivals.lock().map_err(|_| LimitError("poisoned".into()))?;
-            let (wait, tat) = gcra(arrivals.get(tenant).copied(), Instant::now(), per_second, burst);
-            arrivals.insert(tenant.to_owned(), tat);
-            Ok(wait)
-        })
-    }
-
-    fn open<'a>(&'a self, tenant: &'a str, id: &'a str, limit: u32, _lease: Duration) -> BoxFuture<'a, Result<bool, LimitError>> {
-        Box::pin(async move {
+            if limits.requests_per_second > 0.0 {
+                let mut arrivals = self.arrivals.lock().map_err(|_| LimitError("poisoned".into()))?;
+                let (wait, tat) = gcra(arrivals.get(tenant).copied(), Instant::now(), limits.requests_per_second, limits.burst);
+                arrivals.insert(tenant.to_owned(), tat);
+                if let Some(wait) = wait {
+                    return Ok(Counted::Rate(wait));
+                }
+            }
+            if limits.max_concurrent_streams == 0 {
+                return Ok(Counted::Admitted { slot: false });
+            }
             let mut streams = self.streams.lock().map_err(|_| LimitError("poisoned".into()))?;
             let open = streams.entry(tenant.to_owned()).or_default();
-            if open.len() >= limit as usize {
-                return Ok(false);
+            if open.len() >= limits.max_concurrent_streams as usize {
+                return Ok(Counted::Streams);
             }
             open.insert(id.to_owned());
-            Ok(true)
+            Ok(Counted::Admitted { slot: true })
         })
     }
 
@@ -82,11 +84,13 @@ mod tests {
     #[tokio::test]
     async fn only_limit_streams_open_at_once_and_a_closed_one_frees_its_slot() {
         let store = MemoryLimits::default();
-        assert!(store.open("t", "a", 2, Duration::from_secs(60)).await.unwrap());
-        assert!(store.open("t", "b", 2, Duration::from_secs(60)).await.unwrap());
-        assert!(!store.open("t", "c", 2, Duration::from_secs(60)).await.unwrap());
-        assert!(store.open("u", "c", 2, Duration::from_secs(60)).await.unwrap(), "tenants are apart");
+        let two = TenantLimits { max_concurrent_streams: 2, requests_per_second: 0.0, burst: 1 };
+        let open = |tenant: &'static str, id: &'static str| store.count(tenant, id, two, Duration::from_secs(60));
+        assert_eq!(open("t", "a").await.unwrap(), Counted::Admitted { slot: true });
+        assert_eq!(open("t", "b").await.unwrap(), Counted::Admitted { slot: true });
+        assert_eq!(open("t", "c").await.unwrap(), Counted::Streams);
+        assert_eq!(open("u", "c").await.unwrap(), Counted::Admitted { slot: true }, "tenants are apart");
         store.close("t".into(), "a".into()).await;
-        assert!(store.open("t", "c", 2, Duration::from_secs(60)).await.unwrap());
+        assert_eq!(open("t", "c").await.unwrap(), Counted::Admitted { slot: true });
     }
 }

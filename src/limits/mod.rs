@@ -41,14 +41,25 @@ pub struct TenantLimits {
 #[error("limit store unavailable: {0}")]
 pub struct LimitError(pub String);
 
+/// What the store made of one turn.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Counted {
+    /// Admitted; `slot` if a stream slot is now held for it.
+    Admitted { slot: bool },
+    /// Over the request rate: wait this long.
+    Rate(Duration),
+    /// Every stream slot is taken.
+    Streams,
+}
+
 /// Where the counters live.
 pub trait LimitStore: Send + Sync {
-    /// Takes one request from `tenant`'s bucket (GCRA: one per `1 /
-    /// per_second`, up to `burst` at once); `Some(wait)` if it must wait.
-    fn take<'a>(&'a self, tenant: &'a str, per_second: f64, burst: u32) -> BoxFuture<'a, Result<Option<Duration>, LimitError>>;
-    /// Takes one of `tenant`'s `limit` stream slots for `id`, held at most
-    /// `lease` (an instance that dies cannot keep it); false if all are taken.
-    fn open<'a>(&'a self, tenant: &'a str, id: &'a str, limit: u32, lease: Duration) -> BoxFuture<'a, Result<bool, LimitError>>;
+    /// Counts one turn of `tenant` in one step (one round trip): first a
+    /// request from its rate (GCRA: one per `1 / requests_per_second`, up to
+    /// `burst` at once; skipped at 0), then one of its
+    /// `max_concurrent_streams` slots for `id` (skipped at 0), held at most
+    /// `lease`, so an instance that dies cannot keep it.
+    fn count<'a>(&'a self, tenant: &'a str, id: &'a str, limits: TenantLimits, lease: Duration) -> BoxFuture<'a, Result<Counted, LimitError>>;
     /// Gives the slot of `id` back.
     fn close(&self, tenant: String, id: String) -> BoxFuture<'static, ()>;
 }
@@ -116,19 +127,15 @@ impl Limiter {
             tracing::info!(tenant, limit = limited.as_str(), "turn refused: over the tenant's limit");
             limited
         };
-        if limits.requests_per_second > 0.0 {
-            match self.store.take(tenant, limits.requests_per_second, limits.burst.max(1)).await {
-                Ok(None) => {}
-                Ok(Some(retry_after)) => return Err(refused(Limited::Rate { retry_after })),
-                Err(err) => self.unavailable(&err),
-            }
-        }
-        if limits.max_concurrent_streams == 0 {
+        if limits.requests_per_second <= 0.0 && limits.max_concurrent_streams == 0 {
             return Ok(Permit { slot: None });
         }
-        match self.store.open(tenant, turn_id, limits.max_concurrent_streams, self.lease).await {
-            Ok(true) => Ok(Permit { slot: Some((self.store.clone(), tenant.to_owned(), turn_id.to_owned(), self.tasks.clone())) }),
-            Ok(false) => Err(refused(Limited::Streams { limit: limits.max_concurrent_streams })),
+        let limits = TenantLimits { burst: limits.burst.max(1), ..limits };
+        match self.store.count(tenant, turn_id, limits, self.lease).await {
+            Ok(Counted::Admitted { slot: true }) => Ok(Permit { slot: Some((self.store.clone(), tenant.to_owned(), turn_id.to_owned(), self.tasks.clone())) }),
+            Ok(Counted::Admitted { slot: false }) => Ok(Permit { slot: None }),
+            Ok(Counted::Rate(retry_after)) => Err(refused(Limited::Rate { retry_after })),
+            Ok(Counted::Streams) => Err(refused(Limited::Streams { limit: limits.max_concurrent_streams })),
             Err(err) => {
                 self.unavailable(&err);
                 Ok(Permit { slot: None })
