@@ -52,6 +52,7 @@ async fn main() {
     settings.telemetry.log_level = "error".into();
     settings.limits.requests_per_second = 0.0;
     settings.limits.max_concurrent_streams = 0;
+    settings.limits.tokens_per_minute = 0;
     settings.database.url = Secret::new(format!("sqlite://{}?mode=rwc", dir.path().join("bench.db").display()));
     steward::telemetry::init_logging("json", "error");
     let app = Application::build(&settings).await.expect("build");

@@ -58,7 +58,10 @@ impl Application {
                 Some(export)
             }
         };
-        let db = Database::connect(settings.database.url.expose(), settings.database.max_connections).await.context("Failed to connect to the database")?;
+        let acquire = Duration::from_millis(settings.database.acquire_timeout_ms);
+        let db = Database::connect_waiting(settings.database.url.expose(), settings.database.max_connections, acquire)
+            .await
+            .context("Failed to connect to the database")?;
         db.migrate().await.context("Failed to apply migrations")?;
 
         let (constitution, text) = Constitution::read(&settings.policy.constitution)
@@ -320,7 +323,7 @@ fn start_events(
 ) -> (EventLog, Option<Arc<dyn EventPublisher>>) {
     let store = OutboxStore::new(db.clone(), settings.kafka.conversation_topic.clone());
     let committed = Arc::new(Notify::new());
-    let events = EventLog::start(store.clone(), committed.clone(), cancel.clone(), tasks);
+    let events = EventLog::start(store.clone(), committed.clone(), metrics.clone(), cancel.clone(), tasks);
     let publisher = publisher(settings);
     let outbox = &settings.outbox;
     let relay = Relay {
@@ -360,7 +363,6 @@ fn start_checkpoints(
         key,
         topic: settings.kafka.checkpoint_topic.clone(),
         conversation_topic: settings.kafka.conversation_topic.clone(),
-        last: Default::default(),
     });
     tasks.spawn(checkpointer.clone().run(Duration::from_millis(settings.events.checkpoint_interval_ms), cancel.clone()));
     Some(checkpointer)
@@ -487,7 +489,12 @@ fn limiter(settings: &Settings, redis: &RedisConnection, metrics: &Arc<Metrics>,
     use crate::limits::{LimitStore, Limiter, MemoryLimits, TenantLimits};
     let store: Arc<dyn LimitStore> = limit_store(settings, redis).unwrap_or_else(|| Arc::new(MemoryLimits::default()));
     let l = &settings.limits;
-    let defaults = TenantLimits { max_concurrent_streams: l.max_concurrent_streams, requests_per_second: l.requests_per_second, burst: l.burst };
+    let defaults = TenantLimits {
+        max_concurrent_streams: l.max_concurrent_streams,
+        requests_per_second: l.requests_per_second,
+        burst: l.burst,
+        tokens_per_minute: l.tokens_per_minute,
+    };
     // No turn outlives the model's total deadline: a slot an instance could not give back frees itself after it.
     let lease = Duration::from_millis(settings.slm.total_timeout_ms) + Duration::from_secs(60);
     Arc::new(Limiter::new(store, defaults, l.tenants.clone(), lease, metrics.clone(), tasks.clone()))

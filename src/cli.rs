@@ -112,7 +112,8 @@ pub enum EventsCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
-    /// Consume a topic and verify every session's hash chain; exits non-zero on any problem.
+    /// Consume a chained topic (conversation events, `training.audit`, `policy.audit`) and verify
+    /// every chain; exits non-zero on any problem.
     Verify {
         /// Comma-separated `host:port` list.
         #[arg(long, value_delimiter = ',', required = true)]
@@ -254,9 +255,10 @@ pub struct Checkpoints<'a> {
     pub signed_for: &'a str,
 }
 
-/// Prints one JSON line per session; fails if any session is broken. With
-/// `checkpoints`, also checks the sessions against the newest signed
-/// checkpoint of each.
+/// Prints one JSON line per chain, then one for the window verified; fails
+/// if any chain is broken. With `checkpoints`, also checks the chains
+/// against the newest signed checkpoint of each. Reads each topic in one
+/// pass, keeping per chain only what [`crate::events::audit::Verifier`] needs.
 pub async fn audit_verify(
     brokers: &[String],
     topic: &str,
@@ -266,29 +268,37 @@ pub async fn audit_verify(
 ) -> anyhow::Result<()> {
     #[cfg(feature = "kafka")]
     {
+        use crate::events::audit::{read, Item, Verifier};
+        use crate::events::checkpoint::Head;
         let deadline = std::time::Duration::from_secs(5);
-        let events = crate::events::audit::consume(brokers, topic, deadline).await.map_err(anyhow::Error::msg)?;
         let chosen = |chain: &str| {
             let (t, s) = chain.split_once(':').unwrap_or((chain, ""));
             tenant.is_none_or(|x| x == t) && session.is_none_or(|x| x == s)
         };
-        let selected = events
-            .into_iter()
-            .filter(|e| tenant.is_none_or(|t| e["tenant"].as_str() == Some(t)) && session.is_none_or(|s| e["session_id"].as_str() == Some(s)));
-        let mut checkpointed = std::collections::BTreeMap::new();
+        let mut checkpointed: std::collections::BTreeMap<String, Head> = std::collections::BTreeMap::new();
+        let mut earliest: Option<String> = None;
         if let Some(checkpoints) = checkpoints {
             use crate::events::checkpoint::{public_key, verified};
             let key = public_key(checkpoints.public_key).map_err(anyhow::Error::msg)?;
-            let records = crate::events::audit::consume(brokers, checkpoints.topic, deadline).await.map_err(anyhow::Error::msg)?;
             let (mut good, mut bad) = (0, 0);
-            for record in records.iter().filter(|r| r["topic"].as_str() == Some(checkpoints.signed_for)) {
-                match verified(record, &key) {
+            read(brokers, checkpoints.topic, deadline, |item| {
+                let Item::Record { value: record, .. } = item else { return };
+                if record["topic"].as_str() != Some(checkpoints.signed_for) {
+                    return;
+                }
+                match verified(&record, &key) {
                     Ok(heads) => {
                         good += 1;
+                        let made = record["created_at"].as_str().map(str::to_owned);
+                        if earliest.is_none() || made < earliest {
+                            earliest = made;
+                        }
                         for head in heads.into_iter().filter(|h| chosen(&h.chain)) {
-                            let newest = checkpointed.entry(head.chain).or_insert((0, String::new()));
-                            if head.seq > newest.0 {
-                                *newest = (head.seq, head.hash);
+                            match checkpointed.get(&head.chain) {
+                                Some(newest) if newest.seq >= head.seq => {}
+                                _ => {
+                                    checkpointed.insert(head.chain.clone(), head);
+                                }
                             }
                         }
                     }
@@ -297,20 +307,45 @@ pub async fn audit_verify(
                         println!("{}", serde_json::json!({ "checkpoint": record["checkpoint_id"], "status": "rejected", "reason": why }));
                     }
                 }
-            }
+            })
+            .await
+            .map_err(anyhow::Error::msg)?;
             eprintln!("{good} signed checkpoint(s) of {} verified, {bad} rejected", checkpoints.signed_for);
             if bad > 0 {
                 anyhow::bail!("{bad} checkpoint(s) do not verify with this public key");
             }
         }
-        let reports = crate::events::audit::verify_against(selected, &checkpointed);
+        let mut verifier = Verifier::new(checkpointed, earliest);
+        read(brokers, topic, deadline, |item| match item {
+            Item::Partition { partition, from_offset, to_offset } => verifier.partition(partition, from_offset, to_offset),
+            Item::Record { partition, timestamp_ms, value } => {
+                let wanted = tenant.is_none_or(|t| value["tenant"].as_str() == Some(t)) && session.is_none_or(|s| value["session_id"].as_str() == Some(s));
+                if wanted {
+                    verifier.record(partition, timestamp_ms, &value);
+                } else {
+                    verifier.skip(partition, timestamp_ms);
+                }
+            }
+        })
+        .await
+        .map_err(anyhow::Error::msg)?;
+        let (reports, window) = verifier.finish();
         let broken = reports.iter().filter(|r| !r.problems.is_empty()).count();
         for report in &reports {
             println!("{}", serde_json::to_string(report)?);
         }
-        eprintln!("{} session(s) checked, {broken} broken", reports.len());
+        println!("{}", serde_json::json!({ "window": window }));
+        match window.retained_from_ms {
+            None => eprintln!("{} chain(s) checked from their first event, {broken} broken", reports.len()),
+            Some(from) => eprintln!(
+                "retention has deleted older records: {} chain(s) checked from their first record written since {}, {broken} broken; {} checkpointed chain(s) wholly before that",
+                reports.len(),
+                crate::db::rfc3339(from),
+                window.outside
+            ),
+        }
         if broken > 0 {
-            anyhow::bail!("audit found problems in {broken} session(s)");
+            anyhow::bail!("audit found problems in {broken} chain(s)");
         }
         Ok(())
     }

@@ -67,6 +67,7 @@ pub struct LimitsSettings {
     pub max_concurrent_streams: u32,
     pub requests_per_second: f64,
     pub burst: u32,
+    pub tokens_per_minute: u32,
     #[serde(default)]
     pub tenants: std::collections::HashMap<String, crate::limits::TenantLimits>,
 }
@@ -119,6 +120,9 @@ pub struct DatabaseSettings {
     /// `sqlite://path?mode=rwc` (embedded) or `postgres://…`.
     pub url: Secret,
     pub max_connections: u32,
+    /// Longest a caller waits for a free connection of the pool before it
+    /// gets a pool timeout (which the outbox writer retries).
+    pub acquire_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

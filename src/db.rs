@@ -81,8 +81,14 @@ pub struct Database {
 }
 
 impl Database {
-    /// Connects (creating the SQLite file and its directory when missing).
+    /// Connects (creating the SQLite file and its directory when missing);
+    /// a caller waits at most five seconds for a connection of the pool.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self, DbError> {
+        Self::connect_waiting(url, max_connections, Duration::from_secs(5)).await
+    }
+
+    /// Connects as [`Database::connect`]; a caller waits at most `acquire` for a connection.
+    pub async fn connect_waiting(url: &str, max_connections: u32, acquire: Duration) -> Result<Self, DbError> {
         sqlx::any::install_default_drivers();
         let backend = if url.starts_with("sqlite:") {
             Backend::Sqlite
@@ -94,8 +100,7 @@ impl Database {
         if backend == Backend::Sqlite {
             ensure_sqlite_dir(url)?;
         }
-        let pool =
-            AnyPoolOptions::new().max_connections(max_connections).acquire_timeout(Duration::from_secs(5)).connect(url).await.map_err(DbError::Connect)?;
+        let pool = AnyPoolOptions::new().max_connections(max_connections).acquire_timeout(acquire).connect(url).await.map_err(DbError::Connect)?;
         if backend == Backend::Sqlite && !url.contains(":memory:") {
             // Write-ahead logging: a commit is one append and one fsync (synchronous stays FULL, so a
             // committed turn survives a power cut), and readers never wait for the writer. The mode is

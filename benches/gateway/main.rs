@@ -98,6 +98,7 @@ async fn steward_env(config: &Config, upstream_port: u16, port: u16, dir: &Path,
         // The bench's one tenant measures throughput, not its limits.
         ("STEWARD_LIMITS__MAX_CONCURRENT_STREAMS".into(), "0".into()),
         ("STEWARD_LIMITS__REQUESTS_PER_SECOND".into(), "0".into()),
+        ("STEWARD_LIMITS__TOKENS_PER_MINUTE".into(), "0".into()),
         ("STEWARD_POLICY__SIGNING_KEY".into(), "bench-signing-key-0123456789abcdef0123".into()),
         ("STEWARD_POLICY__CONSTITUTION".into(), root.join("config/constitution.toml").display().to_string()),
         ("STEWARD_MODERATION__MODEL_DIR".into(), root.join(".models/all-minilm-l6-v2").display().to_string()),

@@ -1,18 +1,21 @@
 //! Signed checkpoints of the conversation trail. Every
 //! `events.checkpoint_interval_ms` (and at shutdown) Steward publishes, on
-//! `kafka.checkpoint_topic`, a record that commits to the head `(seq, hash)`
-//! of every session chain that changed since its last checkpoint — listed,
-//! with a Merkle root over them — signed with an Ed25519 key
+//! `kafka.checkpoint_topic`, records that commit to the head `(seq, hash)`
+//! of every chain that changed since a checkpoint last covered it — session
+//! chains of the conversation topic and the per-key chains of the audit
+//! topics, one run of records per topic, each listing its heads with a Merkle
+//! root over them — signed with an Ed25519 key
 //! (`events.checkpoint_key`). The hash chain alone cannot show that a
 //! session's last events were removed, that a whole session was deleted, or
 //! that a chain was forged and re-linked; a verifier holding the public key
 //! (`steward keys audit-public`) can, up to the last checkpoint.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -20,7 +23,7 @@ use sqlx::Row;
 use tokio_util::sync::CancellationToken;
 
 use super::model::canonical_bytes;
-use super::outbox::Pending;
+use super::outbox::{Pending, TxWrite};
 use super::writer::EventLog;
 use crate::db::Database;
 
@@ -51,12 +54,17 @@ impl CheckpointKey {
     }
 }
 
-/// A session chain's head: `tenant:session_id`, its last `seq` and that event's hash.
+/// A chain's head: its name (`tenant:session_id` for a session, the record
+/// key on an audit topic), its last `seq` and that event's hash, and when the
+/// head was written (ms; 0 if unknown), which tells a verifier whether
+/// retention may have taken the event since.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Head {
     pub chain: String,
     pub seq: i64,
     pub hash: String,
+    #[serde(default)]
+    pub written_ms: i64,
 }
 
 /// The Merkle root over heads sorted by chain: each leaf the SHA-256 of
@@ -122,48 +130,52 @@ pub struct Checkpointer {
     pub key: CheckpointKey,
     /// Where checkpoints go.
     pub topic: String,
-    /// The topic whose chains they cover.
+    /// The topic of the session chains (the audit topics' chains name theirs).
     pub conversation_topic: String,
-    /// chain → seq at its last checkpoint from this process.
-    pub last: Mutex<HashMap<String, i64>>,
 }
 
 impl Checkpointer {
-    /// Checkpoints every chain whose head moved since the last time; how many.
+    /// Checkpoints every chain whose head moved since a checkpoint last
+    /// covered it (by any instance), one run of records per topic; how many.
     pub async fn checkpoint(&self) -> Result<usize, String> {
-        let rows = sqlx::query("SELECT chain_key, last_seq, last_hash FROM event_chains WHERE last_seq > 0")
+        let rows = sqlx::query("SELECT topic, chain_key, last_seq, last_hash, last_at FROM event_chains WHERE last_seq > checkpointed_seq")
             .fetch_all(self.db.pool())
             .await
             .map_err(|e| e.to_string())?;
-        let mut heads = Vec::new();
-        {
-            let last = self.last.lock().map_err(|_| "poisoned")?;
-            for row in rows {
-                let head = Head {
-                    chain: row.try_get("chain_key").map_err(|e| e.to_string())?,
-                    seq: row.try_get("last_seq").map_err(|e| e.to_string())?,
-                    hash: row.try_get("last_hash").map_err(|e| e.to_string())?,
-                };
-                if last.get(&head.chain) != Some(&head.seq) {
-                    heads.push(head);
-                }
-            }
-        }
-        heads.sort_by(|a, b| a.chain.cmp(&b.chain));
-        for chunk in heads.chunks(HEADS_PER_RECORD) {
-            let record = Pending::Record {
-                topic: self.topic.clone(),
-                key: "checkpoint".into(),
-                event_type: "conversation.checkpoint".into(),
-                payload: signed(&self.key, &self.conversation_topic, chunk),
-                headers: json!({ "x-event-type": "conversation.checkpoint", "content-type": "application/json" }),
+        let mut by_topic: BTreeMap<String, Vec<(String, Head)>> = BTreeMap::new();
+        for row in rows {
+            let topic: String = row.try_get("topic").map_err(|e| e.to_string())?;
+            let stored: String = row.try_get("chain_key").map_err(|e| e.to_string())?;
+            let (topic, chain) = match topic.as_str() {
+                "" => (self.conversation_topic.clone(), stored.clone()),
+                audit => (audit.to_owned(), stored.strip_prefix(&format!("{audit}|")).unwrap_or(&stored).to_owned()),
             };
-            self.events.emit_durable(vec![record]).await.map_err(|e| e.to_string())?;
-            if let Ok(mut last) = self.last.lock() {
-                last.extend(chunk.iter().map(|h| (h.chain.clone(), h.seq)));
+            let head = Head {
+                chain,
+                seq: row.try_get("last_seq").map_err(|e| e.to_string())?,
+                hash: row.try_get("last_hash").map_err(|e| e.to_string())?,
+                written_ms: row.try_get("last_at").map_err(|e| e.to_string())?,
+            };
+            by_topic.entry(topic).or_default().push((stored, head));
+        }
+        let mut covered = 0;
+        for (topic, mut heads) in by_topic {
+            heads.sort_by(|a, b| a.1.chain.cmp(&b.1.chain));
+            for chunk in heads.chunks(HEADS_PER_RECORD) {
+                let listed: Vec<Head> = chunk.iter().map(|(_, h)| h.clone()).collect();
+                let record = Pending::Record {
+                    topic: self.topic.clone(),
+                    key: "checkpoint".into(),
+                    event_type: "conversation.checkpoint".into(),
+                    payload: signed(&self.key, &topic, &listed),
+                    headers: json!({ "x-event-type": "conversation.checkpoint", "content-type": "application/json" }),
+                };
+                let done = Arc::new(Covered(chunk.iter().map(|(stored, h)| (stored.clone(), h.seq)).collect()));
+                self.events.emit_durable(vec![record, Pending::Write(done)]).await.map_err(|e| e.to_string())?;
+                covered += chunk.len();
             }
         }
-        Ok(heads.len())
+        Ok(covered)
     }
 
     /// Checkpoints every `every` until `cancel` (the last one is the shutdown's, see `Application`).
@@ -180,12 +192,32 @@ impl Checkpointer {
     }
 }
 
+/// Records, with the checkpoint that covers them, how far each chain is
+/// covered (stored chain key → seq); never moves a mark back.
+#[derive(Debug)]
+struct Covered(Vec<(String, i64)>);
+
+impl TxWrite for Covered {
+    fn write<'c>(&'c self, conn: &'c mut sqlx::AnyConnection) -> BoxFuture<'c, Result<(), sqlx::Error>> {
+        Box::pin(async move {
+            for (chain, seq) in &self.0 {
+                sqlx::query("UPDATE event_chains SET checkpointed_seq = $1 WHERE chain_key = $2 AND checkpointed_seq < $1")
+                    .bind(*seq)
+                    .bind(chain)
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            Ok(())
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn heads() -> Vec<Head> {
-        (1..=3).map(|i| Head { chain: format!("t:s{i}"), seq: i, hash: format!("sha256:{i}") }).collect()
+        (1..=3).map(|i| Head { chain: format!("t:s{i}"), seq: i, hash: format!("sha256:{i}"), written_ms: 0 }).collect()
     }
 
     #[test]

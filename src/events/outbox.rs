@@ -28,8 +28,12 @@ pub trait TxWrite: Send + Sync + std::fmt::Debug {
 pub enum Pending {
     /// A conversation event; the outbox assigns its `seq` and `prev_hash`.
     Conversation(NewEvent),
-    /// A ready record (e.g. `training.audit`), published as is.
+    /// A ready record (e.g. a checkpoint), published as is.
     Record { topic: String, key: String, event_type: String, payload: Value, headers: Value },
+    /// An audit record (`training.audit`, `policy.audit`): the outbox chains
+    /// it, per `topic` and `key`, as it chains a session's events, adding
+    /// `chain` (the key), `seq` and `prev_hash` to its payload.
+    Chained { topic: String, key: String, event_type: String, payload: Value, headers: Value },
     /// A state change committed with the events.
     Write(Arc<dyn TxWrite>),
 }
@@ -61,10 +65,11 @@ impl OutboxStore {
     /// concurrent writers (other instances) cannot deadlock or fork a chain.
     pub async fn append(&self, batch: &[Pending]) -> Result<(), sqlx::Error> {
         let mut tx = self.db.pool().begin().await?;
-        let mut keys: Vec<String> = batch
+        let mut keys: Vec<(String, &str)> = batch
             .iter()
             .filter_map(|p| match p {
-                Pending::Conversation(e) => Some(e.context.chain_key()),
+                Pending::Conversation(e) => Some((e.context.chain_key(), "")),
+                Pending::Chained { topic, key, .. } => Some((audit_chain_key(topic, key), topic.as_str())),
                 Pending::Record { .. } | Pending::Write(_) => None,
             })
             .collect();
@@ -99,6 +104,23 @@ impl OutboxStore {
                         headers: headers.to_string(),
                     });
                 }
+                Pending::Chained { topic, key, event_type, payload, headers } => {
+                    let chain = audit_chain_key(topic, key);
+                    let (seq, prev) = heads.get(&chain).cloned().unwrap_or((0, ZERO_HASH.to_owned()));
+                    let mut payload = payload.clone();
+                    payload["chain"] = json!(key);
+                    payload["seq"] = json!(seq + 1);
+                    payload["prev_hash"] = json!(prev);
+                    heads.insert(chain, (seq + 1, event_hash(&payload)));
+                    rows.push(NewRow {
+                        topic: topic.clone(),
+                        key: key.clone(),
+                        session_id: None,
+                        event_type: event_type.clone(),
+                        payload: payload.to_string(),
+                        headers: headers.to_string(),
+                    });
+                }
                 Pending::Record { topic, key, event_type, payload, headers } => rows.push(NewRow {
                     topic: topic.clone(),
                     key: key.clone(),
@@ -129,7 +151,7 @@ impl OutboxStore {
             }
             pending.execute(&mut *tx).await?;
         }
-        write_heads(&mut tx, self.db.backend(), &keys, &heads).await?;
+        write_heads(&mut tx, self.db.backend(), &keys, &heads, now).await?;
         tx.commit().await
     }
 
@@ -231,18 +253,18 @@ type Heads = HashMap<String, (i64, String)>;
 /// row lock on PostgreSQL (as `FOR UPDATE` would) in that order, held until
 /// commit, so a concurrent writer of the same session waits for this chain
 /// and two writers cannot deadlock.
-async fn read_heads(tx: &mut sqlx::AnyConnection, backend: Backend, keys: &[String]) -> Result<Heads, sqlx::Error> {
+async fn read_heads(tx: &mut sqlx::AnyConnection, backend: Backend, keys: &[(String, &str)]) -> Result<Heads, sqlx::Error> {
     let mut heads = HashMap::with_capacity(keys.len());
     for chunk in runs(keys, ROWS_PER_STATEMENT) {
         let sql = format!(
-            "INSERT INTO event_chains (chain_key, last_seq, last_hash) VALUES {} \
+            "INSERT INTO event_chains (chain_key, topic, last_seq, last_hash) VALUES {} \
              ON CONFLICT (chain_key) DO UPDATE SET chain_key = excluded.chain_key \
              RETURNING chain_key, last_seq, last_hash",
-            backend.values(chunk.len(), 3)
+            backend.values(chunk.len(), 4)
         );
         let mut query = sqlx::query(&sql);
-        for key in chunk {
-            query = query.bind(key).bind(0_i64).bind(ZERO_HASH);
+        for (key, topic) in chunk {
+            query = query.bind(key).bind(*topic).bind(0_i64).bind(ZERO_HASH);
         }
         for row in query.fetch_all(&mut *tx).await? {
             heads.insert(row.try_get("chain_key")?, (row.try_get::<i64, _>("last_seq")?, row.try_get::<String, _>("last_hash")?));
@@ -274,22 +296,29 @@ async fn fencing_high_water(tx: &mut sqlx::AnyConnection, batch: &[Pending]) -> 
     Ok(high)
 }
 
-/// Moves each chain's head to its last appended event, many chains per statement.
-async fn write_heads(tx: &mut sqlx::AnyConnection, backend: Backend, keys: &[String], heads: &Heads) -> Result<(), sqlx::Error> {
-    let moved: Vec<(&String, &(i64, String))> = keys.iter().filter_map(|k| heads.get(k).map(|h| (k, h))).collect();
+/// Moves each chain's head to its last appended event (at `now`), many chains per statement.
+async fn write_heads(tx: &mut sqlx::AnyConnection, backend: Backend, keys: &[(String, &str)], heads: &Heads, now: i64) -> Result<(), sqlx::Error> {
+    let moved: Vec<(&String, &(i64, String))> = keys.iter().filter_map(|(k, _)| heads.get(k).map(|h| (k, h))).collect();
     for chunk in runs(&moved, ROWS_PER_STATEMENT) {
         let sql = format!(
-            "INSERT INTO event_chains (chain_key, last_seq, last_hash) VALUES {} \
-             ON CONFLICT (chain_key) DO UPDATE SET last_seq = excluded.last_seq, last_hash = excluded.last_hash",
-            backend.values(chunk.len(), 3)
+            "INSERT INTO event_chains (chain_key, last_seq, last_hash, last_at) VALUES {} \
+             ON CONFLICT (chain_key) DO UPDATE SET last_seq = excluded.last_seq, last_hash = excluded.last_hash, last_at = excluded.last_at",
+            backend.values(chunk.len(), 4)
         );
         let mut query = sqlx::query(&sql);
         for (key, (seq, hash)) in chunk {
-            query = query.bind(*key).bind(*seq).bind(hash);
+            query = query.bind(*key).bind(*seq).bind(hash).bind(now);
         }
         query.execute(&mut *tx).await?;
     }
     Ok(())
+}
+
+/// Where an audit topic's chain is kept in `event_chains`: apart from the
+/// sessions' `tenant:session` keys and from another topic's chain of the
+/// same record key.
+pub(super) fn audit_chain_key(topic: &str, key: &str) -> String {
+    format!("{topic}|{key}")
 }
 
 /// One outbox row about to be inserted.

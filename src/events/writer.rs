@@ -4,6 +4,7 @@
 //! turns. Jobs are written in the order they were queued, so acknowledging a
 //! job means every earlier job is durable too.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, Notify};
@@ -11,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::outbox::{OutboxStore, Pending};
 use crate::error::{Code, ErrorCode};
+use crate::telemetry::Metrics;
 
 /// Most items committed in one transaction.
 const MAX_BATCH: usize = 1000;
@@ -84,14 +86,29 @@ impl EventLog {
     }
 
     /// Starts the writer; `committed` is notified after each commit (the relay listens).
-    pub fn start(store: OutboxStore, committed: std::sync::Arc<Notify>, cancel: CancellationToken, tracker: &tokio_util::task::TaskTracker) -> Self {
+    pub fn start(
+        store: OutboxStore,
+        committed: Arc<Notify>,
+        metrics: Arc<Metrics>,
+        cancel: CancellationToken,
+        tracker: &tokio_util::task::TaskTracker,
+    ) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
-        tracker.spawn(write_loop(store, rx, committed, cancel));
+        let writer = Writer { store, metrics, cancel };
+        tracker.spawn(write_loop(writer, rx, committed));
         Self { tx, tracker: tracker.clone() }
     }
 }
 
-async fn write_loop(store: OutboxStore, mut rx: mpsc::Receiver<Job>, committed: std::sync::Arc<Notify>, cancel: CancellationToken) {
+/// What the writer task holds.
+struct Writer {
+    store: OutboxStore,
+    metrics: Arc<Metrics>,
+    cancel: CancellationToken,
+}
+
+async fn write_loop(writer: Writer, mut rx: mpsc::Receiver<Job>, committed: Arc<Notify>) {
+    let cancel = writer.cancel.clone();
     loop {
         let first = tokio::select! {
             job = rx.recv() => job,
@@ -102,7 +119,7 @@ async fn write_loop(store: OutboxStore, mut rx: mpsc::Receiver<Job>, committed: 
         let mut jobs = vec![first];
         gather(&mut rx, &mut jobs, &cancel).await;
         let items: Vec<Pending> = jobs.iter().flat_map(|j| j.items.iter().cloned()).collect();
-        let result = write_with_retry(&store, &items, &cancel).await;
+        let result = writer.write_with_retry(&items).await;
         if result.is_ok() || jobs.len() == 1 {
             finish(jobs, result, &committed);
             continue;
@@ -110,7 +127,7 @@ async fn write_loop(store: OutboxStore, mut rx: mpsc::Receiver<Job>, committed: 
         // The group could not be written though the database answers: one job is at
         // fault. Write the jobs one by one, so only that job fails.
         for job in jobs {
-            let result = write_with_retry(&store, &job.items, &cancel).await;
+            let result = writer.write_with_retry(&job.items).await;
             finish(vec![job], result, &committed);
         }
     }
@@ -151,37 +168,50 @@ fn finish(jobs: Vec<Job>, result: Result<(), EventsError>, committed: &Notify) {
     }
 }
 
-/// A database outage must delay events, not lose them: retry with capped
-/// backoff until the write succeeds or Steward shuts down. Meanwhile the queue
-/// fills and `emit` waits, which slows the chat path instead of dropping its
-/// trail. Only a statement that a working database keeps rejecting — not a
-/// pool timeout, a lost connection or a busy database — can never succeed,
-/// and is given up (and logged) after a few tries.
-async fn write_with_retry(store: &OutboxStore, items: &[Pending], cancel: &CancellationToken) -> Result<(), EventsError> {
-    let mut delay = Duration::from_millis(20);
-    let mut attempts = 0;
-    loop {
-        match store.append(items).await {
-            Ok(()) => return Ok(()),
-            // A guarded write's condition is gone ([`TxWrite`]s say so with `RowNotFound`): trying again changes nothing.
-            Err(sqlx::Error::RowNotFound) => return Err(EventsError::Conflict),
-            Err(err) if attempts >= 2 && !transient(&err) && store.reachable().await => {
-                tracing::error!(error = %crate::error::error_chain(&err), items = items.len(), "outbox write rejected by a working database; not stored");
-                return Err(EventsError::Store(err.to_string()));
-            }
-            Err(err) => {
-                attempts += 1;
-                tracing::warn!(error = %crate::error::error_chain(&err), items = items.len(), retry_in_ms = delay.as_millis() as u64, "outbox write failed; retrying");
-                tokio::select! {
-                    () = tokio::time::sleep(delay) => {}
-                    () = cancel.cancelled() => {
-                        tracing::error!(items = items.len(), "shutting down with events not stored");
-                        return Err(EventsError::Store(err.to_string()));
-                    }
+impl Writer {
+    /// A database outage must delay events, not lose them: retry with capped
+    /// backoff until the write succeeds or Steward shuts down. Meanwhile the queue
+    /// fills and `emit` waits, which slows the chat path instead of dropping its
+    /// trail. Only a statement that a working database keeps rejecting — not a
+    /// pool timeout, a lost connection or a busy database — can never succeed,
+    /// and is given up (and logged) after a few tries.
+    async fn write_with_retry(&self, items: &[Pending]) -> Result<(), EventsError> {
+        let mut delay = Duration::from_millis(20);
+        let mut attempts = 0;
+        loop {
+            match self.store.append(items).await {
+                Ok(()) => return Ok(()),
+                // A guarded write's condition is gone ([`TxWrite`]s say so with `RowNotFound`): trying again changes nothing.
+                Err(sqlx::Error::RowNotFound) => return Err(EventsError::Conflict),
+                Err(err) if attempts >= 2 && !transient(&err) && self.store.reachable().await => {
+                    tracing::error!(error = %crate::error::error_chain(&err), items = items.len(), "outbox write rejected by a working database; not stored");
+                    return Err(EventsError::Store(err.to_string()));
                 }
-                delay = (delay * 2).min(Duration::from_secs(2));
+                Err(err) => {
+                    attempts += 1;
+                    self.metrics.outbox_write_retry(failure(&err));
+                    tracing::warn!(error = %crate::error::error_chain(&err), items = items.len(), retry_in_ms = delay.as_millis() as u64, "outbox write failed; retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        () = self.cancel.cancelled() => {
+                            tracing::error!(items = items.len(), "shutting down with events not stored");
+                            return Err(EventsError::Store(err.to_string()));
+                        }
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
             }
         }
+    }
+}
+
+/// What failed, for `outbox_write_retries_total{error}`.
+fn failure(err: &sqlx::Error) -> &'static str {
+    match err {
+        sqlx::Error::PoolTimedOut => "pool_timeout",
+        sqlx::Error::Database(db) if db.code().is_some_and(|code| busy_or_unreachable(&code)) => "busy",
+        err if transient(err) => "connection",
+        _ => "rejected",
     }
 }
 

@@ -12,8 +12,8 @@ use crate::events::{EventLog, EventType, NewEvent, Pending};
 use crate::identity::{Caller, Capability};
 use crate::moderation::{Decision, Hit};
 use crate::orchestrator::{
-    turn_context, Conversation, ConversationStore, FinishReason, OrchestratorError, Origin, RecordTurn, SessionState, TurnLimits, TurnRecord, TurnRequest,
-    TurnStream, WITHHELD_TEXT,
+    turn_context, Conversation, ConversationStore, FinishReason, OrchestratorError, Origin, RecordTurn, SessionState, TurnEvent, TurnLimits, TurnRecord,
+    TurnRequest, TurnStream, WITHHELD_TEXT,
 };
 use crate::policy::{Judges, PolicyEngine, PolicyError, SignedVerdict, TurnRef, Verdict};
 use crate::slm::{ChatMessage, GenerationParams, Role};
@@ -102,7 +102,7 @@ impl Gateway {
         caller.require(Capability::Chat)?;
         // The tenant's limits first: a turn over them costs no moderation and no model work.
         let turn_id = uuid::Uuid::now_v7().to_string();
-        let permit = self.limiter.admit(caller.tenant.as_str(), &turn_id).await?;
+        let mut permit = self.limiter.admit(caller.tenant.as_str(), &turn_id, expected_tokens(&input)).await?;
         self.limits.check_message(&input.message)?;
         for earlier in &input.preamble {
             self.limits.check_earlier(&earlier.content)?;
@@ -165,6 +165,7 @@ impl Gateway {
         let received = NewEvent::new(context.clone(), EventType::Received, received_data);
 
         if let Some(first) = hits.first().cloned() {
+            permit.used(0);
             for hit in &hits {
                 self.metrics.moderation_refusal("input", &hit.category);
             }
@@ -199,10 +200,25 @@ impl Gateway {
     }
 }
 
-/// The turn's stream, holding its stream slot until it ends or is dropped.
+/// The tokens a turn may use, for the tenant's tokens per minute: its
+/// prompt, estimated at four characters a token, and its `max_tokens`. The
+/// usage the model reports settles it when the turn ends.
+fn expected_tokens(input: &TurnInput) -> u32 {
+    let chars: usize = input.preamble.iter().map(|m| m.content.chars().count()).sum::<usize>() + input.message.chars().count();
+    u32::try_from(chars.div_ceil(4)).unwrap_or(u32::MAX).saturating_add(input.params.max_tokens)
+}
+
+/// The turn's stream, holding its stream slot until it ends or is dropped,
+/// and settling its tokens to the usage its end reports.
 fn holding(turn: TurnStream, permit: crate::limits::Permit) -> TurnStream {
     use futures_util::StreamExt;
-    Box::pin(futures_util::stream::unfold((turn, permit), |(mut turn, permit)| async move { turn.next().await.map(|event| (event, (turn, permit))) }))
+    Box::pin(futures_util::stream::unfold((turn, permit), |(mut turn, mut permit)| async move {
+        let event = turn.next().await?;
+        if let TurnEvent::Done { usage: Some(usage), .. } = &event {
+            permit.used(usage.prompt_tokens.saturating_add(usage.completion_tokens));
+        }
+        Some((event, (turn, permit)))
+    }))
 }
 
 /// A turn refused on input, as stored: without its text (the gateway puts

@@ -1,5 +1,8 @@
-//! Per-tenant limits on chat turns: concurrent streams, and requests per
-//! second with a burst (GCRA), configured per tenant with defaults
+//! Per-tenant limits on chat turns: concurrent streams, requests per second
+//! with a burst (GCRA), and model tokens per minute (a GCRA over tokens: a
+//! turn reserves its prompt's estimate plus its `max_tokens` when admitted,
+//! and the reservation is settled to the usage the model reports when it
+//! ends), configured per tenant with defaults
 //! (`limits`, `limits.tenants.<tenant>`). The counters live in a
 //! [`LimitStore`]: Redis, shared by every instance ([`RedisLimits`]), or this
 //! process ([`MemoryLimits`], for a single instance). Over a limit a turn is
@@ -35,6 +38,20 @@ pub struct TenantLimits {
     pub requests_per_second: f64,
     /// Requests a tenant may make at once after a quiet spell.
     pub burst: u32,
+    /// Model tokens (prompt and completion) per minute, a minute's worth at once.
+    #[serde(default)]
+    pub tokens_per_minute: u32,
+}
+
+impl TenantLimits {
+    /// The GCRA emission interval of one token, ms (0: no token limit).
+    fn token_interval_ms(&self) -> f64 {
+        if self.tokens_per_minute > 0 {
+            60_000.0 / f64::from(self.tokens_per_minute)
+        } else {
+            0.0
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -48,18 +65,23 @@ pub enum Counted {
     Admitted { slot: bool },
     /// Over the request rate: wait this long.
     Rate(Duration),
+    /// Over the tokens per minute: wait this long.
+    Tokens(Duration),
     /// Every stream slot is taken.
     Streams,
 }
 
 /// Where the counters live.
 pub trait LimitStore: Send + Sync {
-    /// Counts one turn of `tenant` in one step (one round trip): first a
-    /// request from its rate (GCRA: one per `1 / requests_per_second`, up to
-    /// `burst` at once; skipped at 0), then one of its
+    /// Counts one turn of `tenant` in one step (one round trip), all or
+    /// nothing: a request from its rate (GCRA: one per
+    /// `1 / requests_per_second`, up to `burst` at once; skipped at 0),
+    /// `tokens` from its tokens per minute (skipped at 0), and one of its
     /// `max_concurrent_streams` slots for `id` (skipped at 0), held at most
     /// `lease`, so an instance that dies cannot keep it.
-    fn count<'a>(&'a self, tenant: &'a str, id: &'a str, limits: TenantLimits, lease: Duration) -> BoxFuture<'a, Result<Counted, LimitError>>;
+    fn count<'a>(&'a self, tenant: &'a str, id: &'a str, limits: TenantLimits, tokens: u32, lease: Duration) -> BoxFuture<'a, Result<Counted, LimitError>>;
+    /// Charges `tokens` more to the tenant's tokens per minute (fewer if negative: a refund).
+    fn spend(&self, tenant: String, limits: TenantLimits, tokens: i64) -> BoxFuture<'static, ()>;
     /// Gives the slot of `id` back.
     fn close(&self, tenant: String, id: String) -> BoxFuture<'static, ()>;
 }
@@ -71,6 +93,8 @@ pub enum Limited {
     Streams { limit: u32 },
     #[error("the tenant is over its request rate; retry in {} ms", retry_after.as_millis())]
     Rate { retry_after: Duration },
+    #[error("the tenant is over its model tokens per minute; retry in {} ms", retry_after.as_millis())]
+    Tokens { retry_after: Duration },
 }
 
 impl Limited {
@@ -78,6 +102,7 @@ impl Limited {
         match self {
             Self::Streams { .. } => "streams",
             Self::Rate { .. } => "rate",
+            Self::Tokens { .. } => "tokens",
         }
     }
 
@@ -85,7 +110,7 @@ impl Limited {
         match self {
             // A stream slot frees when some turn ends: a second is a fair guess.
             Self::Streams { .. } => Duration::from_secs(1),
-            Self::Rate { retry_after } => *retry_after,
+            Self::Rate { retry_after } | Self::Tokens { retry_after } => *retry_after,
         }
     }
 }
@@ -118,27 +143,39 @@ impl Limiter {
         Self { store, defaults, tenants, lease, metrics, tasks }
     }
 
-    /// Admits one turn of `tenant`: a request from its rate, then a stream
-    /// slot, held by the permit until it drops.
-    pub async fn admit(&self, tenant: &str, turn_id: &str) -> Result<Permit, Limited> {
+    /// Admits one turn of `tenant` expected to use up to `tokens` model
+    /// tokens: a request from its rate, the tokens, and a stream slot, held by
+    /// the permit until it drops.
+    pub async fn admit(&self, tenant: &str, turn_id: &str, tokens: u32) -> Result<Permit, Limited> {
         let limits = self.tenants.get(tenant).copied().unwrap_or(self.defaults);
         let refused = |limited: Limited| {
             self.metrics.rate_limited(limited.as_str());
             tracing::info!(tenant, limit = limited.as_str(), "turn refused: over the tenant's limit");
             limited
         };
-        if limits.requests_per_second <= 0.0 && limits.max_concurrent_streams == 0 {
-            return Ok(Permit { slot: None });
+        if limits.requests_per_second <= 0.0 && limits.max_concurrent_streams == 0 && limits.tokens_per_minute == 0 {
+            return Ok(Permit::unlimited());
         }
         let limits = TenantLimits { burst: limits.burst.max(1), ..limits };
-        match self.store.count(tenant, turn_id, limits, self.lease).await {
-            Ok(Counted::Admitted { slot: true }) => Ok(Permit { slot: Some((self.store.clone(), tenant.to_owned(), turn_id.to_owned(), self.tasks.clone())) }),
-            Ok(Counted::Admitted { slot: false }) => Ok(Permit { slot: None }),
+        // A turn asking for more than a minute's worth could never pass: it costs a minute's worth.
+        let tokens = if limits.tokens_per_minute > 0 { tokens.min(limits.tokens_per_minute) } else { 0 };
+        let admitted = |slot: bool| Permit {
+            held: Some(Held {
+                store: self.store.clone(),
+                tenant: tenant.to_owned(),
+                tasks: self.tasks.clone(),
+                slot: slot.then(|| turn_id.to_owned()),
+                reserved: (tokens > 0).then_some((limits, tokens)),
+            }),
+        };
+        match self.store.count(tenant, turn_id, limits, tokens, self.lease).await {
+            Ok(Counted::Admitted { slot }) => Ok(admitted(slot)),
             Ok(Counted::Rate(retry_after)) => Err(refused(Limited::Rate { retry_after })),
+            Ok(Counted::Tokens(retry_after)) => Err(refused(Limited::Tokens { retry_after })),
             Ok(Counted::Streams) => Err(refused(Limited::Streams { limit: limits.max_concurrent_streams })),
             Err(err) => {
                 self.unavailable(&err);
-                Ok(Permit { slot: None })
+                Ok(Permit::unlimited())
             }
         }
     }
@@ -149,14 +186,44 @@ impl Limiter {
     }
 }
 
-/// A stream slot, given back when dropped.
+/// What an admitted turn holds: its stream slot, given back when dropped,
+/// and its reservation of tokens, settled by [`Permit::used`] (kept whole if
+/// the turn never says).
 pub struct Permit {
-    slot: Option<(Arc<dyn LimitStore>, String, String, TaskTracker)>,
+    held: Option<Held>,
+}
+
+struct Held {
+    store: Arc<dyn LimitStore>,
+    tenant: String,
+    tasks: TaskTracker,
+    /// The id the stream slot is held under.
+    slot: Option<String>,
+    /// The tenant's limits and the tokens reserved.
+    reserved: Option<(TenantLimits, u32)>,
+}
+
+impl Permit {
+    fn unlimited() -> Self {
+        Self { held: None }
+    }
+
+    /// The turn used `tokens` (prompt and completion): the tenant is charged
+    /// those instead of its reservation.
+    pub fn used(&mut self, tokens: u32) {
+        let Some(held) = self.held.as_mut() else { return };
+        if let Some((limits, reserved)) = held.reserved.take() {
+            let difference = i64::from(tokens) - i64::from(reserved);
+            if difference != 0 {
+                held.tasks.spawn(held.store.spend(held.tenant.clone(), limits, difference));
+            }
+        }
+    }
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        if let Some((store, tenant, id, tasks)) = self.slot.take() {
+        if let Some(Held { store, tenant, tasks, slot: Some(id), .. }) = self.held.take() {
             tasks.spawn(store.close(tenant, id));
         }
     }

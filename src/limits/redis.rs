@@ -1,7 +1,8 @@
 //! The limit store in Redis, shared by every instance: a turn is counted by
 //! one Lua script on the server's clock (one round trip), its slot given
-//! back by one `ZREM`. The request rate is a GCRA (one key per
-//! tenant holding its next theoretical arrival time); stream slots are a
+//! back by one `ZREM`. The request rate and the tokens per minute are GCRAs
+//! (a key per tenant holding its next theoretical arrival time, of a request
+//! or of a token); stream slots are a
 //! sorted set per tenant scored by each slot's lease end, so a slot of an
 //! instance that died frees itself.
 
@@ -12,25 +13,45 @@ use futures_util::future::BoxFuture;
 
 use super::{Counted, LimitError, LimitStore, TenantLimits};
 
-/// One turn, as `LimitStore::count`: KEYS = the tenant's rate key and
-/// stream set; ARGV = emission interval in ms (0: no rate), burst, stream
-/// limit (0: none), stream id, lease in ms. Replies `{kind, detail}`.
+/// One turn, as `LimitStore::count`: KEYS = the tenant's rate key, stream
+/// set and tokens key; ARGV = request emission interval in ms (0: no rate),
+/// burst, stream limit (0: none), stream id, lease in ms, token emission
+/// interval in ms (0: no token limit), tokens a minute, tokens this turn.
+/// Every limit is checked before any is taken. Replies `{kind, detail}`.
 const COUNT: &str = "local t = redis.call('TIME') local now = t[1] * 1000 + t[2] / 1000 \
-local interval = tonumber(ARGV[1]) \
+local interval = tonumber(ARGV[1]) local rate_tat = nil \
 if interval > 0 then \
   local tat = tonumber(redis.call('GET', KEYS[1]) or now) if tat < now then tat = now end \
   local allowed_from = tat + interval - interval * tonumber(ARGV[2]) \
   if allowed_from > now then return {'rate', tostring(allowed_from - now)} end \
-  redis.call('SET', KEYS[1], tostring(tat + interval), 'PX', math.ceil(tat + interval - now) + 1000) \
+  rate_tat = tat + interval \
 end \
-local limit = tonumber(ARGV[3]) \
+local token_interval = tonumber(ARGV[6]) local cost = tonumber(ARGV[8]) local token_tat = nil \
+if token_interval > 0 and cost > 0 then \
+  local tat = tonumber(redis.call('GET', KEYS[3]) or now) if tat < now then tat = now end \
+  local allowed_from = tat + token_interval * cost - token_interval * tonumber(ARGV[7]) \
+  if allowed_from > now then return {'tokens', tostring(allowed_from - now)} end \
+  token_tat = tat + token_interval * cost \
+end \
+local limit = tonumber(ARGV[3]) local ms = math.floor(now) \
+if limit > 0 then \
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ms) \
+  if redis.call('ZCARD', KEYS[2]) >= limit then return {'streams', '0'} end \
+end \
+if rate_tat then redis.call('SET', KEYS[1], tostring(rate_tat), 'PX', math.ceil(rate_tat - now) + 1000) end \
+if token_tat then redis.call('SET', KEYS[3], tostring(token_tat), 'PX', math.ceil(token_tat - now) + 1000) end \
 if limit == 0 then return {'admitted', '0'} end \
-local ms = math.floor(now) \
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ms) \
-if redis.call('ZCARD', KEYS[2]) >= limit then return {'streams', '0'} end \
 redis.call('ZADD', KEYS[2], ms + tonumber(ARGV[5]), ARGV[4]) \
 redis.call('PEXPIRE', KEYS[2], ARGV[5]) \
 return {'admitted', '1'}";
+
+/// Moves a tenant's token arrival time by ARGV[1] ms (negative: a refund),
+/// never before now. KEYS = the tokens key.
+const SPEND: &str = "local t = redis.call('TIME') local now = t[1] * 1000 + t[2] / 1000 \
+local tat = tonumber(redis.call('GET', KEYS[1]) or now) if tat < now then tat = now end \
+tat = tat + tonumber(ARGV[1]) \
+if tat <= now then redis.call('DEL', KEYS[1]) return 0 end \
+redis.call('SET', KEYS[1], tostring(tat), 'PX', math.ceil(tat - now) + 1000) return 1";
 
 pub struct RedisLimits {
     client: Client,
@@ -50,16 +71,19 @@ impl RedisLimits {
 }
 
 impl LimitStore for RedisLimits {
-    fn count<'a>(&'a self, tenant: &'a str, id: &'a str, limits: TenantLimits, lease: Duration) -> BoxFuture<'a, Result<Counted, LimitError>> {
+    fn count<'a>(&'a self, tenant: &'a str, id: &'a str, limits: TenantLimits, tokens: u32, lease: Duration) -> BoxFuture<'a, Result<Counted, LimitError>> {
         Box::pin(async move {
             let interval_ms = if limits.requests_per_second > 0.0 { 1000.0 / limits.requests_per_second } else { 0.0 };
-            let keys = vec![self.key("rate", tenant), self.key("streams", tenant)];
+            let keys = vec![self.key("rate", tenant), self.key("streams", tenant), self.key("tokens", tenant)];
             let args = vec![
                 interval_ms.to_string(),
                 limits.burst.to_string(),
                 limits.max_concurrent_streams.to_string(),
                 id.to_owned(),
                 lease.as_millis().to_string(),
+                limits.token_interval_ms().to_string(),
+                limits.tokens_per_minute.to_string(),
+                tokens.to_string(),
             ];
             let client = crate::redis_client::one_shot(&self.client, self.timeout);
             let reply = client.eval::<Vec<String>, _, _, _>(COUNT, keys, args);
@@ -67,11 +91,27 @@ impl LimitStore for RedisLimits {
             match reply.iter().map(String::as_str).collect::<Vec<_>>()[..] {
                 ["admitted", slot] => Ok(Counted::Admitted { slot: slot == "1" }),
                 ["streams", _] => Ok(Counted::Streams),
-                ["rate", wait_ms] => {
+                [kind @ ("rate" | "tokens"), wait_ms] => {
                     let wait_ms: f64 = wait_ms.parse().map_err(|_| LimitError(format!("unexpected wait {wait_ms:?}")))?;
-                    Ok(Counted::Rate(Duration::from_secs_f64(wait_ms / 1000.0)))
+                    let wait = Duration::from_secs_f64(wait_ms / 1000.0);
+                    Ok(if kind == "rate" { Counted::Rate(wait) } else { Counted::Tokens(wait) })
                 }
                 _ => Err(LimitError(format!("unexpected reply {reply:?}"))),
+            }
+        })
+    }
+
+    fn spend(&self, tenant: String, limits: TenantLimits, tokens: i64) -> BoxFuture<'static, ()> {
+        let (client, key, timeout) = (crate::redis_client::one_shot(&self.client, self.timeout), self.key("tokens", &tenant), self.timeout);
+        let by_ms = limits.token_interval_ms() * tokens as f64;
+        Box::pin(async move {
+            if by_ms == 0.0 {
+                return;
+            }
+            let moved = client.eval::<i64, _, _, _>(SPEND, vec![key], vec![by_ms.to_string()]);
+            // Not settled (Redis unreachable): the tenant keeps its reservation, which is at most a minute's worth.
+            if let Err(error) = crate::redis_client::bounded(timeout, moved).await {
+                tracing::warn!(error, tenant, "a turn's token reservation was not settled to its usage");
             }
         })
     }

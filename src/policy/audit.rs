@@ -86,7 +86,7 @@ impl AuditEntry<'_> {
         if let Some(state) = &self.trace.tracestate {
             headers["tracestate"] = json!(state);
         }
-        Pending::Record { topic: topic.to_owned(), key: key.to_owned(), event_type: kind.to_owned(), payload: record, headers }
+        Pending::Chained { topic: topic.to_owned(), key: key.to_owned(), event_type: kind.to_owned(), payload: record, headers }
     }
 }
 

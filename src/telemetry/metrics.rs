@@ -26,6 +26,11 @@ struct LimitLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RetryLabels {
+    error: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TopicLabels {
     topic: String,
 }
@@ -98,6 +103,7 @@ pub struct Metrics {
     dead_lettered: Family<TopicLabels, Counter>,
     rate_limited: Family<LimitLabels, Counter>,
     limits_store_failures: Counter,
+    outbox_write_retries: Family<RetryLabels, Counter>,
     training_state: Family<TenantLabels, Gauge>,
     training_transitions: Family<TransitionLabels, Counter>,
     inter_token: HistogramFamily,
@@ -187,6 +193,12 @@ impl Metrics {
             "Turns admitted without their tenant's limits: the limit store was unavailable",
             limits_store_failures.clone(),
         );
+        let outbox_write_retries = Family::<RetryLabels, Counter>::default();
+        registry.register(
+            "outbox_write_retries",
+            "Outbox writes tried again, by what failed (pool_timeout, connection, busy, rejected): events wait, they are not lost",
+            outbox_write_retries.clone(),
+        );
         let dead_lettered = Family::<TopicLabels, Counter>::default();
         registry.register(
             "kafka_dead_lettered_events",
@@ -224,6 +236,7 @@ impl Metrics {
             dead_lettered,
             rate_limited,
             limits_store_failures,
+            outbox_write_retries,
             training_state,
             training_transitions,
             inter_token,
@@ -286,6 +299,11 @@ impl Metrics {
 
     pub fn limits_store_failure(&self) {
         self.limits_store_failures.inc();
+    }
+
+    /// An outbox write failed and is tried again; `error` says why.
+    pub fn outbox_write_retry(&self, error: &'static str) {
+        self.outbox_write_retries.get_or_create(&RetryLabels { error }).inc();
     }
 
     pub fn dead_lettered(&self, topic: &str) {

@@ -260,7 +260,7 @@ impl TrainingService {
         if let Some(state) = &actor.trace.tracestate {
             headers["tracestate"] = json!(state);
         }
-        let pending = Pending::Record {
+        let pending = Pending::Chained {
             topic: self.settings.audit_topic.clone(),
             key: actor.tenant.to_owned(),
             event_type: format!("training.{action}"),

@@ -159,6 +159,38 @@ impl PrivateBroker {
         }
     }
 
+    /// Does to `topic` what retention does once `before_ms` is past its
+    /// `retention.ms`: deletes every record written before it, from the
+    /// broker's own storage (tansu runs retention every ten minutes, with no
+    /// setting to run it sooner, so the test stops the broker, deletes, and
+    /// starts it again). Returns how many records went.
+    pub async fn apply_retention(&mut self, topic: &str, before_ms: i64) -> u64 {
+        self.delete_records(topic, "timestamp < $2", before_ms, None).await
+    }
+
+    /// Deletes one record of `topic` by partition and offset, as someone with access to the
+    /// broker's disks could. (Not a partition's last: tansu then reports the partition empty.)
+    pub async fn delete_record(&mut self, topic: &str, partition: i32, offset: i64) -> u64 {
+        self.delete_records(topic, "offset_id = $2", offset, Some(partition)).await
+    }
+
+    async fn delete_records(&mut self, topic: &str, condition: &str, value: i64, partition: Option<i32>) -> u64 {
+        use sqlx::sqlite::SqliteConnectOptions;
+        use sqlx::{ConnectOptions, Connection};
+        self.kill();
+        let file = self.dir.path().join("tansu.db");
+        let mut conn = SqliteConnectOptions::new().filename(&file).connect().await.expect("open the broker's storage");
+        let sql = format!(
+            "DELETE FROM record WHERE topition IN \
+             (SELECT tp.id FROM topition tp JOIN topic t ON t.id = tp.topic WHERE t.name = $1 AND ($3 < 0 OR tp.partition = $3)) AND {condition}"
+        );
+        let query = sqlx::query(&sql).bind(topic).bind(value).bind(partition.unwrap_or(-1));
+        let deleted = query.execute(&mut conn).await.expect("delete records").rows_affected();
+        conn.close().await.unwrap();
+        self.spawn().await;
+        deleted
+    }
+
     pub async fn restart(&mut self) {
         self.kill();
         self.spawn().await;

@@ -1,11 +1,13 @@
 //! Signed checkpoints against the real broker and the real binary: `audit
 //! verify --public-key` finds what the hash chains alone cannot — a session
 //! whose last events were removed, a deleted session, a forged but
-//! well-chained event — and names each.
+//! well-chained event — and names each; the audit topics are chained and
+//! checkpointed the same way.
 
 use serde_json::{json, Value};
+use steward::identity::Capability;
 
-use crate::broker::{consume, produce_copy, shared_broker, wait_for, Consumed};
+use crate::broker::{consume, produce_copy, shared_broker, wait_for, Consumed, PrivateBroker};
 use crate::events::app_with_broker;
 use crate::helpers::{manifest_dir, unique, Storage};
 
@@ -117,4 +119,166 @@ async fn audit_verify_with_the_public_key_names_a_truncated_a_deleted_and_a_forg
         assert_eq!(session["problems"][0]["kind"], kind, "{session}");
     }
     assert!(consume(&shared_broker(), &checkpoints).await.iter().all(|c| c.value["public_key"] == public_key.as_str()));
+}
+
+#[tokio::test]
+async fn training_and_policy_audit_records_are_chained_and_checkpointed_so_a_removed_record_is_found() {
+    let topic = unique("conversation.events.");
+    let checkpoints = format!("{topic}.checkpoints");
+    let app = {
+        let checkpoints = checkpoints.clone();
+        app_with_broker(Storage::Sqlite, &shared_broker(), &topic, move |s| {
+            s.events.checkpoint_key = steward::config::Secret::new(SECRET);
+            s.events.checkpoint_interval_ms = 200;
+            s.kafka.checkpoint_topic = checkpoints;
+        })
+        .await
+    };
+    let tenant = unique("audit-");
+    let admin = app.key(&tenant, &[Capability::TrainingAdmin]).await;
+    let enable = json!({ "ttl_seconds": 60, "reason": "chained" });
+    let enabled = app.post("/v1/training/enable", Some(&admin), &enable).await;
+    assert_eq!(enabled.status(), 200);
+    let lock_token = enabled.json::<Value>().await.unwrap()["lock_token"].clone();
+    assert_eq!(app.post("/v1/training/disable", Some(&admin), &json!({ "lock_token": lock_token })).await.status(), 200);
+    assert_eq!(app.post("/v1/training/enable", Some(&admin), &enable).await.status(), 200);
+    let (training, policy) = (app.settings.kafka.training_topic.clone(), app.settings.kafka.policy_topic.clone());
+    let records = wait_for(&shared_broker(), &training, 20, |r| r.len() >= 3).await;
+    let schema: Value = serde_json::from_str(&std::fs::read_to_string(manifest_dir().join("schemas/training.audit.v1.json")).unwrap()).unwrap();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    let mut prev = steward::events::ZERO_HASH.to_owned();
+    for (i, r) in records.iter().enumerate() {
+        assert!(validator.is_valid(&r.value), "{:#}", r.value);
+        assert_eq!((r.value["chain"].as_str(), r.value["seq"].as_i64()), (Some(tenant.as_str()), Some(i as i64 + 1)));
+        assert_eq!(r.value["prev_hash"], prev.as_str());
+        prev = steward::events::event_hash(&r.value);
+    }
+    // Both audit topics' heads come under signed checkpoints: the training chain at 3, the seeded default at 1.
+    let covers = |cps: &[Consumed], of: &str, chain: &str, seq: i64| {
+        cps.iter()
+            .filter(|c| c.value["topic"] == of)
+            .flat_map(|c| c.value["heads"].as_array().cloned().unwrap_or_default())
+            .any(|h| h["chain"] == chain && h["seq"] == seq)
+    };
+    wait_for(&shared_broker(), &checkpoints, 20, |cps| covers(cps, &training, &tenant, 3) && covers(cps, &policy, "*", 1)).await;
+    let (ok, public_key) = steward(&["keys", "audit-public"]).await;
+    assert!(ok);
+    let public_key = public_key.trim().to_owned();
+    let verify = |copy: String, signed_for: String| {
+        let (checkpoints, public_key) = (checkpoints.clone(), public_key.clone());
+        async move {
+            let broker = shared_broker();
+            let args = [
+                "audit",
+                "verify",
+                "--brokers",
+                &broker,
+                "--topic",
+                &copy,
+                "--public-key",
+                &public_key,
+                "--checkpoint-topic",
+                &checkpoints,
+                "--checkpointed-as",
+                &signed_for,
+            ];
+            steward(&args).await
+        }
+    };
+    for audit_topic in [&training, &policy] {
+        let (ok, report) = verify(audit_topic.clone(), audit_topic.clone()).await;
+        assert!(ok, "{audit_topic} verifies: {report}");
+    }
+    let (_, report) = verify(training.clone(), training.clone()).await;
+    assert_eq!(report_of(&report, &tenant)["events"], 3, "{report}");
+
+    // The last `training.enable` taken away: a well-formed chain, short of its checkpoint.
+    let copy = unique("doctored.training.");
+    produce_copy(&shared_broker(), &copy, &records[..2]).await;
+    let (chains_alone, _) = steward(&["audit", "verify", "--brokers", &shared_broker(), "--topic", &copy]).await;
+    assert!(chains_alone, "the chain alone finds nothing wrong");
+    let (ok, report) = verify(copy, training.clone()).await;
+    assert!(!ok, "{report}");
+    assert_eq!(report_of(&report, &tenant)["problems"][0]["kind"], "truncated", "{report}");
+}
+
+fn window_of(report: &str) -> Value {
+    report.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).find_map(|l| l.get("window").cloned()).unwrap_or_else(|| panic!("no window: {report}"))
+}
+
+#[tokio::test]
+async fn after_retention_took_older_records_audit_verify_checks_what_is_retained_and_says_from_when() {
+    let mut broker = PrivateBroker::start().await;
+    let topic = unique("conversation.events.");
+    let checkpoints = format!("{topic}.checkpoints");
+    let app = {
+        let checkpoints = checkpoints.clone();
+        app_with_broker(Storage::Sqlite, &broker.address(), &topic, move |s| {
+            s.events.checkpoint_key = steward::config::Secret::new(SECRET);
+            s.events.checkpoint_interval_ms = 200;
+            s.kafka.checkpoint_topic = checkpoints;
+        })
+        .await
+    };
+    let (tenant, key) = app.chat_key().await;
+    let mut chains = Vec::new();
+    let mut cutoff = 0;
+    for (i, message) in ["Name a colour.", "Name a fruit.", "Name a tree.", "Name a river."].into_iter().enumerate() {
+        if i == 2 {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            cutoff = chrono::Utc::now().timestamp_millis();
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        let sse = app.chat(&key, &json!({ "message": message, "max_tokens": 3 })).await;
+        chains.push(format!("{tenant}:{}", sse.header("x-session-id")));
+    }
+    let records = wait_for(&broker.address(), &topic, 20, |r| r.len() >= 12).await;
+    let last = |chain: &str| records.iter().filter(|r| r.key == chain).max_by_key(|r| r.value["seq"].as_i64()).unwrap().clone();
+    wait_for(&broker.address(), &checkpoints, 20, |cps| {
+        chains.iter().all(|chain| {
+            cps.iter()
+                .flat_map(|c| c.value["heads"].as_array().cloned().unwrap_or_default())
+                .any(|h| h["chain"] == chain.as_str() && h["seq"] == last(chain).value["seq"])
+        })
+    })
+    .await;
+    drop(app);
+    let (ok, public_key) = steward(&["keys", "audit-public"]).await;
+    assert!(ok);
+    let public_key = public_key.trim().to_owned();
+    let address = broker.address();
+    let verify = || {
+        let (broker, topic, checkpoints, public_key) = (address.clone(), topic.clone(), checkpoints.clone(), public_key.clone());
+        async move { steward(&["audit", "verify", "--brokers", &broker, "--topic", &topic, "--public-key", &public_key, "--checkpoint-topic", &checkpoints]).await }
+    };
+    let (ok, report) = verify().await;
+    assert!(ok, "{report}");
+    assert_eq!(window_of(&report)["complete"], true, "{report}");
+
+    // Retention takes the first two sessions' events; their checkpoints are kept (they are small).
+    let deleted = broker.apply_retention(&topic, cutoff).await;
+    assert_eq!(deleted, 6, "three events of each of the two older sessions");
+    let (ok, report) = verify().await;
+
+    assert!(ok, "what is retained verifies, and the sessions retention took are not called deleted: {report}");
+    let window = window_of(&report);
+    assert_eq!(window["complete"], false, "{report}");
+    assert!(window["retained_from_ms"].as_i64().unwrap() >= cutoff, "{window}");
+    assert_eq!(window["outside"], 2, "the two older sessions' checkpoints are outside the window: {window}");
+    for chain in &chains[2..] {
+        assert_eq!(report_of(&report, chain)["status"], "intact", "{report}");
+    }
+
+    // Within the window, an event removed from the broker's storage is still found.
+    let victim = records.iter().find(|r| r.key == chains[2] && r.value["seq"] == 2).unwrap().clone();
+    let client = crate::broker::client(&broker.address()).await;
+    let pc = client.partition_client(&topic, victim.partition, rskafka::client::partition::UnknownTopicHandling::Error).await.unwrap();
+    let earliest = pc.get_offset(rskafka::client::partition::OffsetAt::Earliest).await.unwrap();
+    let (fetched, _) = pc.fetch_records(earliest, 1..10_000_000, 100).await.unwrap();
+    let at = fetched.iter().find(|r| r.record.value.as_deref() == Some(victim.raw.as_slice())).expect("the victim is retained").offset;
+    assert_eq!(broker.delete_record(&topic, victim.partition, at).await, 1);
+    let (ok, report) = verify().await;
+    assert!(!ok, "{report}");
+    assert_eq!(report_of(&report, &chains[2])["problems"][0]["kind"], "missing", "{report}");
+    assert_eq!(report_of(&report, &chains[3])["status"], "intact", "{report}");
 }

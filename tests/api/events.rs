@@ -196,6 +196,44 @@ async fn several_instances_on_one_postgresql_relay_without_duplicates_or_reorder
     assert_exactly_once_in_order(&records, turns * 3);
 }
 
+#[tokio::test]
+async fn on_postgresql_a_writer_that_finds_no_free_connection_retries_and_loses_no_event() {
+    let topic = unique("conversation.events.");
+    let app = app_with_broker(Storage::Postgres, &shared_broker(), &topic, |s| {
+        s.database.max_connections = 1;
+        s.database.acquire_timeout_ms = 200;
+    })
+    .await;
+    let (_, key) = app.chat_key().await;
+    // The relay's next read of the outbox waits for this lock, holding the pool's one connection:
+    // the writer finds none free, again and again, for three seconds.
+    let mut blocker = app.db.pool().begin().await.unwrap();
+    sqlx::query("LOCK TABLE outbox_pending IN ACCESS EXCLUSIVE MODE").execute(&mut *blocker).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+
+    let bodies = ["Name a colour.", "Name a fruit.", "Name a tree."].map(|m| json!({ "message": m, "max_tokens": 3 }));
+    let turns = futures_util::future::join_all(bodies.iter().map(|body| app.chat(&key, body)));
+    let release = async {
+        tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+        blocker.commit().await.unwrap();
+    };
+    let (turns, ()) = futures_util::future::join(turns, release).await;
+
+    for turn in &turns {
+        assert_eq!(turn.names().last(), Some(&"done"), "{:?}", turn.events);
+    }
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    let timeouts: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("outbox_write_retries_total{error=\"pool_timeout\"} "))
+        .unwrap_or_else(|| panic!("no pool timeout retried: {metrics}"))
+        .parse()
+        .unwrap();
+    assert!(timeouts >= 1.0, "{timeouts}");
+    let records = wait_for(&shared_broker(), &topic, 20, |r| r.len() >= 9).await;
+    assert_exactly_once_in_order(&records, 9);
+}
+
 async fn audit(broker: &str, topic: &str) -> (bool, String) {
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_steward"))
         .args(["audit", "verify", "--brokers", broker, "--topic", topic])

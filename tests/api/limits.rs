@@ -1,6 +1,7 @@
 //! Per-tenant limits against the real model server and a real Redis shared
-//! by two instances: concurrent streams and the request rate, 429
-//! `rate_limited` with `Retry-After` over them, other tenants unaffected.
+//! by two instances: concurrent streams, the request rate and tokens per
+//! minute, 429 `rate_limited` with `Retry-After` over them, other tenants
+//! unaffected.
 
 use std::time::Duration;
 
@@ -121,4 +122,40 @@ async fn over_its_request_rate_a_tenant_gets_429_with_retry_after_over_sse_and_w
     assert_eq!(frame["type"], "error");
     assert_eq!(frame["code"], "rate_limited", "{frame}");
     assert!(frame["retry_after_ms"].as_u64().unwrap() > 0, "{frame}");
+}
+
+#[tokio::test]
+async fn over_its_tokens_per_minute_a_tenant_waits_for_what_its_turns_really_used_across_instances() {
+    let prefix = format!("{}:", unique("steward-test-"));
+    // 100 tokens a minute: one token every 600 ms.
+    let limits = |s: &mut steward::config::Settings| s.limits.tokens_per_minute = 100;
+    let (a, b) = (instance(&prefix, limits).await, instance(&prefix, limits).await);
+    let tenant = unique("wordy-");
+    let keys = [a.key(&tenant, &[Capability::Chat]).await, b.key(&tenant, &[Capability::Chat]).await];
+
+    let first = a.chat(&keys[0], &json!({ "message": "Name a colour.", "max_tokens": 4 })).await;
+    let usage = &first.first("done")["usage"];
+    let used = usage["prompt_tokens"].as_u64().unwrap() + usage["completion_tokens"].as_u64().unwrap();
+    assert!(used > 4 + 4, "the model's usage ({usage}) is more than the turn reserved: the test needs it to be");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // The other instance sees the first turn's usage, not its reservation: a turn asking for
+    // the minute's whole 100 waits until the tokens used are paid back.
+    let second = b.post("/v1/chat/stream", Some(&keys[1]), &json!({ "message": "Name a fruit.", "max_tokens": 100 })).await;
+
+    assert_eq!(second.status(), 429);
+    let error: Value = second.json().await.unwrap();
+    assert_eq!(error["code"], "rate_limited", "{error}");
+    assert!(error["message"].as_str().unwrap().contains("tokens per minute"), "{error}");
+    let wait = error["retry_after_ms"].as_u64().unwrap();
+    let owed = used * 600;
+    // Less the time since the first turn was admitted (its run, the pause).
+    assert!(wait <= owed && wait + 5_000 >= owed, "waits {wait} ms for {used} tokens used at 600 ms each");
+
+    // A small turn fits once the minute has room for it; other tenants never waited.
+    let other = a.key(&unique("quiet-"), &[Capability::Chat]).await;
+    let turn = a.chat(&other, &json!({ "message": "Name a colour.", "max_tokens": 4 })).await;
+    assert_eq!(turn.names().last(), Some(&"done"), "{:?}", turn.events);
+    let metrics = b.get("/metrics").await.text().await.unwrap();
+    assert!(metrics.contains("rate_limited_total{limit=\"tokens\"} 1"), "{metrics}");
 }
