@@ -71,6 +71,10 @@ cargo run --quiet --bin steward -- moderation prepare
 scripts/model-server.sh install
 .venv/bin/python -c 'import openai' 2>/dev/null || .venv/bin/pip install -q --disable-pip-version-check openai==3.57.0
 
+# schemathesis, which fuzzes the live API against its /openapi.json (tests/api/fuzz.rs).
+[ -x .venv-fuzz/bin/schemathesis ] || { python3 -m venv .venv-fuzz && .venv-fuzz/bin/pip install -q --disable-pip-version-check schemathesis==4.32.5; }
+export STEWARD_TEST_SCHEMATHESIS=${STEWARD_TEST_SCHEMATHESIS:-$PWD/.venv-fuzz/bin/schemathesis}
+
 # The Kafka-protocol broker: tansu, built once into a cache outside the clone
 # (a cold build takes 10-25 minutes on 2 cores), started here on memory storage.
 export STEWARD_TEST_TANSU=$(scripts/tansu.sh install)

@@ -19,6 +19,7 @@ mod contracts;
 mod dashboards;
 mod evasion;
 mod events;
+mod fuzz;
 mod instances;
 mod limits;
 mod moderation;
