@@ -95,7 +95,7 @@ pub trait ErrorCode: std::error::Error {
 }
 
 /// The JSON body of every error response.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     pub code: &'static str,
     #[serde(rename = "type")]

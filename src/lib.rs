@@ -32,6 +32,7 @@ pub mod gateway;
 pub mod identity;
 pub mod limits;
 pub mod moderation;
+pub mod openapi;
 pub mod ops;
 pub mod orchestrator;
 pub mod policy;

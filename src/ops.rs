@@ -1,8 +1,9 @@
 //! Operations endpoints: `/healthz` (the process is up), `/readyz` (each
-//! dependency answers, from [`Readiness`]), `/metrics` (Prometheus), `/openapi.json` and the JSON 404.
+//! dependency answers, from [`Readiness`]), `/metrics` (Prometheus),
+//! `/openapi.json` ([`crate::openapi`]) and the JSON 404.
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use serde_json::json;
+use serde::Serialize;
 
 use crate::error::{ApiError, Code};
 use crate::identity::{bearer, Caller, Capability, KeyCache};
@@ -23,13 +24,23 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/openapi.json", web::get().to(openapi));
 }
 
-/// The API description, kept beside the code in `docs/openapi.json`.
-async fn openapi() -> HttpResponse {
-    HttpResponse::Ok().content_type("application/json").body(include_str!("../docs/openapi.json"))
+/// This document (OpenAPI 3.1)
+#[utoipa::path(get, path = "/openapi.json", tag = "operations", responses((status = 200, description = "OpenAPI 3.1", body = Object)))]
+pub(crate) async fn openapi() -> HttpResponse {
+    HttpResponse::Ok().content_type("application/json").body(crate::openapi::json())
 }
 
-async fn healthz() -> HttpResponse {
-    HttpResponse::Ok().json(json!({ "status": "ok" }))
+/// `/healthz`'s answer.
+#[derive(Serialize, utoipa::ToSchema)]
+struct Health {
+    /// `ok`
+    status: &'static str,
+}
+
+/// The process is up
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "ok", body = Health)))]
+pub(crate) async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(Health { status: "ok" })
 }
 
 /// Fails unless the request carries a key with capability `ops`.
@@ -39,9 +50,19 @@ async fn require_ops(req: &HttpRequest, keys: &KeyCache) -> Result<(), ApiError>
     Ok(())
 }
 
-/// The last background readiness report: each dependency's status for
-/// anyone, and why one is down for a key with capability `ops`.
-async fn readyz(req: HttpRequest, readiness: web::Data<Readiness>, keys: web::Data<KeyCache>) -> Result<HttpResponse, ApiError> {
+/// Each dependency: database, model, broker, redis
+///
+/// The last background readiness report: each dependency's status for anyone, and why one is
+/// down for a key with capability `ops` (a key without it is refused).
+#[utoipa::path(get, path = "/readyz", tag = "operations", security((), ("bearer" = [])),
+    responses(
+        (status = 200, description = "ready", body = crate::readiness::Report),
+        (status = 401, response = crate::openapi::Problem),
+        (status = 403, response = crate::openapi::Problem),
+        (status = 429, response = crate::openapi::Problem),
+        (status = 503, description = "not ready: the database or the model does not answer", body = crate::readiness::Report),
+    ))]
+pub(crate) async fn readyz(req: HttpRequest, readiness: web::Data<Readiness>, keys: web::Data<KeyCache>) -> Result<HttpResponse, ApiError> {
     let report = readiness.current();
     let body = if bearer(&req).is_some() {
         require_ops(&req, &keys).await?;
@@ -53,7 +74,20 @@ async fn readyz(req: HttpRequest, readiness: web::Data<Readiness>, keys: web::Da
     Ok(response.json(body))
 }
 
-async fn metrics(req: HttpRequest, metrics: web::Data<Metrics>, access: web::Data<OpsAccess>, keys: web::Data<KeyCache>) -> Result<HttpResponse, ApiError> {
+/// Prometheus metrics (OpenMetrics text); behind capability `ops` with `server.metrics_require_ops`
+#[utoipa::path(get, path = "/metrics", tag = "operations", security((), ("bearer" = [])),
+    responses(
+        (status = 200, description = "OpenMetrics text", body = String, content_type = "application/openmetrics-text"),
+        (status = 401, response = crate::openapi::Problem),
+        (status = 403, response = crate::openapi::Problem),
+        (status = 429, response = crate::openapi::Problem),
+    ))]
+pub(crate) async fn metrics(
+    req: HttpRequest,
+    metrics: web::Data<Metrics>,
+    access: web::Data<OpsAccess>,
+    keys: web::Data<KeyCache>,
+) -> Result<HttpResponse, ApiError> {
     if access.metrics_require_ops {
         require_ops(&req, &keys).await?;
     }

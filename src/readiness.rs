@@ -31,7 +31,7 @@ pub struct Dependencies {
 }
 
 /// One dependency's state.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Check {
     /// `up`, `down` or `disabled`.
     pub status: &'static str,
@@ -41,7 +41,7 @@ pub struct Check {
 }
 
 /// The last readiness report.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Report {
     /// `ready` when the database and the model answer (the broker and Redis
     /// are reported but do not gate readiness: chat works while they are down).

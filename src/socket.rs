@@ -37,7 +37,7 @@ use serde_json::{json, Map, Value};
 
 use crate::error::{ApiError, Code, ErrorCode};
 use crate::identity::{bearer, Caller, IdentityError, KeyCache};
-use crate::orchestrator::{EventData, FinishReason, StopReason, TurnEvent, TurnStop};
+use crate::orchestrator::{FinishReason, StopReason, TurnEvent, TurnStop};
 use crate::telemetry::TraceContext;
 
 /// The subprotocol the server speaks; offer it with `steward.key.<key>`.
@@ -336,10 +336,9 @@ async fn first_auth(stream: &mut AggregatedMessageStream, within: Duration) -> R
 /// A turn event as a socket frame: the SSE event's data with its `type` and `turn_id`.
 pub fn frame(turn_id: &str, event: &TurnEvent) -> Value {
     let (name, data) = event.sse();
-    let mut fields = match data {
-        EventData::Delta { content } => Map::from_iter([("content".to_owned(), Value::from(content))]),
-        EventData::Other(Value::Object(map)) => map,
-        EventData::Other(other) => Map::from_iter([("data".to_owned(), other)]),
+    let mut fields = match serde_json::to_value(data) {
+        Ok(Value::Object(map)) => map,
+        _ => Map::new(),
     };
     fields.insert("type".into(), name.into());
     fields.insert("turn_id".into(), turn_id.into());

@@ -5,8 +5,7 @@ use std::time::Instant;
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::{stream, StreamExt};
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 
 use super::service::{Admitted, Gateway, TurnInput};
 use crate::error::{ApiError, Code};
@@ -14,14 +13,36 @@ use crate::identity::Caller;
 use crate::orchestrator::{FinishReason, TurnEvent};
 use crate::web::{sse_body, sse_event, trace_of, Governance};
 
-#[derive(Debug, Deserialize)]
+/// One chat turn.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = ChatRequest)]
 pub struct ChatBody {
+    /// The user's message.
+    #[schema(min_length = 1)]
     message: String,
+    /// Continue this session (a UUID an earlier turn returned); a new one otherwise.
+    #[schema(format = Uuid)]
     session_id: Option<String>,
+    /// At most this many tokens in the answer (default `slm.default_max_tokens`, at most `slm.max_tokens_limit`).
+    #[schema(minimum = 1)]
     max_tokens: Option<u32>,
+    #[schema(minimum = 0.0, maximum = 2.0)]
     temperature: Option<f32>,
     seed: Option<i64>,
+}
+
+/// `session`: the first event of every turn, with what it is judged under.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct SessionData<'a> {
+    pub session_id: &'a str,
+    pub turn_id: &'a str,
+    pub trace_id: &'a str,
+    /// The constitution the turn is judged under, `sha256:<hex>`.
+    #[schema(pattern = "^sha256:[0-9a-f]{64}$")]
+    pub constitution_hash: &'a str,
+    /// `allow`, or `refuse:<categories>`.
+    pub policy_verdict: &'a str,
 }
 
 fn frame(event: &TurnEvent) -> actix_web_lab::sse::Event {
@@ -29,6 +50,24 @@ fn frame(event: &TurnEvent) -> actix_web_lab::sse::Event {
     sse_event(name, &data)
 }
 
+/// One chat turn as server-sent events: session, delta*, refusal|error?, done
+///
+/// The response carries the headers x-constitution-hash, x-policy-verdict, x-session-id,
+/// x-trace-id and traceparent.
+#[utoipa::path(post, path = "/v1/chat/stream", tag = "chat", request_body = ChatBody, security(("bearer" = [])),
+    responses(
+        (status = 200, description = "the turn's events", body = crate::openapi::ChatEvent, content_type = "text/event-stream"),
+        (status = 400, response = crate::openapi::Problem),
+        (status = 401, response = crate::openapi::Problem),
+        (status = 403, response = crate::openapi::Problem),
+        (status = 404, response = crate::openapi::Problem),
+        (status = 413, response = crate::openapi::Problem),
+        (status = 415, response = crate::openapi::Problem),
+        (status = 429, response = crate::openapi::Problem),
+        (status = 503, description = "the active constitution cannot be known (the registry copy is older than policy.staleness_ms): \
+            one `error` event (policy_registry_unavailable) and `done`; or another dependency is unavailable",
+            content((crate::openapi::ChatEvent = "text/event-stream"), (crate::error::ErrorBody = "application/problem+json"))),
+    ))]
 pub async fn chat_stream(req: HttpRequest, caller: Caller, body: web::Json<ChatBody>, gateway: web::Data<Gateway>) -> Result<HttpResponse, ApiError> {
     let started = Instant::now();
     let body = body.into_inner();
@@ -51,13 +90,13 @@ pub async fn chat_stream(req: HttpRequest, caller: Caller, body: web::Json<ChatB
     let verdict = admission.signed.verdict.header_value();
     let session = sse_event(
         "session",
-        &json!({
-            "session_id": admission.session_id,
-            "turn_id": admission.turn_id,
-            "trace_id": admission.trace.trace_id,
-            "constitution_hash": admission.signed.constitution_hash.as_str(),
-            "policy_verdict": verdict,
-        }),
+        &SessionData {
+            session_id: &admission.session_id,
+            turn_id: &admission.turn_id,
+            trace_id: &admission.trace.trace_id,
+            constitution_hash: admission.signed.constitution_hash.as_str(),
+            policy_verdict: &verdict,
+        },
     );
     let rest = match admission.outcome {
         Admitted::Refused(hit) => {

@@ -7,14 +7,34 @@
 //! `POST /v1/chat/stream` (SSE); `openai` serves the OpenAI-compatible
 //! `POST /v1/chat/completions`.
 
-mod chat;
-mod openai;
+pub(crate) mod chat;
+pub(crate) mod openai;
 mod service;
 mod socket;
 
+pub use chat::SessionData;
 pub use service::{Admission, Admitted, CallerSystemPolicy, Gateway, TurnInput};
 
 use actix_web::web;
+
+/// The same turns over a WebSocket: many per socket, one at a time
+///
+/// Upgrade with the key in `Authorization: Bearer`, as a `steward.key.<key>` subprotocol (offered
+/// with `steward.v1`, which the server selects), or in a first message `{"type":"auth","key":"…"}`
+/// within server.socket_auth_timeout_ms. Client messages:
+/// `{"type":"turn","message","session_id"?,"max_tokens"?,"temperature"?,"seed"?}` and
+/// `{"type":"cancel","turn_id"}`. Server frames: `session`, `delta`, `refusal`, `error`, `done`
+/// (the SSE events' fields, plus `type` and `turn_id`); an `error` without `turn_id` answers a
+/// message that started no turn (e.g. `turn_in_progress` while a turn runs). Close codes: 1008 not
+/// authenticated, 1009 frame too large, 1003 binary frame.
+#[utoipa::path(get, path = "/v1/chat/stream", tag = "chat", security(("bearer" = []), ()),
+    responses(
+        (status = 101, description = "switching to the WebSocket protocol"),
+        (status = 400, response = crate::openapi::Problem),
+        (status = 429, response = crate::openapi::Problem),
+    ))]
+#[allow(dead_code)]
+pub(crate) fn chat_socket() {}
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/chat/stream", web::post().to(chat::chat_stream))

@@ -8,7 +8,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::{stream, StreamExt};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::service::{Admitted, Gateway, TurnInput};
@@ -19,43 +19,107 @@ use crate::slm::{ChatMessage, Role, Usage};
 use crate::web::{sse_body, sse_data, trace_of, Governance};
 
 /// The request fields Steward honours; others the SDKs send (`n`, `top_p`, `user`…) are ignored.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[schema(as = ChatCompletionRequest)]
 pub struct CompletionBody {
+    /// Echoed in the answer; the configured model answers whatever is named.
     model: Option<String>,
+    /// Earlier messages, then the user's message last.
+    #[schema(min_items = 1)]
     messages: Vec<IncomingMessage>,
+    /// Answer as `chat.completion.chunk` server-sent events.
     #[serde(default)]
     stream: bool,
+    #[schema(minimum = 1)]
     max_tokens: Option<u32>,
+    /// Preferred over `max_tokens` when both are given.
+    #[schema(minimum = 1)]
     max_completion_tokens: Option<u32>,
+    #[schema(minimum = 0.0, maximum = 2.0)]
     temperature: Option<f32>,
     seed: Option<i64>,
     stream_options: Option<StreamOptions>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 struct StreamOptions {
+    /// End the stream with a chunk carrying the usage.
     #[serde(default)]
     include_usage: bool,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 struct IncomingMessage {
+    /// `system`, `developer`, `user` or `assistant`.
     role: String,
     content: Option<Content>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 enum Content {
     Text(String),
     Parts(Vec<Part>),
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 struct Part {
+    /// Only `text` parts are accepted.
     #[serde(rename = "type")]
     kind: String,
     text: Option<String>,
+}
+
+/// A whole answer (`stream` false).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct ChatCompletion {
+    id: String,
+    /// `chat.completion`
+    object: &'static str,
+    created: u64,
+    model: String,
+    choices: Vec<Choice>,
+    usage: Option<Usage>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct Choice {
+    index: u32,
+    message: AssistantMessage,
+    /// `stop`, `length` or `content_filter` (refused).
+    finish_reason: &'static str,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct AssistantMessage {
+    /// `assistant`
+    role: &'static str,
+    /// The answer; null when it was refused.
+    content: Option<String>,
+    /// The refusal message, when it was refused.
+    refusal: Option<String>,
+}
+
+/// A turn that failed after it started, in OpenAI's error shape.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct OpenAiError {
+    error: OpenAiErrorDetail,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct OpenAiErrorDetail {
+    message: String,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    /// A stable Steward error code.
+    code: &'static str,
+}
+
+impl OpenAiError {
+    fn new(code: Code, message: String) -> Self {
+        let (code, kind, _) = code.describe();
+        Self { error: OpenAiErrorDetail { message, kind, code } }
+    }
 }
 
 fn to_message(m: IncomingMessage) -> Result<ChatMessage, ApiError> {
@@ -103,6 +167,27 @@ fn usage_json(usage: Option<Usage>) -> Value {
     usage.map_or(Value::Null, |u| json!(u))
 }
 
+/// OpenAI-compatible chat completions (stream and non-stream)
+///
+/// Every caller message is moderated, each on its own and all joined. A system or developer
+/// message is refused with 400 `system_prompt_not_allowed` unless the tenant is configured
+/// `after_operator` (then it follows the operator's system prompt). Earlier messages get the same
+/// size and NUL checks as the last. A turn that fails after it started answers with its error's
+/// status in OpenAI's error shape.
+#[utoipa::path(post, path = "/v1/chat/completions", tag = "chat", request_body = CompletionBody, security(("bearer" = [])),
+    responses(
+        (status = 200, description = "a chat.completion, or chat.completion.chunk events when `stream` is true",
+            content((ChatCompletion = "application/json"), (crate::openapi::CompletionChunkEvent = "text/event-stream"))),
+        (status = 400, response = crate::openapi::Problem),
+        (status = 401, response = crate::openapi::Problem),
+        (status = 403, response = crate::openapi::Problem),
+        (status = 413, response = crate::openapi::Problem),
+        (status = 415, response = crate::openapi::Problem),
+        (status = 429, response = crate::openapi::Problem),
+        (status = 503, description = "the model or another dependency is unavailable",
+            content((crate::error::ErrorBody = "application/problem+json"), (OpenAiError = "application/json"))),
+        (status = 504, description = "the model did not answer in time", body = OpenAiError),
+    ))]
 pub async fn completions(req: HttpRequest, caller: Caller, body: web::Json<CompletionBody>, gateway: web::Data<Gateway>) -> Result<HttpResponse, ApiError> {
     let started = Instant::now();
     let body = body.into_inner();
@@ -161,10 +246,7 @@ fn streamed(meta: Meta, events: crate::orchestrator::TurnStream, include_usage: 
             match event {
                 TurnEvent::Delta(text) => yield sse_data(meta.chunk(json!({ "content": text }), None)),
                 TurnEvent::Refusal(hit) => yield sse_data(meta.chunk(json!({ "refusal": hit.message }), None)),
-                TurnEvent::Error { code, message } => {
-                    let (code, kind, _) = code.describe();
-                    yield sse_data(json!({ "error": { "message": message, "type": kind, "code": code } }).to_string());
-                }
+                TurnEvent::Error { code, message } => yield sse_data(serde_json::to_string(&OpenAiError::new(code, message)).unwrap_or_default()),
                 TurnEvent::Done { finish_reason: reason, usage } => {
                     if reason != FinishReason::Error {
                         yield sse_data(meta.chunk(json!({}), Some(finish_reason(reason))));
@@ -187,22 +269,22 @@ async fn collected(meta: Meta, mut events: crate::orchestrator::TurnStream) -> (
         match event {
             TurnEvent::Delta(text) => content.push_str(&text),
             TurnEvent::Refusal(hit) => refusal = Some(hit.message),
-            TurnEvent::Error { code, message } => {
-                let (code_name, kind, _) = code.describe();
-                return (code.status(), json!({ "error": { "message": message, "type": kind, "code": code_name } }));
-            }
+            TurnEvent::Error { code, message } => return (code.status(), json!(OpenAiError::new(code, message))),
             TurnEvent::Done { finish_reason, usage } => done = Some((finish_reason, usage)),
         }
     }
     let (reason, usage) = done.unwrap_or((FinishReason::Error, None));
     let message = match refusal {
-        Some(text) => json!({ "role": "assistant", "content": Value::Null, "refusal": text }),
-        None => json!({ "role": "assistant", "content": content, "refusal": Value::Null }),
+        Some(text) => AssistantMessage { role: "assistant", content: None, refusal: Some(text) },
+        None => AssistantMessage { role: "assistant", content: Some(content), refusal: None },
     };
-    let body = json!({
-        "id": meta.id, "object": "chat.completion", "created": meta.created, "model": meta.model,
-        "choices": [{ "index": 0, "message": message, "finish_reason": finish_reason(reason) }],
-        "usage": usage_json(usage),
-    });
-    (actix_web::http::StatusCode::OK, body)
+    let body = ChatCompletion {
+        id: meta.id,
+        object: "chat.completion",
+        created: meta.created,
+        model: meta.model,
+        choices: vec![Choice { index: 0, message, finish_reason: finish_reason(reason) }],
+        usage,
+    };
+    (actix_web::http::StatusCode::OK, json!(body))
 }

@@ -2,8 +2,10 @@
 //! need not read the database to learn who is calling. A revoked key stops
 //! working on every instance within the memory's lifetime
 //! (`identity.key_cache_ms`); 0 turns the memory off. Keys are remembered by
-//! their hash, never by the secret, and unknown keys are not remembered, so
-//! a caller guessing keys cannot fill the memory.
+//! their hash, never by the secret. Unknown (and revoked) keys are remembered
+//! as unknown for the same lifetime in a memory of their own, so a client
+//! that keeps sending a wrong key reaches the database once per lifetime, and
+//! a caller guessing keys fills only that memory, never pushing a live key out.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -20,14 +22,21 @@ type Lookup = Shared<BoxFuture<'static, Result<Option<KeyRecord>, Arc<IdentityEr
 
 pub struct KeyCache {
     store: KeyStore,
-    memory: Mutex<Memory>,
+    memory: Mutex<Memory<KeyRecord>>,
+    /// Hashes the database did not know, with when it was asked.
+    unknown: Mutex<Memory<()>>,
     /// Reads under way, by key hash.
     reading: Mutex<HashMap<String, Lookup>>,
 }
 
 impl KeyCache {
     pub fn new(store: KeyStore, ttl: Duration, capacity: usize) -> Self {
-        Self { store, memory: Mutex::new(Memory { ttl, capacity, entries: HashMap::new() }), reading: Mutex::new(HashMap::new()) }
+        Self {
+            store,
+            memory: Mutex::new(Memory { ttl, capacity, entries: HashMap::new() }),
+            unknown: Mutex::new(Memory { ttl, capacity, entries: HashMap::new() }),
+            reading: Mutex::new(HashMap::new()),
+        }
     }
 
     /// The live key with this secret: from memory if it was read less than the lifetime ago.
@@ -37,8 +46,12 @@ impl KeyCache {
     /// connection from the pool the event writer also needs.
     pub async fn find_active(&self, key: &str) -> Result<Option<KeyRecord>, IdentityError> {
         let hash = ApiKey::hash_of(key);
-        if let Some(record) = self.memory().get(&hash, Instant::now()) {
+        let now = Instant::now();
+        if let Some(record) = self.memory().get(&hash, now) {
             return Ok(Some(record));
+        }
+        if lock(&self.unknown).get(&hash, now).is_some() {
+            return Ok(None);
         }
         let lookup = lock(&self.reading)
             .entry(hash.clone())
@@ -50,13 +63,14 @@ impl KeyCache {
         let found = lookup.await;
         lock(&self.reading).remove(&hash);
         let found = found.map_err(IdentityError::Shared)?;
-        if let Some(record) = &found {
-            self.memory().put(hash, record.clone(), Instant::now());
+        match &found {
+            Some(record) => self.memory().put(hash, record.clone(), Instant::now()),
+            None => lock(&self.unknown).put(hash, (), Instant::now()),
         }
         Ok(found)
     }
 
-    fn memory(&self) -> MutexGuard<'_, Memory> {
+    fn memory(&self) -> MutexGuard<'_, Memory<KeyRecord>> {
         lock(&self.memory)
     }
 }
@@ -65,20 +79,20 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Records by key hash, each with the time it was read.
-struct Memory {
+/// What was read by key hash, each with the time it was read.
+struct Memory<V> {
     ttl: Duration,
     capacity: usize,
-    entries: HashMap<String, (Instant, KeyRecord)>,
+    entries: HashMap<String, (Instant, V)>,
 }
 
-impl Memory {
-    fn get(&self, hash: &str, now: Instant) -> Option<KeyRecord> {
+impl<V: Clone> Memory<V> {
+    fn get(&self, hash: &str, now: Instant) -> Option<V> {
         let (read, record) = self.entries.get(hash)?;
         (now.saturating_duration_since(*read) < self.ttl).then(|| record.clone())
     }
 
-    fn put(&mut self, hash: String, record: KeyRecord, now: Instant) {
+    fn put(&mut self, hash: String, record: V, now: Instant) {
         if self.ttl.is_zero() || self.capacity == 0 {
             return;
         }
@@ -101,7 +115,7 @@ mod tests {
         KeyRecord { id: id.into(), tenant: "acme".into(), capabilities: "chat".into(), created_at: 0, revoked_at: None }
     }
 
-    fn memory(ttl_ms: u64, capacity: usize) -> Memory {
+    fn memory(ttl_ms: u64, capacity: usize) -> Memory<KeyRecord> {
         Memory { ttl: Duration::from_millis(ttl_ms), capacity, entries: HashMap::new() }
     }
 

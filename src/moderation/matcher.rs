@@ -31,7 +31,7 @@ pub enum Decision {
 }
 
 /// One refusal category that matched.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct Hit {
     /// Stable category code, e.g. `S9`.
     pub code: String,

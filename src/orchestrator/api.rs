@@ -8,8 +8,7 @@ use std::time::{Duration, Instant};
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 
 use super::turn::{Origin, TurnEvent, TurnLimits, TurnRequest};
 use super::Conversation;
@@ -30,16 +29,77 @@ pub struct OrchestratorApi {
     pub socket_auth_timeout: Duration,
 }
 
-#[derive(Debug, Deserialize)]
+/// One turn the gateway judged and signed.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub(super) struct StepBody {
+#[schema(as = StepRequest)]
+pub(crate) struct StepBody {
+    /// 1-128 of A-Z a-z 0-9 - _
+    #[schema(min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9_-]+$")]
     pub session_id: String,
+    /// 1-128 of A-Z a-z 0-9 - _
+    #[schema(min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9_-]+$")]
     pub turn_id: String,
+    #[schema(min_length = 1)]
     pub message: String,
+    #[schema(minimum = 1)]
     pub max_tokens: Option<u32>,
+    #[schema(minimum = 0.0, maximum = 2.0)]
     pub temperature: Option<f32>,
     pub seed: Option<i64>,
 }
+
+/// A whole turn's reply.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct StepReply<'a> {
+    session_id: &'a str,
+    turn_id: &'a str,
+    /// The answer (what was sent before a refusal cut it, if one did).
+    content: String,
+    finish_reason: super::FinishReason,
+    usage: Option<crate::slm::Usage>,
+    refusal: Option<crate::moderation::Hit>,
+    error: Option<StepError>,
+}
+
+/// Why a turn failed after it started.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct StepError {
+    code: &'static str,
+    message: String,
+}
+
+/// The policy headers of a turn the gateway judged.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)]
+struct SignedTurn {
+    /// The constitution the turn was judged under.
+    #[param(rename = "x-constitution-hash")]
+    constitution_hash: String,
+    /// `allow` (only allowed turns are run).
+    #[param(rename = "x-policy-verdict")]
+    policy_verdict: String,
+    /// The gateway's signature over the turn, its verdict and generation parameters.
+    #[param(rename = "x-policy-signature")]
+    policy_signature: String,
+}
+
+/// The orchestrator's signed turns over a WebSocket
+///
+/// As GET /v1/chat/stream (authentication, cancel, frames, close codes), but each `turn` message
+/// carries the POST body's fields (`session_id`, `turn_id`, `message`, `max_tokens`?,
+/// `temperature`?, `seed`?) and the three policy headers as `constitution_hash`, `policy_verdict`
+/// and `policy_signature`; a rejected turn gets an `error` frame with its code
+/// (`constitution_mismatch`, `policy_verdict_replayed`, …).
+#[utoipa::path(get, path = "/v1/conversation/stream", tag = "orchestrator", security(("bearer" = []), ()),
+    responses(
+        (status = 101, description = "switching to the WebSocket protocol"),
+        (status = 400, response = crate::openapi::Problem),
+        (status = 429, response = crate::openapi::Problem),
+    ))]
+#[allow(dead_code)]
+pub(crate) fn socket() {}
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/conversation/step", web::post().to(step))
@@ -123,7 +183,25 @@ fn governance<'a>(policy: &'a PolicyHeaders, request: &'a TurnRequest) -> Govern
     }
 }
 
-async fn step(req: HttpRequest, caller: Caller, body: web::Json<StepBody>, api: web::Data<OrchestratorApi>) -> Result<HttpResponse, ApiError> {
+/// Orchestrator: one allowed turn, whole reply as JSON (needs the signed policy headers)
+///
+/// 403: policy_verdict_invalid (forged, or signed for another turn, message or generation
+/// parameters), policy_verdict_expired (genuine but past its expiry: judge again),
+/// policy_verdict_replayed (the verdict was used already). 503: policy_registry_unavailable.
+#[utoipa::path(post, path = "/v1/conversation/step", tag = "orchestrator", request_body = StepBody, params(SignedTurn), security(("bearer" = [])),
+    responses(
+        (status = 200, description = "the reply", body = StepReply),
+        (status = 400, response = crate::openapi::Problem),
+        (status = 401, response = crate::openapi::Problem),
+        (status = 403, response = crate::openapi::Problem),
+        (status = 404, response = crate::openapi::Problem),
+        (status = 409, response = crate::openapi::Problem),
+        (status = 413, response = crate::openapi::Problem),
+        (status = 415, response = crate::openapi::Problem),
+        (status = 429, response = crate::openapi::Problem),
+        (status = 503, response = crate::openapi::Problem),
+    ))]
+pub(crate) async fn step(req: HttpRequest, caller: Caller, body: web::Json<StepBody>, api: web::Data<OrchestratorApi>) -> Result<HttpResponse, ApiError> {
     let (mut turn, policy, request) = begin(arrival("conversation_step", &req), caller, body.into_inner(), &api).await?;
     let mut content = String::new();
     let (mut refusal, mut error, mut done) = (None, None, None);
@@ -131,25 +209,31 @@ async fn step(req: HttpRequest, caller: Caller, body: web::Json<StepBody>, api: 
         match event {
             TurnEvent::Delta(text) => content.push_str(&text),
             TurnEvent::Refusal(hit) => refusal = Some(hit),
-            TurnEvent::Error { code, message } => error = Some(json!({ "code": code.name(), "message": message })),
+            TurnEvent::Error { code, message } => error = Some(StepError { code: code.name(), message }),
             TurnEvent::Done { finish_reason, usage } => done = Some((finish_reason, usage)),
         }
     }
     let (finish_reason, usage) = done.unwrap_or((super::FinishReason::Error, None));
     let mut response = HttpResponse::Ok();
     governance(&policy, &request).apply(&mut response);
-    Ok(response.json(json!({
-        "session_id": request.session_id,
-        "turn_id": request.turn_id,
-        "content": content,
-        "finish_reason": finish_reason,
-        "usage": usage,
-        "refusal": refusal,
-        "error": error,
-    })))
+    Ok(response.json(StepReply { session_id: &request.session_id, turn_id: &request.turn_id, content, finish_reason, usage, refusal, error }))
 }
 
-async fn stream(req: HttpRequest, caller: Caller, body: web::Json<StepBody>, api: web::Data<OrchestratorApi>) -> Result<HttpResponse, ApiError> {
+/// Orchestrator: one allowed turn as server-sent events (needs the signed policy headers)
+#[utoipa::path(post, path = "/v1/conversation/stream", tag = "orchestrator", request_body = StepBody, params(SignedTurn), security(("bearer" = [])),
+    responses(
+        (status = 200, description = "the turn's events", body = crate::openapi::TurnEventSchema, content_type = "text/event-stream"),
+        (status = 400, response = crate::openapi::Problem),
+        (status = 401, response = crate::openapi::Problem),
+        (status = 403, response = crate::openapi::Problem),
+        (status = 404, response = crate::openapi::Problem),
+        (status = 409, response = crate::openapi::Problem),
+        (status = 413, response = crate::openapi::Problem),
+        (status = 415, response = crate::openapi::Problem),
+        (status = 429, response = crate::openapi::Problem),
+        (status = 503, response = crate::openapi::Problem),
+    ))]
+pub(crate) async fn stream(req: HttpRequest, caller: Caller, body: web::Json<StepBody>, api: web::Data<OrchestratorApi>) -> Result<HttpResponse, ApiError> {
     let (turn, policy, request) = begin(arrival("conversation_stream", &req), caller, body.into_inner(), &api).await?;
     let frames = turn.map(|event| {
         let (name, data) = event.sse();

@@ -6,7 +6,7 @@
 //! deployments call the same code over HTTP (`POST /v1/conversation/step` and
 //! `/v1/conversation/stream`, see [`configure`]).
 
-mod api;
+pub(crate) mod api;
 mod pacing;
 mod recorder;
 mod service;
@@ -21,7 +21,9 @@ pub use pacing::{Pacing, StopReason, TurnStop};
 pub use recorder::turn_context;
 pub use service::{Orchestrator, OrchestratorSettings};
 pub use store::{ConversationStore, RecordTurn, SessionState, TurnRecord, WITHHELD_TEXT};
-pub use turn::{EventData, FinishReason, OrchestratorError, Origin, TurnEvent, TurnLimits, TurnRequest, TurnStream};
+pub use turn::{
+    DeltaData, DoneData, ErrorData, EventData, FinishReason, OrchestratorError, Origin, RefusalData, TurnEvent, TurnLimits, TurnRequest, TurnStream,
+};
 
 use crate::policy::PolicyHeaders;
 

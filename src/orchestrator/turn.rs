@@ -67,7 +67,7 @@ pub enum TurnEvent {
 }
 
 /// Why a turn ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum FinishReason {
     Stop,
@@ -123,24 +123,57 @@ impl ErrorCode for OrchestratorError {
 impl TurnEvent {
     /// SSE event name and JSON data, as DESIGN.md defines them.
     pub fn sse(&self) -> (&'static str, EventData<'_>) {
-        use serde_json::json;
         match self {
-            Self::Delta(content) => ("delta", EventData::Delta { content }),
-            Self::Refusal(hit) => ("refusal", EventData::Other(json!({ "category": hit.category, "code": hit.code, "message": hit.message }))),
-            Self::Error { code, message } => ("error", EventData::Other(json!({ "code": code.name(), "message": message }))),
-            Self::Done { finish_reason, usage } => ("done", EventData::Other(json!({ "finish_reason": finish_reason, "usage": usage }))),
+            Self::Delta(content) => ("delta", EventData::Delta(DeltaData { content })),
+            Self::Refusal(hit) => ("refusal", EventData::Refusal(RefusalData { category: &hit.category, code: &hit.code, message: &hit.message })),
+            Self::Error { code, message } => ("error", EventData::Error(ErrorData { code: code.name(), message })),
+            Self::Done { finish_reason, usage } => ("done", EventData::Done(DoneData { finish_reason: *finish_reason, usage: *usage })),
         }
     }
 }
 
-/// The JSON data of a turn's SSE event. A delta, sent once per token or so,
-/// serialises straight from the text it borrows; the rarer events go
-/// through a JSON value.
+/// The JSON data of a turn's SSE event (and, with `type` and `turn_id`
+/// added, of its WebSocket frame). Each borrows from the event, so a delta,
+/// sent once per token or so, costs no copy of its text.
 #[derive(Debug, Serialize)]
 #[serde(untagged)]
 pub enum EventData<'a> {
-    Delta { content: &'a str },
-    Other(serde_json::Value),
+    Delta(DeltaData<'a>),
+    Refusal(RefusalData<'a>),
+    Error(ErrorData<'a>),
+    Done(DoneData),
+}
+
+/// `delta`: the next piece of the answer.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct DeltaData<'a> {
+    pub content: &'a str,
+}
+
+/// `refusal`: the turn was refused (on input) or cut (on output).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct RefusalData<'a> {
+    /// Stable snake_case category name, e.g. `indiscriminate_weapons`.
+    pub category: &'a str,
+    /// Stable category code, e.g. `S9`.
+    pub code: &'a str,
+    /// The message to show the user.
+    pub message: &'a str,
+}
+
+/// `error`: the turn failed after it started; `code` is a stable error code.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorData<'a> {
+    pub code: &'static str,
+    pub message: &'a str,
+}
+
+/// `done`: the last event of every turn.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct DoneData {
+    pub finish_reason: FinishReason,
+    /// The model's token counts, when it reported them.
+    pub usage: Option<crate::slm::Usage>,
 }
 
 /// Limits and defaults applied to every turn request, whichever the entry point.

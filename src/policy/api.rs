@@ -13,8 +13,7 @@
 use std::sync::Arc;
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 
 use super::audit::{AuditEntry, AuditType, Auditor};
 use super::dry_run::{dry_run, parse_window, PastTurn};
@@ -40,15 +39,42 @@ pub struct PolicyApi {
 /// the command line has no such bound.
 const MAX_TURNS: i64 = 1000;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct DryRunBody {
+pub(crate) struct DryRunBody {
     /// The candidate constitution, as TOML text.
     document: String,
     /// How far back: `90s`, `30m`, `24h` (the default), `7d`.
+    #[schema(pattern = "^[0-9]+[smhd]$")]
     since: Option<String>,
     /// At most this many turns, newest first (default and most: 1000).
+    #[schema(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
+}
+
+/// A constitution and its hash.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct ConstitutionDocument<'a> {
+    /// `sha256:<hex>` of the document's canonical form.
+    hash: &'a str,
+    name: &'a str,
+    version: &'a str,
+    /// The TOML document.
+    document: &'a str,
+}
+
+/// What a dry run judged.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct DryRunReply<'a> {
+    candidate: Candidate<'a>,
+    report: super::dry_run::DryRunReport,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct Candidate<'a> {
+    name: &'a str,
+    version: &'a str,
+    hash: &'a str,
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -59,15 +85,34 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 }
 
 fn document(hash: &ConstitutionHash, constitution: &Constitution, text: &str) -> HttpResponse {
-    HttpResponse::Ok().json(json!({ "hash": hash.as_str(), "name": constitution.name, "version": constitution.version, "document": text }))
+    HttpResponse::Ok().json(ConstitutionDocument { hash: hash.as_str(), name: &constitution.name, version: &constitution.version, document: text })
 }
 
-async fn active(caller: Caller, api: web::Data<PolicyApi>) -> Result<HttpResponse, ApiError> {
+/// The constitution the caller's turns are judged under (the tenant's own, else the default), with its hash
+#[utoipa::path(get, path = "/v1/policy/constitution", tag = "policy", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "the document", body = ConstitutionDocument),
+        (status = 401, response = crate::openapi::Problem),
+        (status = 429, response = crate::openapi::Problem),
+        (status = 503, response = crate::openapi::Problem),
+    ))]
+pub(crate) async fn active(caller: Caller, api: web::Data<PolicyApi>) -> Result<HttpResponse, ApiError> {
     let judge = api.judges.current(caller.tenant.as_str()).map_err(PolicyError::from)?;
     Ok(document(&judge.hash, &judge.constitution, &judge.text))
 }
 
-async fn by_hash(_caller: Caller, hash: web::Path<String>, api: web::Data<PolicyApi>) -> Result<HttpResponse, ApiError> {
+/// A stored constitution (active or not) by its hash
+#[utoipa::path(get, path = "/v1/policy/constitutions/{hash}", tag = "policy", security(("bearer" = [])),
+    params(("hash" = String, Path, description = "`sha256:<hex>`")),
+    responses(
+        (status = 200, description = "the document", body = ConstitutionDocument),
+        (status = 400, response = crate::openapi::Problem),
+        (status = 401, response = crate::openapi::Problem),
+        (status = 404, response = crate::openapi::Problem),
+        (status = 429, response = crate::openapi::Problem),
+        (status = 503, response = crate::openapi::Problem),
+    ))]
+pub(crate) async fn by_hash(_caller: Caller, hash: web::Path<String>, api: web::Data<PolicyApi>) -> Result<HttpResponse, ApiError> {
     let hash = ConstitutionHash::parse(&hash).map_err(|e| ApiError::new(Code::InvalidRequest, e.to_string()))?;
     if let Some(judge) = api.judges.get(&hash) {
         return Ok(document(&judge.hash, &judge.constitution, &judge.text));
@@ -81,8 +126,24 @@ async fn by_hash(_caller: Caller, hash: web::Path<String>, api: web::Data<Policy
     Ok(document(&hash, &constitution, &text))
 }
 
-/// Activates the body (a TOML constitution) for the caller's tenant.
-async fn activate(req: HttpRequest, caller: Caller, body: web::Bytes, api: web::Data<PolicyApi>) -> Result<HttpResponse, ApiError> {
+/// Make a constitution active for the caller's tenant, on every instance within policy.staleness_ms; recorded in policy.audit
+///
+/// Capability policy:admin. The body is the TOML document. It is validated, stored by its hash and
+/// made the tenant's active constitution; turns already running finish under the hash they
+/// started with. Activating the hash that is already active changes nothing (changed: false, no
+/// record). The default for tenants without their own is set by `steward constitution activate FILE`.
+#[utoipa::path(put, path = "/v1/policy/constitution", tag = "policy", security(("bearer" = [])),
+    request_body(description = "the constitution, as TOML", content((String = "application/toml"), (String = "text/plain"))),
+    responses(
+        (status = 200, description = "activated", body = super::audit::Outcome),
+        (status = 400, response = crate::openapi::Problem),
+        (status = 401, response = crate::openapi::Problem),
+        (status = 403, response = crate::openapi::Problem),
+        (status = 413, response = crate::openapi::Problem),
+        (status = 429, response = crate::openapi::Problem),
+        (status = 503, response = crate::openapi::Problem),
+    ))]
+pub(crate) async fn activate(req: HttpRequest, caller: Caller, body: web::Bytes, api: web::Data<PolicyApi>) -> Result<HttpResponse, ApiError> {
     caller.require(Capability::PolicyAdmin)?;
     let text = std::str::from_utf8(&body).map_err(|_| ApiError::new(Code::InvalidRequest, "the body must be a UTF-8 TOML constitution"))?;
     let constitution =
@@ -128,7 +189,18 @@ async fn build_judge(settings: &Arc<Settings>, constitution: Constitution, text:
     Ok(Arc::new(Judge { hash: constitution.hash(), constitution, text, moderator: Arc::new(moderator) }))
 }
 
-async fn dry_run_route(caller: Caller, body: web::Json<DryRunBody>, api: web::Data<PolicyApi>) -> Result<HttpResponse, ApiError> {
+/// What a candidate constitution would change on the caller's tenant's stored turns (policy:admin); read-only
+#[utoipa::path(post, path = "/v1/policy/constitution/dry-run", tag = "policy", request_body = DryRunBody, security(("bearer" = [])),
+    responses(
+        (status = 200, description = "the report", body = DryRunReply),
+        (status = 400, response = crate::openapi::Problem),
+        (status = 401, response = crate::openapi::Problem),
+        (status = 403, response = crate::openapi::Problem),
+        (status = 413, response = crate::openapi::Problem),
+        (status = 415, response = crate::openapi::Problem),
+        (status = 429, response = crate::openapi::Problem),
+    ))]
+pub(crate) async fn dry_run_route(caller: Caller, body: web::Json<DryRunBody>, api: web::Data<PolicyApi>) -> Result<HttpResponse, ApiError> {
     caller.require(Capability::PolicyAdmin)?;
     let body = body.into_inner();
     let window = parse_window(body.since.as_deref().unwrap_or("24h")).map_err(|m| ApiError::new(Code::InvalidRequest, m))?;
@@ -149,5 +221,5 @@ async fn dry_run_route(caller: Caller, body: web::Json<DryRunBody>, api: web::Da
         ApiError::new(Code::Internal, "moderation failed")
     })?;
     tracing::info!(tenant = %caller.tenant, candidate = %hash, turns = report.turns, "constitution dry run");
-    Ok(HttpResponse::Ok().json(json!({ "candidate": { "name": name, "version": version, "hash": hash.as_str() }, "report": report })))
+    Ok(HttpResponse::Ok().json(DryRunReply { candidate: Candidate { name: &name, version: &version, hash: hash.as_str() }, report }))
 }

@@ -46,15 +46,35 @@ pub struct AuditEntry<'a> {
     pub trace: &'a TraceContext,
 }
 
+/// An activation's outcome as told to whoever asked for it (the PUT's body,
+/// the command's output).
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Outcome<'a> {
+    /// The active constitution's hash now.
+    pub hash: &'a str,
+    pub name: &'a str,
+    pub version: &'a str,
+    /// The tenant it is active for; null for the default.
+    pub tenant: Option<&'a str>,
+    /// The hash the scope had before.
+    pub previous_hash: Option<&'a str>,
+    /// The registry's version after the activation.
+    pub registry_version: u64,
+    /// False when the hash was already active (nothing moved, nothing recorded).
+    pub changed: bool,
+}
+
 impl AuditEntry<'_> {
-    /// An activation's outcome as told to whoever asked for it (the PUT's
-    /// body, the command's output).
-    pub fn outcome(&self) -> serde_json::Value {
-        json!({
-            "hash": self.hash.as_str(), "name": self.constitution.name, "version": self.constitution.version, "tenant": self.scope.tenant(),
-            "previous_hash": self.activation.previous.as_ref().map(ConstitutionHash::as_str),
-            "registry_version": self.activation.version, "changed": self.activation.changed,
-        })
+    pub fn outcome(&self) -> Outcome<'_> {
+        Outcome {
+            hash: self.hash.as_str(),
+            name: &self.constitution.name,
+            version: &self.constitution.version,
+            tenant: self.scope.tenant(),
+            previous_hash: self.activation.previous.as_ref().map(ConstitutionHash::as_str),
+            registry_version: self.activation.version,
+            changed: self.activation.changed,
+        }
     }
 
     /// The outbox item for `topic`.

@@ -54,7 +54,7 @@ impl From<TurnRecord> for PastTurn {
 
 /// How a turn's outcome would change: `allow`, `refuse:<codes>` for input,
 /// `refuse_output[:<code>]` for an answer cut short.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct Change {
     pub turn_id: String,
     pub trace_id: String,
@@ -63,7 +63,7 @@ pub struct Change {
 }
 
 /// The report: counts by kind and category, and a sample of the changes.
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Serialize, utoipa::ToSchema)]
 pub struct DryRunReport {
     pub turns: u64,
     pub judged: u64,

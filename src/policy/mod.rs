@@ -15,7 +15,7 @@
 //! process; [`PolicyEngine::accept`] adds, for headers that came over HTTP,
 //! the claim in a [`VerdictLedger`] that makes each verdict good once.
 
-mod api;
+pub(crate) mod api;
 mod audit;
 pub mod cli;
 pub mod constitution;

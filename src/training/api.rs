@@ -2,8 +2,7 @@
 //! status (`training:admin` or `chat`). The tenant is always the caller's own.
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 
 use super::lock::LockInfo;
 use super::service::{Actor, TrainingService};
@@ -19,24 +18,76 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/v1/training/status", web::get().to(status));
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct EnableBody {
+pub(crate) struct EnableBody {
+    /// How long the lock holds unless renewed (clamped to `training.max_ttl_seconds`).
+    #[schema(minimum = 1)]
     ttl_seconds: u64,
+    /// Why, for the audit record.
+    #[schema(min_length = 1, max_length = 500)]
     reason: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct RenewBody {
+pub(crate) struct RenewBody {
+    /// The token `enable` returned.
     lock_token: String,
+    #[schema(minimum = 1)]
     ttl_seconds: u64,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct DisableBody {
+pub(crate) struct DisableBody {
+    /// The token `enable` returned.
     lock_token: String,
+}
+
+/// The tenant's training state.
+#[derive(Serialize, utoipa::ToSchema)]
+struct TrainingState<'a> {
+    /// `enabled` or `disabled`.
+    state: &'static str,
+    /// Who holds (or held) the lock.
+    owner: Option<&'a str>,
+    /// Grows with every lock granted, never goes back.
+    fencing_token: Option<u64>,
+    expires_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ttl_seconds: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'a str>,
+    /// The holder's token, shown once, by `enable`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lock_token: Option<&'a str>,
+}
+
+impl<'a> TrainingState<'a> {
+    fn enabled(lock: &'a LockInfo) -> Self {
+        Self {
+            state: "enabled",
+            owner: Some(&lock.owner),
+            fencing_token: Some(lock.fencing_token),
+            expires_at: Some(rfc3339(lock.expires_at_ms())),
+            ttl_seconds: Some(lock.ttl_ms as f64 / 1000.0),
+            reason: Some(&lock.reason),
+            lock_token: None,
+        }
+    }
+
+    fn disabled(lock: Option<&'a LockInfo>) -> Self {
+        Self {
+            state: "disabled",
+            owner: lock.map(|l| l.owner.as_str()),
+            fencing_token: lock.map(|l| l.fencing_token),
+            expires_at: None,
+            ttl_seconds: None,
+            reason: None,
+            lock_token: None,
+        }
+    }
 }
 
 /// Checks `training:admin`, auditing a refusal as `training.denied`.
@@ -57,18 +108,25 @@ fn ttl(service: &TrainingService, seconds: u64) -> Result<std::time::Duration, A
     Ok(service.clamp(seconds))
 }
 
-fn lock_json(state: &str, lock: &LockInfo) -> serde_json::Value {
-    json!({
-        "state": state,
-        "owner": lock.owner,
-        "fencing_token": lock.fencing_token,
-        "expires_at": rfc3339(lock.expires_at_ms()),
-        "ttl_seconds": lock.ttl_ms as f64 / 1000.0,
-        "reason": lock.reason,
-    })
-}
-
-async fn enable(req: HttpRequest, caller: Caller, body: web::Json<EnableBody>, service: web::Data<TrainingService>) -> Result<HttpResponse, ApiError> {
+/// Take the tenant's training lock (training:admin)
+#[utoipa::path(post, path = "/v1/training/enable", tag = "training", request_body = EnableBody, security(("bearer" = [])),
+    responses(
+        (status = 200, description = "the lock, with its token (shown once)", body = TrainingState),
+        (status = 400, response = crate::openapi::Problem),
+        (status = 401, response = crate::openapi::Problem),
+        (status = 403, response = crate::openapi::Problem),
+        (status = 409, response = crate::openapi::Problem),
+        (status = 413, response = crate::openapi::Problem),
+        (status = 415, response = crate::openapi::Problem),
+        (status = 429, response = crate::openapi::Problem),
+        (status = 503, response = crate::openapi::Problem),
+    ))]
+pub(crate) async fn enable(
+    req: HttpRequest,
+    caller: Caller,
+    body: web::Json<EnableBody>,
+    service: web::Data<TrainingService>,
+) -> Result<HttpResponse, ApiError> {
     admin(&caller, &req, &service, "enable").await?;
     let reason = body.reason.trim();
     if reason.is_empty() || reason.chars().count() > 500 {
@@ -77,35 +135,68 @@ async fn enable(req: HttpRequest, caller: Caller, body: web::Json<EnableBody>, s
     let ttl = ttl(&service, body.ttl_seconds)?;
     let trace = trace_of(&req);
     let lock = service.enable(&Actor { tenant: caller.tenant.as_str(), key_id: &caller.key_id, trace: &trace }, ttl, reason).await?;
-    let mut body = lock_json("enabled", &lock);
-    body["lock_token"] = json!(lock.token);
-    Ok(HttpResponse::Ok().json(body))
+    Ok(HttpResponse::Ok().json(TrainingState { lock_token: Some(&lock.token), ..TrainingState::enabled(&lock) }))
 }
 
-async fn renew(req: HttpRequest, caller: Caller, body: web::Json<RenewBody>, service: web::Data<TrainingService>) -> Result<HttpResponse, ApiError> {
+/// Extend the lock (holder's token)
+#[utoipa::path(post, path = "/v1/training/renew", tag = "training", request_body = RenewBody, security(("bearer" = [])),
+    responses(
+        (status = 200, description = "the lock", body = TrainingState),
+        (status = 400, response = crate::openapi::Problem),
+        (status = 401, response = crate::openapi::Problem),
+        (status = 403, response = crate::openapi::Problem),
+        (status = 409, response = crate::openapi::Problem),
+        (status = 413, response = crate::openapi::Problem),
+        (status = 415, response = crate::openapi::Problem),
+        (status = 429, response = crate::openapi::Problem),
+        (status = 503, response = crate::openapi::Problem),
+    ))]
+pub(crate) async fn renew(req: HttpRequest, caller: Caller, body: web::Json<RenewBody>, service: web::Data<TrainingService>) -> Result<HttpResponse, ApiError> {
     admin(&caller, &req, &service, "renew").await?;
     let ttl = ttl(&service, body.ttl_seconds)?;
     let trace = trace_of(&req);
     let lock = service.renew(&Actor { tenant: caller.tenant.as_str(), key_id: &caller.key_id, trace: &trace }, &body.lock_token, ttl).await?;
-    Ok(HttpResponse::Ok().json(lock_json("enabled", &lock)))
+    Ok(HttpResponse::Ok().json(TrainingState::enabled(&lock)))
 }
 
-async fn disable(req: HttpRequest, caller: Caller, body: web::Json<DisableBody>, service: web::Data<TrainingService>) -> Result<HttpResponse, ApiError> {
+/// Release the lock (holder's token)
+#[utoipa::path(post, path = "/v1/training/disable", tag = "training", request_body = DisableBody, security(("bearer" = [])),
+    responses(
+        (status = 200, description = "disabled", body = TrainingState),
+        (status = 400, response = crate::openapi::Problem),
+        (status = 401, response = crate::openapi::Problem),
+        (status = 403, response = crate::openapi::Problem),
+        (status = 409, response = crate::openapi::Problem),
+        (status = 413, response = crate::openapi::Problem),
+        (status = 415, response = crate::openapi::Problem),
+        (status = 429, response = crate::openapi::Problem),
+        (status = 503, response = crate::openapi::Problem),
+    ))]
+pub(crate) async fn disable(
+    req: HttpRequest,
+    caller: Caller,
+    body: web::Json<DisableBody>,
+    service: web::Data<TrainingService>,
+) -> Result<HttpResponse, ApiError> {
     admin(&caller, &req, &service, "disable").await?;
     let trace = trace_of(&req);
     let lock = service.disable(&Actor { tenant: caller.tenant.as_str(), key_id: &caller.key_id, trace: &trace }, &body.lock_token).await?;
-    Ok(HttpResponse::Ok().json(json!({ "state": "disabled", "owner": lock.owner, "fencing_token": lock.fencing_token })))
+    Ok(HttpResponse::Ok().json(TrainingState::disabled(Some(&lock))))
 }
 
-async fn status(caller: Caller, service: web::Data<TrainingService>) -> Result<HttpResponse, ApiError> {
+/// The tenant's training state (training:admin or chat)
+#[utoipa::path(get, path = "/v1/training/status", tag = "training", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "state", body = TrainingState),
+        (status = 401, response = crate::openapi::Problem),
+        (status = 403, response = crate::openapi::Problem),
+        (status = 429, response = crate::openapi::Problem),
+        (status = 503, response = crate::openapi::Problem),
+    ))]
+pub(crate) async fn status(caller: Caller, service: web::Data<TrainingService>) -> Result<HttpResponse, ApiError> {
     if caller.require(Capability::TrainingAdmin).is_err() {
         caller.require(Capability::Chat)?;
     }
-    let body = match service.status(caller.tenant.as_str()).await? {
-        Some(lock) => lock_json("enabled", &lock),
-        None => {
-            json!({ "state": "disabled", "owner": null, "fencing_token": null, "expires_at": null })
-        }
-    };
-    Ok(HttpResponse::Ok().json(body))
+    let lock = service.status(caller.tenant.as_str()).await?;
+    Ok(HttpResponse::Ok().json(lock.as_ref().map_or(TrainingState::disabled(None), TrainingState::enabled)))
 }

@@ -8,7 +8,7 @@
 //! [`TrainingService::mark`] (the chat path's view of a tenant), [`watch`]
 //! (expiry audits and the state gauge).
 
-mod api;
+pub(crate) mod api;
 mod fencing;
 mod lock;
 mod memory;

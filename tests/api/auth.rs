@@ -60,6 +60,24 @@ async fn a_revoked_key_that_was_in_use_stops_working_within_the_key_cache_bound(
 }
 
 #[tokio::test]
+async fn a_wrong_key_sent_again_is_refused_from_memory_without_reading_the_database() {
+    let app = spawn_app_with(Storage::Postgres, |s| s.identity.key_cache_ms = 60_000).await;
+    let wrong = format!("stw_{}", unique("wrong"));
+    assert_error(app.get_with("/v1/training/status", &wrong).await, 401, "unauthenticated").await;
+
+    // Nothing can read the key table now: a lookup waits for this lock.
+    let mut blocker = app.db.pool().begin().await.unwrap();
+    sqlx::query("LOCK TABLE api_keys IN ACCESS EXCLUSIVE MODE").execute(&mut *blocker).await.unwrap();
+
+    let again = tokio::time::timeout(Duration::from_secs(2), app.get_with("/v1/training/status", &wrong)).await;
+    let other = tokio::time::timeout(Duration::from_millis(500), app.get_with("/v1/training/status", "stw_never_seen_before")).await;
+    blocker.rollback().await.unwrap();
+
+    assert_error(again.expect("the same wrong key is answered from memory"), 401, "unauthenticated").await;
+    assert!(other.is_err(), "a key never seen is looked up (and waits for the lock): the memory is what answered");
+}
+
+#[tokio::test]
 async fn a_key_without_the_chat_capability_is_403() {
     let app = spawn_app().await;
     let key = app.key(&unique("tenant-"), &[Capability::TrainingAdmin]).await;
