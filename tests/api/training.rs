@@ -3,7 +3,7 @@
 //! events, Redis outages and two Steward processes sharing one Redis.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use steward::identity::Capability;
@@ -364,4 +364,67 @@ async fn a_turn_under_a_training_lock_older_than_the_newest_is_not_trusted_as_tr
         assert_eq!((event["training_mode"].clone(), event["training_fencing_rejected"].clone()), (json!(false), json!(true)), "{event}");
     }
     assert!(again["fencing_token"].as_u64() > enabled["fencing_token"].as_u64());
+}
+
+#[tokio::test]
+async fn an_expiry_claimed_by_an_instance_that_died_before_auditing_it_is_still_audited_once() {
+    let prefix = format!("{}:", unique("steward-test-"));
+    let app = {
+        let prefix = prefix.clone();
+        spawn_app_with(Storage::Sqlite, move |s| {
+            s.redis.url = steward::config::Secret::new(redis_url());
+            s.redis.key_prefix = prefix;
+            // The app's watcher looks every 2 s; the dying instance below watches every 10 ms.
+            s.training.expiry_check_ms = 2_000;
+        })
+        .await
+    };
+    // Another instance's lock store on the same Redis: it claims the lapse, then "dies" without auditing it.
+    let dying = RedisLockStore::connect(&redis_url(), &prefix, Duration::from_millis(500)).unwrap();
+    let mut claimed = None;
+    for _ in 0..3 {
+        let tenant = unique("lapsed-");
+        let admin = admin_key(&app, &tenant).await;
+        let enabled = app.post("/v1/training/enable", Some(&admin), &json!({ "ttl_seconds": 1, "reason": "short" })).await;
+        assert_eq!(enabled.status(), 200);
+        let token = enabled.json::<Value>().await.unwrap()["fencing_token"].as_u64().unwrap();
+        let due = Instant::now() + Duration::from_millis(990);
+        tokio::time::sleep_until(due.into()).await;
+        while Instant::now() < due + Duration::from_millis(1_500) {
+            if let Some(lapse) = dying.claim_expired().await.unwrap().into_iter().find(|l| l.tenant == tenant) {
+                claimed = Some((tenant.clone(), admin.clone(), lapse.fencing_token));
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if let Some((_, _, claimed_token)) = &claimed {
+            assert_eq!(*claimed_token, token);
+            break;
+        }
+        // The app's own watcher got there first (and audited it): try again with another tenant.
+    }
+    let (tenant, admin, token) = claimed.expect("the dying instance claimed a lapse in three tries");
+
+    // The claim left Redis without the lock and nobody recorded its end; the ledger still holds it.
+    let mut expired = Vec::new();
+    for _ in 0..400 {
+        expired = app
+            .outbox(&app.settings.kafka.training_topic)
+            .await
+            .into_iter()
+            .filter(|r| r["tenant"] == tenant.as_str() && r["type"] == "training.expired")
+            .collect();
+        if !expired.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(expired.len(), 1, "the unaudited expiry is audited by a surviving instance");
+    assert_eq!(expired[0]["fencing_token"], token);
+    assert_eq!(expired[0]["actor"], "steward:lock-watcher");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let records = app.outbox(&app.settings.kafka.training_topic).await;
+    assert_eq!(records.iter().filter(|r| r["tenant"] == tenant.as_str() && r["type"] == "training.expired").count(), 1, "and only once");
+    let status = app.get_with("/v1/training/status", &admin).await.json::<Value>().await.unwrap();
+    assert_eq!(status["state"], "disabled");
 }
