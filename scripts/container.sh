@@ -6,12 +6,14 @@
 #                                         builds, starts the local model server and runs the
 #                                         container on embedded defaults on PORT (8080)
 #   scripts/container.sh stop             stops it (SIGTERM, then up to 40 s)
-# Podman here needs runc, no default ulimits and the host network (DESIGN.md); the base image
-# is built from this Debian system when missing, as public registries are out of reach.
+# Podman here needs runc, no default ulimits and the host network (DESIGN.md); the base image is
+# built with mmdebstrap from Debian's packages (this system's release, so the binary's C library
+# matches) when missing, as public registries are out of reach.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ENGINE=${STEWARD_CONTAINER_ENGINE:-podman}
-BASE=localhost/steward-base:bookworm
+CODENAME=$(. /etc/os-release && echo "${VERSION_CODENAME:-bookworm}")
+BASE=${STEWARD_BASE:-localhost/steward-debian:$CODENAME}
 IMAGE=${STEWARD_IMAGE:-localhost/steward:latest}
 NAME=${STEWARD_CONTAINER_NAME:-steward}
 FLAGS=()
@@ -26,23 +28,18 @@ if [ "$ENGINE" = podman ]; then
   BUILD_FLAGS=(--format docker)
 fi
 
-# A base holding what a binary needs: the libraries it links against (from this Debian system),
-# a steward user (10001), /tmp, and the CA bundle for https model servers.
+# A minimal Debian of this system's release (the Essential packages and the CA bundle, without
+# documentation), with a steward user (10001) whose home is /app.
 base() {
   if $ENGINE image inspect "$BASE" >/dev/null 2>&1; then return; fi
-  echo "building the base image $BASE from this system's libraries" >&2
-  local rootfs; rootfs=$(mktemp -d)
-  for lib in $(ldd "$1" | grep -o '/[^ ]*'); do
-    mkdir -p "$rootfs$(dirname "$lib")"
-    cp -L "$lib" "$rootfs$lib"
-  done
-  mkdir -p "$rootfs/etc/ssl/certs" "$rootfs/tmp" "$rootfs/app"
-  chmod 1777 "$rootfs/tmp"
-  printf 'root:x:0:0:root:/root:/sbin/nologin\nsteward:x:10001:10001:steward:/app:/sbin/nologin\n' > "$rootfs/etc/passwd"
-  printf 'root:x:0:\nsteward:x:10001:\n' > "$rootfs/etc/group"
-  [ -f /etc/ssl/certs/ca-certificates.crt ] && cp /etc/ssl/certs/ca-certificates.crt "$rootfs/etc/ssl/certs/"
-  tar -C "$rootfs" -c . | $ENGINE import - "$BASE" >/dev/null
-  rm -rf "$rootfs"
+  command -v mmdebstrap >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mmdebstrap >/dev/null; }
+  echo "building the base image $BASE with mmdebstrap (Debian $CODENAME)" >&2
+  mmdebstrap --quiet --variant=essential --mode=root --include=ca-certificates \
+    --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/locale/*' \
+    --customize-hook='echo "steward:x:10001:10001:steward:/app:/usr/sbin/nologin" >> "$1/etc/passwd"' \
+    --customize-hook='echo "steward:x:10001:" >> "$1/etc/group"' \
+    --customize-hook='mkdir -p "$1/app" && chmod 1777 "$1/tmp"' \
+    "$CODENAME" - | $ENGINE import - "$BASE" >/dev/null
 }
 
 build() {
@@ -56,7 +53,7 @@ build() {
   [ -n "$(ls .models/all-minilm-l6-v2/static-embeddings.bin 2>/dev/null)" ] || "$binary" moderation prepare
   mkdir -p target/container
   objcopy --strip-debug "$binary" target/container/steward
-  base target/container/steward
+  base
   $ENGINE build "${FLAGS[@]}" "${BUILD_FLAGS[@]}" --build-arg "BASE=$BASE" -t "$IMAGE" -f Containerfile . >&2
   echo "$IMAGE"
 }
