@@ -6,11 +6,12 @@
 //! serialised from (`contentMediaType`/`contentSchema`), which is how
 //! schemathesis checks a stream (tests/api/fuzz.rs).
 
+use std::collections::BTreeMap;
 use std::sync::LazyLock;
 
 use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, Type};
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
-use utoipa::openapi::RefOr;
+use utoipa::openapi::{RefOr, Response};
 use utoipa::{Modify, OpenApi, PartialSchema, ToSchema};
 
 use crate::error::ErrorBody;
@@ -70,6 +71,32 @@ pub fn json() -> &'static str {
 #[derive(utoipa::ToResponse)]
 #[response(description = "An error; its stable `code` says which.", content_type = "application/problem+json")]
 pub struct Problem(#[allow(dead_code)] ErrorBody);
+
+/// The errors of every operation behind a key: 401 (no key, or an unknown
+/// or revoked one) and 429 (over the tenant's limits, or too many unknown
+/// keys from one address).
+pub struct KeyErrors;
+
+impl utoipa::IntoResponses for KeyErrors {
+    fn responses() -> BTreeMap<String, RefOr<Response>> {
+        problems(&[401, 429])
+    }
+}
+
+/// The errors of every operation that reads a JSON body: 400 (malformed or
+/// invalid), 413 (over the size limit) and 415 (not `application/json`).
+pub struct BodyErrors;
+
+impl utoipa::IntoResponses for BodyErrors {
+    fn responses() -> BTreeMap<String, RefOr<Response>> {
+        problems(&[400, 413, 415])
+    }
+}
+
+/// A [`Problem`] response for each of `statuses`.
+pub fn problems(statuses: &[u16]) -> BTreeMap<String, RefOr<Response>> {
+    statuses.iter().map(|status| (status.to_string(), RefOr::Ref(utoipa::openapi::Ref::from_response_name("Problem")))).collect()
+}
 
 /// API keys (`steward keys create`) as bearer tokens.
 struct Bearer;

@@ -57,9 +57,8 @@ async fn require_ops(req: &HttpRequest, keys: &KeyCache) -> Result<(), ApiError>
 #[utoipa::path(get, path = "/readyz", tag = "operations", security((), ("bearer" = [])),
     responses(
         (status = 200, description = "ready", body = crate::readiness::Report),
-        (status = 401, response = crate::openapi::Problem),
+        crate::openapi::KeyErrors,
         (status = 403, response = crate::openapi::Problem),
-        (status = 429, response = crate::openapi::Problem),
         (status = 503, description = "not ready: the database or the model does not answer", body = crate::readiness::Report),
     ))]
 pub(crate) async fn readyz(req: HttpRequest, readiness: web::Data<Readiness>, keys: web::Data<KeyCache>) -> Result<HttpResponse, ApiError> {
@@ -78,9 +77,8 @@ pub(crate) async fn readyz(req: HttpRequest, readiness: web::Data<Readiness>, ke
 #[utoipa::path(get, path = "/metrics", tag = "operations", security((), ("bearer" = [])),
     responses(
         (status = 200, description = "OpenMetrics text", body = String, content_type = "application/openmetrics-text"),
-        (status = 401, response = crate::openapi::Problem),
+        crate::openapi::KeyErrors,
         (status = 403, response = crate::openapi::Problem),
-        (status = 429, response = crate::openapi::Problem),
     ))]
 pub(crate) async fn metrics(
     req: HttpRequest,

@@ -112,23 +112,9 @@ impl OutboxStore {
                     payload["seq"] = json!(seq + 1);
                     payload["prev_hash"] = json!(prev);
                     heads.insert(chain, (seq + 1, event_hash(&payload)));
-                    rows.push(NewRow {
-                        topic: topic.clone(),
-                        key: key.clone(),
-                        session_id: None,
-                        event_type: event_type.clone(),
-                        payload: payload.to_string(),
-                        headers: headers.to_string(),
-                    });
+                    rows.push(NewRow::record(topic, key, event_type, &payload, headers));
                 }
-                Pending::Record { topic, key, event_type, payload, headers } => rows.push(NewRow {
-                    topic: topic.clone(),
-                    key: key.clone(),
-                    session_id: None,
-                    event_type: event_type.clone(),
-                    payload: payload.to_string(),
-                    headers: headers.to_string(),
-                }),
+                Pending::Record { topic, key, event_type, payload, headers } => rows.push(NewRow::record(topic, key, event_type, payload, headers)),
                 Pending::Write(write) => write.write(&mut tx).await?,
             }
         }
@@ -329,6 +315,20 @@ struct NewRow {
     event_type: String,
     payload: String,
     headers: String,
+}
+
+impl NewRow {
+    /// A row of a record that belongs to no session.
+    fn record(topic: &str, key: &str, event_type: &str, payload: &Value, headers: &Value) -> Self {
+        Self {
+            topic: topic.to_owned(),
+            key: key.to_owned(),
+            session_id: None,
+            event_type: event_type.to_owned(),
+            payload: payload.to_string(),
+            headers: headers.to_string(),
+        }
+    }
 }
 
 fn conversation_headers(new: &NewEvent) -> Value {

@@ -57,13 +57,10 @@ fn frame(event: &TurnEvent) -> actix_web_lab::sse::Event {
 #[utoipa::path(post, path = "/v1/chat/stream", tag = "chat", request_body = ChatBody, security(("bearer" = [])),
     responses(
         (status = 200, description = "the turn's events", body = crate::openapi::ChatEvent, content_type = "text/event-stream"),
-        (status = 400, response = crate::openapi::Problem),
-        (status = 401, response = crate::openapi::Problem),
+        crate::openapi::KeyErrors,
+        crate::openapi::BodyErrors,
         (status = 403, response = crate::openapi::Problem),
         (status = 404, response = crate::openapi::Problem),
-        (status = 413, response = crate::openapi::Problem),
-        (status = 415, response = crate::openapi::Problem),
-        (status = 429, response = crate::openapi::Problem),
         (status = 503, description = "the active constitution cannot be known (the registry copy is older than policy.staleness_ms): \
             one `error` event (policy_registry_unavailable) and `done`; or another dependency is unavailable",
             content((crate::openapi::ChatEvent = "text/event-stream"), (crate::error::ErrorBody = "application/problem+json"))),

@@ -85,6 +85,17 @@ struct SignedTurn {
     policy_signature: String,
 }
 
+/// What a signed turn can be refused with besides a key's and a body's
+/// errors: 403 (its verdict is forged, expired or replayed), 404 and 409 (its
+/// session), 503 (the verdict ledger or the registry is unreachable).
+struct SignedTurnErrors;
+
+impl utoipa::IntoResponses for SignedTurnErrors {
+    fn responses() -> std::collections::BTreeMap<String, utoipa::openapi::RefOr<utoipa::openapi::Response>> {
+        crate::openapi::problems(&[403, 404, 409, 503])
+    }
+}
+
 /// The orchestrator's signed turns over a WebSocket
 ///
 /// As GET /v1/chat/stream (authentication, cancel, frames, close codes), but each `turn` message
@@ -191,15 +202,9 @@ fn governance<'a>(policy: &'a PolicyHeaders, request: &'a TurnRequest) -> Govern
 #[utoipa::path(post, path = "/v1/conversation/step", tag = "orchestrator", request_body = StepBody, params(SignedTurn), security(("bearer" = [])),
     responses(
         (status = 200, description = "the reply", body = StepReply),
-        (status = 400, response = crate::openapi::Problem),
-        (status = 401, response = crate::openapi::Problem),
-        (status = 403, response = crate::openapi::Problem),
-        (status = 404, response = crate::openapi::Problem),
-        (status = 409, response = crate::openapi::Problem),
-        (status = 413, response = crate::openapi::Problem),
-        (status = 415, response = crate::openapi::Problem),
-        (status = 429, response = crate::openapi::Problem),
-        (status = 503, response = crate::openapi::Problem),
+        crate::openapi::KeyErrors,
+        crate::openapi::BodyErrors,
+        SignedTurnErrors,
     ))]
 pub(crate) async fn step(req: HttpRequest, caller: Caller, body: web::Json<StepBody>, api: web::Data<OrchestratorApi>) -> Result<HttpResponse, ApiError> {
     let (mut turn, policy, request) = begin(arrival("conversation_step", &req), caller, body.into_inner(), &api).await?;
@@ -223,15 +228,9 @@ pub(crate) async fn step(req: HttpRequest, caller: Caller, body: web::Json<StepB
 #[utoipa::path(post, path = "/v1/conversation/stream", tag = "orchestrator", request_body = StepBody, params(SignedTurn), security(("bearer" = [])),
     responses(
         (status = 200, description = "the turn's events", body = crate::openapi::TurnEventSchema, content_type = "text/event-stream"),
-        (status = 400, response = crate::openapi::Problem),
-        (status = 401, response = crate::openapi::Problem),
-        (status = 403, response = crate::openapi::Problem),
-        (status = 404, response = crate::openapi::Problem),
-        (status = 409, response = crate::openapi::Problem),
-        (status = 413, response = crate::openapi::Problem),
-        (status = 415, response = crate::openapi::Problem),
-        (status = 429, response = crate::openapi::Problem),
-        (status = 503, response = crate::openapi::Problem),
+        crate::openapi::KeyErrors,
+        crate::openapi::BodyErrors,
+        SignedTurnErrors,
     ))]
 pub(crate) async fn stream(req: HttpRequest, caller: Caller, body: web::Json<StepBody>, api: web::Data<OrchestratorApi>) -> Result<HttpResponse, ApiError> {
     let (turn, policy, request) = begin(arrival("conversation_stream", &req), caller, body.into_inner(), &api).await?;

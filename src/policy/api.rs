@@ -92,8 +92,7 @@ fn document(hash: &ConstitutionHash, constitution: &Constitution, text: &str) ->
 #[utoipa::path(get, path = "/v1/policy/constitution", tag = "policy", security(("bearer" = [])),
     responses(
         (status = 200, description = "the document", body = ConstitutionDocument),
-        (status = 401, response = crate::openapi::Problem),
-        (status = 429, response = crate::openapi::Problem),
+        crate::openapi::KeyErrors,
         (status = 503, response = crate::openapi::Problem),
     ))]
 pub(crate) async fn active(caller: Caller, api: web::Data<PolicyApi>) -> Result<HttpResponse, ApiError> {
@@ -107,9 +106,8 @@ pub(crate) async fn active(caller: Caller, api: web::Data<PolicyApi>) -> Result<
     responses(
         (status = 200, description = "the document", body = ConstitutionDocument),
         (status = 400, response = crate::openapi::Problem),
-        (status = 401, response = crate::openapi::Problem),
+        crate::openapi::KeyErrors,
         (status = 404, response = crate::openapi::Problem),
-        (status = 429, response = crate::openapi::Problem),
         (status = 503, response = crate::openapi::Problem),
     ))]
 pub(crate) async fn by_hash(_caller: Caller, hash: web::Path<String>, api: web::Data<PolicyApi>) -> Result<HttpResponse, ApiError> {
@@ -137,10 +135,9 @@ pub(crate) async fn by_hash(_caller: Caller, hash: web::Path<String>, api: web::
     responses(
         (status = 200, description = "activated", body = super::audit::Outcome),
         (status = 400, response = crate::openapi::Problem),
-        (status = 401, response = crate::openapi::Problem),
+        crate::openapi::KeyErrors,
         (status = 403, response = crate::openapi::Problem),
         (status = 413, response = crate::openapi::Problem),
-        (status = 429, response = crate::openapi::Problem),
         (status = 503, response = crate::openapi::Problem),
     ))]
 pub(crate) async fn activate(req: HttpRequest, caller: Caller, body: web::Bytes, api: web::Data<PolicyApi>) -> Result<HttpResponse, ApiError> {
@@ -193,12 +190,9 @@ async fn build_judge(settings: &Arc<Settings>, constitution: Constitution, text:
 #[utoipa::path(post, path = "/v1/policy/constitution/dry-run", tag = "policy", request_body = DryRunBody, security(("bearer" = [])),
     responses(
         (status = 200, description = "the report", body = DryRunReply),
-        (status = 400, response = crate::openapi::Problem),
-        (status = 401, response = crate::openapi::Problem),
+        crate::openapi::KeyErrors,
+        crate::openapi::BodyErrors,
         (status = 403, response = crate::openapi::Problem),
-        (status = 413, response = crate::openapi::Problem),
-        (status = 415, response = crate::openapi::Problem),
-        (status = 429, response = crate::openapi::Problem),
     ))]
 pub(crate) async fn dry_run_route(caller: Caller, body: web::Json<DryRunBody>, api: web::Data<PolicyApi>) -> Result<HttpResponse, ApiError> {
     caller.require(Capability::PolicyAdmin)?;

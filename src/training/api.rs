@@ -112,13 +112,10 @@ fn ttl(service: &TrainingService, seconds: u64) -> Result<std::time::Duration, A
 #[utoipa::path(post, path = "/v1/training/enable", tag = "training", request_body = EnableBody, security(("bearer" = [])),
     responses(
         (status = 200, description = "the lock, with its token (shown once)", body = TrainingState),
-        (status = 400, response = crate::openapi::Problem),
-        (status = 401, response = crate::openapi::Problem),
+        crate::openapi::KeyErrors,
+        crate::openapi::BodyErrors,
         (status = 403, response = crate::openapi::Problem),
         (status = 409, response = crate::openapi::Problem),
-        (status = 413, response = crate::openapi::Problem),
-        (status = 415, response = crate::openapi::Problem),
-        (status = 429, response = crate::openapi::Problem),
         (status = 503, response = crate::openapi::Problem),
     ))]
 pub(crate) async fn enable(
@@ -142,13 +139,10 @@ pub(crate) async fn enable(
 #[utoipa::path(post, path = "/v1/training/renew", tag = "training", request_body = RenewBody, security(("bearer" = [])),
     responses(
         (status = 200, description = "the lock", body = TrainingState),
-        (status = 400, response = crate::openapi::Problem),
-        (status = 401, response = crate::openapi::Problem),
+        crate::openapi::KeyErrors,
+        crate::openapi::BodyErrors,
         (status = 403, response = crate::openapi::Problem),
         (status = 409, response = crate::openapi::Problem),
-        (status = 413, response = crate::openapi::Problem),
-        (status = 415, response = crate::openapi::Problem),
-        (status = 429, response = crate::openapi::Problem),
         (status = 503, response = crate::openapi::Problem),
     ))]
 pub(crate) async fn renew(req: HttpRequest, caller: Caller, body: web::Json<RenewBody>, service: web::Data<TrainingService>) -> Result<HttpResponse, ApiError> {
@@ -163,13 +157,10 @@ pub(crate) async fn renew(req: HttpRequest, caller: Caller, body: web::Json<Rene
 #[utoipa::path(post, path = "/v1/training/disable", tag = "training", request_body = DisableBody, security(("bearer" = [])),
     responses(
         (status = 200, description = "disabled", body = TrainingState),
-        (status = 400, response = crate::openapi::Problem),
-        (status = 401, response = crate::openapi::Problem),
+        crate::openapi::KeyErrors,
+        crate::openapi::BodyErrors,
         (status = 403, response = crate::openapi::Problem),
         (status = 409, response = crate::openapi::Problem),
-        (status = 413, response = crate::openapi::Problem),
-        (status = 415, response = crate::openapi::Problem),
-        (status = 429, response = crate::openapi::Problem),
         (status = 503, response = crate::openapi::Problem),
     ))]
 pub(crate) async fn disable(
@@ -188,9 +179,8 @@ pub(crate) async fn disable(
 #[utoipa::path(get, path = "/v1/training/status", tag = "training", security(("bearer" = [])),
     responses(
         (status = 200, description = "state", body = TrainingState),
-        (status = 401, response = crate::openapi::Problem),
+        crate::openapi::KeyErrors,
         (status = 403, response = crate::openapi::Problem),
-        (status = 429, response = crate::openapi::Problem),
         (status = 503, response = crate::openapi::Problem),
     ))]
 pub(crate) async fn status(caller: Caller, service: web::Data<TrainingService>) -> Result<HttpResponse, ApiError> {

@@ -24,6 +24,41 @@ async fn steward(args: &[&str]) -> (bool, String) {
     (output.status.success(), String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
+/// An app relaying to `broker` on `topic`, checkpointing every 200 ms to `<topic>.checkpoints`.
+async fn checkpointed_app(broker: &str, topic: &str) -> (crate::helpers::TestApp, String) {
+    let checkpoints = format!("{topic}.checkpoints");
+    let to = checkpoints.clone();
+    let app = app_with_broker(Storage::Sqlite, broker, topic, move |s| {
+        s.events.checkpoint_key = steward::config::Secret::new(SECRET);
+        s.events.checkpoint_interval_ms = 200;
+        s.kafka.checkpoint_topic = to;
+    })
+    .await;
+    (app, checkpoints)
+}
+
+/// `audit verify --public-key` (the key `keys audit-public` prints) of `topic` against the
+/// checkpoints on `checkpoints` signed for `signed_for`.
+async fn verify_signed(broker: &str, topic: &str, checkpoints: &str, signed_for: &str) -> (bool, String) {
+    let (ok, public_key) = steward(&["keys", "audit-public"]).await;
+    assert!(ok);
+    let args = [
+        "audit",
+        "verify",
+        "--brokers",
+        broker,
+        "--topic",
+        topic,
+        "--public-key",
+        public_key.trim(),
+        "--checkpoint-topic",
+        checkpoints,
+        "--checkpointed-as",
+        signed_for,
+    ];
+    steward(&args).await
+}
+
 fn report_of(report: &str, chain: &str) -> Value {
     report
         .lines()
@@ -35,16 +70,7 @@ fn report_of(report: &str, chain: &str) -> Value {
 #[tokio::test]
 async fn audit_verify_with_the_public_key_names_a_truncated_a_deleted_and_a_forged_session() {
     let topic = unique("conversation.events.");
-    let checkpoints = format!("{topic}.checkpoints");
-    let app = {
-        let checkpoints = checkpoints.clone();
-        app_with_broker(Storage::Sqlite, &shared_broker(), &topic, move |s| {
-            s.events.checkpoint_key = steward::config::Secret::new(SECRET);
-            s.events.checkpoint_interval_ms = 200;
-            s.kafka.checkpoint_topic = checkpoints;
-        })
-        .await
-    };
+    let (app, checkpoints) = checkpointed_app(&shared_broker(), &topic).await;
     let (tenant, key) = app.chat_key().await;
     let mut chains = Vec::new();
     for message in ["Name a colour.", "Name a fruit.", "Name a tree."] {
@@ -62,29 +88,9 @@ async fn audit_verify_with_the_public_key_names_a_truncated_a_deleted_and_a_forg
         })
     })
     .await;
-    let (ok, public_key) = steward(&["keys", "audit-public"]).await;
-    assert!(ok);
-    let public_key = public_key.trim().to_owned();
     let verify = |copy: String| {
-        let (topic, checkpoints, public_key) = (topic.clone(), checkpoints.clone(), public_key.clone());
-        async move {
-            let broker = shared_broker();
-            let args = [
-                "audit",
-                "verify",
-                "--brokers",
-                &broker,
-                "--topic",
-                &copy,
-                "--public-key",
-                &public_key,
-                "--checkpoint-topic",
-                &checkpoints,
-                "--checkpointed-as",
-                &topic,
-            ];
-            steward(&args).await
-        }
+        let (topic, checkpoints) = (topic.clone(), checkpoints.clone());
+        async move { verify_signed(&shared_broker(), &copy, &checkpoints, &topic).await }
     };
 
     let (ok, report) = verify(topic.clone()).await;
@@ -118,22 +124,14 @@ async fn audit_verify_with_the_public_key_names_a_truncated_a_deleted_and_a_forg
         assert_eq!(session["status"], "broken", "{session}");
         assert_eq!(session["problems"][0]["kind"], kind, "{session}");
     }
-    assert!(consume(&shared_broker(), &checkpoints).await.iter().all(|c| c.value["public_key"] == public_key.as_str()));
+    let (_, public_key) = steward(&["keys", "audit-public"]).await;
+    assert!(consume(&shared_broker(), &checkpoints).await.iter().all(|c| c.value["public_key"] == public_key.trim()));
 }
 
 #[tokio::test]
 async fn training_and_policy_audit_records_are_chained_and_checkpointed_so_a_removed_record_is_found() {
     let topic = unique("conversation.events.");
-    let checkpoints = format!("{topic}.checkpoints");
-    let app = {
-        let checkpoints = checkpoints.clone();
-        app_with_broker(Storage::Sqlite, &shared_broker(), &topic, move |s| {
-            s.events.checkpoint_key = steward::config::Secret::new(SECRET);
-            s.events.checkpoint_interval_ms = 200;
-            s.kafka.checkpoint_topic = checkpoints;
-        })
-        .await
-    };
+    let (app, checkpoints) = checkpointed_app(&shared_broker(), &topic).await;
     let tenant = unique("audit-");
     let admin = app.key(&tenant, &[Capability::TrainingAdmin]).await;
     let enable = json!({ "ttl_seconds": 60, "reason": "chained" });
@@ -161,29 +159,9 @@ async fn training_and_policy_audit_records_are_chained_and_checkpointed_so_a_rem
             .any(|h| h["chain"] == chain && h["seq"] == seq)
     };
     wait_for(&shared_broker(), &checkpoints, 20, |cps| covers(cps, &training, &tenant, 3) && covers(cps, &policy, "*", 1)).await;
-    let (ok, public_key) = steward(&["keys", "audit-public"]).await;
-    assert!(ok);
-    let public_key = public_key.trim().to_owned();
     let verify = |copy: String, signed_for: String| {
-        let (checkpoints, public_key) = (checkpoints.clone(), public_key.clone());
-        async move {
-            let broker = shared_broker();
-            let args = [
-                "audit",
-                "verify",
-                "--brokers",
-                &broker,
-                "--topic",
-                &copy,
-                "--public-key",
-                &public_key,
-                "--checkpoint-topic",
-                &checkpoints,
-                "--checkpointed-as",
-                &signed_for,
-            ];
-            steward(&args).await
-        }
+        let checkpoints = checkpoints.clone();
+        async move { verify_signed(&shared_broker(), &copy, &checkpoints, &signed_for).await }
     };
     for audit_topic in [&training, &policy] {
         let (ok, report) = verify(audit_topic.clone(), audit_topic.clone()).await;
@@ -210,16 +188,7 @@ fn window_of(report: &str) -> Value {
 async fn after_retention_took_older_records_audit_verify_checks_what_is_retained_and_says_from_when() {
     let mut broker = PrivateBroker::start().await;
     let topic = unique("conversation.events.");
-    let checkpoints = format!("{topic}.checkpoints");
-    let app = {
-        let checkpoints = checkpoints.clone();
-        app_with_broker(Storage::Sqlite, &broker.address(), &topic, move |s| {
-            s.events.checkpoint_key = steward::config::Secret::new(SECRET);
-            s.events.checkpoint_interval_ms = 200;
-            s.kafka.checkpoint_topic = checkpoints;
-        })
-        .await
-    };
+    let (app, checkpoints) = checkpointed_app(&broker.address(), &topic).await;
     let (tenant, key) = app.chat_key().await;
     let mut chains = Vec::new();
     let mut cutoff = 0;
@@ -243,14 +212,8 @@ async fn after_retention_took_older_records_audit_verify_checks_what_is_retained
     })
     .await;
     drop(app);
-    let (ok, public_key) = steward(&["keys", "audit-public"]).await;
-    assert!(ok);
-    let public_key = public_key.trim().to_owned();
     let address = broker.address();
-    let verify = || {
-        let (broker, topic, checkpoints, public_key) = (address.clone(), topic.clone(), checkpoints.clone(), public_key.clone());
-        async move { steward(&["audit", "verify", "--brokers", &broker, "--topic", &topic, "--public-key", &public_key, "--checkpoint-topic", &checkpoints]).await }
-    };
+    let verify = || verify_signed(&address, &topic, &checkpoints, &topic);
     let (ok, report) = verify().await;
     assert!(ok, "{report}");
     assert_eq!(window_of(&report)["complete"], true, "{report}");
