@@ -289,9 +289,11 @@ pub async fn audit_verify(
                 match verified(&record, &key) {
                     Ok(heads) => {
                         good += 1;
-                        let made = record["created_at"].as_str().map(str::to_owned);
-                        if earliest.is_none() || made < earliest {
-                            earliest = made;
+                        // RFC 3339 times of one format order as text.
+                        if let Some(made) = record["created_at"].as_str() {
+                            if earliest.as_deref().is_none_or(|e| made < e) {
+                                earliest = Some(made.to_owned());
+                            }
                         }
                         for head in heads.into_iter().filter(|h| chosen(&h.chain)) {
                             match checkpointed.get(&head.chain) {
