@@ -24,14 +24,15 @@ async fn steward(args: &[&str]) -> (bool, String) {
     (output.status.success(), String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
-/// An app relaying to `broker` on `topic`, checkpointing every 200 ms to `<topic>.checkpoints`.
-async fn checkpointed_app(broker: &str, topic: &str) -> (crate::helpers::TestApp, String) {
+/// An app relaying to `broker` on `topic` (of `partitions`), checkpointing every 200 ms to `<topic>.checkpoints`.
+async fn checkpointed_app(broker: &str, topic: &str, partitions: i32) -> (crate::helpers::TestApp, String) {
     let checkpoints = format!("{topic}.checkpoints");
     let to = checkpoints.clone();
     let app = app_with_broker(Storage::Sqlite, broker, topic, move |s| {
         s.events.checkpoint_key = steward::config::Secret::new(SECRET);
         s.events.checkpoint_interval_ms = 200;
         s.kafka.checkpoint_topic = to;
+        s.kafka.partitions = partitions;
     })
     .await;
     (app, checkpoints)
@@ -70,7 +71,7 @@ fn report_of(report: &str, chain: &str) -> Value {
 #[tokio::test]
 async fn audit_verify_with_the_public_key_names_a_truncated_a_deleted_and_a_forged_session() {
     let topic = unique("conversation.events.");
-    let (app, checkpoints) = checkpointed_app(&shared_broker(), &topic).await;
+    let (app, checkpoints) = checkpointed_app(&shared_broker(), &topic, 2).await;
     let (tenant, key) = app.chat_key().await;
     let mut chains = Vec::new();
     for message in ["Name a colour.", "Name a fruit.", "Name a tree."] {
@@ -131,7 +132,7 @@ async fn audit_verify_with_the_public_key_names_a_truncated_a_deleted_and_a_forg
 #[tokio::test]
 async fn training_and_policy_audit_records_are_chained_and_checkpointed_so_a_removed_record_is_found() {
     let topic = unique("conversation.events.");
-    let (app, checkpoints) = checkpointed_app(&shared_broker(), &topic).await;
+    let (app, checkpoints) = checkpointed_app(&shared_broker(), &topic, 2).await;
     let tenant = unique("audit-");
     let admin = app.key(&tenant, &[Capability::TrainingAdmin]).await;
     let enable = json!({ "ttl_seconds": 60, "reason": "chained" });
@@ -188,7 +189,10 @@ fn window_of(report: &str) -> Value {
 async fn after_retention_took_older_records_audit_verify_checks_what_is_retained_and_says_from_when() {
     let mut broker = PrivateBroker::start().await;
     let topic = unique("conversation.events.");
-    let (app, checkpoints) = checkpointed_app(&broker.address(), &topic).await;
+    // One partition: tansu reports a partition that retention emptied as if it had never held a
+    // record (its latest offset is read from the last record), which no verifier can tell from an
+    // untouched one; with the newer sessions beside the older ones, the partition keeps records.
+    let (app, checkpoints) = checkpointed_app(&broker.address(), &topic, 1).await;
     let (tenant, key) = app.chat_key().await;
     let mut chains = Vec::new();
     let mut cutoff = 0;

@@ -23,7 +23,9 @@ async fn schemathesis_finds_no_server_error_no_undocumented_status_and_no_respon
     let run = tokio::process::Command::new(&schemathesis)
         .args(["run", &format!("{}/openapi.json", app.address), "-H", &format!("Authorization: Bearer {key}")])
         .args(["--checks", "not_a_server_error,status_code_conformance,response_schema_conformance"])
-        .args(["--max-examples", "20", "--workers", "2", "--request-timeout", "30", "--seed", &seed, "--no-color"])
+        // One worker: with two threads, Hypothesis's caches now and then race and schemathesis
+        // reports an internal "inconsistent results" error that is not the API's.
+        .args(["--max-examples", "20", "--workers", "1", "--request-timeout", "30", "--seed", &seed, "--no-color"])
         .current_dir(std::env::temp_dir())
         .kill_on_drop(true)
         .output();
