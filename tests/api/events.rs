@@ -209,7 +209,19 @@ async fn on_postgresql_a_writer_that_finds_no_free_connection_retries_and_loses_
     // the writer finds none free, again and again, for three seconds.
     let mut blocker = app.db.pool().begin().await.unwrap();
     sqlx::query("LOCK TABLE outbox_pending IN ACCESS EXCLUSIVE MODE").execute(&mut *blocker).await.unwrap();
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let mut stuck = false;
+    for _ in 0..100 {
+        let waiting: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'")
+            .fetch_one(app.db.pool())
+            .await
+            .unwrap();
+        if waiting > 0 {
+            stuck = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(stuck, "the relay's read never waited for the lock");
 
     let bodies = ["Name a colour.", "Name a fruit.", "Name a tree."].map(|m| json!({ "message": m, "max_tokens": 3 }));
     let turns = futures_util::future::join_all(bodies.iter().map(|body| app.chat(&key, body)));
