@@ -73,22 +73,18 @@ impl LimitStore for MemoryLimits {
         })
     }
 
-    fn spend(&self, tenant: String, limits: TenantLimits, tokens: i64) -> BoxFuture<'static, ()> {
-        if let (Ok(mut arrivals), true) = (self.tokens.lock(), limits.tokens_per_minute > 0) {
+    fn release(&self, tenant: String, limits: TenantLimits, slot: Option<String>, tokens: i64) -> BoxFuture<'static, ()> {
+        if let (Some(id), Ok(mut streams)) = (slot, self.streams.lock()) {
+            if let Some(open) = streams.get_mut(&tenant) {
+                open.remove(&id);
+            }
+        }
+        if let (Ok(mut arrivals), true) = (self.tokens.lock(), limits.tokens_per_minute > 0 && tokens != 0) {
             let now = Instant::now();
             let tat = arrivals.get(&tenant).copied().map_or(now, |t| t.max(now));
             let by = Duration::from_secs_f64(limits.token_interval_ms() / 1000.0) * tokens.unsigned_abs().min(u64::from(u32::MAX)) as u32;
             let moved = if tokens >= 0 { tat + by } else { tat.checked_sub(by).unwrap_or(now).max(now) };
             arrivals.insert(tenant, moved);
-        }
-        Box::pin(async {})
-    }
-
-    fn close(&self, tenant: String, id: String) -> BoxFuture<'static, ()> {
-        if let Ok(mut streams) = self.streams.lock() {
-            if let Some(open) = streams.get_mut(&tenant) {
-                open.remove(&id);
-            }
         }
         Box::pin(async {})
     }
@@ -124,7 +120,7 @@ mod tests {
         // 200 of the next 400 are there: the other 200 come at 10 a second.
         assert!(wait > Duration::from_millis(19_000) && wait <= Duration::from_secs(20), "{wait:?}");
         assert_eq!(turn(200).await.unwrap(), Counted::Admitted { slot: false }, "a refused turn took nothing");
-        store.spend("t".into(), limits, -300).await;
+        store.release("t".into(), limits, None, -300).await;
         assert_eq!(turn(300).await.unwrap(), Counted::Admitted { slot: false }, "the unused 300 came back");
         assert!(matches!(turn(10).await.unwrap(), Counted::Tokens(_)));
     }
@@ -138,7 +134,7 @@ mod tests {
         assert_eq!(open("t", "b").await.unwrap(), Counted::Admitted { slot: true });
         assert_eq!(open("t", "c").await.unwrap(), Counted::Streams);
         assert_eq!(open("u", "c").await.unwrap(), Counted::Admitted { slot: true }, "tenants are apart");
-        store.close("t".into(), "a".into()).await;
+        store.release("t".into(), two, Some("a".into()), 0).await;
         assert_eq!(open("t", "c").await.unwrap(), Counted::Admitted { slot: true });
     }
 }

@@ -80,10 +80,10 @@ pub trait LimitStore: Send + Sync {
     /// `max_concurrent_streams` slots for `id` (skipped at 0), held at most
     /// `lease`, so an instance that dies cannot keep it.
     fn count<'a>(&'a self, tenant: &'a str, id: &'a str, limits: TenantLimits, tokens: u32, lease: Duration) -> BoxFuture<'a, Result<Counted, LimitError>>;
-    /// Charges `tokens` more to the tenant's tokens per minute (fewer if negative: a refund).
-    fn spend(&self, tenant: String, limits: TenantLimits, tokens: i64) -> BoxFuture<'static, ()>;
-    /// Gives the slot of `id` back.
-    fn close(&self, tenant: String, id: String) -> BoxFuture<'static, ()>;
+    /// Ends a turn in one step (one round trip): gives its stream slot back
+    /// (`slot`, if it held one) and charges `tokens` more to the tenant's
+    /// tokens per minute (fewer if negative: a refund; nothing at 0).
+    fn release(&self, tenant: String, limits: TenantLimits, slot: Option<String>, tokens: i64) -> BoxFuture<'static, ()>;
 }
 
 /// Why a turn was refused.
@@ -165,7 +165,9 @@ impl Limiter {
                 tenant: tenant.to_owned(),
                 tasks: self.tasks.clone(),
                 slot: slot.then(|| turn_id.to_owned()),
-                reserved: (tokens > 0).then_some((limits, tokens)),
+                limits,
+                reserved: tokens,
+                settle: 0,
             }),
         };
         match self.store.count(tenant, turn_id, limits, tokens, self.lease).await {
@@ -186,9 +188,9 @@ impl Limiter {
     }
 }
 
-/// What an admitted turn holds: its stream slot, given back when dropped,
-/// and its reservation of tokens, settled by [`Permit::used`] (kept whole if
-/// the turn never says).
+/// What an admitted turn holds: its stream slot and its reservation of
+/// tokens, both given back in one step when it drops; the reservation is
+/// settled by [`Permit::used`] (kept whole if the turn never says).
 pub struct Permit {
     held: Option<Held>,
 }
@@ -199,8 +201,11 @@ struct Held {
     tasks: TaskTracker,
     /// The id the stream slot is held under.
     slot: Option<String>,
-    /// The tenant's limits and the tokens reserved.
-    reserved: Option<(TenantLimits, u32)>,
+    limits: TenantLimits,
+    /// Tokens reserved at admission (0: no token limit).
+    reserved: u32,
+    /// Tokens to charge (or, negative, refund) when the turn ends.
+    settle: i64,
 }
 
 impl Permit {
@@ -211,20 +216,18 @@ impl Permit {
     /// The turn used `tokens` (prompt and completion): the tenant is charged
     /// those instead of its reservation.
     pub fn used(&mut self, tokens: u32) {
-        let Some(held) = self.held.as_mut() else { return };
-        if let Some((limits, reserved)) = held.reserved.take() {
-            let difference = i64::from(tokens) - i64::from(reserved);
-            if difference != 0 {
-                held.tasks.spawn(held.store.spend(held.tenant.clone(), limits, difference));
-            }
+        if let Some(held) = self.held.as_mut().filter(|h| h.reserved > 0) {
+            held.settle = i64::from(tokens) - i64::from(held.reserved);
         }
     }
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        if let Some(Held { store, tenant, tasks, slot: Some(id), .. }) = self.held.take() {
-            tasks.spawn(store.close(tenant, id));
+        if let Some(Held { store, tenant, tasks, slot, limits, settle, .. }) = self.held.take() {
+            if slot.is_some() || settle != 0 {
+                tasks.spawn(store.release(tenant, limits, slot, settle));
+            }
         }
     }
 }

@@ -1,8 +1,8 @@
 //! The limit store in Redis, shared by every instance: a turn is counted by
-//! one Lua script on the server's clock (one round trip), its slot given
-//! back by one `ZREM`. The request rate and the tokens per minute are GCRAs
-//! (a key per tenant holding its next theoretical arrival time, of a request
-//! or of a token); stream slots are a
+//! one Lua script on the server's clock (one round trip) and ended by
+//! another (its slot given back, its tokens settled). The request rate and
+//! the tokens per minute are GCRAs (a key per tenant holding its next
+//! theoretical arrival time, of a request or of a token); stream slots are a
 //! sorted set per tenant scored by each slot's lease end, so a slot of an
 //! instance that died frees itself.
 
@@ -45,13 +45,17 @@ redis.call('ZADD', KEYS[2], ms + tonumber(ARGV[5]), ARGV[4]) \
 redis.call('PEXPIRE', KEYS[2], ARGV[5]) \
 return {'admitted', '1'}";
 
-/// Moves a tenant's token arrival time by ARGV[1] ms (negative: a refund),
-/// never before now. KEYS = the tokens key.
-const SPEND: &str = "local t = redis.call('TIME') local now = t[1] * 1000 + t[2] / 1000 \
-local tat = tonumber(redis.call('GET', KEYS[1]) or now) if tat < now then tat = now end \
-tat = tat + tonumber(ARGV[1]) \
-if tat <= now then redis.call('DEL', KEYS[1]) return 0 end \
-redis.call('SET', KEYS[1], tostring(tat), 'PX', math.ceil(tat - now) + 1000) return 1";
+/// Ends a turn, as `LimitStore::release`: KEYS = the tenant's stream set and
+/// tokens key; ARGV = the stream id ('' if it held no slot), then how far to
+/// move the tenant's token arrival time, in ms (negative: a refund; never
+/// before now; 0: not at all).
+const RELEASE: &str = "if ARGV[1] ~= '' then redis.call('ZREM', KEYS[1], ARGV[1]) end \
+local by = tonumber(ARGV[2]) if by == 0 then return 0 end \
+local t = redis.call('TIME') local now = t[1] * 1000 + t[2] / 1000 \
+local tat = tonumber(redis.call('GET', KEYS[2]) or now) if tat < now then tat = now end \
+tat = tat + by \
+if tat <= now then redis.call('DEL', KEYS[2]) return 0 end \
+redis.call('SET', KEYS[2], tostring(tat), 'PX', math.ceil(tat - now) + 1000) return 1";
 
 pub struct RedisLimits {
     client: Client,
@@ -101,27 +105,17 @@ impl LimitStore for RedisLimits {
         })
     }
 
-    fn spend(&self, tenant: String, limits: TenantLimits, tokens: i64) -> BoxFuture<'static, ()> {
-        let (client, key, timeout) = (crate::redis_client::one_shot(&self.client, self.timeout), self.key("tokens", &tenant), self.timeout);
+    fn release(&self, tenant: String, limits: TenantLimits, slot: Option<String>, tokens: i64) -> BoxFuture<'static, ()> {
+        let client = crate::redis_client::one_shot(&self.client, self.timeout);
+        let keys = vec![self.key("streams", &tenant), self.key("tokens", &tenant)];
         let by_ms = limits.token_interval_ms() * tokens as f64;
+        let timeout = self.timeout;
         Box::pin(async move {
-            if by_ms == 0.0 {
-                return;
-            }
-            let moved = client.eval::<i64, _, _, _>(SPEND, vec![key], vec![by_ms.to_string()]);
-            // Not settled (Redis unreachable): the tenant keeps its reservation, which is at most a minute's worth.
-            if let Err(error) = crate::redis_client::bounded(timeout, moved).await {
-                tracing::warn!(error, tenant, "a turn's token reservation was not settled to its usage");
-            }
-        })
-    }
-
-    fn close(&self, tenant: String, id: String) -> BoxFuture<'static, ()> {
-        let (client, key, timeout) = (crate::redis_client::one_shot(&self.client, self.timeout), self.key("streams", &tenant), self.timeout);
-        Box::pin(async move {
-            // Not given back (Redis unreachable): the slot frees itself when its lease ends.
-            if let Err(error) = crate::redis_client::bounded(timeout, client.zrem::<i64, _, _>(key, id)).await {
-                tracing::warn!(error, tenant, "a stream slot was not given back; it frees itself at its lease end");
+            let released = client.eval::<i64, _, _, _>(RELEASE, keys, vec![slot.unwrap_or_default(), by_ms.to_string()]);
+            // Not done (Redis unreachable): the slot frees itself at its lease end, and the tenant
+            // keeps its reservation, which is at most a minute's worth.
+            if let Err(error) = crate::redis_client::bounded(timeout, released).await {
+                tracing::warn!(error, tenant, "a turn's stream slot or token reservation was not given back");
             }
         })
     }
