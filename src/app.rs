@@ -18,7 +18,7 @@ use crate::config::{Secret, Settings};
 use crate::db::Database;
 use crate::events::{EventLog, EventPublisher, OutboxStore, Relay, RelaySettings};
 use crate::gateway::Gateway;
-use crate::identity::{KeyCache, KeyStore};
+use crate::identity::{AuthFailures, Authenticator, KeyCache, KeyStore, TrustedProxies};
 use crate::moderation::{Moderator, Semantic};
 use crate::ops::OpsAccess;
 use crate::orchestrator::{Conversation, ConversationStore, Orchestrator, OrchestratorApi, OrchestratorSettings, Pacing, TurnLimits};
@@ -150,7 +150,7 @@ impl Application {
             keepalive,
             socket_auth_timeout: Duration::from_millis(settings.server.socket_auth_timeout_ms),
         });
-        let keys = web::Data::new(KeyCache::new(
+        let keys = KeyCache::new(
             // A small pool of its own: a flood of requests waiting on key lookups cannot take the
             // connections the event writer needs.
             KeyStore::new(
@@ -158,8 +158,9 @@ impl Application {
             ),
             Duration::from_millis(settings.identity.key_cache_ms),
             settings.identity.key_cache_entries,
-        ));
-        let auth_failures = web::Data::new(crate::identity::AuthFailures::new(settings.identity.max_failed_auth_per_minute));
+        );
+        let proxies = TrustedProxies::parse(&settings.server.trusted_proxies).map_err(|reason| anyhow::anyhow!("server.trusted_proxies: {reason}"))?;
+        let auth = web::Data::new(Authenticator::new(keys, AuthFailures::new(settings.identity.max_failed_auth_per_minute), proxies, metrics.clone()));
         let training = web::Data::from(training);
         let deps = Dependencies { database: db, model, broker: publisher, redis };
         let readiness = web::Data::from(Readiness::start(deps, Duration::from_millis(settings.server.readiness_refresh_ms), &cancel, &tasks).await);
@@ -177,8 +178,7 @@ impl Application {
                 .app_data(gateway.clone())
                 .app_data(orchestrator_api.clone())
                 .app_data(policy_api.clone())
-                .app_data(keys.clone())
-                .app_data(auth_failures.clone())
+                .app_data(auth.clone())
                 .app_data(training.clone())
                 .app_data(readiness.clone())
                 .app_data(ops.clone())
@@ -352,7 +352,8 @@ fn start_checkpoints(
     tasks: &TaskTracker,
 ) -> Option<Arc<crate::events::checkpoint::Checkpointer>> {
     use crate::events::checkpoint::{CheckpointKey, Checkpointer};
-    let Some(key) = CheckpointKey::from_secret(settings.events.checkpoint_key.expose()) else {
+    // A weak key was refused when the settings were validated.
+    let Ok(Some(key)) = CheckpointKey::from_secret(settings.events.checkpoint_key.expose()) else {
         tracing::warn!("events.checkpoint_key is empty: the trail is not checkpointed (audit verify checks its hash chains only)");
         return None;
     };

@@ -162,6 +162,8 @@ pub enum KeysCommand {
     Revoke { id: String },
     /// Print the public key of `events.checkpoint_key`, for `audit verify --public-key`.
     AuditPublic,
+    /// Print a new random checkpoint key (32 bytes, base64), for `events.checkpoint_key`.
+    AuditGenerate,
 }
 
 async fn database(settings: &Settings) -> anyhow::Result<Database> {
@@ -185,10 +187,11 @@ pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
             audit_verify(&brokers, &topic, tenant.as_deref(), session.as_deref(), checkpoints).await?
         }
         Command::Keys(KeysCommand::AuditPublic) => {
-            let key = crate::events::checkpoint::CheckpointKey::from_secret(settings.events.checkpoint_key.expose())
+            let key = crate::events::checkpoint::CheckpointKey::from_secret(settings.events.checkpoint_key.expose())?
                 .ok_or_else(|| anyhow::anyhow!("events.checkpoint_key is empty: nothing signs checkpoints"))?;
             println!("{}", key.public_hex());
         }
+        Command::Keys(KeysCommand::AuditGenerate) => println!("{}", crate::events::checkpoint::CheckpointKey::generate()),
         Command::Audit(AuditCommand::Replay { turn }) => crate::policy::cli::replay(&settings, &turn).await?,
         Command::Moderation(cmd) => crate::moderation::cli::run(&settings, cmd).await?,
         Command::Constitution(cmd) => crate::policy::cli::run(&settings, cmd).await?,
@@ -211,7 +214,7 @@ pub async fn run(cli: Cli, settings: Settings) -> anyhow::Result<()> {
                     keys.revoke(&id).await?;
                     eprintln!("revoked {id}");
                 }
-                KeysCommand::AuditPublic => unreachable!("answered above, without the database"),
+                KeysCommand::AuditPublic | KeysCommand::AuditGenerate => unreachable!("answered above, without the database"),
             }
         }
     }

@@ -54,8 +54,8 @@ pub struct Settings {
 pub struct EventsSettings {
     /// How often changed chains are checkpointed (and once at shutdown).
     pub checkpoint_interval_ms: u64,
-    /// The Ed25519 signing key: 64 hex characters (the seed), or any other
-    /// secret text (hashed into one). Empty = no checkpoints.
+    /// The Ed25519 signing key's seed: 32 random bytes in base64 (or hex),
+    /// from `steward keys audit-generate`. Empty = no checkpoints.
     pub checkpoint_key: Secret,
 }
 
@@ -99,6 +99,11 @@ pub struct ServerSettings {
     pub readiness_refresh_ms: u64,
     /// Whether `/metrics` needs a key with capability `ops`.
     pub metrics_require_ops: bool,
+    /// Addresses and CIDR ranges of the proxies in front of Steward, whose
+    /// `Forwarded` / `X-Forwarded-For` name the client; from anyone else those
+    /// headers are ignored.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -316,6 +321,12 @@ impl Settings {
         }
         if self.server.body_limit_bytes < 1024 {
             return invalid("server.body_limit_bytes", "must be at least 1024");
+        }
+        if let Err(weak) = crate::events::checkpoint::CheckpointKey::from_secret(self.events.checkpoint_key.expose()) {
+            return invalid("events.checkpoint_key", &format!("{}: use a 32-byte random seed in base64 (`steward keys audit-generate`)", weak.0));
+        }
+        if let Err(reason) = crate::identity::TrustedProxies::parse(&self.server.trusted_proxies) {
+            return invalid("server.trusted_proxies", &reason);
         }
         let url = self.database.url.expose();
         if !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://")) {

@@ -6,7 +6,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Serialize;
 
 use crate::error::{ApiError, Code};
-use crate::identity::{bearer, Caller, Capability, KeyCache};
+use crate::identity::{bearer, Authenticator, Capability};
 use crate::readiness::Readiness;
 use crate::telemetry::Metrics;
 
@@ -44,9 +44,9 @@ pub(crate) async fn healthz() -> HttpResponse {
 }
 
 /// Fails unless the request carries a key with capability `ops`.
-async fn require_ops(req: &HttpRequest, keys: &KeyCache) -> Result<(), ApiError> {
+async fn require_ops(req: &HttpRequest, auth: &Authenticator) -> Result<(), ApiError> {
     let key = bearer(req).ok_or_else(|| ApiError::new(Code::Unauthenticated, "this endpoint needs a key with capability ops"))?;
-    Caller::from_key(keys, &key).await?.require(Capability::Ops)?;
+    auth.authenticate(auth.client_of(req), Some(&key)).await?.require(Capability::Ops)?;
     Ok(())
 }
 
@@ -61,10 +61,10 @@ async fn require_ops(req: &HttpRequest, keys: &KeyCache) -> Result<(), ApiError>
         (status = 403, response = crate::openapi::Problem),
         (status = 503, description = "not ready: the database or the model does not answer", body = crate::readiness::Report),
     ))]
-pub(crate) async fn readyz(req: HttpRequest, readiness: web::Data<Readiness>, keys: web::Data<KeyCache>) -> Result<HttpResponse, ApiError> {
+pub(crate) async fn readyz(req: HttpRequest, readiness: web::Data<Readiness>, auth: web::Data<Authenticator>) -> Result<HttpResponse, ApiError> {
     let report = readiness.current();
     let body = if bearer(&req).is_some() {
-        require_ops(&req, &keys).await?;
+        require_ops(&req, &auth).await?;
         (*report).clone()
     } else {
         report.summary()
@@ -84,10 +84,10 @@ pub(crate) async fn metrics(
     req: HttpRequest,
     metrics: web::Data<Metrics>,
     access: web::Data<OpsAccess>,
-    keys: web::Data<KeyCache>,
+    auth: web::Data<Authenticator>,
 ) -> Result<HttpResponse, ApiError> {
     if access.metrics_require_ops {
-        require_ops(&req, &keys).await?;
+        require_ops(&req, &auth).await?;
     }
     Ok(HttpResponse::Ok().content_type("application/openmetrics-text; version=1.0.0; charset=utf-8").body(metrics.encode()))
 }

@@ -25,6 +25,7 @@
 //! longest accepted message can be), 1003 (a binary frame), 1001 (silent
 //! client), 1011 (the key store failed).
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,8 +36,8 @@ use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use crate::error::{ApiError, Code, ErrorCode};
-use crate::identity::{bearer, Caller, IdentityError, KeyCache};
+use crate::error::{ApiError, Code};
+use crate::identity::{bearer, Authenticator, Caller};
 use crate::orchestrator::{FinishReason, StopReason, TurnEvent, TurnStop};
 use crate::telemetry::TraceContext;
 
@@ -92,8 +93,9 @@ pub fn fields<T: serde::de::DeserializeOwned>(fields: Map<String, Value>) -> Res
 }
 
 /// Upgrades the request to a socket whose turns `source` starts.
-pub async fn upgrade<S: TurnSource>(req: HttpRequest, body: web::Payload, source: web::Data<S>, keys: web::Data<KeyCache>) -> Result<HttpResponse, ApiError> {
+pub async fn upgrade<S: TurnSource>(req: HttpRequest, body: web::Payload, source: web::Data<S>, auth: web::Data<Authenticator>) -> Result<HttpResponse, ApiError> {
     let key = bearer(&req).or_else(|| protocol_key(&req));
+    let client = auth.client_of(&req);
     let parent = req.headers().get("traceparent").and_then(|v| v.to_str().ok()).and_then(TraceContext::parse);
     let (response, session, stream) = actix_ws::handle_with_protocols(&req, body, &[PROTOCOL])
         .map_err(|e| ApiError::new(Code::InvalidRequest, format!("GET {} is a WebSocket: {e} (POST streams server-sent events)", req.path())))?;
@@ -104,7 +106,8 @@ pub async fn upgrade<S: TurnSource>(req: HttpRequest, body: web::Payload, source
     let connection = Connection {
         source: source.into_inner(),
         settings,
-        keys: keys.into_inner(),
+        auth: auth.into_inner(),
+        client,
         key: String::new(),
         tenant: String::new(),
         parent,
@@ -124,13 +127,12 @@ fn protocol_key(req: &HttpRequest) -> Option<String> {
 }
 
 /// Why a key is not accepted, as a close reason: 1008, or 1011 when the key
-/// store failed (its cause goes to the log, not to the client).
-fn refused(err: &IdentityError) -> Option<CloseReason> {
+/// store failed (its cause went to the log, not to the client).
+fn refused(err: &ApiError) -> Option<CloseReason> {
     if err.code().status().is_server_error() {
-        tracing::error!(error = %err, "a socket's key could not be checked");
         return close(CloseCode::Error, "the key store is unavailable");
     }
-    close(CloseCode::Policy, &err.to_string())
+    close(CloseCode::Policy, &err.body().message)
 }
 
 /// A close reason's text fits a control frame (125 bytes, 2 of them the code).
@@ -152,7 +154,9 @@ struct Running {
 struct Connection<S> {
     source: Arc<S>,
     settings: SocketSettings,
-    keys: Arc<KeyCache>,
+    auth: Arc<Authenticator>,
+    /// The address the socket's keys are counted under (failed-authentication bound).
+    client: Option<IpAddr>,
     /// Looked up again for every turn: a key revoked meanwhile stops working.
     key: String,
     tenant: String,
@@ -174,7 +178,7 @@ impl<S: TurnSource> Connection<S> {
             None => first_auth(&mut stream, self.settings.auth_timeout).await,
         };
         let caller = match key {
-            Ok(key) => Caller::from_key(&self.keys, &key).await.map(|caller| (key, caller)),
+            Ok(key) => self.auth.authenticate(self.client, Some(&key)).await.map(|caller| (key, caller)),
             Err(why) => {
                 let _ = tokio::time::timeout(self.settings.keepalive, self.session.close(close(CloseCode::Policy, &why))).await;
                 return;
@@ -295,7 +299,7 @@ impl<S: TurnSource> Connection<S> {
                 self.send(error_frame(running.as_deref(), Code::TurnInProgress, "a turn is running on this socket: wait for its done, or cancel it")).await
             }
             ClientMessage::Turn(fields) => {
-                let caller = match Caller::from_key(&self.keys, &self.key).await {
+                let caller = match self.auth.authenticate(self.client, Some(&self.key)).await {
                     Ok(caller) => caller,
                     Err(err) => {
                         self.closing = refused(&err);

@@ -106,11 +106,14 @@ struct Chain {
     events: usize,
     redelivered: usize,
     problems: Vec<Problem>,
+    /// The last run of missing seqs reported: its problem's index, and its last seq.
+    last_missing: Option<(usize, i64)>,
 }
 
 impl Chain {
     fn new(from: i64) -> Self {
-        Self { from, links: BTreeMap::new(), max_seq: 0, settled: from - 1, settled_hash: None, events: 0, redelivered: 0, problems: Vec::new() }
+        let (links, problems) = (BTreeMap::new(), Vec::new());
+        Self { from, links, max_seq: 0, settled: from - 1, settled_hash: None, events: 0, redelivered: 0, problems, last_missing: None }
     }
 
     fn problem(&mut self, seq: i64, kind: ProblemKind, detail: impl Into<String>) {
@@ -140,12 +143,44 @@ impl Chain {
         self.links.insert(seq, Link { event_id: id.to_owned(), prev_hash: prev_hash.to_owned(), hash });
         self.events += 1;
         self.max_seq = self.max_seq.max(seq);
-        while self.max_seq - self.settled > WINDOW {
-            self.settle(anchor);
-        }
+        self.settle_to(self.max_seq - WINDOW, anchor);
         if self.links.len() as i64 > 2 * WINDOW {
             self.links = self.links.split_off(&(self.max_seq - 2 * WINDOW));
         }
+    }
+
+    /// Settles every seq up to `target`. A run of seqs with no event is one
+    /// `missing` problem, settled in one step: a forged event with a huge `seq`
+    /// costs what any event costs, not a step per seq it skipped.
+    fn settle_to(&mut self, target: i64, anchor: Option<&Head>) {
+        while self.settled < target {
+            let next = self.settled + 1;
+            match self.links.range(next..=target).next().map(|(seq, _)| *seq) {
+                Some(seq) if seq == next => self.settle(anchor),
+                found => {
+                    let last = found.map_or(target, |seq| seq - 1);
+                    self.missing(next, last);
+                    (self.settled, self.settled_hash) = (last, None);
+                }
+            }
+        }
+    }
+
+    /// Reports seqs `from..=to` missing, as one problem with a run just before it.
+    fn missing(&mut self, from: i64, to: i64) {
+        let index = match self.last_missing {
+            Some((index, until)) if until == from - 1 => {
+                let problem = &mut self.problems[index];
+                problem.detail = format!("no events with seq {} to {to}", problem.seq);
+                index
+            }
+            _ => {
+                let detail = if from == to { "no event with this seq".to_owned() } else { format!("no events with seq {from} to {to}") };
+                self.problem(from, ProblemKind::Missing, detail);
+                self.problems.len() - 1
+            }
+        };
+        self.last_missing = Some((index, to));
     }
 
     /// Checks the next unsettled seq: there, linked to the one before, and
@@ -154,8 +189,8 @@ impl Chain {
         let seq = self.settled + 1;
         self.settled = seq;
         let Some(link) = self.links.get(&seq) else {
+            // `settle_to` settles runs of absent seqs itself.
             self.settled_hash = None;
-            self.problem(seq, ProblemKind::Missing, "no event with this seq");
             return;
         };
         let (prev_hash, hash) = (link.prev_hash.clone(), link.hash.clone());
@@ -240,9 +275,7 @@ impl Verifier {
         let mut reports = Vec::with_capacity(self.chains.len());
         for (key, mut chain) in self.chains {
             let anchor = self.checkpointed.get(&key);
-            while chain.settled < chain.max_seq {
-                chain.settle(anchor);
-            }
+            chain.settle_to(chain.max_seq, anchor);
             if let Some(head) = anchor {
                 let taken_by_retention = retained_from.is_some_and(|from| head.written_ms < from);
                 if chain.events == 0 && taken_by_retention || head.seq < chain.from {
@@ -377,6 +410,23 @@ mod tests {
         let mut events = chain(4);
         events.remove(2);
         assert_eq!(kinds(events), [(3, ProblemKind::Missing)]);
+    }
+
+    #[test]
+    fn a_forged_event_with_a_huge_seq_is_reported_in_bounded_time() {
+        let mut events = chain(3);
+        let mut forged = events[2].clone();
+        forged["seq"] = json!(i64::MAX - 1);
+        events.push(forged);
+        events.extend(chain(5).into_iter().skip(3));
+        let started = std::time::Instant::now();
+
+        let got = kinds(events);
+
+        assert!(started.elapsed() < std::time::Duration::from_secs(1), "{:?}", started.elapsed());
+        // seq 4 and 5 arrive after the forgery (reordered, too far behind), the gap is one problem.
+        assert_eq!(got.iter().filter(|(_, kind)| *kind == ProblemKind::Missing).count(), 1, "{got:?}");
+        assert!(got.contains(&(4, ProblemKind::Missing)), "{got:?}");
     }
 
     #[test]

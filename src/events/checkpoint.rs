@@ -34,18 +34,41 @@ const HEADS_PER_RECORD: usize = 500;
 /// The key checkpoints are signed with.
 pub struct CheckpointKey(SigningKey);
 
+/// Why a configured checkpoint key is refused.
+#[derive(Debug, thiserror::Error)]
+#[error("events.checkpoint_key must be a 32-byte random seed in base64 (44 characters; `steward keys audit-generate` makes one): {0}")]
+pub struct WeakKey(pub &'static str);
+
 impl CheckpointKey {
-    /// From the configured secret: 64 hex characters are the Ed25519 seed
-    /// itself; any other text is hashed (SHA-256) into one. None if empty.
-    pub fn from_secret(secret: &str) -> Option<Self> {
+    /// From the configured seed: 32 random bytes in base64 (or 64 hex
+    /// characters). A passphrase is refused: the public key is in every
+    /// checkpoint, so a guessable seed could be found offline. None if empty.
+    pub fn from_secret(secret: &str) -> Result<Option<Self>, WeakKey> {
+        use base64::Engine;
+        let secret = secret.trim();
         if secret.is_empty() {
-            return None;
+            return Ok(None);
         }
-        let seed: [u8; 32] = match hex::decode(secret) {
-            Ok(bytes) if bytes.len() == 32 => bytes.try_into().ok()?,
-            _ => Sha256::digest(secret.as_bytes()).into(),
-        };
-        Some(Self(SigningKey::from_bytes(&seed)))
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(secret)
+            .ok()
+            .filter(|b| b.len() == 32)
+            .or_else(|| hex::decode(secret).ok().filter(|b| b.len() == 32))
+            .ok_or(WeakKey("it is not 32 bytes in base64 or hex"))?;
+        let seed: [u8; 32] = bytes.try_into().map_err(|_| WeakKey("it is not 32 bytes"))?;
+        // Not proof of randomness, but the degenerate seeds a person might type are caught.
+        if seed.iter().all(|b| *b == seed[0]) {
+            return Err(WeakKey("all its bytes are the same"));
+        }
+        Ok(Some(Self(SigningKey::from_bytes(&seed))))
+    }
+
+    /// A new random seed, in base64.
+    pub fn generate() -> String {
+        use base64::Engine;
+        let mut seed = [0u8; 32];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut seed);
+        base64::engine::general_purpose::STANDARD.encode(seed)
     }
 
     /// The public key, hex: what `audit verify --public-key` takes.
@@ -222,16 +245,27 @@ mod tests {
 
     #[test]
     fn a_signed_checkpoint_verifies_with_its_key_only_and_only_untouched() {
-        let key = CheckpointKey::from_secret("a test secret").unwrap();
+        let key = CheckpointKey::from_secret(&CheckpointKey::generate()).unwrap().unwrap();
         let record = signed(&key, "conversation.events", &heads());
         let public = public_key(&key.public_hex()).unwrap();
         assert_eq!(verified(&record, &public).unwrap(), heads());
 
-        let other = public_key(&CheckpointKey::from_secret("another").unwrap().public_hex()).unwrap();
+        let other = public_key(&CheckpointKey::from_secret(&CheckpointKey::generate()).unwrap().unwrap().public_hex()).unwrap();
         assert!(verified(&record, &other).is_err(), "another key's");
         let mut forged = record.clone();
         forged["heads"][1]["seq"] = 1.into();
         assert!(verified(&forged, &public).is_err(), "heads changed after signing");
+    }
+
+    #[test]
+    fn a_passphrase_or_a_short_or_degenerate_seed_is_refused() {
+        for weak in ["correct horse battery staple", "c2hvcnQ=", &"00".repeat(32), &"A".repeat(43)] {
+            assert!(CheckpointKey::from_secret(weak).is_err(), "{weak}");
+        }
+        assert!(CheckpointKey::from_secret("").unwrap().is_none(), "empty: no checkpoints");
+        let generated = CheckpointKey::generate();
+        assert_eq!(generated.len(), 44);
+        assert!(CheckpointKey::from_secret(&generated).unwrap().is_some());
     }
 
     #[test]

@@ -17,61 +17,109 @@ use futures_util::FutureExt;
 use super::domain::{ApiKey, IdentityError};
 use super::store::{KeyRecord, KeyStore};
 
+/// How long a key found live is known as one that exists (see [`Recall::Vouched`]).
+const VOUCHED_FOR: Duration = Duration::from_secs(24 * 3600);
+
+/// What memory says of a key.
+#[derive(Debug)]
+pub enum Recall {
+    /// Read live less than the memory's lifetime ago.
+    Live(KeyRecord),
+    /// Not known to the database less than the lifetime ago.
+    Unknown,
+    /// Live when last read (within a day), to be read again.
+    Vouched,
+    /// Not remembered at all.
+    Unseen,
+}
+
 /// A database read of one key, shared by every request that waits for it.
 type Lookup = Shared<BoxFuture<'static, Result<Option<KeyRecord>, Arc<IdentityError>>>>;
 
 pub struct KeyCache {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     store: KeyStore,
     memory: Mutex<Memory<KeyRecord>>,
     /// Hashes the database did not know, with when it was asked.
     unknown: Mutex<Memory<()>>,
-    /// Reads under way, by key hash.
+    /// Hashes of keys found live within the last `VOUCHED_FOR`: not enough to let a request
+    /// in (a revocation must still be seen), but enough to know a lookup of one is no guess.
+    vouched: Mutex<Memory<()>>,
+    /// Reads under way, by key hash. Each runs in a task of its own, which removes
+    /// its entry when the read ends: a request whose client hangs up mid-read
+    /// cannot leave a read behind that holds a pool connection and is never polled.
     reading: Mutex<HashMap<String, Lookup>>,
 }
 
 impl KeyCache {
     pub fn new(store: KeyStore, ttl: Duration, capacity: usize) -> Self {
-        Self {
+        let inner = Inner {
             store,
             memory: Mutex::new(Memory { ttl, capacity, entries: HashMap::new() }),
             unknown: Mutex::new(Memory { ttl, capacity, entries: HashMap::new() }),
+            vouched: Mutex::new(Memory { ttl: VOUCHED_FOR, capacity, entries: HashMap::new() }),
             reading: Mutex::new(HashMap::new()),
-        }
+        };
+        Self { inner: Arc::new(inner) }
     }
 
     /// The live key with this secret: from memory if it was read less than the lifetime ago.
     ///
     /// One read per key at a time: when a key in use expires from memory under load, the
     /// requests that miss it together share one database read, instead of each taking a
-    /// connection from the pool the event writer also needs.
+    /// connection from the pool the event writer also needs. The read runs to its end
+    /// whatever happens to the requests waiting for it.
     pub async fn find_active(&self, key: &str) -> Result<Option<KeyRecord>, IdentityError> {
         let hash = ApiKey::hash_of(key);
-        let now = Instant::now();
-        if let Some(record) = self.memory().get(&hash, now) {
-            return Ok(Some(record));
+        if let Some(known) = self.remembered_hash(&hash) {
+            return Ok(known);
         }
-        if lock(&self.unknown).get(&hash, now).is_some() {
-            return Ok(None);
-        }
-        let lookup = lock(&self.reading)
-            .entry(hash.clone())
-            .or_insert_with(|| {
-                let (store, hash) = (self.store.clone(), hash.clone());
-                async move { store.find_active_by_hash(&hash).await.map_err(Arc::new) }.boxed().shared()
-            })
-            .clone();
-        let found = lookup.await;
-        lock(&self.reading).remove(&hash);
-        let found = found.map_err(IdentityError::Shared)?;
-        match &found {
-            Some(record) => self.memory().put(hash, record.clone(), Instant::now()),
-            None => lock(&self.unknown).put(hash, (), Instant::now()),
-        }
-        Ok(found)
+        let lookup = lock(&self.inner.reading).entry(hash.clone()).or_insert_with(|| Inner::spawn_read(&self.inner, hash)).clone();
+        lookup.await.map_err(IdentityError::Shared)
     }
 
-    fn memory(&self) -> MutexGuard<'_, Memory<KeyRecord>> {
-        lock(&self.memory)
+    /// What memory says of this key.
+    pub fn recall(&self, key: &str) -> Recall {
+        let hash = ApiKey::hash_of(key);
+        match self.remembered_hash(&hash) {
+            Some(Some(record)) => Recall::Live(record),
+            Some(None) => Recall::Unknown,
+            None if lock(&self.inner.vouched).get(&hash, Instant::now()).is_some() => Recall::Vouched,
+            None => Recall::Unseen,
+        }
+    }
+
+    fn remembered_hash(&self, hash: &str) -> Option<Option<KeyRecord>> {
+        let now = Instant::now();
+        if let Some(record) = lock(&self.inner.memory).get(hash, now) {
+            return Some(Some(record));
+        }
+        lock(&self.inner.unknown).get(hash, now).map(|()| None)
+    }
+}
+
+impl Inner {
+    /// Starts the read of `hash` in a task of its own; what it found is remembered and
+    /// its entry in `reading` removed when it ends, whoever still waits for it.
+    fn spawn_read(inner: &Arc<Inner>, hash: String) -> Lookup {
+        let inner = Arc::clone(inner);
+        let task = tokio::spawn(async move {
+            let found = inner.store.find_active_by_hash(&hash).await.map_err(Arc::new);
+            match &found {
+                Ok(Some(record)) => {
+                    lock(&inner.memory).put(hash.clone(), record.clone(), Instant::now());
+                    lock(&inner.vouched).put(hash.clone(), (), Instant::now());
+                }
+                Ok(None) => lock(&inner.unknown).put(hash.clone(), (), Instant::now()),
+                Err(_) => {}
+            }
+            lock(&inner.reading).remove(&hash);
+            found
+        });
+        async move { task.await.unwrap_or_else(|e| Err(Arc::new(IdentityError::LookupInterrupted(e)))) }.boxed().shared()
     }
 }
 

@@ -112,6 +112,9 @@ pub enum IdentityError {
     NoSuchKey(String),
     #[error("identity store failed")]
     Store(#[source] sqlx::Error),
+    /// The task reading a key ended without an answer (the runtime is shutting down).
+    #[error("the key lookup was interrupted")]
+    LookupInterrupted(#[source] tokio::task::JoinError),
     /// A failed read shared by the requests that waited for it.
     #[error(transparent)]
     Shared(std::sync::Arc<IdentityError>),
@@ -124,7 +127,7 @@ impl ErrorCode for IdentityError {
             Self::MissingCapability(_) => Code::Forbidden,
             Self::InvalidTenant(_) | Self::UnknownCapability(_) => Code::InvalidRequest,
             Self::NoSuchKey(_) => Code::NotFound,
-            Self::Store(_) => Code::Internal,
+            Self::Store(_) | Self::LookupInterrupted(_) => Code::Internal,
             Self::Shared(inner) => inner.code(),
         }
     }

@@ -181,7 +181,6 @@ pub async fn replay(moderator: &Moderator, turn: &PastTurn) -> Result<Option<Rep
 pub fn parse_window(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let (number, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = number.parse().map_err(|_| format!("`{s}`: expected a number and a unit, e.g. 24h"))?;
     let seconds = match unit {
         "s" => 1,
         "m" => 60,
@@ -189,8 +188,23 @@ pub fn parse_window(s: &str) -> Result<Duration, String> {
         "d" => 86_400,
         _ => return Err(format!("`{s}`: the unit must be s, m, h or d")),
     };
-    Ok(Duration::from_secs(n * seconds))
+    let too_long = || format!("`{s}`: the window can be at most {}d", MAX_WINDOW.as_secs() / 86_400);
+    // Digits past u64 are a window too long, not a malformed one.
+    let n: u64 = match number.parse() {
+        Ok(n) => n,
+        Err(_) if !number.is_empty() => return Err(too_long()),
+        Err(_) => return Err(format!("`{s}`: expected a number and a unit, e.g. 24h")),
+    };
+    let window = n.checked_mul(seconds).map(Duration::from_secs).ok_or_else(too_long)?;
+    if window > MAX_WINDOW {
+        return Err(too_long());
+    }
+    Ok(window)
 }
+
+/// The longest window a dry run looks back over: ten years, far past any stored turn, and
+/// small enough that `now - window` fits a millisecond timestamp.
+pub const MAX_WINDOW: Duration = Duration::from_secs(3650 * 86_400);
 
 /// A turn's outcome: allowed, refused on input (codes), or cut on output (code if known).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -293,6 +307,14 @@ mod tests {
         assert!(parse_window("7").is_err());
         assert!(parse_window("h").is_err());
         assert!(parse_window("3w").is_err());
+    }
+
+    #[test]
+    fn a_window_past_the_maximum_is_an_error_naming_it_never_an_overflow() {
+        assert_eq!(parse_window("3650d").unwrap(), MAX_WINDOW);
+        for huge in ["3651d", "300000000000000d", "18446744073709551615s", "99999999999999999999999d"] {
+            assert!(parse_window(huge).unwrap_err().contains("at most 3650d"), "{huge}");
+        }
     }
 
     #[test]

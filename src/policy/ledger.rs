@@ -15,11 +15,21 @@ use futures_util::future::BoxFuture;
 
 use crate::error::{Code, ErrorCode};
 
+/// How far apart the clocks of Steward's instances and the ledger's server may be.
+pub const CLOCK_SKEW_ALLOWANCE_S: u64 = 2;
+
+/// Until when a verdict expiring at `expires_at` is claimed: a verdict is accepted to the
+/// end of its `expires_at` second (by the accepting instance's clock), so its claim must
+/// outlive that second, by the skew allowance, on any instance's clock and the ledger's.
+pub fn claimed_until(expires_at: u64) -> u64 {
+    expires_at.saturating_add(1 + CLOCK_SKEW_ALLOWANCE_S)
+}
+
 /// Where claimed verdicts are remembered.
 pub trait VerdictLedger: Send + Sync {
-    /// Claims the verdict of `turn_id` (of `tenant`) until `expires_at` (Unix
-    /// seconds); false if it had been claimed already.
-    fn claim<'a>(&'a self, tenant: &'a str, turn_id: &'a str, expires_at: u64) -> BoxFuture<'a, Result<bool, LedgerError>>;
+    /// Claims the verdict of `turn_id` (of `tenant`) until `until` (Unix
+    /// seconds, from [`claimed_until`]); false if it had been claimed already.
+    fn claim<'a>(&'a self, tenant: &'a str, turn_id: &'a str, until: u64) -> BoxFuture<'a, Result<bool, LedgerError>>;
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -72,8 +82,8 @@ impl MemoryLedger {
 }
 
 impl VerdictLedger for MemoryLedger {
-    fn claim<'a>(&'a self, tenant: &'a str, turn_id: &'a str, expires_at: u64) -> BoxFuture<'a, Result<bool, LedgerError>> {
-        let claimed = self.claim_at(tenant, turn_id, expires_at, super::verdict::unix_now());
+    fn claim<'a>(&'a self, tenant: &'a str, turn_id: &'a str, until: u64) -> BoxFuture<'a, Result<bool, LedgerError>> {
+        let claimed = self.claim_at(tenant, turn_id, until, super::verdict::unix_now());
         Box::pin(async move { Ok(claimed) })
     }
 }

@@ -1,6 +1,6 @@
 //! The Redis [`VerdictLedger`]: one script sets
-//! `<prefix>policy:verdict:<tenant>:<turn id>` with `NX` and the verdict's
-//! expiry, atomically on the server, so exactly one instance of a fleet
+//! `<prefix>policy:verdict:<tenant>:<turn id>` with `NX`, until past the
+//! verdict's expiry (see [`super::ledger::claimed_until`]), atomically on the server, so exactly one instance of a fleet
 //! accepts each verdict. Like the training lock's scripts, it refuses to act
 //! once the caller's deadline has passed: a command delivered after Steward
 //! answered 503 must not burn the caller's verdict.
@@ -34,12 +34,12 @@ impl RedisLedger {
 }
 
 impl VerdictLedger for RedisLedger {
-    fn claim<'a>(&'a self, tenant: &'a str, turn_id: &'a str, expires_at: u64) -> BoxFuture<'a, Result<bool, LedgerError>> {
+    fn claim<'a>(&'a self, tenant: &'a str, turn_id: &'a str, until: u64) -> BoxFuture<'a, Result<bool, LedgerError>> {
         Box::pin(async move {
             let key = format!("{}policy:verdict:{tenant}:{turn_id}", self.prefix);
             let deadline = crate::db::now_ms() + self.timeout.as_millis() as i64 + CLOCK_SKEW_MS;
             let client = crate::redis_client::one_shot(&self.client, self.timeout);
-            let call = client.eval::<i64, _, _, _>(CLAIM, vec![key], vec![expires_at.to_string(), deadline.to_string()]);
+            let call = client.eval::<i64, _, _, _>(CLAIM, vec![key], vec![until.to_string(), deadline.to_string()]);
             let claimed = crate::redis_client::bounded(self.timeout, call).await.map_err(LedgerError::Unavailable)?;
             Ok(claimed == 1)
         })

@@ -202,7 +202,7 @@ impl PolicyEngine {
     /// every instance sharing the ledger.
     pub async fn accept(&self, turn: TurnRef<'_>, headers: &PolicyHeaders, active: &ConstitutionHash) -> Result<SignedVerdict, PolicyError> {
         let signed = self.verify(turn, headers, active)?;
-        if !self.ledger.claim(turn.tenant, turn.turn_id, signed.expires_at).await? {
+        if !self.ledger.claim(turn.tenant, turn.turn_id, super::ledger::claimed_until(signed.expires_at)).await? {
             return Err(PolicyError::VerdictReplayed);
         }
         Ok(signed)

@@ -11,7 +11,8 @@ use crate::broker::{consume, produce_copy, shared_broker, wait_for, Consumed, Pr
 use crate::events::app_with_broker;
 use crate::helpers::{manifest_dir, unique, Storage};
 
-const SECRET: &str = "a checkpoint secret for the tests";
+/// A 32-byte seed in base64, as `steward keys audit-generate` prints (a test key, not a secret).
+const SECRET: &str = "c3Rld2FyZC10ZXN0cy1jaGVja3BvaW50LXNlZWQtMzI=";
 
 async fn steward(args: &[&str]) -> (bool, String) {
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_steward"))

@@ -9,6 +9,7 @@ mod broker;
 mod checkpoints;
 mod helpers;
 
+mod adversarial;
 mod auth;
 mod backpressure;
 mod bad_input;

@@ -8,20 +8,20 @@ use crate::helpers::{assert_error, spawn_app, spawn_app_with, Storage, TestApp};
 
 const MESSAGE: &str = "Say hi.";
 
-struct Turn {
+pub(crate) struct Turn {
     tenant: String,
     key: String,
     session_id: String,
     turn_id: String,
 }
 
-async fn new_turn(app: &TestApp) -> Turn {
+pub(crate) async fn new_turn(app: &TestApp) -> Turn {
     let (tenant, key) = app.chat_key().await;
     Turn { tenant, key, session_id: uuid::Uuid::now_v7().to_string(), turn_id: uuid::Uuid::now_v7().to_string() }
 }
 
 impl Turn {
-    fn turn_ref(&self) -> TurnRef<'_> {
+    pub(crate) fn turn_ref(&self) -> TurnRef<'_> {
         // The body's `max_tokens: 6`, as the orchestrator resolves it.
         let params = GenerationParams { max_tokens: 6, temperature: None, seed: None };
         TurnRef { tenant: &self.tenant, session_id: &self.session_id, turn_id: &self.turn_id, message: MESSAGE, params }
@@ -31,7 +31,7 @@ impl Turn {
     }
 }
 
-async fn step(app: &TestApp, turn: &Turn, headers: &PolicyHeaders, path: &str) -> reqwest::Response {
+pub(crate) async fn step(app: &TestApp, turn: &Turn, headers: &PolicyHeaders, path: &str) -> reqwest::Response {
     let mut req = app.http.post(format!("{}{path}", app.address)).bearer_auth(&turn.key).json(&turn.body());
     for (name, value) in
         [("x-constitution-hash", &headers.constitution_hash), ("x-policy-verdict", &headers.verdict), ("x-policy-signature", &headers.signature)]

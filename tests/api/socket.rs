@@ -13,14 +13,14 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::helpers::{spawn_app, spawn_app_with, Storage, TestApp};
 
-type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+pub(crate) type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// Connects to the chat socket with `headers` on the upgrade request.
 async fn connect(app: &TestApp, headers: &[(&str, &str)]) -> (Socket, tokio_tungstenite::tungstenite::handshake::client::Response) {
     connect_to(app, "/v1/chat/stream", headers).await
 }
 
-async fn connect_to(app: &TestApp, path: &str, headers: &[(&str, &str)]) -> (Socket, tokio_tungstenite::tungstenite::handshake::client::Response) {
+pub(crate) async fn connect_to(app: &TestApp, path: &str, headers: &[(&str, &str)]) -> (Socket, tokio_tungstenite::tungstenite::handshake::client::Response) {
     let mut request = format!("{}{path}", app.address.replace("http://", "ws://")).into_client_request().unwrap();
     for (name, value) in headers {
         let name: tokio_tungstenite::tungstenite::http::HeaderName = name.parse().unwrap();
@@ -63,7 +63,7 @@ fn types(frames: &[Value]) -> Vec<&str> {
 }
 
 /// The close code the server ends the socket with.
-async fn closed_with(socket: &mut Socket) -> CloseCode {
+pub(crate) async fn closed_with(socket: &mut Socket) -> CloseCode {
     loop {
         match tokio::time::timeout(Duration::from_secs(10), socket.next()).await.expect("closed in time") {
             Some(Ok(Message::Close(Some(frame)))) => return frame.code,

@@ -1,0 +1,64 @@
+//! Authentication of every route that takes a key (HTTP extractor, WebSocket
+//! handshake and turns, `/readyz`, `/metrics`): the key looked up through the
+//! [`KeyCache`], under the failed-authentication bound of the client address.
+//!
+//! The order is what keeps the bound from refusing a valid key: memory is
+//! asked first, so a key read live within `identity.key_cache_ms` is accepted,
+//! and one read live within the last day is looked up, whatever its address
+//! has sent; only a key this instance has never seen live, from an address
+//! over its bound, is refused (429) without a lookup.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use actix_web::HttpRequest;
+
+use super::cache::{KeyCache, Recall};
+use super::caller::Caller;
+use super::client::TrustedProxies;
+use super::domain::IdentityError;
+use super::failures::AuthFailures;
+use crate::error::{ApiError, Code};
+use crate::telemetry::Metrics;
+
+pub struct Authenticator {
+    keys: KeyCache,
+    failures: AuthFailures,
+    proxies: TrustedProxies,
+    metrics: Arc<Metrics>,
+}
+
+impl Authenticator {
+    pub fn new(keys: KeyCache, failures: AuthFailures, proxies: TrustedProxies, metrics: Arc<Metrics>) -> Self {
+        Self { keys, failures, proxies, metrics }
+    }
+
+    /// The address `req` is counted under.
+    pub fn client_of(&self, req: &HttpRequest) -> Option<IpAddr> {
+        self.proxies.client_of(req)
+    }
+
+    /// The caller holding `key`, sent from `client`.
+    pub async fn authenticate(&self, client: Option<IpAddr>, key: Option<&str>) -> Result<Caller, ApiError> {
+        let key = key.ok_or(IdentityError::MissingKey)?;
+        let record = match self.keys.recall(key) {
+            Recall::Live(record) => Some(record),
+            Recall::Unknown => None,
+            Recall::Vouched => self.keys.find_active(key).await?,
+            Recall::Unseen => {
+                if let Some(wait) = client.and_then(|ip| self.failures.check(ip)) {
+                    self.metrics.rate_limited("failed_auth");
+                    return Err(ApiError::new(Code::RateLimited, "too many failed authentications from this address").with_retry_after(wait));
+                }
+                self.keys.find_active(key).await?
+            }
+        };
+        let Some(record) = record else {
+            if let Some(ip) = client {
+                self.failures.failed(ip);
+            }
+            return Err(IdentityError::UnknownKey.into());
+        };
+        Ok(Caller::from_record(record)?)
+    }
+}

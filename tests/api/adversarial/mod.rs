@@ -1,0 +1,5 @@
+//! The adversarial suite (issue 19): each attack a review found, made against
+//! the running service with the real services, and shown to fail harmlessly.
+
+mod keys;
+mod verdicts;
