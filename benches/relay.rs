@@ -134,7 +134,7 @@ async fn outbox_cost_per_turn(turns: usize) -> (f64, f64) {
     let (store, _dir) = fresh_outbox("bench.writer").await;
     let tracker = TaskTracker::new();
     let cancel = CancellationToken::new();
-    let log = EventLog::start(store, Arc::new(Notify::new()), Arc::new(Metrics::new()), cancel.clone(), &tracker);
+    let log = EventLog::start(store, Arc::new(Notify::new()), Arc::new(Metrics::new()), cancel.clone(), Duration::from_secs(5), &tracker);
     let started = Instant::now();
     let mut tasks = Vec::new();
     for worker in 0..64 {

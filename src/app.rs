@@ -323,7 +323,8 @@ fn start_events(
 ) -> (EventLog, Option<Arc<dyn EventPublisher>>) {
     let store = OutboxStore::new(db.clone(), settings.kafka.conversation_topic.clone());
     let committed = Arc::new(Notify::new());
-    let events = EventLog::start(store.clone(), committed.clone(), metrics.clone(), cancel.clone(), tasks);
+    let drain = Duration::from_millis(settings.server.shutdown_grace_ms);
+    let events = EventLog::start(store.clone(), committed.clone(), metrics.clone(), cancel.clone(), drain, tasks);
     let publisher = publisher(settings);
     let outbox = &settings.outbox;
     let relay = Relay {
@@ -335,7 +336,7 @@ fn start_events(
             poll_interval: Duration::from_millis(outbox.poll_interval_ms),
             max_backoff: Duration::from_millis(outbox.max_backoff_ms),
             lease: Duration::from_millis(outbox.lease_ms),
-            drain: Duration::from_millis(settings.server.shutdown_grace_ms),
+            drain,
         },
         committed,
     };

@@ -93,7 +93,12 @@ pub fn fields<T: serde::de::DeserializeOwned>(fields: Map<String, Value>) -> Res
 }
 
 /// Upgrades the request to a socket whose turns `source` starts.
-pub async fn upgrade<S: TurnSource>(req: HttpRequest, body: web::Payload, source: web::Data<S>, auth: web::Data<Authenticator>) -> Result<HttpResponse, ApiError> {
+pub async fn upgrade<S: TurnSource>(
+    req: HttpRequest,
+    body: web::Payload,
+    source: web::Data<S>,
+    auth: web::Data<Authenticator>,
+) -> Result<HttpResponse, ApiError> {
     let key = bearer(&req).or_else(|| protocol_key(&req));
     let client = auth.client_of(&req);
     let parent = req.headers().get("traceparent").and_then(|v| v.to_str().ok()).and_then(TraceContext::parse);

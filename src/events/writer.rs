@@ -86,15 +86,18 @@ impl EventLog {
     }
 
     /// Starts the writer; `committed` is notified after each commit (the relay listens).
+    /// Once `cancel` fires it writes what is queued, retrying a failed write for up to
+    /// `drain` more; what is still unwritten then is logged as lost.
     pub fn start(
         store: OutboxStore,
         committed: Arc<Notify>,
         metrics: Arc<Metrics>,
         cancel: CancellationToken,
+        drain: Duration,
         tracker: &tokio_util::task::TaskTracker,
     ) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
-        let writer = Writer { store, metrics, cancel };
+        let writer = Writer { store, metrics, cancel, drain, gives_up_at: std::sync::OnceLock::new() };
         tracker.spawn(write_loop(writer, rx, committed));
         Self { tx, tracker: tracker.clone() }
     }
@@ -105,6 +108,10 @@ struct Writer {
     store: OutboxStore,
     metrics: Arc<Metrics>,
     cancel: CancellationToken,
+    /// How long after `cancel` a failing write is still retried.
+    drain: Duration,
+    /// `drain` after the writer first saw `cancel`.
+    gives_up_at: std::sync::OnceLock<tokio::time::Instant>,
 }
 
 async fn write_loop(writer: Writer, mut rx: mpsc::Receiver<Job>, committed: Arc<Notify>) {
@@ -169,8 +176,16 @@ fn finish(jobs: Vec<Job>, result: Result<(), EventsError>, committed: &Notify) {
 }
 
 impl Writer {
+    /// Resolves when a failing write is to be given up: `drain` after shutdown began.
+    async fn given_up(&self) {
+        self.cancel.cancelled().await;
+        let at = *self.gives_up_at.get_or_init(|| tokio::time::Instant::now() + self.drain);
+        tokio::time::sleep_until(at).await;
+    }
+
     /// A database outage must delay events, not lose them: retry with capped
-    /// backoff until the write succeeds or Steward shuts down. Meanwhile the queue
+    /// backoff until the write succeeds, or until the drain deadline once Steward
+    /// is shutting down ([`Self::given_up`]). Meanwhile the queue
     /// fills and `emit` waits, which slows the chat path instead of dropping its
     /// trail. Only a statement that a working database keeps rejecting — not a
     /// pool timeout, a lost connection or a busy database — can never succeed,
@@ -193,8 +208,10 @@ impl Writer {
                     tracing::warn!(error = %crate::error::error_chain(&err), items = items.len(), retry_in_ms = delay.as_millis() as u64, "outbox write failed; retrying");
                     tokio::select! {
                         () = tokio::time::sleep(delay) => {}
-                        () = self.cancel.cancelled() => {
-                            tracing::error!(items = items.len(), "shutting down with events not stored");
+                        () = self.given_up() => {
+                            // One last try at the deadline: the database may be back since the last one.
+                            let Err(err) = self.store.append(items).await else { return Ok(()) };
+                            tracing::error!(error = %crate::error::error_chain(&err), items = items.len(), drain_ms = self.drain.as_millis() as u64, "shut down with events not stored: the database failed until the drain deadline");
                             return Err(EventsError::Store(err.to_string()));
                         }
                     }

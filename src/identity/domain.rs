@@ -35,8 +35,10 @@ impl std::fmt::Display for TenantId {
 pub enum Capability {
     Chat,
     TrainingAdmin,
-    /// Constitution tools: the dry run (and, later, activation).
+    /// Constitution tools: activation, the dry run, and the documents' full text.
     PolicyAdmin,
+    /// The full text of the tenant's constitutions (its phrases and examples), without changing them.
+    PolicyRead,
     /// Operations: readiness details, and `/metrics` where it is guarded.
     Ops,
 }
@@ -47,6 +49,7 @@ impl Capability {
             "chat" => Ok(Self::Chat),
             "training:admin" => Ok(Self::TrainingAdmin),
             "policy:admin" => Ok(Self::PolicyAdmin),
+            "policy:read" => Ok(Self::PolicyRead),
             "ops" => Ok(Self::Ops),
             other => Err(IdentityError::UnknownCapability(other.to_owned())),
         }
@@ -56,6 +59,7 @@ impl Capability {
             Self::Chat => "chat",
             Self::TrainingAdmin => "training:admin",
             Self::PolicyAdmin => "policy:admin",
+            Self::PolicyRead => "policy:read",
             Self::Ops => "ops",
         }
     }
@@ -106,7 +110,7 @@ pub enum IdentityError {
     MissingCapability(&'static str),
     #[error("invalid tenant `{0}`: use 1-64 of A-Z a-z 0-9 _ . -")]
     InvalidTenant(String),
-    #[error("unknown capability `{0}`: expected chat, training:admin or policy:admin")]
+    #[error("unknown capability `{0}`: expected chat, training:admin, policy:admin, policy:read or ops")]
     UnknownCapability(String),
     #[error("no API key with id `{0}`")]
     NoSuchKey(String),

@@ -104,6 +104,17 @@ impl ConversationStore {
         rows.iter().map(record_of).collect()
     }
 
+    /// Whether any turn of `tenant` was judged under the constitution `hash`
+    /// (which makes that document one the tenant may read).
+    pub async fn judged_under(&self, tenant: &str, hash: &str) -> Result<bool, sqlx::Error> {
+        let row = sqlx::query("SELECT 1 AS found FROM turns WHERE tenant = $1 AND constitution_hash = $2 LIMIT 1")
+            .bind(tenant)
+            .bind(hash)
+            .fetch_optional(self.db.pool())
+            .await?;
+        Ok(row.is_some())
+    }
+
     /// One finished turn by its id (for `steward audit replay`).
     pub async fn turn(&self, turn_id: &str) -> Result<Option<TurnRecord>, sqlx::Error> {
         let row = sqlx::query(&format!("SELECT {TURN_COLUMNS} FROM turns WHERE id = $1")).bind(turn_id).fetch_optional(self.db.pool()).await?;

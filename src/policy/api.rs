@@ -1,7 +1,10 @@
 //! The policy routes:
-//! - `GET /v1/policy/constitution`: the document the caller's turns are judged
-//!   under, with its hash (any key);
-//! - `GET /v1/policy/constitutions/{hash}`: a stored document by its hash;
+//! - `GET /v1/policy/constitution`: the name, version and hash of the
+//!   document the caller's turns are judged under (any key), and its text
+//!   (phrases and examples: a map for evasion) for `policy:admin` or `policy:read`;
+//! - `GET /v1/policy/constitutions/{hash}`: the same of a stored document, if
+//!   it is the caller's tenant's: active for it, or one its turns were judged
+//!   under (any other hash is 404, as if it were not stored);
 //! - `PUT /v1/policy/constitution` (capability `policy:admin`; body the TOML
 //!   document): makes it the caller's tenant's active constitution on every
 //!   instance, recorded in `policy.audit`;
@@ -15,7 +18,7 @@ use std::sync::Arc;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 
-use super::audit::{AuditEntry, AuditType, Auditor};
+use super::audit::{activate_recorded, ActivationRequest, AuditEntry, AuditType, Auditor};
 use super::dry_run::{dry_run, parse_window, PastTurn};
 use super::judges::{Judge, Judges};
 use super::registry::Scope;
@@ -59,8 +62,9 @@ struct ConstitutionDocument<'a> {
     hash: &'a str,
     name: &'a str,
     version: &'a str,
-    /// The TOML document.
-    document: &'a str,
+    /// The TOML document: only for a key with `policy:admin` or `policy:read`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    document: Option<&'a str>,
 }
 
 /// What a dry run judged.
@@ -84,11 +88,14 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/v1/policy/constitution/dry-run", web::post().to(dry_run_route));
 }
 
-fn document(hash: &ConstitutionHash, constitution: &Constitution, text: &str) -> HttpResponse {
-    HttpResponse::Ok().json(ConstitutionDocument { hash: hash.as_str(), name: &constitution.name, version: &constitution.version, document: text })
+/// The document as `caller` may see it: its text only with `policy:admin` or `policy:read`.
+fn document(caller: &Caller, hash: &ConstitutionHash, constitution: &Constitution, text: &str) -> HttpResponse {
+    let full = caller.capabilities.iter().any(|c| matches!(c, Capability::PolicyAdmin | Capability::PolicyRead));
+    let document = full.then_some(text);
+    HttpResponse::Ok().json(ConstitutionDocument { hash: hash.as_str(), name: &constitution.name, version: &constitution.version, document })
 }
 
-/// The constitution the caller's turns are judged under (the tenant's own, else the default), with its hash
+/// The constitution the caller's turns are judged under (the tenant's own, else the default): name, version, hash, and the text for policy:admin or policy:read
 #[utoipa::path(get, path = "/v1/policy/constitution", tag = "policy", security(("bearer" = [])),
     responses(
         (status = 200, description = "the document", body = ConstitutionDocument),
@@ -97,10 +104,10 @@ fn document(hash: &ConstitutionHash, constitution: &Constitution, text: &str) ->
     ))]
 pub(crate) async fn active(caller: Caller, api: web::Data<PolicyApi>) -> Result<HttpResponse, ApiError> {
     let judge = api.judges.current(caller.tenant.as_str()).map_err(PolicyError::from)?;
-    Ok(document(&judge.hash, &judge.constitution, &judge.text))
+    Ok(document(&caller, &judge.hash, &judge.constitution, &judge.text))
 }
 
-/// A stored constitution (active or not) by its hash
+/// One of the caller's tenant's constitutions (active, or one its turns were judged under) by its hash
 #[utoipa::path(get, path = "/v1/policy/constitutions/{hash}", tag = "policy", security(("bearer" = [])),
     params(("hash" = String, Path, description = "`sha256:<hex>`")),
     responses(
@@ -110,18 +117,23 @@ pub(crate) async fn active(caller: Caller, api: web::Data<PolicyApi>) -> Result<
         (status = 404, response = crate::openapi::Problem),
         (status = 503, response = crate::openapi::Problem),
     ))]
-pub(crate) async fn by_hash(_caller: Caller, hash: web::Path<String>, api: web::Data<PolicyApi>) -> Result<HttpResponse, ApiError> {
+pub(crate) async fn by_hash(caller: Caller, hash: web::Path<String>, api: web::Data<PolicyApi>) -> Result<HttpResponse, ApiError> {
     let hash = ConstitutionHash::parse(&hash).map_err(|e| ApiError::new(Code::InvalidRequest, e.to_string()))?;
-    if let Some(judge) = api.judges.get(&hash) {
-        return Ok(document(&judge.hash, &judge.constitution, &judge.text));
+    let not_found = || ApiError::new(Code::NotFound, format!("no constitution with hash {hash} is stored for this tenant"));
+    let tenant = caller.tenant.as_str();
+    let active = api.judges.current(tenant).is_ok_and(|judge| judge.hash == hash);
+    if !active && !api.store.judged_under(tenant, hash.as_str()).await.map_err(OrchestratorError::Store)? {
+        return Err(not_found());
     }
-    let not_found = || ApiError::new(Code::NotFound, format!("no constitution with hash {hash} is stored"));
+    if let Some(judge) = api.judges.get(&hash) {
+        return Ok(document(&caller, &judge.hash, &judge.constitution, &judge.text));
+    }
     let text = api.judges.registry().document(&hash).await?.ok_or_else(not_found)?;
     let constitution = Constitution::from_toml_str(&text).map_err(|e| {
         tracing::error!(hash = %hash, error = %e, "a stored constitution does not parse");
         ApiError::new(Code::Internal, "the stored document is unreadable")
     })?;
-    Ok(document(&hash, &constitution, &text))
+    Ok(document(&caller, &hash, &constitution, &text))
 }
 
 /// Make a constitution active for the caller's tenant, on every instance within policy.staleness_ms; recorded in policy.audit
@@ -150,8 +162,10 @@ pub(crate) async fn activate(req: HttpRequest, caller: Caller, body: web::Bytes,
     let judge = build_judge(&api.settings, constitution.clone(), text.to_owned()).await?;
     api.judges.adopt(judge);
     let scope = Scope::Tenant(caller.tenant.as_str().to_owned());
-    let activation = api.judges.registry().activate(&scope, &hash, text).await?;
     let trace = crate::web::trace_of(&req);
+    let request = ActivationRequest { scope: &scope, actor: &caller.key_id, constitution: &constitution, hash: &hash, text, trace: &trace };
+    let activation =
+        activate_recorded(api.judges.registry().as_ref(), &request, &api.auditor.topic, |pending| api.auditor.events.emit_durable(vec![pending])).await?;
     let entry = AuditEntry {
         kind: AuditType::Activated,
         scope: &scope,
@@ -161,9 +175,6 @@ pub(crate) async fn activate(req: HttpRequest, caller: Caller, body: web::Bytes,
         activation: &activation,
         trace: &trace,
     };
-    if activation.changed {
-        api.auditor.record(&entry).await?;
-    }
     // This instance judges by it before answering (its judge is built); the others within the staleness bound.
     if let Err(err) = api.judges.refresh().await {
         tracing::warn!(error = %err, "activated, but this instance's copy could not be refreshed yet");

@@ -2,6 +2,10 @@
 //! (an activation, or the configured file seeding an empty registry), put in
 //! the outbox and published to the `policy.audit` topic (key: the tenant, or
 //! `*` for the default).
+//!
+//! [`activate_recorded`] is the one way an activation is made: its request is
+//! durable in the trail before the registry switches, so no constitution is
+//! ever live without a record of it.
 
 use serde_json::json;
 
@@ -18,6 +22,8 @@ const DEFAULT_KEY: &str = "*";
 /// What kind of change a record is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuditType {
+    /// An activation is about to be made (written before the registry switches).
+    ActivationRequested,
     /// An operator or tenant admin made a constitution active.
     Activated,
     /// The configured file became the default of an empty registry.
@@ -27,6 +33,7 @@ pub enum AuditType {
 impl AuditType {
     pub fn as_str(self) -> &'static str {
         match self {
+            Self::ActivationRequested => "policy.activation_requested",
             Self::Activated => "policy.activated",
             Self::Seeded => "policy.seeded",
         }
@@ -108,6 +115,73 @@ impl AuditEntry<'_> {
         }
         Pending::Chained { topic: topic.to_owned(), key: key.to_owned(), event_type: kind.to_owned(), payload: record, headers }
     }
+}
+
+/// An activation to make: `text` (whose hash is `hash`) in `scope`, asked by `actor`.
+pub struct ActivationRequest<'a> {
+    pub scope: &'a Scope,
+    pub actor: &'a str,
+    pub constitution: &'a Constitution,
+    pub hash: &'a ConstitutionHash,
+    pub text: &'a str,
+    pub trace: &'a TraceContext,
+}
+
+/// Why an activation was not made.
+#[derive(Debug, thiserror::Error)]
+pub enum ActivationError {
+    /// The request could not be recorded, so the registry was not touched.
+    #[error("the activation could not be recorded, so it was not made")]
+    Unrecorded(#[source] crate::events::EventsError),
+    #[error(transparent)]
+    Registry(#[from] super::registry::RegistryError),
+}
+
+impl crate::error::ErrorCode for ActivationError {
+    fn code(&self) -> crate::error::Code {
+        match self {
+            Self::Unrecorded(err) => err.code(),
+            Self::Registry(err) => err.code(),
+        }
+    }
+}
+
+/// Makes `request` active, recorded: a hash already active in the scope changes
+/// nothing and records nothing; otherwise `policy.activation_requested` is made
+/// durable through `record` (on `topic`) first (if that fails, nothing is switched), then the
+/// registry switches, then `policy.activated` confirms it. If the confirmation
+/// cannot be stored the constitution is live and its request is on record; the
+/// failure is logged. Returns what the registry changed.
+pub async fn activate_recorded<F, Fut>(
+    registry: &dyn super::registry::ConstitutionRegistry,
+    request: &ActivationRequest<'_>,
+    topic: &str,
+    record: F,
+) -> Result<Activation, ActivationError>
+where
+    F: Fn(Pending) -> Fut,
+    Fut: std::future::Future<Output = Result<(), crate::events::EventsError>>,
+{
+    let ActivationRequest { scope, actor, constitution, hash, text, trace } = *request;
+    let before = registry.active().await?;
+    let previous = match scope {
+        Scope::Default => before.default.clone(),
+        Scope::Tenant(tenant) => before.tenants.get(tenant).cloned(),
+    };
+    if previous.as_ref() == Some(hash) {
+        return Ok(Activation { previous, version: before.version, changed: false });
+    }
+    let requested = Activation { previous, version: before.version, changed: false };
+    let entry = AuditEntry { kind: AuditType::ActivationRequested, scope, actor, constitution, hash, activation: &requested, trace };
+    record(entry.pending(topic)).await.map_err(ActivationError::Unrecorded)?;
+    let activation = registry.activate(scope, hash, text).await?;
+    if activation.changed {
+        let entry = AuditEntry { kind: AuditType::Activated, activation: &activation, ..entry };
+        if let Err(err) = record(entry.pending(topic)).await {
+            tracing::error!(error = %err, hash = %hash, "a constitution is active and its request recorded, but the confirmation could not be stored");
+        }
+    }
+    Ok(activation)
 }
 
 /// Records changes through the instance's event writer.

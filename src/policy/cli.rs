@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 
-use super::audit::{AuditEntry, AuditType};
+use super::audit::{activate_recorded, ActivationRequest, AuditEntry, AuditType};
 use super::dry_run::{dry_run, parse_window, PastTurn};
 use super::registry::{ConstitutionRegistry, Scope};
 use super::{Constitution, ConstitutionHash};
@@ -108,8 +108,14 @@ async fn activate(settings: &Settings, file: &std::path::Path, tenant: Option<St
     let db = crate::db::Database::connect(settings.database.url.expose(), 2).await.context("Failed to connect to the database")?;
     db.migrate().await.context("Failed to apply migrations")?;
     let hash = constitution.hash();
-    let activation = registry.activate(&scope, &hash, &text).await?;
     let trace = crate::telemetry::TraceContext::new_root();
+    let outbox = crate::events::OutboxStore::new(db, settings.kafka.conversation_topic.clone());
+    let request = ActivationRequest { scope: &scope, actor: CLI_ACTOR, constitution: &constitution, hash: &hash, text: &text, trace: &trace };
+    let record = |pending| {
+        let outbox = &outbox;
+        async move { outbox.append(&[pending]).await.map_err(|e| crate::events::EventsError::Store(e.to_string())) }
+    };
+    let activation = activate_recorded(registry.as_ref(), &request, &settings.kafka.policy_topic, record).await?;
     let entry = AuditEntry {
         kind: AuditType::Activated,
         scope: &scope,
@@ -120,8 +126,6 @@ async fn activate(settings: &Settings, file: &std::path::Path, tenant: Option<St
         trace: &trace,
     };
     if activation.changed {
-        let outbox = crate::events::OutboxStore::new(db, settings.kafka.conversation_topic.clone());
-        outbox.append(&[entry.pending(&settings.kafka.policy_topic)]).await.context("Activated, but the policy.audit record could not be stored")?;
         eprintln!(
             "{} ({}) is active for {}; every instance judges by it within {} ms",
             constitution.name,

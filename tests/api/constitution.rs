@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 
 use steward::identity::Capability;
 
-use crate::helpers::{assert_error, manifest_dir, spawn_app, TestApp, SIGNING_KEY};
+use crate::helpers::{assert_error, manifest_dir, spawn_app, unique, TestApp, SIGNING_KEY};
 
 fn dry_run(app: &TestApp, candidate: &std::path::Path, tenant: &str) -> Value {
     let out = Command::new(env!("CARGO_BIN_EXE_steward"))
@@ -26,7 +26,7 @@ fn dry_run(app: &TestApp, candidate: &std::path::Path, tenant: &str) -> Value {
 }
 
 /// The configured constitution with `phrase` added to its first category: (TOML text, that category's code).
-fn candidate_with_phrase(app: &TestApp, phrase: &str) -> (String, String) {
+pub(crate) fn candidate_with_phrase(app: &TestApp, phrase: &str) -> (String, String) {
     let mut doc: toml::Table = std::fs::read_to_string(&app.settings.policy.constitution).unwrap().parse().unwrap();
     let first = doc["categories"].as_array_mut().unwrap()[0].as_table_mut().unwrap();
     let code = first["code"].as_str().unwrap().to_owned();
@@ -98,21 +98,26 @@ async fn the_dry_run_endpoint_judges_only_the_callers_tenant_and_needs_policy_ad
 }
 
 #[tokio::test]
-async fn the_active_constitution_is_served_by_itself_and_by_its_hash() {
+async fn the_active_constitution_is_served_by_itself_and_by_its_hash_with_its_text_only_for_policy_readers() {
     let app = spawn_app().await;
-    let (_, key) = app.chat_key().await;
-    let get = |path: String| app.http.get(format!("{}{path}", app.address)).bearer_auth(&key).send();
+    let tenant = unique("tenant-");
+    let key = app.key(&tenant, &[Capability::Chat]).await;
+    let reader = app.key(&tenant, &[Capability::PolicyRead]).await;
+    let get = |path: String, key: &str| app.http.get(format!("{}{path}", app.address)).bearer_auth(key).send();
     let hash = steward::policy::Constitution::load(&app.settings.policy.constitution).unwrap().hash();
 
-    let active: Value = get("/v1/policy/constitution".into()).await.unwrap().json().await.unwrap();
+    let active: Value = get("/v1/policy/constitution".into(), &key).await.unwrap().json().await.unwrap();
     assert_eq!(active["hash"], hash.as_str());
-    assert_eq!(active["document"], std::fs::read_to_string(&app.settings.policy.constitution).unwrap());
-    let same: Value = get(format!("/v1/policy/constitutions/{hash}")).await.unwrap().json().await.unwrap();
-    assert_eq!(same, active);
+    assert!(active["name"].is_string() && active["version"].is_string(), "{active}");
+    assert!(active.get("document").is_none(), "a chat key is not handed the phrase list: {active}");
+    let full: Value = get("/v1/policy/constitution".into(), &reader).await.unwrap().json().await.unwrap();
+    assert_eq!(full["document"], std::fs::read_to_string(&app.settings.policy.constitution).unwrap());
+    let same: Value = get(format!("/v1/policy/constitutions/{hash}"), &reader).await.unwrap().json().await.unwrap();
+    assert_eq!(same, full);
 
     let unknown = format!("sha256:{}", "0".repeat(64));
-    assert_error(get(format!("/v1/policy/constitutions/{unknown}")).await.unwrap(), 404, "not_found").await;
-    assert_error(get("/v1/policy/constitutions/not-a-hash".into()).await.unwrap(), 400, "invalid_request").await;
+    assert_error(get(format!("/v1/policy/constitutions/{unknown}"), &key).await.unwrap(), 404, "not_found").await;
+    assert_error(get("/v1/policy/constitutions/not-a-hash".into(), &key).await.unwrap(), 400, "invalid_request").await;
     let anonymous = app.http.get(format!("{}/v1/policy/constitution", app.address)).send().await.unwrap();
     assert_error(anonymous, 401, "unauthenticated").await;
 }
@@ -145,6 +150,11 @@ async fn put_activates_a_constitution_for_the_callers_tenant_only_without_a_rest
     assert_eq!(again["changed"], false);
     let audit = app.outbox("policy.audit").await;
     let types: Vec<&str> = audit.iter().map(|r| r["type"].as_str().unwrap()).collect();
-    assert_eq!(types, ["policy.seeded", "policy.activated"], "one record per change: {audit:#?}");
-    assert_eq!(audit[1]["tenant"], tenant.as_str());
+    assert_eq!(types, ["policy.seeded", "policy.activation_requested", "policy.activated"], "one change, asked then made: {audit:#?}");
+    assert_eq!(audit[2]["tenant"], tenant.as_str());
+    // The document is the tenant's: another tenant that learns its hash is told nothing.
+    let by_hash = format!("/v1/policy/constitutions/{}", activated["hash"].as_str().unwrap());
+    assert_error(app.get_with(&by_hash, &other).await, 404, "not_found").await;
+    let own: Value = app.get_with(&by_hash, &admin).await.json().await.unwrap();
+    assert!(own["document"].as_str().is_some_and(|d| d.contains("riddle")), "{own}");
 }

@@ -87,14 +87,42 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_app_with(storage: Storage, adjust: impl FnOnce(&mut Settings)) -> TestApp {
+    spawn_stoppable_app_with(storage, adjust).await.0
+}
+
+/// The app's shutdown, which a test triggers (as SIGTERM would) and waits out.
+pub struct Stop {
+    trigger: tokio::sync::oneshot::Sender<()>,
+    served: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Stop {
+    /// Starts the shutdown and waits until the app has drained and stopped.
+    pub async fn now(self) {
+        let _ = self.trigger.send(());
+        self.served.await.expect("the app task ends").expect("the app stops cleanly");
+    }
+}
+
+/// An app as [`spawn_app_with`] makes, and its shutdown (dropping `Stop` leaves the app running).
+pub async fn spawn_stoppable_app_with(storage: Storage, adjust: impl FnOnce(&mut Settings)) -> (TestApp, Stop) {
     steward::telemetry::init_logging("json", "warn");
     let (mut settings, dir) = test_settings(storage).await;
     adjust(&mut settings);
     let app = Application::build(&settings).await.expect("application builds");
     let address = format!("http://127.0.0.1:{}", app.port());
-    tokio::spawn(app.run_until_stopped(std::future::pending()));
+    let (trigger, stopped) = tokio::sync::oneshot::channel::<()>();
+    let shutdown = async move {
+        // A dropped trigger (the usual test, which never stops its app) is no shutdown.
+        if stopped.await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    let served = tokio::spawn(app.run_until_stopped(shutdown));
     let db = Database::connect(settings.database.url.expose(), 2).await.expect("test db handle");
-    TestApp { address, keys: KeyStore::new(db.clone()), store: ConversationStore::new(db.clone()), db, settings, http: reqwest::Client::new(), _dir: dir }
+    let app =
+        TestApp { address, keys: KeyStore::new(db.clone()), store: ConversationStore::new(db.clone()), db, settings, http: reqwest::Client::new(), _dir: dir };
+    (app, Stop { trigger, served })
 }
 
 /// A parsed SSE response.

@@ -218,12 +218,13 @@ async fn activating_on_one_instance_moves_the_other_within_a_second_and_a_stream
     let metrics = reqwest::get(format!("{}/metrics", b.address)).await.unwrap().text().await.unwrap();
     assert!(metrics.contains("orchestrator_requests_total{route=\"conversation_step\",decision=\"constitution_mismatch\"} 1"), "{metrics}");
 
-    // One policy.audit record, valid against its schema.
+    // The request, then the activation, valid against their schema.
     let records = outbox_where(&db, "topic", "policy.audit").await;
     let mine: Vec<&Value> = records.iter().filter(|r| r["tenant"] == tenant.as_str()).collect();
-    assert_eq!(mine.len(), 1, "{records:#?}");
-    let record = mine[0];
-    assert!(schema_validator().is_valid(record), "{record:#}");
+    let types: Vec<&str> = mine.iter().map(|r| r["type"].as_str().unwrap()).collect();
+    assert_eq!(types, ["policy.activation_requested", "policy.activated"], "{records:#?}");
+    assert!(mine.iter().all(|r| schema_validator().is_valid(r)), "{mine:#?}");
+    let record = mine[1];
     assert_eq!((record["type"].as_str(), record["scope"].as_str(), record["hash"].as_str()), (Some("policy.activated"), Some("tenant"), Some(new.as_str())));
     assert_eq!(record["registry_version"], put["registry_version"]);
     // The turn was still running when the activation was recorded (same clock format: text order is time order).
@@ -285,7 +286,7 @@ async fn the_activate_command_changes_the_default_for_tenants_without_their_own_
     assert_eq!(again["changed"], false);
     let records = app.outbox("policy.audit").await;
     let types: Vec<&str> = records.iter().map(|r| r["type"].as_str().unwrap()).collect();
-    assert_eq!(types, ["policy.seeded", "policy.activated"], "{records:#?}");
+    assert_eq!(types, ["policy.seeded", "policy.activation_requested", "policy.activated"], "{records:#?}");
     let validator = schema_validator();
     assert!(records.iter().all(|r| validator.is_valid(r)), "{records:#?}");
     assert_eq!((records[1]["actor"].as_str(), records[1]["scope"].as_str(), records[1]["tenant"].as_null()), (Some("steward:cli"), Some("default"), Some(())));

@@ -2,4 +2,6 @@
 //! the running service with the real services, and shown to fail harmlessly.
 
 mod keys;
+mod policy;
+mod shutdown;
 mod verdicts;
