@@ -18,7 +18,7 @@ use crate::config::{Secret, Settings};
 use crate::db::Database;
 use crate::events::{EventLog, EventPublisher, OutboxStore, Relay, RelaySettings};
 use crate::gateway::Gateway;
-use crate::identity::{AuthFailures, Authenticator, KeyCache, KeyStore, TrustedProxies};
+use crate::identity::{AuthFailures, Authenticator, KeyCache, KeyPace, KeyStore, TrustedProxies};
 use crate::moderation::{Moderator, Semantic};
 use crate::ops::OpsAccess;
 use crate::orchestrator::{Conversation, ConversationStore, Orchestrator, OrchestratorApi, OrchestratorSettings, Pacing, TurnLimits};
@@ -160,7 +160,9 @@ impl Application {
             settings.identity.key_cache_entries,
         );
         let proxies = TrustedProxies::parse(&settings.server.trusted_proxies).map_err(|reason| anyhow::anyhow!("server.trusted_proxies: {reason}"))?;
-        let auth = web::Data::new(Authenticator::new(keys, AuthFailures::new(settings.identity.max_failed_auth_per_minute), proxies, metrics.clone()));
+        let failures = AuthFailures::new(settings.identity.max_failed_auth_per_minute);
+        let pace = KeyPace::new(settings.identity.requests_per_second_per_key, settings.identity.burst_per_key);
+        let auth = web::Data::new(Authenticator::new(keys, failures, pace, proxies, metrics.clone()));
         let training = web::Data::from(training);
         let deps = Dependencies { database: db, model, broker: publisher, redis };
         let readiness = web::Data::from(Readiness::start(deps, Duration::from_millis(settings.server.readiness_refresh_ms), &cancel, &tasks).await);

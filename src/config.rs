@@ -117,6 +117,10 @@ pub struct IdentitySettings {
     /// Unknown keys one client address may send per minute before it is
     /// refused (429) without a lookup; 0 = no bound.
     pub max_failed_auth_per_minute: u32,
+    /// Requests one key may make per second on any route (0 = no bound) …
+    pub requests_per_second_per_key: f64,
+    /// … and at once after a quiet spell.
+    pub burst_per_key: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -321,6 +325,9 @@ impl Settings {
         }
         if self.server.body_limit_bytes < 1024 {
             return invalid("server.body_limit_bytes", "must be at least 1024");
+        }
+        if !self.identity.requests_per_second_per_key.is_finite() || self.identity.requests_per_second_per_key < 0.0 {
+            return invalid("identity.requests_per_second_per_key", "must be a number of at least 0");
         }
         if let Err(weak) = crate::events::checkpoint::CheckpointKey::from_secret(self.events.checkpoint_key.expose()) {
             return invalid("events.checkpoint_key", &format!("{}: use a 32-byte random seed in base64 (`steward keys audit-generate`)", weak.0));

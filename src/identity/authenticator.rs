@@ -1,6 +1,7 @@
 //! Authentication of every route that takes a key (HTTP extractor, WebSocket
 //! handshake and turns, `/readyz`, `/metrics`): the key looked up through the
-//! [`KeyCache`], under the failed-authentication bound of the client address.
+//! [`KeyCache`], under the failed-authentication bound of the client address,
+//! then counted against its key's request rate ([`KeyPace`]).
 //!
 //! The order is what keeps the bound from refusing a valid key: memory is
 //! asked first, so a key read live within `identity.key_cache_ms` is accepted,
@@ -18,19 +19,21 @@ use super::caller::Caller;
 use super::client::TrustedProxies;
 use super::domain::IdentityError;
 use super::failures::AuthFailures;
+use super::pace::KeyPace;
 use crate::error::{ApiError, Code};
 use crate::telemetry::Metrics;
 
 pub struct Authenticator {
     keys: KeyCache,
     failures: AuthFailures,
+    pace: KeyPace,
     proxies: TrustedProxies,
     metrics: Arc<Metrics>,
 }
 
 impl Authenticator {
-    pub fn new(keys: KeyCache, failures: AuthFailures, proxies: TrustedProxies, metrics: Arc<Metrics>) -> Self {
-        Self { keys, failures, proxies, metrics }
+    pub fn new(keys: KeyCache, failures: AuthFailures, pace: KeyPace, proxies: TrustedProxies, metrics: Arc<Metrics>) -> Self {
+        Self { keys, failures, pace, proxies, metrics }
     }
 
     /// The address `req` is counted under.
@@ -59,6 +62,10 @@ impl Authenticator {
             }
             return Err(IdentityError::UnknownKey.into());
         };
+        if let Some(wait) = self.pace.take(&record.id) {
+            self.metrics.rate_limited("key_requests");
+            return Err(ApiError::new(Code::RateLimited, "too many requests with this key").with_retry_after(wait));
+        }
         Ok(Caller::from_record(record)?)
     }
 }

@@ -12,6 +12,7 @@ mod caller;
 mod client;
 mod domain;
 mod failures;
+mod pace;
 mod store;
 
 pub use authenticator::Authenticator;
@@ -20,4 +21,5 @@ pub use caller::{bearer, Caller};
 pub use client::TrustedProxies;
 pub use domain::{ApiKey, Capability, IdentityError, TenantId};
 pub use failures::AuthFailures;
+pub use pace::KeyPace;
 pub use store::{KeyRecord, KeyStore};

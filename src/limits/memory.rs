@@ -21,7 +21,7 @@ pub struct MemoryLimits {
 
 /// GCRA: `cost` units, one per `interval`, `burst` at once; the wait if
 /// any, and the theoretical arrival time after them (unchanged if refused).
-pub(super) fn gcra(tat: Option<Instant>, now: Instant, interval: Duration, burst: u32, cost: u32) -> (Option<Duration>, Instant) {
+pub fn gcra(tat: Option<Instant>, now: Instant, interval: Duration, burst: u32, cost: u32) -> (Option<Duration>, Instant) {
     let tat = tat.map_or(now, |t| t.max(now));
     let allowed_from = (tat + interval * cost).checked_sub(interval * burst).unwrap_or(now);
     if allowed_from > now {

@@ -23,7 +23,7 @@ use futures_util::future::BoxFuture;
 use serde::Deserialize;
 use tokio_util::task::TaskTracker;
 
-pub use memory::MemoryLimits;
+pub use memory::{gcra, MemoryLimits};
 #[cfg(feature = "redis")]
 pub use redis::RedisLimits;
 

@@ -9,6 +9,7 @@
 //! (expiry audits and the state gauge).
 
 pub(crate) mod api;
+mod denials;
 mod fencing;
 mod lock;
 mod memory;

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use rand::RngCore;
 use serde_json::json;
 
+use super::denials::{Denial, Denials};
 use super::fencing::{ClaimLost, Ended, FencingLedger, Granted, Held};
 use super::lock::{Acquired, LockError, LockInfo, LockStore, Owned};
 use crate::db::rfc3339;
@@ -75,11 +76,13 @@ pub struct TrainingService {
     settings: TrainingSettings,
     /// tenant → (read at, lock): the chat path's view, refreshed after `state_cache`.
     view: Mutex<HashMap<String, (Instant, Option<LockInfo>)>>,
+    /// Folds a key's repeated denials into one record per window.
+    denials: Denials,
 }
 
 impl TrainingService {
     pub fn new(store: Arc<dyn LockStore>, ledger: FencingLedger, events: EventLog, metrics: Arc<Metrics>, settings: TrainingSettings) -> Self {
-        Self { store, ledger, events, metrics, settings, view: Mutex::new(HashMap::new()) }
+        Self { store, ledger, events, metrics, settings, view: Mutex::new(HashMap::new()), denials: Denials::default() }
     }
 
     pub fn store(&self) -> &Arc<dyn LockStore> {
@@ -237,8 +240,18 @@ impl TrainingService {
         reason: &str,
         writes: Vec<Pending>,
     ) -> Result<(), TrainingError> {
+        let folded = match action {
+            "denied" => match self.denials.check(actor.key_id) {
+                Denial::Fold => {
+                    self.metrics.training_transition(actor.tenant, action);
+                    return Ok(());
+                }
+                Denial::Record { folded } => Some(folded),
+            },
+            _ => None,
+        };
         let occurred_at = rfc3339(crate::db::now_ms());
-        let record = json!({
+        let mut record = json!({
             "schema": AUDIT_SCHEMA,
             "event_id": uuid::Uuid::now_v7().to_string(),
             "type": format!("training.{action}"),
@@ -251,6 +264,9 @@ impl TrainingService {
             "occurred_at": occurred_at,
             "trace_id": actor.trace.trace_id,
         });
+        if let Some(folded) = folded {
+            record["folded"] = json!(folded);
+        }
         let mut headers = json!({
             "traceparent": actor.trace.header(),
             "x-tenant": actor.tenant,

@@ -112,6 +112,12 @@ async fn admin_key(app: &TestApp, tenant: &str) -> String {
     app.key(tenant, &[Capability::Chat, Capability::TrainingAdmin]).await
 }
 
+/// The `training.audit/v1` schema.
+pub fn audit_validator() -> jsonschema::Validator {
+    let schema: Value = serde_json::from_str(&std::fs::read_to_string(crate::helpers::manifest_dir().join("schemas/training.audit.v1.json")).unwrap()).unwrap();
+    jsonschema::validator_for(&schema).unwrap()
+}
+
 fn audit_types(records: &[Value]) -> Vec<&str> {
     records.iter().map(|r| r["type"].as_str().unwrap()).collect()
 }
@@ -143,10 +149,10 @@ async fn enable_renew_disable_with_wrong_tokens_refused_and_audited_and_fencing_
     let audit = app.outbox(&app.settings.kafka.training_topic).await;
     assert_eq!(
         audit_types(&audit),
-        ["training.enabled", "training.denied", "training.denied", "training.denied", "training.renewed", "training.disabled", "training.enabled"]
+        // Bob's three refusals within a minute are one record (the others are counted, below).
+        ["training.enabled", "training.denied", "training.renewed", "training.disabled", "training.enabled"]
     );
-    let schema: Value = serde_json::from_str(&std::fs::read_to_string(crate::helpers::manifest_dir().join("schemas/training.audit.v1.json")).unwrap()).unwrap();
-    let validator = jsonschema::validator_for(&schema).unwrap();
+    let validator = audit_validator();
     for record in &audit {
         assert!(validator.is_valid(record), "{record:#}");
         assert_eq!(record["tenant"], tenant.as_str());

@@ -3,5 +3,6 @@
 
 mod keys;
 mod policy;
+mod routes;
 mod shutdown;
 mod verdicts;
