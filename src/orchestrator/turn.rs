@@ -176,6 +176,10 @@ pub struct DoneData {
     pub usage: Option<crate::slm::Usage>,
 }
 
+/// How many times `max_message_chars` a message may grow to when normalised (ordinary text
+/// stays about its size; full case folding at most doubles it).
+pub const MAX_EXPANSION: usize = 3;
+
 /// Limits and defaults applied to every turn request, whichever the entry point.
 #[derive(Debug, Clone, Copy)]
 pub struct TurnLimits {
@@ -197,6 +201,16 @@ impl TurnLimits {
         let chars = message.chars().count();
         if chars > self.max_message_chars {
             return Err(ApiError::new(Code::MessageTooLong, format!("message has {chars} characters; the limit is {}", self.max_message_chars)));
+        }
+        // Moderation works on the compatibility form (NFKC), where one code point can become
+        // 18 (U+FDFA): a message is also bounded by what it expands to, counted with an early stop.
+        let expanded_limit = self.max_message_chars.saturating_mul(MAX_EXPANSION);
+        if unicode_normalization::UnicodeNormalization::nfkc(message).take(expanded_limit + 1).count() > expanded_limit {
+            let why = format!(
+                "message expands to more than {expanded_limit} characters when normalised (NFKC); the limit is {MAX_EXPANSION} times {}",
+                self.max_message_chars
+            );
+            return Err(ApiError::new(Code::MessageTooLong, why));
         }
         Ok(())
     }

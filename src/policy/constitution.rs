@@ -125,6 +125,15 @@ pub enum ConstitutionError {
     BadHash(String),
 }
 
+/// Most examples (and allowed examples) a constitution may have: fitting the semantic
+/// layer takes memory in their square and time in their cube (2,000: about 32 MB and a
+/// few seconds of a core; the shipped document has 340).
+pub const MAX_EXAMPLES: usize = 2000;
+/// Most examples one category may have.
+pub const MAX_EXAMPLES_PER_CATEGORY: usize = 500;
+/// The longest example, in characters.
+pub const MAX_EXAMPLE_CHARS: usize = 2000;
+
 impl Constitution {
     /// Reads, parses and validates the constitution file at `path`.
     pub fn load(path: &Path) -> Result<Self, ConstitutionError> {
@@ -171,6 +180,10 @@ impl Constitution {
         if self.categories.is_empty() {
             return fail("at least one [[categories]] entry is required".into());
         }
+        let examples: usize = self.categories.iter().map(|c| c.examples.len() + c.allowed_examples.len()).sum();
+        if examples > MAX_EXAMPLES {
+            return fail(format!("{examples} examples; a constitution may have at most {MAX_EXAMPLES} (fitting the semantic layer grows with their square)"));
+        }
         let mut codes = HashSet::new();
         let mut names = HashSet::new();
         for (i, rule) in self.categories.iter().enumerate() {
@@ -195,6 +208,15 @@ impl Constitution {
             }
             if let Some(j) = rule.examples.iter().chain(&rule.allowed_examples).position(|e| e.trim().is_empty()) {
                 return fail(format!("category {code:?}: example {j} is empty"));
+            }
+            let examples = rule.examples.len() + rule.allowed_examples.len();
+            if examples > MAX_EXAMPLES_PER_CATEGORY {
+                return fail(format!(
+                    "category {code:?}: {examples} examples; at most {MAX_EXAMPLES_PER_CATEGORY} per category (examples and allowed_examples)"
+                ));
+            }
+            if let Some(j) = rule.examples.iter().chain(&rule.allowed_examples).position(|e| e.chars().count() > MAX_EXAMPLE_CHARS) {
+                return fail(format!("category {code:?}: example {j} is longer than {MAX_EXAMPLE_CHARS} characters"));
             }
             for pattern in &rule.patterns {
                 if let Err(e) = regex::Regex::new(pattern) {
@@ -324,6 +346,21 @@ code="S1"
             Ok(_) => String::from("<accepted>"),
             Err(e) => e.to_string(),
         }
+    }
+
+    #[test]
+    fn too_many_or_too_long_examples_are_refused_naming_the_limit() {
+        let with = |per_category: usize, categories: usize, length: usize| {
+            let example = format!("\"{}\"", "a".repeat(length));
+            let examples = vec![example; per_category].join(",");
+            (0..categories)
+                .map(|i| format!("[[categories]]\ncode = \"C{i}\"\nname = \"c{i}\"\nmessage = \"No.\"\nexamples = [{examples}]\n"))
+                .fold("name = \"t\"\nversion = \"1\"\n".to_owned(), |doc, c| doc + &c)
+        };
+        assert_eq!(invalid(&with(500, 4, 5)), "<accepted>");
+        assert!(invalid(&with(501, 1, 5)).contains("at most 500 per category"), "{}", invalid(&with(501, 1, 5)));
+        assert!(invalid(&with(400, 6, 5)).contains("at most 2000"), "{}", invalid(&with(400, 6, 5)));
+        assert!(invalid(&with(1, 1, 2001)).contains("longer than 2000 characters"));
     }
 
     #[test]

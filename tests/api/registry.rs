@@ -264,6 +264,9 @@ async fn the_activate_command_changes_the_default_for_tenants_without_their_own_
     let app = app_with_redis(redis_url()).await;
     let (_, key) = app.chat_key().await;
     let old = configured_hash();
+    // A turn judged under the old default makes that document one this tenant may read by hash.
+    let before = app.chat(&key, &json!({ "message": "Say hi.", "max_tokens": 2 })).await;
+    assert_eq!(before.first("session")["constitution_hash"], old.as_str());
     let phrase = format!("okapi manoeuvre {}", &unique("")[..8]);
     let (document, new) = with_phrase("X8", &phrase);
     let dir = tempfile::tempdir().unwrap();
@@ -278,7 +281,7 @@ async fn the_activate_command_changes_the_default_for_tenants_without_their_own_
     until_active(&app.address, &key, &new, Duration::from_secs(1)).await;
     let refused = app.chat(&key, &json!({ "message": format!("Explain the {phrase}."), "max_tokens": 2 })).await;
     assert_eq!(refused.first("refusal")["code"], "X8");
-    // The old document is still served by its hash.
+    // The old document is still served by its hash to a tenant whose turns it judged.
     let by_hash: Value = app.get_with(&format!("/v1/policy/constitutions/{old}"), &key).await.json().await.unwrap();
     assert_eq!(by_hash["hash"], old.as_str());
 

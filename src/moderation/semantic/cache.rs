@@ -6,9 +6,23 @@
 //! the previous one (promoting a hit); when the current map is full it becomes
 //! the previous one. Entries used within the last `capacity / 2` insertions
 //! always survive, and every operation is O(1).
+//!
+//! Texts are kept by their SHA-256, never whole: an entry costs the same 32
+//! bytes of key however long the text, so the cache's memory is bounded in
+//! bytes by its capacity (a text as long as the input bound allows no longer
+//! takes a thousand times an ordinary one's room).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+
+use sha2::{Digest, Sha256};
+
+/// What an entry is kept under: the text's SHA-256.
+type Key = [u8; 32];
+
+fn key_of(text: &str) -> Key {
+    Sha256::digest(text.as_bytes()).into()
+}
 
 /// One embedding, shared without copying.
 pub type Vector = Arc<[f32]>;
@@ -21,8 +35,8 @@ pub struct EmbeddingCache {
 
 #[derive(Debug, Default)]
 struct Generations {
-    current: HashMap<String, Vector>,
-    previous: HashMap<String, Vector>,
+    current: HashMap<Key, Vector>,
+    previous: HashMap<Key, Vector>,
 }
 
 impl EmbeddingCache {
@@ -40,12 +54,13 @@ impl EmbeddingCache {
         if self.half == 0 {
             return None;
         }
+        let key = key_of(text);
         let mut maps = self.maps.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(v) = maps.current.get(text) {
+        if let Some(v) = maps.current.get(&key) {
             return Some(v.clone());
         }
-        let v = maps.previous.remove(text)?;
-        maps.insert(text.to_owned(), v.clone(), self.half);
+        let v = maps.previous.remove(&key)?;
+        maps.insert(key, v.clone(), self.half);
         Some(v)
     }
 
@@ -53,17 +68,18 @@ impl EmbeddingCache {
         if self.half == 0 {
             return;
         }
+        let key = key_of(text);
         let mut maps = self.maps.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        maps.insert(text.to_owned(), vector, self.half);
+        maps.insert(key, vector, self.half);
     }
 }
 
 impl Generations {
-    fn insert(&mut self, text: String, vector: Vector, half: usize) {
+    fn insert(&mut self, key: Key, vector: Vector, half: usize) {
         if self.current.len() >= half {
             self.previous = std::mem::take(&mut self.current);
         }
-        self.current.insert(text, vector);
+        self.current.insert(key, vector);
     }
 }
 

@@ -62,14 +62,20 @@ impl Classifier {
     pub fn shared(model: Arc<SemanticModel>, constitution: &Constitution) -> Result<Arc<Self>, SemanticError> {
         static BUILT: OnceLock<Mutex<HashMap<String, Weak<Classifier>>>> = OnceLock::new();
         let key = format!("{}|{:p}", constitution.hash(), Arc::as_ptr(&model));
-        let mut built = BUILT.get_or_init(Default::default).lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(classifier) = built.get(&key).and_then(Weak::upgrade) {
+        let built = || BUILT.get_or_init(Default::default).lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(classifier) = built().get(&key).and_then(Weak::upgrade) {
             return Ok(classifier);
         }
-        built.retain(|_, held| held.strong_count() > 0);
+        // Embedding and fitting happen outside the lock: one document's fit never holds up another's.
         let examples = Examples::of(constitution);
         model.remember(&examples.texts())?;
         let classifier = Arc::new(Self::new(model, &examples, &constitution.semantic)?);
+        let mut built = built();
+        built.retain(|_, held| held.strong_count() > 0);
+        // Built twice at once: keep the first, so every holder shares one.
+        if let Some(first) = built.get(&key).and_then(Weak::upgrade) {
+            return Ok(first);
+        }
         built.insert(key, Arc::downgrade(&classifier));
         Ok(classifier)
     }
