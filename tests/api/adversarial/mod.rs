@@ -4,6 +4,7 @@
 mod bodies;
 mod keys;
 mod policy;
+mod pressure;
 mod routes;
 mod shutdown;
 mod verdicts;

@@ -1,0 +1,163 @@
+//! Each attack against the real binary (PostgreSQL, Redis, the model) while
+//! another tenant chats: that tenant's time to first token (p99 of its turns)
+//! during the attack against before it, and Steward's resident memory.
+
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use serde_json::json;
+use steward::identity::{Capability, KeyStore, TenantId};
+use tokio::io::AsyncWriteExt;
+
+use crate::helpers::unique;
+use crate::instances::{shared_database, Instance};
+
+/// Turns the victim runs per measurement.
+const TURNS: usize = 20;
+
+struct Victim {
+    address: String,
+    key: String,
+    http: reqwest::Client,
+}
+
+impl Victim {
+    /// The time to the first `delta` of one turn.
+    async fn ttft(&self) -> Duration {
+        let started = Instant::now();
+        let body = json!({ "message": "Say hi.", "max_tokens": 2, "temperature": 0 });
+        let response = self.http.post(format!("{}/v1/chat/stream", self.address)).bearer_auth(&self.key).json(&body).send().await.unwrap();
+        assert_eq!(response.status(), 200, "the victim's turn is served");
+        let mut stream = response.bytes_stream();
+        let mut seen = String::new();
+        let mut first = None;
+        while let Some(chunk) = stream.next().await {
+            seen.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+            if first.is_none() && seen.contains("event: delta") {
+                first = Some(started.elapsed());
+            }
+        }
+        assert!(seen.contains("event: done"), "{seen}");
+        first.unwrap_or_else(|| started.elapsed())
+    }
+
+    /// The largest of `TURNS` turns' TTFT (their p99).
+    async fn p99(&self) -> Duration {
+        let mut worst = Duration::ZERO;
+        for _ in 0..TURNS {
+            worst = worst.max(self.ttft().await);
+        }
+        worst
+    }
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok()).unwrap()
+}
+
+/// Runs `attack` until the victim has measured its turns; the victim's p99 during it.
+async fn during<F: std::future::Future<Output = ()>>(victim: &Victim, attack: impl Fn() -> F) -> Duration {
+    let stop = tokio_util::sync::CancellationToken::new();
+    let attacking = async {
+        while !stop.is_cancelled() {
+            tokio::select! { () = attack() => {}, () = stop.cancelled() => {} }
+        }
+    };
+    let measuring = async {
+        let p99 = victim.p99().await;
+        stop.cancel();
+        p99
+    };
+    tokio::join!(attacking, measuring).1
+}
+
+#[tokio::test]
+async fn another_tenants_turns_keep_streaming_through_each_attack_within_twice_their_ttft() {
+    let (url, db) = shared_database().await;
+    let keys = KeyStore::new(db.clone());
+    let victim_key = keys.create(&TenantId::parse(&unique("victim-")).unwrap(), &[Capability::Chat]).await.unwrap().1.expose().to_owned();
+    let attacker_key = keys.create(&TenantId::parse(&unique("attacker-")).unwrap(), &[Capability::Chat]).await.unwrap().1.expose().to_owned();
+    let steward = Instance::start_with(&url, &format!("{}:", unique("steward-test-")), &[]).await;
+    let victim = Victim { address: steward.address.clone(), key: victim_key, http: reqwest::Client::new() };
+    victim.p99().await; // warm up (model, moderation, pools)
+    let before = victim.p99().await;
+    let rss_before = rss_kib(steward.pid());
+    let address = steward.address.clone();
+    let host = address.trim_start_matches("http://").to_owned();
+    let junk = || format!("stw_{}", unique("junk"));
+    let http = reqwest::Client::new();
+    let hasty = reqwest::Client::builder().timeout(Duration::from_millis(50)).build().unwrap();
+
+    let mut report = Vec::new();
+    let p99 = during(&victim, || async {
+        // Random keys whose clients hang up mid-lookup.
+        let flood = (0..50).map(|_| hasty.get(format!("{address}/v1/training/status")).bearer_auth(junk()).send());
+        futures_util::future::join_all(flood).await;
+    })
+    .await;
+    report.push(("random keys, clients hanging up", p99));
+    let p99 = during(&victim, || async {
+        // Guessed keys from forged X-Forwarded-For values (no trusted proxy configured).
+        let flood = (0..50)
+            .map(|i| http.get(format!("{address}/v1/training/status")).bearer_auth(junk()).header("x-forwarded-for", format!("203.0.113.{}", i % 250)).send());
+        futures_util::future::join_all(flood).await;
+    })
+    .await;
+    report.push(("guessed keys, forged X-Forwarded-For", p99));
+    let p99 = during(&victim, || async {
+        // Slowloris: 64 connections sending their headers a byte every 20 ms.
+        let slow = (0..64).map(|_| async {
+            let Ok(mut socket) = tokio::net::TcpStream::connect(&host).await else { return };
+            for byte in b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ".iter().chain(b"a".repeat(40).iter()) {
+                if socket.write_all(&[*byte]).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        futures_util::future::join_all(slow).await;
+    })
+    .await;
+    report.push(("slowloris, 64 connections", p99));
+    let p99 = during(&victim, || async {
+        // One tenant opening sessions as fast as it can (each a turn without a session id).
+        let body = json!({ "message": "Hi", "max_tokens": 1 });
+        let flood = (0..100).map(|_| http.post(format!("{address}/v1/chat/stream")).bearer_auth(&attacker_key).json(&body).send());
+        for response in futures_util::future::join_all(flood).await.into_iter().flatten() {
+            let _ = response.bytes().await;
+        }
+    })
+    .await;
+    report.push(("one tenant opening sessions", p99));
+    let p99 = during(&victim, || async {
+        // Deeply nested JSON: 20,000 levels in 40 KB.
+        let nested = format!("{{\"message\":{}1{}}}", "[".repeat(20_000), "]".repeat(20_000));
+        let flood = (0..20).map(|_| {
+            http.post(format!("{address}/v1/chat/stream")).bearer_auth(&attacker_key).header("content-type", "application/json").body(nested.clone()).send()
+        });
+        futures_util::future::join_all(flood).await;
+    })
+    .await;
+    report.push(("deeply nested JSON", p99));
+    let p99 = during(&victim, || async {
+        // Bodies of 1 MiB, 16 times the limit.
+        let huge = "x".repeat(1 << 20);
+        let flood = (0..20).map(|_| {
+            http.post(format!("{address}/v1/chat/stream")).bearer_auth(&attacker_key).header("content-type", "application/json").body(huge.clone()).send()
+        });
+        futures_util::future::join_all(flood).await;
+    })
+    .await;
+    report.push(("1 MiB bodies", p99));
+
+    let rss_after = rss_kib(steward.pid());
+    eprintln!("victim TTFT p99 before: {before:?}; Steward RSS {rss_before} KiB before, {rss_after} KiB after");
+    for (attack, p99) in &report {
+        eprintln!("  {attack}: victim TTFT p99 {p99:?} ({:.2}x)", p99.as_secs_f64() / before.as_secs_f64());
+    }
+    for (attack, p99) in &report {
+        assert!(*p99 <= before * 2, "{attack}: the victim's TTFT p99 went from {before:?} to {p99:?}");
+    }
+    assert!(rss_after < rss_before + 64 * 1024, "Steward's memory grew from {rss_before} to {rss_after} KiB");
+}
