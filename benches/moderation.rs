@@ -46,7 +46,7 @@ fn main() {
     let constitution = Constitution::load(&root.join("config/constitution.toml")).expect("constitution");
     let started = Instant::now();
     let model = SemanticModel::shared(&root.join(&settings.moderation.model_dir), rounds * 4).expect("model (scripts/models.sh install)");
-    let classifier = Classifier::shared(model.clone(), &constitution).expect("exemplars embed");
+    let classifier = Classifier::shared(model.clone(), &constitution, steward::moderation::semantic::Exemplars::Keep).expect("exemplars embed");
     println!(
         "model loaded and {} exemplars embedded in {:.1} s",
         constitution.categories.iter().map(|c| c.examples.len() + c.allowed_examples.len()).sum::<usize>(),

@@ -19,6 +19,7 @@ use crate::db::Database;
 use crate::events::{EventLog, EventPublisher, OutboxStore, Relay, RelaySettings};
 use crate::gateway::Gateway;
 use crate::identity::{AuthFailures, Authenticator, KeyCache, KeyPace, KeyStore, TrustedProxies};
+use crate::moderation::semantic::Exemplars;
 use crate::moderation::{Moderator, Semantic};
 use crate::ops::OpsAccess;
 use crate::orchestrator::{Conversation, ConversationStore, Orchestrator, OrchestratorApi, OrchestratorSettings, Pacing, TurnLimits};
@@ -272,6 +273,16 @@ pub async fn terminated() {
 
 /// The moderator with the configured layers; a missing model is an error naming the setting.
 pub fn moderator(settings: &Settings, constitution: &Constitution) -> anyhow::Result<Moderator> {
+    build_moderator(settings, constitution, Exemplars::Keep)
+}
+
+/// The moderator of a candidate constitution that is only tried (a dry run): the same
+/// judgement, but nothing of it is written to disk.
+pub fn candidate_moderator(settings: &Settings, constitution: &Constitution) -> anyhow::Result<Moderator> {
+    build_moderator(settings, constitution, Exemplars::Discard)
+}
+
+fn build_moderator(settings: &Settings, constitution: &Constitution, exemplars: Exemplars) -> anyhow::Result<Moderator> {
     use crate::config::SemanticSwitch;
     use crate::moderation::semantic::{Classifier, SemanticModel};
     let m = &settings.moderation;
@@ -284,7 +295,7 @@ pub fn moderator(settings: &Settings, constitution: &Constitution) -> anyhow::Re
             let started = std::time::Instant::now();
             let model = SemanticModel::shared(&m.model_dir, m.cache_entries)
                 .with_context(|| format!("Failed to load the moderation model (moderation.model_dir = {})", m.model_dir.display()))?;
-            let classifier = Classifier::shared(model, constitution).context("Failed to embed the constitution's examples")?;
+            let classifier = Classifier::shared(model, constitution, exemplars).context("Failed to embed the constitution's examples")?;
             tracing::info!(model_dir = %m.model_dir.display(), ms = started.elapsed().as_millis() as u64, "semantic moderation ready");
             Semantic::On(classifier)
         }

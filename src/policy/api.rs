@@ -159,7 +159,7 @@ pub(crate) async fn activate(req: HttpRequest, caller: Caller, body: web::Bytes,
         Constitution::from_toml_str(text).map_err(|e| ApiError::new(Code::InvalidRequest, format!("the body is not a valid constitution: {e}")))?;
     let hash = constitution.hash();
     // Built before it is activated: a document no moderator can be made of is the caller's 400, not every turn's 503.
-    let judge = build_judge(&api.settings, constitution.clone(), text.to_owned()).await?;
+    let judge = build_judge(&api.settings, constitution.clone(), text.to_owned(), false).await?;
     api.judges.adopt(judge);
     let scope = Scope::Tenant(caller.tenant.as_str().to_owned());
     let trace = crate::web::trace_of(&req);
@@ -184,10 +184,12 @@ pub(crate) async fn activate(req: HttpRequest, caller: Caller, body: web::Bytes,
     Ok(HttpResponse::Ok().json(entry.outcome()))
 }
 
-/// The judge of a candidate document, built off the worker thread (it embeds the examples).
-async fn build_judge(settings: &Arc<Settings>, constitution: Constitution, text: String) -> Result<Arc<Judge>, ApiError> {
+/// The judge of a document, built off the worker thread (it embeds the examples); `trial`
+/// for a dry run, which writes nothing to disk.
+async fn build_judge(settings: &Arc<Settings>, constitution: Constitution, text: String, trial: bool) -> Result<Arc<Judge>, ApiError> {
     let settings = settings.clone();
-    let built = web::block(move || crate::app::moderator(&settings, &constitution).map(|moderator| (constitution, moderator)))
+    let build = if trial { crate::app::candidate_moderator } else { crate::app::moderator };
+    let built = web::block(move || build(&settings, &constitution).map(|moderator| (constitution, moderator)))
         .await
         .map_err(|e| ApiError::new(Code::Internal, e.to_string()))?;
     let (constitution, moderator) = built.map_err(|e| {
@@ -217,7 +219,7 @@ pub(crate) async fn dry_run_route(caller: Caller, body: web::Json<DryRunBody>, a
         .map_err(|e| ApiError::new(Code::InvalidRequest, format!("the document is not a valid constitution: {e}")))?;
     let (hash, name, version) = (candidate.hash(), candidate.name.clone(), candidate.version.clone());
     // Building the moderator embeds the candidate's examples: CPU work, off the worker thread.
-    let judge = build_judge(&api.settings, candidate, body.document).await?;
+    let judge = build_judge(&api.settings, candidate, body.document, true).await?;
     let since_ms = crate::db::now_ms() - window.as_millis() as i64;
     let stored = api.store.window(Some(caller.tenant.as_str()), since_ms, limit).await.map_err(OrchestratorError::Store)?;
     let turns: Vec<PastTurn> = stored.into_iter().map(PastTurn::from).collect();

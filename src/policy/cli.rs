@@ -21,7 +21,7 @@ pub async fn run(settings: &Settings, command: ConstitutionCommand) -> anyhow::R
         ConstitutionCommand::DryRun { file, tenant, since, limit } => {
             let window = parse_window(&since).map_err(anyhow::Error::msg)?;
             let candidate = Constitution::load(&file)?;
-            let moderator = std::sync::Arc::new(crate::app::moderator(settings, &candidate)?);
+            let moderator = std::sync::Arc::new(crate::app::candidate_moderator(settings, &candidate)?);
             let db = crate::db::Database::connect(settings.database.url.expose(), 2).await.context("Failed to connect to the database")?;
             let since_ms = crate::db::now_ms() - window.as_millis() as i64;
             let stored = ConversationStore::new(db).window(tenant.as_deref(), since_ms, limit.max(0)).await?;

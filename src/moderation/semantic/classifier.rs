@@ -55,11 +55,21 @@ pub struct Classifier {
     refuse_from: f32,
 }
 
+/// Whether a classifier's embedded examples are written to the model directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exemplars {
+    /// Kept (`exemplars-<digest>.bin`), so the next start reads them instead of embedding again.
+    Keep,
+    /// Embedded in memory only (a candidate that is only tried).
+    Discard,
+}
+
 impl Classifier {
     /// The classifier for `constitution`, built once per process and
     /// constitution hash while anything holds it (constitutions come and go
     /// with activations: none is kept for good).
-    pub fn shared(model: Arc<SemanticModel>, constitution: &Constitution) -> Result<Arc<Self>, SemanticError> {
+    /// `exemplars` says whether the embedded examples are kept on disk for the next build.
+    pub fn shared(model: Arc<SemanticModel>, constitution: &Constitution, exemplars: Exemplars) -> Result<Arc<Self>, SemanticError> {
         static BUILT: OnceLock<Mutex<HashMap<String, Weak<Classifier>>>> = OnceLock::new();
         let key = format!("{}|{:p}", constitution.hash(), Arc::as_ptr(&model));
         let built = || BUILT.get_or_init(Default::default).lock().unwrap_or_else(|p| p.into_inner());
@@ -68,7 +78,9 @@ impl Classifier {
         }
         // Embedding and fitting happen outside the lock: one document's fit never holds up another's.
         let examples = Examples::of(constitution);
-        model.remember(&examples.texts())?;
+        if exemplars == Exemplars::Keep {
+            model.remember(&examples.texts())?;
+        }
         let classifier = Arc::new(Self::new(model, &examples, &constitution.semantic)?);
         let mut built = built();
         built.retain(|_, held| held.strong_count() > 0);

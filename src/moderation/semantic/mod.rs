@@ -30,7 +30,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 pub use bank::{Rule, Scores};
 pub use cache::Vector;
-pub use classifier::{Classifier, Examples, Route};
+pub use classifier::{Classifier, Examples, Exemplars, Route};
 
 use cache::EmbeddingCache;
 use distilled::Distilled;

@@ -49,3 +49,34 @@ async fn a_dry_run_window_too_long_to_count_is_a_400_naming_the_maximum() {
         assert!(body["message"].as_str().unwrap().contains("at most 3650d"), "{body}");
     }
 }
+
+#[tokio::test]
+async fn a_dry_run_writes_nothing_to_disk_and_an_activation_keeps_its_exemplars() {
+    // A model directory of its own (links to the model's files), to see what is written there.
+    let models = tempfile::tempdir().unwrap();
+    let shared = crate::helpers::manifest_dir().join(".models/all-minilm-l6-v2");
+    for entry in std::fs::read_dir(&shared).unwrap() {
+        let path = entry.unwrap().path();
+        if !path.file_name().unwrap().to_string_lossy().starts_with("exemplars-") {
+            std::os::unix::fs::symlink(&path, models.path().join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    let dir = models.path().to_owned();
+    let app = spawn_app_with(Storage::Sqlite, move |s| s.moderation.model_dir = dir).await;
+    let written = || std::fs::read_dir(models.path()).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("exemplars-")).count();
+    let at_start = written();
+    let admin = app.key(&unique("tenant-"), &[Capability::PolicyAdmin]).await;
+    let (document, _) = candidate_with_phrase(&app, "a phrase only this test uses");
+    let mut candidate: toml::Table = document.parse().unwrap();
+    let example = format!("an example only this test uses {}", unique(""));
+    candidate["categories"].as_array_mut().unwrap()[0].as_table_mut().unwrap()["examples"].as_array_mut().unwrap().push(example.into());
+    let document = toml::to_string(&candidate).unwrap();
+
+    let dry = app.post("/v1/policy/constitution/dry-run", Some(&admin), &json!({ "document": document })).await;
+
+    assert_eq!(dry.status(), 200);
+    assert_eq!(written(), at_start, "the dry run wrote nothing");
+    let put = app.http.put(format!("{}/v1/policy/constitution", app.address)).bearer_auth(&admin).body(document).send().await.unwrap();
+    assert_eq!(put.status(), 200);
+    assert_eq!(written(), at_start + 1, "an activation keeps its embedded examples for the next start");
+}
