@@ -18,6 +18,9 @@ use crate::policy::constitution::Constitution;
 /// [`Semantic::judge`] (requests) or [`Semantic::judge_output`] (answers).
 type JudgeFn = fn(&Semantic, &str) -> Result<Option<usize>, super::SemanticError>;
 
+/// Input longer than this (bytes, all messages) is moderated on a blocking thread.
+const INLINE_BYTES: usize = 4096;
+
 /// Default of `moderation.output_window_chars`.
 pub const DEFAULT_OUTPUT_WINDOW: usize = 400;
 
@@ -83,8 +86,8 @@ impl PhraseIndex {
 }
 
 /// Input and output moderation under one constitution. Build once and share
-/// (it is `Send + Sync`; clones of the phrase index are reference-counted).
-#[derive(Debug)]
+/// (it is `Send + Sync`; a clone shares the phrase index, the patterns and the semantic layer).
+#[derive(Debug, Clone)]
 pub struct Moderator {
     phrases: Arc<PhraseIndex>,
     patterns: RegexSet,
@@ -190,6 +193,13 @@ impl Moderator {
     /// semantic layer on each message and on all of them joined (on a
     /// blocking thread: it is CPU work).
     pub async fn judge_messages(&self, messages: Vec<String>) -> Result<Decision, ModerationError> {
+        if messages.iter().map(String::len).sum::<usize>() > INLINE_BYTES {
+            // Long input (normalisation can multiply it): every layer on a blocking thread, so the
+            // async workers that stream everyone's turns never wait on one caller's text.
+            let this = self.clone();
+            let judged = tokio::task::spawn_blocking(move || this.judge_messages_now(messages)).await;
+            return judged.map_err(|e| ModerationError::Worker(e.to_string()))?;
+        }
         // Each text is normalised once, for both layers.
         let forms = judged_forms(messages);
         let decision = self.check_forms(&forms);
@@ -202,6 +212,21 @@ impl Moderator {
             Some(hit) => Decision::Refuse(vec![hit]),
             None => Decision::Allow,
         })
+    }
+
+    /// [`Self::judge_messages`] on this thread.
+    fn judge_messages_now(&self, messages: Vec<String>) -> Result<Decision, ModerationError> {
+        let forms = judged_forms(messages);
+        let decision = self.check_forms(&forms);
+        if matches!(decision, Decision::Refuse(_)) || !self.semantic.is_on() {
+            return Ok(decision);
+        }
+        for (_, normalized) in &forms {
+            if let Some(category) = Semantic::judge(&self.semantic, normalized)? {
+                return Ok(self.phrases.hit(Some(category)).map_or(Decision::Allow, |hit| Decision::Refuse(vec![hit])));
+            }
+        }
+        Ok(Decision::Allow)
     }
 
     /// Judges pieces of a streamed answer with the semantic layer (the
