@@ -16,7 +16,7 @@ use crate::instances::{shared_database, Instance};
 use crate::moderation::PrivateModelServer;
 
 /// The process's resident memory, in KiB, from `/proc`.
-fn resident_kib(pid: u32) -> u64 {
+pub(crate) fn resident_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS in /proc/PID/status");
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
@@ -24,7 +24,7 @@ fn resident_kib(pid: u32) -> u64 {
 
 /// A raw HTTP/1.1 connection with a small receive buffer, so that a client
 /// that stops reading stops taking bytes soon.
-async fn connect_small(address: &str) -> tokio::net::TcpStream {
+pub(crate) async fn connect_small(address: &str) -> tokio::net::TcpStream {
     let address: std::net::SocketAddr = address.trim_start_matches("http://").parse().unwrap();
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     socket.set_recv_buffer_size(1024).unwrap();

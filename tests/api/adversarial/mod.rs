@@ -8,3 +8,4 @@ mod pressure;
 mod routes;
 mod shutdown;
 mod verdicts;
+mod sockets;
