@@ -25,7 +25,7 @@ use crate::ops::OpsAccess;
 use crate::orchestrator::{Conversation, ConversationStore, Orchestrator, OrchestratorApi, OrchestratorSettings, Pacing, TurnLimits};
 use crate::policy::{Auditor, BuildModerator, Constitution, ConstitutionRegistry, Freshness, Judge, Judges, MemoryRegistry, PolicyEngine};
 use crate::readiness::{Dependencies, Readiness};
-use crate::slm::{HttpModelClient, ModelClient, Timeouts};
+use crate::slm::{FairGate, FairModelClient, HttpModelClient, ModelClient, Timeouts};
 use crate::telemetry::Metrics;
 
 /// Connections of the key-lookup pool, apart from `database.max_connections`.
@@ -87,7 +87,9 @@ impl Application {
             idle: Duration::from_millis(slm.idle_timeout_ms),
             total: Duration::from_millis(slm.total_timeout_ms),
         };
-        let model: Arc<dyn ModelClient> = Arc::new(HttpModelClient::new(&slm.base_url, &slm.model, timeouts).context("Failed to build the model client")?);
+        let http: Arc<dyn ModelClient> = Arc::new(HttpModelClient::new(&slm.base_url, &slm.model, timeouts).context("Failed to build the model client")?);
+        let first_token = Duration::from_millis(slm.first_token_timeout_ms);
+        let model: Arc<dyn ModelClient> = Arc::new(FairModelClient::new(http, FairGate::new(slm.max_concurrent), first_token));
         let metrics = Arc::new(Metrics::new());
         let store = ConversationStore::new(db.clone());
         let (cancel, tasks, turns) = (CancellationToken::new(), TaskTracker::new(), CancellationToken::new());

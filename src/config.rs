@@ -147,6 +147,9 @@ pub struct SlmSettings {
     pub idle_timeout_ms: u64,
     pub total_timeout_ms: u64,
     pub default_max_tokens: u32,
+    /// Model calls at once (the server's parallel slots; 0 = no bound): beyond, calls wait
+    /// for a slot with the tenants waiting served in turn (see `crate::slm::FairGate`).
+    pub max_concurrent: usize,
     pub max_tokens_limit: u32,
 }
 

@@ -79,6 +79,7 @@ impl Orchestrator {
         // The model call's own span: its id travels in the model request's traceparent.
         let model_call = request.trace.child();
         let dispatch = DispatchContext {
+            tenant: request.tenant.as_str().to_owned(),
             constitution_hash: signed.constitution_hash.to_string(),
             policy_verdict: signed.verdict.header_value(),
             traceparent: model_call.header(),

@@ -35,6 +35,8 @@ pub struct GenerationParams {
 /// Headers every dispatch carries.
 #[derive(Debug, Clone)]
 pub struct DispatchContext {
+    /// Whose turn it is (for fair turns at the model server; never sent upstream).
+    pub tenant: String,
     pub constitution_hash: String,
     pub policy_verdict: String,
     pub traceparent: String,

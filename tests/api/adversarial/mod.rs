@@ -7,5 +7,5 @@ mod policy;
 mod pressure;
 mod routes;
 mod shutdown;
-mod verdicts;
 mod sockets;
+mod verdicts;
