@@ -4,7 +4,6 @@
 mod bodies;
 mod keys;
 mod policy;
-mod pressure;
 mod routes;
 mod shutdown;
 mod sockets;

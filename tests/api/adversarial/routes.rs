@@ -1,6 +1,7 @@
 //! Floods of authenticated requests: every route is paced per key, and
 //! refusals of the training routes do not flood the audit trail.
 
+use futures_util::StreamExt;
 use serde_json::json;
 use steward::identity::Capability;
 
@@ -44,4 +45,32 @@ async fn every_authenticated_route_is_paced_per_key() {
     assert!(refused.headers().contains_key("retry-after"));
     assert_error(refused, 429, "rate_limited").await;
     assert_eq!(app.get_with("/v1/training/status", &neighbour).await.status(), 200, "another key is paced apart");
+}
+
+#[tokio::test]
+async fn a_tenant_opening_sessions_as_fast_as_it_can_gets_its_rate_and_every_other_opening_stores_nothing() {
+    let app = spawn_app_with(Storage::Sqlite, |s| {
+        s.limits.requests_per_second = 5.0;
+        s.limits.burst = 10;
+    })
+    .await;
+    let (tenant, key) = app.chat_key().await;
+    let started = std::time::Instant::now();
+    let openings = futures_util::stream::iter(0..300)
+        .map(|_| async { app.post("/v1/chat/stream", Some(&key), &json!({ "message": "Hi", "max_tokens": 1 })).await })
+        .buffer_unordered(32)
+        .then(|response| async move {
+            let status = response.status().as_u16();
+            let _ = response.bytes().await;
+            status
+        })
+        .collect::<Vec<u16>>()
+        .await;
+    let elapsed = started.elapsed();
+
+    let admitted = openings.iter().filter(|s| **s == 200).count();
+    assert_eq!(admitted + openings.iter().filter(|s| **s == 429).count(), 300, "each opening is served or refused 429");
+    assert!(admitted as f64 <= 10.0 + 5.0 * elapsed.as_secs_f64() + 1.0, "{admitted} admitted in {elapsed:?}");
+    let sessions: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM sessions WHERE tenant = $1").bind(&tenant).fetch_one(app.db.pool()).await.unwrap();
+    assert_eq!(sessions as usize, admitted, "a refused opening stores nothing");
 }

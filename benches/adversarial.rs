@@ -1,17 +1,91 @@
-//! Each attack against the real binary (PostgreSQL, Redis, the model) while
-//! another tenant chats: that tenant's time to first token (p99 of its turns)
-//! during the attack against before it (within 2x, but for one tenant flooding
-//! the model within its limits: see the bound), and Steward's resident memory.
+//! Issue 19's pressure bench: each attack against the real binary (PostgreSQL,
+//! Redis, the model) while another tenant chats; that tenant's time to first
+//! token (p99 of its turns) during the attack against before it (target: at
+//! most 2x), and Steward's resident memory. The attacks' functional outcomes
+//! (status codes, nothing lost) are tests (`tests/api/adversarial/`); this
+//! measures what they cost the others, alone on the machine.
+//!
+//! Needs the services `scripts/test.sh` starts:
+//! `STEWARD_BENCH_POSTGRES_URL=postgres://postgres@127.0.0.1:5432/postgres
+//! STEWARD_BENCH_REDIS_URL=redis://127.0.0.1:6379 STEWARD_BENCH_SLM_URL=http://127.0.0.1:8091/v1
+//! cargo bench --bench adversarial`.
 
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use serde_json::json;
+use steward::db::Database;
 use steward::identity::{Capability, KeyStore, TenantId};
 use tokio::io::AsyncWriteExt;
 
-use crate::helpers::unique;
-use crate::instances::{shared_database, Instance};
+fn unique(prefix: &str) -> String {
+    format!("{prefix}{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+}
+
+fn env(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_owned())
+}
+
+/// A fresh PostgreSQL database with Steward's tables: its URL and a handle.
+async fn database() -> (String, Database) {
+    let admin = env("STEWARD_BENCH_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/postgres");
+    let name = unique("steward_bench_");
+    let db = Database::connect(&admin, 1).await.expect("PostgreSQL at STEWARD_BENCH_POSTGRES_URL");
+    sqlx::query(&format!("CREATE DATABASE {name}")).execute(db.pool()).await.unwrap();
+    let url = format!("{}/{name}", admin.rsplit_once('/').unwrap().0);
+    let db = Database::connect(&url, 2).await.unwrap();
+    db.migrate().await.unwrap();
+    (url, db)
+}
+
+/// The `steward` binary on a free port; killed when dropped.
+struct Instance {
+    child: Child,
+    address: String,
+}
+
+impl Instance {
+    async fn start(database_url: &str) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        let child = Command::new(env!("CARGO_BIN_EXE_steward"))
+            .arg("serve")
+            .current_dir(&root)
+            .env("STEWARD_SERVER__BIND", format!("127.0.0.1:{port}"))
+            .env("STEWARD_DATABASE__URL", database_url)
+            .env("STEWARD_REDIS__URL", env("STEWARD_BENCH_REDIS_URL", "redis://127.0.0.1:6379"))
+            .env("STEWARD_REDIS__KEY_PREFIX", format!("{}:", unique("steward-bench-")))
+            .env("STEWARD_SLM__BASE_URL", env("STEWARD_BENCH_SLM_URL", "http://127.0.0.1:8091/v1"))
+            .env("STEWARD_POLICY__SIGNING_KEY", "bench-signing-key-0123456789abcdef0123")
+            .env("STEWARD_TELEMETRY__LOG_LEVEL", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the steward binary");
+        let instance = Self { child, address: format!("http://127.0.0.1:{port}") };
+        for _ in 0..600 {
+            if reqwest::get(format!("{}/healthz", instance.address)).await.is_ok_and(|r| r.status() == 200) {
+                return instance;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("steward did not start on {}", instance.address);
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
 
 /// Turns the victim runs per measurement.
 const TURNS: usize = 20;
@@ -73,14 +147,14 @@ async fn during<F: std::future::Future<Output = ()>>(victim: &Victim, attack: im
     tokio::join!(attacking, measuring).1
 }
 
-#[tokio::test]
-async fn another_tenants_turns_keep_streaming_through_each_attack() {
-    let (url, db) = shared_database().await;
+#[tokio::main]
+async fn main() {
+    let (url, db) = database().await;
     let keys = KeyStore::new(db.clone());
     let victim_key = keys.create(&TenantId::parse(&unique("victim-")).unwrap(), &[Capability::Chat]).await.unwrap().1.expose().to_owned();
     let attacker = unique("attacker-");
     let attacker_key = keys.create(&TenantId::parse(&attacker).unwrap(), &[Capability::Chat]).await.unwrap().1.expose().to_owned();
-    let steward = Instance::start_with(&url, &format!("{}:", unique("steward-test-")), &[]).await;
+    let steward = Instance::start(&url).await;
     let victim = Victim { address: steward.address.clone(), key: victim_key, http: reqwest::Client::new() };
     victim.p99().await; // warm up (model, moderation, pools)
                         // The attacking tenant's key is a real one, in use before the floods from this address begin.
@@ -144,11 +218,7 @@ async fn another_tenants_turns_keep_streaming_through_each_attack() {
     let admitted = statuses.iter().filter(|s| **s == 200).count();
     let limited = statuses.iter().filter(|s| **s == 429).count();
     let sessions: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM sessions WHERE tenant = $1").bind(&attacker).fetch_one(db.pool()).await.unwrap();
-    eprintln!("10,000 session openings by one tenant in {elapsed:?}: {admitted} admitted, {limited} refused 429; {sessions} sessions stored");
-    assert_eq!(admitted + limited, 10_000, "every opening is served or refused by the tenant's limits");
-    // The default limits: a burst of 100, then 50 a second.
-    assert!(admitted as f64 <= 100.0 + 50.0 * elapsed.as_secs_f64() + 1.0, "{admitted} admitted in {elapsed:?}");
-    assert_eq!(sessions as usize, admitted, "a refused opening stores nothing");
+    println!("10,000 session openings by one tenant in {elapsed:?}: {admitted} admitted, {limited} refused 429; {sessions} sessions stored");
     report.push(("one tenant opening 10,000 sessions", p99));
     let p99 = during(&victim, || async {
         // Deeply nested JSON: 20,000 levels in 40 KB.
@@ -172,17 +242,11 @@ async fn another_tenants_turns_keep_streaming_through_each_attack() {
     report.push(("1 MiB bodies", p99));
 
     let rss_after = rss_kib(steward.pid());
-    eprintln!("victim TTFT p99 before: {before:?}; Steward RSS {rss_before} KiB before, {rss_after} KiB after");
+    println!("victim TTFT p99 before: {before:?}; Steward RSS {rss_before} KiB before the attacks, {rss_after} KiB after");
+    println!("| attack | victim TTFT p99 | vs before | target (2x) |");
+    println!("|---|---|---|---|");
     for (attack, p99) in &report {
-        eprintln!("  {attack}: victim TTFT p99 {p99:?} ({:.2}x)", p99.as_secs_f64() / before.as_secs_f64());
+        let ratio = p99.as_secs_f64() / before.as_secs_f64();
+        println!("| {attack} | {:.1} ms | {ratio:.2}x | {} |", p99.as_secs_f64() * 1000.0, if ratio <= 2.0 { "met" } else { "missed" });
     }
-    for (attack, p99) in &report {
-        // The one attack that misses the 2x target on 2 cores: a tenant within its limits keeping the
-        // model server busy. The fair gate (slm.max_concurrent) took it from 19x to about 4-6x, where
-        // the victim still shares the model's compute and both cores with the flood; this bound
-        // keeps that lever in place, and issue 19's note names the next one.
-        let bound = if attack.starts_with("one tenant opening") { before * 8 } else { before * 2 };
-        assert!(*p99 <= bound, "{attack}: the victim's TTFT p99 went from {before:?} to {p99:?}");
-    }
-    assert!(rss_after < rss_before + 64 * 1024, "Steward's memory grew from {rss_before} to {rss_after} KiB");
 }
