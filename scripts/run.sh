@@ -26,4 +26,5 @@ Then stream a turn:
        -H 'content-type: application/json' -d '{"message": "Write a haiku about rivers."}'
 
 MSG
-./target/debug/steward serve
+# The model server above has 2 parallel slots: model calls beyond wait, tenants served in turn.
+STEWARD_SLM__MAX_CONCURRENT=${STEWARD_SLM__MAX_CONCURRENT:-2} ./target/debug/steward serve

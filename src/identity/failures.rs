@@ -5,7 +5,7 @@
 //! guessed keys never reaches the database, and a key in use is never refused.
 //!
 //! Counted in this process, in a table of fixed size (`SLOTS` addresses, four
-//! to a bucket, about 1 MiB): a check or a count is O(1) under one short lock,
+//! to a bucket, 32 bytes each: 2 MiB): a check or a count is O(1) under one short lock,
 //! and no number of addresses makes it grow. A new address takes its bucket's
 //! expired or least-counted slot, so an attacker with many addresses can at
 //! worst make the bound forget some of them early; it never refuses anyone more.
