@@ -162,7 +162,8 @@ impl Application {
             Duration::from_millis(settings.identity.key_cache_ms),
             settings.identity.key_cache_entries,
         );
-        let proxies = TrustedProxies::parse(&settings.server.trusted_proxies).map_err(|reason| anyhow::anyhow!("server.trusted_proxies: {reason}"))?;
+        let proxies = TrustedProxies::parse(&settings.server.trusted_proxies, settings.server.forwarded_header)
+            .map_err(|reason| anyhow::anyhow!("server.trusted_proxies: {reason}"))?;
         let failures = AuthFailures::new(settings.identity.max_failed_auth_per_minute);
         let pace = KeyPace::new(settings.identity.requests_per_second_per_key, settings.identity.burst_per_key);
         let auth = web::Data::new(Authenticator::new(keys, failures, pace, proxies, metrics.clone()));

@@ -104,6 +104,10 @@ pub struct ServerSettings {
     /// headers are ignored.
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
+    /// The one header those proxies write the client's address in: `x-forwarded-for` or
+    /// `forwarded` (a proxy appending to one passes the other through as the client wrote it).
+    #[serde(default)]
+    pub forwarded_header: crate::identity::ForwardedHeader,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -335,7 +339,7 @@ impl Settings {
         if let Err(weak) = crate::events::checkpoint::CheckpointKey::from_secret(self.events.checkpoint_key.expose()) {
             return invalid("events.checkpoint_key", &format!("{}: use a 32-byte random seed in base64 (`steward keys audit-generate`)", weak.0));
         }
-        if let Err(reason) = crate::identity::TrustedProxies::parse(&self.server.trusted_proxies) {
+        if let Err(reason) = crate::identity::TrustedProxies::parse(&self.server.trusted_proxies, self.server.forwarded_header) {
             return invalid("server.trusted_proxies", &reason);
         }
         let url = self.database.url.expose();

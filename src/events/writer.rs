@@ -97,7 +97,16 @@ impl EventLog {
         tracker: &tokio_util::task::TaskTracker,
     ) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
-        let writer = Writer { store, metrics, cancel, drain, gives_up_at: std::sync::OnceLock::new() };
+        let gives_up_at = Arc::new(std::sync::OnceLock::new());
+        // The drain deadline runs from when shutdown began, whatever the writer is doing then.
+        tracker.spawn({
+            let (cancel, gives_up_at) = (cancel.clone(), gives_up_at.clone());
+            async move {
+                cancel.cancelled().await;
+                let _ = gives_up_at.set(tokio::time::Instant::now() + drain);
+            }
+        });
+        let writer = Writer { store, metrics, cancel, drain, gives_up_at };
         tracker.spawn(write_loop(writer, rx, committed));
         Self { tx, tracker: tracker.clone() }
     }
@@ -110,8 +119,8 @@ struct Writer {
     cancel: CancellationToken,
     /// How long after `cancel` a failing write is still retried.
     drain: Duration,
-    /// `drain` after the writer first saw `cancel`.
-    gives_up_at: std::sync::OnceLock<tokio::time::Instant>,
+    /// `drain` after `cancel` fired.
+    gives_up_at: Arc<std::sync::OnceLock<tokio::time::Instant>>,
 }
 
 async fn write_loop(writer: Writer, mut rx: mpsc::Receiver<Job>, committed: Arc<Notify>) {
@@ -127,7 +136,8 @@ async fn write_loop(writer: Writer, mut rx: mpsc::Receiver<Job>, committed: Arc<
         gather(&mut rx, &mut jobs, &cancel).await;
         let items: Vec<Pending> = jobs.iter().flat_map(|j| j.items.iter().cloned()).collect();
         let result = writer.write_with_retry(&items).await;
-        if result.is_ok() || jobs.len() == 1 {
+        // Past the drain deadline a failure is the database's, not one job's: no job is tried again.
+        if result.is_ok() || jobs.len() == 1 || writer.past_deadline() {
             finish(jobs, result, &committed);
             continue;
         }
@@ -183,6 +193,16 @@ impl Writer {
         tokio::time::sleep_until(at).await;
     }
 
+    /// Whether shutdown's drain deadline had passed at `when`.
+    fn past_deadline_before(&self, when: tokio::time::Instant) -> bool {
+        self.gives_up_at.get().is_some_and(|at| when >= *at)
+    }
+
+    /// Whether shutdown's drain deadline has passed.
+    fn past_deadline(&self) -> bool {
+        self.gives_up_at.get().is_some_and(|at| tokio::time::Instant::now() >= *at)
+    }
+
     /// A database outage must delay events, not lose them: retry with capped
     /// backoff until the write succeeds, or until the drain deadline once Steward
     /// is shutting down ([`Self::given_up`]). Meanwhile the queue
@@ -191,6 +211,7 @@ impl Writer {
     /// pool timeout, a lost connection or a busy database — can never succeed,
     /// and is given up (and logged) after a few tries.
     async fn write_with_retry(&self, items: &[Pending]) -> Result<(), EventsError> {
+        let started = tokio::time::Instant::now();
         let mut delay = Duration::from_millis(20);
         let mut attempts = 0;
         loop {
@@ -209,7 +230,12 @@ impl Writer {
                     tokio::select! {
                         () = tokio::time::sleep(delay) => {}
                         () = self.given_up() => {
-                            // One last try at the deadline: the database may be back since the last one.
+                            // One last try at the deadline (the database may be back since the last
+                            // one), unless this write began past it and has had its one try.
+                            if attempts == 1 && self.past_deadline_before(started) {
+                                tracing::error!(error = %crate::error::error_chain(&err), items = items.len(), "shut down with events not stored: the database failed past the drain deadline");
+                                return Err(EventsError::Store(err.to_string()));
+                            }
                             let Err(err) = self.store.append(items).await else { return Ok(()) };
                             tracing::error!(error = %crate::error::error_chain(&err), items = items.len(), drain_ms = self.drain.as_millis() as u64, "shut down with events not stored: the database failed until the drain deadline");
                             return Err(EventsError::Store(err.to_string()));

@@ -113,7 +113,11 @@ impl Inner {
                     lock(&inner.memory).put(hash.clone(), record.clone(), Instant::now());
                     lock(&inner.vouched).put(hash.clone(), (), Instant::now());
                 }
-                Ok(None) => lock(&inner.unknown).put(hash.clone(), (), Instant::now()),
+                Ok(None) => {
+                    lock(&inner.unknown).put(hash.clone(), (), Instant::now());
+                    // Revoked (or never live): no longer vouched for against the failed-auth bound.
+                    lock(&inner.vouched).entries.remove(&hash);
+                }
                 Err(_) => {}
             }
             lock(&inner.reading).remove(&hash);

@@ -9,15 +9,29 @@ use std::net::IpAddr;
 
 use actix_web::HttpRequest;
 
-/// Address ranges whose forwarding headers are believed.
+/// Which header the trusted proxies write the client's address in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ForwardedHeader {
+    /// `X-Forwarded-For` (nginx's `$proxy_add_x_forwarded_for`, most load balancers).
+    #[default]
+    XForwardedFor,
+    /// `Forwarded` (RFC 7239).
+    Forwarded,
+}
+
+/// Address ranges whose forwarding header is believed, and which header that is.
 #[derive(Debug, Clone, Default)]
 pub struct TrustedProxies {
     ranges: Vec<(IpAddr, u8)>,
+    /// Only this header is read: a proxy that appends to one passes the other through as the
+    /// client wrote it.
+    header: ForwardedHeader,
 }
 
 impl TrustedProxies {
     /// Parses `192.0.2.10`, `10.0.0.0/8`, `::1`, `fd00::/8`; the error names the bad entry.
-    pub fn parse(entries: &[String]) -> Result<Self, String> {
+    pub fn parse(entries: &[String], header: ForwardedHeader) -> Result<Self, String> {
         let ranges = entries
             .iter()
             .map(|entry| {
@@ -28,10 +42,16 @@ impl TrustedProxies {
                     None => max,
                     Some(len) => len.trim().parse::<u8>().ok().filter(|l| *l <= max).ok_or_else(|| format!("`{entry}`: prefix length must be 0-{max}"))?,
                 };
-                Ok((canonical(ip), len))
+                // An IPv4-mapped range (`::ffff:10.0.0.0/104`) is matched as the IPv4 range it maps.
+                let canonical = canonical(ip);
+                let len = match (ip, canonical) {
+                    (IpAddr::V6(_), IpAddr::V4(_)) => len.checked_sub(96).ok_or_else(|| format!("`{entry}`: an IPv4-mapped range needs a prefix of 96-128"))?,
+                    _ => len,
+                };
+                Ok((canonical, len))
             })
             .collect::<Result<_, String>>()?;
-        Ok(Self { ranges })
+        Ok(Self { ranges, header })
     }
 
     pub fn contains(&self, ip: IpAddr) -> bool {
@@ -45,11 +65,11 @@ impl TrustedProxies {
         if !self.contains(peer) {
             return Some(peer);
         }
-        let forwarded: Vec<&str> = req.headers().get_all("forwarded").filter_map(|v| v.to_str().ok()).collect();
-        let hops = if forwarded.is_empty() {
-            req.headers().get_all("x-forwarded-for").filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).map(str::trim).map(str::to_owned).collect()
-        } else {
-            forwarded.iter().flat_map(|v| v.split(',')).filter_map(forwarded_for).collect::<Vec<_>>()
+        let values = |name| req.headers().get_all(name).filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(','));
+        let hops: Vec<String> = match self.header {
+            ForwardedHeader::XForwardedFor => values("x-forwarded-for").map(|hop| hop.trim().to_owned()).collect(),
+            // An element without `for=` is a hop that names no address.
+            ForwardedHeader::Forwarded => values("forwarded").map(|element| forwarded_for(element).unwrap_or_default()).collect(),
         };
         Some(self.rightmost_untrusted(peer, &hops))
     }
@@ -117,9 +137,10 @@ fn prefix(bits: u128, len: u8) -> u128 {
 /// send from 2^64 of them).
 pub fn counted_as(ip: IpAddr) -> u128 {
     match canonical(ip) {
-        // Bit 32 marks IPv4; an IPv6 /64 has its low 64 bits clear.
+        // Bit 32 marks IPv4, bit 33 IPv6 (whose /64 has its low 64 bits clear): never 0, the
+        // counting table's mark of a free slot, not even for `::1`.
         IpAddr::V4(v4) => u128::from(u32::from(v4)) | 1 << 32,
-        IpAddr::V6(v6) => prefix(u128::from(v6), 64),
+        IpAddr::V6(v6) => prefix(u128::from(v6), 64) | 1 << 33,
     }
 }
 
@@ -129,7 +150,11 @@ mod tests {
     use actix_web::test::TestRequest;
 
     fn proxies(list: &[&str]) -> TrustedProxies {
-        TrustedProxies::parse(&list.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap()
+        proxies_writing(list, ForwardedHeader::XForwardedFor)
+    }
+
+    fn proxies_writing(list: &[&str], header: ForwardedHeader) -> TrustedProxies {
+        TrustedProxies::parse(&list.iter().map(|s| s.to_string()).collect::<Vec<_>>(), header).unwrap()
     }
 
     fn from(peer: &str, headers: &[(&str, &str)]) -> TestRequest {
@@ -154,7 +179,12 @@ mod tests {
         let req = from("10.1.2.3", &[("x-forwarded-for", "1.2.3.4, 198.51.100.7, 10.9.9.9")]).to_http_request();
         assert_eq!(trusted.client_of(&req), Some("198.51.100.7".parse().unwrap()));
         let req = from("10.1.2.3", &[("forwarded", "for=1.2.3.4, for=\"[2001:db8::7]:4711\";proto=https")]).to_http_request();
-        assert_eq!(trusted.client_of(&req), Some("2001:db8::7".parse().unwrap()));
+        assert_eq!(proxies_writing(&["10.0.0.0/8"], ForwardedHeader::Forwarded).client_of(&req), Some("2001:db8::7".parse().unwrap()));
+        // Proxies that write X-Forwarded-For pass a client's own Forwarded through: it is not read.
+        let req = from("10.1.2.3", &[("forwarded", "for=1.2.3.4"), ("x-forwarded-for", "198.51.100.7")]).to_http_request();
+        assert_eq!(trusted.client_of(&req), Some("198.51.100.7".parse().unwrap()));
+        let req = from("10.1.2.3", &[("forwarded", "proto=https")]).to_http_request();
+        assert_eq!(proxies_writing(&["10.0.0.0/8"], ForwardedHeader::Forwarded).client_of(&req), Some("10.1.2.3".parse().unwrap()), "no for=: the proxy");
         let req = from("10.1.2.3", &[]).to_http_request();
         assert_eq!(trusted.client_of(&req), Some("10.1.2.3".parse().unwrap()), "no header: the proxy itself");
         let req = from("10.1.2.3", &[("x-forwarded-for", "not-an-address")]).to_http_request();
@@ -169,8 +199,12 @@ mod tests {
         assert!(trusted.contains("::ffff:192.0.2.1".parse().unwrap()), "IPv4-mapped");
         assert!(trusted.contains("fd12::1".parse().unwrap()));
         assert!(!trusted.contains("::2".parse().unwrap()));
-        assert!(TrustedProxies::parse(&["10.0.0.0/33".into()]).unwrap_err().contains("10.0.0.0/33"));
-        assert!(TrustedProxies::parse(&["proxy.local".into()]).is_err());
+        let parse = |entry: &str| TrustedProxies::parse(&[entry.to_owned()], ForwardedHeader::XForwardedFor);
+        assert!(parse("10.0.0.0/33").unwrap_err().contains("10.0.0.0/33"));
+        assert!(parse("proxy.local").is_err());
+        let mapped = proxies(&["::ffff:10.0.0.0/104"]);
+        assert!(mapped.contains("10.200.0.1".parse().unwrap()), "an IPv4-mapped /104 is the IPv4 /8");
+        assert!(!mapped.contains("11.0.0.1".parse().unwrap()));
     }
 
     #[test]
@@ -179,5 +213,6 @@ mod tests {
         assert_eq!(a, counted_as("2001:db8:1:2:ffff::9".parse().unwrap()));
         assert_ne!(a, counted_as("2001:db8:1:3::1".parse().unwrap()));
         assert_ne!(counted_as("0.0.0.1".parse().unwrap()), counted_as("::1".parse().unwrap()));
+        assert_ne!(counted_as("::1".parse().unwrap()), 0, "0 marks a free slot of the counting table");
     }
 }

@@ -18,7 +18,7 @@ mod store;
 pub use authenticator::Authenticator;
 pub use cache::KeyCache;
 pub use caller::{bearer, Caller};
-pub use client::TrustedProxies;
+pub use client::{ForwardedHeader, TrustedProxies};
 pub use domain::{ApiKey, Capability, IdentityError, TenantId};
 pub use failures::AuthFailures;
 pub use pace::KeyPace;

@@ -147,9 +147,10 @@ impl Orchestrator {
                     }
                 }
             }
+            // The model request ends first (and with it the call's slot at the model server),
+            // however the answer ended; the turn's end is durable before its `done`.
+            drop(model);
             if let Some(reason) = stopped_for {
-                // The model request goes first; the turn's end is durable before its `done`.
-                drop(model);
                 metrics.interrupted(route, reason.as_str());
                 let emitted_chars = recorder.emitted_chars();
                 let (finish, stored) = match reason {

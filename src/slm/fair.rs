@@ -2,11 +2,13 @@
 //! `slm.max_concurrent` model calls run at once (the server's parallel slots)
 //! and, when they are all taken, hands the next free one to the tenants
 //! waiting in turn, one call each, round-robin. No tenant holds more than all
-//! slots but one, so a call of another tenant finds one free at once. Without
+//! slots but one, so with two tenants the other finds one free at once, and
+//! with more it waits for one call to end, not for a queue. Without
 //! it a tenant within its own limits (64 streams) could fill the server's
 //! queue, and every other tenant's first token would wait behind all of it.
 //!
-//! The wait for a slot counts against the first-token deadline.
+//! The wait for a slot counts against the first-token deadline, and a slot is
+//! handed on as soon as its answer's stream ends.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -29,8 +31,9 @@ struct State {
     in_use: usize,
     /// Slots each tenant holds.
     held: HashMap<String, usize>,
-    /// Tenants with a waiting call, in the order they are served.
+    /// Tenants with a waiting call, in the order they are served (each at most once: `queued`).
     turn: VecDeque<String>,
+    queued: std::collections::HashSet<String>,
     /// Each waiting tenant's calls, oldest first.
     waiting: HashMap<String, VecDeque<oneshot::Sender<Slot>>>,
 }
@@ -71,6 +74,7 @@ impl FairGate {
             if let Some(queue) = state.waiting.get_mut(tenant) {
                 queue.retain(|sender| !sender.is_closed());
                 if queue.is_empty() {
+                    // Its place in `turn` stays until a release passes it; `queued` keeps it once.
                     state.waiting.remove(tenant);
                 }
             }
@@ -84,11 +88,10 @@ impl FairGate {
             }
             let (sender, receiver) = oneshot::channel();
             let state = &mut *state;
-            let queue = state.waiting.entry(tenant.to_owned()).or_default();
-            if queue.is_empty() {
+            state.waiting.entry(tenant.to_owned()).or_default().push_back(sender);
+            if state.queued.insert(tenant.to_owned()) {
                 state.turn.push_back(tenant.to_owned());
             }
-            queue.push_back(sender);
             receiver
         };
         match receiver.await {
@@ -120,13 +123,14 @@ impl FairGate {
                 skipped.push(tenant);
                 continue;
             }
-            let Some(queue) = state.waiting.get_mut(&tenant) else { continue };
-            let Some(sender) = queue.pop_front() else { continue };
-            if queue.is_empty() {
-                state.waiting.remove(&tenant);
-            } else {
+            let sender = state.waiting.get_mut(&tenant).and_then(VecDeque::pop_front);
+            if state.waiting.get(&tenant).is_some_and(|queue| !queue.is_empty()) {
                 state.turn.push_back(tenant.clone());
+            } else {
+                state.waiting.remove(&tenant);
+                state.queued.remove(&tenant);
             }
+            let Some(sender) = sender else { continue };
             // The slot moves to the waiter; if it has gone (its client hung up), the slot comes
             // back in the failed send and the next tenant in turn is tried.
             match sender.send(Slot { gate: Some(gate.clone()), tenant: tenant.clone() }) {
@@ -162,17 +166,23 @@ impl ModelClient for FairModelClient {
         let (inner, gate, deadline) = (self.inner.clone(), self.gate.clone(), self.first_token);
         let started = async move {
             let tenant = request.context.tenant.clone();
+            let asked = tokio::time::Instant::now();
             let Ok(slot) = tokio::time::timeout(deadline, gate.acquire(&tenant)).await else {
                 return futures_util::stream::once(async { Err(SlmError::Timeout(Deadline::FirstToken)) }).boxed();
             };
-            // The slot lives as long as the answer's stream.
-            inner
-                .stream(request)
-                .map(move |event| {
-                    let _held = &slot;
-                    event
-                })
-                .boxed()
+            // The first content must come within the deadline counted from before the wait.
+            let first_by = asked + deadline;
+            let mut answer = inner.stream(request);
+            let first = tokio::time::timeout_at(first_by, answer.next()).await;
+            let Ok(first) = first else {
+                return futures_util::stream::once(async { Err(SlmError::Timeout(Deadline::FirstToken)) }).boxed();
+            };
+            // The slot is held until the answer's stream ends (or is dropped), then handed on.
+            let release = futures_util::stream::once(async move {
+                drop(slot);
+                None
+            });
+            futures_util::stream::iter(first.map(Some)).chain(answer.map(Some)).chain(release).filter_map(std::future::ready).boxed()
         };
         futures_util::stream::once(started).flatten().boxed()
     }

@@ -33,6 +33,21 @@ pub(crate) async fn connect_small(address: &str) -> tokio::net::TcpStream {
     tokio::net::TcpStream::from_std(socket.into()).unwrap()
 }
 
+/// The binary on `model`, with small buffers and a 2 s write-stall deadline, so that a client
+/// that stops reading stalls its turn soon.
+pub(crate) async fn stalling_instance(model: &PrivateModelServer, database_url: &str) -> Instance {
+    let slm = format!("http://127.0.0.1:{}/v1", model.port);
+    let env = [
+        ("STEWARD_SLM__BASE_URL", slm.as_str()),
+        ("STEWARD_SERVER__WRITE_STALL_MS", "2000"),
+        ("STEWARD_SERVER__STREAM_BUFFER_EVENTS", "16"),
+        ("STEWARD_SERVER__SEND_BUFFER_BYTES", "1024"),
+        // The lexicon alone judges the answer: the model's pace is all that sets the stream's.
+        ("STEWARD_MODERATION__SEMANTIC", "off"),
+    ];
+    Instance::start_with(database_url, &format!("{}:", unique("steward-test-")), &env).await
+}
+
 /// The body of a chunked response, from what was read so far (complete chunks only).
 fn dechunk(raw: &[u8]) -> String {
     let text = String::from_utf8_lossy(raw);
@@ -55,20 +70,7 @@ async fn a_client_that_stops_reading_holds_bounded_memory_and_its_turn_fails_as_
     let (url, db) = shared_database().await;
     let tenant = unique("slow-reader-");
     let (_, key) = KeyStore::new(db.clone()).create(&TenantId::parse(&tenant).unwrap(), &[Capability::Chat]).await.unwrap();
-    let slm = format!("http://127.0.0.1:{}/v1", model.port);
-    let steward = Instance::start_with(
-        &url,
-        &format!("{}:", unique("steward-test-")),
-        &[
-            ("STEWARD_SLM__BASE_URL", &slm),
-            ("STEWARD_SERVER__WRITE_STALL_MS", "2000"),
-            ("STEWARD_SERVER__STREAM_BUFFER_EVENTS", "16"),
-            ("STEWARD_SERVER__SEND_BUFFER_BYTES", "1024"),
-            // The lexicon alone judges the answer: the model's pace is all that sets the stream's.
-            ("STEWARD_MODERATION__SEMANTIC", "off"),
-        ],
-    )
-    .await;
+    let steward = stalling_instance(&model, &url).await;
     let max_tokens = 4000;
     let body = json!({ "message": "Write a very long story about the sea.", "max_tokens": max_tokens, "temperature": 0 }).to_string();
     let mut client = connect_small(&steward.address).await;

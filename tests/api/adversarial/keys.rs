@@ -59,9 +59,13 @@ async fn behind_a_trusted_proxy_a_flooding_client_is_refused_and_its_neighbours_
     assert_error(status(junk(), "198.51.100.1").await, 429, "rate_limited").await;
     assert_eq!(status(in_use.clone(), "198.51.100.1").await.status(), 200, "a key known live is never refused");
     assert_eq!(status(fresh, "198.51.100.2").await.status(), 200, "another client behind the same proxy is not refused");
-    // Forwarded (RFC 7239) names the client just as well.
-    let forwarded = app.http.get(format!("{}/v1/training/status", app.address)).bearer_auth(junk()).header("forwarded", "for=198.51.100.1");
-    assert_error(forwarded.send().await.unwrap(), 429, "rate_limited").await;
+    // These proxies write X-Forwarded-For: a Forwarded header is the client's own words, not read
+    // (counted under the proxy's address, which has sent nothing unknown).
+    let forged = app.http.get(format!("{}/v1/training/status", app.address)).bearer_auth(junk()).header("forwarded", "for=198.51.100.3");
+    assert_error(forged.send().await.unwrap(), 401, "unauthenticated").await;
+    let through = app.http.get(format!("{}/v1/training/status", app.address)).bearer_auth(junk());
+    let through = through.header("forwarded", "for=198.51.100.3").header("x-forwarded-for", "198.51.100.1").send().await.unwrap();
+    assert_error(through, 429, "rate_limited").await;
 }
 
 #[tokio::test]

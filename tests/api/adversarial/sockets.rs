@@ -9,9 +9,9 @@ use steward::identity::{Capability, KeyStore, TenantId};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::backpressure::{connect_small, resident_kib};
+use crate::backpressure::{connect_small, resident_kib, stalling_instance};
 use crate::helpers::unique;
-use crate::instances::{shared_database, Instance};
+use crate::instances::shared_database;
 use crate::moderation::PrivateModelServer;
 
 #[tokio::test]
@@ -19,19 +19,7 @@ async fn a_socket_that_never_reads_loses_its_turn_as_client_too_slow_and_frees_t
     let model = PrivateModelServer::with_context(8192).await;
     let (url, db) = shared_database().await;
     let (_, key) = KeyStore::new(db.clone()).create(&TenantId::parse(&unique("deaf-")).unwrap(), &[Capability::Chat]).await.unwrap();
-    let slm = format!("http://127.0.0.1:{}/v1", model.port);
-    let steward = Instance::start_with(
-        &url,
-        &format!("{}:", unique("steward-test-")),
-        &[
-            ("STEWARD_SLM__BASE_URL", &slm),
-            ("STEWARD_SERVER__WRITE_STALL_MS", "2000"),
-            ("STEWARD_SERVER__STREAM_BUFFER_EVENTS", "16"),
-            ("STEWARD_SERVER__SEND_BUFFER_BYTES", "1024"),
-            ("STEWARD_MODERATION__SEMANTIC", "off"),
-        ],
-    )
-    .await;
+    let steward = stalling_instance(&model, &url).await;
     let mut request = format!("{}/v1/chat/stream", steward.address.replace("http://", "ws://")).into_client_request().unwrap();
     request.headers_mut().insert("authorization", format!("Bearer {}", key.expose()).parse().unwrap());
     let (mut socket, _) = tokio_tungstenite::client_async(request, connect_small(&steward.address).await).await.unwrap();
