@@ -102,7 +102,7 @@ impl FairGate {
         }
     }
 
-    /// Whether `tenant` may take one more slot: all but one, so another tenant always finds one.
+    /// Whether `tenant` may take one more slot: all but one, so a second tenant finds one free.
     fn may_take(&self, state: &State, tenant: &str) -> bool {
         state.held.get(tenant).copied().unwrap_or(0) < self.capacity.saturating_sub(1).max(1)
     }
