@@ -1,9 +1,9 @@
 //! Fair turns at the model server: [`FairModelClient`] lets at most
 //! `slm.max_concurrent` model calls run at once (the server's parallel slots)
 //! and, when they are all taken, hands the next free one to the tenants
-//! waiting in turn, one call each, round-robin. No tenant holds more than all
-//! slots but one, so with two tenants the other finds one free at once, and
-//! with more it waits for one call to end, not for a queue. Without
+//! waiting in turn, one call each, round-robin. A tenant alone holds at most
+//! all slots but one, so a second tenant finds one free at once; with others
+//! holding or waiting for slots, each takes at most an equal share. Without
 //! it a tenant within its own limits (64 streams) could fill the server's
 //! queue, and every other tenant's first token would wait behind all of it.
 //!
@@ -81,7 +81,8 @@ impl FairGate {
             // A free slot is free to take: a waiter that could have taken it was handed it when
             // it came free, so whoever still waits is at its share (or is this tenant, whose
             // calls keep their order).
-            if state.in_use < self.capacity && self.may_take(&state, tenant) && !state.waiting.contains_key(tenant) {
+            let active = Self::active(&state);
+            if state.in_use < self.capacity && self.may_take(&state, tenant, active) && !state.waiting.contains_key(tenant) {
                 state.in_use += 1;
                 *state.held.entry(tenant.to_owned()).or_default() += 1;
                 return Slot { gate: Some(self.clone()), tenant: tenant.to_owned() };
@@ -102,9 +103,17 @@ impl FairGate {
         }
     }
 
-    /// Whether `tenant` may take one more slot: all but one, so a second tenant finds one free.
-    fn may_take(&self, state: &State, tenant: &str) -> bool {
-        state.held.get(tenant).copied().unwrap_or(0) < self.capacity.saturating_sub(1).max(1)
+    /// Whether `tenant` may take one more slot, `active` tenants holding or waiting for slots:
+    /// alone, all but one (so a second tenant finds one free); with others, an equal share.
+    fn may_take(&self, state: &State, tenant: &str, active: usize) -> bool {
+        let others = active - usize::from(state.held.contains_key(tenant) || state.waiting.contains_key(tenant));
+        let share = if others == 0 { self.capacity.saturating_sub(1) } else { self.capacity / (others + 1) };
+        state.held.get(tenant).copied().unwrap_or(0) < share.max(1)
+    }
+
+    /// How many tenants hold or wait for a slot.
+    fn active(state: &State) -> usize {
+        state.held.len() + state.waiting.keys().filter(|tenant| !state.held.contains_key(*tenant)).count()
     }
 
     /// `from`'s slot is free: hand it to the next tenant in turn that may take one and whose
@@ -117,9 +126,11 @@ impl FairGate {
                 state.held.remove(from);
             }
         }
+        // Counted once: the loop below changes it only when it hands the slot on, and then returns.
+        let active = Self::active(&state);
         let mut skipped = Vec::new();
         while let Some(tenant) = state.turn.pop_front() {
-            if !gate.may_take(&state, &tenant) {
+            if !gate.may_take(&state, &tenant, active) {
                 skipped.push(tenant);
                 continue;
             }
@@ -234,6 +245,18 @@ mod tests {
         let again = tokio::time::timeout(Duration::from_millis(50), gate.acquire("a")).await;
         assert!(again.is_ok(), "a's call finds the freed slot");
         drop((a2, again));
+        assert_eq!(gate.lock().in_use, 0);
+    }
+
+    #[tokio::test]
+    async fn with_another_tenant_active_each_takes_at_most_an_equal_share() {
+        let gate = FairGate::new(4);
+        let (a1, a2, a3) = (gate.acquire("a").await, gate.acquire("a").await, gate.acquire("a").await);
+        let b = gate.acquire("b").await;
+        drop(a1);
+        assert!(tokio::time::timeout(Duration::from_millis(20), gate.acquire("a")).await.is_err(), "a holds 2 of 4 while b is active");
+        let b2 = tokio::time::timeout(Duration::from_millis(20), gate.acquire("b")).await.expect("b takes its share");
+        drop((a2, a3, b, b2));
         assert_eq!(gate.lock().in_use, 0);
     }
 
