@@ -48,6 +48,26 @@ pub(crate) async fn stalling_instance(model: &PrivateModelServer, database_url: 
     Instance::start_with(database_url, &format!("{}:", unique("steward-test-")), &env).await
 }
 
+/// Steward's memory while a stalled turn's model keeps generating, until the model is freed.
+pub(crate) struct Stall {
+    pub freed_after: Duration,
+    pub resident_at_stall: u64,
+    pub resident_peak: u64,
+}
+
+/// Watches Steward's resident memory from now until `model` is idle (at most 300 s).
+pub(crate) async fn until_the_model_is_freed(model: &PrivateModelServer, steward: &Instance) -> Stall {
+    let stalled = Instant::now();
+    let resident_at_stall = resident_kib(steward.pid());
+    let mut resident_peak = resident_at_stall;
+    while model.busy().await {
+        assert!(stalled.elapsed() < Duration::from_secs(300), "the model was never freed");
+        resident_peak = resident_peak.max(resident_kib(steward.pid()));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Stall { freed_after: stalled.elapsed(), resident_at_stall, resident_peak }
+}
+
 /// The body of a chunked response, from what was read so far (complete chunks only).
 fn dechunk(raw: &[u8]) -> String {
     let text = String::from_utf8_lossy(raw);
@@ -90,15 +110,7 @@ async fn a_client_that_stops_reading_holds_bounded_memory_and_its_turn_fails_as_
     let session = dechunk(&raw).lines().find_map(|l| l.split("\"session_id\":\"").nth(1).map(|s| s.split('"').next().unwrap().to_owned())).unwrap();
 
     // The client stops reading; the model goes on generating.
-    let stalled = Instant::now();
-    let resident_at_stall = resident_kib(steward.pid());
-    let mut resident_peak = resident_at_stall;
-    while model.busy().await {
-        assert!(stalled.elapsed() < Duration::from_secs(300), "the model was never freed");
-        resident_peak = resident_peak.max(resident_kib(steward.pid()));
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let freed_after = stalled.elapsed();
+    let Stall { freed_after, resident_at_stall, resident_peak } = until_the_model_is_freed(&model, &steward).await;
     let (_, predicted) = model.counters().await;
 
     // The client reads again: what was sent, then the turn's end.

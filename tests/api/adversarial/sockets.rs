@@ -1,7 +1,7 @@
 //! A WebSocket client that starts a long turn and never reads: the turn ends
 //! (`client_too_slow`), the model is freed, and Steward's memory stays put.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
@@ -9,7 +9,7 @@ use steward::identity::{Capability, KeyStore, TenantId};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::backpressure::{connect_small, resident_kib, stalling_instance};
+use crate::backpressure::{connect_small, stalling_instance, until_the_model_is_freed, Stall};
 use crate::helpers::unique;
 use crate::instances::shared_database;
 use crate::moderation::PrivateModelServer;
@@ -33,15 +33,8 @@ async fn a_socket_that_never_reads_loses_its_turn_as_client_too_slow_and_frees_t
         }
     }
 
-    let stalled = Instant::now();
-    let resident_at_stall = resident_kib(steward.pid());
-    let mut resident_peak = resident_at_stall;
-    while model.busy().await {
-        assert!(stalled.elapsed() < Duration::from_secs(300), "the model was never freed");
-        resident_peak = resident_peak.max(resident_kib(steward.pid()));
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let (freed_after, (_, predicted)) = (stalled.elapsed(), model.counters().await);
+    let Stall { freed_after, resident_at_stall, resident_peak } = until_the_model_is_freed(&model, &steward).await;
+    let (_, predicted) = model.counters().await;
     let growth = resident_peak.saturating_sub(resident_at_stall);
     eprintln!("deaf socket: model freed {freed_after:?} after the client stopped reading, {predicted} tokens generated; steward RSS +{growth} KiB");
     assert!(predicted < 4000.0, "the deadline cut the generation short: {predicted} tokens");
