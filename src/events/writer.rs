@@ -137,7 +137,7 @@ async fn write_loop(writer: Writer, mut rx: mpsc::Receiver<Job>, committed: Arc<
         let items: Vec<Pending> = jobs.iter().flat_map(|j| j.items.iter().cloned()).collect();
         let result = writer.write_with_retry(&items).await;
         // Past the drain deadline a failure is the database's, not one job's: no job is tried again.
-        if result.is_ok() || jobs.len() == 1 || writer.past_deadline() {
+        if result.is_ok() || jobs.len() == 1 || writer.past_deadline_at(tokio::time::Instant::now()) {
             finish(jobs, result, &committed);
             continue;
         }
@@ -194,13 +194,8 @@ impl Writer {
     }
 
     /// Whether shutdown's drain deadline had passed at `when`.
-    fn past_deadline_before(&self, when: tokio::time::Instant) -> bool {
+    fn past_deadline_at(&self, when: tokio::time::Instant) -> bool {
         self.gives_up_at.get().is_some_and(|at| when >= *at)
-    }
-
-    /// Whether shutdown's drain deadline has passed.
-    fn past_deadline(&self) -> bool {
-        self.gives_up_at.get().is_some_and(|at| tokio::time::Instant::now() >= *at)
     }
 
     /// A database outage must delay events, not lose them: retry with capped
@@ -232,7 +227,7 @@ impl Writer {
                         () = self.given_up() => {
                             // One last try at the deadline (the database may be back since the last
                             // one), unless this write began past it and has had its one try.
-                            if attempts == 1 && self.past_deadline_before(started) {
+                            if attempts == 1 && self.past_deadline_at(started) {
                                 tracing::error!(error = %crate::error::error_chain(&err), items = items.len(), "shut down with events not stored: the database failed past the drain deadline");
                                 return Err(EventsError::Store(err.to_string()));
                             }

@@ -17,7 +17,7 @@ use actix_web::HttpRequest;
 use super::cache::{KeyCache, Recall};
 use super::caller::Caller;
 use super::client::TrustedProxies;
-use super::domain::IdentityError;
+use super::domain::{ApiKey, IdentityError};
 use super::failures::AuthFailures;
 use super::pace::KeyPace;
 use crate::error::{ApiError, Code};
@@ -43,17 +43,18 @@ impl Authenticator {
 
     /// The caller holding `key`, sent from `client`.
     pub async fn authenticate(&self, client: Option<IpAddr>, key: Option<&str>) -> Result<Caller, ApiError> {
-        let key = key.ok_or(IdentityError::MissingKey)?;
-        let record = match self.keys.recall(key) {
+        // Hashed once, for memory and the lookup alike.
+        let hash = ApiKey::hash_of(key.ok_or(IdentityError::MissingKey)?);
+        let record = match self.keys.recall(&hash) {
             Recall::Live(record) => Some(record),
             Recall::Unknown => None,
-            Recall::Vouched => self.keys.find_active(key).await?,
+            Recall::Vouched => self.keys.find_active_by_hash(&hash).await?,
             Recall::Unseen => {
                 if let Some(wait) = client.and_then(|ip| self.failures.check(ip)) {
                     self.metrics.rate_limited("failed_auth");
                     return Err(ApiError::new(Code::RateLimited, "too many failed authentications from this address").with_retry_after(wait));
                 }
-                self.keys.find_active(key).await?
+                self.keys.find_active_by_hash(&hash).await?
             }
         };
         let Some(record) = record else {

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use futures_util::future::{BoxFuture, Shared};
 use futures_util::FutureExt;
 
-use super::domain::{ApiKey, IdentityError};
+use super::domain::IdentityError;
 use super::store::{KeyRecord, KeyStore};
 
 /// How long a key found live is known as one that exists (see [`Recall::Vouched`]).
@@ -66,28 +66,27 @@ impl KeyCache {
         Self { inner: Arc::new(inner) }
     }
 
-    /// The live key with this secret: from memory if it was read less than the lifetime ago.
+    /// The live key whose secret hashes to `hash` (`ApiKey::hash_of`): from memory if it was
+    /// read less than the lifetime ago.
     ///
     /// One read per key at a time: when a key in use expires from memory under load, the
     /// requests that miss it together share one database read, instead of each taking a
     /// connection from the pool the event writer also needs. The read runs to its end
     /// whatever happens to the requests waiting for it.
-    pub async fn find_active(&self, key: &str) -> Result<Option<KeyRecord>, IdentityError> {
-        let hash = ApiKey::hash_of(key);
-        if let Some(known) = self.remembered_hash(&hash) {
+    pub async fn find_active_by_hash(&self, hash: &str) -> Result<Option<KeyRecord>, IdentityError> {
+        if let Some(known) = self.remembered_hash(hash) {
             return Ok(known);
         }
-        let lookup = lock(&self.inner.reading).entry(hash.clone()).or_insert_with(|| Inner::spawn_read(&self.inner, hash)).clone();
+        let lookup = lock(&self.inner.reading).entry(hash.to_owned()).or_insert_with(|| Inner::spawn_read(&self.inner, hash.to_owned())).clone();
         lookup.await.map_err(IdentityError::Shared)
     }
 
-    /// What memory says of this key.
-    pub fn recall(&self, key: &str) -> Recall {
-        let hash = ApiKey::hash_of(key);
-        match self.remembered_hash(&hash) {
+    /// What memory says of the key whose secret hashes to `hash`.
+    pub fn recall(&self, hash: &str) -> Recall {
+        match self.remembered_hash(hash) {
             Some(Some(record)) => Recall::Live(record),
             Some(None) => Recall::Unknown,
-            None if lock(&self.inner.vouched).get(&hash, Instant::now()).is_some() => Recall::Vouched,
+            None if lock(&self.inner.vouched).get(hash, Instant::now()).is_some() => Recall::Vouched,
             None => Recall::Unseen,
         }
     }

@@ -37,7 +37,14 @@ impl KeyPace {
         // Tokio's clock, so a test can pause it.
         let (wait, next) = gcra(arrivals.get(key_id).map(|t| t.into_std()), now.into_std(), self.interval, self.burst, 1);
         if wait.is_none() {
-            arrivals.insert(key_id.to_owned(), Instant::from_std(next));
+            let next = Instant::from_std(next);
+            // A key seen before is updated in place: no allocation on the request path.
+            match arrivals.get_mut(key_id) {
+                Some(tat) => *tat = next,
+                None => {
+                    arrivals.insert(key_id.to_owned(), next);
+                }
+            }
         }
         wait
     }

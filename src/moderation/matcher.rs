@@ -3,6 +3,7 @@
 //! input check built on them.
 
 use std::collections::HashSet;
+use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use aho_corasick::{AhoCorasick, MatchKind};
@@ -200,54 +201,52 @@ impl Moderator {
             let judged = tokio::task::spawn_blocking(move || this.judge_messages_now(messages)).await;
             return judged.map_err(|e| ModerationError::Worker(e.to_string()))?;
         }
-        // Each text is normalised once, for both layers.
-        let forms = judged_forms(messages);
-        let decision = self.check_forms(&forms);
-        if matches!(decision, Decision::Refuse(_)) || !self.semantic.is_on() {
-            return Ok(decision);
+        match self.lexicon_first(messages) {
+            ControlFlow::Break(decision) => Ok(decision),
+            ControlFlow::Continue(pieces) => Ok(self.decision(self.judge_blocking(pieces, Semantic::judge).await?)),
         }
-        let pieces = forms.into_iter().map(|(_, normalized)| normalized).collect();
-        let category = self.judge_blocking(pieces, Semantic::judge).await?;
-        Ok(match category.and_then(|i| self.phrases.hit(Some(i))) {
-            Some(hit) => Decision::Refuse(vec![hit]),
-            None => Decision::Allow,
-        })
     }
 
     /// [`Self::judge_messages`] on this thread.
     fn judge_messages_now(&self, messages: Vec<String>) -> Result<Decision, ModerationError> {
+        match self.lexicon_first(messages) {
+            ControlFlow::Break(decision) => Ok(decision),
+            ControlFlow::Continue(pieces) => Ok(self.decision(first_refused(&self.semantic, &pieces, Semantic::judge)?)),
+        }
+    }
+
+    /// Normalises each text once, for both layers: the lexicon's refusal (or its allowance when
+    /// the semantic layer is off), else the normalised pieces the semantic layer is to judge.
+    fn lexicon_first(&self, messages: Vec<String>) -> ControlFlow<Decision, Vec<String>> {
         let forms = judged_forms(messages);
         let decision = self.check_forms(&forms);
         if matches!(decision, Decision::Refuse(_)) || !self.semantic.is_on() {
-            return Ok(decision);
+            return ControlFlow::Break(decision);
         }
-        for (_, normalized) in &forms {
-            if let Some(category) = Semantic::judge(&self.semantic, normalized)? {
-                return Ok(self.phrases.hit(Some(category)).map_or(Decision::Allow, |hit| Decision::Refuse(vec![hit])));
-            }
-        }
-        Ok(Decision::Allow)
+        ControlFlow::Continue(forms.into_iter().map(|(_, normalized)| normalized).collect())
+    }
+
+    /// The decision on the semantic layer's first refused category, if any.
+    fn decision(&self, category: Option<usize>) -> Decision {
+        self.hit_of(category).map_or(Decision::Allow, |hit| Decision::Refuse(vec![hit]))
+    }
+
+    /// The category's hit, as the semantic layer found it.
+    fn hit_of(&self, category: Option<usize>) -> Option<Hit> {
+        category.and_then(|i| self.phrases.hit(Some(i)))
     }
 
     /// Judges pieces of a streamed answer with the semantic layer (the
     /// lexicon judges output through the [`OutputGuard`]).
     pub async fn judge_output(&self, pieces: Vec<String>) -> Result<Option<Hit>, ModerationError> {
         let category = self.judge_blocking(pieces.iter().map(|p| normalize(p)).collect(), Semantic::judge_output).await?;
-        Ok(category.and_then(|i| self.phrases.hit(Some(i))))
+        Ok(self.hit_of(category))
     }
 
     /// The first refused category among `pieces` (already normalised).
     async fn judge_blocking(&self, pieces: Vec<String>, judge: JudgeFn) -> Result<Option<usize>, ModerationError> {
         let semantic = self.semantic.clone();
-        let judged = tokio::task::spawn_blocking(move || {
-            for piece in &pieces {
-                if let Some(category) = judge(&semantic, piece)? {
-                    return Ok(Some(category));
-                }
-            }
-            Ok(None)
-        })
-        .await;
+        let judged = tokio::task::spawn_blocking(move || first_refused(&semantic, &pieces, judge)).await;
         judged.map_err(|e| ModerationError::Worker(e.to_string()))?
     }
 
@@ -292,6 +291,16 @@ impl Moderator {
 
 /// What a turn's messages are judged as: each message, and all of them
 /// joined when there are several, each with its normalised form.
+/// The first category `judge` refuses among `pieces` (already normalised).
+fn first_refused(semantic: &Semantic, pieces: &[String], judge: JudgeFn) -> Result<Option<usize>, ModerationError> {
+    for piece in pieces {
+        if let Some(category) = judge(semantic, piece)? {
+            return Ok(Some(category));
+        }
+    }
+    Ok(None)
+}
+
 fn judged_forms(messages: Vec<String>) -> Vec<(String, String)> {
     let joined = (messages.len() > 1).then(|| messages.join("\n"));
     messages

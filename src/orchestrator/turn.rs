@@ -180,6 +180,9 @@ pub struct DoneData {
 /// stays about its size; full case folding at most doubles it).
 pub const MAX_EXPANSION: usize = 3;
 
+/// The most NFKC can multiply a text's length by (U+FDFA becomes 18 characters; UAX #15).
+const NFKC_MAX_GROWTH: usize = 18;
+
 /// Limits and defaults applied to every turn request, whichever the entry point.
 #[derive(Debug, Clone, Copy)]
 pub struct TurnLimits {
@@ -205,7 +208,10 @@ impl TurnLimits {
         // Moderation works on the compatibility form (NFKC), where one code point can become
         // 18 (U+FDFA): a message is also bounded by what it expands to, counted with an early stop.
         let expanded_limit = self.max_message_chars.saturating_mul(MAX_EXPANSION);
-        if unicode_normalization::UnicodeNormalization::nfkc(message).take(expanded_limit + 1).count() > expanded_limit {
+        // NFKC grows a text at most 18-fold (UAX #15): a message that short cannot pass the bound,
+        // and the usual turn pays no second normalisation.
+        let may_pass = chars.saturating_mul(NFKC_MAX_GROWTH) > expanded_limit;
+        if may_pass && unicode_normalization::UnicodeNormalization::nfkc(message).take(expanded_limit + 1).count() > expanded_limit {
             let why = format!(
                 "message expands to more than {expanded_limit} characters when normalised (NFKC); the limit is {MAX_EXPANSION} times {}",
                 self.max_message_chars

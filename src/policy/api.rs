@@ -18,7 +18,7 @@ use std::sync::Arc;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 
-use super::audit::{activate_recorded, ActivationRequest, AuditEntry, AuditType, Auditor};
+use super::audit::{activate_recorded, ActivationRequest, AuditType, Auditor};
 use super::dry_run::{dry_run, parse_window, PastTurn};
 use super::judges::{Judge, Judges};
 use super::registry::Scope;
@@ -166,15 +166,7 @@ pub(crate) async fn activate(req: HttpRequest, caller: Caller, body: web::Bytes,
     let request = ActivationRequest { scope: &scope, actor: &caller.key_id, constitution: &constitution, hash: &hash, text, trace: &trace };
     let activation =
         activate_recorded(api.judges.registry().as_ref(), &request, &api.auditor.topic, |pending| api.auditor.events.emit_durable(vec![pending])).await?;
-    let entry = AuditEntry {
-        kind: AuditType::Activated,
-        scope: &scope,
-        actor: &caller.key_id,
-        constitution: &constitution,
-        hash: &hash,
-        activation: &activation,
-        trace: &trace,
-    };
+    let entry = request.entry(AuditType::Activated, &activation);
     // This instance judges by it before answering (its judge is built); the others within the staleness bound.
     if let Err(err) = api.judges.refresh().await {
         tracing::warn!(error = %err, "activated, but this instance's copy could not be refreshed yet");

@@ -127,6 +127,14 @@ pub struct ActivationRequest<'a> {
     pub trace: &'a TraceContext,
 }
 
+impl ActivationRequest<'_> {
+    /// The record of this activation as `kind`, with what the registry said of it.
+    pub fn entry<'a>(&'a self, kind: AuditType, activation: &'a Activation) -> AuditEntry<'a> {
+        let Self { scope, actor, constitution, hash, text: _, trace } = *self;
+        AuditEntry { kind, scope, actor, constitution, hash, activation, trace }
+    }
+}
+
 /// Why an activation was not made.
 #[derive(Debug, thiserror::Error)]
 pub enum ActivationError {
@@ -162,7 +170,7 @@ where
     F: Fn(Pending) -> Fut,
     Fut: std::future::Future<Output = Result<(), crate::events::EventsError>>,
 {
-    let ActivationRequest { scope, actor, constitution, hash, text, trace } = *request;
+    let (scope, hash) = (request.scope, request.hash);
     let before = registry.active().await?;
     let previous = match scope {
         Scope::Default => before.default.clone(),
@@ -172,12 +180,10 @@ where
         return Ok(Activation { previous, version: before.version, changed: false });
     }
     let requested = Activation { previous, version: before.version, changed: false };
-    let entry = AuditEntry { kind: AuditType::ActivationRequested, scope, actor, constitution, hash, activation: &requested, trace };
-    record(entry.pending(topic)).await.map_err(ActivationError::Unrecorded)?;
-    let activation = registry.activate(scope, hash, text).await?;
+    record(request.entry(AuditType::ActivationRequested, &requested).pending(topic)).await.map_err(ActivationError::Unrecorded)?;
+    let activation = registry.activate(scope, hash, request.text).await?;
     if activation.changed {
-        let entry = AuditEntry { kind: AuditType::Activated, activation: &activation, ..entry };
-        if let Err(err) = record(entry.pending(topic)).await {
+        if let Err(err) = record(request.entry(AuditType::Activated, &activation).pending(topic)).await {
             tracing::error!(error = %err, hash = %hash, "a constitution is active and its request recorded, but the confirmation could not be stored");
         }
     }

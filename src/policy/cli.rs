@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 
-use super::audit::{activate_recorded, ActivationRequest, AuditEntry, AuditType};
+use super::audit::{activate_recorded, ActivationRequest, AuditType};
 use super::dry_run::{dry_run, parse_window, PastTurn};
 use super::registry::{ConstitutionRegistry, Scope};
 use super::{Constitution, ConstitutionHash};
@@ -116,15 +116,7 @@ async fn activate(settings: &Settings, file: &std::path::Path, tenant: Option<St
         async move { outbox.append(&[pending]).await.map_err(|e| crate::events::EventsError::Store(e.to_string())) }
     };
     let activation = activate_recorded(registry.as_ref(), &request, &settings.kafka.policy_topic, record).await?;
-    let entry = AuditEntry {
-        kind: AuditType::Activated,
-        scope: &scope,
-        actor: CLI_ACTOR,
-        constitution: &constitution,
-        hash: &hash,
-        activation: &activation,
-        trace: &trace,
-    };
+    let entry = request.entry(AuditType::Activated, &activation);
     if activation.changed {
         eprintln!(
             "{} ({}) is active for {}; every instance judges by it within {} ms",
