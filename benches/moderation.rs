@@ -46,7 +46,8 @@ fn main() {
     let constitution = Constitution::load(&root.join("config/constitution.toml")).expect("constitution");
     let started = Instant::now();
     let model = SemanticModel::shared(&root.join(&settings.moderation.model_dir), rounds * 4).expect("model (scripts/models.sh install)");
-    let classifier = Classifier::shared(model.clone(), &constitution, steward::moderation::semantic::Exemplars::Keep).expect("exemplars embed");
+    let classifiers = root.join(&settings.moderation.classifier_dir);
+    let classifier = Classifier::shared(model.clone(), &classifiers, &constitution, steward::moderation::semantic::Exemplars::Keep).expect("classifier loads");
     println!(
         "model loaded and {} exemplars embedded in {:.1} s",
         constitution.categories.iter().map(|c| c.examples.len() + c.allowed_examples.len()).sum::<usize>(),

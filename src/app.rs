@@ -298,7 +298,8 @@ fn build_moderator(settings: &Settings, constitution: &Constitution, exemplars: 
             let started = std::time::Instant::now();
             let model = SemanticModel::shared(&m.model_dir, m.cache_entries)
                 .with_context(|| format!("Failed to load the moderation model (moderation.model_dir = {})", m.model_dir.display()))?;
-            let classifier = Classifier::shared(model, constitution, exemplars).context("Failed to embed the constitution's examples")?;
+            let classifier = Classifier::shared(model, &m.classifier_dir, constitution, exemplars)
+                .with_context(|| format!("Failed to load the constitution's classifier (moderation.classifier_dir = {})", m.classifier_dir.display()))?;
             tracing::info!(model_dir = %m.model_dir.display(), ms = started.elapsed().as_millis() as u64, "semantic moderation ready");
             Semantic::On(classifier)
         }

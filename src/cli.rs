@@ -1,5 +1,5 @@
 //! The command line: `serve`, `migrate`, `healthcheck`, `keys create|list|revoke`, `events tail`,
-//! `audit verify|replay`, `moderation prepare|eval|fit` and `constitution dry-run|activate`.
+//! `audit verify|replay`, `moderation prepare|eval|fit|train` and `constitution dry-run|activate`.
 
 use clap::{Parser, Subcommand};
 
@@ -7,6 +7,7 @@ use crate::app::Application;
 use crate::config::Settings;
 use crate::db::Database;
 use crate::identity::{Capability, KeyStore, TenantId};
+use crate::moderation::cli::ModerationCommand;
 
 #[derive(Debug, Parser)]
 #[command(name = "steward", version, about = "A governed chat runtime")]
@@ -70,47 +71,6 @@ pub enum ConstitutionCommand {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum ModerationCommand {
-    /// Load the moderation model and compute what Steward keeps beside it
-    /// (the distilled static table, the embedded exemplars of the configured
-    /// constitution), so the next start is quick; install scripts run it.
-    Prepare,
-    /// Judge every row of a labelled JSON-lines file with every layer and
-    /// print the rates per category; `--evasions` also judges each harmful
-    /// row disguised with every known evasion.
-    Eval {
-        file: std::path::PathBuf,
-        #[arg(long)]
-        evasions: bool,
-        /// Also print every row judged wrongly.
-        #[arg(long)]
-        mistakes: bool,
-    },
-    /// Choose the semantic layer's numbers on the training rows (the
-    /// constitution's exemplars) by cross-validation; prints a `[semantic]` table.
-    Fit {
-        file: std::path::PathBuf,
-        /// Highest share of harmless training rows the rule may refuse.
-        #[arg(long, default_value_t = 0.03)]
-        max_false_refusals: f64,
-        #[arg(long, default_value_t = 5)]
-        folds: usize,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-pub enum EventsCommand {
-    /// Print stored conversation events as JSON lines, oldest first.
-    Tail {
-        /// Keep printing new events as they are stored.
-        #[arg(long)]
-        follow: bool,
-        #[arg(long)]
-        session: Option<String>,
-    },
-}
-
-#[derive(Debug, Subcommand)]
 pub enum AuditCommand {
     /// Consume a chained topic (conversation events, `training.audit`, `policy.audit`) and verify
     /// every chain; exits non-zero on any problem.
@@ -143,6 +103,18 @@ pub enum AuditCommand {
     Replay {
         #[arg(long)]
         turn: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EventsCommand {
+    /// Print stored conversation events as JSON lines, oldest first.
+    Tail {
+        /// Keep printing new events as they are stored.
+        #[arg(long)]
+        follow: bool,
+        #[arg(long)]
+        session: Option<String>,
     },
 }
 

@@ -183,6 +183,9 @@ pub struct ModerationSettings {
     /// Directory holding the sentence-embedding model: `config.json`,
     /// `tokenizer.json` and `model.safetensors` (scripts/models.sh installs it).
     pub model_dir: PathBuf,
+    /// Directory of trained classifiers, each `<sha256 hex>.safetensors`; the
+    /// constitution's `[semantic] classifier` names the one that judges.
+    pub classifier_dir: PathBuf,
     /// Embeddings kept in the exact-text cache (repeated prompts skip the model).
     pub cache_entries: usize,
     /// Streamed output is judged at each sentence end, and at least every this many chars.

@@ -102,6 +102,7 @@ async fn steward_env(config: &Config, upstream_port: u16, port: u16, dir: &Path,
         ("STEWARD_POLICY__SIGNING_KEY".into(), "bench-signing-key-0123456789abcdef0123".into()),
         ("STEWARD_POLICY__CONSTITUTION".into(), root.join("config/constitution.toml").display().to_string()),
         ("STEWARD_MODERATION__MODEL_DIR".into(), root.join(".models/all-minilm-l6-v2").display().to_string()),
+        ("STEWARD_MODERATION__CLASSIFIER_DIR".into(), root.join("config/classifiers").display().to_string()),
         ("STEWARD_MODERATION__SEMANTIC".into(), if config.semantic { "on" } else { "off" }.into()),
         ("STEWARD_CONFIG_DIR".into(), root.join("config").display().to_string()),
     ];

@@ -19,6 +19,7 @@ mod matcher;
 pub mod normalize;
 pub mod semantic;
 mod sentences;
+pub mod train;
 mod window;
 
 #[cfg(test)]

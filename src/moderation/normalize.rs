@@ -158,7 +158,8 @@ fn fold_char(c: char, push: &mut impl FnMut(char)) {
 }
 
 /// UTS #39 skeleton of each non-ASCII char (ASCII kept as is), with
-/// combining marks dropped and the result lowercased.
+/// combining marks dropped and the result lowercased; a skeleton that is a
+/// Latin small capital (Greek `τ` reads `ᴛ`) or kra (`κ` reads `ĸ`) reads as its letter.
 fn skeleton_lower(chars: impl Iterator<Item = char>) -> String {
     let mut out = String::new();
     let mut buf = [0u8; 4];
@@ -167,13 +168,47 @@ fn skeleton_lower(chars: impl Iterator<Item = char>) -> String {
             out.push(d.to_ascii_lowercase());
         } else if !is_combining_mark(d) {
             for e in unicode_security::skeleton(d.encode_utf8(&mut buf)) {
-                if !is_combining_mark(e) {
+                if let Some(letter) = small_capital(e) {
+                    out.push(letter);
+                } else if !is_combining_mark(e) {
                     out.extend(e.to_lowercase());
                 }
             }
         }
     }
     out
+}
+
+/// The ASCII letter a Latin small capital (or kra) stands for.
+fn small_capital(c: char) -> Option<char> {
+    const TABLE: [(char, char); 25] = [
+        ('ᴀ', 'a'),
+        ('ʙ', 'b'),
+        ('ᴄ', 'c'),
+        ('ᴅ', 'd'),
+        ('ᴇ', 'e'),
+        ('ꜰ', 'f'),
+        ('ɢ', 'g'),
+        ('ʜ', 'h'),
+        ('ɪ', 'i'),
+        ('ᴊ', 'j'),
+        ('ᴋ', 'k'),
+        ('ĸ', 'k'),
+        ('ʟ', 'l'),
+        ('ᴍ', 'm'),
+        ('ɴ', 'n'),
+        ('ᴏ', 'o'),
+        ('ᴘ', 'p'),
+        ('ʀ', 'r'),
+        ('ꜱ', 's'),
+        ('ᴛ', 't'),
+        ('ᴜ', 'u'),
+        ('ᴠ', 'v'),
+        ('ᴡ', 'w'),
+        ('ʏ', 'y'),
+        ('ᴢ', 'z'),
+    ];
+    TABLE.iter().find(|(small, _)| *small == c).map(|(_, letter)| *letter)
 }
 
 /// Whether NFKC has a boundary before `c` (see the module docs).

@@ -58,6 +58,7 @@ pub async fn replay(settings: &Settings, turn_id: &str) -> anyhow::Result<()> {
     let turn = PastTurn::from(record);
     let mut out = serde_json::json!({
         "turn_id": turn.turn_id, "trace_id": turn.trace_id, "constitution_hash": hash.as_str(), "constitution": constitution.name,
+        "classifier": constitution.semantic.classifier.map(|c| c.to_string()),
     });
     let Some(replayed) = super::dry_run::replay(&moderator, &turn).await? else {
         out["recorded"] = turn.verdict.header_value().into();

@@ -39,6 +39,13 @@ pub struct Constitution {
 #[derive(Debug, Clone, Copy, PartialEq, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SemanticRule {
+    /// The trained classifier that judges (`steward moderation train`), by
+    /// the SHA-256 of its file: when set, `threshold`, `output_threshold` and
+    /// the static band are its harmful probabilities, and `min_similarity`
+    /// and the examples are not used for judging. When absent, the linear
+    /// scorer fitted on the examples judges.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub classifier: Option<ClassifierDigest>,
     pub threshold: f64,
     /// A refused text must also be at least this similar (cosine) to its
     /// nearest harmful example, in both directions (requests and answers).
@@ -59,7 +66,54 @@ impl Default for SemanticRule {
     /// Without fitted numbers only texts scored clearly harmful are refused,
     /// and the transformer judges every text.
     fn default() -> Self {
-        Self { threshold: 0.9, min_similarity: -1.0, output_threshold: 0.9, static_allow_below: -100.0, static_refuse_from: 100.0 }
+        Self { classifier: None, threshold: 0.9, min_similarity: -1.0, output_threshold: 0.9, static_allow_below: -100.0, static_refuse_from: 100.0 }
+    }
+}
+
+/// A trained classifier's name: the SHA-256 of its file, written `sha256:<hex>`.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct ClassifierDigest(pub [u8; 32]);
+
+impl From<ClassifierDigest> for String {
+    fn from(digest: ClassifierDigest) -> Self {
+        digest.to_string()
+    }
+}
+
+impl TryFrom<String> for ClassifierDigest {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl ClassifierDigest {
+    /// The digest's 64 hex digits.
+    pub fn hex(&self) -> String {
+        hex::encode(self.0)
+    }
+}
+
+impl fmt::Display for ClassifierDigest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{HASH_PREFIX}{}", self.hex())
+    }
+}
+
+impl fmt::Debug for ClassifierDigest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl std::str::FromStr for ClassifierDigest {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let hex = s.strip_prefix(HASH_PREFIX).ok_or_else(|| format!("a classifier digest starts with {HASH_PREFIX}"))?;
+        let mut bytes = [0u8; 32];
+        hex::decode_to_slice(hex, &mut bytes).map_err(|e| format!("a classifier digest is sha256: and 64 hex digits: {e}"))?;
+        Ok(Self(bytes))
     }
 }
 
@@ -169,7 +223,7 @@ impl Constitution {
         if self.name.trim().is_empty() || self.version.trim().is_empty() {
             return fail("fields `name` and `version` must not be empty".into());
         }
-        let SemanticRule { threshold, min_similarity, output_threshold, static_allow_below, static_refuse_from } = self.semantic;
+        let SemanticRule { classifier: _, threshold, min_similarity, output_threshold, static_allow_below, static_refuse_from } = self.semantic;
         let numbers = [threshold, min_similarity, output_threshold, static_allow_below, static_refuse_from];
         if !numbers.iter().all(|x| x.is_finite()) {
             return fail("[semantic]: every number must be finite".into());
@@ -231,14 +285,16 @@ impl Constitution {
     pub fn canonical_bytes(&self) -> Vec<u8> {
         let Self { name, version, semantic, categories } = self;
         let categories = categories.iter().map(CategoryRule::canonical_value).collect();
-        let SemanticRule { threshold, min_similarity, output_threshold, static_allow_below, static_refuse_from } = semantic;
-        let semantic = object(vec![
+        let SemanticRule { classifier, threshold, min_similarity, output_threshold, static_allow_below, static_refuse_from } = semantic;
+        // Named only when set, so a document without a classifier keeps the hash it always had.
+        let classifier = classifier.iter().map(|c| ("classifier", Value::from(c.to_string())));
+        let semantic = object(classifier.chain([
             ("min_similarity", Value::from(*min_similarity)),
             ("output_threshold", Value::from(*output_threshold)),
             ("static_allow_below", Value::from(*static_allow_below)),
             ("static_refuse_from", Value::from(*static_refuse_from)),
             ("threshold", Value::from(*threshold)),
-        ]);
+        ]).collect());
         object(vec![
             ("categories", Value::Array(categories)),
             ("name", Value::from(name.as_str())),
@@ -376,7 +432,7 @@ code="S1"
     #[test]
     fn changing_any_rule_changes_hash() -> TestResult {
         let base = Constitution::from_toml_str(BASE)?;
-        let edits: [fn(&mut Constitution); 14] = [
+        let edits: [fn(&mut Constitution); 15] = [
             |c| c.name.push('x'),
             |c| c.version.push('x'),
             |c| c.categories[0].code.push('x'),
@@ -391,12 +447,38 @@ code="S1"
             |c| c.semantic.output_threshold = 0.95,
             |c| c.semantic.min_similarity = 0.5,
             |c| c.semantic.static_refuse_from = 0.8,
+            |c| c.semantic.classifier = Some(ClassifierDigest([1; 32])),
         ];
         for (i, edit) in edits.iter().enumerate() {
             let mut changed = base.clone();
             edit(&mut changed);
             assert_ne!(changed.hash(), base.hash(), "edit {i}");
         }
+        Ok(())
+    }
+
+    #[test]
+    fn a_new_classifier_digest_changes_the_hash_and_a_document_without_one_keeps_its_old_hash() -> TestResult {
+        let mut base = Constitution::from_toml_str(BASE)?;
+        base.semantic.classifier = None;
+        let without = base.hash();
+        let canonical = String::from_utf8(base.canonical_bytes())?;
+        assert!(!canonical.contains("classifier"), "a document without a classifier is hashed as before: {canonical}");
+        let named = |digest: [u8; 32]| {
+            let mut c = base.clone();
+            c.semantic.classifier = Some(ClassifierDigest(digest));
+            c.hash()
+        };
+        assert_ne!(named([1; 32]), without);
+        assert_ne!(named([1; 32]), named([2; 32]));
+        let text = format!("{}\n", toml::to_string(&{
+            let mut c = base.clone();
+            c.semantic.classifier = Some(ClassifierDigest([0xab; 32]));
+            c
+        })?);
+        assert!(text.contains(&format!("classifier = \"sha256:{}\"", "ab".repeat(32))), "{text}");
+        assert_eq!(Constitution::from_toml_str(&text)?.semantic.classifier, Some(ClassifierDigest([0xab; 32])));
+        assert!("sha256:xyz".parse::<ClassifierDigest>().is_err() && "ab".repeat(32).parse::<ClassifierDigest>().is_err());
         Ok(())
     }
 

@@ -49,6 +49,7 @@ pub async fn test_settings(storage: Storage) -> (Settings, Option<tempfile::Temp
     settings.policy.signing_key = Secret::new(SIGNING_KEY);
     settings.policy.constitution = manifest_dir().join("config/constitution.toml");
     settings.moderation.model_dir = manifest_dir().join(".models/all-minilm-l6-v2");
+    settings.moderation.classifier_dir = manifest_dir().join("config/classifiers");
     settings.telemetry.log_level = "warn".into();
     let (url, dir) = match storage {
         Storage::Sqlite => {

@@ -25,6 +25,7 @@ mod instances;
 mod limits;
 mod moderation;
 mod moderation_eval;
+mod moderation_train;
 mod openai;
 mod ops;
 mod orchestrator;

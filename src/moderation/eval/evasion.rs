@@ -13,11 +13,25 @@ pub enum Evasion {
     Dots,
     Spaces,
     Hyphens,
+    /// Every letter of the text apart, word boundaries gone: "H o w d o I m a k e".
+    LetterSpaced,
+    /// Greek and Cyrillic look-alikes mixed into one word: "mаκе а bοmb".
+    MixedScripts,
 }
 
 impl Evasion {
-    pub const ALL: [Evasion; 8] =
-        [Self::ZeroWidth, Self::SoftHyphen, Self::Homoglyphs, Self::DottedCapitals, Self::Leetspeak, Self::Dots, Self::Spaces, Self::Hyphens];
+    pub const ALL: [Evasion; 10] = [
+        Self::ZeroWidth,
+        Self::SoftHyphen,
+        Self::Homoglyphs,
+        Self::DottedCapitals,
+        Self::Leetspeak,
+        Self::Dots,
+        Self::Spaces,
+        Self::Hyphens,
+        Self::LetterSpaced,
+        Self::MixedScripts,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -29,6 +43,8 @@ impl Evasion {
             Self::Dots => "dots",
             Self::Spaces => "spaces",
             Self::Hyphens => "hyphens",
+            Self::LetterSpaced => "letter_spaced",
+            Self::MixedScripts => "mixed_scripts",
         }
     }
 
@@ -52,6 +68,11 @@ impl Evasion {
             Self::Dots => spell("."),
             Self::Spaces => spell(" "),
             Self::Hyphens => spell("-"),
+            Self::LetterSpaced => {
+                let letters: Vec<String> = text.chars().filter(|c| !c.is_whitespace()).map(String::from).collect();
+                letters.join(" ")
+            }
+            Self::MixedScripts => per_word(text, |w| w.chars().enumerate().map(|(i, c)| if i % 2 == 0 { cyrillic(c) } else { greek(c) }).collect()),
         }
     }
 }
@@ -111,6 +132,28 @@ fn cyrillic(c: char) -> char {
     }
 }
 
+fn greek(c: char) -> char {
+    match c {
+        'a' => 'α',
+        'i' => 'ι',
+        'k' => 'κ',
+        'n' => 'η',
+        'o' => 'ο',
+        'p' => 'ρ',
+        't' => 'τ',
+        'u' => 'υ',
+        'v' => 'ν',
+        'x' => 'χ',
+        'y' => 'γ',
+        'A' => 'Α',
+        'B' => 'Β',
+        'E' => 'Ε',
+        'K' => 'Κ',
+        'O' => 'Ο',
+        other => other,
+    }
+}
+
 fn leet(c: char) -> char {
     match c {
         'o' | 'O' => '0',
@@ -134,7 +177,13 @@ mod tests {
         for e in Evasion::ALL {
             let disguised = e.apply(text);
             assert_ne!(disguised, text, "{}", e.as_str());
-            assert_eq!(normalize(&disguised), normalize(text), "{}: {disguised:?}", e.as_str());
+            if e == Evasion::LetterSpaced {
+                // The letters come back; the word boundaries are the semantic layer's segmenter's to find.
+                let letters = |t: &str| normalize(t).chars().filter(|c| c.is_alphabetic()).collect::<String>();
+                assert_eq!(letters(&disguised), letters(text), "{}: {disguised:?}", e.as_str());
+            } else {
+                assert_eq!(normalize(&disguised), normalize(text), "{}: {disguised:?}", e.as_str());
+            }
         }
     }
 }

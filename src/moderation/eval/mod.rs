@@ -19,6 +19,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+use super::train::UNLABELLED;
 use super::{Decision, ModerationError, Moderator};
 
 /// One labelled request.
@@ -28,6 +29,9 @@ pub struct Row {
     pub text: String,
     pub label: Label,
     pub category: String,
+    /// Where the row comes from (the training corpus says; tests/data/moderation/README.md).
+    #[serde(default)]
+    pub source: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -37,10 +41,17 @@ pub enum Label {
     Harmless,
 }
 
-/// Reads a JSON-lines file of [`Row`]s.
+/// Reads a JSON-lines file of [`Row`]s, or a plain-text file (`.txt`) of
+/// harmful requests, one per line, whose category is not labelled (a public
+/// benchmark's behaviours).
 pub fn load(path: &Path) -> anyhow::Result<Vec<Row>> {
     use anyhow::Context;
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    if path.extension().is_some_and(|e| e == "txt") {
+        let source = path.display().to_string();
+        let harmful = |line: &str| Row { text: line.trim().to_owned(), label: Label::Harmful, category: UNLABELLED.to_owned(), source: source.clone() };
+        return Ok(text.lines().filter(|line| !line.trim().is_empty()).map(harmful).collect());
+    }
     text.lines()
         .enumerate()
         .filter(|(_, line)| !line.trim().is_empty())
@@ -95,11 +106,28 @@ pub struct Report {
     pub total: Counts,
     /// Harmful rows allowed and harmless rows refused.
     pub mistakes: Vec<(Row, Option<String>)>,
+    /// Refused harmful rows with a labelled category: (labelled, refused as) → count.
+    pub confusion: BTreeMap<(String, String), usize>,
+}
+
+impl Report {
+    /// Share of refused harmful rows (with a labelled category) whose refusal names that category.
+    pub fn category_accuracy(&self) -> f64 {
+        let total: usize = self.confusion.values().sum();
+        let right: usize = self.confusion.iter().filter(|((l, r), _)| l == r).map(|(_, n)| n).sum();
+        ratio(right, total, 1.0)
+    }
 }
 
 /// Judges every row with the moderator's input path (all layers).
 pub async fn evaluate(moderator: &Moderator, rows: &[Row]) -> Result<Report, ModerationError> {
     let mut report = Report::default();
+    // The model runs over texts of one length together first (the dry run's way); decisions are unchanged.
+    for chunk in rows.chunks(1024) {
+        let turns: Vec<(Vec<String>, &str)> = chunk.iter().map(|r| (vec![r.text.clone()], "")).collect();
+        let moderator = moderator.clone();
+        tokio::task::spawn_blocking(move || moderator.prefetch(&turns).map(|_| ())).await.map_err(|e| ModerationError::Worker(e.to_string()))??;
+    }
     for row in rows {
         let decision = moderator.judge_messages(vec![row.text.clone()]).await?;
         let refused_as = match &decision {
@@ -109,6 +137,11 @@ pub async fn evaluate(moderator: &Moderator, rows: &[Row]) -> Result<Report, Mod
         let refused = refused_as.is_some();
         report.categories.entry(row.category.clone()).or_default().add(row.label, refused);
         report.total.add(row.label, refused);
+        if let (Label::Harmful, Some(refused_as)) = (row.label, &refused_as) {
+            if row.category != UNLABELLED {
+                *report.confusion.entry((row.category.clone(), refused_as.clone())).or_default() += 1;
+            }
+        }
         if refused != (row.label == Label::Harmful) {
             report.mistakes.push((row.clone(), refused_as));
         }
@@ -125,6 +158,10 @@ impl fmt::Display for Report {
         for (name, counts) in &self.categories {
             line(f, name, counts)?;
         }
-        line(f, "TOTAL", &self.total)
+        line(f, "TOTAL", &self.total)?;
+        if !self.confusion.is_empty() {
+            writeln!(f, "refusals naming the labelled category: {:.1}%", 100.0 * self.category_accuracy())?;
+        }
+        Ok(())
     }
 }

@@ -10,6 +10,7 @@ use candle_nn::{embedding, layer_norm, linear, Embedding, LayerNorm, Linear, Var
 use serde::Deserialize;
 use tokenizers::Tokenizer;
 
+use super::segment::Segmenter;
 use super::SemanticError;
 
 /// Tokens per window, `[CLS]` and `[SEP]` included (the model was trained on 128 or fewer).
@@ -36,6 +37,8 @@ struct BertConfig {
 /// work, so callers run it on a blocking thread.
 pub struct Encoder {
     tokenizer: Tokenizer,
+    /// Cuts runs of letters written apart back into words before tokenising.
+    segmenter: Segmenter,
     embeddings: Embeddings,
     layers: Vec<Layer>,
     heads: usize,
@@ -114,7 +117,8 @@ impl Encoder {
         if c.num_attention_heads == 0 || !c.hidden_size.is_multiple_of(c.num_attention_heads) || c.max_position_embeddings < WINDOW {
             return Err(SemanticError::Model("config.json: unsupported model shape".into()));
         }
-        Ok(Self { tokenizer, embeddings, layers, heads: c.num_attention_heads, vocab: c.vocab_size, dim: c.hidden_size, cls, sep })
+        let segmenter = Segmenter::from_vocab(&tokenizer.get_vocab(false));
+        Ok(Self { tokenizer, segmenter, embeddings, layers, heads: c.num_attention_heads, vocab: c.vocab_size, dim: c.hidden_size, cls, sep })
     }
 
     /// Size of the token vocabulary.
@@ -132,9 +136,11 @@ impl Encoder {
         self.dim * POOLED_LAYERS.min(self.layers.len())
     }
 
-    /// The WordPiece ids of `text`, without `[CLS]` and `[SEP]`.
+    /// The WordPiece ids of `text`, without `[CLS]` and `[SEP]`, long runs
+    /// of letters cut into words first ([`Segmenter`]).
     pub fn token_ids(&self, text: &str) -> Result<Vec<u32>, SemanticError> {
-        let encoding = self.tokenizer.encode(text, false).map_err(|e| SemanticError::Model(format!("tokenizer: {e}")))?;
+        let text = self.segmenter.split_runs(text);
+        let encoding = self.tokenizer.encode(text.as_ref(), false).map_err(|e| SemanticError::Model(format!("tokenizer: {e}")))?;
         Ok(encoding.get_ids().to_vec())
     }
 

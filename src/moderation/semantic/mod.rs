@@ -22,6 +22,8 @@ mod cache;
 mod classifier;
 mod distilled;
 mod encoder;
+mod head;
+mod segment;
 mod table;
 
 use std::collections::HashMap;
@@ -31,6 +33,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 pub use bank::{Rule, Scores};
 pub use cache::Vector;
 pub use classifier::{Classifier, Examples, Exemplars, Route};
+pub use head::{Head, Judgement, Net};
 
 use cache::EmbeddingCache;
 use distilled::Distilled;
@@ -127,10 +130,7 @@ impl SemanticModel {
     /// model and writing that file: a restart reads them instead of running
     /// the model over the same examples again.
     pub fn remember(&self, texts: &[String]) -> Result<(), SemanticError> {
-        use sha2::{Digest, Sha256};
-        let mut digest = Sha256::new();
-        texts.iter().for_each(|t| digest.update(format!("{}\n{t}\n", t.len())));
-        let path = self.dir.join(format!("exemplars-{}.bin", &hex::encode(digest.finalize())[..16]));
+        let path = self.kept_file("exemplars", texts);
         let dim = self.encoder.features_dim();
         if let Some(rows) = table::read(&path, texts.len(), dim) {
             texts.iter().zip(rows.chunks_exact(dim.max(1))).for_each(|(t, v)| self.cache.insert(t, Arc::from(v)));
@@ -175,6 +175,62 @@ impl SemanticModel {
             }
         }
         Ok(embedded)
+    }
+
+    /// The transformer features of many normalised texts, in order, past the
+    /// cache (for training): texts of one token length run through the model
+    /// together, like [`SemanticModel::prefetch`]; longer ones one by one.
+    pub fn features_many(&self, texts: &[String]) -> Result<Vec<Vec<f32>>, SemanticError> {
+        let ids = texts.iter().map(|t| self.encoder.token_ids(t)).collect::<Result<Vec<_>, _>>()?;
+        let mut out: Vec<Option<Vec<f32>>> = vec![None; texts.len()];
+        let mut by_length: HashMap<usize, Vec<usize>> = HashMap::new();
+        ids.iter().enumerate().for_each(|(i, ids)| by_length.entry(ids.len()).or_default().push(i));
+        let mut lengths: Vec<_> = by_length.into_iter().collect();
+        lengths.sort();
+        for (length, group) in lengths {
+            let rows = (TOKENS_PER_PASS / (length + 2)).clamp(1, BATCH);
+            for batch in group.chunks(rows) {
+                let batch_ids: Vec<&[u32]> = batch.iter().map(|&i| ids[i].as_slice()).collect();
+                match self.encoder.features_of_equal_length(&batch_ids)? {
+                    Some(vectors) => batch.iter().zip(vectors).for_each(|(&i, v)| out[i] = Some(v)),
+                    None => {
+                        for &i in batch {
+                            out[i] = Some(self.encoder.features(&ids[i])?);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(out.into_iter().map(Option::unwrap_or_default).collect())
+    }
+
+    /// [`SemanticModel::features_many`], flat (`texts × features_dim`), kept
+    /// in a file in the model directory named by the texts' digest, so that
+    /// training again on the same rows reads them instead of running the model.
+    pub fn features_kept(&self, texts: &[String]) -> Result<Vec<f32>, SemanticError> {
+        let path = self.kept_file("features", texts);
+        let dim = self.encoder.features_dim();
+        if let Some(rows) = table::read(&path, texts.len(), dim) {
+            return Ok(rows);
+        }
+        let flat: Vec<f32> = self.features_many(texts)?.into_iter().flatten().collect();
+        if let Err(err) = table::write(&path, texts.len(), dim, &flat) {
+            tracing::warn!(path = %path.display(), error = %err, "cannot keep the training features; they will be computed again");
+        }
+        Ok(flat)
+    }
+
+    /// The file in the model directory that keeps something computed from these texts.
+    fn kept_file(&self, kind: &str, texts: &[String]) -> PathBuf {
+        use sha2::{Digest, Sha256};
+        let mut digest = Sha256::new();
+        texts.iter().for_each(|t| digest.update(format!("{}\n{t}\n", t.len())));
+        self.dir.join(format!("{kind}-{}.bin", &hex::encode(digest.finalize())[..16]))
+    }
+
+    /// Length of the transformer features.
+    pub fn features_dim(&self) -> usize {
+        self.encoder.features_dim()
     }
 
     /// Number of WordPiece tokens in a text (without `[CLS]` and `[SEP]`).
