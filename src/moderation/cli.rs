@@ -121,7 +121,14 @@ pub async fn run(settings: &Settings, command: ModerationCommand) -> anyhow::Res
 }
 
 /// `steward moderation train`: trains, writes the classifier, prints its table.
-fn train(settings: &Settings, constitution: &Constitution, file: &std::path::Path, max_false_refusals: f64, steps: usize, rows: Option<usize>) -> anyhow::Result<()> {
+fn train(
+    settings: &Settings,
+    constitution: &Constitution,
+    file: &std::path::Path,
+    max_false_refusals: f64,
+    steps: usize,
+    rows: Option<usize>,
+) -> anyhow::Result<()> {
     use super::train::{self, Options};
     let mut labelled = eval::load(file)?;
     labelled.truncate(rows.unwrap_or(usize::MAX));

@@ -179,6 +179,13 @@ pub(crate) async fn activate(req: HttpRequest, caller: Caller, body: web::Bytes,
 /// The judge of a document, built off the worker thread (it embeds the examples); `trial`
 /// for a dry run, which writes nothing to disk.
 async fn build_judge(settings: &Arc<Settings>, constitution: Constitution, text: String, trial: bool) -> Result<Arc<Judge>, ApiError> {
+    if let (Some(digest), crate::config::SemanticSwitch::On) = (constitution.semantic.classifier, settings.moderation.semantic) {
+        let file = settings.moderation.classifier_dir.join(crate::moderation::semantic::Head::file_name(&digest));
+        if !file.is_file() {
+            let message = format!("the constitution names classifier {digest}, which this instance does not have (moderation.classifier_dir)");
+            return Err(ApiError::new(Code::InvalidRequest, message));
+        }
+    }
     let settings = settings.clone();
     let build = if trial { crate::app::candidate_moderator } else { crate::app::moderator };
     let built = web::block(move || build(&settings, &constitution).map(|moderator| (constitution, moderator)))

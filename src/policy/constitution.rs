@@ -288,13 +288,17 @@ impl Constitution {
         let SemanticRule { classifier, threshold, min_similarity, output_threshold, static_allow_below, static_refuse_from } = semantic;
         // Named only when set, so a document without a classifier keeps the hash it always had.
         let classifier = classifier.iter().map(|c| ("classifier", Value::from(c.to_string())));
-        let semantic = object(classifier.chain([
-            ("min_similarity", Value::from(*min_similarity)),
-            ("output_threshold", Value::from(*output_threshold)),
-            ("static_allow_below", Value::from(*static_allow_below)),
-            ("static_refuse_from", Value::from(*static_refuse_from)),
-            ("threshold", Value::from(*threshold)),
-        ]).collect());
+        let semantic = object(
+            classifier
+                .chain([
+                    ("min_similarity", Value::from(*min_similarity)),
+                    ("output_threshold", Value::from(*output_threshold)),
+                    ("static_allow_below", Value::from(*static_allow_below)),
+                    ("static_refuse_from", Value::from(*static_refuse_from)),
+                    ("threshold", Value::from(*threshold)),
+                ])
+                .collect(),
+        );
         object(vec![
             ("categories", Value::Array(categories)),
             ("name", Value::from(name.as_str())),
@@ -471,11 +475,14 @@ code="S1"
         };
         assert_ne!(named([1; 32]), without);
         assert_ne!(named([1; 32]), named([2; 32]));
-        let text = format!("{}\n", toml::to_string(&{
-            let mut c = base.clone();
-            c.semantic.classifier = Some(ClassifierDigest([0xab; 32]));
-            c
-        })?);
+        let text = format!(
+            "{}\n",
+            toml::to_string(&{
+                let mut c = base.clone();
+                c.semantic.classifier = Some(ClassifierDigest([0xab; 32]));
+                c
+            })?
+        );
         assert!(text.contains(&format!("classifier = \"sha256:{}\"", "ab".repeat(32))), "{text}");
         assert_eq!(Constitution::from_toml_str(&text)?.semantic.classifier, Some(ClassifierDigest([0xab; 32])));
         assert!("sha256:xyz".parse::<ClassifierDigest>().is_err() && "ab".repeat(32).parse::<ClassifierDigest>().is_err());

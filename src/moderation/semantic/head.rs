@@ -68,8 +68,7 @@ impl Net {
         let logits = self.logits(x);
         let harmful = sigmoid(logits.first().copied().unwrap_or(f32::NEG_INFINITY));
         let categories = logits.get(1..).unwrap_or_default();
-        let candidates: Box<dyn Iterator<Item = usize>> =
-            if allowed.is_empty() { Box::new(0..categories.len()) } else { Box::new(allowed.iter().copied()) };
+        let candidates: Box<dyn Iterator<Item = usize>> = if allowed.is_empty() { Box::new(0..categories.len()) } else { Box::new(allowed.iter().copied()) };
         let category = candidates.filter(|&i| i < categories.len()).max_by(|&a, &b| categories[a].total_cmp(&categories[b])).unwrap_or(0);
         Judgement { harmful, category }
     }
@@ -140,7 +139,7 @@ impl Head {
             let (_, b2) = read(&format!("{prefix}.b2"))?;
             let outputs = s2.first().copied().unwrap_or(0);
             // A linear network has no hidden layer: its w2 reads the features.
-            let (hidden, inputs, w1, b1) = if tensors.names().iter().any(|n| *n == &format!("{prefix}.w1")) {
+            let (hidden, inputs, w1, b1) = if tensors.names().iter().any(|n| **n == format!("{prefix}.w1")) {
                 let (s1, w1) = read(&format!("{prefix}.w1"))?;
                 let (_, b1) = read(&format!("{prefix}.b1"))?;
                 (s1.first().copied().unwrap_or(0), s1.get(1).copied().unwrap_or(0), w1, b1)
@@ -212,7 +211,15 @@ mod tests {
 
     fn net(inputs: usize, hidden: usize, outputs: usize, seed: f32) -> Net {
         let fill = |n: usize, k: f32| (0..n).map(|i| ((i as f32 + k) * 0.37).sin() * 0.5).collect();
-        Net { inputs, hidden, outputs, w1: fill(hidden * inputs, seed), b1: fill(hidden, seed + 1.0), w2: fill(outputs * hidden, seed + 2.0), b2: fill(outputs, seed + 3.0) }
+        Net {
+            inputs,
+            hidden,
+            outputs,
+            w1: fill(hidden * inputs, seed),
+            b1: fill(hidden, seed + 1.0),
+            w2: fill(outputs * hidden, seed + 2.0),
+            b2: fill(outputs, seed + 3.0),
+        }
     }
 
     #[test]

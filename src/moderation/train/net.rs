@@ -48,7 +48,8 @@ pub fn fit(batch: &Batch<'_>, fit: &Fit) -> candle_core::Result<Net> {
     let x = Tensor::from_slice(batch.x, (n, batch.inputs), &dev)?;
     let y = Tensor::from_slice(batch.harmful, n, &dev)?;
     // Each class weighs half of the loss, its rows in proportion to their weight.
-    let class_total = |harmful: bool| batch.harmful.iter().zip(batch.weight).filter(|(h, _)| (**h > 0.5) == harmful).map(|(_, w)| w).sum::<f32>().max(f32::MIN_POSITIVE);
+    let class_total =
+        |harmful: bool| batch.harmful.iter().zip(batch.weight).filter(|(h, _)| (**h > 0.5) == harmful).map(|(_, w)| w).sum::<f32>().max(f32::MIN_POSITIVE);
     let (positives, negatives) = (class_total(true), class_total(false));
     let weights: Vec<f32> = batch.harmful.iter().zip(batch.weight).map(|(&h, &w)| w * if h > 0.5 { 0.5 / positives } else { 0.5 / negatives }).collect();
     let weights = Tensor::from_vec(weights, n, &dev)?;
