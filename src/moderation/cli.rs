@@ -143,7 +143,7 @@ fn train(
     let r = trained.rule;
     let v = trained.validation;
     println!(
-        "[semantic]\nclassifier = \"{digest}\"\nthreshold = {:.4}\nmin_similarity = -1.0\noutput_threshold = {:.4}\nstatic_allow_below = {:.4}\nstatic_refuse_from = {:.4}\n\
+        "[semantic]\nclassifier = \"{digest}\"\nthreshold = {:.4}\nmin_similarity = -1.0\noutput_threshold = {:.1}\nstatic_allow_below = {:.4}\nstatic_refuse_from = {:.4}\n\
          # trained on {} rows of {} in {:.0} s; the {} rows of {}, each judged by a classifier trained without it ({}-fold):\n\
          # {:.1}% of {} harmful refused, {:.1}% of {} harmless refused; the static stage decides {:.1}% of them alone",
         r.threshold,

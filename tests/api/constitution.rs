@@ -134,8 +134,8 @@ async fn put_activates_a_constitution_for_the_callers_tenant_only_without_a_rest
     assert_error(put(&chat, document.clone()).await.unwrap(), 403, "forbidden").await;
     assert_error(put(&admin, "name = 1".into()).await.unwrap(), 400, "invalid_request").await;
     // A document naming a classifier this instance does not have is the caller's 400, not every turn's failure.
-    let named = steward::policy::Constitution::from_toml_str(&document).unwrap().semantic.classifier.expect("the candidate names a classifier");
-    let unknown = document.replace(&named.to_string(), &format!("sha256:{}", "0".repeat(64)));
+    let unknown = document.replacen("[semantic]\n", &format!("[semantic]\nclassifier = \"sha256:{}\"\n", "0".repeat(64)), 1);
+    assert!(steward::policy::Constitution::from_toml_str(&unknown).unwrap().semantic.classifier.is_some());
     assert_error(put(&admin, unknown).await.unwrap(), 400, "invalid_request").await;
     let before = app.chat(&chat, &json!({ "message": "Tell me a riddle.", "max_tokens": 2 })).await;
     assert_eq!(before.first("session")["policy_verdict"], "allow");

