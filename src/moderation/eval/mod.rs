@@ -19,8 +19,11 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use super::train::UNLABELLED;
 use super::{Decision, ModerationError, Moderator};
+
+/// Category of a harmful row whose category is not known (a benchmark's behaviours): measured,
+/// and in training it teaches the harmful output only.
+pub const UNLABELLED: &str = "unlabelled";
 
 /// One labelled request.
 #[derive(Debug, Clone, Deserialize)]

@@ -22,13 +22,12 @@ pub use net::Fit;
 
 use sha2::{Digest, Sha256};
 
+pub use super::eval::UNLABELLED;
+
 use super::eval::{Label, Row};
 use super::normalize::normalize;
 use super::semantic::{Head, Net, SemanticModel};
 use crate::policy::constitution::SemanticRule;
-
-/// Category of a harmful row whose category is not known: it trains the harmful output only.
-pub const UNLABELLED: &str = "unlabelled";
 
 /// The `output_threshold` that leaves streamed answers to the lexicon: a trained classifier
 /// refuses an answer only below it.
