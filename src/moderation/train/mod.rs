@@ -8,10 +8,12 @@
 //! table are chosen on the rows most like what users write — the project's
 //! own hand-written training rows ([`Options::held_source`]) — each judged by
 //! a classifier trained without it (k-fold): the threshold that refuses at
-//! most `max_false_refusals` of the harmless ones, a stricter one for
-//! streamed answers, and the static stage's band (outside it the static
-//! network decides alone). Those rows count more in training
-//! ([`Options::held_weight`]), since the public sets are less like them.
+//! most `max_false_refusals` of the harmless ones, and the static stage's
+//! band (outside it the static network decides alone). Those rows count more
+//! in training ([`Options::held_weight`]), since the public sets are less
+//! like them. The answer threshold is [`NO_ANSWERS`]: the rows are requests,
+//! and on answers the classifier is not calibrated (it cut a benign answer on
+//! stopping a Python process), so streamed answers are left to the lexicon.
 //!
 //! Everything is deterministic: the same rows, seed and settings give the
 //! same weights and so the same digest.
@@ -30,7 +32,7 @@ use super::semantic::{Head, Net, SemanticModel};
 use crate::policy::constitution::SemanticRule;
 
 /// The `output_threshold` that leaves streamed answers to the lexicon: a trained classifier
-/// refuses an answer only below it.
+/// judges answers only under a threshold below this.
 pub const NO_ANSWERS: f64 = 1.0;
 
 /// How the classifier is trained and its numbers chosen.
