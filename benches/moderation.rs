@@ -4,7 +4,8 @@
 //! path (normalisation, lexicon, semantic) for distinct messages.
 //!
 //! `scripts/models.sh install && cargo bench --bench moderation`
-//! (`STEWARD_BENCH_ROUNDS`, default 200). Targets (issue 7): p50 <= 3 ms and
+//! (`STEWARD_BENCH_ROUNDS`, default 200; `STEWARD_BENCH_CONSTITUTION`, default
+//! `config/constitution.toml`: `config/constitution-trained.toml` times the trained classifier). Targets (issue 7): p50 <= 3 ms and
 //! p99 <= 10 ms for a 32-token message.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
@@ -43,7 +44,9 @@ fn main() {
     let rounds: usize = std::env::var("STEWARD_BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(200);
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let settings = Settings::load_from(&root.join("config")).expect("config loads");
-    let constitution = Constitution::load(&root.join("config/constitution.toml")).expect("constitution");
+    let document = std::env::var("STEWARD_BENCH_CONSTITUTION").unwrap_or_else(|_| "config/constitution.toml".into());
+    let constitution = Constitution::load(&root.join(&document)).expect("constitution");
+    println!("constitution {document} ({})", constitution.semantic.classifier.map_or("judged by its exemplars".into(), |c| format!("classifier {c}")));
     let started = Instant::now();
     let model = SemanticModel::shared(&root.join(&settings.moderation.model_dir), rounds * 4).expect("model (scripts/models.sh install)");
     let classifiers = root.join(&settings.moderation.classifier_dir);
