@@ -62,9 +62,10 @@ async fn measure(constitution: &str, suffix: &str, failures: &mut Vec<String>) {
     println!("held-out set{suffix}:\n{report}");
     check(&format!("held-out part{suffix}"), &report, failures);
 
-    let disguised: Vec<Row> = eval::evasions(&heldout).into_iter().map(|(_, row)| row).collect();
+    let evasions = eval::evasions(&heldout);
+    let disguised: Vec<Row> = evasions.iter().map(|(_, row)| row.clone()).collect();
     for technique in Evasion::ALL {
-        let rows: Vec<Row> = eval::evasions(&heldout).into_iter().filter(|(e, _)| *e == technique).map(|(_, row)| row).collect();
+        let rows: Vec<Row> = evasions.iter().filter(|(e, _)| *e == technique).map(|(_, row)| row.clone()).collect();
         let judged = eval::evaluate(&moderator, &rows).await.unwrap();
         println!("evasion {:<16} {:>5.1}% of {} refused", technique.as_str(), 100.0 * judged.total.refusal_rate(), judged.total.harmful);
     }

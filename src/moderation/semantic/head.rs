@@ -68,8 +68,13 @@ impl Net {
         let logits = self.logits(x);
         let harmful = sigmoid(logits.first().copied().unwrap_or(f32::NEG_INFINITY));
         let categories = logits.get(1..).unwrap_or_default();
-        let candidates: Box<dyn Iterator<Item = usize>> = if allowed.is_empty() { Box::new(0..categories.len()) } else { Box::new(allowed.iter().copied()) };
-        let category = candidates.filter(|&i| i < categories.len()).max_by(|&a, &b| categories[a].total_cmp(&categories[b])).unwrap_or(0);
+        let likelier = |a: &usize, b: &usize| categories[*a].total_cmp(&categories[*b]);
+        let category = if allowed.is_empty() {
+            (0..categories.len()).max_by(likelier)
+        } else {
+            allowed.iter().copied().filter(|&i| i < categories.len()).max_by(likelier)
+        };
+        let category = category.unwrap_or(0);
         Judgement { harmful, category }
     }
 
