@@ -1,7 +1,8 @@
 //! The semantic moderation check on this machine: time to judge one message
 //! of about 32 tokens, distinct messages (every one a cache miss: the model
 //! runs) and repeats (the exact-text cache answers), plus the whole input
-//! path (normalisation, lexicon, semantic) for distinct messages.
+//! path (normalisation, lexicon, semantic) for distinct messages, and texts
+//! judged at once on many threads (sharing forward passes, against one pass each).
 //!
 //! `scripts/models.sh install && cargo bench --bench moderation`
 //! (`STEWARD_BENCH_ROUNDS`, default 200; `STEWARD_BENCH_CONSTITUTION`, default
@@ -108,6 +109,28 @@ fn main() {
         ms / embedded.max(1) as f64
     );
 
+    // Texts judged at once on many threads, as under load: sharing forward passes (what judging
+    // does) against one pass per text (what it did before the batcher).
+    let mut offset = rounds * 3;
+    for threads in [4, 16, 64] {
+        let per_thread = 4;
+        let fresh = |offset: usize| -> Vec<String> { messages(offset + threads * per_thread).iter().skip(offset).map(|m| normalize(m)).collect() };
+        let (shared_texts, alone_texts) = (fresh(offset), fresh(offset + threads * per_thread));
+        offset += 2 * threads * per_thread;
+        let before = model.shared_passes();
+        let shared = concurrently(&shared_texts, threads, |t| drop(model.embed(t).unwrap()));
+        let after = model.shared_passes();
+        let alone = concurrently(&alone_texts, threads, |t| drop(model.embed_alone(t).unwrap()));
+        println!(
+            "{threads:>2} threads at once, {} distinct texts: shared passes {:.1} texts/s ({} texts in {} passes), one pass each {:.1} texts/s",
+            shared_texts.len(),
+            shared_texts.len() as f64 / shared,
+            after.1 - before.1,
+            after.0 - before.0,
+            alone_texts.len() as f64 / alone,
+        );
+    }
+
     let mut normalise = Vec::with_capacity(rounds);
     for m in messages(rounds) {
         let t = Instant::now();
@@ -115,4 +138,20 @@ fn main() {
         normalise.push(t.elapsed().as_secs_f64() * 1e3);
     }
     report("normalisation only", normalise);
+}
+
+/// Seconds to run `work` over `texts` on `threads` threads started together, each taking its share in turn.
+fn concurrently(texts: &[String], threads: usize, work: impl Fn(&str) + Sync) -> f64 {
+    let barrier = std::sync::Barrier::new(threads);
+    let started = Instant::now();
+    std::thread::scope(|s| {
+        for share in texts.chunks(texts.len().div_ceil(threads)) {
+            let (barrier, work) = (&barrier, &work);
+            s.spawn(move || {
+                barrier.wait();
+                share.iter().for_each(|t| work(t));
+            });
+        }
+    });
+    started.elapsed().as_secs_f64()
 }

@@ -14,7 +14,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Secret, Settings};
+use crate::config::{PerTenant, Secret, Settings};
 use crate::db::Database;
 use crate::events::{EventLog, EventPublisher, OutboxStore, Relay, RelaySettings};
 use crate::gateway::Gateway;
@@ -138,10 +138,8 @@ impl Application {
             model_name: slm.model.clone(),
             store_refused_text: settings.chat.store_refused_text,
             limiter,
-            caller_system: crate::gateway::CallerSystemPolicy {
-                default: settings.chat.caller_system_prompt,
-                tenants: settings.chat.caller_system_prompt_tenants.clone(),
-            },
+            caller_system: PerTenant::new(settings.chat.caller_system_prompt, &settings.chat.caller_system_prompt_tenants),
+            dispatch: PerTenant::new(settings.moderation.dispatch, &settings.moderation.dispatch_tenants),
         });
         let policy_api =
             web::Data::new(crate::policy::PolicyApi { judges, auditor, settings: Arc::new(settings.clone()), store: ConversationStore::new(db.clone()) });

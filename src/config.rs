@@ -190,6 +190,50 @@ pub struct ModerationSettings {
     pub cache_entries: usize,
     /// Streamed output is judged at each sentence end, and at least every this many chars.
     pub output_window_chars: usize,
+    /// When the model request starts: `after_verdict` (a refused message never
+    /// reaches the model) or `overlapped` (it starts while input moderation runs;
+    /// nothing of its answer is released before the verdict allows it).
+    #[serde(default)]
+    pub dispatch: DispatchMode,
+    /// Per-tenant exceptions to `dispatch`.
+    #[serde(default)]
+    pub dispatch_tenants: std::collections::HashMap<String, DispatchMode>,
+}
+
+/// See [`ModerationSettings::dispatch`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DispatchMode {
+    #[default]
+    AfterVerdict,
+    Overlapped,
+}
+
+impl DispatchMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::AfterVerdict => "after_verdict",
+            Self::Overlapped => "overlapped",
+        }
+    }
+}
+
+/// A setting with per-tenant exceptions.
+#[derive(Debug, Clone, Default)]
+pub struct PerTenant<T> {
+    pub default: T,
+    pub tenants: std::collections::HashMap<String, T>,
+}
+
+impl<T: Copy> PerTenant<T> {
+    pub fn new(default: T, tenants: &std::collections::HashMap<String, T>) -> Self {
+        Self { default, tenants: tenants.clone() }
+    }
+
+    /// The tenant's value: its exception, or the default.
+    pub fn of(&self, tenant: &str) -> T {
+        *self.tenants.get(tenant).unwrap_or(&self.default)
+    }
 }
 
 /// See [`ModerationSettings::semantic`].

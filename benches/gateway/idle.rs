@@ -35,7 +35,8 @@ pub async fn run(dir: &Path) {
     drop(proxy);
 
     let port = free_port();
-    let config = crate::Config { name: "idle".into(), semantic, full: false, binary: env!("CARGO_BIN_EXE_steward").into(), root: crate::root() };
+    let config =
+        crate::Config { name: "idle".into(), semantic, overlapped: false, full: false, binary: env!("CARGO_BIN_EXE_steward").into(), root: crate::root() };
     let env = crate::steward_env(&config, up_port, port, dir, &[("STEWARD_SLM__FIRST_TOKEN_TIMEOUT_MS", "3600000".into())]).await;
     let (steward, key) = crate::start_steward(&env, port, &dir.join("steward-idle.log")).await;
     let url = format!("http://127.0.0.1:{port}/v1/chat/stream");

@@ -16,7 +16,9 @@
 //! Knobs: `STEWARD_BENCH_CLIENTS` (1,16,64,256), `STEWARD_BENCH_SECONDS` (5),
 //! `STEWARD_BENCH_WARMUP_SECONDS` (1), `STEWARD_BENCH_TOKENS` (32),
 //! `STEWARD_BENCH_TOKEN_DELAY_US` (0), `STEWARD_BENCH_FIRST_DELAY_US` (0),
-//! `STEWARD_BENCH_STEWARD` (configurations to run, e.g. `embedded-off,full-on`),
+//! `STEWARD_BENCH_STEWARD` (configurations to run, e.g. `embedded-off,full-on`;
+//! `embedded-overlapped` and `full-overlapped`: the semantic layer on, with
+//! overlapped dispatch),
 //! `STEWARD_BENCH_PROXY` (`per-worker`, `shared`, both comma-separated, or
 //! `none`: the pass-through proxy's connection pool),
 //! `STEWARD_BENCH_BASELINE` (another checkout with a release build: each
@@ -62,6 +64,8 @@ fn root() -> PathBuf {
 struct Config {
     name: String,
     semantic: bool,
+    /// The model request starts while input moderation runs (`moderation.dispatch = "overlapped"`).
+    overlapped: bool,
     full: bool,
     /// The binary and the checkout it runs from: this build, or a baseline.
     binary: PathBuf,
@@ -78,12 +82,13 @@ fn configs() -> Vec<Config> {
     for name in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         let full = name.starts_with("full");
         assert!(!full || full_available, "{name} needs STEWARD_BENCH_POSTGRES_URL, STEWARD_BENCH_REDIS_URL and STEWARD_BENCH_KAFKA");
-        let semantic = name.ends_with("-on");
+        let overlapped = name.ends_with("-overlapped");
+        let semantic = name.ends_with("-on") || overlapped;
         if let Some(base) = &baseline {
             let binary = base.join("target/release/steward");
-            configs.push(Config { name: format!("{name} (baseline)"), semantic, full, binary, root: base.clone() });
+            configs.push(Config { name: format!("{name} (baseline)"), semantic, overlapped, full, binary, root: base.clone() });
         }
-        configs.push(Config { name: name.to_owned(), semantic, full, binary: env!("CARGO_BIN_EXE_steward").into(), root: root() });
+        configs.push(Config { name: name.to_owned(), semantic, overlapped, full, binary: env!("CARGO_BIN_EXE_steward").into(), root: root() });
     }
     configs
 }
@@ -106,6 +111,9 @@ async fn steward_env(config: &Config, upstream_port: u16, port: u16, dir: &Path,
         ("STEWARD_MODERATION__SEMANTIC".into(), if config.semantic { "on" } else { "off" }.into()),
         ("STEWARD_CONFIG_DIR".into(), root.join("config").display().to_string()),
     ];
+    if config.overlapped {
+        vars.push(("STEWARD_MODERATION__DISPATCH".into(), "overlapped".into()));
+    }
     if config.full {
         let admin = std::env::var("STEWARD_BENCH_POSTGRES_URL").unwrap();
         let db = steward::db::Database::connect(&admin, 1).await.expect("postgres");

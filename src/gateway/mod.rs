@@ -13,7 +13,7 @@ mod service;
 mod socket;
 
 pub use chat::SessionData;
-pub use service::{Admission, Admitted, CallerSystemPolicy, Gateway, TurnInput};
+pub use service::{Admission, Admitted, Gateway, TurnInput};
 
 use actix_web::web;
 

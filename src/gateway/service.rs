@@ -5,15 +5,15 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-pub use crate::config::CallerSystemPrompt;
+pub use crate::config::{CallerSystemPrompt, DispatchMode, PerTenant};
 use crate::db::now_ms;
 use crate::error::{ApiError, Code};
 use crate::events::{EventLog, EventType, NewEvent, Pending};
 use crate::identity::{Caller, Capability};
 use crate::moderation::{Decision, Hit};
 use crate::orchestrator::{
-    turn_context, Conversation, ConversationStore, FinishReason, OrchestratorError, Origin, RecordTurn, SessionState, TurnEvent, TurnLimits, TurnRecord,
-    TurnRequest, TurnStream, WITHHELD_TEXT,
+    refused_data, turn_context, Conversation, ConversationStore, FinishReason, OrchestratorError, Origin, RecordTurn, SessionState, TurnEvent, TurnLimits,
+    TurnRecord, TurnRequest, TurnStream, WITHHELD_TEXT,
 };
 use crate::policy::{Judges, PolicyEngine, PolicyError, SignedVerdict, TurnRef, Verdict};
 use crate::slm::{ChatMessage, GenerationParams, Role};
@@ -35,25 +35,13 @@ pub struct Gateway {
     /// Model name reported by the OpenAI facade.
     pub model_name: String,
     /// Whether a tenant's callers may add system messages after the operator's.
-    pub caller_system: CallerSystemPolicy,
+    pub caller_system: PerTenant<CallerSystemPrompt>,
+    /// When a tenant's model requests start: after the verdict, or overlapped with moderation.
+    pub dispatch: PerTenant<DispatchMode>,
     /// Store the text of turns refused on input instead of withholding it.
     pub store_refused_text: bool,
     /// Per-tenant concurrent streams and request rate.
     pub limiter: Arc<crate::limits::Limiter>,
-}
-
-/// What happens to a caller's `system`/`developer` message: refused (the
-/// default) or placed after the operator's system prompt, per tenant.
-#[derive(Debug, Clone, Default)]
-pub struct CallerSystemPolicy {
-    pub default: CallerSystemPrompt,
-    pub tenants: std::collections::HashMap<String, CallerSystemPrompt>,
-}
-
-impl CallerSystemPolicy {
-    fn allows(&self, tenant: &str) -> bool {
-        self.tenants.get(tenant).unwrap_or(&self.default) == &CallerSystemPrompt::AfterOperator
-    }
 }
 
 /// A turn as a chat entry point received it.
@@ -108,7 +96,7 @@ impl Gateway {
             self.limits.check_earlier(&earlier.content)?;
         }
         let tenant = caller.tenant.as_str();
-        if input.preamble.iter().any(|m| m.role == Role::System) && !self.caller_system.allows(tenant) {
+        if input.preamble.iter().any(|m| m.role == Role::System) && self.caller_system.of(tenant) != CallerSystemPrompt::AfterOperator {
             return Err(ApiError::new(
                 Code::SystemPromptNotAllowed,
                 "system and developer messages are not accepted for this tenant: the operator's system prompt applies",
@@ -128,56 +116,75 @@ impl Gateway {
         };
         // The constitution this turn is judged under, from start to end.
         let judge = self.judges.current(tenant).map_err(PolicyError::from)?;
-        let turn = TurnRef { tenant, session_id: &session_id, turn_id: &turn_id, message: &input.message, params: input.params };
-
         let texts = input.preamble.iter().map(|m| m.content.clone()).chain([input.message.clone()]).collect();
-        let judging = Instant::now();
-        let decision = judge.moderator.judge_messages(texts).await.map_err(|e| {
-            tracing::error!(error = %e, "input moderation failed");
-            ApiError::new(Code::Internal, "moderation failed")
-        })?;
-        self.metrics.moderation_check("input", judging.elapsed());
-        let hits: Vec<Hit> = match decision {
-            Decision::Allow => Vec::new(),
-            Decision::Refuse(hits) => hits,
-        };
-        moderation_span(&input.trace, judging.elapsed(), &hits, &judge.hash);
-        let verdict = if hits.is_empty() { Verdict::Allow } else { Verdict::Refuse(hits.iter().map(|h| h.code.clone()).collect()) };
-        let signed = self.policy.sign(turn, verdict, &judge.hash);
         let training = self.training.mark(tenant).await;
         let received_data = json!({ "route": input.route, "message_chars": input.message.chars().count(), "content_included": false });
         let request = TurnRequest {
             tenant: caller.tenant.clone(),
-            session_id: session_id.clone(),
-            turn_id: turn_id.clone(),
+            session_id,
+            turn_id,
             message: input.message,
             preamble: input.preamble,
             params: input.params,
             trace: input.trace.clone(),
             route: input.route,
             started: input.started,
-            origin: Origin::Gateway(judge),
+            origin: Origin::Gateway(judge.clone()),
             stop: input.stop,
             session_known: Some(session_known),
             training,
         };
+
+        let judging = async {
+            let started = Instant::now();
+            let decision = judge.moderator.judge_messages(texts).await;
+            (decision, started.elapsed())
+        };
+        // Overlapped: the model request runs while the input is judged; its answer waits for the verdict.
+        let ((decision, judged_in), early) = match self.dispatch.of(tenant) {
+            DispatchMode::AfterVerdict => (judging.await, None),
+            DispatchMode::Overlapped => {
+                let (judged, early) = tokio::join!(judging, self.conversation.dispatch_early(&request, &judge.hash));
+                (judged, Some(early))
+            }
+        };
+        let decision = decision.map_err(|e| {
+            tracing::error!(error = %e, "input moderation failed");
+            ApiError::new(Code::Internal, "moderation failed")
+        })?;
+        self.metrics.moderation_check("input", judged_in);
+        let hits: Vec<Hit> = match decision {
+            Decision::Allow => Vec::new(),
+            Decision::Refuse(hits) => hits,
+        };
+        moderation_span(&input.trace, judged_in, &hits, &judge.hash);
+        let verdict = if hits.is_empty() { Verdict::Allow } else { Verdict::Refuse(hits.iter().map(|h| h.code.clone()).collect()) };
+        let turn = TurnRef { tenant, session_id: &request.session_id, turn_id: &request.turn_id, message: &request.message, params: request.params };
+        let signed = self.policy.sign(turn, verdict, &judge.hash);
         let context = turn_context(&request, &signed);
         let received = NewEvent::new(context.clone(), EventType::Received, received_data);
+        let (session_id, turn_id) = (request.session_id.clone(), request.turn_id.clone());
 
         if let Some(first) = hits.first().cloned() {
             permit.used(0);
             for hit in &hits {
                 self.metrics.moderation_refusal("input", &hit.category);
             }
-            let categories: Vec<_> = hits.iter().map(|h| json!({ "code": h.code, "category": h.category })).collect();
-            let refused = NewEvent::new(context, EventType::Refused, json!({ "stage": "input", "categories": categories, "content_included": false }));
+            let mut events = vec![Pending::Conversation(received)];
+            let mut refused = refused_data("input", &hits);
+            // A request started before the verdict ends here, unread: the model received it and its answer is discarded.
+            if let Some(Ok(early)) = early {
+                events.push(Pending::Conversation(NewEvent::new(context.clone(), EventType::Dispatched, early.abort())));
+                refused["model_request"] = json!("aborted");
+            }
+            events.push(Pending::Conversation(NewEvent::new(context, EventType::Refused, refused)));
             let mut record = refusal_record(tenant, &session_id, &turn_id, &input.trace, &signed);
             if self.store_refused_text {
                 record.user_message = request.message;
                 record.preamble = serde_json::to_string(&request.preamble).unwrap_or_else(|_| "[]".into());
             }
-            let turn = Pending::Write(Arc::new(RecordTurn(record)));
-            self.events.emit_durable(vec![Pending::Conversation(received), Pending::Conversation(refused), turn]).await?;
+            events.push(Pending::Write(Arc::new(RecordTurn(record))));
+            self.events.emit_durable(events).await?;
             self.metrics.request(input.route, RequestOutcome::Refuse, input.started.elapsed());
             refused_turn_span(&input.trace, input.route, input.started.elapsed(), &session_id, &turn_id, &signed);
             tracing::info!(trace_id = %input.trace.trace_id, span_id = %input.trace.span_id, tenant, session_id = %session_id,
@@ -186,7 +193,11 @@ impl Gateway {
         }
 
         self.events.emit(vec![Pending::Conversation(received)]).await?;
-        let stream = match self.conversation.start_turn(request, signed.headers()).await {
+        let started = match early.transpose() {
+            Ok(early) => self.conversation.start_turn(request, signed.headers(), early).await,
+            Err(err) => Err(err),
+        };
+        let stream = match started {
             Ok(stream) => stream,
             Err(err) => {
                 let code = crate::error::ErrorCode::code(&err).name();

@@ -14,10 +14,11 @@ use super::semantic::Semantic;
 use super::sentences::SentenceBuffer;
 use super::window::OutputGuard;
 use super::ModerationError;
+use super::{Finding, Layer};
 use crate::policy::constitution::Constitution;
 
 /// [`Semantic::judge`] (requests) or [`Semantic::judge_output`] (answers).
-type JudgeFn = fn(&Semantic, &str) -> Result<Option<usize>, super::SemanticError>;
+type JudgeFn = fn(&Semantic, &str) -> Result<Option<Finding>, super::SemanticError>;
 
 /// Input longer than this (bytes, all messages) is moderated on a blocking thread.
 const INLINE_BYTES: usize = 4096;
@@ -26,7 +27,7 @@ const INLINE_BYTES: usize = 4096;
 pub const DEFAULT_OUTPUT_WINDOW: usize = 400;
 
 /// Outcome of a moderation check.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Decision {
     /// Nothing matched.
     Allow,
@@ -35,7 +36,7 @@ pub enum Decision {
 }
 
 /// One refusal category that matched.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
 pub struct Hit {
     /// Stable category code, e.g. `S9`.
     pub code: String,
@@ -43,6 +44,10 @@ pub struct Hit {
     pub category: String,
     /// User-facing refusal message.
     pub message: String,
+    /// The layer that found it.
+    pub layer: Layer,
+    /// The semantic layer's score (see [`Finding::score`]); none for the lexicon.
+    pub score: Option<f32>,
 }
 
 /// The phrase automaton, shared by the moderator and every output guard.
@@ -126,7 +131,11 @@ impl Moderator {
         }
         let longest_chars = phrases.iter().map(|p| p.chars().count()).max().unwrap_or(0);
         let automaton = AhoCorasick::builder().match_kind(MatchKind::Standard).build(&phrases)?;
-        let hits = constitution.categories.iter().map(|r| Hit { code: r.code.clone(), category: r.name.clone(), message: r.message.clone() }).collect();
+        let hits = constitution
+            .categories
+            .iter()
+            .map(|r| Hit { code: r.code.clone(), category: r.name.clone(), message: r.message.clone(), layer: Layer::Lexicon, score: None })
+            .collect();
         let prefixes = phrases.iter().flat_map(|p| p.char_indices().skip(1).map(move |(end, _)| p[..end].to_owned())).collect();
         let index = PhraseIndex { automaton, phrase_category, hits, longest_chars, prefixes };
         Ok(Self { phrases: Arc::new(index), patterns: RegexSet::new(patterns)?, pattern_category, semantic, output_window_chars: output_window_chars.max(1) })
@@ -226,25 +235,27 @@ impl Moderator {
         ControlFlow::Continue(forms.into_iter().map(|(_, normalized)| normalized).collect())
     }
 
-    /// The decision on the semantic layer's first refused category, if any.
-    fn decision(&self, category: Option<usize>) -> Decision {
-        self.hit_of(category).map_or(Decision::Allow, |hit| Decision::Refuse(vec![hit]))
+    /// The decision on the semantic layer's first refusal, if any.
+    fn decision(&self, found: Option<Finding>) -> Decision {
+        self.hit_of(found).map_or(Decision::Allow, |hit| Decision::Refuse(vec![hit]))
     }
 
     /// The category's hit, as the semantic layer found it.
-    fn hit_of(&self, category: Option<usize>) -> Option<Hit> {
-        category.and_then(|i| self.phrases.hit(Some(i)))
+    fn hit_of(&self, found: Option<Finding>) -> Option<Hit> {
+        let found = found?;
+        let hit = self.phrases.hit(Some(found.category))?;
+        Some(Hit { layer: found.layer, score: Some(found.score), ..hit })
     }
 
     /// Judges pieces of a streamed answer with the semantic layer (the
     /// lexicon judges output through the [`OutputGuard`]).
     pub async fn judge_output(&self, pieces: Vec<String>) -> Result<Option<Hit>, ModerationError> {
-        let category = self.judge_blocking(pieces.iter().map(|p| normalize(p)).collect(), Semantic::judge_output).await?;
-        Ok(self.hit_of(category))
+        let found = self.judge_blocking(pieces.iter().map(|p| normalize(p)).collect(), Semantic::judge_output).await?;
+        Ok(self.hit_of(found))
     }
 
     /// The first refused category among `pieces` (already normalised).
-    async fn judge_blocking(&self, pieces: Vec<String>, judge: JudgeFn) -> Result<Option<usize>, ModerationError> {
+    async fn judge_blocking(&self, pieces: Vec<String>, judge: JudgeFn) -> Result<Option<Finding>, ModerationError> {
         let semantic = self.semantic.clone();
         let judged = tokio::task::spawn_blocking(move || first_refused(&semantic, &pieces, judge)).await;
         judged.map_err(|e| ModerationError::Worker(e.to_string()))?
@@ -292,10 +303,10 @@ impl Moderator {
 /// What a turn's messages are judged as: each message, and all of them
 /// joined when there are several, each with its normalised form.
 /// The first category `judge` refuses among `pieces` (already normalised).
-fn first_refused(semantic: &Semantic, pieces: &[String], judge: JudgeFn) -> Result<Option<usize>, ModerationError> {
+fn first_refused(semantic: &Semantic, pieces: &[String], judge: JudgeFn) -> Result<Option<Finding>, ModerationError> {
     for piece in pieces {
-        if let Some(category) = judge(semantic, piece)? {
-            return Ok(Some(category));
+        if let Some(found) = judge(semantic, piece)? {
+            return Ok(Some(found));
         }
     }
     Ok(None)

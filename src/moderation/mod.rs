@@ -15,6 +15,7 @@
 
 pub mod cli;
 pub mod eval;
+mod finding;
 mod matcher;
 pub mod normalize;
 pub mod semantic;
@@ -25,6 +26,7 @@ mod window;
 #[cfg(test)]
 mod tests;
 
+pub use finding::{Finding, Layer};
 pub use matcher::{Decision, Hit, Moderator, DEFAULT_OUTPUT_WINDOW};
 pub use semantic::{Semantic, SemanticError};
 pub use sentences::SentenceBuffer;

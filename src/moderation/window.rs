@@ -34,7 +34,7 @@ const MAX_HELD_BYTES: usize = 2048;
 const FORCED_KEEP_BYTES: usize = 256;
 
 /// One step of the output guard.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum GuardStep {
     /// Text that is safe to send now (may be empty while text is held back).
     Release(String),

@@ -167,7 +167,7 @@ pub(super) async fn begin(
             session_known: None,
             training,
         };
-        let stream = api.conversation.start_turn(request.clone(), policy.clone()).await?;
+        let stream = api.conversation.start_turn(request.clone(), policy.clone(), None).await?;
         Ok((stream, policy, request))
     }
     .await;

@@ -7,6 +7,7 @@
 //! `/v1/conversation/stream`, see [`configure`]).
 
 pub(crate) mod api;
+mod early;
 mod pacing;
 mod recorder;
 mod service;
@@ -17,20 +18,26 @@ mod turn;
 use futures_util::future::BoxFuture;
 
 pub use api::{configure, OrchestratorApi};
+pub use early::EarlyDispatch;
 pub use pacing::{Pacing, StopReason, TurnStop};
-pub use recorder::turn_context;
+pub use recorder::{refused_data, turn_context};
 pub use service::{Orchestrator, OrchestratorSettings};
 pub use store::{ConversationStore, RecordTurn, SessionState, TurnRecord, WITHHELD_TEXT};
 pub use turn::{
     DeltaData, DoneData, ErrorData, EventData, FinishReason, OrchestratorError, Origin, RefusalData, TurnEvent, TurnLimits, TurnRequest, TurnStream,
 };
 
-use crate::policy::PolicyHeaders;
+use crate::policy::{ConstitutionHash, PolicyHeaders};
 
 /// The orchestrator's port, as the gateway sees it.
 pub trait Conversation: Send + Sync {
     /// Verifies the policy headers for this turn and starts it. Errors come
     /// before any output; once the stream exists, failures arrive as
     /// [`TurnEvent::Error`].
-    fn start_turn(&self, request: TurnRequest, policy: PolicyHeaders) -> BoxFuture<'_, Result<TurnStream, OrchestratorError>>;
+    /// `early`: the turn's model request, started by [`Conversation::dispatch_early`].
+    fn start_turn(&self, request: TurnRequest, policy: PolicyHeaders, early: Option<EarlyDispatch>) -> BoxFuture<'_, Result<TurnStream, OrchestratorError>>;
+
+    /// Overlapped dispatch: builds the turn's prompt and starts its model
+    /// request before the verdict, under the constitution the turn is judged by.
+    fn dispatch_early<'a>(&'a self, request: &'a TurnRequest, constitution: &'a ConstitutionHash) -> BoxFuture<'a, Result<EarlyDispatch, OrchestratorError>>;
 }

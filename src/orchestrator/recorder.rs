@@ -34,6 +34,20 @@ pub fn turn_context(request: &TurnRequest, signed: &SignedVerdict) -> TurnContex
     }
 }
 
+/// `turn.refused`'s data: the stage, the categories, and the layer that
+/// decided with its score (the semantic layer's).
+pub fn refused_data(stage: &str, hits: &[crate::moderation::Hit]) -> Value {
+    let categories: Vec<Value> = hits.iter().map(|h| json!({ "code": h.code, "category": h.category })).collect();
+    let mut data = json!({ "stage": stage, "categories": categories, "content_included": false });
+    if let Some(first) = hits.first() {
+        data["layer"] = json!(first.layer.as_str());
+        if let Some(score) = first.score {
+            data["score"] = json!(score);
+        }
+    }
+    data
+}
+
 pub struct Recorder {
     metrics: Arc<Metrics>,
     events: EventLog,

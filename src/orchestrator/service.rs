@@ -7,17 +7,19 @@ use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
 use serde_json::json;
 
+use super::early::{dispatched_data, EarlyDispatch, PENDING_VERDICT};
 use super::pacing::{paced, Pacing, StopReason};
-use super::recorder::{turn_context, Recorder};
+use super::recorder::{refused_data, turn_context, Recorder};
 use super::store::{ConversationStore, SessionState};
 use super::turn::{FinishReason, OrchestratorError, Origin, TurnEvent, TurnRequest, TurnStream};
 use super::Conversation;
+use crate::config::DispatchMode;
 use crate::error::{ApiError, Code};
 use crate::events::{EventLog, EventType};
 use crate::moderation::{GuardStep, Hit, Moderator};
-use crate::policy::{Judge, Judges, PolicyEngine, PolicyError, PolicyHeaders, SignedVerdict, TurnRef, Verdict};
-use crate::slm::{ChatMessage, DispatchContext, ModelClient, ModelEvent, ModelRequest, Role};
-use crate::telemetry::{Metrics, RequestOutcome};
+use crate::policy::{ConstitutionHash, Judge, Judges, PolicyEngine, PolicyError, PolicyHeaders, SignedVerdict, TurnRef, Verdict};
+use crate::slm::{start_now, ChatMessage, DispatchContext, ModelClient, ModelEvent, ModelRequest, ModelStream, Role};
+use crate::telemetry::{Metrics, RequestOutcome, TraceContext};
 
 #[derive(Debug, Clone)]
 pub struct OrchestratorSettings {
@@ -75,16 +77,20 @@ impl Orchestrator {
         Ok(messages)
     }
 
-    fn run(&self, request: TurnRequest, signed: SignedVerdict, judge: &Judge, messages: Vec<ChatMessage>) -> TurnStream {
+    /// The turn's model request (started on its first read) and the model call's span.
+    fn model_request(&self, request: &TurnRequest, messages: Vec<ChatMessage>, hash: &ConstitutionHash, verdict: String) -> (ModelStream, TraceContext) {
         // The model call's own span: its id travels in the model request's traceparent.
         let model_call = request.trace.child();
-        let dispatch = DispatchContext {
+        let context = DispatchContext {
             tenant: request.tenant.as_str().to_owned(),
-            constitution_hash: signed.constitution_hash.to_string(),
-            policy_verdict: signed.verdict.header_value(),
+            constitution_hash: hash.to_string(),
+            policy_verdict: verdict,
             traceparent: model_call.header(),
         };
-        let mut model = self.model.stream(ModelRequest { messages, params: request.params, context: dispatch });
+        (self.model.stream(ModelRequest { messages, params: request.params, context }), model_call)
+    }
+
+    fn run(&self, request: TurnRequest, signed: SignedVerdict, judge: &Judge, mut model: ModelStream, model_call: TraceContext) -> TurnStream {
         let mut guard = judge.moderator.output_guard();
         let mut sentences = judge.moderator.output_sentences();
         let moderator = judge.moderator.clone();
@@ -96,7 +102,7 @@ impl Orchestrator {
         recorder.model_call = Some(model_call);
         let turn = Box::pin(async_stream::stream! {
             let mut finish = FinishReason::Stop;
-            // (category, which layer found it) once the answer must be cut.
+            // The category, and the layer that found it, once the answer must be cut.
             let mut refusal = None;
             // Registered once for the whole answer, not once per token.
             let stopped = stop.stopped();
@@ -125,12 +131,12 @@ impl Orchestrator {
                                 yield TurnEvent::Delta(safe);
                             }
                             if let Some(hit) = judge_output(&moderator, &metrics, pieces).await {
-                                refusal = Some((hit, "semantic"));
+                                refusal = Some(hit);
                                 break;
                             }
                         }
                         GuardStep::Refuse(hit) => {
-                            refusal = Some((hit, "lexicon"));
+                            refusal = Some(hit);
                             break;
                         }
                     },
@@ -184,14 +190,11 @@ impl Orchestrator {
                     recorder.emitted(&rest);
                     yield TurnEvent::Delta(rest);
                 }
-                refusal = judge_output(&moderator, &metrics, last).await.map(|hit| (hit, "semantic"));
+                refusal = judge_output(&moderator, &metrics, last).await;
             }
-            if let Some((hit, layer)) = refusal {
+            if let Some(hit) = refusal {
                 metrics.moderation_refusal("output", &hit.category);
-                let data = json!({
-                    "stage": "output", "layer": layer, "categories": [{ "code": hit.code, "category": hit.category }],
-                    "content_included": false,
-                });
+                let data = refused_data("output", std::slice::from_ref(&hit));
                 let stored = recorder.finish(FinishReason::Refused, RequestOutcome::Refuse, EventType::Refused, data).await;
                 yield TurnEvent::Refusal(hit);
                 if !stored {
@@ -235,7 +238,7 @@ async fn judge_output(moderator: &Moderator, metrics: &Metrics, pieces: Vec<Stri
 }
 
 impl Conversation for Orchestrator {
-    fn start_turn(&self, request: TurnRequest, policy: PolicyHeaders) -> BoxFuture<'_, Result<TurnStream, OrchestratorError>> {
+    fn start_turn(&self, request: TurnRequest, policy: PolicyHeaders, early: Option<EarlyDispatch>) -> BoxFuture<'_, Result<TurnStream, OrchestratorError>> {
         Box::pin(async move {
             let turn = TurnRef {
                 tenant: request.tenant.as_str(),
@@ -257,18 +260,32 @@ impl Conversation for Orchestrator {
             if let Verdict::Refuse(_) = signed.verdict {
                 return Err(PolicyError::Refused.into());
             }
-            let messages = self.prompt(&request).await?;
+            let (model, model_call, dispatched) = match early {
+                // Started before the verdict; its answer is read from here on.
+                Some(early) => early.into_parts(),
+                None => {
+                    let messages = self.prompt(&request).await?;
+                    let dispatched = dispatched_data(&self.settings.model, request.params, messages.len(), DispatchMode::AfterVerdict);
+                    let (model, model_call) = self.model_request(&request, messages, &signed.constitution_hash, signed.verdict.header_value());
+                    (model, model_call, dispatched)
+                }
+            };
             let context = turn_context(&request, &signed);
             if matches!(request.origin, Origin::Http) {
                 let data = json!({ "route": request.route, "message_chars": request.message.chars().count(), "content_included": false });
                 self.events.turn(&context, EventType::Received, data).await;
             }
-            let data = json!({
-                "model": self.settings.model, "max_tokens": request.params.max_tokens,
-                "history_messages": messages.len().saturating_sub(1), "content_included": false,
-            });
-            self.events.turn(&context, EventType::Dispatched, data).await;
-            Ok(self.run(request, signed, &judge, messages))
+            self.events.turn(&context, EventType::Dispatched, dispatched).await;
+            Ok(self.run(request, signed, &judge, model, model_call))
+        })
+    }
+
+    fn dispatch_early<'a>(&'a self, request: &'a TurnRequest, constitution: &'a ConstitutionHash) -> BoxFuture<'a, Result<EarlyDispatch, OrchestratorError>> {
+        Box::pin(async move {
+            let messages = self.prompt(request).await?;
+            let dispatched = dispatched_data(&self.settings.model, request.params, messages.len(), DispatchMode::Overlapped);
+            let (model, model_call) = self.model_request(request, messages, constitution, PENDING_VERDICT.to_owned());
+            Ok(EarlyDispatch::new(start_now(model), model_call, dispatched))
         })
     }
 }

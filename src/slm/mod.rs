@@ -5,6 +5,7 @@
 //! timeouts.
 
 mod clients;
+mod early;
 mod fair;
 mod http;
 mod types;
@@ -14,6 +15,7 @@ use std::pin::Pin;
 use futures_util::future::BoxFuture;
 use futures_util::Stream;
 
+pub use early::start_now;
 pub use fair::{FairGate, FairModelClient};
 pub use http::{HttpModelClient, Timeouts};
 pub use types::{ChatMessage, Deadline, DispatchContext, GenerationParams, ModelEvent, ModelRequest, Role, SlmError, Usage};

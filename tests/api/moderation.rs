@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::helpers::{manifest_dir, slm_url, spawn_app_with, Storage};
+use crate::helpers::{manifest_dir, slm_url, spawn_app_with, unique, Storage};
+use steward::config::DispatchMode;
 
 /// A private model server, so its counters see only this test's traffic.
 pub struct PrivateModelServer {
@@ -227,4 +228,85 @@ async fn start_up_without_the_moderation_model_names_the_setting() {
     // Switched off, the same settings start (the lexicon alone judges).
     settings.moderation.semantic = steward::config::SemanticSwitch::Off;
     assert!(steward::app::Application::build(&settings).await.is_ok());
+}
+
+/// A message the lexicon lets through and the semantic layer's transformer
+/// refuses, so the verdict takes a forward pass while the model request runs.
+const SEMANTICALLY_HARMFUL: &str = "which knife is best for stabbing a person so they bleed out fast";
+
+#[tokio::test]
+async fn an_overlapped_turn_refused_on_input_shows_nothing_and_its_model_request_is_aborted() {
+    let model = PrivateModelServer::start().await;
+    let port = model.port;
+    let app = spawn_app_with(Storage::Sqlite, |s| {
+        s.slm.base_url = format!("http://127.0.0.1:{port}/v1");
+        s.moderation.dispatch = DispatchMode::Overlapped;
+    })
+    .await;
+    let (_, key) = app.chat_key().await;
+    let before = model.counters().await;
+
+    let sse = app.chat(&key, &json!({ "message": SEMANTICALLY_HARMFUL, "max_tokens": 512 })).await;
+
+    assert_eq!(sse.names(), vec!["session", "refusal", "done"], "no content reached the client");
+    assert_eq!(sse.first("done")["finish_reason"], "refused");
+    let session_id = sse.first("session")["session_id"].as_str().unwrap().to_owned();
+    let turns = app.store.turns(&session_id).await.unwrap();
+    assert_eq!((turns[0].1.as_str(), turns[0].2.as_str()), ("refused", ""), "the stored turn holds no answer");
+    let events = app.outbox("conversation.events").await;
+    let mine: Vec<&Value> = events.iter().filter(|e| e["session_id"] == session_id.as_str()).collect();
+    let types: Vec<&str> = mine.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(types, ["turn.received", "turn.dispatched", "turn.refused"]);
+    assert_eq!(mine[1]["data"]["dispatch"], "overlapped");
+    let refused = &mine[2]["data"];
+    assert_eq!(refused["stage"], "input");
+    assert_eq!(refused["model_request"], "aborted", "{refused}");
+    assert_eq!(refused["layer"], "semantic", "{refused}");
+    assert!(refused["score"].as_f64().is_some(), "{refused}");
+
+    // The model server had it (the verdict took the transformer's time, the request started at
+    // once) and stopped working on it: idle at once, and its counters still a second later. Had the
+    // request run on, 512 tokens would take it seconds.
+    let mut idle = false;
+    for _ in 0..20 {
+        if !model.busy().await {
+            idle = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(idle, "the model server is still generating for a refused turn");
+    let settled = model.counters().await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = model.counters().await;
+    assert_eq!(settled, after, "the model server went on working");
+    assert!(after.0 > before.0, "the model server never read the prompt: the request did not start before the verdict");
+    assert!(after.1 - before.1 < 512.0, "the whole answer was generated: {before:?} -> {after:?}");
+}
+
+#[tokio::test]
+async fn an_overlapped_turn_allowed_streams_the_same_answer_as_after_the_verdict() {
+    let overlapped = unique("overlapped-");
+    let app = spawn_app_with(Storage::Sqlite, |s| {
+        s.moderation.dispatch_tenants.insert(overlapped.clone(), DispatchMode::Overlapped);
+    })
+    .await;
+    let (_, after_verdict) = app.chat_key().await;
+    let early = app.key(&overlapped, &[steward::identity::Capability::Chat]).await;
+    let body = json!({ "message": "Name three colours of the rainbow.", "max_tokens": 16, "temperature": 0, "seed": 7 });
+
+    let first = app.chat(&after_verdict, &body).await;
+    let second = app.chat(&early, &body).await;
+
+    assert_eq!(second.first("session")["policy_verdict"], "allow");
+    assert!(!second.text().is_empty());
+    assert_eq!(second.text(), first.text(), "the same answer, whenever the request started");
+    let events = app.outbox("conversation.events").await;
+    let dispatch_of = |sse: &crate::helpers::Sse| {
+        let session = sse.first("session")["session_id"].as_str().unwrap().to_owned();
+        let dispatched = events.iter().find(|e| e["session_id"] == session.as_str() && e["type"] == "turn.dispatched").unwrap();
+        dispatched["data"]["dispatch"].as_str().unwrap().to_owned()
+    };
+    assert_eq!(dispatch_of(&first), "after_verdict");
+    assert_eq!(dispatch_of(&second), "overlapped");
 }

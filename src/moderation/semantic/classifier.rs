@@ -11,6 +11,7 @@ use super::bank::{Bank, Rule, Scores};
 use super::head::Head;
 use super::{SemanticError, SemanticModel};
 use crate::moderation::normalize::normalize;
+use crate::moderation::{Finding, Layer};
 use crate::policy::constitution::{Constitution, SemanticRule};
 
 /// How the cascade's first stage routes a text.
@@ -165,20 +166,21 @@ impl Classifier {
         })
     }
 
-    /// The refused category's index, if this normalised text is refused:
-    /// the static stage decides the clear cases, the transformer the rest.
-    pub fn judge(&self, normalized: &str) -> Result<Option<usize>, SemanticError> {
+    /// What refused this normalised text, if it is refused: the static stage
+    /// decides the clear cases, the transformer the rest.
+    pub fn judge(&self, normalized: &str) -> Result<Option<Finding>, SemanticError> {
         if normalized.trim().is_empty() {
             return Ok(None);
         }
         // Tokenised once, for both stages.
         let ids = self.model.token_ids(normalized)?;
-        match self.route(self.static_scores(&ids)) {
+        let fast = self.static_scores(&ids);
+        match self.route(fast) {
             Route::Allow => Ok(None),
-            Route::Refuse(category) => Ok(Some(category)),
+            Route::Refuse(category) => Ok(Some(Finding { category, score: fast.map_or(0.0, |s| s.score), layer: Layer::SemanticStatic })),
             Route::Transformer => {
                 let v = self.model.embed_tokenized(normalized, &ids)?;
-                Ok(self.deep_scores(&v).filter(|s| self.refuses(s, false)).map(|s| s.category))
+                Ok(self.deep_scores(&v).filter(|s| self.refuses(s, false)).map(Finding::semantic))
             }
         }
     }
@@ -201,11 +203,11 @@ impl Classifier {
 
     /// The refused category's index, if this normalised piece of a streamed
     /// answer is refused (the transformer alone, at the output threshold).
-    pub fn judge_output(&self, normalized: &str) -> Result<Option<usize>, SemanticError> {
+    pub fn judge_output(&self, normalized: &str) -> Result<Option<Finding>, SemanticError> {
         if normalized.trim().is_empty() {
             return Ok(None);
         }
-        Ok(self.scores(normalized)?.filter(|s| self.refuses(s, true)).map(|s| s.category))
+        Ok(self.scores(normalized)?.filter(|s| self.refuses(s, true)).map(Finding::semantic))
     }
 
     /// The cascade's first-stage decision for static scores.

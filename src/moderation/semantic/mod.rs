@@ -18,6 +18,7 @@
 //! `On`, never an `Option` threaded through callers.
 
 mod bank;
+mod batch;
 mod cache;
 mod classifier;
 mod distilled;
@@ -29,6 +30,8 @@ mod table;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
+
+use super::Finding;
 
 pub use bank::{Rule, Scores};
 pub use cache::Vector;
@@ -70,6 +73,8 @@ pub struct SemanticModel {
     encoder: Encoder,
     distilled: Distilled,
     cache: EmbeddingCache,
+    /// Texts judged at once on several threads share a forward pass.
+    batcher: batch::Batcher,
 }
 
 impl SemanticModel {
@@ -83,7 +88,7 @@ impl SemanticModel {
         }
         let encoder = Encoder::load(dir)?;
         let distilled = Distilled::load_or_distill(dir, &encoder)?;
-        let model = Arc::new(Self { dir: key.clone(), encoder, distilled, cache: EmbeddingCache::new(cache_entries) });
+        let model = Arc::new(Self { dir: key.clone(), encoder, distilled, cache: EmbeddingCache::new(cache_entries), batcher: Default::default() });
         loaded.insert(key, model.clone());
         Ok(model)
     }
@@ -101,9 +106,15 @@ impl SemanticModel {
         if let Some(v) = self.cache.get(text) {
             return Ok(v);
         }
-        let v: Vector = Arc::from(self.encoder.features(ids)?);
+        let features = if self.encoder.fits_one_window(ids) { self.batcher.features(&self.encoder, ids.to_vec())? } else { self.encoder.features(ids)? };
+        let v: Vector = Arc::from(features);
         self.cache.insert(text, v.clone());
         Ok(v)
+    }
+
+    /// (forward passes, texts they served) of the texts judged one by one so far.
+    pub fn shared_passes(&self) -> (u64, u64) {
+        self.batcher.passes()
     }
 
     /// The transformer features of a normalised text computed now, one pass
@@ -254,7 +265,7 @@ pub enum Semantic {
 
 impl Semantic {
     /// The refused category's index for a normalised text (always `None` when off).
-    pub fn judge(&self, normalized: &str) -> Result<Option<usize>, SemanticError> {
+    pub fn judge(&self, normalized: &str) -> Result<Option<Finding>, SemanticError> {
         match self {
             Self::Off => Ok(None),
             Self::On(classifier) => classifier.judge(normalized),
@@ -262,7 +273,7 @@ impl Semantic {
     }
 
     /// Like [`Semantic::judge`], for a piece of a streamed answer.
-    pub fn judge_output(&self, normalized: &str) -> Result<Option<usize>, SemanticError> {
+    pub fn judge_output(&self, normalized: &str) -> Result<Option<Finding>, SemanticError> {
         match self {
             Self::Off => Ok(None),
             Self::On(classifier) => classifier.judge_output(normalized),
