@@ -40,32 +40,3 @@ fn features_computed_in_bulk_are_those_of_one_pass_per_text() {
     }
     assert_eq!(model.prefetch(&texts).unwrap(), 0, "cached texts are not embedded again");
 }
-
-#[test]
-fn texts_judged_at_once_on_many_threads_share_passes_and_get_their_own_features() {
-    // A model of its own (another directory name), so its pass counts are this test's.
-    let dir = tempfile::tempdir().unwrap();
-    let source = manifest_dir().join(".models/all-minilm-l6-v2");
-    // The distilled table too (`moderation prepare` made it), so this copy is not distilled again.
-    for file in ["config.json", "tokenizer.json", "model.safetensors", "static-embeddings.bin"] {
-        std::os::unix::fs::symlink(source.join(file), dir.path().join(file)).unwrap();
-    }
-    let model = SemanticModel::shared(dir.path(), 4096).unwrap();
-    let run = crate::helpers::unique("");
-    // Distinct lengths, so a shared pass must pad the shorter ones.
-    let texts: Vec<String> = (0..24).map(|i| format!("{} {run} question {i}", "why is the sky blue ".repeat(1 + i % 5))).collect();
-
-    let features: Vec<(String, Vec<f32>)> = std::thread::scope(|s| {
-        let handles: Vec<_> = texts.iter().map(|t| s.spawn(|| (t.clone(), model.embed(t).unwrap().to_vec()))).collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
-    });
-
-    for (text, shared) in &features {
-        let alone = model.embed_alone(text).unwrap();
-        let worst = shared.iter().zip(&alone).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
-        assert!(worst < 1e-4, "{text:?}: {worst}");
-    }
-    let (passes, served) = model.shared_passes();
-    assert_eq!(served, texts.len() as u64);
-    assert!(passes < served, "{served} texts at once took {passes} passes: none was shared");
-}

@@ -17,10 +17,6 @@ use super::SemanticError;
 const WINDOW: usize = 128;
 /// Overlap between consecutive windows of a long text, in tokens.
 const OVERLAP: usize = 32;
-/// BERT's `[PAD]` id, for windows shorter than the longest of a pass.
-const PAD: u32 = 0;
-/// Added to the attention score of a padding position: its weight is 0 after the softmax.
-const MASKED: f32 = -1.0e9;
 /// Layers whose outputs make up the moderation features (see [`Encoder::features`]).
 pub const POOLED_LAYERS: usize = 4;
 
@@ -169,24 +165,7 @@ impl Encoder {
     /// not all of one length or do not fit a window.
     pub fn features_of_equal_length(&self, texts: &[&[u32]]) -> Result<Option<Vec<Vec<f32>>>, SemanticError> {
         let n = texts.first().map_or(0, |t| t.len());
-        if texts.iter().any(|t| t.len() != n) {
-            return Ok(None);
-        }
-        self.features_together(texts)
-    }
-
-    /// Whether a text of these ids is read in one window (the others, window by window).
-    pub fn fits_one_window(&self, ids: &[u32]) -> bool {
-        !ids.is_empty() && ids.len() <= WINDOW - 2
-    }
-
-    /// [`Encoder::features`] of several texts that each fit one window, in
-    /// one forward pass: the shorter ones are padded and the padding masked
-    /// out of attention and pooling, so each text gets the numbers of a pass
-    /// of its own (up to float rounding). `None` if one is empty or does not
-    /// fit a window.
-    pub fn features_together(&self, texts: &[&[u32]]) -> Result<Option<Vec<Vec<f32>>>, SemanticError> {
-        if texts.is_empty() || !texts.iter().all(|t| self.fits_one_window(t)) {
+        if n == 0 || n > WINDOW - 2 || texts.iter().any(|t| t.len() != n) {
             return Ok(None);
         }
         let windows: Vec<Vec<u32>> = texts.iter().map(|ids| [&[self.cls][..], ids, &[self.sep]].concat()).collect();
@@ -227,44 +206,27 @@ impl Encoder {
         self.forward(&windows, self.layers.len() - 1)
     }
 
-    /// Windows of token ids → for each, the mean over its tokens of every
-    /// layer's output from layer `from` (0-based) on, each normalised,
-    /// concatenated and normalised again. Windows shorter than the longest are
-    /// padded, and the padding takes no part in attention or in the means.
+    /// Windows of token ids, all of one length → for each, the mean over its
+    /// tokens of every layer's output from layer `from` (0-based) on, each
+    /// normalised, concatenated and normalised again.
     fn forward(&self, windows: &[Vec<u32>], from: usize) -> Result<Vec<Vec<f32>>, SemanticError> {
-        let b = windows.len();
-        let n = windows.iter().map(Vec::len).max().unwrap_or(0);
-        if b == 0 || n == 0 || from >= self.layers.len() {
+        let (b, n) = (windows.len(), windows.first().map_or(0, Vec::len));
+        if b == 0 || n == 0 || from >= self.layers.len() || windows.iter().any(|w| w.len() != n) {
             return Ok(Vec::new());
         }
         let device = Device::Cpu;
-        let padded = windows.iter().any(|w| w.len() != n);
-        let flat: Vec<u32> = windows.iter().flat_map(|w| w.iter().copied().chain(std::iter::repeat_n(PAD, n - w.len()))).collect();
+        let flat: Vec<u32> = windows.concat();
         let ids = Tensor::from_vec(flat, (b, n), &device)?;
         let positions = Tensor::arange(0u32, n as u32, &device)?.unsqueeze(0)?.broadcast_as((b, n))?.contiguous()?;
         let types = Tensor::zeros((b, n), DType::U32, &device)?;
-        // Padding: 0 for a token, a large negative number for a pad (added to attention scores), and
-        // each token's share of its window's mean (0 for a pad).
-        let (mask, shares) = if padded {
-            let real = |w: &Vec<u32>, j: usize| j < w.len();
-            let mask: Vec<f32> = windows.iter().flat_map(|w| (0..n).map(move |j| if real(w, j) { 0.0 } else { MASKED })).collect();
-            let shares: Vec<f32> = windows.iter().flat_map(|w| (0..n).map(move |j| if real(w, j) { 1.0 / w.len() as f32 } else { 0.0 })).collect();
-            (Some(Tensor::from_vec(mask, (b, 1, 1, n), &device)?), Some(Tensor::from_vec(shares, (b, n, 1), &device)?))
-        } else {
-            (None, None)
-        };
         let e = &self.embeddings;
         let x = e.words.forward(&ids)?.add(&e.positions.forward(&positions)?)?.add(&e.types.forward(&types)?)?;
         let mut x = e.norm.forward(&x)?;
         let mut vectors = vec![Vec::with_capacity(self.dim * (self.layers.len() - from)); b];
         for (i, layer) in self.layers.iter().enumerate() {
-            x = layer.forward(&x, self.heads, mask.as_ref())?;
+            x = layer.forward(&x, self.heads)?;
             if i >= from {
-                let means = match &shares {
-                    Some(shares) => x.broadcast_mul(shares)?.sum(1)?,
-                    None => x.mean(1)?,
-                };
-                for (vector, mut mean) in vectors.iter_mut().zip(means.to_vec2::<f32>()?) {
+                for (vector, mut mean) in vectors.iter_mut().zip(x.mean(1)?.to_vec2::<f32>()?) {
                     normalize(&mut mean);
                     vector.extend_from_slice(&mean);
                 }
@@ -276,9 +238,8 @@ impl Encoder {
 }
 
 impl Layer {
-    /// One encoder layer over `x` of shape `[b, n, hidden]`; `mask` (`[b, 1, 1, n]`,
-    /// added to the attention scores) keeps padding out of attention.
-    fn forward(&self, x: &Tensor, heads: usize, mask: Option<&Tensor>) -> candle_core::Result<Tensor> {
+    /// One encoder layer over `x` of shape `[b, n, hidden]` (no padding).
+    fn forward(&self, x: &Tensor, heads: usize) -> candle_core::Result<Tensor> {
         let (b, n, hidden) = x.dims3()?;
         let head_dim = hidden / heads;
         // The dense layers see one row per token: a plain 2-D matrix product
@@ -289,10 +250,7 @@ impl Layer {
         let q = split(qkv.narrow(1, 0, hidden)?)?;
         let k = split(qkv.narrow(1, hidden, hidden)?)?;
         let v = split(qkv.narrow(1, 2 * hidden, hidden)?)?;
-        let mut scores = (q.matmul(&k.t()?)? / (head_dim as f64).sqrt())?;
-        if let Some(mask) = mask {
-            scores = scores.broadcast_add(mask)?;
-        }
+        let scores = (q.matmul(&k.t()?)? / (head_dim as f64).sqrt())?;
         let probs = candle_nn::ops::softmax_last_dim(&scores)?;
         let context = probs.matmul(&v)?.transpose(1, 2)?.contiguous()?.reshape((b * n, hidden))?;
         let attended = self.attention_norm.forward(&(self.attention_out.forward(&context)? + &rows)?)?;

@@ -18,7 +18,6 @@
 //! `On`, never an `Option` threaded through callers.
 
 mod bank;
-mod batch;
 mod cache;
 mod classifier;
 mod distilled;
@@ -73,8 +72,6 @@ pub struct SemanticModel {
     encoder: Encoder,
     distilled: Distilled,
     cache: EmbeddingCache,
-    /// Texts judged at once on several threads share a forward pass.
-    batcher: batch::Batcher,
 }
 
 impl SemanticModel {
@@ -88,7 +85,7 @@ impl SemanticModel {
         }
         let encoder = Encoder::load(dir)?;
         let distilled = Distilled::load_or_distill(dir, &encoder)?;
-        let model = Arc::new(Self { dir: key.clone(), encoder, distilled, cache: EmbeddingCache::new(cache_entries), batcher: Default::default() });
+        let model = Arc::new(Self { dir: key.clone(), encoder, distilled, cache: EmbeddingCache::new(cache_entries) });
         loaded.insert(key, model.clone());
         Ok(model)
     }
@@ -106,15 +103,9 @@ impl SemanticModel {
         if let Some(v) = self.cache.get(text) {
             return Ok(v);
         }
-        let features = if self.encoder.fits_one_window(ids) { self.batcher.features(&self.encoder, ids.to_vec())? } else { self.encoder.features(ids)? };
-        let v: Vector = Arc::from(features);
+        let v: Vector = Arc::from(self.encoder.features(ids)?);
         self.cache.insert(text, v.clone());
         Ok(v)
-    }
-
-    /// (forward passes, texts they served) of the texts judged one by one so far.
-    pub fn shared_passes(&self) -> (u64, u64) {
-        self.batcher.passes()
     }
 
     /// The transformer features of a normalised text computed now, one pass
