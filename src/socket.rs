@@ -244,7 +244,11 @@ impl<S: TurnSource> Connection<S> {
                     }
                 },
                 frame = next_frame => {
-                    let frame = frame.unwrap_or_else(|| json!({ "type": "done", "finish_reason": FinishReason::Error }));
+                    // A turn's frames end with its `done`; should they stop short, the client still gets one.
+                    let frame = frame.unwrap_or_else(|| {
+                        let turn_id = self.turn.as_ref().map_or("", |r| r.turn_id.as_str());
+                        self::frame(turn_id, &TurnEvent::Done { finish_reason: FinishReason::Error, usage: None })
+                    });
                     let done = frame["type"] == "done";
                     if !self.send(frame).await {
                         return None;

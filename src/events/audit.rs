@@ -26,7 +26,7 @@ use super::model::{event_hash, ZERO_HASH};
 /// How many events behind the newest of its chain an event may arrive and
 /// still be placed (reordered) rather than reported missing; twice as many
 /// are kept to recognise a redelivered copy. A relay that crashes
-/// republishes at most one batch (`kafka.batch_size`, 500 by default).
+/// republishes at most one batch (`outbox.batch_size`, 500 by default).
 pub const WINDOW: i64 = 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -6,8 +6,10 @@
 //! deployments call the same code over HTTP (`POST /v1/conversation/step` and
 //! `/v1/conversation/stream`, see [`configure`]).
 
+mod answer;
 pub(crate) mod api;
 mod early;
+mod outcome;
 mod pacing;
 mod recorder;
 mod service;
@@ -19,6 +21,7 @@ use futures_util::future::BoxFuture;
 
 pub use api::{configure, OrchestratorApi};
 pub use early::EarlyDispatch;
+pub use outcome::{CancelReason, Failure, TurnOutcome};
 pub use pacing::{Pacing, StopReason, TurnStop};
 pub use recorder::{refused_data, turn_context};
 pub use service::{Orchestrator, OrchestratorSettings};

@@ -9,13 +9,14 @@ use std::time::Instant;
 use futures_util::future::BoxFuture;
 use serde_json::{json, Value};
 
+use super::outcome::{CancelReason, Ended, TurnOutcome};
 use super::store::{RecordTurn, TurnRecord};
-use super::turn::{FinishReason, TurnRequest};
+use super::turn::{FinishReason, TurnEvent, TurnRequest};
 use crate::db::now_ms;
 use crate::events::{EventLog, EventType, NewEvent, Pending, TurnContext};
 use crate::policy::SignedVerdict;
 use crate::slm::Usage;
-use crate::telemetry::{Metrics, RequestOutcome, StreamMetrics};
+use crate::telemetry::{Metrics, StreamMetrics};
 
 /// The event context of a turn.
 pub fn turn_context(request: &TurnRequest, signed: &SignedVerdict) -> TurnContext {
@@ -129,19 +130,24 @@ impl Recorder {
         }
     }
 
-    pub fn completion_data(&self, finish: FinishReason) -> Value {
-        json!({
-            "model": self.model, "finish_reason": finish, "usage": self.usage,
-            "duration_ms": self.started.elapsed().as_millis() as u64, "content_included": false,
-        })
+    /// What the turn's end knows beyond its outcome (read before the record is taken).
+    fn ended(&self) -> Ended<'_> {
+        Ended { model: &self.model, usage: self.usage, duration_ms: self.started.elapsed().as_millis() as u64, emitted_chars: self.emitted_chars() }
     }
 
-    fn take(&mut self, finish: FinishReason, outcome: RequestOutcome) -> Option<TurnRecord> {
+    /// The turn's row as it ended, counted in the metrics, its spans and its log line; `None` once taken.
+    fn take(&mut self, outcome: &TurnOutcome) -> Option<TurnRecord> {
         let mut record = self.record.take()?;
-        record.finish_reason = finish.as_str().into();
+        record.finish_reason = outcome.finish_reason().as_str().into();
         record.prompt_tokens = self.usage.map(|u| i64::from(u.prompt_tokens));
         record.completion_tokens = self.usage.map(|u| i64::from(u.completion_tokens));
-        self.metrics.request(self.route, outcome, self.started.elapsed());
+        self.metrics.request(self.route, outcome.request_outcome(), self.started.elapsed());
+        if let Some(reason) = outcome.interruption() {
+            self.metrics.interrupted(self.route, reason);
+        }
+        if let TurnOutcome::Refused(hit) = outcome {
+            self.metrics.moderation_refusal("output", &hit.category);
+        }
         self.spans(&record);
         tracing::info!(
             trace_id = %record.trace_id, span_id = %self.span_id, tenant = %record.tenant, session_id = %record.session_id, turn_id = %record.turn_id,
@@ -150,29 +156,34 @@ impl Recorder {
         Some(record)
     }
 
-    /// Commits the turn row and its terminal event together (one outbox
-    /// transaction, shared with whatever else is queued) before the client
-    /// sees `done`; false if they could not be stored. The commit is awaited
-    /// in a task of its own: a client leaving mid-write cannot cut it short.
+    /// Ends the turn: commits its row and its terminal event together (one
+    /// outbox transaction, shared with whatever else is queued), then returns
+    /// the frames the client receives last (see [`TurnOutcome::frames`]). The
+    /// commit is awaited in a task of its own: a client leaving mid-write
+    /// cannot cut it short.
     ///
     /// The future is boxed: awaited only when a turn ends, it would otherwise
     /// size the stream that every open turn holds for its whole life.
-    pub fn finish(&mut self, finish: FinishReason, outcome: RequestOutcome, kind: EventType, data: Value) -> BoxFuture<'_, bool> {
-        let record = self.take(finish, outcome);
+    pub fn conclude(&mut self, outcome: TurnOutcome) -> BoxFuture<'_, Vec<TurnEvent>> {
+        let data = outcome.event_data(&self.ended());
+        let record = self.take(&outcome);
         Box::pin(async move {
-            let Some(record) = record else {
-                return true;
-            };
-            let (events, items) = (self.events.clone(), self.terminal(record, kind, data));
-            let commit = tokio::spawn(async move { events.emit_durable(items).await });
-            match commit.await {
-                Ok(Ok(())) => true,
-                Ok(Err(err)) => {
-                    tracing::error!(error = %err, turn_id = %self.context.turn_id, "turn and its events not stored");
-                    false
+            let stored = match record {
+                None => true,
+                Some(record) => {
+                    let (events, items) = (self.events.clone(), self.terminal(record, outcome.event_type(), data));
+                    let commit = tokio::spawn(async move { events.emit_durable(items).await });
+                    match commit.await {
+                        Ok(Ok(())) => true,
+                        Ok(Err(err)) => {
+                            tracing::error!(error = %err, turn_id = %self.context.turn_id, "turn and its events not stored");
+                            false
+                        }
+                        Err(_) => false,
+                    }
                 }
-                Err(_) => false,
-            }
+            };
+            outcome.frames(stored, self.usage)
         })
     }
 
@@ -243,12 +254,12 @@ impl Recorder {
 impl Drop for Recorder {
     fn drop(&mut self) {
         self.stream.ended();
-        let Some(record) = self.take(FinishReason::Cancelled, RequestOutcome::Allow) else {
+        let outcome = TurnOutcome::Cancelled(CancelReason::ClientDisconnected);
+        let data = outcome.event_data(&self.ended());
+        let Some(record) = self.take(&outcome) else {
             return;
         };
-        self.metrics.interrupted(self.route, "client_disconnected");
-        let data = json!({ "reason": "client_disconnected", "emitted_chars": record.assistant_message.chars().count(), "content_included": false });
         // The client is gone: queue the turn and its event; the writer drains its queue on shutdown.
-        self.events.queue(self.terminal(record, EventType::Cancelled, data));
+        self.events.queue(self.terminal(record, outcome.event_type(), data));
     }
 }

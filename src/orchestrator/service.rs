@@ -7,19 +7,19 @@ use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
 use serde_json::json;
 
+use super::answer::AnswerGuard;
 use super::early::{dispatched_data, EarlyDispatch, PENDING_VERDICT};
-use super::pacing::{paced, Pacing, StopReason};
-use super::recorder::{refused_data, turn_context, Recorder};
+use super::outcome::{Failure, TurnOutcome};
+use super::pacing::{paced, Pacing};
+use super::recorder::{turn_context, Recorder};
 use super::store::{ConversationStore, SessionState};
 use super::turn::{FinishReason, OrchestratorError, Origin, TurnEvent, TurnRequest, TurnStream};
 use super::Conversation;
 use crate::config::DispatchMode;
-use crate::error::{ApiError, Code};
 use crate::events::{EventLog, EventType};
-use crate::moderation::{GuardStep, Hit, Moderator};
 use crate::policy::{ConstitutionHash, Judge, Judges, PolicyEngine, PolicyError, PolicyHeaders, SignedVerdict, TurnRef, Verdict};
 use crate::slm::{start_now, ChatMessage, DispatchContext, ModelClient, ModelEvent, ModelRequest, ModelStream, Role};
-use crate::telemetry::{Metrics, RequestOutcome, TraceContext};
+use crate::telemetry::{Metrics, TraceContext};
 
 #[derive(Debug, Clone)]
 pub struct OrchestratorSettings {
@@ -90,150 +90,62 @@ impl Orchestrator {
         (self.model.stream(ModelRequest { messages, params: request.params, context }), model_call)
     }
 
+    /// Drives the turn: streams the answer through output moderation until it
+    /// ends, is cut, fails or is stopped, then hands the [`TurnOutcome`] to
+    /// the recorder, which stores it and gives the last frames.
     fn run(&self, request: TurnRequest, signed: SignedVerdict, judge: &Judge, mut model: ModelStream, model_call: TraceContext) -> TurnStream {
-        let mut guard = judge.moderator.output_guard();
-        let mut sentences = judge.moderator.output_sentences();
-        let moderator = judge.moderator.clone();
-        let metrics = self.metrics.clone();
-        let route = request.route;
+        let mut answer = AnswerGuard::new(&judge.moderator, self.metrics.clone());
         let stop = request.stop.clone();
         let context = turn_context(&request, &signed);
         let mut recorder = Recorder::new(self.metrics.clone(), self.events.clone(), context, &request, &signed, &self.settings.model);
         recorder.model_call = Some(model_call);
         let turn = Box::pin(async_stream::stream! {
             let mut finish = FinishReason::Stop;
-            // The category, and the layer that found it, once the answer must be cut.
-            let mut refusal = None;
             // Registered once for the whole answer, not once per token.
             let stopped = stop.stopped();
             tokio::pin!(stopped);
-            let mut stopped_for = None;
-            loop {
+            let outcome = loop {
                 let next = tokio::select! {
                     biased;
-                    reason = &mut stopped => Err(reason),
-                    item = model.next() => Ok(item),
+                    reason = &mut stopped => break TurnOutcome::stopped(reason),
+                    item = model.next() => item,
                 };
-                let next = match next {
-                    Ok(next) => next,
-                    Err(reason) => {
-                        stopped_for = Some(reason);
-                        break;
+                let Some(item) = next else {
+                    // The answer's last pieces are judged before `done`.
+                    let (rest, last) = answer.end();
+                    if !rest.is_empty() {
+                        recorder.emitted(&rest);
+                        yield TurnEvent::Delta(rest);
                     }
+                    break answer.judge(last).await.map_or(TurnOutcome::Completed(finish), TurnOutcome::Refused);
                 };
-                let Some(item) = next else { break };
                 match item {
-                    Ok(ModelEvent::Delta(text)) => match guard.push(&text) {
-                        GuardStep::Release(safe) => {
-                            let pieces = sentences.as_mut().map(|s| s.push(&safe)).unwrap_or_default();
-                            if !safe.is_empty() {
-                                recorder.emitted(&safe);
-                                yield TurnEvent::Delta(safe);
-                            }
-                            if let Some(hit) = judge_output(&moderator, &metrics, pieces).await {
-                                refusal = Some(hit);
-                                break;
-                            }
+                    Ok(ModelEvent::Delta(text)) => {
+                        let (safe, pieces) = match answer.push(&text) {
+                            Ok(released) => released,
+                            Err(hit) => break TurnOutcome::Refused(hit),
+                        };
+                        if !safe.is_empty() {
+                            recorder.emitted(&safe);
+                            yield TurnEvent::Delta(safe);
                         }
-                        GuardStep::Refuse(hit) => {
-                            refusal = Some(hit);
-                            break;
+                        if let Some(hit) = answer.judge(pieces).await {
+                            break TurnOutcome::Refused(hit);
                         }
-                    },
+                    }
                     Ok(ModelEvent::Finish(reason)) => finish = FinishReason::from_model(&reason),
                     Ok(ModelEvent::Usage(usage)) => recorder.usage = Some(usage),
-                    Err(err) => {
-                        metrics.interrupted(route, err.reason());
-                        let public = ApiError::from(err);
-                        let data = json!({ "code": public.code().name(), "stage": "model", "content_included": false });
-                        let _ = recorder.finish(FinishReason::Error, RequestOutcome::Error, EventType::Failed, data).await;
-                        yield TurnEvent::Error { code: public.code(), message: public.body().message };
-                        yield TurnEvent::Done { finish_reason: FinishReason::Error, usage: None };
-                        return;
-                    }
+                    Err(err) => break TurnOutcome::Failed(Failure::model(err)),
                 }
-            }
+            };
             // The model request ends first (and with it the call's slot at the model server),
             // however the answer ended; the turn's end is durable before its `done`.
             drop(model);
-            if let Some(reason) = stopped_for {
-                metrics.interrupted(route, reason.as_str());
-                let emitted_chars = recorder.emitted_chars();
-                let (finish, stored) = match reason {
-                    StopReason::CancelRequested | StopReason::Shutdown => {
-                        let data = json!({ "reason": reason.as_str(), "emitted_chars": emitted_chars, "content_included": false });
-                        (FinishReason::Cancelled, recorder.finish(FinishReason::Cancelled, RequestOutcome::Allow, EventType::Cancelled, data).await)
-                    }
-                    StopReason::ClientTooSlow => {
-                        let code = Code::ClientTooSlow;
-                        let data = json!({ "code": code.name(), "stage": "client", "emitted_chars": emitted_chars, "content_included": false });
-                        let stored = recorder.finish(FinishReason::Error, RequestOutcome::Error, EventType::Failed, data).await;
-                        if stored {
-                            yield TurnEvent::Error { code, message: "the client did not read the answer in time".into() };
-                        }
-                        (FinishReason::Error, stored)
-                    }
-                };
-                if !stored {
-                    yield not_stored();
-                    yield TurnEvent::Done { finish_reason: FinishReason::Error, usage: recorder.usage };
-                    return;
-                }
-                yield TurnEvent::Done { finish_reason: finish, usage: recorder.usage };
-                return;
+            for frame in recorder.conclude(outcome).await {
+                yield frame;
             }
-            if refusal.is_none() {
-                let rest = guard.finish();
-                // The answer's last pieces are judged before `done`.
-                let last = sentences.as_mut().map(|s| s.push(&rest).into_iter().chain(s.finish()).collect()).unwrap_or_default();
-                if !rest.is_empty() {
-                    recorder.emitted(&rest);
-                    yield TurnEvent::Delta(rest);
-                }
-                refusal = judge_output(&moderator, &metrics, last).await;
-            }
-            if let Some(hit) = refusal {
-                metrics.moderation_refusal("output", &hit.category);
-                let data = refused_data("output", std::slice::from_ref(&hit));
-                let stored = recorder.finish(FinishReason::Refused, RequestOutcome::Refuse, EventType::Refused, data).await;
-                yield TurnEvent::Refusal(hit);
-                if !stored {
-                    yield not_stored();
-                    yield TurnEvent::Done { finish_reason: FinishReason::Error, usage: recorder.usage };
-                    return;
-                }
-                yield TurnEvent::Done { finish_reason: FinishReason::Refused, usage: recorder.usage };
-                return;
-            }
-            let data = recorder.completion_data(finish);
-            if !recorder.finish(finish, RequestOutcome::Allow, EventType::Completed, data).await {
-                yield not_stored();
-                yield TurnEvent::Done { finish_reason: FinishReason::Error, usage: recorder.usage };
-                return;
-            }
-            yield TurnEvent::Done { finish_reason: finish, usage: recorder.usage };
         });
         paced(turn, request.stop, self.settings.pacing.clone())
-    }
-}
-
-/// Judges finished pieces of the answer with the semantic layer. A failure
-/// of the layer is logged and lets the answer go on: the input passed every
-/// layer, and the lexicon still guards the output.
-async fn judge_output(moderator: &Moderator, metrics: &Metrics, pieces: Vec<String>) -> Option<Hit> {
-    if pieces.is_empty() {
-        return None;
-    }
-    let started = std::time::Instant::now();
-    // Boxed: the judgement's future would otherwise size every running turn's stream.
-    let judged = Box::pin(moderator.judge_output(pieces)).await;
-    metrics.moderation_check("output", started.elapsed());
-    match judged {
-        Ok(hit) => hit,
-        Err(err) => {
-            tracing::error!(error = %err, "output moderation failed; the answer goes on under the lexicon alone");
-            None
-        }
     }
 }
 
@@ -288,9 +200,4 @@ impl Conversation for Orchestrator {
             Ok(EarlyDispatch::new(start_now(model), model_call, dispatched))
         })
     }
-}
-
-/// The turn ran but its trail could not be stored: the client is told, not handed a `done` that promises durability.
-fn not_stored() -> TurnEvent {
-    TurnEvent::Error { code: crate::error::Code::Internal, message: "the turn's events could not be stored".into() }
 }
