@@ -49,7 +49,7 @@ use crate::error::ErrorBody;
             crate::orchestrator::RefusalData,
             crate::orchestrator::ErrorData,
             crate::orchestrator::DoneData,
-            crate::gateway::SessionData,
+            crate::orchestrator::SessionData,
             ChatEvent,
             TurnEventSchema,
             CompletionChunkEvent,

@@ -358,6 +358,16 @@ pub fn frame(turn_id: &str, event: &TurnEvent) -> Value {
     Value::Object(fields)
 }
 
+/// A turn's `session` event as a socket frame (it carries its `turn_id`).
+pub fn session_frame(session: &crate::orchestrator::SessionData<'_>) -> Value {
+    let mut fields = match serde_json::to_value(session) {
+        Ok(Value::Object(map)) => map,
+        _ => Map::new(),
+    };
+    fields.insert("type".into(), "session".into());
+    Value::Object(fields)
+}
+
 fn error_frame(turn_id: Option<&str>, code: Code, message: &str) -> Value {
     json!({ "type": "error", "turn_id": turn_id, "code": code.name(), "message": message })
 }

@@ -5,9 +5,9 @@ use std::time::Instant;
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::{stream, StreamExt};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
-use super::service::{Admitted, Gateway, TurnInput};
+use super::service::{Gateway, TurnInput};
 use crate::error::{ApiError, Code};
 use crate::identity::Caller;
 use crate::orchestrator::{FinishReason, TurnEvent};
@@ -20,29 +20,16 @@ use crate::web::{sse_body, sse_event, trace_of, Governance};
 pub struct ChatBody {
     /// The user's message.
     #[schema(min_length = 1)]
-    message: String,
+    pub(super) message: String,
     /// Continue this session (a UUID an earlier turn returned); a new one otherwise.
     #[schema(format = Uuid)]
-    session_id: Option<String>,
+    pub(super) session_id: Option<String>,
     /// At most this many tokens in the answer (default `slm.default_max_tokens`, at most `slm.max_tokens_limit`).
     #[schema(minimum = 1)]
-    max_tokens: Option<u32>,
+    pub(super) max_tokens: Option<u32>,
     #[schema(minimum = 0.0, maximum = 2.0)]
-    temperature: Option<f32>,
-    seed: Option<i64>,
-}
-
-/// `session`: the first event of every turn, with what it is judged under.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct SessionData<'a> {
-    pub session_id: &'a str,
-    pub turn_id: &'a str,
-    pub trace_id: &'a str,
-    /// The constitution the turn is judged under, `sha256:<hex>`.
-    #[schema(pattern = "^sha256:[0-9a-f]{64}$")]
-    pub constitution_hash: &'a str,
-    /// `allow`, or `refuse:<categories>`.
-    pub policy_verdict: &'a str,
+    pub(super) temperature: Option<f32>,
+    pub(super) seed: Option<i64>,
 }
 
 fn frame(event: &TurnEvent) -> actix_web_lab::sse::Event {
@@ -85,22 +72,8 @@ pub async fn chat_stream(req: HttpRequest, caller: Caller, body: web::Json<ChatB
         Err(err) => return Err(err),
     };
     let verdict = admission.signed.verdict.header_value();
-    let session = sse_event(
-        "session",
-        &SessionData {
-            session_id: &admission.session_id,
-            turn_id: &admission.turn_id,
-            trace_id: &admission.trace.trace_id,
-            constitution_hash: admission.signed.constitution_hash.as_str(),
-            policy_verdict: &verdict,
-        },
-    );
-    let rest = match admission.outcome {
-        Admitted::Refused(hit) => {
-            stream::iter(vec![frame(&TurnEvent::Refusal(hit)), frame(&TurnEvent::Done { finish_reason: FinishReason::Refused, usage: None })]).boxed()
-        }
-        Admitted::Streaming(turn) => turn.map(|event| frame(&event)).boxed(),
-    };
+    let session = sse_event("session", &admission.session(&verdict));
+    let rest = admission.outcome.into_events().map(|event| frame(&event)).boxed();
     let frames = stream::once(async move { session }).chain(rest);
     let governance = Governance {
         constitution_hash: admission.signed.constitution_hash.as_str(),

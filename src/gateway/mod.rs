@@ -12,7 +12,6 @@ pub(crate) mod openai;
 mod service;
 mod socket;
 
-pub use chat::SessionData;
 pub use service::{Admission, Admitted, Gateway, TurnInput};
 
 use actix_web::web;

@@ -7,11 +7,11 @@
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use futures_util::{stream, StreamExt};
+use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::service::{Admitted, Gateway, TurnInput};
+use super::service::{Gateway, TurnInput};
 use crate::error::{ApiError, Code};
 use crate::identity::Caller;
 use crate::orchestrator::{FinishReason, TurnEvent};
@@ -198,10 +198,7 @@ pub async fn completions(req: HttpRequest, caller: Caller, body: web::Json<Compl
         created: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default(),
         model: body.model.unwrap_or_else(|| gateway.model_name.clone()),
     };
-    let events = match admission.outcome {
-        Admitted::Refused(hit) => stream::iter(vec![TurnEvent::Refusal(hit), TurnEvent::Done { finish_reason: FinishReason::Refused, usage: None }]).boxed(),
-        Admitted::Streaming(turn) => turn,
-    };
+    let events = admission.outcome.into_events();
     let governance = Governance {
         constitution_hash: admission.signed.constitution_hash.as_str(),
         policy_verdict: &verdict,

@@ -12,8 +12,8 @@ use crate::events::{EventLog, EventType, NewEvent, Pending};
 use crate::identity::{Caller, Capability};
 use crate::moderation::{Decision, Hit};
 use crate::orchestrator::{
-    refused_data, turn_context, Conversation, ConversationStore, FinishReason, OrchestratorError, Origin, RecordTurn, SessionState, TurnEvent, TurnLimits,
-    TurnRecord, TurnRequest, TurnStream, WITHHELD_TEXT,
+    refused_data, turn_context, Conversation, ConversationStore, FinishReason, OrchestratorError, Origin, RecordTurn, SessionData, SessionState, TurnEvent,
+    TurnLimits, TurnRecord, TurnRequest, TurnStream, WITHHELD_TEXT,
 };
 use crate::policy::{Judges, PolicyEngine, PolicyError, SignedVerdict, TurnRef, Verdict};
 use crate::slm::{ChatMessage, GenerationParams, Role};
@@ -69,10 +69,35 @@ pub struct Admission {
 }
 
 pub enum Admitted {
-    /// Input moderation refused the turn; the model was not called.
+    /// Input moderation refused the turn; no answer reached anyone.
     Refused(Hit),
     /// The orchestrator is running the turn.
     Streaming(TurnStream),
+}
+
+impl Admitted {
+    /// The turn's events after its `session`: a refused turn's `refusal` and `done`, or the running turn's.
+    pub fn into_events(self) -> TurnStream {
+        match self {
+            Self::Refused(hit) => {
+                Box::pin(futures_util::stream::iter([TurnEvent::Refusal(hit), TurnEvent::Done { finish_reason: FinishReason::Refused, usage: None }]))
+            }
+            Self::Streaming(turn) => turn,
+        }
+    }
+}
+
+impl Admission {
+    /// The turn's `session` event; `verdict` is the signed verdict's header value.
+    pub fn session<'a>(&'a self, verdict: &'a str) -> SessionData<'a> {
+        SessionData {
+            session_id: &self.session_id,
+            turn_id: &self.turn_id,
+            trace_id: &self.trace.trace_id,
+            constitution_hash: self.signed.constitution_hash.as_str(),
+            policy_verdict: verdict,
+        }
+    }
 }
 
 impl Gateway {

@@ -27,7 +27,8 @@ pub use recorder::{refused_data, turn_context};
 pub use service::{Orchestrator, OrchestratorSettings};
 pub use store::{ConversationStore, RecordTurn, SessionState, TurnRecord, WITHHELD_TEXT};
 pub use turn::{
-    DeltaData, DoneData, ErrorData, EventData, FinishReason, OrchestratorError, Origin, RefusalData, TurnEvent, TurnLimits, TurnRequest, TurnStream,
+    DeltaData, DoneData, ErrorData, EventData, FinishReason, OrchestratorError, Origin, RefusalData, SessionData, TurnEvent, TurnLimits, TurnRequest,
+    TurnStream,
 };
 
 use crate::policy::{ConstitutionHash, PolicyHeaders};

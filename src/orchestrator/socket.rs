@@ -6,13 +6,14 @@
 use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
 use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 
 use super::api::{begin, Arrival, OrchestratorApi, StepBody};
+use super::SessionData;
 use crate::error::ApiError;
 use crate::identity::Caller;
 use crate::policy::PolicyHeaders;
-use crate::socket::{fields, frame, SocketSettings, Started, TurnSource};
+use crate::socket::{fields, frame, session_frame, SocketSettings, Started, TurnSource};
 use crate::telemetry::TraceContext;
 
 #[derive(Debug, Deserialize)]
@@ -54,13 +55,12 @@ impl TurnSource for OrchestratorApi {
                 seed: turn.seed,
             };
             let (stream, policy, request) = begin(arrival, caller.clone(), body, self).await?;
-            let session = json!({
-                "type": "session",
-                "turn_id": request.turn_id,
-                "session_id": request.session_id,
-                "trace_id": request.trace.trace_id,
-                "constitution_hash": policy.constitution_hash,
-                "policy_verdict": policy.verdict,
+            let session = session_frame(&SessionData {
+                session_id: &request.session_id,
+                turn_id: &request.turn_id,
+                trace_id: &request.trace.trace_id,
+                constitution_hash: policy.constitution_hash.as_deref().unwrap_or_default(),
+                policy_verdict: policy.verdict.as_deref().unwrap_or_default(),
             });
             let id = request.turn_id.clone();
             let frames = futures_util::stream::once(async move { session }).chain(stream.map(move |event| frame(&id, &event))).boxed();

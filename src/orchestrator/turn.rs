@@ -144,6 +144,19 @@ pub enum EventData<'a> {
     Done(DoneData),
 }
 
+/// `session`: the first event of every turn, with what it is judged under.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct SessionData<'a> {
+    pub session_id: &'a str,
+    pub turn_id: &'a str,
+    pub trace_id: &'a str,
+    /// The constitution the turn is judged under, `sha256:<hex>`.
+    #[schema(pattern = "^sha256:[0-9a-f]{64}$")]
+    pub constitution_hash: &'a str,
+    /// `allow`, or `refuse:<categories>`.
+    pub policy_verdict: &'a str,
+}
+
 /// `delta`: the next piece of the answer.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct DeltaData<'a> {
