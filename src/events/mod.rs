@@ -14,26 +14,29 @@ pub mod kafka;
 mod model;
 mod outbox;
 mod relay;
+mod turn_data;
 mod writer;
 
 pub use model::{canonical_bytes, event_hash, ConversationEvent, EventType, NewEvent, TurnContext, CONVERSATION_SCHEMA, ZERO_HASH};
 pub use outbox::{OutboxRow, OutboxStore, Pending, TxWrite};
 pub use relay::{EventPublisher, PublishError, Relay, RelaySettings};
+pub use turn_data::{RefusedCategory, TurnData};
 pub use writer::{EventLog, EventsError};
 
 impl EventLog {
     /// Queues one conversation event (written with the next commit).
-    pub async fn turn(&self, context: &TurnContext, kind: EventType, data: serde_json::Value) {
-        let item = Pending::Conversation(NewEvent::new(context.clone(), kind, data));
+    pub async fn turn(&self, context: &TurnContext, data: TurnData) {
+        let item = Pending::Conversation(NewEvent::turn(context.clone(), &data));
         if let Err(err) = self.emit(vec![item]).await {
-            tracing::error!(error = %err, turn_id = %context.turn_id, event = kind.as_str(), "event not queued");
+            tracing::error!(error = %err, turn_id = %context.turn_id, event = data.kind().as_str(), "event not queued");
         }
     }
 
     /// Stores one conversation event, and all queued before it, before
     /// returning; false (and logged) if it could not be stored.
-    pub async fn turn_durable(&self, context: &TurnContext, kind: EventType, data: serde_json::Value) -> bool {
-        let item = Pending::Conversation(NewEvent::new(context.clone(), kind, data));
+    pub async fn turn_durable(&self, context: &TurnContext, data: TurnData) -> bool {
+        let kind = data.kind();
+        let item = Pending::Conversation(NewEvent::turn(context.clone(), &data));
         match self.emit_durable(vec![item]).await {
             Ok(()) => true,
             Err(err) => {

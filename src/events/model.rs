@@ -83,6 +83,11 @@ impl NewEvent {
     pub fn new(context: TurnContext, kind: EventType, data: Value) -> Self {
         Self { context, kind, data, event_id: uuid::Uuid::now_v7().to_string(), occurred_at: crate::db::rfc3339(crate::db::now_ms()) }
     }
+
+    /// A turn's event, of the type its data says.
+    pub fn turn(context: TurnContext, data: &super::TurnData) -> Self {
+        Self::new(context, data.kind(), data.to_value())
+    }
 }
 
 /// A published event, as consumers read it.

@@ -3,12 +3,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde_json::json;
-
 pub use crate::config::{CallerSystemPrompt, DispatchMode, PerTenant};
 use crate::db::now_ms;
 use crate::error::{ApiError, Code};
-use crate::events::{EventLog, EventType, NewEvent, Pending};
+use crate::events::{EventLog, NewEvent, Pending, TurnData};
 use crate::identity::{Caller, Capability};
 use crate::moderation::{Decision, Hit};
 use crate::orchestrator::{
@@ -143,7 +141,7 @@ impl Gateway {
         let judge = self.judges.current(tenant).map_err(PolicyError::from)?;
         let texts = input.preamble.iter().map(|m| m.content.clone()).chain([input.message.clone()]).collect();
         let training = self.training.mark(tenant).await;
-        let received_data = json!({ "route": input.route, "message_chars": input.message.chars().count(), "content_included": false });
+        let received_data = TurnData::Received { route: input.route, message_chars: input.message.chars().count() };
         let request = TurnRequest {
             tenant: caller.tenant.clone(),
             session_id,
@@ -187,7 +185,7 @@ impl Gateway {
         let turn = TurnRef { tenant, session_id: &request.session_id, turn_id: &request.turn_id, message: &request.message, params: request.params };
         let signed = self.policy.sign(turn, verdict, &judge.hash);
         let context = turn_context(&request, &signed);
-        let received = NewEvent::new(context.clone(), EventType::Received, received_data);
+        let received = NewEvent::turn(context.clone(), &received_data);
         let (session_id, turn_id) = (request.session_id.clone(), request.turn_id.clone());
 
         if let Some(first) = hits.first().cloned() {
@@ -199,10 +197,12 @@ impl Gateway {
             let mut refused = refused_data("input", &hits);
             // A request started before the verdict ends here, unread: the model received it and its answer is discarded.
             if let Some(Ok(early)) = early {
-                events.push(Pending::Conversation(NewEvent::new(context.clone(), EventType::Dispatched, early.abort())));
-                refused["model_request"] = json!("aborted");
+                events.push(Pending::Conversation(NewEvent::turn(context.clone(), &early.abort())));
+                if let TurnData::Refused { model_request, .. } = &mut refused {
+                    *model_request = Some("aborted");
+                }
             }
-            events.push(Pending::Conversation(NewEvent::new(context, EventType::Refused, refused)));
+            events.push(Pending::Conversation(NewEvent::turn(context, &refused)));
             let mut record = refusal_record(tenant, &session_id, &turn_id, &input.trace, &signed);
             if self.store_refused_text {
                 record.user_message = request.message;
@@ -226,7 +226,7 @@ impl Gateway {
             Ok(stream) => stream,
             Err(err) => {
                 let code = crate::error::ErrorCode::code(&err).name();
-                let _ = self.events.turn_durable(&context, EventType::Failed, json!({ "code": code, "stage": "admission", "content_included": false })).await;
+                let _ = self.events.turn_durable(&context, TurnData::Failed { code, stage: "admission", emitted_chars: None }).await;
                 return Err(err.into());
             }
         };

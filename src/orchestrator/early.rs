@@ -4,9 +4,8 @@
 //! the gateway hands it back to [`super::Conversation::start_turn`] with an
 //! allowing verdict. Dropping an [`EarlyDispatch`] aborts its request.
 
-use serde_json::{json, Value};
-
 use crate::config::DispatchMode;
+use crate::events::TurnData;
 use crate::slm::{GenerationParams, ModelStream};
 use crate::telemetry::TraceContext;
 
@@ -19,30 +18,32 @@ pub struct EarlyDispatch {
     /// The model call's span (its id travelled in the request's traceparent).
     model_call: TraceContext,
     /// The `turn.dispatched` event's data: the request was sent whatever the verdict.
-    dispatched: Value,
+    dispatched: TurnData,
 }
 
 impl EarlyDispatch {
-    pub(super) fn new(model: ModelStream, model_call: TraceContext, dispatched: Value) -> Self {
+    pub(super) fn new(model: ModelStream, model_call: TraceContext, dispatched: TurnData) -> Self {
         Self { model, model_call, dispatched }
     }
 
     /// The answer to read, the model call's span and `turn.dispatched`'s data, for an allowed turn.
-    pub(super) fn into_parts(self) -> (ModelStream, TraceContext, Value) {
+    pub(super) fn into_parts(self) -> (ModelStream, TraceContext, TurnData) {
         (self.model, self.model_call, self.dispatched)
     }
 
     /// Ends the request unread (the model server frees its slot) and returns
     /// `turn.dispatched`'s data, for a turn refused on input.
-    pub fn abort(self) -> Value {
+    pub fn abort(self) -> TurnData {
         self.dispatched
     }
 }
 
 /// `turn.dispatched`'s data, whichever way the request started.
-pub(super) fn dispatched_data(model: &str, params: GenerationParams, prompt_messages: usize, mode: DispatchMode) -> Value {
-    json!({
-        "model": model, "max_tokens": params.max_tokens, "history_messages": prompt_messages.saturating_sub(1),
-        "dispatch": mode.as_str(), "content_included": false,
-    })
+pub(super) fn dispatched_data(model: &str, params: GenerationParams, prompt_messages: usize, mode: DispatchMode) -> TurnData {
+    TurnData::Dispatched {
+        model: model.to_owned(),
+        max_tokens: params.max_tokens,
+        history_messages: prompt_messages.saturating_sub(1),
+        dispatch: mode.as_str(),
+    }
 }

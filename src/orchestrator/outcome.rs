@@ -2,13 +2,11 @@
 //! outcome, its terminal event and that event's data, and the frames its
 //! client receives after the answer are all derived here, in one place each.
 
-use serde_json::{json, Value};
-
 use super::pacing::StopReason;
 use super::recorder::refused_data;
 use super::turn::{FinishReason, TurnEvent};
 use crate::error::Code;
-use crate::events::EventType;
+use crate::events::TurnData;
 use crate::moderation::Hit;
 use crate::slm::Usage;
 use crate::telemetry::RequestOutcome;
@@ -103,27 +101,17 @@ impl TurnOutcome {
         }
     }
 
-    pub fn event_type(&self) -> EventType {
-        match self {
-            Self::Completed(_) => EventType::Completed,
-            Self::Refused(_) => EventType::Refused,
-            Self::Cancelled(_) => EventType::Cancelled,
-            Self::Failed(_) => EventType::Failed,
-        }
-    }
-
     /// The terminal event's data. `ended` is what only the recorder knows.
-    pub fn event_data(&self, ended: &Ended<'_>) -> Value {
+    pub fn event_data(&self, ended: &Ended<'_>) -> TurnData {
         match self {
-            Self::Completed(finish) => json!({
-                "model": ended.model, "finish_reason": finish, "usage": ended.usage,
-                "duration_ms": ended.duration_ms, "content_included": false,
-            }),
+            Self::Completed(finish) => {
+                TurnData::Completed { model: ended.model.to_owned(), finish_reason: finish.as_str(), usage: ended.usage, duration_ms: ended.duration_ms }
+            }
             Self::Refused(hit) => refused_data("output", std::slice::from_ref(hit)),
-            Self::Cancelled(reason) => json!({ "reason": reason.as_str(), "emitted_chars": ended.emitted_chars, "content_included": false }),
-            Self::Failed(Failure::Model { code, .. }) => json!({ "code": code.name(), "stage": "model", "content_included": false }),
+            Self::Cancelled(reason) => TurnData::Cancelled { reason: reason.as_str(), emitted_chars: ended.emitted_chars },
+            Self::Failed(Failure::Model { code, .. }) => TurnData::Failed { code: code.name(), stage: "model", emitted_chars: None },
             Self::Failed(Failure::ClientTooSlow) => {
-                json!({ "code": Code::ClientTooSlow.name(), "stage": "client", "emitted_chars": ended.emitted_chars, "content_included": false })
+                TurnData::Failed { code: Code::ClientTooSlow.name(), stage: "client", emitted_chars: Some(ended.emitted_chars) }
             }
         }
     }
@@ -214,18 +202,17 @@ mod tests {
     }
 
     #[test]
-    fn each_outcome_names_its_event_and_its_metric() {
+    fn each_outcome_names_its_event_data_and_its_metric() {
         let ended = Ended { model: "m", usage: None, duration_ms: 5, emitted_chars: 7 };
         let cancelled = TurnOutcome::Cancelled(CancelReason::ClientDisconnected);
-        assert_eq!(cancelled.event_type(), EventType::Cancelled);
-        assert_eq!(cancelled.event_data(&ended), json!({ "reason": "client_disconnected", "emitted_chars": 7, "content_included": false }));
+        assert_eq!(cancelled.event_data(&ended), TurnData::Cancelled { reason: "client_disconnected", emitted_chars: 7 });
         assert_eq!(cancelled.interruption(), Some("client_disconnected"));
         let slow = TurnOutcome::stopped(StopReason::ClientTooSlow);
-        assert_eq!(slow.event_data(&ended)["stage"], "client");
+        assert_eq!(slow.event_data(&ended), TurnData::Failed { code: "client_too_slow", stage: "client", emitted_chars: Some(7) });
         assert_eq!(slow.request_outcome(), RequestOutcome::Error);
         let refused = TurnOutcome::Refused(hit());
-        assert_eq!(refused.event_data(&ended)["layer"], "semantic");
+        assert_eq!(refused.event_data(&ended).to_value()["layer"], "semantic");
         assert_eq!(refused.interruption(), None);
-        assert_eq!(TurnOutcome::Completed(FinishReason::Stop).event_data(&ended)["duration_ms"], 5);
+        assert_eq!(TurnOutcome::Completed(FinishReason::Stop).event_data(&ended).to_value()["duration_ms"], 5);
     }
 }

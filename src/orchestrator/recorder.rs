@@ -7,13 +7,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use futures_util::future::BoxFuture;
-use serde_json::{json, Value};
 
 use super::outcome::{CancelReason, Ended, TurnOutcome};
 use super::store::{RecordTurn, TurnRecord};
 use super::turn::{FinishReason, TurnEvent, TurnRequest};
 use crate::db::now_ms;
-use crate::events::{EventLog, EventType, NewEvent, Pending, TurnContext};
+use crate::events::{EventLog, NewEvent, Pending, RefusedCategory, TurnContext, TurnData};
 use crate::policy::SignedVerdict;
 use crate::slm::Usage;
 use crate::telemetry::{Metrics, StreamMetrics};
@@ -37,16 +36,14 @@ pub fn turn_context(request: &TurnRequest, signed: &SignedVerdict) -> TurnContex
 
 /// `turn.refused`'s data: the stage, the categories, and the layer that
 /// decided with its score (the semantic layer's).
-pub fn refused_data(stage: &str, hits: &[crate::moderation::Hit]) -> Value {
-    let categories: Vec<Value> = hits.iter().map(|h| json!({ "code": h.code, "category": h.category })).collect();
-    let mut data = json!({ "stage": stage, "categories": categories, "content_included": false });
-    if let Some(first) = hits.first() {
-        data["layer"] = json!(first.layer.as_str());
-        if let Some(score) = first.score {
-            data["score"] = json!(score);
-        }
+pub fn refused_data(stage: &'static str, hits: &[crate::moderation::Hit]) -> TurnData {
+    TurnData::Refused {
+        stage,
+        categories: hits.iter().map(|h| RefusedCategory { code: h.code.clone(), category: h.category.clone() }).collect(),
+        layer: hits.first().map(|h| h.layer.as_str()),
+        score: hits.first().and_then(|h| h.score),
+        model_request: None,
     }
-    data
 }
 
 pub struct Recorder {
@@ -171,7 +168,7 @@ impl Recorder {
             let stored = match record {
                 None => true,
                 Some(record) => {
-                    let (events, items) = (self.events.clone(), self.terminal(record, outcome.event_type(), data));
+                    let (events, items) = (self.events.clone(), self.terminal(record, &data));
                     let commit = tokio::spawn(async move { events.emit_durable(items).await });
                     match commit.await {
                         Ok(Ok(())) => true,
@@ -246,8 +243,8 @@ impl Recorder {
         });
     }
 
-    fn terminal(&self, record: TurnRecord, kind: EventType, data: Value) -> Vec<Pending> {
-        vec![Pending::Write(Arc::new(RecordTurn(record))), Pending::Conversation(NewEvent::new(self.context.clone(), kind, data))]
+    fn terminal(&self, record: TurnRecord, data: &TurnData) -> Vec<Pending> {
+        vec![Pending::Write(Arc::new(RecordTurn(record))), Pending::Conversation(NewEvent::turn(self.context.clone(), data))]
     }
 }
 
@@ -260,6 +257,6 @@ impl Drop for Recorder {
             return;
         };
         // The client is gone: queue the turn and its event; the writer drains its queue on shutdown.
-        self.events.queue(self.terminal(record, outcome.event_type(), data));
+        self.events.queue(self.terminal(record, &data));
     }
 }

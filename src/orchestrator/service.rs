@@ -5,7 +5,6 @@ use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
-use serde_json::json;
 
 use super::answer::AnswerGuard;
 use super::early::{dispatched_data, EarlyDispatch, PENDING_VERDICT};
@@ -16,7 +15,7 @@ use super::store::{ConversationStore, SessionState};
 use super::turn::{FinishReason, OrchestratorError, Origin, TurnEvent, TurnRequest, TurnStream};
 use super::Conversation;
 use crate::config::DispatchMode;
-use crate::events::{EventLog, EventType};
+use crate::events::{EventLog, TurnData};
 use crate::policy::{ConstitutionHash, Judge, Judges, PolicyEngine, PolicyError, PolicyHeaders, SignedVerdict, TurnRef, Verdict};
 use crate::slm::{start_now, ChatMessage, DispatchContext, ModelClient, ModelEvent, ModelRequest, ModelStream, Role};
 use crate::telemetry::{Metrics, TraceContext};
@@ -184,10 +183,10 @@ impl Conversation for Orchestrator {
             };
             let context = turn_context(&request, &signed);
             if matches!(request.origin, Origin::Http) {
-                let data = json!({ "route": request.route, "message_chars": request.message.chars().count(), "content_included": false });
-                self.events.turn(&context, EventType::Received, data).await;
+                let data = TurnData::Received { route: request.route, message_chars: request.message.chars().count() };
+                self.events.turn(&context, data).await;
             }
-            self.events.turn(&context, EventType::Dispatched, dispatched).await;
+            self.events.turn(&context, dispatched).await;
             Ok(self.run(request, signed, &judge, model, model_call))
         })
     }

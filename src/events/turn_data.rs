@@ -1,0 +1,126 @@
+//! The `data` of each conversation event, typed: every event type's payload
+//! is built from these and nowhere else, `content_included: false` is added
+//! in one place, and a test checks every field against
+//! `schemas/conversation.event.v1.json` (a field added here without the
+//! schema fails it).
+
+use serde::Serialize;
+use serde_json::Value;
+
+use super::EventType;
+
+/// What a conversation event says about its turn (never its text).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum TurnData {
+    /// `turn.received`.
+    Received { route: &'static str, message_chars: usize },
+    /// `turn.dispatched`: the model request was sent.
+    Dispatched {
+        model: String,
+        max_tokens: u32,
+        history_messages: usize,
+        /// `after_verdict` or `overlapped` (`moderation.dispatch`).
+        dispatch: &'static str,
+    },
+    /// `turn.completed`.
+    Completed { model: String, finish_reason: &'static str, usage: Option<crate::slm::Usage>, duration_ms: u64 },
+    /// `turn.refused`, on input or on output.
+    Refused {
+        stage: &'static str,
+        categories: Vec<RefusedCategory>,
+        /// The layer that decided (`lexicon`, `semantic_static`, `semantic`).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        layer: Option<&'static str>,
+        /// The semantic layer's score.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        score: Option<f32>,
+        /// `aborted`: refused on input under overlapped dispatch, its model request ended unread.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        model_request: Option<&'static str>,
+    },
+    /// `turn.cancelled`.
+    Cancelled { reason: &'static str, emitted_chars: usize },
+    /// `turn.failed`.
+    Failed {
+        code: &'static str,
+        /// `admission`, `model` or `client`.
+        stage: &'static str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        emitted_chars: Option<usize>,
+    },
+}
+
+/// One category of a refusal.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RefusedCategory {
+    pub code: String,
+    pub category: String,
+}
+
+impl TurnData {
+    pub fn kind(&self) -> EventType {
+        match self {
+            Self::Received { .. } => EventType::Received,
+            Self::Dispatched { .. } => EventType::Dispatched,
+            Self::Completed { .. } => EventType::Completed,
+            Self::Refused { .. } => EventType::Refused,
+            Self::Cancelled { .. } => EventType::Cancelled,
+            Self::Failed { .. } => EventType::Failed,
+        }
+    }
+
+    /// The event's `data` object.
+    pub fn to_value(&self) -> Value {
+        let mut data = serde_json::to_value(self).unwrap_or_else(|_| Value::Object(Default::default()));
+        if let Value::Object(fields) = &mut data {
+            fields.insert("content_included".into(), Value::Bool(false));
+        }
+        data
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every variant, every optional field present.
+    fn every_payload() -> Vec<TurnData> {
+        let usage = crate::slm::Usage { prompt_tokens: 3, completion_tokens: 4, total_tokens: 7 };
+        vec![
+            TurnData::Received { route: "chat_stream", message_chars: 12 },
+            TurnData::Dispatched { model: "m".into(), max_tokens: 8, history_messages: 2, dispatch: "overlapped" },
+            TurnData::Completed { model: "m".into(), finish_reason: "stop", usage: Some(usage), duration_ms: 40 },
+            TurnData::Completed { model: "m".into(), finish_reason: "length", usage: None, duration_ms: 40 },
+            TurnData::Refused {
+                stage: "input",
+                categories: vec![RefusedCategory { code: "S1".into(), category: "violent_crimes".into() }],
+                layer: Some("semantic"),
+                score: Some(0.9),
+                model_request: Some("aborted"),
+            },
+            TurnData::Cancelled { reason: "client_disconnected", emitted_chars: 5 },
+            TurnData::Failed { code: "client_too_slow", stage: "client", emitted_chars: Some(5) },
+        ]
+    }
+
+    #[test]
+    fn every_payload_the_code_can_build_is_one_the_schema_accepts() {
+        let schema: Value = serde_json::from_str(include_str!("../../schemas/conversation.event.v1.json")).unwrap();
+        let rules = schema["allOf"].as_array().expect("the schema's per-type rules");
+        for payload in every_payload() {
+            let kind = payload.kind().as_str();
+            let rule = rules.iter().find(|r| r["if"]["properties"]["type"]["const"] == kind).unwrap_or_else(|| panic!("no rule for {kind}"));
+            let data_schema = &rule["then"]["properties"]["data"];
+            let data = payload.to_value();
+            assert!(jsonschema::is_valid(data_schema, &data), "{kind}: {data} is not what the schema allows");
+        }
+    }
+
+    #[test]
+    fn a_payload_never_says_it_includes_content() {
+        for payload in every_payload() {
+            assert_eq!(payload.to_value()["content_included"], false);
+        }
+    }
+}
