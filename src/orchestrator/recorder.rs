@@ -145,7 +145,7 @@ impl Recorder {
         if let TurnOutcome::Refused(hit) = outcome {
             self.metrics.moderation_refusal("output", &hit.category);
         }
-        self.spans(&record);
+        self.spans(&record, outcome.finish_reason());
         tracing::info!(
             trace_id = %record.trace_id, span_id = %self.span_id, tenant = %record.tenant, session_id = %record.session_id, turn_id = %record.turn_id,
             finish_reason = %record.finish_reason, elapsed_ms = self.started.elapsed().as_millis() as u64, "turn finished"
@@ -185,7 +185,7 @@ impl Recorder {
     }
 
     /// The turn's span and its model call's, as OpenTelemetry spans (GenAI conventions).
-    fn spans(&self, record: &TurnRecord) {
+    fn spans(&self, record: &TurnRecord, finish: FinishReason) {
         if !crate::telemetry::spans::enabled() {
             return;
         }
@@ -193,8 +193,8 @@ impl Recorder {
         use opentelemetry::trace::SpanKind;
         use opentelemetry::KeyValue;
         let end = std::time::SystemTime::now();
-        let finish = record.finish_reason.clone();
-        let failed = (finish == FinishReason::Error.as_str()).then(|| "the turn failed".to_owned());
+        let failed = (finish == FinishReason::Error).then(|| "the turn failed".to_owned());
+        let finish = finish.as_str();
         if let Some(call) = &self.model_call {
             let mut attributes = vec![
                 KeyValue::new("gen_ai.operation.name", "chat"),
@@ -202,7 +202,7 @@ impl Recorder {
                 KeyValue::new("gen_ai.request.model", self.model.clone()),
                 KeyValue::new("gen_ai.request.max_tokens", i64::from(self.max_tokens)),
                 KeyValue::new("gen_ai.conversation.id", record.session_id.clone()),
-                KeyValue::new("gen_ai.response.finish_reasons", opentelemetry::Value::Array(vec![opentelemetry::StringValue::from(finish.clone())].into())),
+                KeyValue::new("gen_ai.response.finish_reasons", opentelemetry::Value::Array(vec![opentelemetry::StringValue::from(finish)].into())),
             ];
             if let Some(usage) = self.usage {
                 attributes.push(KeyValue::new("gen_ai.usage.input_tokens", i64::from(usage.prompt_tokens)));

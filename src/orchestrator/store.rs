@@ -3,6 +3,7 @@
 use futures_util::future::BoxFuture;
 use sqlx::Row;
 
+use super::turn::FinishReason;
 use crate::db::{now_ms, Database};
 use crate::events::TxWrite;
 use crate::slm::{ChatMessage, Role};
@@ -122,13 +123,27 @@ impl ConversationStore {
     }
 
     /// All turns of a session, oldest first (for tests and audits).
-    pub async fn turns(&self, session_id: &str) -> Result<Vec<(String, String, String)>, sqlx::Error> {
+    pub async fn turns(&self, session_id: &str) -> Result<Vec<StoredTurn>, sqlx::Error> {
         let rows = sqlx::query("SELECT id, finish_reason, assistant_message FROM turns WHERE session_id = $1 ORDER BY created_at, id")
             .bind(session_id)
             .fetch_all(self.db.pool())
             .await?;
-        rows.iter().map(|r| Ok((r.try_get("id")?, r.try_get("finish_reason")?, r.try_get("assistant_message")?))).collect()
+        rows.iter()
+            .map(|r| {
+                let finish: String = r.try_get("finish_reason")?;
+                let finish_reason = FinishReason::parse(&finish).ok_or_else(|| sqlx::Error::Decode(format!("unknown finish_reason {finish:?}").into()))?;
+                Ok(StoredTurn { id: r.try_get("id")?, finish_reason, assistant_message: r.try_get("assistant_message")? })
+            })
+            .collect()
     }
+}
+
+/// A session's turn as stored: how it ended and the answer its client received.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredTurn {
+    pub id: String,
+    pub finish_reason: FinishReason,
+    pub assistant_message: String,
 }
 
 /// A finished turn as a write of the outbox's transaction: the turn row and

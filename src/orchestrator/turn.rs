@@ -88,6 +88,11 @@ impl FinishReason {
         }
     }
 
+    /// The finish reason of its stored name ([`FinishReason::as_str`]).
+    pub fn parse(name: &str) -> Option<Self> {
+        [Self::Stop, Self::Length, Self::Refused, Self::Cancelled, Self::Error].into_iter().find(|f| f.as_str() == name)
+    }
+
     /// Maps the model server's finish reason.
     pub fn from_model(reason: &str) -> Self {
         if reason == "length" {

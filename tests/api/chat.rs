@@ -1,6 +1,7 @@
 //! The governed chat path against the real model.
 
 use serde_json::json;
+use steward::orchestrator::FinishReason;
 use steward::policy::Constitution;
 
 use crate::helpers::{manifest_dir, spawn_app, spawn_app_with, Storage};
@@ -37,7 +38,7 @@ async fn an_allowed_turn_streams_session_deltas_then_done_with_usage_and_governa
 
     let turns = app.store.turns(session["session_id"].as_str().unwrap()).await.unwrap();
     assert_eq!(turns.len(), 1);
-    assert_eq!(turns[0].2, sse.text(), "the stored answer is what the client received");
+    assert_eq!(turns[0].assistant_message, sse.text(), "the stored answer is what the client received");
 }
 
 #[tokio::test]
@@ -140,7 +141,7 @@ async fn a_client_that_hangs_up_stops_the_generation_and_the_turn_is_recorded_ca
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     assert_eq!(turns.len(), 1);
-    assert_eq!(turns[0].1, "cancelled");
+    assert_eq!(turns[0].finish_reason, FinishReason::Cancelled);
     let metrics = app.get("/metrics").await.text().await.unwrap();
     assert!(metrics.contains("steward_turn_interruptions_total{route=\"chat_stream\",reason=\"client_disconnected\"} 1"), "{metrics}");
     assert!(metrics.contains("steward_active_streams{route=\"chat_stream\"} 0"), "{metrics}");
@@ -171,7 +172,7 @@ async fn a_client_that_hangs_up_before_the_first_token_is_noticed_at_once() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         turns = app.store.turns(&session).await.unwrap();
     }
-    assert_eq!((turns[0].1.as_str(), turns[0].2.as_str()), ("cancelled", ""), "cancelled before any content reached the client");
+    assert_eq!((turns[0].finish_reason, turns[0].assistant_message.as_str()), (FinishReason::Cancelled, ""), "cancelled before any content reached the client");
     assert!(hung_up.elapsed() < std::time::Duration::from_secs(3), "noticed {:?} after the hang-up", hung_up.elapsed());
     // Steward closed its model request at once; llama.cpp notices a closed connection only when it
     // next writes, after reading the whole prompt.

@@ -7,6 +7,7 @@ use serde_json::{json, Value};
 
 use crate::helpers::{manifest_dir, slm_url, spawn_app_with, unique, Storage};
 use steward::config::DispatchMode;
+use steward::orchestrator::FinishReason;
 
 /// A private model server, so its counters see only this test's traffic.
 pub struct PrivateModelServer {
@@ -204,8 +205,8 @@ async fn a_streamed_answer_that_turns_harmful_is_cut_by_the_semantic_layer() {
     let session_id = sse.first("session")["session_id"].as_str().unwrap().to_owned();
     let turns = app.store.turns(&session_id).await.unwrap();
     assert_eq!(turns.len(), 1);
-    assert_eq!(turns[0].1, "refused");
-    assert_eq!(turns[0].2, received, "the stored answer is what the client received");
+    assert_eq!(turns[0].finish_reason, FinishReason::Refused);
+    assert_eq!(turns[0].assistant_message, received, "the stored answer is what the client received");
     let events = app.outbox("conversation.events").await;
     let refused = events.iter().find(|e| e["session_id"] == session_id.as_str() && e["type"] == "turn.refused").unwrap();
     assert_eq!(refused["data"]["stage"], "output");
@@ -252,7 +253,7 @@ async fn an_overlapped_turn_refused_on_input_shows_nothing_and_its_model_request
     assert_eq!(sse.first("done")["finish_reason"], "refused");
     let session_id = sse.first("session")["session_id"].as_str().unwrap().to_owned();
     let turns = app.store.turns(&session_id).await.unwrap();
-    assert_eq!((turns[0].1.as_str(), turns[0].2.as_str()), ("refused", ""), "the stored turn holds no answer");
+    assert_eq!((turns[0].finish_reason, turns[0].assistant_message.as_str()), (FinishReason::Refused, ""), "the stored turn holds no answer");
     let events = app.outbox("conversation.events").await;
     let mine: Vec<&Value> = events.iter().filter(|e| e["session_id"] == session_id.as_str()).collect();
     let types: Vec<&str> = mine.iter().map(|e| e["type"].as_str().unwrap()).collect();

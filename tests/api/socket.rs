@@ -124,7 +124,7 @@ async fn several_turns_on_one_socket_and_a_cancelled_one_frees_the_model_and_is_
     assert_eq!(types(&until_done(&mut socket).await).last(), Some(&"done"));
 
     let turns = app.store.turns(&session_id).await.unwrap();
-    let reasons: Vec<&str> = turns.iter().map(|t| t.1.as_str()).collect();
+    let reasons: Vec<&str> = turns.iter().map(|t| t.finish_reason.as_str()).collect();
     assert_eq!(reasons.len(), 3, "{turns:?}");
     assert_eq!(reasons[0], "cancelled", "{turns:?}");
     let events = app.outbox("conversation.events").await;
