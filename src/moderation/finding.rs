@@ -1,6 +1,7 @@
-//! Which layer of moderation decided, and with what score: recorded with
-//! every refusal (`turn.refused`), so an auditor reads not only the category
-//! but what found it.
+//! What moderation found: the refused category as the user reads it
+//! ([`Hit`]), and which layer decided with what score — recorded with every
+//! refusal (`turn.refused`), so an auditor reads not only the category but
+//! what found it.
 
 use serde::Serialize;
 
@@ -24,6 +25,21 @@ impl Layer {
             Self::Semantic => "semantic",
         }
     }
+}
+
+/// One refusal category that matched.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct Hit {
+    /// Stable category code, e.g. `S9`.
+    pub code: String,
+    /// Stable snake_case category name, e.g. `indiscriminate_weapons`.
+    pub category: String,
+    /// User-facing refusal message.
+    pub message: String,
+    /// The layer that found it.
+    pub layer: Layer,
+    /// The semantic layer's score (see [`Finding::score`]); none for the lexicon.
+    pub score: Option<f32>,
 }
 
 /// What the semantic layer found in a refused text.

@@ -2,19 +2,17 @@
 //! normalised phrases, one `RegexSet` over the input-only patterns, and the
 //! input check built on them.
 
-use std::collections::HashSet;
 use std::ops::ControlFlow;
 use std::sync::Arc;
 
-use aho_corasick::{AhoCorasick, MatchKind};
 use regex::RegexSet;
 
 use super::normalize::{fold, normalize, normalize_phrase};
+use super::phrases::PhraseIndex;
 use super::semantic::Semantic;
 use super::sentences::SentenceBuffer;
 use super::window::OutputGuard;
-use super::ModerationError;
-use super::{Finding, Layer};
+use super::{Finding, Hit, Layer, ModerationError};
 use crate::policy::constitution::Constitution;
 
 /// [`Semantic::judge`] (requests) or [`Semantic::judge_output`] (answers).
@@ -33,62 +31,6 @@ pub enum Decision {
     Allow,
     /// Every distinct category hit, in constitution order.
     Refuse(Vec<Hit>),
-}
-
-/// One refusal category that matched.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
-pub struct Hit {
-    /// Stable category code, e.g. `S9`.
-    pub code: String,
-    /// Stable snake_case category name, e.g. `indiscriminate_weapons`.
-    pub category: String,
-    /// User-facing refusal message.
-    pub message: String,
-    /// The layer that found it.
-    pub layer: Layer,
-    /// The semantic layer's score (see [`Finding::score`]); none for the lexicon.
-    pub score: Option<f32>,
-}
-
-/// The phrase automaton, shared by the moderator and every output guard.
-#[derive(Debug)]
-pub(super) struct PhraseIndex {
-    automaton: AhoCorasick,
-    /// Automaton pattern id → category index.
-    phrase_category: Vec<usize>,
-    /// One hit per category, in constitution order.
-    hits: Vec<Hit>,
-    /// Length of the longest normalised phrase, in chars.
-    longest_chars: usize,
-    /// Every non-empty proper prefix of every normalised phrase: the text
-    /// that could still grow into a match and so must be held back.
-    prefixes: HashSet<String>,
-}
-
-impl PhraseIndex {
-    /// The category of the first phrase match in normalised `text`, if any.
-    pub(super) fn first_hit(&self, text: &str) -> Option<Hit> {
-        let found = self.automaton.find(text)?;
-        self.hit(self.phrase_category.get(found.pattern().as_usize()).copied())
-    }
-
-    /// The char index where the longest suffix of `text` that is a proper
-    /// prefix of some phrase starts (`text.chars().count()` if there is none):
-    /// everything before it can no longer be part of a match.
-    pub(super) fn pending_start(&self, text: &str) -> usize {
-        let starts: Vec<usize> = text.char_indices().map(|(i, _)| i).collect();
-        let first = starts.len().saturating_sub(self.longest_chars.saturating_sub(1));
-        (first..starts.len()).find(|&i| self.prefixes.contains(&text[starts[i]..])).unwrap_or(starts.len())
-    }
-
-    /// Length of the longest normalised phrase, in chars.
-    pub(super) fn longest_chars(&self) -> usize {
-        self.longest_chars
-    }
-
-    fn hit(&self, category: Option<usize>) -> Option<Hit> {
-        category.and_then(|i| self.hits.get(i)).cloned()
-    }
 }
 
 /// Input and output moderation under one constitution. Build once and share
@@ -129,15 +71,12 @@ impl Moderator {
                 pattern_category.push(i);
             }
         }
-        let longest_chars = phrases.iter().map(|p| p.chars().count()).max().unwrap_or(0);
-        let automaton = AhoCorasick::builder().match_kind(MatchKind::Standard).build(&phrases)?;
         let hits = constitution
             .categories
             .iter()
             .map(|r| Hit { code: r.code.clone(), category: r.name.clone(), message: r.message.clone(), layer: Layer::Lexicon, score: None })
             .collect();
-        let prefixes = phrases.iter().flat_map(|p| p.char_indices().skip(1).map(move |(end, _)| p[..end].to_owned())).collect();
-        let index = PhraseIndex { automaton, phrase_category, hits, longest_chars, prefixes };
+        let index = PhraseIndex::new(&phrases, phrase_category, hits)?;
         Ok(Self { phrases: Arc::new(index), patterns: RegexSet::new(patterns)?, pattern_category, semantic, output_window_chars: output_window_chars.max(1) })
     }
 
@@ -296,7 +235,7 @@ impl Moderator {
 
     /// Length of the longest phrase, in normalised chars.
     pub fn longest_phrase_chars(&self) -> usize {
-        self.phrases.longest_chars
+        self.phrases.longest_chars()
     }
 }
 

@@ -18,6 +18,7 @@ pub mod eval;
 mod finding;
 mod matcher;
 pub mod normalize;
+mod phrases;
 pub mod semantic;
 mod sentences;
 pub mod train;
@@ -26,8 +27,8 @@ mod window;
 #[cfg(test)]
 mod tests;
 
-pub use finding::{Finding, Layer};
-pub use matcher::{Decision, Hit, Moderator, DEFAULT_OUTPUT_WINDOW};
+pub use finding::{Finding, Hit, Layer};
+pub use matcher::{Decision, Moderator, DEFAULT_OUTPUT_WINDOW};
 pub use semantic::{Semantic, SemanticError};
 pub use sentences::SentenceBuffer;
 pub use window::{GuardStep, OutputGuard};

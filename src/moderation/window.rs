@@ -24,8 +24,9 @@
 
 use std::sync::Arc;
 
-use super::matcher::{Hit, PhraseIndex};
 use super::normalize::{normalize_mapped, Cut};
+use super::phrases::PhraseIndex;
+use super::Hit;
 
 /// Held text beyond which a cut is forced (see `OutputGuard::forced_cut`).
 const MAX_HELD_BYTES: usize = 2048;

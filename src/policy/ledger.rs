@@ -83,9 +83,14 @@ impl MemoryLedger {
 
 impl VerdictLedger for MemoryLedger {
     fn claim<'a>(&'a self, tenant: &'a str, turn_id: &'a str, until: u64) -> BoxFuture<'a, Result<bool, LedgerError>> {
-        let claimed = self.claim_at(tenant, turn_id, until, super::verdict::unix_now());
+        let claimed = self.claim_at(tenant, turn_id, until, unix_now());
         Box::pin(async move { Ok(claimed) })
     }
+}
+
+/// Seconds since the Unix epoch, the clock of verdict expiries and claims.
+pub(super) fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default()
 }
 
 #[cfg(test)]

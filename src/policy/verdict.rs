@@ -7,7 +7,7 @@ use sha2::Sha256;
 
 use super::constitution::ConstitutionHash;
 use super::judges::JudgeError;
-use super::ledger::{LedgerError, MemoryLedger, VerdictLedger};
+use super::ledger::{unix_now, LedgerError, MemoryLedger, VerdictLedger};
 use crate::config::Secret;
 use crate::error::{Code, ErrorCode};
 use crate::slm::GenerationParams;
@@ -240,10 +240,6 @@ fn parse_signature(s: &str) -> Option<(u64, &str)> {
         }
     }
     Some((expiry?, sig?))
-}
-
-pub(super) fn unix_now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default()
 }
 
 #[cfg(test)]

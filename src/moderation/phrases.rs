@@ -1,0 +1,59 @@
+//! The constitution's phrases as one automaton, shared by the moderator
+//! (input) and every output guard (streamed answers): matches, and the text
+//! that could still grow into a match.
+
+use std::collections::HashSet;
+
+use aho_corasick::{AhoCorasick, MatchKind};
+
+use super::Hit;
+
+/// The phrase automaton, shared by the moderator and every output guard.
+#[derive(Debug)]
+pub(super) struct PhraseIndex {
+    pub(super) automaton: AhoCorasick,
+    /// Automaton pattern id → category index.
+    pub(super) phrase_category: Vec<usize>,
+    /// One hit per category, in constitution order.
+    pub(super) hits: Vec<Hit>,
+    /// Length of the longest normalised phrase, in chars.
+    longest_chars: usize,
+    /// Every non-empty proper prefix of every normalised phrase: the text
+    /// that could still grow into a match and so must be held back.
+    prefixes: HashSet<String>,
+}
+
+impl PhraseIndex {
+    /// The index of normalised `phrases`, each of the category at the same
+    /// place in `phrase_category`; `hits` has one hit per category.
+    pub(super) fn new(phrases: &[String], phrase_category: Vec<usize>, hits: Vec<Hit>) -> Result<Self, aho_corasick::BuildError> {
+        let longest_chars = phrases.iter().map(|p| p.chars().count()).max().unwrap_or(0);
+        let automaton = AhoCorasick::builder().match_kind(MatchKind::Standard).build(phrases)?;
+        let prefixes = phrases.iter().flat_map(|p| p.char_indices().skip(1).map(move |(end, _)| p[..end].to_owned())).collect();
+        Ok(Self { automaton, phrase_category, hits, longest_chars, prefixes })
+    }
+
+    /// The category of the first phrase match in normalised `text`, if any.
+    pub(super) fn first_hit(&self, text: &str) -> Option<Hit> {
+        let found = self.automaton.find(text)?;
+        self.hit(self.phrase_category.get(found.pattern().as_usize()).copied())
+    }
+
+    /// The char index where the longest suffix of `text` that is a proper
+    /// prefix of some phrase starts (`text.chars().count()` if there is none):
+    /// everything before it can no longer be part of a match.
+    pub(super) fn pending_start(&self, text: &str) -> usize {
+        let starts: Vec<usize> = text.char_indices().map(|(i, _)| i).collect();
+        let first = starts.len().saturating_sub(self.longest_chars.saturating_sub(1));
+        (first..starts.len()).find(|&i| self.prefixes.contains(&text[starts[i]..])).unwrap_or(starts.len())
+    }
+
+    /// Length of the longest normalised phrase, in chars.
+    pub(super) fn longest_chars(&self) -> usize {
+        self.longest_chars
+    }
+
+    pub(super) fn hit(&self, category: Option<usize>) -> Option<Hit> {
+        category.and_then(|i| self.hits.get(i)).cloned()
+    }
+}
