@@ -192,6 +192,7 @@ impl Application {
                 .configure(crate::policy::configure)
                 .configure(crate::training::configure)
                 .configure(crate::ops::configure)
+                .configure(crate::openapi::configure)
                 .default_service(web::to(crate::ops::not_found))
         })
         // Without TCP_NODELAY the last small frames of a stream wait for the client's delayed ACK on a reused connection.

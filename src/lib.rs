@@ -39,6 +39,7 @@ pub mod policy;
 pub mod readiness;
 #[cfg(feature = "redis")]
 mod redis_client;
+pub mod responses;
 pub mod slm;
 pub mod socket;
 pub mod telemetry;

@@ -1,6 +1,6 @@
 //! Operations endpoints: `/healthz` (the process is up), `/readyz` (each
 //! dependency answers, from [`Readiness`]), `/metrics` (Prometheus),
-//! `/openapi.json` ([`crate::openapi`]) and the JSON 404.
+//! and the JSON 404 (`/openapi.json` is [`crate::openapi`]'s).
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Serialize;
@@ -18,16 +18,7 @@ pub struct OpsAccess {
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/healthz", web::get().to(healthz))
-        .route("/readyz", web::get().to(readyz))
-        .route("/metrics", web::get().to(metrics))
-        .route("/openapi.json", web::get().to(openapi));
-}
-
-/// This document (OpenAPI 3.1)
-#[utoipa::path(get, path = "/openapi.json", tag = "operations", responses((status = 200, description = "OpenAPI 3.1", body = Object)))]
-pub(crate) async fn openapi() -> HttpResponse {
-    HttpResponse::Ok().content_type("application/json").body(crate::openapi::json())
+    cfg.route("/healthz", web::get().to(healthz)).route("/readyz", web::get().to(readyz)).route("/metrics", web::get().to(metrics));
 }
 
 /// `/healthz`'s answer.
@@ -57,8 +48,8 @@ async fn require_ops(req: &HttpRequest, auth: &Authenticator) -> Result<(), ApiE
 #[utoipa::path(get, path = "/readyz", tag = "operations", security((), ("bearer" = [])),
     responses(
         (status = 200, description = "ready", body = crate::readiness::Report),
-        crate::openapi::KeyErrors,
-        (status = 403, response = crate::openapi::Problem),
+        crate::responses::KeyErrors,
+        (status = 403, response = crate::responses::Problem),
         (status = 503, description = "not ready: the database or the model does not answer", body = crate::readiness::Report),
     ))]
 pub(crate) async fn readyz(req: HttpRequest, readiness: web::Data<Readiness>, auth: web::Data<Authenticator>) -> Result<HttpResponse, ApiError> {
@@ -77,8 +68,8 @@ pub(crate) async fn readyz(req: HttpRequest, readiness: web::Data<Readiness>, au
 #[utoipa::path(get, path = "/metrics", tag = "operations", security((), ("bearer" = [])),
     responses(
         (status = 200, description = "OpenMetrics text", body = String, content_type = "application/openmetrics-text"),
-        crate::openapi::KeyErrors,
-        (status = 403, response = crate::openapi::Problem),
+        crate::responses::KeyErrors,
+        (status = 403, response = crate::responses::Problem),
     ))]
 pub(crate) async fn metrics(
     req: HttpRequest,

@@ -43,14 +43,14 @@ fn frame(event: &TurnEvent) -> actix_web_lab::sse::Event {
 /// x-trace-id and traceparent.
 #[utoipa::path(post, path = "/v1/chat/stream", tag = "chat", request_body = ChatBody, security(("bearer" = [])),
     responses(
-        (status = 200, description = "the turn's events", body = crate::openapi::ChatEvent, content_type = "text/event-stream"),
-        crate::openapi::KeyErrors,
-        crate::openapi::BodyErrors,
-        (status = 403, response = crate::openapi::Problem),
-        (status = 404, response = crate::openapi::Problem),
+        (status = 200, description = "the turn's events", body = crate::responses::ChatEvent, content_type = "text/event-stream"),
+        crate::responses::KeyErrors,
+        crate::responses::BodyErrors,
+        (status = 403, response = crate::responses::Problem),
+        (status = 404, response = crate::responses::Problem),
         (status = 503, description = "the active constitution cannot be known (the registry copy is older than policy.staleness_ms): \
             one `error` event (policy_registry_unavailable) and `done`; or another dependency is unavailable",
-            content((crate::openapi::ChatEvent = "text/event-stream"), (crate::error::ErrorBody = "application/problem+json"))),
+            content((crate::responses::ChatEvent = "text/event-stream"), (crate::error::ErrorBody = "application/problem+json"))),
     ))]
 pub async fn chat_stream(req: HttpRequest, caller: Caller, body: web::Json<ChatBody>, gateway: web::Data<Gateway>) -> Result<HttpResponse, ApiError> {
     let started = Instant::now();

@@ -29,8 +29,8 @@ use actix_web::web;
 #[utoipa::path(get, path = "/v1/chat/stream", tag = "chat", security(("bearer" = []), ()),
     responses(
         (status = 101, description = "switching to the WebSocket protocol"),
-        (status = 400, response = crate::openapi::Problem),
-        (status = 429, response = crate::openapi::Problem),
+        (status = 400, response = crate::responses::Problem),
+        (status = 429, response = crate::responses::Problem),
     ))]
 #[allow(dead_code)]
 pub(crate) fn chat_socket() {}

@@ -92,7 +92,7 @@ struct SignedTurnErrors;
 
 impl utoipa::IntoResponses for SignedTurnErrors {
     fn responses() -> std::collections::BTreeMap<String, utoipa::openapi::RefOr<utoipa::openapi::Response>> {
-        crate::openapi::problems(&[403, 404, 409, 503])
+        crate::responses::problems(&[403, 404, 409, 503])
     }
 }
 
@@ -106,8 +106,8 @@ impl utoipa::IntoResponses for SignedTurnErrors {
 #[utoipa::path(get, path = "/v1/conversation/stream", tag = "orchestrator", security(("bearer" = []), ()),
     responses(
         (status = 101, description = "switching to the WebSocket protocol"),
-        (status = 400, response = crate::openapi::Problem),
-        (status = 429, response = crate::openapi::Problem),
+        (status = 400, response = crate::responses::Problem),
+        (status = 429, response = crate::responses::Problem),
     ))]
 #[allow(dead_code)]
 pub(crate) fn socket() {}
@@ -202,8 +202,8 @@ fn governance<'a>(policy: &'a PolicyHeaders, request: &'a TurnRequest) -> Govern
 #[utoipa::path(post, path = "/v1/conversation/step", tag = "orchestrator", request_body = StepBody, params(SignedTurn), security(("bearer" = [])),
     responses(
         (status = 200, description = "the reply", body = StepReply),
-        crate::openapi::KeyErrors,
-        crate::openapi::BodyErrors,
+        crate::responses::KeyErrors,
+        crate::responses::BodyErrors,
         SignedTurnErrors,
     ))]
 pub(crate) async fn step(req: HttpRequest, caller: Caller, body: web::Json<StepBody>, api: web::Data<OrchestratorApi>) -> Result<HttpResponse, ApiError> {
@@ -227,9 +227,9 @@ pub(crate) async fn step(req: HttpRequest, caller: Caller, body: web::Json<StepB
 /// Orchestrator: one allowed turn as server-sent events (needs the signed policy headers)
 #[utoipa::path(post, path = "/v1/conversation/stream", tag = "orchestrator", request_body = StepBody, params(SignedTurn), security(("bearer" = [])),
     responses(
-        (status = 200, description = "the turn's events", body = crate::openapi::TurnEventSchema, content_type = "text/event-stream"),
-        crate::openapi::KeyErrors,
-        crate::openapi::BodyErrors,
+        (status = 200, description = "the turn's events", body = crate::responses::TurnEventSchema, content_type = "text/event-stream"),
+        crate::responses::KeyErrors,
+        crate::responses::BodyErrors,
         SignedTurnErrors,
     ))]
 pub(crate) async fn stream(req: HttpRequest, caller: Caller, body: web::Json<StepBody>, api: web::Data<OrchestratorApi>) -> Result<HttpResponse, ApiError> {

@@ -99,8 +99,8 @@ fn document(caller: &Caller, hash: &ConstitutionHash, constitution: &Constitutio
 #[utoipa::path(get, path = "/v1/policy/constitution", tag = "policy", security(("bearer" = [])),
     responses(
         (status = 200, description = "the document", body = ConstitutionDocument),
-        crate::openapi::KeyErrors,
-        (status = 503, response = crate::openapi::Problem),
+        crate::responses::KeyErrors,
+        (status = 503, response = crate::responses::Problem),
     ))]
 pub(crate) async fn active(caller: Caller, api: web::Data<PolicyApi>) -> Result<HttpResponse, ApiError> {
     let judge = api.judges.current(caller.tenant.as_str()).map_err(PolicyError::from)?;
@@ -112,10 +112,10 @@ pub(crate) async fn active(caller: Caller, api: web::Data<PolicyApi>) -> Result<
     params(("hash" = String, Path, description = "`sha256:<hex>`")),
     responses(
         (status = 200, description = "the document", body = ConstitutionDocument),
-        (status = 400, response = crate::openapi::Problem),
-        crate::openapi::KeyErrors,
-        (status = 404, response = crate::openapi::Problem),
-        (status = 503, response = crate::openapi::Problem),
+        (status = 400, response = crate::responses::Problem),
+        crate::responses::KeyErrors,
+        (status = 404, response = crate::responses::Problem),
+        (status = 503, response = crate::responses::Problem),
     ))]
 pub(crate) async fn by_hash(caller: Caller, hash: web::Path<String>, api: web::Data<PolicyApi>) -> Result<HttpResponse, ApiError> {
     let hash = ConstitutionHash::parse(&hash).map_err(|e| ApiError::new(Code::InvalidRequest, e.to_string()))?;
@@ -146,11 +146,11 @@ pub(crate) async fn by_hash(caller: Caller, hash: web::Path<String>, api: web::D
     request_body(description = "the constitution, as TOML", content((String = "application/toml"), (String = "text/plain"))),
     responses(
         (status = 200, description = "activated", body = super::audit::Outcome),
-        (status = 400, response = crate::openapi::Problem),
-        crate::openapi::KeyErrors,
-        (status = 403, response = crate::openapi::Problem),
-        (status = 413, response = crate::openapi::Problem),
-        (status = 503, response = crate::openapi::Problem),
+        (status = 400, response = crate::responses::Problem),
+        crate::responses::KeyErrors,
+        (status = 403, response = crate::responses::Problem),
+        (status = 413, response = crate::responses::Problem),
+        (status = 503, response = crate::responses::Problem),
     ))]
 pub(crate) async fn activate(req: HttpRequest, caller: Caller, body: web::Bytes, api: web::Data<PolicyApi>) -> Result<HttpResponse, ApiError> {
     caller.require(Capability::PolicyAdmin)?;
@@ -202,9 +202,9 @@ async fn build_judge(settings: &Arc<Settings>, constitution: Constitution, text:
 #[utoipa::path(post, path = "/v1/policy/constitution/dry-run", tag = "policy", request_body = DryRunBody, security(("bearer" = [])),
     responses(
         (status = 200, description = "the report", body = DryRunReply),
-        crate::openapi::KeyErrors,
-        crate::openapi::BodyErrors,
-        (status = 403, response = crate::openapi::Problem),
+        crate::responses::KeyErrors,
+        crate::responses::BodyErrors,
+        (status = 403, response = crate::responses::Problem),
     ))]
 pub(crate) async fn dry_run_route(caller: Caller, body: web::Json<DryRunBody>, api: web::Data<PolicyApi>) -> Result<HttpResponse, ApiError> {
     caller.require(Capability::PolicyAdmin)?;

@@ -112,11 +112,11 @@ fn ttl(service: &TrainingService, seconds: u64) -> Result<std::time::Duration, A
 #[utoipa::path(post, path = "/v1/training/enable", tag = "training", request_body = EnableBody, security(("bearer" = [])),
     responses(
         (status = 200, description = "the lock, with its token (shown once)", body = TrainingState),
-        crate::openapi::KeyErrors,
-        crate::openapi::BodyErrors,
-        (status = 403, response = crate::openapi::Problem),
-        (status = 409, response = crate::openapi::Problem),
-        (status = 503, response = crate::openapi::Problem),
+        crate::responses::KeyErrors,
+        crate::responses::BodyErrors,
+        (status = 403, response = crate::responses::Problem),
+        (status = 409, response = crate::responses::Problem),
+        (status = 503, response = crate::responses::Problem),
     ))]
 pub(crate) async fn enable(
     req: HttpRequest,
@@ -139,11 +139,11 @@ pub(crate) async fn enable(
 #[utoipa::path(post, path = "/v1/training/renew", tag = "training", request_body = RenewBody, security(("bearer" = [])),
     responses(
         (status = 200, description = "the lock", body = TrainingState),
-        crate::openapi::KeyErrors,
-        crate::openapi::BodyErrors,
-        (status = 403, response = crate::openapi::Problem),
-        (status = 409, response = crate::openapi::Problem),
-        (status = 503, response = crate::openapi::Problem),
+        crate::responses::KeyErrors,
+        crate::responses::BodyErrors,
+        (status = 403, response = crate::responses::Problem),
+        (status = 409, response = crate::responses::Problem),
+        (status = 503, response = crate::responses::Problem),
     ))]
 pub(crate) async fn renew(req: HttpRequest, caller: Caller, body: web::Json<RenewBody>, service: web::Data<TrainingService>) -> Result<HttpResponse, ApiError> {
     admin(&caller, &req, &service, "renew").await?;
@@ -157,11 +157,11 @@ pub(crate) async fn renew(req: HttpRequest, caller: Caller, body: web::Json<Rene
 #[utoipa::path(post, path = "/v1/training/disable", tag = "training", request_body = DisableBody, security(("bearer" = [])),
     responses(
         (status = 200, description = "disabled", body = TrainingState),
-        crate::openapi::KeyErrors,
-        crate::openapi::BodyErrors,
-        (status = 403, response = crate::openapi::Problem),
-        (status = 409, response = crate::openapi::Problem),
-        (status = 503, response = crate::openapi::Problem),
+        crate::responses::KeyErrors,
+        crate::responses::BodyErrors,
+        (status = 403, response = crate::responses::Problem),
+        (status = 409, response = crate::responses::Problem),
+        (status = 503, response = crate::responses::Problem),
     ))]
 pub(crate) async fn disable(
     req: HttpRequest,
@@ -179,9 +179,9 @@ pub(crate) async fn disable(
 #[utoipa::path(get, path = "/v1/training/status", tag = "training", security(("bearer" = [])),
     responses(
         (status = 200, description = "state", body = TrainingState),
-        crate::openapi::KeyErrors,
-        (status = 403, response = crate::openapi::Problem),
-        (status = 503, response = crate::openapi::Problem),
+        crate::responses::KeyErrors,
+        (status = 403, response = crate::responses::Problem),
+        (status = 503, response = crate::responses::Problem),
     ))]
 pub(crate) async fn status(caller: Caller, service: web::Data<TrainingService>) -> Result<HttpResponse, ApiError> {
     if caller.require(Capability::TrainingAdmin).is_err() {
