@@ -8,6 +8,7 @@ use crate::config::Settings;
 use crate::db::Database;
 use crate::identity::{Capability, KeyStore, TenantId};
 use crate::moderation::cli::ModerationCommand;
+use crate::policy::cli::ConstitutionCommand;
 
 #[derive(Debug, Parser)]
 #[command(name = "steward", version, about = "A governed chat runtime")]
@@ -39,35 +40,6 @@ pub enum Command {
     /// Try a constitution, and make one active.
     #[command(subcommand)]
     Constitution(ConstitutionCommand),
-}
-
-#[derive(Debug, Subcommand)]
-pub enum ConstitutionCommand {
-    /// Store a constitution in the registry (Redis) and make it active for
-    /// every tenant without its own, or for one tenant; every instance judges
-    /// by it within policy.staleness_ms. Recorded in policy.audit.
-    Activate {
-        /// The constitution (TOML).
-        file: std::path::PathBuf,
-        /// Only this tenant's turns.
-        #[arg(long)]
-        tenant: Option<String>,
-    },
-    /// Judge the stored turns of a window under a candidate document and
-    /// report, per category, which verdicts would change. Read-only.
-    DryRun {
-        /// The candidate constitution (TOML).
-        file: std::path::PathBuf,
-        /// Only this tenant's turns.
-        #[arg(long)]
-        tenant: Option<String>,
-        /// How far back: `90s`, `30m`, `24h`, `7d`.
-        #[arg(long, default_value = "24h")]
-        since: String,
-        /// At most this many turns, newest first.
-        #[arg(long, default_value_t = 10_000)]
-        limit: i64,
-    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -7,14 +7,43 @@
 use std::time::Instant;
 
 use anyhow::Context;
+use clap::Subcommand;
 
 use super::audit::{activate_recorded, ActivationRequest, AuditType};
 use super::dry_run::{dry_run, parse_window, PastTurn};
 use super::registry::{ConstitutionRegistry, Scope};
 use super::{Constitution, ConstitutionHash};
-use crate::cli::ConstitutionCommand;
 use crate::config::Settings;
 use crate::orchestrator::ConversationStore;
+
+#[derive(Debug, Subcommand)]
+pub enum ConstitutionCommand {
+    /// Store a constitution in the registry (Redis) and make it active for
+    /// every tenant without its own, or for one tenant; every instance judges
+    /// by it within policy.staleness_ms. Recorded in policy.audit.
+    Activate {
+        /// The constitution (TOML).
+        file: std::path::PathBuf,
+        /// Only this tenant's turns.
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Judge the stored turns of a window under a candidate document and
+    /// report, per category, which verdicts would change. Read-only.
+    DryRun {
+        /// The candidate constitution (TOML).
+        file: std::path::PathBuf,
+        /// Only this tenant's turns.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// How far back: `90s`, `30m`, `24h`, `7d`.
+        #[arg(long, default_value = "24h")]
+        since: String,
+        /// At most this many turns, newest first.
+        #[arg(long, default_value_t = 10_000)]
+        limit: i64,
+    },
+}
 
 pub async fn run(settings: &Settings, command: ConstitutionCommand) -> anyhow::Result<()> {
     match command {
