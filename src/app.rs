@@ -19,8 +19,6 @@ use crate::db::Database;
 use crate::events::{EventLog, EventPublisher, OutboxStore, Relay, RelaySettings};
 use crate::gateway::Gateway;
 use crate::identity::{AuthFailures, Authenticator, KeyCache, KeyPace, KeyStore, TrustedProxies};
-use crate::moderation::semantic::Exemplars;
-use crate::moderation::{Moderator, Semantic};
 use crate::ops::OpsAccess;
 use crate::orchestrator::{Conversation, ConversationStore, Orchestrator, OrchestratorApi, OrchestratorSettings, Pacing, TurnLimits};
 use crate::policy::{Auditor, BuildModerator, Constitution, ConstitutionRegistry, Freshness, Judge, Judges, MemoryRegistry, PolicyEngine};
@@ -69,7 +67,7 @@ impl Application {
             .with_context(|| format!("Failed to load the constitution (policy.constitution = {})", settings.policy.constitution.display()))?;
         let build: BuildModerator = {
             let settings = Arc::new(settings.clone());
-            Arc::new(move |constitution: &Constitution| moderator(&settings, constitution))
+            Arc::new(move |constitution: &Constitution| crate::moderation::moderator(&settings.moderation, constitution))
         };
         let seed = Arc::new(Judge { hash: constitution.hash(), moderator: Arc::new(build(&constitution)?), constitution, text });
         tracing::info!(constitution = %seed.constitution.name, version = %seed.constitution.version, hash = %seed.hash, "configured constitution loaded");
@@ -141,8 +139,12 @@ impl Application {
             caller_system: PerTenant::new(settings.chat.caller_system_prompt, &settings.chat.caller_system_prompt_tenants),
             dispatch: PerTenant::new(settings.moderation.dispatch, &settings.moderation.dispatch_tenants),
         });
-        let policy_api =
-            web::Data::new(crate::policy::PolicyApi { judges, auditor, settings: Arc::new(settings.clone()), store: ConversationStore::new(db.clone()) });
+        let policy_api = web::Data::new(crate::policy::PolicyApi {
+            judges,
+            auditor,
+            moderation: Arc::new(settings.moderation.clone()),
+            store: ConversationStore::new(db.clone()),
+        });
         let orchestrator_api = web::Data::new(OrchestratorApi {
             conversation: orchestrator,
             training: training.clone(),
@@ -271,39 +273,6 @@ pub async fn terminated() {
             let _ = tokio::signal::ctrl_c().await;
         }
     }
-}
-
-/// The moderator with the configured layers; a missing model is an error naming the setting.
-pub fn moderator(settings: &Settings, constitution: &Constitution) -> anyhow::Result<Moderator> {
-    build_moderator(settings, constitution, Exemplars::Keep)
-}
-
-/// The moderator of a candidate constitution that is only tried (a dry run): the same
-/// judgement, but nothing of it is written to disk.
-pub fn candidate_moderator(settings: &Settings, constitution: &Constitution) -> anyhow::Result<Moderator> {
-    build_moderator(settings, constitution, Exemplars::Discard)
-}
-
-fn build_moderator(settings: &Settings, constitution: &Constitution, exemplars: Exemplars) -> anyhow::Result<Moderator> {
-    use crate::config::SemanticSwitch;
-    use crate::moderation::semantic::{Classifier, SemanticModel};
-    let m = &settings.moderation;
-    let semantic = match m.semantic {
-        SemanticSwitch::Off => {
-            tracing::warn!("moderation.semantic is off: only the phrase lexicon judges");
-            Semantic::Off
-        }
-        SemanticSwitch::On => {
-            let started = std::time::Instant::now();
-            let model = SemanticModel::shared(&m.model_dir, m.cache_entries)
-                .with_context(|| format!("Failed to load the moderation model (moderation.model_dir = {})", m.model_dir.display()))?;
-            let classifier = Classifier::shared(model, &m.classifier_dir, constitution, exemplars)
-                .with_context(|| format!("Failed to load the constitution's classifier (moderation.classifier_dir = {})", m.classifier_dir.display()))?;
-            tracing::info!(model_dir = %m.model_dir.display(), ms = started.elapsed().as_millis() as u64, "semantic moderation ready");
-            Semantic::On(classifier)
-        }
-    };
-    Moderator::with_semantic(constitution, semantic, m.output_window_chars).context("Failed to build the moderator")
 }
 
 /// Bounds the kernel send buffer of a client connection (`server.send_buffer_bytes`; 0 leaves it).

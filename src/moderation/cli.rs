@@ -55,7 +55,7 @@ pub enum ModerationCommand {
 
 pub async fn run(settings: &Settings, command: ModerationCommand) -> anyhow::Result<()> {
     let constitution = Constitution::load(&settings.policy.constitution)?;
-    let moderator = || crate::app::moderator(settings, &constitution);
+    let moderator = || super::moderator(&settings.moderation, &constitution);
     match command {
         ModerationCommand::Prepare => {
             moderator()?;

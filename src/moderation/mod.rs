@@ -13,6 +13,7 @@
 //!
 //! [`eval`] measures all of it on labelled data; [`cli`] is `steward moderation`.
 
+mod build;
 pub mod cli;
 pub mod eval;
 mod finding;
@@ -27,6 +28,7 @@ mod window;
 #[cfg(test)]
 mod tests;
 
+pub use build::{candidate_moderator, moderator};
 pub use finding::{Finding, Hit, Layer};
 pub use matcher::{Decision, Moderator, DEFAULT_OUTPUT_WINDOW};
 pub use semantic::{Semantic, SemanticError};

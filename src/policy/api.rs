@@ -23,18 +23,18 @@ use super::dry_run::{dry_run, parse_window, PastTurn};
 use super::judges::{Judge, Judges};
 use super::registry::Scope;
 use super::{Constitution, ConstitutionHash, PolicyError};
-use crate::config::Settings;
+use crate::config::ModerationSettings;
 use crate::error::{ApiError, Code};
 use crate::identity::{Caller, Capability};
 use crate::orchestrator::{ConversationStore, OrchestratorError};
 
 /// What the policy routes need: the instance's judges (and through them the
-/// registry), where activations are recorded, the settings a candidate's
+/// registry), where activations are recorded, the moderation settings a candidate's
 /// moderator is built with, and the stored turns.
 pub struct PolicyApi {
     pub judges: Arc<Judges>,
     pub auditor: Auditor,
-    pub settings: Arc<Settings>,
+    pub moderation: Arc<ModerationSettings>,
     pub store: ConversationStore,
 }
 
@@ -159,7 +159,7 @@ pub(crate) async fn activate(req: HttpRequest, caller: Caller, body: web::Bytes,
         Constitution::from_toml_str(text).map_err(|e| ApiError::new(Code::InvalidRequest, format!("the body is not a valid constitution: {e}")))?;
     let hash = constitution.hash();
     // Built before it is activated: a document no moderator can be made of is the caller's 400, not every turn's 503.
-    let judge = build_judge(&api.settings, constitution.clone(), text.to_owned(), false).await?;
+    let judge = build_judge(&api.moderation, constitution.clone(), text.to_owned(), false).await?;
     api.judges.adopt(judge);
     let scope = Scope::Tenant(caller.tenant.as_str().to_owned());
     let trace = crate::web::trace_of(&req);
@@ -178,16 +178,16 @@ pub(crate) async fn activate(req: HttpRequest, caller: Caller, body: web::Bytes,
 
 /// The judge of a document, built off the worker thread (it embeds the examples); `trial`
 /// for a dry run, which writes nothing to disk.
-async fn build_judge(settings: &Arc<Settings>, constitution: Constitution, text: String, trial: bool) -> Result<Arc<Judge>, ApiError> {
-    if let (Some(digest), crate::config::SemanticSwitch::On) = (constitution.semantic.classifier, settings.moderation.semantic) {
-        let file = settings.moderation.classifier_dir.join(crate::moderation::semantic::Head::file_name(&digest));
+async fn build_judge(settings: &Arc<ModerationSettings>, constitution: Constitution, text: String, trial: bool) -> Result<Arc<Judge>, ApiError> {
+    if let (Some(digest), crate::config::SemanticSwitch::On) = (constitution.semantic.classifier, settings.semantic) {
+        let file = settings.classifier_dir.join(crate::moderation::semantic::Head::file_name(&digest));
         if !file.is_file() {
             let message = format!("the constitution names classifier {digest}, which this instance does not have (moderation.classifier_dir)");
             return Err(ApiError::new(Code::InvalidRequest, message));
         }
     }
     let settings = settings.clone();
-    let build = if trial { crate::app::candidate_moderator } else { crate::app::moderator };
+    let build = if trial { crate::moderation::candidate_moderator } else { crate::moderation::moderator };
     let built = web::block(move || build(&settings, &constitution).map(|moderator| (constitution, moderator)))
         .await
         .map_err(|e| ApiError::new(Code::Internal, e.to_string()))?;
@@ -218,7 +218,7 @@ pub(crate) async fn dry_run_route(caller: Caller, body: web::Json<DryRunBody>, a
         .map_err(|e| ApiError::new(Code::InvalidRequest, format!("the document is not a valid constitution: {e}")))?;
     let (hash, name, version) = (candidate.hash(), candidate.name.clone(), candidate.version.clone());
     // Building the moderator embeds the candidate's examples: CPU work, off the worker thread.
-    let judge = build_judge(&api.settings, candidate, body.document, true).await?;
+    let judge = build_judge(&api.moderation, candidate, body.document, true).await?;
     let since_ms = crate::db::now_ms() - window.as_millis() as i64;
     let stored = api.store.window(Some(caller.tenant.as_str()), since_ms, limit).await.map_err(OrchestratorError::Store)?;
     let turns: Vec<PastTurn> = stored.into_iter().map(PastTurn::from).collect();

@@ -50,7 +50,7 @@ pub async fn run(settings: &Settings, command: ConstitutionCommand) -> anyhow::R
         ConstitutionCommand::DryRun { file, tenant, since, limit } => {
             let window = parse_window(&since).map_err(anyhow::Error::msg)?;
             let candidate = Constitution::load(&file)?;
-            let moderator = std::sync::Arc::new(crate::app::candidate_moderator(settings, &candidate)?);
+            let moderator = std::sync::Arc::new(crate::moderation::candidate_moderator(&settings.moderation, &candidate)?);
             let db = crate::db::Database::connect(settings.database.url.expose(), 2).await.context("Failed to connect to the database")?;
             let since_ms = crate::db::now_ms() - window.as_millis() as i64;
             let stored = ConversationStore::new(db).window(tenant.as_deref(), since_ms, limit.max(0)).await?;
@@ -83,7 +83,7 @@ pub async fn replay(settings: &Settings, turn_id: &str) -> anyhow::Result<()> {
     let text = document_of(settings, &hash).await?;
     let constitution = Constitution::from_toml_str(&text)?;
     anyhow::ensure!(constitution.hash() == hash, "the document stored under {hash} hashes to {}", constitution.hash());
-    let moderator = crate::app::moderator(settings, &constitution)?;
+    let moderator = crate::moderation::moderator(&settings.moderation, &constitution)?;
     let turn = PastTurn::from(record);
     let mut out = serde_json::json!({
         "turn_id": turn.turn_id, "trace_id": turn.trace_id, "constitution_hash": hash.as_str(), "constitution": constitution.name,

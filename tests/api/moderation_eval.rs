@@ -54,7 +54,7 @@ async fn measure(constitution: &str, suffix: &str, failures: &mut Vec<String>) {
     let (mut settings, _dir) = test_settings(Storage::Sqlite).await;
     settings.policy.constitution = manifest_dir().join(constitution);
     let constitution = Constitution::load(&settings.policy.constitution).unwrap();
-    let moderator = steward::app::moderator(&settings, &constitution).unwrap();
+    let moderator = steward::moderation::moderator(&settings.moderation, &constitution).unwrap();
 
     let heldout = eval::load(&manifest_dir().join("tests/data/moderation/heldout.jsonl")).unwrap();
     assert!(heldout.len() >= 300, "the held-out set is too small");
