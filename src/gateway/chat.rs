@@ -10,7 +10,8 @@ use serde::Deserialize;
 use super::service::{Gateway, TurnInput};
 use crate::error::{ApiError, Code};
 use crate::identity::Caller;
-use crate::orchestrator::{FinishReason, TurnEvent};
+use crate::orchestrator::{FinishReason, TurnEvent, TurnLimits, TurnStop};
+use crate::telemetry::TraceContext;
 use crate::web::{sse_body, sse_event, trace_of, Governance};
 
 /// One chat turn.
@@ -20,16 +21,24 @@ use crate::web::{sse_body, sse_event, trace_of, Governance};
 pub struct ChatBody {
     /// The user's message.
     #[schema(min_length = 1)]
-    pub(super) message: String,
+    message: String,
     /// Continue this session (a UUID an earlier turn returned); a new one otherwise.
     #[schema(format = Uuid)]
-    pub(super) session_id: Option<String>,
+    session_id: Option<String>,
     /// At most this many tokens in the answer (default `slm.default_max_tokens`, at most `slm.max_tokens_limit`).
     #[schema(minimum = 1)]
-    pub(super) max_tokens: Option<u32>,
+    max_tokens: Option<u32>,
     #[schema(minimum = 0.0, maximum = 2.0)]
-    pub(super) temperature: Option<f32>,
-    pub(super) seed: Option<i64>,
+    temperature: Option<f32>,
+    seed: Option<i64>,
+}
+
+impl ChatBody {
+    /// The turn as the gateway admits it, arriving now on `route`.
+    pub(super) fn into_input(self, limits: &TurnLimits, route: &'static str, trace: TraceContext, stop: TurnStop) -> Result<TurnInput, ApiError> {
+        let params = limits.params(self.max_tokens, self.temperature, self.seed)?;
+        Ok(TurnInput { route, session_id: self.session_id, message: self.message, preamble: Vec::new(), params, trace, started: Instant::now(), stop })
+    }
 }
 
 fn frame(event: &TurnEvent) -> actix_web_lab::sse::Event {
@@ -53,19 +62,7 @@ fn frame(event: &TurnEvent) -> actix_web_lab::sse::Event {
             content((crate::responses::ChatEvent = "text/event-stream"), (crate::error::ErrorBody = "application/problem+json"))),
     ))]
 pub async fn chat_stream(req: HttpRequest, caller: Caller, body: web::Json<ChatBody>, gateway: web::Data<Gateway>) -> Result<HttpResponse, ApiError> {
-    let started = Instant::now();
-    let body = body.into_inner();
-    let params = gateway.limits.params(body.max_tokens, body.temperature, body.seed)?;
-    let input = TurnInput {
-        route: "chat_stream",
-        session_id: body.session_id,
-        message: body.message,
-        preamble: Vec::new(),
-        params,
-        trace: trace_of(&req),
-        started,
-        stop: Default::default(),
-    };
+    let input = body.into_inner().into_input(&gateway.limits, "chat_stream", trace_of(&req), Default::default())?;
     let admission = match gateway.admit(&caller, input).await {
         Ok(admission) => admission,
         Err(err) if err.code() == Code::PolicyRegistryUnavailable => return Ok(unjudged(&err)),

@@ -2,14 +2,12 @@
 //! [`crate::socket`]): a `turn` message carries the fields of the POST body
 //! ([`ChatBody`]).
 
-use std::time::Instant;
-
 use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
 use serde_json::{Map, Value};
 
 use super::chat::ChatBody;
-use super::service::{Gateway, TurnInput};
+use super::service::Gateway;
 use crate::error::ApiError;
 use crate::identity::Caller;
 use crate::orchestrator::TurnStop;
@@ -23,18 +21,7 @@ impl TurnSource for Gateway {
 
     fn start<'a>(&'a self, caller: &'a Caller, turn: Map<String, Value>, trace: TraceContext, stop: TurnStop) -> BoxFuture<'a, Result<Started, ApiError>> {
         Box::pin(async move {
-            let turn: ChatBody = fields(turn)?;
-            let params = self.limits.params(turn.max_tokens, turn.temperature, turn.seed)?;
-            let input = TurnInput {
-                route: "chat_socket",
-                session_id: turn.session_id,
-                message: turn.message,
-                preamble: Vec::new(),
-                params,
-                trace,
-                started: Instant::now(),
-                stop,
-            };
+            let input = fields::<ChatBody>(turn)?.into_input(&self.limits, "chat_socket", trace, stop)?;
             let admission = self.admit(caller, input).await?;
             let turn_id = admission.turn_id.clone();
             let verdict = admission.signed.verdict.header_value();
