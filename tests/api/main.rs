@@ -31,6 +31,7 @@ mod ops;
 mod orchestrator;
 mod registry;
 mod relay_faults;
+mod scripted;
 mod semantic;
 mod shutdown;
 mod socket;
