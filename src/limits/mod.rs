@@ -160,7 +160,7 @@ impl Limiter {
         // A turn asking for more than a minute's worth could never pass: it costs a minute's worth.
         let tokens = if limits.tokens_per_minute > 0 { tokens.min(limits.tokens_per_minute) } else { 0 };
         let admitted = |slot: bool| Permit {
-            held: Some(Held {
+            held: Some(Reservation {
                 store: self.store.clone(),
                 tenant: tenant.to_owned(),
                 tasks: self.tasks.clone(),
@@ -192,10 +192,10 @@ impl Limiter {
 /// tokens, both given back in one step when it drops; the reservation is
 /// settled by [`Permit::used`] (kept whole if the turn never says).
 pub struct Permit {
-    held: Option<Held>,
+    held: Option<Reservation>,
 }
 
-struct Held {
+struct Reservation {
     store: Arc<dyn LimitStore>,
     tenant: String,
     tasks: TaskTracker,
@@ -224,7 +224,7 @@ impl Permit {
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        if let Some(Held { store, tenant, tasks, slot, limits, settle, .. }) = self.held.take() {
+        if let Some(Reservation { store, tenant, tasks, slot, limits, settle, .. }) = self.held.take() {
             if slot.is_some() || settle != 0 {
                 tasks.spawn(store.release(tenant, limits, slot, settle));
             }

@@ -74,7 +74,7 @@ pub struct Judges {
     /// The configured file's constitution: the default of an empty registry.
     seed: Arc<Judge>,
     auditor: Auditor,
-    held: RwLock<Arc<Held>>,
+    held: RwLock<Arc<Snapshot>>,
     /// Woken by the registry's announcements.
     changed: Arc<Notify>,
     /// Woken when a judge is built (or found unusable).
@@ -89,7 +89,7 @@ pub struct Judges {
 
 /// One read of the registry, with the judges it names that are ready.
 #[derive(Clone)]
-struct Held {
+struct Snapshot {
     set: ActiveSet,
     judges: HashMap<ConstitutionHash, Arc<Judge>>,
     /// Judges no longer active (or not yet), newest last.
@@ -102,7 +102,7 @@ struct Held {
     read_at: Option<Instant>,
 }
 
-impl Held {
+impl Snapshot {
     fn retire(&mut self, judge: Arc<Judge>) {
         if !self.retired.iter().any(|j| j.hash == judge.hash) {
             self.retired.push(judge);
@@ -123,7 +123,7 @@ impl Judges {
     pub fn new(registry: Arc<dyn ConstitutionRegistry>, build: BuildModerator, freshness: Freshness, seed: Arc<Judge>, auditor: Auditor) -> Self {
         let set = ActiveSet { version: 0, default: Some(seed.hash.clone()), tenants: HashMap::new() };
         let judges = HashMap::from([(seed.hash.clone(), seed.clone())]);
-        let held = Held { set, judges, retired: Vec::new(), unusable: HashMap::new(), read_at: None };
+        let held = Snapshot { set, judges, retired: Vec::new(), unusable: HashMap::new(), read_at: None };
         Self {
             registry,
             build,
@@ -142,14 +142,14 @@ impl Judges {
         &self.registry
     }
 
-    fn held(&self) -> Arc<Held> {
+    fn held(&self) -> Arc<Snapshot> {
         self.held.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
     /// Changes the copy under its lock (no await inside).
-    fn update(&self, change: impl FnOnce(&mut Held)) {
+    fn update(&self, change: impl FnOnce(&mut Snapshot)) {
         let mut held = self.held.write().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut next = Held::clone(&held);
+        let mut next = Snapshot::clone(&held);
         change(&mut next);
         *held = Arc::new(next);
     }

@@ -14,7 +14,7 @@ use crate::events::TxWrite;
 
 /// A lock the ledger holds as live.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Held {
+pub struct LiveLock {
     pub tenant: String,
     pub fencing_token: u64,
     pub owner: String,
@@ -39,13 +39,13 @@ impl FencingLedger {
     }
 
     /// Every lock the ledger holds as live.
-    pub async fn held(&self) -> Result<Vec<Held>, sqlx::Error> {
+    pub async fn held(&self) -> Result<Vec<LiveLock>, sqlx::Error> {
         let rows = sqlx::query("SELECT tenant, held_token, held_owner, held_until FROM training_fencing WHERE held_token IS NOT NULL")
             .fetch_all(self.db.pool())
             .await?;
         rows.iter()
             .map(|r| {
-                Ok(Held {
+                Ok(LiveLock {
                     tenant: r.try_get("tenant")?,
                     fencing_token: r.try_get::<i64, _>("held_token")? as u64,
                     owner: r.try_get("held_owner")?,
@@ -58,7 +58,7 @@ impl FencingLedger {
 
 /// A lock granted or renewed: raises the high-water mark and holds it as live.
 #[derive(Debug)]
-pub struct Granted(pub Held);
+pub struct Granted(pub LiveLock);
 
 impl TxWrite for Granted {
     fn write<'c>(&'c self, conn: &'c mut sqlx::AnyConnection) -> BoxFuture<'c, Result<(), sqlx::Error>> {

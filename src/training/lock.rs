@@ -62,16 +62,22 @@ pub enum LockError {
     Protocol(String),
 }
 
+/// What [`LockStore::acquire`] asks for.
+#[derive(Debug, Clone, Copy)]
+pub struct LockRequest<'a> {
+    pub tenant: &'a str,
+    /// The key id that will own the lock.
+    pub owner: &'a str,
+    pub reason: &'a str,
+    /// The digest of the lock token its owner holds.
+    pub token: &'a str,
+    pub ttl: Duration,
+    /// The fencing token the new one must exceed (the durable ledger's last).
+    pub floor: u64,
+}
+
 pub trait LockStore: Send + Sync {
-    fn acquire<'a>(
-        &'a self,
-        tenant: &'a str,
-        owner: &'a str,
-        reason: &'a str,
-        token: &'a str,
-        ttl: Duration,
-        floor: u64,
-    ) -> BoxFuture<'a, Result<Acquired, LockError>>;
+    fn acquire<'a>(&'a self, request: LockRequest<'a>) -> BoxFuture<'a, Result<Acquired, LockError>>;
     fn renew<'a>(&'a self, tenant: &'a str, token: &'a str, ttl: Duration) -> BoxFuture<'a, Result<Owned, LockError>>;
     fn release<'a>(&'a self, tenant: &'a str, token: &'a str) -> BoxFuture<'a, Result<Owned, LockError>>;
     fn status<'a>(&'a self, tenant: &'a str) -> BoxFuture<'a, Result<Option<LockInfo>, LockError>>;

@@ -8,15 +8,15 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use tokio::time::Instant;
 
-use super::lock::{Acquired, Expired, LockError, LockInfo, LockStore, Owned};
+use super::lock::{Acquired, Expired, LockError, LockInfo, LockRequest, LockStore, Owned};
 
-struct Held {
+struct Lease {
     tenant: String,
     info: LockInfo,
     expires: Instant,
 }
 
-impl Held {
+impl Lease {
     fn expired(self) -> Expired {
         Expired { tenant: self.tenant, owner: self.info.owner, reason: self.info.reason, fencing_token: self.info.fencing_token }
     }
@@ -24,9 +24,9 @@ impl Held {
 
 #[derive(Default)]
 struct State {
-    locks: HashMap<String, Held>,
+    locks: HashMap<String, Lease>,
     /// Lapsed locks replaced before anyone claimed their expiry.
-    lapsed: Vec<Held>,
+    lapsed: Vec<Lease>,
     fencing: HashMap<String, u64>,
     tenants: BTreeSet<String>,
 }
@@ -44,20 +44,13 @@ impl InMemoryLockStore {
     }
 }
 
-fn live(held: &Held, now: Instant) -> Option<LockInfo> {
+fn live(held: &Lease, now: Instant) -> Option<LockInfo> {
     (held.expires > now).then(|| LockInfo { ttl_ms: (held.expires - now).as_millis() as u64, ..held.info.clone() })
 }
 
 impl LockStore for InMemoryLockStore {
-    fn acquire<'a>(
-        &'a self,
-        tenant: &'a str,
-        owner: &'a str,
-        reason: &'a str,
-        token: &'a str,
-        ttl: Duration,
-        floor: u64,
-    ) -> BoxFuture<'a, Result<Acquired, LockError>> {
+    fn acquire<'a>(&'a self, request: LockRequest<'a>) -> BoxFuture<'a, Result<Acquired, LockError>> {
+        let LockRequest { tenant, owner, reason, token, ttl, floor } = request;
         Box::pin(async move {
             let now = Instant::now();
             self.with(|s| {
@@ -71,7 +64,7 @@ impl LockStore for InMemoryLockStore {
                 *fencing = (*fencing).max(floor) + 1;
                 let info =
                     LockInfo { token: token.into(), owner: owner.into(), reason: reason.into(), fencing_token: *fencing, ttl_ms: ttl.as_millis() as u64 };
-                s.locks.insert(tenant.to_owned(), Held { tenant: tenant.to_owned(), info: info.clone(), expires: now + ttl });
+                s.locks.insert(tenant.to_owned(), Lease { tenant: tenant.to_owned(), info: info.clone(), expires: now + ttl });
                 s.tenants.insert(tenant.to_owned());
                 Acquired::Acquired(info)
             })
@@ -117,8 +110,8 @@ impl LockStore for InMemoryLockStore {
             let now = Instant::now();
             self.with(|s| {
                 let lapsed: Vec<String> = s.locks.iter().filter(|(_, h)| h.expires <= now).map(|(k, _)| k.clone()).collect();
-                let mut out: Vec<Expired> = s.lapsed.drain(..).map(Held::expired).collect();
-                out.extend(lapsed.into_iter().filter_map(|key| s.locks.remove(&key)).map(Held::expired));
+                let mut out: Vec<Expired> = s.lapsed.drain(..).map(Lease::expired).collect();
+                out.extend(lapsed.into_iter().filter_map(|key| s.locks.remove(&key)).map(Lease::expired));
                 out
             })
         })

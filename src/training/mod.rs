@@ -19,8 +19,8 @@ mod service;
 mod watcher;
 
 pub use api::configure;
-pub use fencing::{FencingLedger, Held};
-pub use lock::{Acquired, Expired, LockError, LockInfo, LockStore, Owned};
+pub use fencing::{FencingLedger, LiveLock};
+pub use lock::{Acquired, Expired, LockError, LockInfo, LockRequest, LockStore, Owned};
 pub use memory::InMemoryLockStore;
 #[cfg(feature = "redis")]
 pub use redis::RedisLockStore;

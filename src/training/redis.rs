@@ -19,7 +19,7 @@ use fred::prelude::*;
 use futures_util::future::BoxFuture;
 use serde::Deserialize;
 
-use super::lock::{Acquired, Expired, LockError, LockInfo, LockStore, Owned};
+use super::lock::{Acquired, Expired, LockError, LockInfo, LockRequest, LockStore, Owned};
 
 /// Every script starts here: `now` from the server clock, and a refusal to act
 /// once the caller's deadline (the last argument) has passed — while Redis is
@@ -152,15 +152,8 @@ impl RedisLockStore {
 }
 
 impl LockStore for RedisLockStore {
-    fn acquire<'a>(
-        &'a self,
-        tenant: &'a str,
-        owner: &'a str,
-        reason: &'a str,
-        token: &'a str,
-        ttl: Duration,
-        floor: u64,
-    ) -> BoxFuture<'a, Result<Acquired, LockError>> {
+    fn acquire<'a>(&'a self, request: LockRequest<'a>) -> BoxFuture<'a, Result<Acquired, LockError>> {
+        let LockRequest { tenant, owner, reason, token, ttl, floor } = request;
         Box::pin(async move {
             let keys = vec![self.lock_key(tenant), self.key(&format!("fencing:{tenant}")), self.key("expiries"), self.key("tenants")];
             let args = vec![token.into(), owner.into(), reason.into(), ttl.as_millis().to_string(), tenant.into(), floor.to_string()];

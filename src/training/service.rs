@@ -11,8 +11,8 @@ use rand::RngCore;
 use serde_json::json;
 
 use super::denials::{Denial, Denials};
-use super::fencing::{ClaimLost, Ended, FencingLedger, Granted, Held};
-use super::lock::{Acquired, LockError, LockInfo, LockStore, Owned};
+use super::fencing::{ClaimLost, Ended, FencingLedger, Granted, LiveLock};
+use super::lock::{Acquired, LockError, LockInfo, LockRequest, LockStore, Owned};
 use crate::db::rfc3339;
 use crate::error::{Code, ErrorCode};
 use crate::events::{EventLog, Pending};
@@ -104,7 +104,7 @@ impl TrainingService {
         let token = hex::encode(bytes);
         // Above every token Steward's database has seen: a lock store that lost its memory cannot hand one out again.
         let floor = self.ledger.high_water(actor.tenant).await?;
-        match self.store.acquire(actor.tenant, actor.key_id, reason, &digest(&token), ttl, floor).await {
+        match self.store.acquire(LockRequest { tenant: actor.tenant, owner: actor.key_id, reason, token: &digest(&token), ttl, floor }).await {
             Ok(Acquired::Acquired(info)) => {
                 if let Err(err) = self.transition(actor, "enabled", Some(&info), reason, vec![granted(actor.tenant, &info)]).await {
                     // Nobody will ever see this lock's token: release it rather than lock the tenant out.
@@ -177,7 +177,7 @@ impl TrainingService {
     /// claimed it died first). Claimed in the same transaction as the
     /// record, so of all the instances that notice, exactly one records it;
     /// false if another did.
-    pub(super) async fn vanished(&self, actor: &Actor<'_>, held: &Held) -> Result<bool, TrainingError> {
+    pub(super) async fn vanished(&self, actor: &Actor<'_>, held: &LiveLock) -> Result<bool, TrainingError> {
         let claim = Pending::Write(Arc::new(ClaimLost { tenant: held.tenant.clone(), fencing_token: held.fencing_token }));
         let lock = LockInfo { token: String::new(), owner: held.owner.clone(), reason: String::new(), fencing_token: held.fencing_token, ttl_ms: 0 };
         let (action, why) = if held.until_ms > crate::db::now_ms() {
@@ -306,7 +306,7 @@ fn digest(token: &str) -> String {
 
 /// The ledger's record of a lock just granted or renewed.
 fn granted(tenant: &str, info: &LockInfo) -> Pending {
-    let held = Held { tenant: tenant.to_owned(), fencing_token: info.fencing_token, owner: info.owner.clone(), until_ms: info.expires_at_ms() };
+    let held = LiveLock { tenant: tenant.to_owned(), fencing_token: info.fencing_token, owner: info.owner.clone(), until_ms: info.expires_at_ms() };
     Pending::Write(Arc::new(Granted(held)))
 }
 

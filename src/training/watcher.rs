@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::fencing::Held;
+use super::fencing::LiveLock;
 use super::lock::LockInfo;
 use super::service::{Actor, TrainingService};
 use crate::telemetry::{Metrics, TraceContext};
@@ -83,7 +83,7 @@ async fn find_vanished(service: &TrainingService, every: Duration, before: HashS
     gone
 }
 
-async fn audit_vanished(service: &TrainingService, lock: &Held) {
+async fn audit_vanished(service: &TrainingService, lock: &LiveLock) {
     let trace = TraceContext::new_root();
     let actor = Actor { tenant: &lock.tenant, key_id: "steward:lock-watcher", trace: &trace };
     match service.vanished(&actor, lock).await {

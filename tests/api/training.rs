@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use steward::identity::Capability;
-use steward::training::{Acquired, InMemoryLockStore, LockStore, Owned, RedisLockStore};
+use steward::training::{Acquired, InMemoryLockStore, LockRequest, LockStore, Owned, RedisLockStore};
 
 use crate::helpers::{assert_error, spawn_app_with, unique, Storage, TestApp};
 
@@ -37,17 +37,34 @@ mod lock_store {
     const TTL: Duration = Duration::from_secs(30);
 
     async fn acquire_is_exclusive_and_fencing_increases(store: Arc<dyn LockStore>) {
-        let Acquired::Acquired(first) = store.acquire("t", "alice", "eval", "tok-a", TTL, 0).await.unwrap() else { panic!("not acquired") };
-        let Acquired::Held(held) = store.acquire("t", "bob", "other", "tok-b", TTL, 0).await.unwrap() else { panic!("second acquire won") };
+        let Acquired::Acquired(first) =
+            store.acquire(LockRequest { tenant: "t", owner: "alice", reason: "eval", token: "tok-a", ttl: TTL, floor: 0 }).await.unwrap()
+        else {
+            panic!("not acquired")
+        };
+        let Acquired::Held(held) = store.acquire(LockRequest { tenant: "t", owner: "bob", reason: "other", token: "tok-b", ttl: TTL, floor: 0 }).await.unwrap()
+        else {
+            panic!("second acquire won")
+        };
         assert_eq!((held.owner.as_str(), held.fencing_token), ("alice", first.fencing_token));
-        assert!(matches!(store.acquire("other-tenant", "bob", "x", "tok-c", TTL, 0).await.unwrap(), Acquired::Acquired(_)), "tenants are independent");
+        assert!(
+            matches!(
+                store.acquire(LockRequest { tenant: "other-tenant", owner: "bob", reason: "x", token: "tok-c", ttl: TTL, floor: 0 }).await.unwrap(),
+                Acquired::Acquired(_)
+            ),
+            "tenants are independent"
+        );
         assert!(matches!(store.release("t", "tok-a").await.unwrap(), Owned::Done(_)));
-        let Acquired::Acquired(second) = store.acquire("t", "bob", "again", "tok-d", TTL, 0).await.unwrap() else { panic!("not acquired") };
+        let Acquired::Acquired(second) =
+            store.acquire(LockRequest { tenant: "t", owner: "bob", reason: "again", token: "tok-d", ttl: TTL, floor: 0 }).await.unwrap()
+        else {
+            panic!("not acquired")
+        };
         assert!(second.fencing_token > first.fencing_token);
     }
 
     async fn only_the_holder_renews_or_releases(store: Arc<dyn LockStore>) {
-        store.acquire("t", "alice", "eval", "tok-a", TTL, 0).await.unwrap();
+        store.acquire(LockRequest { tenant: "t", owner: "alice", reason: "eval", token: "tok-a", ttl: TTL, floor: 0 }).await.unwrap();
         let Owned::NotOwner(Some(current)) = store.renew("t", "wrong", TTL).await.unwrap() else { panic!("renewed with a wrong token") };
         assert_eq!(current.owner, "alice");
         assert!(matches!(store.release("t", "wrong").await.unwrap(), Owned::NotOwner(Some(_))));
@@ -59,8 +76,8 @@ mod lock_store {
     }
 
     async fn a_lapsed_lock_is_claimed_exactly_once(store: Arc<dyn LockStore>) {
-        store.acquire("t", "alice", "short", "tok-a", Duration::from_millis(150), 0).await.unwrap();
-        store.acquire("u", "bob", "released", "tok-b", Duration::from_millis(150), 0).await.unwrap();
+        store.acquire(LockRequest { tenant: "t", owner: "alice", reason: "short", token: "tok-a", ttl: Duration::from_millis(150), floor: 0 }).await.unwrap();
+        store.acquire(LockRequest { tenant: "u", owner: "bob", reason: "released", token: "tok-b", ttl: Duration::from_millis(150), floor: 0 }).await.unwrap();
         store.release("u", "tok-b").await.unwrap();
         assert!(store.claim_expired().await.unwrap().is_empty(), "nothing lapsed yet");
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -76,10 +93,18 @@ mod lock_store {
     }
 
     async fn a_token_is_taken_above_the_floor_and_never_goes_back(store: Arc<dyn LockStore>) {
-        let Acquired::Acquired(first) = store.acquire("t", "alice", "eval", "tok-a", TTL, 41).await.unwrap() else { panic!("not acquired") };
+        let Acquired::Acquired(first) =
+            store.acquire(LockRequest { tenant: "t", owner: "alice", reason: "eval", token: "tok-a", ttl: TTL, floor: 41 }).await.unwrap()
+        else {
+            panic!("not acquired")
+        };
         assert_eq!(first.fencing_token, 42, "above the floor the database remembers");
         store.release("t", "tok-a").await.unwrap();
-        let Acquired::Acquired(second) = store.acquire("t", "bob", "again", "tok-b", TTL, 0).await.unwrap() else { panic!("not acquired") };
+        let Acquired::Acquired(second) =
+            store.acquire(LockRequest { tenant: "t", owner: "bob", reason: "again", token: "tok-b", ttl: TTL, floor: 0 }).await.unwrap()
+        else {
+            panic!("not acquired")
+        };
         assert_eq!(second.fencing_token, 43, "the store keeps counting from there");
     }
 
