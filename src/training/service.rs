@@ -106,7 +106,7 @@ impl TrainingService {
         let floor = self.ledger.high_water(actor.tenant).await?;
         match self.store.acquire(LockRequest { tenant: actor.tenant, owner: actor.key_id, reason, token: &digest(&token), ttl, floor }).await {
             Ok(Acquired::Acquired(info)) => {
-                if let Err(err) = self.transition(actor, "enabled", Some(&info), reason, vec![granted(actor.tenant, &info)]).await {
+                if let Err(err) = self.transition(actor, Transition::Enabled, Some(&info), reason, vec![granted(actor.tenant, &info)]).await {
                     // Nobody will ever see this lock's token: release it rather than lock the tenant out.
                     let _ = self.store.release(actor.tenant, &info.token).await;
                     return Err(err);
@@ -116,7 +116,7 @@ impl TrainingService {
                 Ok(LockInfo { token, ..info })
             }
             Ok(Acquired::Held(info)) => {
-                self.transition(actor, "denied", Some(&info), &format!("already held by {}", info.owner), Vec::new()).await?;
+                self.transition(actor, Transition::Denied, Some(&info), &format!("already held by {}", info.owner), Vec::new()).await?;
                 Err(TrainingError::Held { owner: info.owner.clone(), expires_at: rfc3339(info.expires_at_ms()) })
             }
             Err(err) => Err(err.into()),
@@ -125,34 +125,37 @@ impl TrainingService {
 
     pub async fn renew(&self, actor: &Actor<'_>, token: &str, ttl: Duration) -> Result<LockInfo, TrainingError> {
         let outcome = self.store.renew(actor.tenant, &digest(token), ttl).await?;
-        self.owned(actor, "renewed", outcome).await
+        self.owned(actor, Transition::Renewed, outcome).await
     }
 
     pub async fn disable(&self, actor: &Actor<'_>, token: &str) -> Result<LockInfo, TrainingError> {
         let outcome = self.store.release(actor.tenant, &digest(token)).await?;
-        let result = self.owned(actor, "disabled", outcome).await;
+        let result = self.owned(actor, Transition::Disabled, outcome).await;
         if result.is_ok() {
             self.remember(actor.tenant, None);
         }
         result
     }
 
-    async fn owned(&self, actor: &Actor<'_>, action: &'static str, outcome: Owned) -> Result<LockInfo, TrainingError> {
+    /// Renewed or Disabled by its owner, or denied to someone else.
+    async fn owned(&self, actor: &Actor<'_>, action: Transition, outcome: Owned) -> Result<LockInfo, TrainingError> {
+        let renewed = action == Transition::Renewed;
         match outcome {
             Owned::Done(info) => {
-                let write = match action {
-                    "renewed" => granted(actor.tenant, &info),
-                    _ => Pending::Write(Arc::new(Ended { tenant: actor.tenant.to_owned(), fencing_token: info.fencing_token })),
+                let write = if renewed {
+                    granted(actor.tenant, &info)
+                } else {
+                    Pending::Write(Arc::new(Ended { tenant: actor.tenant.to_owned(), fencing_token: info.fencing_token }))
                 };
                 self.transition(actor, action, Some(&info), &info.reason.clone(), vec![write]).await?;
-                if action == "renewed" {
+                if renewed {
                     self.remember(actor.tenant, Some(info.clone()));
                 }
                 Ok(info)
             }
             Owned::NotOwner(current) => {
-                let verb = if action == "renewed" { "renew" } else { "disable" };
-                self.transition(actor, "denied", current.as_ref(), &format!("{verb} with a token that does not hold the lock"), Vec::new()).await?;
+                let verb = if renewed { "renew" } else { "disable" };
+                self.transition(actor, Transition::Denied, current.as_ref(), &format!("{verb} with a token that does not hold the lock"), Vec::new()).await?;
                 Err(TrainingError::NotOwner)
             }
         }
@@ -160,13 +163,13 @@ impl TrainingService {
 
     /// Audits a caller without `training:admin`.
     pub async fn deny(&self, actor: &Actor<'_>, why: &str) -> Result<(), TrainingError> {
-        self.transition(actor, "denied", None, why, Vec::new()).await
+        self.transition(actor, Transition::Denied, None, why, Vec::new()).await
     }
 
     /// Audits a lapsed lock (claimed from the lock store by this instance) as `training.expired`.
     pub(super) async fn expired(&self, actor: &Actor<'_>, lock: &LockInfo) -> Result<(), TrainingError> {
         let ended = Pending::Write(Arc::new(Ended { tenant: actor.tenant.to_owned(), fencing_token: lock.fencing_token }));
-        self.transition(actor, "expired", Some(lock), &lock.reason, vec![ended]).await
+        self.transition(actor, Transition::Expired, Some(lock), &lock.reason, vec![ended]).await
     }
 
     /// Audits a lock the ledger holds but the lock store no longer has, and
@@ -181,9 +184,9 @@ impl TrainingService {
         let claim = Pending::Write(Arc::new(ClaimLost { tenant: held.tenant.clone(), fencing_token: held.fencing_token }));
         let lock = LockInfo { token: String::new(), owner: held.owner.clone(), reason: String::new(), fencing_token: held.fencing_token, ttl_ms: 0 };
         let (action, why) = if held.until_ms > crate::db::now_ms() {
-            ("lost", "the lock vanished from the lock store before it was disabled or expired")
+            (Transition::Lost, "the lock vanished from the lock store before it was disabled or expired")
         } else {
-            ("expired", "the lock lapsed and its expiry was not recorded by the lock store's watcher")
+            (Transition::Expired, "the lock lapsed and its expiry was not recorded by the lock store's watcher")
         };
         match self.transition(actor, action, Some(&lock), why, vec![claim]).await {
             Ok(()) => {
@@ -235,15 +238,15 @@ impl TrainingService {
     async fn transition(
         &self,
         actor: &Actor<'_>,
-        action: &'static str,
+        action: Transition,
         lock: Option<&LockInfo>,
         reason: &str,
         writes: Vec<Pending>,
     ) -> Result<(), TrainingError> {
         let folded = match action {
-            "denied" => match self.denials.check(actor.key_id) {
+            Transition::Denied => match self.denials.check(actor.key_id) {
                 Denial::Fold => {
-                    self.metrics.training_transition(actor.tenant, action);
+                    self.metrics.training_transition(actor.tenant, action.as_str());
                     return Ok(());
                 }
                 Denial::Record { folded } => Some(folded),
@@ -251,10 +254,11 @@ impl TrainingService {
             _ => None,
         };
         let occurred_at = rfc3339(crate::db::now_ms());
+        let event_type = action.event_type();
         let mut record = json!({
             "schema": AUDIT_SCHEMA,
             "event_id": uuid::Uuid::now_v7().to_string(),
-            "type": format!("training.{action}"),
+            "type": event_type,
             "tenant": actor.tenant,
             "actor": actor.key_id,
             "lock_owner": lock.map(|l| l.owner.clone()),
@@ -270,7 +274,7 @@ impl TrainingService {
         let mut headers = json!({
             "traceparent": actor.trace.header(),
             "x-tenant": actor.tenant,
-            "x-event-type": format!("training.{action}"),
+            "x-event-type": event_type,
             "content-type": "application/json",
         });
         if let Some(state) = &actor.trace.tracestate {
@@ -279,21 +283,66 @@ impl TrainingService {
         let pending = Pending::Chained {
             topic: self.settings.audit_topic.clone(),
             key: actor.tenant.to_owned(),
-            event_type: format!("training.{action}"),
+            event_type: event_type.to_owned(),
             payload: record,
             headers,
         };
         self.events.emit_durable(writes.into_iter().chain([pending]).collect()).await?;
-        self.metrics.training_transition(actor.tenant, action);
-        if action != "denied" {
-            self.metrics.training_state(actor.tenant, Some(matches!(action, "enabled" | "renewed")));
+        self.metrics.training_transition(actor.tenant, action.as_str());
+        if let Some(on) = action.state() {
+            self.metrics.training_state(actor.tenant, Some(on));
         }
         tracing::info!(
-            tenant = actor.tenant, action, actor = actor.key_id, lock_owner = lock.map(|l| l.owner.as_str()),
+            tenant = actor.tenant, action = action.as_str(), actor = actor.key_id, lock_owner = lock.map(|l| l.owner.as_str()),
             fencing_token = lock.map(|l| l.fencing_token), occurred_at = %occurred_at, trace_id = %actor.trace.trace_id, reason,
             "training mode transition"
         );
         Ok(())
+    }
+}
+
+/// A training-mode transition, as audited (`training.<action>`) and counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Transition {
+    Enabled,
+    Renewed,
+    Disabled,
+    Expired,
+    Lost,
+    Denied,
+}
+
+impl Transition {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Enabled => "enabled",
+            Self::Renewed => "renewed",
+            Self::Disabled => "disabled",
+            Self::Expired => "expired",
+            Self::Lost => "lost",
+            Self::Denied => "denied",
+        }
+    }
+
+    /// The audit record's type.
+    fn event_type(self) -> &'static str {
+        match self {
+            Self::Enabled => "training.enabled",
+            Self::Renewed => "training.renewed",
+            Self::Disabled => "training.disabled",
+            Self::Expired => "training.expired",
+            Self::Lost => "training.lost",
+            Self::Denied => "training.denied",
+        }
+    }
+
+    /// Training mode's state after it (`None`: a denial changes nothing).
+    fn state(self) -> Option<bool> {
+        match self {
+            Self::Enabled | Self::Renewed => Some(true),
+            Self::Disabled | Self::Expired | Self::Lost => Some(false),
+            Self::Denied => None,
+        }
     }
 }
 
