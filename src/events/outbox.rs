@@ -38,6 +38,24 @@ pub enum Pending {
     Write(Arc<dyn TxWrite>),
 }
 
+impl Pending {
+    /// An audit record of `event_type` on `topic`, chained under `key`, with
+    /// the record headers every audit topic carries (the trace, the key as
+    /// `x-tenant`, the type).
+    pub fn audit(topic: &str, key: &str, event_type: &str, payload: Value, trace: &crate::telemetry::TraceContext) -> Self {
+        let mut headers = json!({
+            "traceparent": trace.header(),
+            "x-tenant": key,
+            "x-event-type": event_type,
+            "content-type": "application/json",
+        });
+        if let Some(state) = &trace.tracestate {
+            headers["tracestate"] = json!(state);
+        }
+        Self::Chained { topic: topic.to_owned(), key: key.to_owned(), event_type: event_type.to_owned(), payload, headers }
+    }
+}
+
 /// An unpublished row, as the relay reads it.
 #[derive(Debug, Clone)]
 pub struct OutboxRow {

@@ -103,17 +103,7 @@ impl AuditEntry<'_> {
             "occurred_at": crate::db::rfc3339(crate::db::now_ms()),
             "trace_id": self.trace.trace_id,
         });
-        let key = tenant.unwrap_or(DEFAULT_KEY);
-        let mut headers = json!({
-            "traceparent": self.trace.header(),
-            "x-tenant": key,
-            "x-event-type": kind,
-            "content-type": "application/json",
-        });
-        if let Some(state) = &self.trace.tracestate {
-            headers["tracestate"] = json!(state);
-        }
-        Pending::Chained { topic: topic.to_owned(), key: key.to_owned(), event_type: kind.to_owned(), payload: record, headers }
+        Pending::audit(topic, tenant.unwrap_or(DEFAULT_KEY), kind, record, self.trace)
     }
 }
 

@@ -271,22 +271,7 @@ impl TrainingService {
         if let Some(folded) = folded {
             record["folded"] = json!(folded);
         }
-        let mut headers = json!({
-            "traceparent": actor.trace.header(),
-            "x-tenant": actor.tenant,
-            "x-event-type": event_type,
-            "content-type": "application/json",
-        });
-        if let Some(state) = &actor.trace.tracestate {
-            headers["tracestate"] = json!(state);
-        }
-        let pending = Pending::Chained {
-            topic: self.settings.audit_topic.clone(),
-            key: actor.tenant.to_owned(),
-            event_type: event_type.to_owned(),
-            payload: record,
-            headers,
-        };
+        let pending = Pending::audit(&self.settings.audit_topic, actor.tenant, event_type, record, actor.trace);
         self.events.emit_durable(writes.into_iter().chain([pending]).collect()).await?;
         self.metrics.training_transition(actor.tenant, action.as_str());
         if let Some(on) = action.state() {
