@@ -221,7 +221,10 @@ pub(crate) async fn dry_run_route(caller: Caller, body: web::Json<DryRunBody>, a
     let judge = build_judge(&api.moderation, candidate, body.document, true).await?;
     let since_ms = crate::db::now_ms() - window.as_millis() as i64;
     let stored = api.store.window(Some(caller.tenant.as_str()), since_ms, limit).await.map_err(OrchestratorError::Store)?;
-    let turns: Vec<PastTurn> = stored.into_iter().map(PastTurn::from).collect();
+    let turns: Vec<PastTurn> = stored.into_iter().map(PastTurn::try_from).collect::<Result<_, _>>().map_err(|e| {
+        tracing::error!(error = %e, "dry run over an unreadable stored turn");
+        ApiError::new(Code::Internal, "a stored turn's verdict is unreadable")
+    })?;
     let report = dry_run(&judge.moderator, &turns, |_| {}).await.map_err(|e| {
         tracing::error!(error = %e, "dry run failed");
         ApiError::new(Code::Internal, "moderation failed")

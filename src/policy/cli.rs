@@ -54,7 +54,7 @@ pub async fn run(settings: &Settings, command: ConstitutionCommand) -> anyhow::R
             let db = crate::db::Database::connect(settings.database.url.expose(), 2).await.context("Failed to connect to the database")?;
             let since_ms = crate::db::now_ms() - window.as_millis() as i64;
             let stored = ConversationStore::new(db).window(tenant.as_deref(), since_ms, limit.max(0)).await?;
-            let turns: Vec<PastTurn> = stored.into_iter().map(PastTurn::from).collect();
+            let turns: Vec<PastTurn> = stored.into_iter().map(PastTurn::try_from).collect::<Result<_, _>>()?;
             eprintln!("judging {} stored turn(s) of the last {since} under {} ({})", turns.len(), candidate.name, candidate.hash());
             let (total, started) = (turns.len(), Instant::now());
             let report = dry_run(&moderator, &turns, |done| {
@@ -84,7 +84,7 @@ pub async fn replay(settings: &Settings, turn_id: &str) -> anyhow::Result<()> {
     let constitution = Constitution::from_toml_str(&text)?;
     anyhow::ensure!(constitution.hash() == hash, "the document stored under {hash} hashes to {}", constitution.hash());
     let moderator = crate::moderation::moderator(&settings.moderation, &constitution)?;
-    let turn = PastTurn::from(record);
+    let turn = PastTurn::try_from(record)?;
     let mut out = serde_json::json!({
         "turn_id": turn.turn_id, "trace_id": turn.trace_id, "constitution_hash": hash.as_str(), "constitution": constitution.name,
         "classifier": constitution.semantic.classifier.map(|c| c.to_string()),

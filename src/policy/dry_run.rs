@@ -34,13 +34,26 @@ pub struct PastTurn {
     pub output_refused: bool,
 }
 
-impl From<TurnRecord> for PastTurn {
+/// A stored turn whose verdict cannot be read: judging it again would
+/// compare against a guess.
+#[derive(Debug, thiserror::Error)]
+#[error("turn {turn_id} has an unreadable stored verdict {stored:?}")]
+pub struct UnreadableVerdict {
+    pub turn_id: String,
+    pub stored: String,
+}
+
+impl TryFrom<TurnRecord> for PastTurn {
+    type Error = UnreadableVerdict;
+
     /// A stored turn. One refused on input was stored without its text.
-    fn from(turn: TurnRecord) -> Self {
-        let verdict = Verdict::parse(&turn.policy_verdict).unwrap_or(Verdict::Allow);
+    fn try_from(turn: TurnRecord) -> Result<Self, UnreadableVerdict> {
+        let Some(verdict) = Verdict::parse(&turn.policy_verdict) else {
+            return Err(UnreadableVerdict { turn_id: turn.turn_id, stored: turn.policy_verdict });
+        };
         let withheld = matches!(verdict, Verdict::Refuse(_)) && turn.user_message == WITHHELD_TEXT;
         let earlier: Vec<serde_json::Value> = serde_json::from_str(&turn.preamble).unwrap_or_default();
-        Self {
+        Ok(Self {
             earlier: earlier.iter().filter_map(|m| m["content"].as_str().map(str::to_owned)).collect(),
             output_refused: matches!(verdict, Verdict::Allow) && turn.finish_reason == FinishReason::Refused.as_str(),
             user_message: (!withheld).then_some(turn.user_message),
@@ -48,7 +61,7 @@ impl From<TurnRecord> for PastTurn {
             turn_id: turn.turn_id,
             trace_id: turn.trace_id,
             verdict,
-        }
+        })
     }
 }
 
@@ -328,5 +341,28 @@ mod tests {
         assert!(Outcome::Output(None).compare(&Outcome::Output(Some("S9".into()))).is_none(), "the stored row keeps no output category");
         assert_eq!(input(&["S1", "pii"]).label(), "refuse:S1,pii");
         assert_eq!(Outcome::Output(Some("S9".into())).label(), "refuse_output:S9");
+    }
+
+    #[test]
+    fn a_stored_turn_whose_verdict_cannot_be_read_is_an_error_not_an_allowed_turn() {
+        let record = |verdict: &str| TurnRecord {
+            turn_id: "t1".into(),
+            session_id: "s1".into(),
+            tenant: "acme".into(),
+            user_message: "hello".into(),
+            preamble: "[]".into(),
+            assistant_message: "hi".into(),
+            finish_reason: "stop".into(),
+            policy_verdict: verdict.into(),
+            constitution_hash: String::new(),
+            trace_id: "tr".into(),
+            prompt_tokens: None,
+            completion_tokens: None,
+            created_at: 0,
+        };
+        let err = PastTurn::try_from(record("refuse:")).unwrap_err();
+        assert_eq!((err.turn_id.as_str(), err.stored.as_str()), ("t1", "refuse:"));
+        assert!(PastTurn::try_from(record("garbled")).is_err());
+        assert_eq!(PastTurn::try_from(record("allow")).unwrap().verdict, Verdict::Allow);
     }
 }
