@@ -171,10 +171,7 @@ impl Gateway {
                 (judged, Some(early))
             }
         };
-        let decision = decision.map_err(|e| {
-            tracing::error!(error = %e, "input moderation failed");
-            ApiError::new(Code::Internal, "moderation failed")
-        })?;
+        let decision = decision?;
         self.metrics.moderation_check("input", judged_in);
         let hits: Vec<Hit> = match decision {
             Decision::Allow => Vec::new(),

@@ -56,3 +56,10 @@ pub enum ModerationError {
     #[error("the moderation worker failed: {0}")]
     Worker(String),
 }
+
+impl crate::error::ErrorCode for ModerationError {
+    /// Moderation that cannot judge is the server's fault; its cause is logged, never sent.
+    fn code(&self) -> crate::error::Code {
+        crate::error::Code::Internal
+    }
+}

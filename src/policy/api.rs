@@ -225,10 +225,7 @@ pub(crate) async fn dry_run_route(caller: Caller, body: web::Json<DryRunBody>, a
         tracing::error!(error = %e, "dry run over an unreadable stored turn");
         ApiError::new(Code::Internal, "a stored turn's verdict is unreadable")
     })?;
-    let report = dry_run(&judge.moderator, &turns, |_| {}).await.map_err(|e| {
-        tracing::error!(error = %e, "dry run failed");
-        ApiError::new(Code::Internal, "moderation failed")
-    })?;
+    let report = dry_run(&judge.moderator, &turns, |_| {}).await?;
     tracing::info!(tenant = %caller.tenant, candidate = %hash, turns = report.turns, "constitution dry run");
     Ok(HttpResponse::Ok().json(DryRunReply { candidate: Candidate { name: &name, version: &version, hash: hash.as_str() }, report }))
 }
