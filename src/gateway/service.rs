@@ -11,7 +11,7 @@ use crate::identity::{Caller, Capability};
 use crate::moderation::{Decision, Hit};
 use crate::orchestrator::{
     refused_data, turn_context, Conversation, ConversationStore, FinishReason, OrchestratorError, Origin, RecordTurn, SessionData, SessionState, TurnEvent,
-    TurnLimits, TurnRecord, TurnRequest, TurnStream, WITHHELD_TEXT,
+    TurnLimits, TurnOutcome, TurnRecord, TurnRequest, TurnStream, WITHHELD_TEXT,
 };
 use crate::policy::{Judges, PolicyEngine, PolicyError, SignedVerdict, TurnRef, Verdict};
 use crate::slm::{ChatMessage, GenerationParams, Role};
@@ -77,9 +77,8 @@ impl Admitted {
     /// The turn's events after its `session`: a refused turn's `refusal` and `done`, or the running turn's.
     pub fn into_events(self) -> TurnStream {
         match self {
-            Self::Refused(hit) => {
-                Box::pin(futures_util::stream::iter([TurnEvent::Refusal(hit), TurnEvent::Done { finish_reason: FinishReason::Refused, usage: None }]))
-            }
+            // Its end was stored with its refusal, as a running turn's is.
+            Self::Refused(hit) => Box::pin(futures_util::stream::iter(TurnOutcome::Refused(hit).frames(true, None))),
             Self::Streaming(turn) => turn,
         }
     }
