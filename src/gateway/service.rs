@@ -15,6 +15,7 @@ use crate::orchestrator::{
 };
 use crate::policy::{Judges, PolicyEngine, PolicyError, SignedVerdict, TurnRef, Verdict};
 use crate::slm::{ChatMessage, GenerationParams, Role};
+use crate::telemetry::turn_spans::{self, TurnSpan};
 use crate::telemetry::{Metrics, RequestOutcome, TraceContext};
 
 pub struct Gateway {
@@ -176,7 +177,8 @@ impl Gateway {
             Decision::Allow => Vec::new(),
             Decision::Refuse(hits) => hits,
         };
-        moderation_span(&input.trace, judged_in, &hits, &judge.hash);
+        let first_hit = hits.first().map(|h| (h.category.as_str(), h.code.as_str()));
+        turn_spans::input_moderation(&input.trace, judged_in, first_hit, judge.hash.as_str());
         let verdict = if hits.is_empty() { Verdict::Allow } else { Verdict::Refuse(hits.iter().map(|h| h.code.clone()).collect()) };
         let turn = TurnRef { tenant, session_id: &request.session_id, turn_id: &request.turn_id, message: &request.message, params: request.params };
         let signed = self.policy.sign(turn, verdict, &judge.hash);
@@ -207,7 +209,17 @@ impl Gateway {
             events.push(Pending::Write(Arc::new(RecordTurn(record))));
             self.events.emit_durable(events).await?;
             self.metrics.request(input.route, RequestOutcome::Refuse, input.started.elapsed());
-            refused_turn_span(&input.trace, input.route, input.started.elapsed(), &session_id, &turn_id, &signed);
+            turn_spans::turn(&TurnSpan {
+                trace: &input.trace,
+                route: input.route,
+                started: std::time::SystemTime::now() - input.started.elapsed(),
+                session_id: &session_id,
+                turn_id: &turn_id,
+                tenant,
+                policy_verdict: &signed.verdict.header_value(),
+                constitution_hash: signed.constitution_hash.as_str(),
+                finish_reason: FinishReason::Refused.as_str(),
+            });
             tracing::info!(trace_id = %input.trace.trace_id, span_id = %input.trace.span_id, tenant, session_id = %session_id,
                 turn_id = %turn_id, category = %first.category, code = %first.code, "turn refused by input moderation");
             return Ok(Admission { session_id, turn_id, trace: input.trace, signed, outcome: Admitted::Refused(first) });
@@ -271,62 +283,4 @@ fn refusal_record(tenant: &str, session_id: &str, turn_id: &str, trace: &TraceCo
         completion_tokens: None,
         created_at: now_ms(),
     }
-}
-
-/// The input moderation's span, under the turn's.
-fn moderation_span(trace: &TraceContext, took: Duration, hits: &[Hit], hash: &crate::policy::ConstitutionHash) {
-    if !crate::telemetry::spans::enabled() {
-        return;
-    }
-    use opentelemetry::trace::SpanKind;
-    use opentelemetry::KeyValue;
-    let span = trace.child();
-    let end = std::time::SystemTime::now();
-    let mut attributes = vec![
-        KeyValue::new("steward.moderation.stage", "input"),
-        KeyValue::new("steward.moderation.decision", if hits.is_empty() { "allow" } else { "refuse" }),
-        KeyValue::new("steward.constitution_hash", hash.to_string()),
-    ];
-    if let Some(hit) = hits.first() {
-        attributes.push(KeyValue::new("steward.moderation.category", hit.category.clone()));
-        attributes.push(KeyValue::new("steward.moderation.code", hit.code.clone()));
-    }
-    crate::telemetry::spans::record(crate::telemetry::spans::FinishedSpan {
-        name: "moderation input".into(),
-        kind: SpanKind::Internal,
-        trace,
-        span_id: &span.span_id,
-        parent_span_id: Some(&trace.span_id),
-        start: end - took,
-        end,
-        attributes,
-        error: None,
-    });
-}
-
-/// The span of a turn refused on input (a running turn's is recorded when it ends).
-fn refused_turn_span(trace: &TraceContext, route: &'static str, took: Duration, session_id: &str, turn_id: &str, signed: &SignedVerdict) {
-    if !crate::telemetry::spans::enabled() {
-        return;
-    }
-    use opentelemetry::trace::SpanKind;
-    use opentelemetry::KeyValue;
-    let end = std::time::SystemTime::now();
-    crate::telemetry::spans::record(crate::telemetry::spans::FinishedSpan {
-        name: format!("turn {route}"),
-        kind: SpanKind::Server,
-        trace,
-        span_id: &trace.span_id,
-        parent_span_id: trace.parent_span_id.as_deref(),
-        start: end - took,
-        end,
-        attributes: vec![
-            KeyValue::new("gen_ai.conversation.id", session_id.to_owned()),
-            KeyValue::new("steward.turn_id", turn_id.to_owned()),
-            KeyValue::new("steward.policy_verdict", signed.verdict.header_value()),
-            KeyValue::new("steward.constitution_hash", signed.constitution_hash.to_string()),
-            KeyValue::new("steward.finish_reason", "refused"),
-        ],
-        error: None,
-    });
 }

@@ -15,6 +15,7 @@ use crate::db::now_ms;
 use crate::events::{EventLog, NewEvent, Pending, RefusedCategory, TurnContext, TurnData};
 use crate::policy::SignedVerdict;
 use crate::slm::Usage;
+use crate::telemetry::turn_spans::{self, ModelCall, TurnSpan};
 use crate::telemetry::{Metrics, StreamMetrics};
 
 /// The event context of a turn.
@@ -184,63 +185,24 @@ impl Recorder {
         })
     }
 
-    /// The turn's span and its model call's, as OpenTelemetry spans (GenAI conventions).
+    /// The turn's span and its model call's (see [`turn_spans`]).
     fn spans(&self, record: &TurnRecord, finish: FinishReason) {
-        if !crate::telemetry::spans::enabled() {
-            return;
-        }
-        use crate::telemetry::spans::{record as export, FinishedSpan};
-        use opentelemetry::trace::SpanKind;
-        use opentelemetry::KeyValue;
-        let end = std::time::SystemTime::now();
-        let failed = (finish == FinishReason::Error).then(|| "the turn failed".to_owned());
-        let finish = finish.as_str();
-        if let Some(call) = &self.model_call {
-            let mut attributes = vec![
-                KeyValue::new("gen_ai.operation.name", "chat"),
-                KeyValue::new("gen_ai.provider.name", "openai"),
-                KeyValue::new("gen_ai.request.model", self.model.clone()),
-                KeyValue::new("gen_ai.request.max_tokens", i64::from(self.max_tokens)),
-                KeyValue::new("gen_ai.conversation.id", record.session_id.clone()),
-                KeyValue::new("gen_ai.response.finish_reasons", opentelemetry::Value::Array(vec![opentelemetry::StringValue::from(finish)].into())),
-            ];
-            if let Some(usage) = self.usage {
-                attributes.push(KeyValue::new("gen_ai.usage.input_tokens", i64::from(usage.prompt_tokens)));
-                attributes.push(KeyValue::new("gen_ai.usage.output_tokens", i64::from(usage.completion_tokens)));
-            }
-            if let Some(first) = self.first_chunk {
-                attributes.push(KeyValue::new("steward.time_to_first_chunk_ms", first.as_secs_f64() * 1e3));
-            }
-            export(FinishedSpan {
-                name: format!("chat {}", self.model),
-                kind: SpanKind::Client,
-                trace: call,
-                span_id: &call.span_id,
-                parent_span_id: Some(&self.trace.span_id),
-                start: self.started_at,
-                end,
-                attributes,
-                error: failed.clone(),
-            });
-        }
-        export(FinishedSpan {
-            name: format!("turn {}", self.route),
-            kind: SpanKind::Server,
+        let turn = TurnSpan {
             trace: &self.trace,
-            span_id: &self.trace.span_id,
-            parent_span_id: self.trace.parent_span_id.as_deref(),
-            start: self.started_at,
-            end,
-            attributes: vec![
-                KeyValue::new("gen_ai.conversation.id", record.session_id.clone()),
-                KeyValue::new("steward.turn_id", record.turn_id.clone()),
-                KeyValue::new("steward.tenant", record.tenant.clone()),
-                KeyValue::new("steward.policy_verdict", record.policy_verdict.clone()),
-                KeyValue::new("steward.constitution_hash", record.constitution_hash.clone()),
-                KeyValue::new("steward.finish_reason", finish),
-            ],
-            error: failed,
-        });
+            route: self.route,
+            started: self.started_at,
+            session_id: &record.session_id,
+            turn_id: &record.turn_id,
+            tenant: &record.tenant,
+            policy_verdict: &record.policy_verdict,
+            constitution_hash: &record.constitution_hash,
+            finish_reason: finish.as_str(),
+        };
+        if let Some(call) = &self.model_call {
+            let call = ModelCall { call, model: &self.model, max_tokens: self.max_tokens, usage: self.usage, first_chunk: self.first_chunk };
+            turn_spans::model_call(&turn, &call);
+        }
+        turn_spans::turn(&turn);
     }
 
     fn terminal(&self, record: TurnRecord, data: &TurnData) -> Vec<Pending> {

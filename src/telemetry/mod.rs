@@ -8,6 +8,7 @@ mod logging;
 mod metrics;
 pub mod spans;
 mod trace;
+pub mod turn_spans;
 
 pub use logging::init_logging;
 pub use metrics::{Metrics, RequestOutcome, StreamMetrics};
