@@ -10,8 +10,8 @@ use crate::events::{EventLog, NewEvent, Pending, TurnData};
 use crate::identity::{Caller, Capability};
 use crate::moderation::{Decision, Hit};
 use crate::orchestrator::{
-    refused_data, turn_context, Conversation, ConversationStore, FinishReason, OrchestratorError, Origin, RecordTurn, SessionData, SessionState, TurnEvent,
-    TurnLimits, TurnOutcome, TurnRecord, TurnRequest, TurnStream, WITHHELD_TEXT,
+    refused_data, turn_context, Conversation, ConversationStore, EarlyDispatch, FinishReason, OrchestratorError, Origin, RecordTurn, SessionData, SessionState,
+    TurnEvent, TurnLimits, TurnOutcome, TurnRecord, TurnRequest, TurnStream, WITHHELD_TEXT,
 };
 use crate::policy::{Judges, PolicyEngine, PolicyError, SignedVerdict, TurnRef, Verdict};
 use crate::slm::{ChatMessage, GenerationParams, Role};
@@ -184,47 +184,12 @@ impl Gateway {
         let signed = self.policy.sign(turn, verdict, &judge.hash);
         let context = turn_context(&request, &signed);
         let received = NewEvent::turn(context.clone(), &received_data);
-        let (session_id, turn_id) = (request.session_id.clone(), request.turn_id.clone());
-
-        if let Some(first) = hits.first().cloned() {
+        if !hits.is_empty() {
             permit.used(0);
-            for hit in &hits {
-                self.metrics.moderation_refusal("input", &hit.category);
-            }
-            let mut events = vec![Pending::Conversation(received)];
-            let mut refused = refused_data("input", &hits);
-            // A request started before the verdict ends here, unread: the model received it and its answer is discarded.
-            if let Some(Ok(early)) = early {
-                events.push(Pending::Conversation(NewEvent::turn(context.clone(), &early.abort())));
-                if let TurnData::Refused { model_request, .. } = &mut refused {
-                    *model_request = Some("aborted");
-                }
-            }
-            events.push(Pending::Conversation(NewEvent::turn(context, &refused)));
-            let mut record = refusal_record(tenant, &session_id, &turn_id, &input.trace, &signed);
-            if self.store_refused_text {
-                record.user_message = request.message;
-                record.preamble = serde_json::to_string(&request.preamble).unwrap_or_else(|_| "[]".into());
-            }
-            events.push(Pending::Write(Arc::new(RecordTurn(record))));
-            self.events.emit_durable(events).await?;
-            self.metrics.request(input.route, RequestOutcome::Refuse, input.started.elapsed());
-            turn_spans::turn(&TurnSpan {
-                trace: &input.trace,
-                route: input.route,
-                started: std::time::SystemTime::now() - input.started.elapsed(),
-                session_id: &session_id,
-                turn_id: &turn_id,
-                tenant,
-                policy_verdict: &signed.verdict.header_value(),
-                constitution_hash: signed.constitution_hash.as_str(),
-                finish_reason: FinishReason::Refused.as_str(),
-            });
-            tracing::info!(trace_id = %input.trace.trace_id, span_id = %input.trace.span_id, tenant, session_id = %session_id,
-                turn_id = %turn_id, category = %first.category, code = %first.code, "turn refused by input moderation");
-            return Ok(Admission { session_id, turn_id, trace: input.trace, signed, outcome: Admitted::Refused(first) });
+            return self.refuse(request, signed, hits, received, early.and_then(Result::ok)).await;
         }
 
+        let (session_id, turn_id) = (request.session_id.clone(), request.turn_id.clone());
         self.events.emit(vec![Pending::Conversation(received)]).await?;
         let started = match early.transpose() {
             Ok(early) => self.conversation.start_turn(request, signed.headers(), early).await,
@@ -241,6 +206,56 @@ impl Gateway {
         tracing::info!(trace_id = %input.trace.trace_id, span_id = %input.trace.span_id, tenant, session_id = %session_id,
             turn_id = %turn_id, "turn dispatched");
         Ok(Admission { session_id, turn_id, trace: input.trace, signed, outcome: Admitted::Streaming(holding(stream, permit)) })
+    }
+
+    /// Records a turn refused on input — its events (with the model request
+    /// started early, aborted here), its row and its span — and admits it as refused.
+    async fn refuse(
+        &self,
+        request: TurnRequest,
+        signed: SignedVerdict,
+        hits: Vec<Hit>,
+        received: NewEvent,
+        early: Option<EarlyDispatch>,
+    ) -> Result<Admission, ApiError> {
+        for hit in &hits {
+            self.metrics.moderation_refusal("input", &hit.category);
+        }
+        let context = turn_context(&request, &signed);
+        let mut events = vec![Pending::Conversation(received)];
+        let mut refused = refused_data("input", &hits);
+        // A request started before the verdict ends here, unread: the model received it and its answer is discarded.
+        if let Some(early) = early {
+            events.push(Pending::Conversation(NewEvent::turn(context.clone(), &early.abort())));
+            if let TurnData::Refused { model_request, .. } = &mut refused {
+                *model_request = Some("aborted");
+            }
+        }
+        events.push(Pending::Conversation(NewEvent::turn(context, &refused)));
+        let TurnRequest { tenant, session_id, turn_id, message, preamble, trace, route, started, .. } = request;
+        let mut record = refusal_record(tenant.as_str(), &session_id, &turn_id, &trace, &signed);
+        if self.store_refused_text {
+            record.user_message = message;
+            record.preamble = serde_json::to_string(&preamble).unwrap_or_else(|_| "[]".into());
+        }
+        events.push(Pending::Write(Arc::new(RecordTurn(record))));
+        self.events.emit_durable(events).await?;
+        self.metrics.request(route, RequestOutcome::Refuse, started.elapsed());
+        turn_spans::turn(&TurnSpan {
+            trace: &trace,
+            route,
+            started: std::time::SystemTime::now() - started.elapsed(),
+            session_id: &session_id,
+            turn_id: &turn_id,
+            tenant: tenant.as_str(),
+            policy_verdict: &signed.verdict.header_value(),
+            constitution_hash: signed.constitution_hash.as_str(),
+            finish_reason: FinishReason::Refused.as_str(),
+        });
+        let first = hits.into_iter().next().ok_or_else(|| ApiError::new(Code::Internal, "a refusal without a category"))?;
+        tracing::info!(trace_id = %trace.trace_id, span_id = %trace.span_id, tenant = %tenant, session_id = %session_id,
+            turn_id = %turn_id, category = %first.category, code = %first.code, "turn refused by input moderation");
+        Ok(Admission { session_id, turn_id, trace, signed, outcome: Admitted::Refused(first) })
     }
 }
 
