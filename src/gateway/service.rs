@@ -13,7 +13,7 @@ use crate::orchestrator::{
     refused_data, turn_context, Conversation, ConversationStore, EarlyDispatch, FinishReason, OrchestratorError, Origin, RecordTurn, SessionData, SessionState,
     TurnEvent, TurnLimits, TurnOutcome, TurnRecord, TurnRequest, TurnStream, WITHHELD_TEXT,
 };
-use crate::policy::{Judges, PolicyEngine, PolicyError, SignedVerdict, TurnRef, Verdict};
+use crate::policy::{Judge, Judges, PolicyEngine, PolicyError, SignedVerdict, TurnRef, Verdict};
 use crate::slm::{ChatMessage, GenerationParams, Role};
 use crate::telemetry::turn_spans::{self, TurnSpan};
 use crate::telemetry::{Metrics, RequestOutcome, TraceContext};
@@ -125,18 +125,7 @@ impl Gateway {
                 "system and developer messages are not accepted for this tenant: the operator's system prompt applies",
             ));
         }
-        let (session_id, session_known) = match input.session_id {
-            None => (uuid::Uuid::now_v7().to_string(), SessionState::New),
-            Some(id) => {
-                let id = uuid::Uuid::parse_str(&id)
-                    .map_err(|_| ApiError::new(Code::InvalidRequest, "session_id must be a UUID returned by an earlier turn"))?
-                    .to_string();
-                match self.store.session_state(tenant, &id).await.map_err(OrchestratorError::Store)? {
-                    SessionState::Owned => (id, SessionState::Owned),
-                    SessionState::New | SessionState::Foreign => return Err(OrchestratorError::SessionNotFound.into()),
-                }
-            }
-        };
+        let (session_id, session_known) = self.session(tenant, input.session_id.as_deref()).await?;
         // The constitution this turn is judged under, from start to end.
         let judge = self.judges.current(tenant).map_err(PolicyError::from)?;
         let texts = input.preamble.iter().map(|m| m.content.clone()).chain([input.message.clone()]).collect();
@@ -158,27 +147,7 @@ impl Gateway {
             training,
         };
 
-        let judging = async {
-            let started = Instant::now();
-            let decision = judge.moderator.judge_messages(texts).await;
-            (decision, started.elapsed())
-        };
-        // Overlapped: the model request runs while the input is judged; its answer waits for the verdict.
-        let ((decision, judged_in), early) = match self.dispatch.of(tenant) {
-            DispatchMode::AfterVerdict => (judging.await, None),
-            DispatchMode::Overlapped => {
-                let (judged, early) = tokio::join!(judging, self.conversation.dispatch_early(&request, &judge.hash));
-                (judged, Some(early))
-            }
-        };
-        let decision = decision?;
-        self.metrics.moderation_check("input", judged_in);
-        let hits: Vec<Hit> = match decision {
-            Decision::Allow => Vec::new(),
-            Decision::Refuse(hits) => hits,
-        };
-        let first_hit = hits.first().map(|h| (h.category.as_str(), h.code.as_str()));
-        turn_spans::input_moderation(&input.trace, judged_in, first_hit, judge.hash.as_str());
+        let (hits, early) = self.judge(&judge, texts, &request).await?;
         let verdict = if hits.is_empty() { Verdict::Allow } else { Verdict::Refuse(hits.iter().map(|h| h.code.clone()).collect()) };
         let turn = TurnRef { tenant, session_id: &request.session_id, turn_id: &request.turn_id, message: &request.message, params: request.params };
         let signed = self.policy.sign(turn, verdict, &judge.hash);
@@ -206,6 +175,50 @@ impl Gateway {
         tracing::info!(trace_id = %input.trace.trace_id, span_id = %input.trace.span_id, tenant, session_id = %session_id,
             turn_id = %turn_id, "turn dispatched");
         Ok(Admission { session_id, turn_id, trace: input.trace, signed, outcome: Admitted::Streaming(holding(stream, permit)) })
+    }
+
+    /// Judges the turn's messages and returns every refused category (none:
+    /// allowed). Under overlapped dispatch the model request starts meanwhile;
+    /// it comes back with the judgement, to be read or aborted.
+    async fn judge(
+        &self,
+        judge: &Judge,
+        texts: Vec<String>,
+        request: &TurnRequest,
+    ) -> Result<(Vec<Hit>, Option<Result<EarlyDispatch, OrchestratorError>>), ApiError> {
+        let judging = async {
+            let started = Instant::now();
+            let decision = judge.moderator.judge_messages(texts).await;
+            (decision, started.elapsed())
+        };
+        let ((decision, took), early) = match self.dispatch.of(request.tenant.as_str()) {
+            DispatchMode::AfterVerdict => (judging.await, None),
+            DispatchMode::Overlapped => {
+                let (judged, early) = tokio::join!(judging, self.conversation.dispatch_early(request, &judge.hash));
+                (judged, Some(early))
+            }
+        };
+        let hits = match decision? {
+            Decision::Allow => Vec::new(),
+            Decision::Refuse(hits) => hits,
+        };
+        self.metrics.moderation_check("input", took);
+        let first = hits.first().map(|h| (h.category.as_str(), h.code.as_str()));
+        turn_spans::input_moderation(&request.trace, took, first, judge.hash.as_str());
+        Ok((hits, early))
+    }
+
+    /// The turn's session: a new one, or the caller's own (a UUID an earlier turn of its tenant returned).
+    async fn session(&self, tenant: &str, asked: Option<&str>) -> Result<(String, SessionState), ApiError> {
+        let Some(id) = asked else {
+            return Ok((uuid::Uuid::now_v7().to_string(), SessionState::New));
+        };
+        let id =
+            uuid::Uuid::parse_str(id).map_err(|_| ApiError::new(Code::InvalidRequest, "session_id must be a UUID returned by an earlier turn"))?.to_string();
+        match self.store.session_state(tenant, &id).await.map_err(OrchestratorError::Store)? {
+            SessionState::Owned => Ok((id, SessionState::Owned)),
+            SessionState::New | SessionState::Foreign => Err(OrchestratorError::SessionNotFound.into()),
+        }
     }
 
     /// Records a turn refused on input — its events (with the model request
