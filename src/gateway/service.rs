@@ -236,14 +236,15 @@ impl Gateway {
         }
         let context = turn_context(&request, &signed);
         let mut events = vec![Pending::Conversation(received)];
-        let mut refused = refused_data("input", &hits);
         // A request started before the verdict ends here, unread: the model received it and its answer is discarded.
-        if let Some(early) = early {
-            events.push(Pending::Conversation(NewEvent::turn(context.clone(), &early.abort())));
-            if let TurnData::Refused { model_request, .. } = &mut refused {
-                *model_request = Some("aborted");
+        let model_request = match early {
+            Some(early) => {
+                events.push(Pending::Conversation(NewEvent::turn(context.clone(), &early.abort())));
+                Some("aborted")
             }
-        }
+            None => None,
+        };
+        let refused = refused_data("input", &hits, model_request);
         events.push(Pending::Conversation(NewEvent::turn(context, &refused)));
         let TurnRequest { tenant, session_id, turn_id, message, preamble, trace, route, started, .. } = request;
         let mut record = refusal_record(tenant.as_str(), &session_id, &turn_id, &trace, &signed);
@@ -254,17 +255,19 @@ impl Gateway {
         events.push(Pending::Write(Arc::new(RecordTurn(record))));
         self.events.emit_durable(events).await?;
         self.metrics.request(route, RequestOutcome::Refuse, started.elapsed());
-        turn_spans::turn(&TurnSpan {
-            trace: &trace,
-            route,
-            started: std::time::SystemTime::now() - started.elapsed(),
-            session_id: &session_id,
-            turn_id: &turn_id,
-            tenant: tenant.as_str(),
-            policy_verdict: &signed.verdict.header_value(),
-            constitution_hash: signed.constitution_hash.as_str(),
-            finish_reason: FinishReason::Refused.as_str(),
-        });
+        if crate::telemetry::spans::enabled() {
+            turn_spans::turn(&TurnSpan {
+                trace: &trace,
+                route,
+                started: std::time::SystemTime::now() - started.elapsed(),
+                session_id: &session_id,
+                turn_id: &turn_id,
+                tenant: tenant.as_str(),
+                policy_verdict: &signed.verdict.header_value(),
+                constitution_hash: signed.constitution_hash.as_str(),
+                finish_reason: FinishReason::Refused.as_str(),
+            });
+        }
         let first = hits.into_iter().next().ok_or_else(|| ApiError::new(Code::Internal, "a refusal without a category"))?;
         tracing::info!(trace_id = %trace.trace_id, span_id = %trace.span_id, tenant = %tenant, session_id = %session_id,
             turn_id = %turn_id, category = %first.category, code = %first.code, "turn refused by input moderation");

@@ -107,11 +107,11 @@ impl TurnOutcome {
             Self::Completed(finish) => {
                 TurnData::Completed { model: ended.model.to_owned(), finish_reason: finish.as_str(), usage: ended.usage, duration_ms: ended.duration_ms }
             }
-            Self::Refused(hit) => refused_data("output", std::slice::from_ref(hit)),
-            Self::Cancelled(reason) => TurnData::Cancelled { reason: reason.as_str(), emitted_chars: ended.emitted_chars },
+            Self::Refused(hit) => refused_data("output", std::slice::from_ref(hit), None),
+            Self::Cancelled(reason) => TurnData::Cancelled { reason: reason.as_str(), emitted_chars: ended.emitted_chars() },
             Self::Failed(Failure::Model { code, .. }) => TurnData::Failed { code: code.name(), stage: "model", emitted_chars: None },
             Self::Failed(Failure::ClientTooSlow) => {
-                TurnData::Failed { code: Code::ClientTooSlow.name(), stage: "client", emitted_chars: Some(ended.emitted_chars) }
+                TurnData::Failed { code: Code::ClientTooSlow.name(), stage: "client", emitted_chars: Some(ended.emitted_chars()) }
             }
         }
     }
@@ -148,7 +148,14 @@ pub struct Ended<'a> {
     pub model: &'a str,
     pub usage: Option<Usage>,
     pub duration_ms: u64,
-    pub emitted_chars: usize,
+    /// The answer that reached the client (counted only by the outcomes that report it).
+    pub emitted: &'a str,
+}
+
+impl Ended<'_> {
+    fn emitted_chars(&self) -> usize {
+        self.emitted.chars().count()
+    }
 }
 
 #[cfg(test)]
@@ -203,7 +210,7 @@ mod tests {
 
     #[test]
     fn each_outcome_names_its_event_data_and_its_metric() {
-        let ended = Ended { model: "m", usage: None, duration_ms: 5, emitted_chars: 7 };
+        let ended = Ended { model: "m", usage: None, duration_ms: 5, emitted: "Rivers!" };
         let cancelled = TurnOutcome::Cancelled(CancelReason::ClientDisconnected);
         assert_eq!(cancelled.event_data(&ended), TurnData::Cancelled { reason: "client_disconnected", emitted_chars: 7 });
         assert_eq!(cancelled.interruption(), Some("client_disconnected"));

@@ -37,13 +37,13 @@ pub fn turn_context(request: &TurnRequest, signed: &SignedVerdict) -> TurnContex
 
 /// `turn.refused`'s data: the stage, the categories, and the layer that
 /// decided with its score (the semantic layer's).
-pub fn refused_data(stage: &'static str, hits: &[crate::moderation::Hit]) -> TurnData {
+pub fn refused_data(stage: &'static str, hits: &[crate::moderation::Hit], model_request: Option<&'static str>) -> TurnData {
     TurnData::Refused {
         stage,
         categories: hits.iter().map(|h| RefusedCategory { code: h.code.clone(), category: h.category.clone() }).collect(),
         layer: hits.first().map(|h| h.layer.as_str()),
         score: hits.first().and_then(|h| h.score),
-        model_request: None,
+        model_request,
     }
 }
 
@@ -107,11 +107,6 @@ impl Recorder {
         }
     }
 
-    /// Characters of the answer that reached the client so far.
-    pub fn emitted_chars(&self) -> usize {
-        self.record.as_ref().map_or(0, |r| r.assistant_message.chars().count())
-    }
-
     /// Text that reached the client.
     pub fn emitted(&mut self, text: &str) {
         let now = Instant::now();
@@ -130,7 +125,8 @@ impl Recorder {
 
     /// What the turn's end knows beyond its outcome (read before the record is taken).
     fn ended(&self) -> Ended<'_> {
-        Ended { model: &self.model, usage: self.usage, duration_ms: self.started.elapsed().as_millis() as u64, emitted_chars: self.emitted_chars() }
+        let emitted = self.record.as_ref().map_or("", |r| r.assistant_message.as_str());
+        Ended { model: &self.model, usage: self.usage, duration_ms: self.started.elapsed().as_millis() as u64, emitted }
     }
 
     /// The turn's row as it ended, counted in the metrics, its spans and its log line; `None` once taken.
