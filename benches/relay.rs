@@ -9,6 +9,7 @@
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
+use std::num::{NonZeroU32, NonZeroUsize};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,8 +17,9 @@ use rskafka::client::partition::{Compression, UnknownTopicHandling};
 use rskafka::record::Record;
 use serde_json::json;
 use steward::db::Database;
-use steward::events::kafka::{connect, partition_for, KafkaPublisher, KafkaSettings};
-use steward::events::{EventLog, EventType, NewEvent, OutboxStore, Pending, Relay, RelaySettings, TurnContext};
+use steward::durations::NonZeroDuration;
+use steward::events::kafka::{connect, partition_for, KafkaPublisher};
+use steward::events::{EventLog, EventType, KafkaSettings, NewEvent, OutboxSettings, OutboxStore, Pending, Relay, TurnContext};
 use steward::telemetry::Metrics;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -28,8 +30,8 @@ const PARTITIONS: i32 = 3;
 fn event(session: usize, kind: EventType) -> Pending {
     let context = TurnContext {
         tenant: "bench".into(),
-        session_id: format!("session-{session}"),
-        turn_id: uuid::Uuid::now_v7().to_string(),
+        session_id: format!("session-{session}").parse().unwrap(),
+        turn_id: steward::ids::TurnId::mint(),
         trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
         traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
         tracestate: None,
@@ -50,7 +52,7 @@ async fn fresh_outbox(topic: &str) -> (OutboxStore, tempfile::TempDir) {
 }
 
 /// Rows per relay round and per plain produce round (`STEWARD_BENCH_BATCH`, default 500 as in config).
-fn batch() -> i64 {
+fn batch() -> u32 {
     std::env::var("STEWARD_BENCH_BATCH").ok().and_then(|v| v.parse().ok()).unwrap_or(500)
 }
 
@@ -67,11 +69,14 @@ async fn relay_throughput(broker: &str, n: usize) -> (f64, Vec<steward::events::
     println!("(reading {n} pending rows from the outbox alone: {read_ms:.1} ms, {:.1} µs/row)", read_ms * 1e3 / n as f64);
     let publisher = Arc::new(KafkaPublisher::new(KafkaSettings {
         brokers: vec![broker.to_owned()],
-        topics: vec![topic.clone()],
+        conversation_topic: topic.clone(),
+        training_topic: format!("{topic}.training"),
+        policy_topic: format!("{topic}.policy"),
+        checkpoint_topic: format!("{topic}.checkpoints"),
         partitions: PARTITIONS,
         replication_factor: 1,
-        deadline: Duration::from_secs(5),
-        max_record_bytes: 1_000_000,
+        request_deadline: NonZeroDuration::from_secs(5),
+        max_record_bytes: NonZeroUsize::new(1_000_000).unwrap(),
     }));
     use steward::events::EventPublisher;
     publisher.prepare().await.expect("broker ready");
@@ -79,13 +84,13 @@ async fn relay_throughput(broker: &str, n: usize) -> (f64, Vec<steward::events::
         store: store.clone(),
         publisher: Some(publisher),
         metrics: Arc::new(Metrics::new()),
-        settings: RelaySettings {
-            batch_size: batch(),
-            poll_interval: Duration::from_millis(5),
-            max_backoff: Duration::from_millis(200),
-            lease: Duration::from_secs(10),
-            drain: Duration::from_secs(1),
+        settings: OutboxSettings {
+            batch_size: NonZeroU32::new(batch()).expect("STEWARD_BENCH_BATCH of at least 1"),
+            poll_interval: NonZeroDuration::from_millis(5),
+            max_backoff: NonZeroDuration::from_millis(200),
+            lease: NonZeroDuration::from_secs(10),
         },
+        drain: Duration::from_secs(1),
         committed: Arc::new(Notify::new()),
     };
     let cancel = CancellationToken::new();

@@ -16,7 +16,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{PerTenant, Secret, Settings};
 use crate::db::Database;
-use crate::events::{EventLog, EventPublisher, OutboxStore, Relay, RelaySettings};
+use crate::events::{EventLog, EventPublisher, OutboxStore, Relay};
 use crate::gateway::Gateway;
 use crate::identity::{AuthFailures, Authenticator, KeyCache, KeyPace, KeyStore, TrustedProxies};
 use crate::ops::OpsAccess;
@@ -37,7 +37,7 @@ pub struct Application {
     tasks: TaskTracker,
     /// Stops the turns still running when the shutdown's grace period is over.
     turns: CancellationToken,
-    /// How long a shutdown lets running turns finish (`server.shutdown_grace_ms`).
+    /// How long a shutdown lets running turns finish (`server.shutdown_grace`).
     grace: Duration,
     /// Signs the trail's checkpoints, the last one at shutdown; `None` without a key.
     checkpoints: Option<Arc<crate::events::checkpoint::Checkpointer>>,
@@ -57,8 +57,8 @@ impl Application {
                 Some(export)
             }
         };
-        let acquire = Duration::from_millis(settings.database.acquire_timeout_ms);
-        let db = Database::connect_waiting(settings.database.url.expose(), settings.database.max_connections, acquire)
+        let acquire = settings.database.acquire_timeout.get();
+        let db = Database::connect_waiting(settings.database.url.expose(), settings.database.max_connections.get(), acquire)
             .await
             .context("Failed to connect to the database")?;
         db.migrate().await.context("Failed to apply migrations")?;
@@ -71,7 +71,7 @@ impl Application {
         };
         let seed = Arc::new(Judge { hash: constitution.hash(), moderator: Arc::new(build(&constitution)?), constitution, text });
         tracing::info!(constitution = %seed.constitution.name, version = %seed.constitution.version, hash = %seed.hash, "configured constitution loaded");
-        let policy = PolicyEngine::new(signing_key(&settings.policy.signing_key), settings.policy.verdict_ttl_seconds);
+        let policy = PolicyEngine::new(signing_key(&settings.policy.signing_key), verdict_seconds(settings.policy.verdict_ttl));
         let redis = redis_connection(settings)?;
         let policy = Arc::new(match verdict_ledger(settings, &redis) {
             Some(ledger) => policy.with_ledger(ledger),
@@ -80,18 +80,18 @@ impl Application {
 
         let slm = &settings.slm;
         let timeouts = Timeouts {
-            connect: Duration::from_millis(slm.connect_timeout_ms),
-            first_token: Duration::from_millis(slm.first_token_timeout_ms),
-            idle: Duration::from_millis(slm.idle_timeout_ms),
-            total: Duration::from_millis(slm.total_timeout_ms),
+            connect: slm.connect_timeout.get(),
+            first_token: slm.first_token_timeout.get(),
+            idle: slm.idle_timeout.get(),
+            total: slm.total_timeout.get(),
         };
         let http: Arc<dyn ModelClient> = Arc::new(HttpModelClient::new(&slm.base_url, &slm.model, timeouts).context("Failed to build the model client")?);
-        let first_token = Duration::from_millis(slm.first_token_timeout_ms);
+        let first_token = slm.first_token_timeout.get();
         let model: Arc<dyn ModelClient> = Arc::new(FairModelClient::new(http, FairGate::new(slm.max_concurrent), first_token));
         let metrics = Arc::new(Metrics::new());
         let store = ConversationStore::new(db.clone());
         let (cancel, tasks, turns) = (CancellationToken::new(), TaskTracker::new(), CancellationToken::new());
-        let grace = Duration::from_millis(settings.server.shutdown_grace_ms);
+        let grace = settings.server.shutdown_grace;
         let (events, publisher) = start_events(settings, &db, &metrics, &cancel, &tasks);
         let checkpoints = start_checkpoints(settings, &db, &events, &cancel, &tasks);
         let auditor = Auditor { events: events.clone(), topic: settings.kafka.policy_topic.clone() };
@@ -103,7 +103,7 @@ impl Application {
             default_max_tokens: slm.default_max_tokens,
             max_tokens_limit: slm.max_tokens_limit,
         };
-        let keepalive = Duration::from_millis(settings.server.keepalive_ms);
+        let keepalive = settings.server.keepalive.get();
         let orchestrator: Arc<dyn Conversation> = Arc::new(Orchestrator::new(
             policy.clone(),
             judges.clone(),
@@ -115,11 +115,7 @@ impl Application {
                 model: slm.model.clone(),
                 system_prompt: slm.system_prompt.clone(),
                 max_history_turns: settings.chat.max_history_turns,
-                pacing: Pacing {
-                    buffer: settings.server.stream_buffer_events,
-                    write_stall: Duration::from_millis(settings.server.write_stall_ms),
-                    shutdown: turns.clone(),
-                },
+                pacing: Pacing { buffer: settings.server.stream_buffer_events.get(), write_stall: settings.server.write_stall.get(), shutdown: turns.clone() },
             },
         ));
         let gateway = web::Data::new(Gateway {
@@ -132,7 +128,7 @@ impl Application {
             training: training.clone(),
             limits,
             keepalive,
-            socket_auth_timeout: Duration::from_millis(settings.server.socket_auth_timeout_ms),
+            socket_auth_timeout: settings.server.socket_auth_timeout.get(),
             model_name: slm.model.clone(),
             store_refused_text: settings.chat.store_refused_text,
             limiter,
@@ -151,7 +147,7 @@ impl Application {
             limits,
             metrics: metrics.clone(),
             keepalive,
-            socket_auth_timeout: Duration::from_millis(settings.server.socket_auth_timeout_ms),
+            socket_auth_timeout: settings.server.socket_auth_timeout.get(),
         });
         let keys = KeyCache::new(
             // A small pool of its own: a flood of requests waiting on key lookups cannot take the
@@ -159,7 +155,7 @@ impl Application {
             KeyStore::new(
                 Database::connect(settings.database.url.expose(), IDENTITY_CONNECTIONS).await.context("Failed to connect to the database (key lookups)")?,
             ),
-            Duration::from_millis(settings.identity.key_cache_ms),
+            settings.identity.key_cache,
             settings.identity.key_cache_entries,
         );
         let proxies = TrustedProxies::parse(&settings.server.trusted_proxies, settings.server.forwarded_header)
@@ -169,7 +165,7 @@ impl Application {
         let auth = web::Data::new(Authenticator::new(keys, failures, pace, proxies, metrics.clone()));
         let training = web::Data::from(training);
         let deps = Dependencies { database: db, model, broker: publisher, redis };
-        let readiness = web::Data::from(Readiness::start(deps, Duration::from_millis(settings.server.readiness_refresh_ms), &cancel, &tasks).await);
+        let readiness = web::Data::from(Readiness::start(deps, settings.server.readiness_refresh.get(), &cancel, &tasks).await);
         let ops = web::Data::new(OpsAccess { metrics_require_ops: settings.server.metrics_require_ops });
         let metrics = web::Data::from(metrics);
         let body_limit = settings.server.body_limit_bytes;
@@ -288,6 +284,11 @@ fn bound_send_buffer(connection: &dyn std::any::Any, bytes: usize) {
 }
 
 /// The configured key, or a random one that only this process can verify.
+/// A verdict's lifetime in whole seconds (its expiry is a Unix time), rounded up.
+fn verdict_seconds(ttl: crate::durations::NonZeroDuration) -> u64 {
+    u64::try_from(ttl.get().as_millis().div_ceil(1000)).unwrap_or(u64::MAX)
+}
+
 fn signing_key(configured: &Secret) -> Secret {
     if !configured.expose().is_empty() {
         return configured.clone();
@@ -308,23 +309,10 @@ fn start_events(
 ) -> (EventLog, Option<Arc<dyn EventPublisher>>) {
     let store = OutboxStore::new(db.clone(), settings.kafka.conversation_topic.clone());
     let committed = Arc::new(Notify::new());
-    let drain = Duration::from_millis(settings.server.shutdown_grace_ms);
+    let drain = settings.server.shutdown_grace;
     let events = EventLog::start(store.clone(), committed.clone(), metrics.clone(), cancel.clone(), drain, tasks);
     let publisher = publisher(settings);
-    let outbox = &settings.outbox;
-    let relay = Relay {
-        store,
-        publisher: publisher.clone(),
-        metrics: metrics.clone(),
-        settings: RelaySettings {
-            batch_size: outbox.batch_size,
-            poll_interval: Duration::from_millis(outbox.poll_interval_ms),
-            max_backoff: Duration::from_millis(outbox.max_backoff_ms),
-            lease: Duration::from_millis(outbox.lease_ms),
-            drain,
-        },
-        committed,
-    };
+    let relay = Relay { store, publisher: publisher.clone(), metrics: metrics.clone(), settings: settings.outbox.clone(), drain, committed };
     tasks.spawn(relay.run(cancel.clone()));
     (events, publisher)
 }
@@ -351,26 +339,17 @@ fn start_checkpoints(
         topic: settings.kafka.checkpoint_topic.clone(),
         conversation_topic: settings.kafka.conversation_topic.clone(),
     });
-    tasks.spawn(checkpointer.clone().run(Duration::from_millis(settings.events.checkpoint_interval_ms), cancel.clone()));
+    tasks.spawn(checkpointer.clone().run(settings.events.checkpoint_interval.get(), cancel.clone()));
     Some(checkpointer)
 }
 
 #[cfg(feature = "kafka")]
 fn publisher(settings: &Settings) -> Option<Arc<dyn EventPublisher>> {
-    use crate::events::kafka::{KafkaPublisher, KafkaSettings};
-    let kafka = &settings.kafka;
-    if kafka.brokers.is_empty() {
+    if settings.kafka.brokers.is_empty() {
         tracing::info!("kafka.brokers is empty: events stay in the outbox (steward events tail)");
         return None;
     }
-    Some(Arc::new(KafkaPublisher::new(KafkaSettings {
-        brokers: kafka.brokers.clone(),
-        topics: vec![kafka.conversation_topic.clone(), kafka.training_topic.clone(), kafka.policy_topic.clone(), kafka.checkpoint_topic.clone()],
-        partitions: kafka.partitions,
-        replication_factor: kafka.replication_factor,
-        deadline: Duration::from_millis(kafka.request_deadline_ms),
-        max_record_bytes: kafka.max_record_bytes,
-    })))
+    Some(Arc::new(crate::events::kafka::KafkaPublisher::new(settings.kafka.clone())))
 }
 
 #[cfg(not(feature = "kafka"))]
@@ -405,7 +384,7 @@ fn redis_connection(settings: &Settings) -> anyhow::Result<RedisConnection> {
 
 #[cfg(feature = "redis")]
 fn redis_timeout(settings: &Settings) -> Duration {
-    Duration::from_millis(settings.redis.command_timeout_ms)
+    settings.redis.command_timeout.get()
 }
 
 /// How long a start waits for the registry's first read.
@@ -424,9 +403,9 @@ async fn start_judges(
     tasks: &TaskTracker,
 ) -> anyhow::Result<Arc<Judges>> {
     let policy = &settings.policy;
-    let freshness = Freshness { staleness: Duration::from_millis(policy.staleness_ms), fail_open: policy.fail_open };
+    let freshness = Freshness { staleness: policy.staleness.get(), fail_open: policy.fail_open };
     if policy.fail_open {
-        tracing::warn!("policy.fail_open is on: while the registry is unreachable, turns are judged by a copy older than policy.staleness_ms");
+        tracing::warn!("policy.fail_open is on: while the registry is unreachable, turns are judged by a copy older than policy.staleness");
     }
     let registry: Arc<dyn ConstitutionRegistry> = match constitution_registry(settings, redis)? {
         Some(registry) => registry,
@@ -483,7 +462,7 @@ fn limiter(settings: &Settings, redis: &RedisConnection, metrics: &Arc<Metrics>,
         tokens_per_minute: l.tokens_per_minute,
     };
     // No turn outlives the model's total deadline: a slot an instance could not give back frees itself after it.
-    let lease = Duration::from_millis(settings.slm.total_timeout_ms) + Duration::from_secs(60);
+    let lease = settings.slm.total_timeout.get() + Duration::from_secs(60);
     Arc::new(Limiter::new(store, defaults, l.tenants.clone(), lease, metrics.clone(), tasks.clone()))
 }
 
@@ -526,7 +505,7 @@ fn start_training(
     cancel: &CancellationToken,
     tasks: &TaskTracker,
 ) -> anyhow::Result<(Arc<crate::training::TrainingService>, RedisHandle)> {
-    use crate::training::{InMemoryLockStore, LockStore, TrainingService, TrainingSettings};
+    use crate::training::{InMemoryLockStore, LockStore, TrainingService};
     let (store, redis): (Arc<dyn LockStore>, RedisHandle) = match redis {
         None => {
             tracing::info!("redis.url is empty: training locks are held in process (single instance only)");
@@ -539,13 +518,10 @@ fn start_training(
         crate::training::FencingLedger::new(db.clone()),
         events.clone(),
         metrics.clone(),
-        TrainingSettings {
-            max_ttl: Duration::from_secs(settings.training.max_ttl_seconds),
-            state_cache: Duration::from_millis(settings.training.state_cache_ms),
-            audit_topic: settings.kafka.training_topic.clone(),
-        },
+        settings.training.clone(),
+        settings.kafka.training_topic.clone(),
     ));
-    let every = Duration::from_millis(settings.training.expiry_check_ms);
+    let every = settings.training.expiry_check.get();
     tasks.spawn(crate::training::watch(service.clone(), metrics.clone(), every, cancel.clone()));
     Ok((service, redis))
 }

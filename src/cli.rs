@@ -111,7 +111,7 @@ pub enum KeysCommand {
 }
 
 async fn database(settings: &Settings) -> anyhow::Result<Database> {
-    let db = Database::connect(settings.database.url.expose(), settings.database.max_connections).await?;
+    let db = Database::connect(settings.database.url.expose(), settings.database.max_connections.get()).await?;
     db.migrate().await?;
     Ok(db)
 }

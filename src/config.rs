@@ -3,11 +3,17 @@
 //! variables. Unknown keys are errors, and [`Settings::validate`] names the key
 //! that is wrong.
 
+use std::num::{NonZeroU32, NonZeroUsize};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use figment::providers::{Env, Format, Toml};
 use figment::Figment;
 use serde::Deserialize;
+
+use crate::durations::NonZeroDuration;
+use crate::events::{KafkaSettings, OutboxSettings};
+use crate::training::TrainingSettings;
 
 /// A secret that never appears in `Debug` output or logs.
 #[derive(Clone, Default, Deserialize)]
@@ -39,10 +45,10 @@ pub struct Settings {
     pub policy: PolicySettings,
     pub moderation: ModerationSettings,
     pub chat: ChatSettings,
-    pub kafka: KafkaConfig,
-    pub outbox: OutboxConfig,
-    pub redis: RedisConfig,
-    pub training: TrainingConfig,
+    pub kafka: KafkaSettings,
+    pub outbox: OutboxSettings,
+    pub redis: RedisSettings,
+    pub training: TrainingSettings,
     pub telemetry: TelemetrySettings,
     pub limits: LimitsSettings,
     pub events: EventsSettings,
@@ -53,7 +59,7 @@ pub struct Settings {
 #[serde(deny_unknown_fields)]
 pub struct EventsSettings {
     /// How often changed chains are checkpointed (and once at shutdown).
-    pub checkpoint_interval_ms: u64,
+    pub checkpoint_interval: NonZeroDuration,
     /// The Ed25519 signing key's seed: 32 random bytes in base64 (or hex),
     /// from `steward keys audit-generate`. Empty = no checkpoints.
     pub checkpoint_key: Secret,
@@ -80,23 +86,24 @@ pub struct ServerSettings {
     /// Largest accepted request body, in bytes.
     pub body_limit_bytes: usize,
     /// Interval of SSE `: keep-alive` comments and of WebSocket pings.
-    pub keepalive_ms: u64,
+    pub keepalive: NonZeroDuration,
     /// A WebSocket that has not authenticated within this is closed (1008).
-    pub socket_auth_timeout_ms: u64,
+    pub socket_auth_timeout: NonZeroDuration,
     /// Events a turn may run ahead of a client that does not read them.
-    pub stream_buffer_events: usize,
+    pub stream_buffer_events: NonZeroUsize,
     /// An event that waits this long for a client to read ends the turn
     /// (`client_too_slow`).
-    pub write_stall_ms: u64,
+    pub write_stall: NonZeroDuration,
     /// Kernel send buffer of each client connection, in bytes (0 keeps the
     /// system's autotuned one): with the event buffer, bounds what a client
     /// that stops reading can hold before the write-stall deadline runs.
     pub send_buffer_bytes: usize,
     /// On SIGTERM, how long running turns may go on before they are stopped
     /// (recorded cancelled); the relay's last publish has as long again.
-    pub shutdown_grace_ms: u64,
+    #[serde(deserialize_with = "crate::durations::deserialize")]
+    pub shutdown_grace: Duration,
     /// How often the dependencies are checked for `/readyz`, which serves the last result.
-    pub readiness_refresh_ms: u64,
+    pub readiness_refresh: NonZeroDuration,
     /// Whether `/metrics` needs a key with capability `ops`.
     pub metrics_require_ops: bool,
     /// Addresses and CIDR ranges of the proxies in front of Steward, whose
@@ -114,8 +121,9 @@ pub struct ServerSettings {
 #[serde(deny_unknown_fields)]
 pub struct IdentitySettings {
     /// How long an authenticated key is remembered (the longest a revocation
-    /// takes to apply on an instance); 0 reads the database on every request.
-    pub key_cache_ms: u64,
+    /// takes to apply on an instance); `0s` reads the database on every request.
+    #[serde(deserialize_with = "crate::durations::deserialize")]
+    pub key_cache: Duration,
     /// Most keys remembered at once.
     pub key_cache_entries: usize,
     /// Unknown keys one client address may send per minute before it is
@@ -132,10 +140,10 @@ pub struct IdentitySettings {
 pub struct DatabaseSettings {
     /// `sqlite://path?mode=rwc` (embedded) or `postgres://…`.
     pub url: Secret,
-    pub max_connections: u32,
+    pub max_connections: NonZeroU32,
     /// Longest a caller waits for a free connection of the pool before it
     /// gets a pool timeout (which the outbox writer retries).
-    pub acquire_timeout_ms: u64,
+    pub acquire_timeout: NonZeroDuration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -146,10 +154,10 @@ pub struct SlmSettings {
     pub model: String,
     /// Sent as the first message of every conversation unless empty.
     pub system_prompt: String,
-    pub connect_timeout_ms: u64,
-    pub first_token_timeout_ms: u64,
-    pub idle_timeout_ms: u64,
-    pub total_timeout_ms: u64,
+    pub connect_timeout: NonZeroDuration,
+    pub first_token_timeout: NonZeroDuration,
+    pub idle_timeout: NonZeroDuration,
+    pub total_timeout: NonZeroDuration,
     pub default_max_tokens: u32,
     /// Model calls at once (the server's parallel slots; 0 = no bound): beyond, calls wait
     /// for a slot with the tenants waiting served in turn (see `crate::slm::FairGate`).
@@ -165,11 +173,11 @@ pub struct PolicySettings {
     /// HMAC key for policy verdicts. Empty = a random key per process (single instance only).
     pub signing_key: Secret,
     /// How long a signed verdict stays valid.
-    pub verdict_ttl_seconds: u64,
+    pub verdict_ttl: NonZeroDuration,
     /// How old the instance's copy of the active constitutions may grow (it
     /// is re-read at a quarter of this) before turns are refused with
     /// `policy_registry_unavailable`.
-    pub staleness_ms: u64,
+    pub staleness: NonZeroDuration,
     /// Judge from an older copy instead of refusing turns while the registry
     /// is unreachable. Logged as a warning at start.
     pub fail_open: bool,
@@ -275,58 +283,13 @@ pub enum CallerSystemPrompt {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct KafkaConfig {
-    /// Bootstrap brokers, `host:port`. Empty = events stay in the outbox (embedded mode).
-    pub brokers: Vec<String>,
-    pub conversation_topic: String,
-    pub training_topic: String,
-    /// Where constitution activations are recorded (`policy.audit/v1`).
-    pub policy_topic: String,
-    /// Where signed checkpoints of `conversation_topic` go.
-    pub checkpoint_topic: String,
-    /// Partitions of topics Steward creates.
-    pub partitions: i32,
-    pub replication_factor: i16,
-    /// Longest a broker call may take, retries included.
-    pub request_deadline_ms: u64,
-    /// Largest record (and produce batch) the relay sends; a larger record
-    /// goes to `<topic>.dlq` instead. Kafka's own default limit is 1 MiB.
-    pub max_record_bytes: usize,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct OutboxConfig {
-    /// Most rows the relay publishes per round.
-    pub batch_size: i64,
-    /// How often the relay looks for rows when not woken by a commit.
-    pub poll_interval_ms: u64,
-    /// Cap of the relay's exponential backoff while the broker is down.
-    pub max_backoff_ms: u64,
-    /// How long a relay's lease lasts without renewal.
-    pub lease_ms: u64,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RedisConfig {
+pub struct RedisSettings {
     /// `redis://host:port/db`. Empty = in-process lock store (single instance only).
     pub url: Secret,
     /// Prefix of every key Steward writes.
     pub key_prefix: String,
     /// A command fails (503 `lock_store_unavailable`) after this.
-    pub command_timeout_ms: u64,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TrainingConfig {
-    /// Longer requested TTLs are clamped to this.
-    pub max_ttl_seconds: u64,
-    /// How often lapsed locks are looked for (the bound on `training.expired` delay).
-    pub expiry_check_ms: u64,
-    /// How long the chat path trusts its last read of a tenant's state.
-    pub state_cache_ms: u64,
+    pub command_timeout: NonZeroDuration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -372,6 +335,9 @@ impl Settings {
         Self::load_from(Path::new(&dir))
     }
 
+    /// What the types cannot say: the relations between keys, and the
+    /// formats of addresses, URLs and keys. (Durations, and the counts where
+    /// zero would mean nothing, are checked as they are read: `NonZero*`.)
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |key, reason: &str| Err(ConfigError::Invalid { key, reason: reason.into() });
         if self.server.bind.parse::<std::net::SocketAddr>().is_err() {
@@ -380,49 +346,25 @@ impl Settings {
         if self.server.body_limit_bytes < 1024 {
             return invalid("server.body_limit_bytes", "must be at least 1024");
         }
-        if !self.identity.requests_per_second_per_key.is_finite() || self.identity.requests_per_second_per_key < 0.0 {
-            return invalid("identity.requests_per_second_per_key", "must be a number of at least 0");
-        }
-        if let Err(weak) = crate::events::checkpoint::CheckpointKey::from_secret(self.events.checkpoint_key.expose()) {
-            return invalid("events.checkpoint_key", &format!("{}: use a 32-byte random seed in base64 (`steward keys audit-generate`)", weak.0));
-        }
         if let Err(reason) = crate::identity::TrustedProxies::parse(&self.server.trusted_proxies, self.server.forwarded_header) {
             return invalid("server.trusted_proxies", &reason);
+        }
+        let rate = |r: f64| r.is_finite() && r >= 0.0;
+        if !rate(self.identity.requests_per_second_per_key) {
+            return invalid("identity.requests_per_second_per_key", "must be a number of at least 0");
+        }
+        if !std::iter::once(self.limits.requests_per_second).chain(self.limits.tenants.values().map(|l| l.requests_per_second)).all(rate) {
+            return invalid("limits.requests_per_second", "must be a number of requests per second, 0 or more (also under limits.tenants)");
         }
         let url = self.database.url.expose();
         if !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://")) {
             return invalid("database.url", "expected sqlite:… or postgres://…");
-        }
-        if self.database.max_connections == 0 {
-            return invalid("database.max_connections", "must be at least 1");
         }
         if !(self.slm.base_url.starts_with("http://") || self.slm.base_url.starts_with("https://")) {
             return invalid("slm.base_url", "expected an http(s) URL ending in /v1");
         }
         if self.slm.model.trim().is_empty() {
             return invalid("slm.model", "must not be empty");
-        }
-        for (key, value) in [
-            ("slm.connect_timeout_ms", self.slm.connect_timeout_ms),
-            ("slm.first_token_timeout_ms", self.slm.first_token_timeout_ms),
-            ("slm.idle_timeout_ms", self.slm.idle_timeout_ms),
-            ("slm.total_timeout_ms", self.slm.total_timeout_ms),
-            ("server.keepalive_ms", self.server.keepalive_ms),
-            ("server.socket_auth_timeout_ms", self.server.socket_auth_timeout_ms),
-            ("server.write_stall_ms", self.server.write_stall_ms),
-            ("server.readiness_refresh_ms", self.server.readiness_refresh_ms),
-            ("events.checkpoint_interval_ms", self.events.checkpoint_interval_ms),
-            ("server.stream_buffer_events", self.server.stream_buffer_events as u64),
-            ("policy.verdict_ttl_seconds", self.policy.verdict_ttl_seconds),
-            ("policy.staleness_ms", self.policy.staleness_ms),
-        ] {
-            if value == 0 {
-                return invalid(key, "must be greater than 0");
-            }
-        }
-        let rates = std::iter::once(self.limits.requests_per_second).chain(self.limits.tenants.values().map(|l| l.requests_per_second));
-        if rates.into_iter().any(|rate| !rate.is_finite() || rate < 0.0) {
-            return invalid("limits.requests_per_second", "must be a number of requests per second, 0 or more (also under limits.tenants)");
         }
         if self.slm.default_max_tokens == 0 || self.slm.default_max_tokens > self.slm.max_tokens_limit {
             return invalid("slm.default_max_tokens", "must be between 1 and slm.max_tokens_limit");
@@ -436,29 +378,7 @@ impl Settings {
         if self.chat.max_message_chars == 0 {
             return invalid("chat.max_message_chars", "must be greater than 0");
         }
-        if !self.kafka.brokers.is_empty() && !cfg!(feature = "kafka") {
-            return invalid("kafka.brokers", "this build lacks the `kafka` Cargo feature");
-        }
-        if self.kafka.brokers.iter().any(|b| b.trim().is_empty() || !b.contains(':')) {
-            return invalid("kafka.brokers", "each broker must be host:port");
-        }
-        if self.kafka.partitions < 1 || self.kafka.replication_factor < 1 {
-            return invalid("kafka.partitions", "partitions and replication_factor must be at least 1");
-        }
-        if self.kafka.conversation_topic.is_empty() || self.kafka.training_topic.is_empty() || self.kafka.policy_topic.is_empty() {
-            return invalid("kafka.conversation_topic", "topic names must not be empty");
-        }
-        for (key, value) in [
-            ("kafka.request_deadline_ms", self.kafka.request_deadline_ms),
-            ("kafka.max_record_bytes", self.kafka.max_record_bytes as u64),
-            ("outbox.poll_interval_ms", self.outbox.poll_interval_ms),
-            ("outbox.max_backoff_ms", self.outbox.max_backoff_ms),
-            ("outbox.lease_ms", self.outbox.lease_ms),
-        ] {
-            if value == 0 {
-                return invalid(key, "must be greater than 0");
-            }
-        }
+        self.validate_events()?;
         let redis = self.redis.url.expose();
         if !(redis.is_empty() || redis.starts_with("redis://") || redis.starts_with("rediss://")) {
             return invalid("redis.url", "expected redis://host:port (or empty for the in-process store)");
@@ -466,23 +386,33 @@ impl Settings {
         if !redis.is_empty() && !cfg!(feature = "redis") {
             return invalid("redis.url", "this build lacks the `redis` Cargo feature");
         }
-        for (key, value) in [
-            ("redis.command_timeout_ms", self.redis.command_timeout_ms),
-            ("training.max_ttl_seconds", self.training.max_ttl_seconds),
-            ("training.expiry_check_ms", self.training.expiry_check_ms),
-        ] {
-            if value == 0 {
-                return invalid(key, "must be greater than 0");
-            }
-        }
-        if self.outbox.lease_ms < 4 * self.kafka.request_deadline_ms {
-            return invalid("outbox.lease_ms", "must be at least 4 x kafka.request_deadline_ms, so a publish round ends within the lease");
-        }
-        if self.outbox.batch_size < 1 {
-            return invalid("outbox.batch_size", "must be at least 1");
-        }
         if !matches!(self.telemetry.log_format.as_str(), "json" | "pretty") {
             return invalid("telemetry.log_format", "expected json or pretty");
+        }
+        Ok(())
+    }
+
+    /// The broker, the outbox and the checkpoints.
+    fn validate_events(&self) -> Result<(), ConfigError> {
+        let invalid = |key, reason: &str| Err(ConfigError::Invalid { key, reason: reason.into() });
+        let kafka = &self.kafka;
+        if !kafka.brokers.is_empty() && !cfg!(feature = "kafka") {
+            return invalid("kafka.brokers", "this build lacks the `kafka` Cargo feature");
+        }
+        if kafka.brokers.iter().any(|b| b.trim().is_empty() || !b.contains(':')) {
+            return invalid("kafka.brokers", "each broker must be host:port");
+        }
+        if kafka.partitions < 1 || kafka.replication_factor < 1 {
+            return invalid("kafka.partitions", "partitions and replication_factor must be at least 1");
+        }
+        if kafka.topics().iter().any(|t| t.is_empty()) {
+            return invalid("kafka.conversation_topic", "topic names must not be empty");
+        }
+        if self.outbox.lease.get() < 4 * kafka.request_deadline.get() {
+            return invalid("outbox.lease", "must be at least 4 x kafka.request_deadline, so a publish round ends within the lease");
+        }
+        if let Err(weak) = crate::events::checkpoint::CheckpointKey::from_secret(self.events.checkpoint_key.expose()) {
+            return invalid("events.checkpoint_key", &format!("{}: use a 32-byte random seed in base64 (`steward keys audit-generate`)", weak.0));
         }
         Ok(())
     }

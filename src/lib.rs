@@ -8,6 +8,7 @@
 //!   OpenAI-compatible `/v1/chat/completions`.
 //! - [`socket`]: turns over a WebSocket, for the gateway and the orchestrator.
 //! - [`identity`]: API keys → tenant + capabilities.
+//! - [`ids`]: a session's and a turn's identifiers.
 //! - [`limits`]: per-tenant concurrent streams and request rate (Redis or in process).
 //! - [`moderation`]: normalisation, the phrase lexicon, the semantic layer
 //!   (an embedding model in process), the streaming output guard, and their
@@ -26,10 +27,12 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod db;
+pub mod durations;
 pub mod error;
 pub mod events;
 pub mod gateway;
 pub mod identity;
+pub mod ids;
 pub mod limits;
 pub mod moderation;
 pub mod openapi;

@@ -1,4 +1,4 @@
-//! Readiness, checked in the background: every `server.readiness_refresh_ms`
+//! Readiness, checked in the background: every `server.readiness_refresh`
 //! one task asks each dependency (database, model, broker, Redis) with the
 //! clients Steward already holds, and `/readyz` serves the last report — a
 //! flood of probes costs nothing and builds no client. The report anyone may

@@ -7,7 +7,7 @@
 //! - `{"type":"auth","key":"…"}` — only when the key came neither in
 //!   `Authorization: Bearer` nor as a `steward.key.<key>` subprotocol
 //!   (browsers cannot set headers); it must come within
-//!   `server.socket_auth_timeout_ms`;
+//!   `server.socket_auth_timeout`;
 //! - `{"type":"turn", …}` with the fields of the route's POST body (the
 //!   orchestrator's also carry the three policy headers as `constitution_hash`,
 //!   `policy_verdict` and `policy_signature`);
@@ -18,7 +18,7 @@
 //! Server frames: `{"type":"session"|"delta"|"refusal"|"error"|"done","turn_id":…, …}`
 //! with the SSE events' fields; an `error` with no `turn_id` answers a
 //! message that started no turn (a key without `chat` gets `forbidden`
-//! there). Pings every `server.keepalive_ms`; a client silent for two
+//! there). Pings every `server.keepalive`; a client silent for two
 //! intervals, or not reading for one, is dropped (a running turn is then
 //! recorded cancelled). Close codes: 1008 (no key, or one Steward does not
 //! know, looked up again for every turn), 1009 (a message larger than the
@@ -74,7 +74,7 @@ pub struct SocketSettings {
 
 /// A started turn: its id and its frames, `session` first and `done` last.
 pub struct Started {
-    pub turn_id: String,
+    pub turn_id: crate::ids::TurnId,
     pub frames: Frames,
 }
 
@@ -150,7 +150,7 @@ fn close(code: CloseCode, description: &str) -> Option<CloseReason> {
 }
 
 struct Running {
-    turn_id: String,
+    turn_id: crate::ids::TurnId,
     stop: TurnStop,
     frames: Frames,
 }
@@ -296,7 +296,7 @@ impl<S: TurnSource> Connection<S> {
             ClientMessage::Auth { .. } => self.send(error_frame(None, Code::InvalidRequest, "this socket is authenticated already")).await,
             // Once the model has finished, a cancel changes nothing: the turn ends as it would have.
             ClientMessage::Cancel { turn_id } => match &self.turn {
-                Some(running) if running.turn_id == turn_id => {
+                Some(running) if running.turn_id.as_str() == turn_id => {
                     running.stop.stop(StopReason::CancelRequested);
                     tracing::info!(turn_id = %turn_id, tenant = %self.tenant, "turn cancelled by the client");
                     true
@@ -304,7 +304,7 @@ impl<S: TurnSource> Connection<S> {
                 _ => self.send(error_frame(Some(&turn_id), Code::NotFound, "no running turn has this id")).await,
             },
             ClientMessage::Turn(_) if self.turn.is_some() => {
-                let running = self.turn.as_ref().map(|r| r.turn_id.clone());
+                let running = self.turn.as_ref().map(|r| r.turn_id.to_string());
                 self.send(error_frame(running.as_deref(), Code::TurnInProgress, "a turn is running on this socket: wait for its done, or cancel it")).await
             }
             ClientMessage::Turn(fields) => {

@@ -37,7 +37,7 @@ pub async fn run(dir: &Path) {
     let port = free_port();
     let config =
         crate::Config { name: "idle".into(), semantic, overlapped: false, full: false, binary: env!("CARGO_BIN_EXE_steward").into(), root: crate::root() };
-    let env = crate::steward_env(&config, up_port, port, dir, &[("STEWARD_SLM__FIRST_TOKEN_TIMEOUT_MS", "3600000".into())]).await;
+    let env = crate::steward_env(&config, up_port, port, dir, &[("STEWARD_SLM__FIRST_TOKEN_TIMEOUT", "1h".into())]).await;
     let (steward, key) = crate::start_steward(&env, port, &dir.join("steward-idle.log")).await;
     let url = format!("http://127.0.0.1:{port}/v1/chat/stream");
     let body = json!({ "message": "Write one sentence about the sea.", "max_tokens": 8 });

@@ -1,5 +1,5 @@
 //! Signed checkpoints of the conversation trail. Every
-//! `events.checkpoint_interval_ms` (and at shutdown) Steward publishes, on
+//! `events.checkpoint_interval` (and at shutdown) Steward publishes, on
 //! `kafka.checkpoint_topic`, records that commit to the head `(seq, hash)`
 //! of every chain that changed since a checkpoint last covered it — session
 //! chains of the conversation topic and the per-key chains of the audit

@@ -24,18 +24,7 @@ use tokio::sync::Mutex;
 
 use super::outbox::OutboxRow;
 use super::relay::{EventPublisher, PublishError, Published};
-
-#[derive(Debug, Clone)]
-pub struct KafkaSettings {
-    pub brokers: Vec<String>,
-    pub topics: Vec<String>,
-    pub partitions: i32,
-    pub replication_factor: i16,
-    /// Longest a broker call may take, retries included (rskafka retries forever by default).
-    pub deadline: Duration,
-    /// Largest record (and produce batch) sent; larger ones are dead-lettered.
-    pub max_record_bytes: usize,
-}
+use super::KafkaSettings;
 
 #[derive(Default)]
 struct Connection {
@@ -46,6 +35,10 @@ struct Connection {
 
 pub struct KafkaPublisher {
     settings: KafkaSettings,
+    /// The settings' topics and their dead-letter topics.
+    topics: Vec<String>,
+    /// Longest a broker call may take.
+    deadline: Duration,
     connection: Mutex<Connection>,
 }
 
@@ -61,27 +54,27 @@ pub async fn connect(brokers: &[String], deadline: Duration) -> Result<Client, P
 }
 
 impl KafkaPublisher {
-    /// A publisher for `settings.topics`, each with its dead-letter topic.
-    pub fn new(mut settings: KafkaSettings) -> Self {
-        let dead_letter: Vec<String> = settings.topics.iter().map(|t| dead_letter_topic(t)).collect();
-        settings.topics.extend(dead_letter);
-        Self { settings, connection: Mutex::new(Connection::default()) }
+    /// A publisher for the settings' topics, each with its dead-letter topic.
+    pub fn new(settings: KafkaSettings) -> Self {
+        let topics = settings.topics().map(str::to_owned);
+        let topics = topics.iter().cloned().chain(topics.iter().map(|t| dead_letter_topic(t))).collect();
+        Self { deadline: settings.request_deadline.get(), topics, settings, connection: Mutex::new(Connection::default()) }
     }
 
     /// Bounds a broker call by the deadline.
     async fn within<T>(&self, what: &str, call: impl std::future::Future<Output = Result<T, KafkaError>>) -> Result<T, PublishError> {
-        tokio::time::timeout(self.settings.deadline, call).await.map_err(|_| self.no_answer(what))?.map_err(unreachable)
+        tokio::time::timeout(self.deadline, call).await.map_err(|_| self.no_answer(what))?.map_err(unreachable)
     }
 
     fn no_answer(&self, what: &str) -> PublishError {
-        PublishError::Unreachable(format!("{what}: no answer within {:?}", self.settings.deadline))
+        PublishError::Unreachable(format!("{what}: no answer within {:?}", self.deadline))
     }
 
     async fn client(&self, conn: &mut Connection) -> Result<Arc<Client>, PublishError> {
         if let Some(client) = &conn.client {
             return Ok(client.clone());
         }
-        let client = Arc::new(connect(&self.settings.brokers, self.settings.deadline).await?);
+        let client = Arc::new(connect(&self.settings.brokers, self.deadline).await?);
         conn.client = Some(client.clone());
         Ok(client)
     }
@@ -90,12 +83,12 @@ impl KafkaPublisher {
         let client = self.client(conn).await?;
         let existing = self.within("list topics", client.list_topics()).await?;
         let controller = client.controller_client().map_err(unreachable)?;
-        for topic in &self.settings.topics {
+        for topic in &self.topics {
             if existing.iter().any(|t| &t.name == topic) {
                 continue;
             }
             let created = controller.create_topic(topic.as_str(), self.settings.partitions, self.settings.replication_factor, 5_000);
-            match tokio::time::timeout(self.settings.deadline, created).await.map_err(|_| self.no_answer("create topic"))? {
+            match tokio::time::timeout(self.deadline, created).await.map_err(|_| self.no_answer("create topic"))? {
                 Ok(()) => tracing::info!(topic, partitions = self.settings.partitions, "created topic"),
                 Err(KafkaError::ServerError { protocol_error: ProtocolError::TopicAlreadyExists, .. }) => {}
                 Err(err) => return Err(PublishError::Broker(format!("create topic {topic}: {err}"))),
@@ -105,7 +98,7 @@ impl KafkaPublisher {
         let partitions: HashMap<String, i32> = topics.into_iter().map(|t| (t.name, t.partitions.len() as i32)).collect();
         // A topic just created may list no partitions yet: placing keys now would put them all
         // in partition 0 and move them later, breaking per-key order. Not ready until it has them.
-        if let Some(topic) = self.settings.topics.iter().find(|t| partitions.get(*t).copied().unwrap_or(0) < 1) {
+        if let Some(topic) = self.topics.iter().find(|t| partitions.get(*t).copied().unwrap_or(0) < 1) {
             return Err(PublishError::Broker(format!("topic {topic} has no partitions yet")));
         }
         conn.partitions = partitions;
@@ -167,7 +160,7 @@ impl KafkaPublisher {
         group: &[&OutboxRow],
         out: &mut Published,
     ) -> Result<(), PublishError> {
-        let limit = self.settings.max_record_bytes;
+        let limit = self.settings.max_record_bytes.get();
         // Once the broker refuses a batch as too large, its limit is below ours: one row at a time.
         let mut one_by_one = false;
         let mut start = 0;
@@ -186,7 +179,7 @@ impl KafkaPublisher {
             let batch = &group[start..end];
             let pc = self.partition_client(conn, topic, partition).await?;
             let produce = pc.produce(batch.iter().map(|r| record(r)).collect(), Compression::NoCompression);
-            match tokio::time::timeout(self.settings.deadline, produce).await.map_err(|_| self.no_answer("produce"))? {
+            match tokio::time::timeout(self.deadline, produce).await.map_err(|_| self.no_answer("produce"))? {
                 Ok(_) => out.ids.extend(batch.iter().map(|r| r.id)),
                 Err(err) if too_large(&err) && batch.len() > 1 => {
                     one_by_one = true;

@@ -7,6 +7,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use crate::ids::{SessionId, TurnId};
+
 pub const CONVERSATION_SCHEMA: &str = "conversation.event/v1";
 
 /// `prev_hash` of the first event of a session.
@@ -46,8 +48,8 @@ impl EventType {
 #[derive(Debug, Clone)]
 pub struct TurnContext {
     pub tenant: String,
-    pub session_id: String,
-    pub turn_id: String,
+    pub session_id: SessionId,
+    pub turn_id: TurnId,
     pub trace_id: String,
     /// `traceparent` to put on the Kafka record.
     pub traceparent: String,
@@ -126,8 +128,8 @@ impl ConversationEvent {
             kind: new.kind,
             occurred_at: new.occurred_at.clone(),
             tenant: c.tenant.clone(),
-            session_id: c.session_id.clone(),
-            turn_id: c.turn_id.clone(),
+            session_id: c.session_id.to_string(),
+            turn_id: c.turn_id.to_string(),
             trace_id: c.trace_id.clone(),
             constitution_hash: c.constitution_hash.clone(),
             policy_verdict: c.policy_verdict.clone(),

@@ -116,7 +116,7 @@ impl OutboxStore {
                     rows.push(NewRow {
                         topic: self.conversation_topic.clone(),
                         key: chain,
-                        session_id: Some(new.context.session_id.clone()),
+                        session_id: Some(new.context.session_id.to_string()),
                         event_type: new.kind.as_str().to_owned(),
                         payload: event.to_string(),
                         headers: headers.to_string(),

@@ -45,22 +45,14 @@ pub enum PublishError {
     Broker(String),
 }
 
-#[derive(Debug, Clone)]
-pub struct RelaySettings {
-    pub batch_size: i64,
-    pub poll_interval: Duration,
-    pub max_backoff: Duration,
-    pub lease: Duration,
-    /// After the stop, how long the relay goes on publishing what is pending
-    /// (the writer's last commits included) before it releases its lease.
-    pub drain: Duration,
-}
-
 pub struct Relay {
     pub store: OutboxStore,
     pub publisher: Option<Arc<dyn EventPublisher>>,
     pub metrics: Arc<Metrics>,
-    pub settings: RelaySettings,
+    pub settings: super::OutboxSettings,
+    /// After the stop, how long the relay goes on publishing what is pending
+    /// (the writer's last commits included) before it releases its lease.
+    pub drain: Duration,
     /// Woken by the writer after each commit.
     pub committed: Arc<Notify>,
 }
@@ -70,13 +62,13 @@ const LEASE: &str = "outbox-relay";
 impl Relay {
     pub async fn run(self, cancel: CancellationToken) {
         let holder = format!("{}-{}", std::process::id(), uuid::Uuid::new_v4().simple());
-        let mut backoff = Backoff::new(self.settings.poll_interval.min(Duration::from_millis(100)), self.settings.max_backoff);
+        let mut backoff = Backoff::new(self.settings.poll_interval.get().min(Duration::from_millis(100)), self.settings.max_backoff.get());
         let mut state = RelayState { holder, prepared: false, lease_until: None };
         // The gauges have their own loop: a publish stuck on a dead broker must not freeze them.
         let gauges = async {
             loop {
                 self.refresh_gauges().await;
-                tokio::time::sleep(self.settings.poll_interval).await;
+                tokio::time::sleep(self.settings.poll_interval.get()).await;
             }
         };
         tokio::select! {
@@ -85,7 +77,7 @@ impl Relay {
             () = self.publish_loop(&mut state, &mut backoff, &cancel) => {}
         }
         if let Some(publisher) = &self.publisher {
-            let drained = tokio::time::timeout(self.settings.drain, self.drain(publisher.as_ref(), &mut state)).await;
+            let drained = tokio::time::timeout(self.drain, self.drain(publisher.as_ref(), &mut state)).await;
             if drained.is_err() {
                 tracing::warn!("shutdown: events still pending stay in the outbox for the next start");
             }
@@ -113,7 +105,7 @@ impl Relay {
     async fn publish_loop(&self, state: &mut RelayState, backoff: &mut Backoff, cancel: &CancellationToken) {
         loop {
             let wait = match &self.publisher {
-                None => self.settings.poll_interval,
+                None => self.settings.poll_interval.get(),
                 Some(publisher) => match self.step(publisher.as_ref(), state).await {
                     Step::Published => {
                         backoff.reset();
@@ -121,7 +113,7 @@ impl Relay {
                     }
                     Step::Idle => {
                         backoff.reset();
-                        self.settings.poll_interval
+                        self.settings.poll_interval.get()
                     }
                     Step::Failed => backoff.next(),
                 },
@@ -136,7 +128,7 @@ impl Relay {
 
     /// Holds the lease, renewing it once a third of it has passed rather than every round.
     async fn lease(&self, state: &mut RelayState) -> Result<bool, sqlx::Error> {
-        let lease = self.settings.lease;
+        let lease = self.settings.lease.get();
         if state.lease_until.is_some_and(|until| until > Instant::now() + lease * 2 / 3) {
             return Ok(true);
         }
@@ -164,7 +156,7 @@ impl Relay {
             }
             *prepared = true;
         }
-        let rows = match self.store.pending(self.settings.batch_size).await {
+        let rows = match self.store.pending(i64::from(self.settings.batch_size.get())).await {
             Ok(rows) if rows.is_empty() => return Step::Idle,
             Ok(rows) => rows,
             Err(err) => {

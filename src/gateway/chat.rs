@@ -57,7 +57,7 @@ fn frame(event: &TurnEvent) -> actix_web_lab::sse::Event {
         crate::responses::BodyErrors,
         (status = 403, response = crate::responses::Problem),
         (status = 404, response = crate::responses::Problem),
-        (status = 503, description = "the active constitution cannot be known (the registry copy is older than policy.staleness_ms): \
+        (status = 503, description = "the active constitution cannot be known (the registry copy is older than policy.staleness): \
             one `error` event (policy_registry_unavailable) and `done`; or another dependency is unavailable",
             content((crate::responses::ChatEvent = "text/event-stream"), (crate::error::ErrorBody = "application/problem+json"))),
     ))]
@@ -75,7 +75,7 @@ pub async fn chat_stream(req: HttpRequest, caller: Caller, body: web::Json<ChatB
     let governance = Governance {
         constitution_hash: admission.signed.constitution_hash.as_str(),
         policy_verdict: &verdict,
-        session_id: &admission.session_id,
+        session_id: admission.session_id.as_str(),
         trace: &admission.trace,
     };
     Ok(governance.sse_response().body(sse_body(frames, gateway.keepalive)))

@@ -20,7 +20,7 @@ use actix_web::web;
 ///
 /// Upgrade with the key in `Authorization: Bearer`, as a `steward.key.<key>` subprotocol (offered
 /// with `steward.v1`, which the server selects), or in a first message `{"type":"auth","key":"…"}`
-/// within server.socket_auth_timeout_ms. Client messages:
+/// within server.socket_auth_timeout. Client messages:
 /// `{"type":"turn","message","session_id"?,"max_tokens"?,"temperature"?,"seed"?}` and
 /// `{"type":"cancel","turn_id"}`. Server frames: `session`, `delta`, `refusal`, `error`, `done`
 /// (the SSE events' fields, plus `type` and `turn_id`); an `error` without `turn_id` answers a

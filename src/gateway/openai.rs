@@ -202,7 +202,7 @@ pub async fn completions(req: HttpRequest, caller: Caller, body: web::Json<Compl
     let governance = Governance {
         constitution_hash: admission.signed.constitution_hash.as_str(),
         policy_verdict: &verdict,
-        session_id: &admission.session_id,
+        session_id: admission.session_id.as_str(),
         trace: &admission.trace,
     };
     if body.stream {

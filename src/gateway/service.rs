@@ -8,6 +8,7 @@ use crate::db::now_ms;
 use crate::error::{ApiError, Code};
 use crate::events::{EventLog, NewEvent, Pending, TurnData};
 use crate::identity::{Caller, Capability};
+use crate::ids::{SessionId, TurnId};
 use crate::moderation::{Decision, Hit};
 use crate::orchestrator::{
     refused_data, turn_context, Conversation, ConversationStore, EarlyDispatch, FinishReason, OrchestratorError, Origin, RecordTurn, SessionData, SessionState,
@@ -60,8 +61,8 @@ pub struct TurnInput {
 
 /// An admitted turn: its identity, its signed verdict and what follows.
 pub struct Admission {
-    pub session_id: String,
-    pub turn_id: String,
+    pub session_id: SessionId,
+    pub turn_id: TurnId,
     pub trace: TraceContext,
     pub signed: SignedVerdict,
     pub outcome: Admitted,
@@ -89,8 +90,8 @@ impl Admission {
     /// The turn's `session` event; `verdict` is the signed verdict's header value.
     pub fn session<'a>(&'a self, verdict: &'a str) -> SessionData<'a> {
         SessionData {
-            session_id: &self.session_id,
-            turn_id: &self.turn_id,
+            session_id: self.session_id.as_str(),
+            turn_id: self.turn_id.as_str(),
             trace_id: &self.trace.trace_id,
             constitution_hash: self.signed.constitution_hash.as_str(),
             policy_verdict: verdict,
@@ -112,8 +113,8 @@ impl Gateway {
     async fn try_admit(&self, caller: &Caller, input: TurnInput) -> Result<Admission, ApiError> {
         caller.require(Capability::Chat)?;
         // The tenant's limits first: a turn over them costs no moderation and no model work.
-        let turn_id = uuid::Uuid::now_v7().to_string();
-        let mut permit = self.limiter.admit(caller.tenant.as_str(), &turn_id, expected_tokens(&input)).await?;
+        let turn_id = TurnId::mint();
+        let mut permit = self.limiter.admit(caller.tenant.as_str(), turn_id.as_str(), expected_tokens(&input)).await?;
         self.limits.check_message(&input.message)?;
         for earlier in &input.preamble {
             self.limits.check_earlier(&earlier.content)?;
@@ -149,7 +150,8 @@ impl Gateway {
 
         let (hits, early) = self.judge(&judge, texts, &request).await?;
         let verdict = if hits.is_empty() { Verdict::Allow } else { Verdict::Refuse(hits.iter().map(|h| h.code.clone()).collect()) };
-        let turn = TurnRef { tenant, session_id: &request.session_id, turn_id: &request.turn_id, message: &request.message, params: request.params };
+        let turn =
+            TurnRef { tenant, session_id: request.session_id.as_str(), turn_id: request.turn_id.as_str(), message: &request.message, params: request.params };
         let signed = self.policy.sign(turn, verdict, &judge.hash);
         let context = turn_context(&request, &signed);
         let received = NewEvent::turn(context.clone(), &received_data);
@@ -209,12 +211,13 @@ impl Gateway {
     }
 
     /// The turn's session: a new one, or the caller's own (a UUID an earlier turn of its tenant returned).
-    async fn session(&self, tenant: &str, asked: Option<&str>) -> Result<(String, SessionState), ApiError> {
+    async fn session(&self, tenant: &str, asked: Option<&str>) -> Result<(SessionId, SessionState), ApiError> {
         let Some(id) = asked else {
-            return Ok((uuid::Uuid::now_v7().to_string(), SessionState::New));
+            return Ok((SessionId::mint(), SessionState::New));
         };
-        let id =
-            uuid::Uuid::parse_str(id).map_err(|_| ApiError::new(Code::InvalidRequest, "session_id must be a UUID returned by an earlier turn"))?.to_string();
+        let id = SessionId::from(
+            uuid::Uuid::parse_str(id).map_err(|_| ApiError::new(Code::InvalidRequest, "session_id must be a UUID returned by an earlier turn"))?,
+        );
         match self.store.session_state(tenant, &id).await.map_err(OrchestratorError::Store)? {
             SessionState::Owned => Ok((id, SessionState::Owned)),
             SessionState::New | SessionState::Foreign => Err(OrchestratorError::SessionNotFound.into()),
@@ -260,12 +263,13 @@ impl Gateway {
                 trace: &trace,
                 route,
                 started: std::time::SystemTime::now() - started.elapsed(),
-                session_id: &session_id,
-                turn_id: &turn_id,
+                session_id: session_id.as_str(),
+                turn_id: turn_id.as_str(),
                 tenant: tenant.as_str(),
                 policy_verdict: &signed.verdict.header_value(),
                 constitution_hash: signed.constitution_hash.as_str(),
                 finish_reason: FinishReason::Refused.as_str(),
+                failed: false,
             });
         }
         let first = hits.into_iter().next().ok_or_else(|| ApiError::new(Code::Internal, "a refusal without a category"))?;
@@ -298,15 +302,15 @@ fn holding(turn: TurnStream, permit: crate::limits::Permit) -> TurnStream {
 
 /// A turn refused on input, as stored: without its text (the gateway puts
 /// the text back when `chat.store_refused_text` is on).
-fn refusal_record(tenant: &str, session_id: &str, turn_id: &str, trace: &TraceContext, signed: &SignedVerdict) -> TurnRecord {
+fn refusal_record(tenant: &str, session_id: &SessionId, turn_id: &TurnId, trace: &TraceContext, signed: &SignedVerdict) -> TurnRecord {
     TurnRecord {
-        turn_id: turn_id.to_owned(),
-        session_id: session_id.to_owned(),
+        turn_id: turn_id.clone(),
+        session_id: session_id.clone(),
         tenant: tenant.to_owned(),
         user_message: WITHHELD_TEXT.into(),
         preamble: "[]".into(),
         assistant_message: String::new(),
-        finish_reason: FinishReason::Refused.as_str().into(),
+        finish_reason: FinishReason::Refused,
         policy_verdict: signed.verdict.header_value(),
         constitution_hash: signed.constitution_hash.to_string(),
         trace_id: trace.trace_id.clone(),

@@ -27,7 +27,7 @@ impl TurnSource for Gateway {
             let verdict = admission.signed.verdict.header_value();
             let session = session_frame(&admission.session(&verdict));
             let id = turn_id.clone();
-            let rest: Frames = admission.outcome.into_events().map(move |event| frame(&id, &event)).boxed();
+            let rest: Frames = admission.outcome.into_events().map(move |event| frame(id.as_str(), &event)).boxed();
             Ok(Started { turn_id, frames: futures_util::stream::once(async move { session }).chain(rest).boxed() })
         })
     }

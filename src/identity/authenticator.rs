@@ -4,7 +4,7 @@
 //! then counted against its key's request rate ([`KeyPace`]).
 //!
 //! The order is what keeps the bound from refusing a valid key: memory is
-//! asked first, so a key read live within `identity.key_cache_ms` is accepted,
+//! asked first, so a key read live within `identity.key_cache` is accepted,
 //! and one read live within the last day is looked up, whatever its address
 //! has sent; only a key this instance has never seen live, from an address
 //! over its bound, is refused (429) without a lookup.

@@ -1,7 +1,7 @@
 //! A short-lived, bounded memory of authenticated keys, so that a request
 //! need not read the database to learn who is calling. A revoked key stops
 //! working on every instance within the memory's lifetime
-//! (`identity.key_cache_ms`); 0 turns the memory off. Keys are remembered by
+//! (`identity.key_cache`); 0 turns the memory off. Keys are remembered by
 //! their hash, never by the secret. Unknown (and revoked) keys are remembered
 //! as unknown for the same lifetime in a memory of their own, so a client
 //! that keeps sending a wrong key reaches the database once per lifetime, and

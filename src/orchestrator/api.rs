@@ -14,6 +14,7 @@ use super::turn::{Origin, TurnEvent, TurnLimits, TurnRequest};
 use super::Conversation;
 use crate::error::{ApiError, Code};
 use crate::identity::{Caller, Capability};
+use crate::ids::{SessionId, TurnId};
 use crate::policy::{headers, PolicyHeaders};
 use crate::telemetry::{Metrics, RequestOutcome};
 use crate::web::{sse_body, sse_event, trace_of, Governance};
@@ -123,10 +124,6 @@ fn policy_headers(req: &HttpRequest) -> PolicyHeaders {
     PolicyHeaders { constitution_hash: get(headers::CONSTITUTION_HASH), verdict: get(headers::POLICY_VERDICT), signature: get(headers::POLICY_SIGNATURE) }
 }
 
-fn valid_id(id: &str) -> bool {
-    !id.is_empty() && id.len() <= 128 && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-}
-
 /// How a turn reached the orchestrator: its route, policy headers, trace and stop.
 pub(super) struct Arrival {
     pub route: &'static str,
@@ -146,16 +143,14 @@ pub(super) async fn begin(
     let started = Instant::now();
     let result = async {
         caller.require(Capability::Chat)?;
-        if !valid_id(&body.session_id) || !valid_id(&body.turn_id) {
-            return Err(ApiError::new(Code::InvalidRequest, "session_id and turn_id must be 1-128 of A-Z a-z 0-9 - _"));
-        }
+        let (session_id, turn_id) = (SessionId::parse(&body.session_id)?, TurnId::parse(&body.turn_id)?);
         api.limits.check_message(&body.message)?;
         let params = api.limits.params(body.max_tokens, body.temperature, body.seed)?;
         let training = api.training.mark(caller.tenant.as_str()).await;
         let request = TurnRequest {
             tenant: caller.tenant,
-            session_id: body.session_id,
-            turn_id: body.turn_id,
+            session_id,
+            turn_id,
             message: body.message,
             preamble: Vec::new(),
             params,
@@ -168,7 +163,7 @@ pub(super) async fn begin(
             training,
         };
         let stream = api.conversation.start_turn(request.clone(), policy.clone(), None).await?;
-        Ok((stream, policy, request))
+        Ok::<_, ApiError>((stream, policy, request))
     }
     .await;
     if let Err(err) = &result {
@@ -189,7 +184,7 @@ fn governance<'a>(policy: &'a PolicyHeaders, request: &'a TurnRequest) -> Govern
     Governance {
         constitution_hash: policy.constitution_hash.as_deref().unwrap_or_default(),
         policy_verdict: policy.verdict.as_deref().unwrap_or_default(),
-        session_id: &request.session_id,
+        session_id: request.session_id.as_str(),
         trace: &request.trace,
     }
 }
@@ -221,7 +216,7 @@ pub(crate) async fn step(req: HttpRequest, caller: Caller, body: web::Json<StepB
     let (finish_reason, usage) = done.unwrap_or((super::FinishReason::Error, None));
     let mut response = HttpResponse::Ok();
     governance(&policy, &request).apply(&mut response);
-    Ok(response.json(StepReply { session_id: &request.session_id, turn_id: &request.turn_id, content, finish_reason, usage, refusal, error }))
+    Ok(response.json(StepReply { session_id: request.session_id.as_str(), turn_id: request.turn_id.as_str(), content, finish_reason, usage, refusal, error }))
 }
 
 /// Orchestrator: one allowed turn as server-sent events (needs the signed policy headers)

@@ -79,7 +79,7 @@ impl Recorder {
             user_message: request.message.clone(),
             preamble: serde_json::to_string(&request.preamble).unwrap_or_else(|_| "[]".into()),
             assistant_message: String::new(),
-            finish_reason: FinishReason::Cancelled.as_str().into(),
+            finish_reason: FinishReason::Cancelled,
             policy_verdict: signed.verdict.header_value(),
             constitution_hash: signed.constitution_hash.to_string(),
             trace_id: request.trace.trace_id.clone(),
@@ -132,7 +132,7 @@ impl Recorder {
     /// The turn's row as it ended, counted in the metrics, its spans and its log line; `None` once taken.
     fn take(&mut self, outcome: &TurnOutcome) -> Option<TurnRecord> {
         let mut record = self.record.take()?;
-        record.finish_reason = outcome.finish_reason().as_str().into();
+        record.finish_reason = outcome.finish_reason();
         record.prompt_tokens = self.usage.map(|u| i64::from(u.prompt_tokens));
         record.completion_tokens = self.usage.map(|u| i64::from(u.completion_tokens));
         self.metrics.request(self.route, outcome.request_outcome(), self.started.elapsed());
@@ -145,7 +145,7 @@ impl Recorder {
         self.spans(&record, outcome.finish_reason());
         tracing::info!(
             trace_id = %record.trace_id, span_id = %self.span_id, tenant = %record.tenant, session_id = %record.session_id, turn_id = %record.turn_id,
-            finish_reason = %record.finish_reason, elapsed_ms = self.started.elapsed().as_millis() as u64, "turn finished"
+            finish_reason = record.finish_reason.as_str(), elapsed_ms = self.started.elapsed().as_millis() as u64, "turn finished"
         );
         Some(record)
     }
@@ -187,12 +187,13 @@ impl Recorder {
             trace: &self.trace,
             route: self.route,
             started: self.started_at,
-            session_id: &record.session_id,
-            turn_id: &record.turn_id,
+            session_id: record.session_id.as_str(),
+            turn_id: record.turn_id.as_str(),
             tenant: &record.tenant,
             policy_verdict: &record.policy_verdict,
             constitution_hash: &record.constitution_hash,
             finish_reason: finish.as_str(),
+            failed: finish == FinishReason::Error,
         };
         if let Some(call) = &self.model_call {
             let call = ModelCall { call, model: &self.model, max_tokens: self.max_tokens, usage: self.usage, first_chunk: self.first_chunk };

@@ -153,8 +153,8 @@ impl Conversation for Orchestrator {
         Box::pin(async move {
             let turn = TurnRef {
                 tenant: request.tenant.as_str(),
-                session_id: &request.session_id,
-                turn_id: &request.turn_id,
+                session_id: request.session_id.as_str(),
+                turn_id: request.turn_id.as_str(),
                 message: &request.message,
                 params: request.params,
             };

@@ -56,14 +56,14 @@ impl TurnSource for OrchestratorApi {
             };
             let (stream, policy, request) = begin(arrival, caller.clone(), body, self).await?;
             let session = session_frame(&SessionData {
-                session_id: &request.session_id,
-                turn_id: &request.turn_id,
+                session_id: request.session_id.as_str(),
+                turn_id: request.turn_id.as_str(),
                 trace_id: &request.trace.trace_id,
                 constitution_hash: policy.constitution_hash.as_deref().unwrap_or_default(),
                 policy_verdict: policy.verdict.as_deref().unwrap_or_default(),
             });
             let id = request.turn_id.clone();
-            let frames = futures_util::stream::once(async move { session }).chain(stream.map(move |event| frame(&id, &event))).boxed();
+            let frames = futures_util::stream::once(async move { session }).chain(stream.map(move |event| frame(id.as_str(), &event))).boxed();
             Ok(Started { turn_id: request.turn_id, frames })
         })
     }

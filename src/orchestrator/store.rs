@@ -6,6 +6,7 @@ use sqlx::Row;
 use super::turn::FinishReason;
 use crate::db::{now_ms, Database};
 use crate::events::TxWrite;
+use crate::ids::{SessionId, TurnId};
 use crate::slm::{ChatMessage, Role};
 
 /// Whether a session id may be used by a tenant.
@@ -27,15 +28,14 @@ pub const WITHHELD_TEXT: &str = "[withheld: refused by input moderation]";
 /// One finished turn, as stored.
 #[derive(Debug, Clone)]
 pub struct TurnRecord {
-    pub turn_id: String,
-    pub session_id: String,
+    pub turn_id: TurnId,
+    pub session_id: SessionId,
     pub tenant: String,
     pub user_message: String,
     /// Caller-supplied earlier messages, as a JSON array of `{role, content}`.
     pub preamble: String,
     pub assistant_message: String,
-    /// `stop`, `length`, `refused`, `cancelled` or `error`.
-    pub finish_reason: String,
+    pub finish_reason: FinishReason,
     pub policy_verdict: String,
     pub constitution_hash: String,
     pub trace_id: String,
@@ -54,8 +54,9 @@ impl ConversationStore {
         Self { db }
     }
 
-    pub async fn session_state(&self, tenant: &str, session_id: &str) -> Result<SessionState, sqlx::Error> {
-        let owner: Option<String> = sqlx::query_scalar("SELECT tenant FROM sessions WHERE id = $1").bind(session_id).fetch_optional(self.db.pool()).await?;
+    pub async fn session_state(&self, tenant: &str, session_id: &SessionId) -> Result<SessionState, sqlx::Error> {
+        let owner: Option<String> =
+            sqlx::query_scalar("SELECT tenant FROM sessions WHERE id = $1").bind(session_id.as_str()).fetch_optional(self.db.pool()).await?;
         Ok(match owner {
             None => SessionState::New,
             Some(owner) if owner == tenant => SessionState::Owned,
@@ -65,13 +66,13 @@ impl ConversationStore {
 
     /// The last `max_turns` answered turns of a session, oldest first, as
     /// user/assistant message pairs. Refused, failed and cancelled turns are not replayed.
-    pub async fn history(&self, tenant: &str, session_id: &str, max_turns: u32) -> Result<Vec<ChatMessage>, sqlx::Error> {
+    pub async fn history(&self, tenant: &str, session_id: &SessionId, max_turns: u32) -> Result<Vec<ChatMessage>, sqlx::Error> {
         let rows = sqlx::query(
             "SELECT user_message, assistant_message FROM turns \
              WHERE session_id = $1 AND tenant = $2 AND finish_reason IN ('stop', 'length') \
              ORDER BY created_at DESC, id DESC LIMIT $3",
         )
-        .bind(session_id)
+        .bind(session_id.as_str())
         .bind(tenant)
         .bind(i64::from(max_turns))
         .fetch_all(self.db.pool())
@@ -117,22 +118,24 @@ impl ConversationStore {
     }
 
     /// One finished turn by its id (for `steward audit replay`).
-    pub async fn turn(&self, turn_id: &str) -> Result<Option<TurnRecord>, sqlx::Error> {
-        let row = sqlx::query(&format!("SELECT {TURN_COLUMNS} FROM turns WHERE id = $1")).bind(turn_id).fetch_optional(self.db.pool()).await?;
+    pub async fn turn(&self, turn_id: &TurnId) -> Result<Option<TurnRecord>, sqlx::Error> {
+        let row = sqlx::query(&format!("SELECT {TURN_COLUMNS} FROM turns WHERE id = $1")).bind(turn_id.as_str()).fetch_optional(self.db.pool()).await?;
         row.as_ref().map(record_of).transpose()
     }
 
     /// All turns of a session, oldest first (for tests and audits).
-    pub async fn turns(&self, session_id: &str) -> Result<Vec<StoredTurn>, sqlx::Error> {
+    pub async fn turns(&self, session_id: &SessionId) -> Result<Vec<StoredTurn>, sqlx::Error> {
         let rows = sqlx::query("SELECT id, finish_reason, assistant_message FROM turns WHERE session_id = $1 ORDER BY created_at, id")
-            .bind(session_id)
+            .bind(session_id.as_str())
             .fetch_all(self.db.pool())
             .await?;
         rows.iter()
             .map(|r| {
-                let finish: String = r.try_get("finish_reason")?;
-                let finish_reason = FinishReason::parse(&finish).ok_or_else(|| sqlx::Error::Decode(format!("unknown finish_reason {finish:?}").into()))?;
-                Ok(StoredTurn { id: r.try_get("id")?, finish_reason, assistant_message: r.try_get("assistant_message")? })
+                Ok(StoredTurn {
+                    id: parsed(r, "id", TurnId::parse)?,
+                    finish_reason: parsed(r, "finish_reason", |s| FinishReason::parse(s).ok_or("not a finish reason"))?,
+                    assistant_message: r.try_get("assistant_message")?,
+                })
             })
             .collect()
     }
@@ -141,7 +144,7 @@ impl ConversationStore {
 /// A session's turn as stored: how it ended and the answer its client received.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredTurn {
-    pub id: String,
+    pub id: TurnId,
     pub finish_reason: FinishReason,
     pub assistant_message: String,
 }
@@ -158,7 +161,7 @@ impl RecordTurn {
         // PostgreSQL text cannot hold NUL; a model may still emit one.
         let clean = |s: &str| s.replace('\0', "\u{fffd}");
         sqlx::query("INSERT INTO sessions (id, tenant, created_at) VALUES ($1, $2, $3) ON CONFLICT (id) DO NOTHING")
-            .bind(&turn.session_id)
+            .bind(turn.session_id.as_str())
             .bind(&turn.tenant)
             .bind(turn.created_at)
             .execute(&mut *conn)
@@ -170,12 +173,12 @@ impl RecordTurn {
              WHERE EXISTS (SELECT 1 FROM sessions WHERE id = $2 AND tenant = $3) \
              ON CONFLICT (id) DO NOTHING",
         )
-        .bind(&turn.turn_id)
-        .bind(&turn.session_id)
+        .bind(turn.turn_id.as_str())
+        .bind(turn.session_id.as_str())
         .bind(&turn.tenant)
         .bind(clean(&turn.user_message))
         .bind(clean(&turn.assistant_message))
-        .bind(&turn.finish_reason)
+        .bind(turn.finish_reason.as_str())
         .bind(&turn.policy_verdict)
         .bind(&turn.constitution_hash)
         .bind(&turn.trace_id)
@@ -202,13 +205,13 @@ const TURN_COLUMNS: &str = "id, session_id, tenant, user_message, preamble, assi
 
 fn record_of(r: &sqlx::any::AnyRow) -> Result<TurnRecord, sqlx::Error> {
     Ok(TurnRecord {
-        turn_id: r.try_get("id")?,
-        session_id: r.try_get("session_id")?,
+        turn_id: parsed(r, "id", TurnId::parse)?,
+        session_id: parsed(r, "session_id", SessionId::parse)?,
         tenant: r.try_get("tenant")?,
         user_message: r.try_get("user_message")?,
         preamble: r.try_get("preamble")?,
         assistant_message: r.try_get("assistant_message")?,
-        finish_reason: r.try_get("finish_reason")?,
+        finish_reason: parsed(r, "finish_reason", |s| FinishReason::parse(s).ok_or("not a finish reason"))?,
         policy_verdict: r.try_get("policy_verdict")?,
         constitution_hash: r.try_get("constitution_hash")?,
         trace_id: r.try_get("trace_id")?,
@@ -216,4 +219,11 @@ fn record_of(r: &sqlx::any::AnyRow) -> Result<TurnRecord, sqlx::Error> {
         completion_tokens: r.try_get("completion_tokens")?,
         created_at: r.try_get("created_at")?,
     })
+}
+
+/// A text column read through its type's `parse`: a value the type refuses
+/// is a decode error, never a value made up.
+fn parsed<T, E: std::fmt::Display>(r: &sqlx::any::AnyRow, column: &str, parse: impl FnOnce(&str) -> Result<T, E>) -> Result<T, sqlx::Error> {
+    let raw: String = r.try_get(column)?;
+    parse(&raw).map_err(|err| sqlx::Error::Decode(format!("{column} {raw:?}: {err}").into()))
 }

@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use crate::error::{Code, ErrorCode};
 use crate::identity::TenantId;
+use crate::ids::{SessionId, TurnId};
 use crate::moderation::Hit;
 use crate::policy::PolicyError;
 use crate::slm::{ChatMessage, GenerationParams, Usage};
@@ -17,8 +18,8 @@ use crate::telemetry::TraceContext;
 #[derive(Debug, Clone)]
 pub struct TurnRequest {
     pub tenant: TenantId,
-    pub session_id: String,
-    pub turn_id: String,
+    pub session_id: SessionId,
+    pub turn_id: TurnId,
     pub message: String,
     /// Messages supplied by the caller ahead of the stored history (the OpenAI
     /// facade's earlier messages); empty for `/v1/chat/stream`.

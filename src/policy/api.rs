@@ -136,7 +136,7 @@ pub(crate) async fn by_hash(caller: Caller, hash: web::Path<String>, api: web::D
     Ok(document(&caller, &hash, &constitution, &text))
 }
 
-/// Make a constitution active for the caller's tenant, on every instance within policy.staleness_ms; recorded in policy.audit
+/// Make a constitution active for the caller's tenant, on every instance within policy.staleness; recorded in policy.audit
 ///
 /// Capability policy:admin. The body is the TOML document. It is validated, stored by its hash and
 /// made the tenant's active constitution; turns already running finish under the hash they

@@ -20,7 +20,7 @@ use crate::orchestrator::ConversationStore;
 pub enum ConstitutionCommand {
     /// Store a constitution in the registry (Redis) and make it active for
     /// every tenant without its own, or for one tenant; every instance judges
-    /// by it within policy.staleness_ms. Recorded in policy.audit.
+    /// by it within policy.staleness. Recorded in policy.audit.
     Activate {
         /// The constitution (TOML).
         file: std::path::PathBuf,
@@ -78,7 +78,8 @@ const WITHHELD_EXIT: i32 = 3;
 
 pub async fn replay(settings: &Settings, turn_id: &str) -> anyhow::Result<()> {
     let db = crate::db::Database::connect(settings.database.url.expose(), 2).await.context("Failed to connect to the database")?;
-    let record = ConversationStore::new(db).turn(turn_id).await?.ok_or_else(|| anyhow::anyhow!("no stored turn has the id {turn_id}"))?;
+    let id = crate::ids::TurnId::parse(turn_id)?;
+    let record = ConversationStore::new(db).turn(&id).await?.ok_or_else(|| anyhow::anyhow!("no stored turn has the id {turn_id}"))?;
     let hash = ConstitutionHash::parse(&record.constitution_hash)?;
     let text = document_of(settings, &hash).await?;
     let constitution = Constitution::from_toml_str(&text)?;
@@ -149,11 +150,11 @@ async fn activate(settings: &Settings, file: &std::path::Path, tenant: Option<St
     let entry = request.entry(AuditType::Activated, &activation);
     if activation.changed {
         eprintln!(
-            "{} ({}) is active for {}; every instance judges by it within {} ms",
+            "{} ({}) is active for {}; every instance judges by it within {:?}",
             constitution.name,
             hash,
             scope_label(&scope),
-            settings.policy.staleness_ms
+            settings.policy.staleness.get()
         );
     } else {
         eprintln!("{} ({hash}) was already active for {}: nothing changed", constitution.name, scope_label(&scope));
@@ -173,7 +174,7 @@ async fn registry(settings: &Settings) -> anyhow::Result<Box<dyn ConstitutionReg
     if url.is_empty() {
         anyhow::bail!(EMBEDDED);
     }
-    let timeout = std::time::Duration::from_millis(settings.redis.command_timeout_ms);
+    let timeout = settings.redis.command_timeout.get();
     let registry = super::RedisRegistry::connect(url, &settings.redis.key_prefix, timeout).context("Failed to configure the Redis client (redis.url)")?;
     registry.connected(CONNECT_WAIT).await?;
     Ok(Box::new(registry))

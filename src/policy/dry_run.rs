@@ -14,13 +14,14 @@ use futures_util::StreamExt;
 use serde::Serialize;
 
 use super::verdict::Verdict;
+use crate::ids::TurnId;
 use crate::moderation::{Decision, GuardStep, Hit, ModerationError, Moderator};
 use crate::orchestrator::{FinishReason, TurnRecord, WITHHELD_TEXT};
 
 /// A stored turn, as the dry run needs it.
 #[derive(Debug, Clone)]
 pub struct PastTurn {
-    pub turn_id: String,
+    pub turn_id: TurnId,
     pub trace_id: String,
     /// `None` when the text was withheld (refused on input).
     pub user_message: Option<String>,
@@ -39,7 +40,7 @@ pub struct PastTurn {
 #[derive(Debug, thiserror::Error)]
 #[error("turn {turn_id} has an unreadable stored verdict {stored:?}")]
 pub struct UnreadableVerdict {
-    pub turn_id: String,
+    pub turn_id: TurnId,
     pub stored: String,
 }
 
@@ -55,7 +56,7 @@ impl TryFrom<TurnRecord> for PastTurn {
         let earlier: Vec<serde_json::Value> = serde_json::from_str(&turn.preamble).unwrap_or_default();
         Ok(Self {
             earlier: earlier.iter().filter_map(|m| m["content"].as_str().map(str::to_owned)).collect(),
-            output_refused: matches!(verdict, Verdict::Allow) && turn.finish_reason == FinishReason::Refused.as_str(),
+            output_refused: matches!(verdict, Verdict::Allow) && turn.finish_reason == FinishReason::Refused,
             user_message: (!withheld).then_some(turn.user_message),
             assistant_message: turn.assistant_message,
             turn_id: turn.turn_id,
@@ -69,7 +70,7 @@ impl TryFrom<TurnRecord> for PastTurn {
 /// `refuse_output[:<code>]` for an answer cut short.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct Change {
-    pub turn_id: String,
+    pub turn_id: TurnId,
     pub trace_id: String,
     pub from: String,
     pub to: String,
@@ -346,13 +347,13 @@ mod tests {
     #[test]
     fn a_stored_turn_whose_verdict_cannot_be_read_is_an_error_not_an_allowed_turn() {
         let record = |verdict: &str| TurnRecord {
-            turn_id: "t1".into(),
-            session_id: "s1".into(),
+            turn_id: TurnId::parse("t1").unwrap(),
+            session_id: crate::ids::SessionId::parse("s1").unwrap(),
             tenant: "acme".into(),
             user_message: "hello".into(),
             preamble: "[]".into(),
             assistant_message: "hi".into(),
-            finish_reason: "stop".into(),
+            finish_reason: FinishReason::Stop,
             policy_verdict: verdict.into(),
             constitution_hash: String::new(),
             trace_id: "tr".into(),

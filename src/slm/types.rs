@@ -82,11 +82,11 @@ pub enum SlmError {
 /// Which of the model call's deadlines passed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Deadline {
-    /// No response headers or no first content in time (`slm.first_token_timeout_ms`).
+    /// No response headers or no first content in time (`slm.first_token_timeout`).
     FirstToken,
-    /// Silent between two events too long (`slm.idle_timeout_ms`).
+    /// Silent between two events too long (`slm.idle_timeout`).
     Idle,
-    /// The whole answer took too long (`slm.total_timeout_ms`).
+    /// The whole answer took too long (`slm.total_timeout`).
     Total,
 }
 

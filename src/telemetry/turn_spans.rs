@@ -25,12 +25,8 @@ pub struct TurnSpan<'a> {
     pub constitution_hash: &'a str,
     /// `stop`, `length`, `refused`, `cancelled` or `error`.
     pub finish_reason: &'static str,
-}
-
-impl TurnSpan<'_> {
-    fn failed(&self) -> Option<String> {
-        (self.finish_reason == "error").then(|| "the turn failed".to_owned())
-    }
+    /// Whether the turn failed (its span's status is then an error).
+    pub failed: bool,
 }
 
 /// The turn's span.
@@ -54,7 +50,7 @@ pub fn turn(span: &TurnSpan<'_>) {
             KeyValue::new("steward.constitution_hash", span.constitution_hash.to_owned()),
             KeyValue::new("steward.finish_reason", span.finish_reason),
         ],
-        error: span.failed(),
+        error: span.failed.then(|| "the turn failed".to_owned()),
     });
 }
 
@@ -98,7 +94,7 @@ pub fn model_call(turn: &TurnSpan<'_>, call: &ModelCall<'_>) {
         start: turn.started,
         end: SystemTime::now(),
         attributes,
-        error: turn.failed(),
+        error: turn.failed.then(|| "the turn failed".to_owned()),
     });
 }
 

@@ -21,7 +21,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct EnableBody {
-    /// How long the lock holds unless renewed (clamped to `training.max_ttl_seconds`).
+    /// How long the lock holds unless renewed (clamped to `training.max_ttl`).
     #[schema(minimum = 1)]
     ttl_seconds: u64,
     /// Why, for the audit record.

@@ -14,6 +14,7 @@ use super::denials::{Denial, Denials};
 use super::fencing::{ClaimLost, Ended, FencingLedger, Granted, LiveLock};
 use super::lock::{Acquired, LockError, LockInfo, LockRequest, LockStore, Owned};
 use crate::db::rfc3339;
+use crate::durations::NonZeroDuration;
 use crate::error::{Code, ErrorCode};
 use crate::events::{EventLog, Pending};
 use crate::telemetry::{Metrics, TraceContext};
@@ -51,7 +52,7 @@ pub struct TrainingMark {
     /// `None` when the lock store could not be read: unknown, not guessed.
     pub enabled: Option<bool>,
     pub fencing_token: Option<u64>,
-    /// `lock_store` (read from it within `training.state_cache_ms`) or `lock_store_unavailable`.
+    /// `lock_store` (read from it within `training.state_cache`) or `lock_store_unavailable`.
     pub source: &'static str,
 }
 
@@ -62,10 +63,17 @@ pub struct Actor<'a> {
     pub trace: &'a TraceContext,
 }
 
+/// `[training]`: the lock's bounds and how its state is read.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TrainingSettings {
-    pub max_ttl: Duration,
+    /// Longer requested TTLs are clamped to this.
+    pub max_ttl: NonZeroDuration,
+    /// How often lapsed locks are looked for (the bound on `training.expired` delay).
+    pub expiry_check: NonZeroDuration,
+    /// How long the chat path trusts its last read of a tenant's state.
+    #[serde(deserialize_with = "crate::durations::deserialize")]
     pub state_cache: Duration,
-    pub audit_topic: String,
 }
 
 pub struct TrainingService {
@@ -74,6 +82,8 @@ pub struct TrainingService {
     events: EventLog,
     metrics: Arc<Metrics>,
     settings: TrainingSettings,
+    /// Where transitions are audited (`kafka.training_topic`).
+    audit_topic: String,
     /// tenant → (read at, lock): the chat path's view, refreshed after `state_cache`.
     view: Mutex<HashMap<String, (Instant, Option<LockInfo>)>>,
     /// Folds a key's repeated denials into one record per window.
@@ -81,8 +91,15 @@ pub struct TrainingService {
 }
 
 impl TrainingService {
-    pub fn new(store: Arc<dyn LockStore>, ledger: FencingLedger, events: EventLog, metrics: Arc<Metrics>, settings: TrainingSettings) -> Self {
-        Self { store, ledger, events, metrics, settings, view: Mutex::new(HashMap::new()), denials: Denials::default() }
+    pub fn new(
+        store: Arc<dyn LockStore>,
+        ledger: FencingLedger,
+        events: EventLog,
+        metrics: Arc<Metrics>,
+        settings: TrainingSettings,
+        audit_topic: String,
+    ) -> Self {
+        Self { store, ledger, events, metrics, settings, audit_topic, view: Mutex::new(HashMap::new()), denials: Denials::default() }
     }
 
     pub fn store(&self) -> &Arc<dyn LockStore> {
@@ -93,9 +110,9 @@ impl TrainingService {
         &self.ledger
     }
 
-    /// TTL requested, clamped to `training.max_ttl_seconds`.
+    /// TTL requested, clamped to `training.max_ttl`.
     pub fn clamp(&self, ttl_seconds: u64) -> Duration {
-        Duration::from_secs(ttl_seconds).min(self.settings.max_ttl)
+        Duration::from_secs(ttl_seconds).min(self.settings.max_ttl.get())
     }
 
     pub async fn enable(&self, actor: &Actor<'_>, ttl: Duration, reason: &str) -> Result<LockInfo, TrainingError> {
@@ -271,7 +288,7 @@ impl TrainingService {
         if let Some(folded) = folded {
             record["folded"] = json!(folded);
         }
-        let pending = Pending::audit(&self.settings.audit_topic, actor.tenant, event_type, record, actor.trace);
+        let pending = Pending::audit(&self.audit_topic, actor.tenant, event_type, record, actor.trace);
         self.events.emit_durable(writes.into_iter().chain([pending]).collect()).await?;
         self.metrics.training_transition(actor.tenant, action.as_str());
         if let Some(on) = action.state() {

@@ -1,4 +1,4 @@
-//! The lock watcher: every `training.expiry_check_ms` it claims lapsed locks
+//! The lock watcher: every `training.expiry_check` it claims lapsed locks
 //! (each lapse goes to exactly one instance, see `LockStore::claim_expired`),
 //! audits them as `training.expired`; finds locks the ledger holds that the
 //! lock store lost (seen gone on two checks in a row), and audits them as

@@ -37,7 +37,7 @@ async fn a_revoked_key_is_401() {
 
 #[tokio::test]
 async fn a_revoked_key_that_was_in_use_stops_working_within_the_key_cache_bound() {
-    let app = spawn_app_with(Storage::Sqlite, |s| s.identity.key_cache_ms = 300).await;
+    let app = spawn_app_with(Storage::Sqlite, |s| s.identity.key_cache = Duration::from_millis(300)).await;
     let tenant = unique("tenant-");
     // A chat key may read its tenant's training status: an authenticated request without a model call.
     let key = app.key(&tenant, &[Capability::Chat]).await;
@@ -61,7 +61,7 @@ async fn a_revoked_key_that_was_in_use_stops_working_within_the_key_cache_bound(
 
 #[tokio::test]
 async fn a_wrong_key_sent_again_is_refused_from_memory_without_reading_the_database() {
-    let app = spawn_app_with(Storage::Postgres, |s| s.identity.key_cache_ms = 60_000).await;
+    let app = spawn_app_with(Storage::Postgres, |s| s.identity.key_cache = Duration::from_millis(60_000)).await;
     let wrong = format!("stw_{}", unique("wrong"));
     assert_error(app.get_with("/v1/training/status", &wrong).await, 401, "unauthenticated").await;
 
@@ -95,7 +95,7 @@ async fn tenant_b_cannot_continue_tenant_a_session() {
     let response = app.post("/v1/chat/stream", Some(&key_b), &json!({ "message": "Hi", "session_id": session_id })).await;
 
     assert_error(response, 404, "session_not_found").await;
-    assert_eq!(app.store.turns(&session_id).await.unwrap().len(), 1, "tenant B added nothing to A's session");
+    assert_eq!(app.store.turns(&session_id.parse().unwrap()).await.unwrap().len(), 1, "tenant B added nothing to A's session");
 }
 
 #[tokio::test]

@@ -39,7 +39,7 @@ pub(crate) async fn stalling_instance(model: &PrivateModelServer, database_url: 
     let slm = format!("http://127.0.0.1:{}/v1", model.port);
     let env = [
         ("STEWARD_SLM__BASE_URL", slm.as_str()),
-        ("STEWARD_SERVER__WRITE_STALL_MS", "2000"),
+        ("STEWARD_SERVER__WRITE_STALL", "2s"),
         ("STEWARD_SERVER__STREAM_BUFFER_EVENTS", "16"),
         ("STEWARD_SERVER__SEND_BUFFER_BYTES", "1024"),
         // The lexicon alone judges the answer: the model's pace is all that sets the stream's.

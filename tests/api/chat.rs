@@ -1,6 +1,7 @@
 //! The governed chat path against the real model.
 
 use serde_json::json;
+use steward::durations::NonZeroDuration;
 use steward::orchestrator::FinishReason;
 use steward::policy::Constitution;
 
@@ -36,7 +37,7 @@ async fn an_allowed_turn_streams_session_deltas_then_done_with_usage_and_governa
     assert!((1..=12).contains(&completion), "{done}");
     assert!(done["usage"]["prompt_tokens"].as_u64().unwrap() > 0);
 
-    let turns = app.store.turns(session["session_id"].as_str().unwrap()).await.unwrap();
+    let turns = app.store.turns(&session["session_id"].as_str().unwrap().parse().unwrap()).await.unwrap();
     assert_eq!(turns.len(), 1);
     assert_eq!(turns[0].assistant_message, sse.text(), "the stored answer is what the client received");
 }
@@ -79,7 +80,7 @@ async fn a_second_turn_in_the_same_session_sends_the_history() {
     let first_prompt = first_usage["prompt_tokens"].as_u64().unwrap();
     let first_answer = first_usage["completion_tokens"].as_u64().unwrap();
     assert!(second_prompt >= first_prompt + first_answer, "second prompt {second_prompt} < {first_prompt} + {first_answer}");
-    assert_eq!(app.store.turns(&session_id).await.unwrap().len(), 2);
+    assert_eq!(app.store.turns(&session_id.parse().unwrap()).await.unwrap().len(), 2);
 }
 
 #[tokio::test]
@@ -104,7 +105,7 @@ async fn the_chat_path_works_on_postgresql() {
     let second = app.chat(&key, &json!({ "message": "Another one.", "session_id": session_id, "max_tokens": 6 })).await;
 
     assert_eq!(second.names().last(), Some(&"done"));
-    assert_eq!(app.store.turns(&session_id).await.unwrap().len(), 2);
+    assert_eq!(app.store.turns(&session_id.parse().unwrap()).await.unwrap().len(), 2);
 }
 
 #[tokio::test]
@@ -134,7 +135,7 @@ async fn a_client_that_hangs_up_stops_the_generation_and_the_turn_is_recorded_ca
     assert!(predicted < 2000.0, "generation stopped early: {predicted} tokens");
     let mut turns = Vec::new();
     for _ in 0..50 {
-        turns = app.store.turns(&session).await.unwrap();
+        turns = app.store.turns(&session.parse().unwrap()).await.unwrap();
         if !turns.is_empty() {
             break;
         }
@@ -170,7 +171,7 @@ async fn a_client_that_hangs_up_before_the_first_token_is_noticed_at_once() {
     while turns.is_empty() {
         assert!(hung_up.elapsed() < std::time::Duration::from_secs(10), "the hang-up was never noticed");
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        turns = app.store.turns(&session).await.unwrap();
+        turns = app.store.turns(&session.parse().unwrap()).await.unwrap();
     }
     assert_eq!((turns[0].finish_reason, turns[0].assistant_message.as_str()), (FinishReason::Cancelled, ""), "cancelled before any content reached the client");
     assert!(hung_up.elapsed() < std::time::Duration::from_secs(3), "noticed {:?} after the hang-up", hung_up.elapsed());
@@ -189,7 +190,7 @@ async fn a_first_token_deadline_shorter_than_the_model_takes_fails_the_turn_and_
     let port = model.port;
     let app = spawn_app_with(Storage::Sqlite, |s| {
         s.slm.base_url = format!("http://127.0.0.1:{port}/v1");
-        s.slm.first_token_timeout_ms = 20;
+        s.slm.first_token_timeout = NonZeroDuration::from_millis(20);
     })
     .await;
     let (_, key) = app.chat_key().await;
@@ -256,7 +257,7 @@ async fn a_model_server_that_dies_mid_stream_fails_the_turn_cleanly_and_the_next
 async fn a_model_silent_past_the_idle_deadline_after_its_first_token_ends_the_turn_with_model_timeout() {
     // The local model takes milliseconds per token, so a 1 ms idle deadline always passes
     // between two of them; the first-token deadline stays at a minute.
-    let app = spawn_app_with(Storage::Sqlite, |s| s.slm.idle_timeout_ms = 1).await;
+    let app = spawn_app_with(Storage::Sqlite, |s| s.slm.idle_timeout = NonZeroDuration::from_millis(1)).await;
     let (_, key) = app.chat_key().await;
     let started = std::time::Instant::now();
 

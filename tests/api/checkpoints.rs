@@ -5,6 +5,7 @@
 //! checkpointed the same way.
 
 use serde_json::{json, Value};
+use steward::durations::NonZeroDuration;
 use steward::identity::Capability;
 
 use crate::broker::{consume, produce_copy, shared_broker, wait_for, Consumed, PrivateBroker};
@@ -31,7 +32,7 @@ async fn checkpointed_app(broker: &str, topic: &str, partitions: i32) -> (crate:
     let to = checkpoints.clone();
     let app = app_with_broker(Storage::Sqlite, broker, topic, move |s| {
         s.events.checkpoint_key = steward::config::Secret::new(SECRET);
-        s.events.checkpoint_interval_ms = 200;
+        s.events.checkpoint_interval = NonZeroDuration::from_millis(200);
         s.kafka.checkpoint_topic = to;
         s.kafka.partitions = partitions;
     })

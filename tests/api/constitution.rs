@@ -55,7 +55,7 @@ async fn a_dry_run_reports_the_turns_a_new_phrase_would_refuse_and_changes_nothi
     let dir = tempfile::tempdir().unwrap();
     let candidate = dir.path().join("candidate.toml");
     std::fs::write(&candidate, document).unwrap();
-    let turns_before = app.store.turns(greeted.first("session")["session_id"].as_str().unwrap()).await.unwrap();
+    let turns_before = app.store.turns(&greeted.first("session")["session_id"].as_str().unwrap().parse().unwrap()).await.unwrap();
 
     let changed = dry_run(&app, &candidate, &tenant);
 
@@ -67,7 +67,7 @@ async fn a_dry_run_reports_the_turns_a_new_phrase_would_refuse_and_changes_nothi
     assert_eq!(sample["trace_id"], greeted.first("session")["trace_id"]);
     assert_eq!((sample["from"].as_str(), sample["to"].as_str()), (Some("allow"), Some(format!("refuse:{code}").as_str())));
     assert_ne!(changed["candidate"]["hash"], same["candidate"]["hash"]);
-    let turns_after = app.store.turns(greeted.first("session")["session_id"].as_str().unwrap()).await.unwrap();
+    let turns_after = app.store.turns(&greeted.first("session")["session_id"].as_str().unwrap().parse().unwrap()).await.unwrap();
     assert_eq!(turns_before, turns_after, "read-only");
 }
 

@@ -50,7 +50,7 @@ async fn the_image_serves_a_turn_and_stops_on_sigterm_with_its_events_in_kafka()
         format!("STEWARD_KAFKA__BROKERS=[\"{}\"]", shared_broker()),
         format!("STEWARD_KAFKA__CONVERSATION_TOPIC={topic}"),
         format!("STEWARD_POLICY__SIGNING_KEY={SIGNING_KEY}"),
-        "STEWARD_SERVER__SHUTDOWN_GRACE_MS=2000".to_owned(),
+        "STEWARD_SERVER__SHUTDOWN_GRACE=2s".to_owned(),
     ];
     let mut args = vec!["run", "-d", "--name", &name, "--runtime", "runc", "--ulimit", "host", "--network", "host"];
     for variable in &env {

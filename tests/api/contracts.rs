@@ -15,6 +15,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::helpers::{manifest_dir, read_sse, spawn_app_with, Storage, TestApp};
+use steward::durations::NonZeroDuration;
 
 /// One recorded or live event: its name and its data.
 type Transcript = Vec<(String, Value)>;
@@ -92,7 +93,7 @@ async fn live_sse_turns_follow_the_recorded_contracts() {
     let rivers = json!({ "message": "Write two sentences about rivers.", "max_tokens": 64, "temperature": 0 });
     check("sse-refused-output", sse_transcript(cutting.chat(&cut_key, &rivers).await));
 
-    let (slow, _slow_dir) = app(false, |s| s.slm.first_token_timeout_ms = 1).await;
+    let (slow, _slow_dir) = app(false, |s| s.slm.first_token_timeout = NonZeroDuration::from_millis(1)).await;
     let (_, slow_key) = slow.chat_key().await;
     check(
         "sse-timed-out",

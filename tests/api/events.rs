@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, HashSet};
 
 use serde_json::{json, Value};
+use steward::durations::NonZeroDuration;
 use steward::events::{event_hash, ZERO_HASH};
 
 use crate::broker::{consume, produce_copy, shared_broker, wait_for, Consumed, PrivateBroker};
@@ -18,8 +19,8 @@ pub async fn app_with_broker(storage: Storage, broker: &str, topic: &str, adjust
         s.kafka.training_topic = format!("{}.training", s.kafka.conversation_topic);
         s.kafka.policy_topic = format!("{}.policy", s.kafka.conversation_topic);
         s.kafka.partitions = 2;
-        s.outbox.poll_interval_ms = 50;
-        s.outbox.max_backoff_ms = 400;
+        s.outbox.poll_interval = NonZeroDuration::from_millis(50);
+        s.outbox.max_backoff = NonZeroDuration::from_millis(400);
         adjust(s);
     })
     .await
@@ -200,8 +201,8 @@ async fn several_instances_on_one_postgresql_relay_without_duplicates_or_reorder
 async fn on_postgresql_a_writer_that_finds_no_free_connection_retries_and_loses_no_event() {
     let topic = unique("conversation.events.");
     let app = app_with_broker(Storage::Postgres, &shared_broker(), &topic, |s| {
-        s.database.max_connections = 1;
-        s.database.acquire_timeout_ms = 200;
+        s.database.max_connections = std::num::NonZeroU32::MIN;
+        s.database.acquire_timeout = NonZeroDuration::from_millis(200);
     })
     .await;
     let (_, key) = app.chat_key().await;
@@ -309,7 +310,7 @@ async fn without_a_broker_events_stay_in_the_outbox_and_events_tail_prints_them(
     let lines: Vec<Value> = String::from_utf8(output.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let kinds: Vec<&str> = lines.iter().map(|e| e["type"].as_str().unwrap()).collect();
     assert_eq!(kinds, ["turn.received", "turn.dispatched", "turn.completed"]);
-    // The relay refreshes the outbox gauges on its own schedule (outbox.poll_interval_ms).
+    // The relay refreshes the outbox gauges on its own schedule (outbox.poll_interval).
     // Pending: the turn's three events and the record of the registry's seeding (policy.audit).
     let mut metrics = String::new();
     for _ in 0..40 {

@@ -14,6 +14,7 @@ use sqlx::Connection;
 use steward::app::Application;
 use steward::config::{Secret, Settings};
 use steward::db::Database;
+use steward::durations::NonZeroDuration;
 use steward::identity::{Capability, KeyStore, TenantId};
 use steward::orchestrator::ConversationStore;
 use steward::policy::{Constitution, ConstitutionHash, PolicyEngine, SignedVerdict, TurnRef, Verdict};
@@ -43,9 +44,9 @@ pub fn unique(prefix: &str) -> String {
 pub async fn test_settings(storage: Storage) -> (Settings, Option<tempfile::TempDir>) {
     let mut settings = Settings::load_from(&manifest_dir().join("config")).expect("config/default.toml loads");
     settings.server.bind = "127.0.0.1:0".into();
-    settings.server.keepalive_ms = 500;
+    settings.server.keepalive = NonZeroDuration::from_millis(500);
     settings.slm.base_url = slm_url();
-    settings.slm.first_token_timeout_ms = 60_000;
+    settings.slm.first_token_timeout = NonZeroDuration::from_millis(60_000);
     settings.policy.signing_key = Secret::new(SIGNING_KEY);
     settings.policy.constitution = manifest_dir().join("config/constitution.toml");
     settings.moderation.model_dir = manifest_dir().join(".models/all-minilm-l6-v2");

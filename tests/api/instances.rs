@@ -36,7 +36,7 @@ impl Instance {
             .env("STEWARD_REDIS__KEY_PREFIX", key_prefix)
             .env("STEWARD_SLM__BASE_URL", slm_url())
             .env("STEWARD_POLICY__SIGNING_KEY", SIGNING_KEY)
-            .env("STEWARD_TRAINING__EXPIRY_CHECK_MS", "100")
+            .env("STEWARD_TRAINING__EXPIRY_CHECK", "100ms")
             .env("STEWARD_TELEMETRY__LOG_LEVEL", "warn")
             .envs(env.iter().copied())
             .stdout(Stdio::null())

@@ -8,6 +8,7 @@
 mod broker;
 mod checkpoints;
 mod helpers;
+mod scripted_server;
 
 mod adversarial;
 mod auth;
@@ -29,6 +30,7 @@ mod moderation_train;
 mod openai;
 mod ops;
 mod orchestrator;
+mod recordings;
 mod registry;
 mod relay_faults;
 mod scripted;

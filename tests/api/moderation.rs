@@ -203,7 +203,7 @@ async fn a_streamed_answer_that_turns_harmful_is_cut_by_the_semantic_layer() {
     // What reached the client: at most the harmful sentence and the word the lexicon window held.
     assert!(received.len() >= ends[1] - 1 && received.len() < answer.len(), "{received:?} of {answer:?}");
     let session_id = sse.first("session")["session_id"].as_str().unwrap().to_owned();
-    let turns = app.store.turns(&session_id).await.unwrap();
+    let turns = app.store.turns(&session_id.parse().unwrap()).await.unwrap();
     assert_eq!(turns.len(), 1);
     assert_eq!(turns[0].finish_reason, FinishReason::Refused);
     assert_eq!(turns[0].assistant_message, received, "the stored answer is what the client received");
@@ -252,7 +252,7 @@ async fn an_overlapped_turn_refused_on_input_shows_nothing_and_its_model_request
     assert_eq!(sse.names(), vec!["session", "refusal", "done"], "no content reached the client");
     assert_eq!(sse.first("done")["finish_reason"], "refused");
     let session_id = sse.first("session")["session_id"].as_str().unwrap().to_owned();
-    let turns = app.store.turns(&session_id).await.unwrap();
+    let turns = app.store.turns(&session_id.parse().unwrap()).await.unwrap();
     assert_eq!((turns[0].finish_reason, turns[0].assistant_message.as_str()), (FinishReason::Refused, ""), "the stored turn holds no answer");
     let events = app.outbox("conversation.events").await;
     let mine: Vec<&Value> = events.iter().filter(|e| e["session_id"] == session_id.as_str()).collect();

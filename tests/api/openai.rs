@@ -25,7 +25,7 @@ async fn a_non_streaming_completion_has_the_openai_shape_and_governance_headers(
     assert_eq!(json["choices"][0]["message"]["role"], "assistant");
     assert!(!json["choices"][0]["message"]["content"].as_str().unwrap().is_empty(), "{json}");
     assert!(json["usage"]["completion_tokens"].as_u64().unwrap() <= 6);
-    assert_eq!(app.store.turns(&session_id).await.unwrap().len(), 1);
+    assert_eq!(app.store.turns(&session_id.parse().unwrap()).await.unwrap().len(), 1);
 }
 
 #[tokio::test]

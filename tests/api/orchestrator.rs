@@ -1,6 +1,7 @@
 //! The orchestrator's own endpoints and their policy-header checks.
 
 use serde_json::{json, Value};
+use steward::durations::NonZeroDuration;
 use steward::policy::{PolicyHeaders, TurnRef, Verdict};
 use steward::slm::GenerationParams;
 
@@ -56,7 +57,7 @@ async fn step_with_a_valid_signed_verdict_returns_the_whole_reply() {
     let body: Value = response.json().await.unwrap();
     assert!(!body["content"].as_str().unwrap().is_empty(), "{body}");
     assert!(body["usage"]["completion_tokens"].as_u64().unwrap() <= 6);
-    assert_eq!(app.store.turns(&turn.session_id).await.unwrap().len(), 1);
+    assert_eq!(app.store.turns(&turn.session_id.parse().unwrap()).await.unwrap().len(), 1);
 }
 
 #[tokio::test]
@@ -136,7 +137,7 @@ async fn a_refuse_verdict_is_never_dispatched() {
     let turn = new_turn(&app).await;
     let headers = app.policy().sign(turn.turn_ref(), Verdict::Refuse(vec!["S1".into()])).headers();
     assert_error(step(&app, &turn, &headers, "/v1/conversation/step").await, 403, "policy_refused").await;
-    assert!(app.store.turns(&turn.session_id).await.unwrap().is_empty());
+    assert!(app.store.turns(&turn.session_id.parse().unwrap()).await.unwrap().is_empty());
 }
 
 #[tokio::test]
@@ -156,7 +157,7 @@ async fn a_verdict_is_good_for_one_dispatch() {
     assert_eq!(step(&app, &turn, &headers, "/v1/conversation/step").await.status(), 200);
     assert_error(step(&app, &turn, &headers, "/v1/conversation/step").await, 403, "policy_verdict_replayed").await;
     assert_error(step(&app, &turn, &headers, "/v1/conversation/stream").await, 403, "policy_verdict_replayed").await;
-    assert_eq!(app.store.turns(&turn.session_id).await.unwrap().len(), 1, "the replays ran nothing");
+    assert_eq!(app.store.turns(&turn.session_id.parse().unwrap()).await.unwrap().len(), 1, "the replays ran nothing");
 }
 
 #[tokio::test]
@@ -178,11 +179,11 @@ async fn an_unreachable_verdict_ledger_is_503_and_dispatches_nothing() {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let app = spawn_app_with(Storage::Sqlite, move |s| {
         s.redis.url = steward::config::Secret::new(format!("redis://127.0.0.1:{port}"));
-        s.redis.command_timeout_ms = 300;
+        s.redis.command_timeout = NonZeroDuration::from_millis(300);
     })
     .await;
     let turn = new_turn(&app).await;
     let headers = app.policy().sign(turn.turn_ref(), Verdict::Allow).headers();
     assert_error(step(&app, &turn, &headers, "/v1/conversation/step").await, 503, "policy_registry_unavailable").await;
-    assert!(app.store.turns(&turn.session_id).await.unwrap().is_empty());
+    assert!(app.store.turns(&turn.session_id.parse().unwrap()).await.unwrap().is_empty());
 }

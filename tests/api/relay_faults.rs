@@ -5,6 +5,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::json;
+use steward::durations::NonZeroDuration;
 use steward::events::{EventType, NewEvent, OutboxStore, Pending, TurnContext};
 
 use crate::broker::{consume, shared_broker, wait_for, PrivateBroker};
@@ -21,8 +22,8 @@ async fn a_frozen_broker_ends_each_publish_round_within_the_deadline_and_the_eve
     let broker = PrivateBroker::start().await;
     let topic = unique("conversation.events.");
     let app = app_with_broker(Storage::Sqlite, &broker.address(), &topic, |s| {
-        s.kafka.request_deadline_ms = 500;
-        s.outbox.lease_ms = 4000;
+        s.kafka.request_deadline = NonZeroDuration::from_millis(500);
+        s.outbox.lease = NonZeroDuration::from_millis(4000);
         // One partition: the second turn's rows go to the connection the first one opened,
         // so it is the produce request itself that the frozen broker never answers.
         s.kafka.partitions = 1;
@@ -61,12 +62,12 @@ async fn a_frozen_broker_ends_each_publish_round_within_the_deadline_and_the_eve
 #[tokio::test]
 async fn a_record_over_the_size_limit_goes_to_the_dead_letter_topic_and_its_session_goes_on() {
     let topic = unique("conversation.events.");
-    let app = app_with_broker(Storage::Sqlite, &shared_broker(), &topic, |s| s.kafka.max_record_bytes = 100_000).await;
+    let app = app_with_broker(Storage::Sqlite, &shared_broker(), &topic, |s| s.kafka.max_record_bytes = std::num::NonZeroUsize::new(100_000).unwrap()).await;
     let session = unique("session-");
     let context = TurnContext {
         tenant: unique("tenant-"),
-        session_id: session.clone(),
-        turn_id: unique("turn-"),
+        session_id: session.parse().unwrap(),
+        turn_id: unique("turn-").parse().unwrap(),
         trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
         traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
         tracestate: None,

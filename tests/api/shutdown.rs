@@ -71,8 +71,8 @@ async fn sigterm_under_load_loses_no_event_of_a_turn_that_received_its_session_a
     let env = [
         ("STEWARD_KAFKA__BROKERS", brokers.as_str()),
         ("STEWARD_KAFKA__CONVERSATION_TOPIC", topic.as_str()),
-        ("STEWARD_SERVER__SHUTDOWN_GRACE_MS", "2000"),
-        ("STEWARD_OUTBOX__POLL_INTERVAL_MS", "50"),
+        ("STEWARD_SERVER__SHUTDOWN_GRACE", "2s"),
+        ("STEWARD_OUTBOX__POLL_INTERVAL", "50ms"),
     ];
     let mut steward = Instance::start_with(&url, &prefix, &env).await;
     // Twelve turns at once: short ones finish within the grace period, long ones outlive it.

@@ -12,6 +12,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::helpers::{spawn_app, spawn_app_with, Storage, TestApp};
+use steward::durations::NonZeroDuration;
 
 pub(crate) type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
@@ -123,7 +124,7 @@ async fn several_turns_on_one_socket_and_a_cancelled_one_frees_the_model_and_is_
     send(&mut socket, json!({ "type": "turn", "message": "Say hi.", "session_id": session_id, "max_tokens": 4 })).await;
     assert_eq!(types(&until_done(&mut socket).await).last(), Some(&"done"));
 
-    let turns = app.store.turns(&session_id).await.unwrap();
+    let turns = app.store.turns(&session_id.parse().unwrap()).await.unwrap();
     let reasons: Vec<&str> = turns.iter().map(|t| t.finish_reason.as_str()).collect();
     assert_eq!(reasons.len(), 3, "{turns:?}");
     assert_eq!(reasons[0], "cancelled", "{turns:?}");
@@ -157,7 +158,7 @@ async fn a_browser_authenticates_through_the_subprotocol_or_a_first_auth_message
 
 #[tokio::test]
 async fn a_socket_that_never_authenticates_or_sends_a_wrong_key_is_closed_with_1008() {
-    let app = spawn_app_with(Storage::Sqlite, |s| s.server.socket_auth_timeout_ms = 300).await;
+    let app = spawn_app_with(Storage::Sqlite, |s| s.server.socket_auth_timeout = NonZeroDuration::from_millis(300)).await;
 
     let (mut silent, _) = connect(&app, &[]).await;
     let opened = Instant::now();
@@ -198,7 +199,7 @@ async fn bad_messages_get_error_frames_and_oversized_or_binary_frames_close_the_
 
 #[tokio::test]
 async fn a_key_revoked_while_its_socket_is_open_is_refused_at_the_next_turn() {
-    let app = spawn_app_with(Storage::Sqlite, |s| s.identity.key_cache_ms = 0).await;
+    let app = spawn_app_with(Storage::Sqlite, |s| s.identity.key_cache = Duration::from_millis(0)).await;
     let tenant = steward::identity::TenantId::parse(&crate::helpers::unique("tenant-")).unwrap();
     let (record, key) = app.keys.create(&tenant, &[steward::identity::Capability::Chat]).await.unwrap();
     let (mut socket, _) = connect(&app, &[("authorization", &format!("Bearer {}", key.expose()))]).await;

@@ -2,7 +2,8 @@
 
 use steward::db::Database;
 use steward::identity::{Capability, KeyStore, TenantId};
-use steward::orchestrator::{ConversationStore, SessionState, TurnRecord};
+use steward::ids::{SessionId, TurnId};
+use steward::orchestrator::{ConversationStore, FinishReason, SessionState, TurnRecord};
 
 use crate::helpers::{postgres_database, unique};
 
@@ -18,15 +19,15 @@ async fn database(kind: &str) -> (Database, Option<tempfile::TempDir>) {
     (db, dir)
 }
 
-fn turn(tenant: &str, session: &str, n: i64, finish: &str) -> TurnRecord {
+fn turn(tenant: &str, session: &SessionId, n: i64, finish: FinishReason) -> TurnRecord {
     TurnRecord {
-        turn_id: uuid::Uuid::now_v7().to_string(),
-        session_id: session.into(),
+        turn_id: TurnId::mint(),
+        session_id: session.clone(),
         tenant: tenant.into(),
         user_message: format!("question {n}"),
         preamble: "[]".into(),
         assistant_message: format!("answer {n}"),
-        finish_reason: finish.into(),
+        finish_reason: finish,
         policy_verdict: "allow".into(),
         constitution_hash: format!("sha256:{}", "a".repeat(64)),
         trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
@@ -55,10 +56,11 @@ async fn keys_are_found_by_secret_until_revoked(kind: &str) {
 async fn history_replays_answered_turns_in_order(kind: &str) {
     let (db, _dir) = database(kind).await;
     let store = ConversationStore::new(db);
-    let session = uuid::Uuid::now_v7().to_string();
+    let session = SessionId::mint();
     assert_eq!(store.session_state("acme", &session).await.unwrap(), SessionState::New);
 
-    for (n, finish) in [(1, "stop"), (2, "refused"), (3, "length"), (4, "cancelled"), (5, "stop")] {
+    use FinishReason::{Cancelled, Length, Refused, Stop};
+    for (n, finish) in [(1, Stop), (2, Refused), (3, Length), (4, Cancelled), (5, Stop)] {
         store.record(&turn("acme", &session, n, finish)).await.unwrap();
     }
 
@@ -73,13 +75,13 @@ async fn history_replays_answered_turns_in_order(kind: &str) {
 async fn a_session_belongs_to_one_tenant(kind: &str) {
     let (db, _dir) = database(kind).await;
     let store = ConversationStore::new(db);
-    let session = uuid::Uuid::now_v7().to_string();
-    store.record(&turn("tenant-a", &session, 1, "stop")).await.unwrap();
+    let session = SessionId::mint();
+    store.record(&turn("tenant-a", &session, 1, FinishReason::Stop)).await.unwrap();
 
     assert_eq!(store.session_state("tenant-a", &session).await.unwrap(), SessionState::Owned);
     assert_eq!(store.session_state("tenant-b", &session).await.unwrap(), SessionState::Foreign);
     // Even a direct write cannot attach a turn to another tenant's session.
-    store.record(&turn("tenant-b", &session, 2, "stop")).await.unwrap();
+    store.record(&turn("tenant-b", &session, 2, FinishReason::Stop)).await.unwrap();
     assert_eq!(store.turns(&session).await.unwrap().len(), 1);
     assert!(store.history("tenant-b", &session, 10).await.unwrap().is_empty());
 }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use steward::durations::NonZeroDuration;
 use steward::identity::Capability;
 use steward::training::{Acquired, InMemoryLockStore, LockRequest, LockStore, Owned, RedisLockStore};
 
@@ -128,7 +129,7 @@ async fn app_with_redis(redis: &str) -> TestApp {
     spawn_app_with(Storage::Sqlite, move |s| {
         s.redis.url = steward::config::Secret::new(redis);
         s.redis.key_prefix = format!("{}:", unique("steward-test-"));
-        s.training.expiry_check_ms = 100;
+        s.training.expiry_check = NonZeroDuration::from_millis(100);
     })
     .await
 }
@@ -170,7 +171,7 @@ async fn enable_renew_disable_with_wrong_tokens_refused_and_audited_and_fencing_
     let again: Value = app.post("/v1/training/enable", Some(&bob), &json!({ "ttl_seconds": 7200, "reason": "next" })).await.json().await.unwrap();
 
     assert!(again["fencing_token"].as_u64() > enabled["fencing_token"].as_u64());
-    assert!(again["ttl_seconds"].as_f64().unwrap() <= app.settings.training.max_ttl_seconds as f64, "TTL clamped");
+    assert!(again["ttl_seconds"].as_f64().unwrap() <= app.settings.training.max_ttl.get().as_secs_f64(), "TTL clamped");
     let audit = app.outbox(&app.settings.kafka.training_topic).await;
     assert_eq!(
         audit_types(&audit),
@@ -286,7 +287,7 @@ async fn with_redis_down_training_is_503_chat_works_unmarked_and_after_it_return
     let app = spawn_app_with(Storage::Sqlite, move |s| {
         s.redis.url = steward::config::Secret::new(url);
         s.redis.key_prefix = format!("{}:", unique("steward-test-"));
-        s.training.expiry_check_ms = 100;
+        s.training.expiry_check = NonZeroDuration::from_millis(100);
         s.policy.fail_open = true;
     })
     .await;
@@ -297,7 +298,7 @@ async fn with_redis_down_training_is_503_chat_works_unmarked_and_after_it_return
     let lost_token = before.json::<Value>().await.unwrap()["fencing_token"].as_u64().unwrap();
 
     redis.stop();
-    tokio::time::sleep(Duration::from_millis(app.settings.training.state_cache_ms + 50)).await;
+    tokio::time::sleep(app.settings.training.state_cache + Duration::from_millis(50)).await;
 
     assert_error(app.get_with("/v1/training/status", &admin).await, 503, "lock_store_unavailable").await;
     assert_error(app.post("/v1/training/enable", Some(&admin), &json!({ "ttl_seconds": 60, "reason": "during" })).await, 503, "lock_store_unavailable").await;
@@ -306,7 +307,7 @@ async fn with_redis_down_training_is_503_chat_works_unmarked_and_after_it_return
     let events = app.outbox(&app.settings.kafka.conversation_topic).await;
     let turn: Vec<&Value> = events.iter().filter(|e| e["session_id"] == sse.header("x-session-id")).collect();
     assert!(turn.iter().all(|e| e["training_mode"].is_null() && e["training_mode_source"] == "lock_store_unavailable"), "{turn:#?}");
-    // /readyz serves its last background check (every server.readiness_refresh_ms).
+    // /readyz serves its last background check (every server.readiness_refresh).
     let mut ready = Value::Null;
     for _ in 0..50 {
         ready = app.get("/readyz").await.json().await.unwrap();
@@ -361,7 +362,7 @@ async fn a_turn_under_a_training_lock_older_than_the_newest_is_not_trusted_as_tr
         spawn_app_with(Storage::Sqlite, move |s| {
             s.redis.url = steward::config::Secret::new(redis_url());
             s.redis.key_prefix = prefix;
-            s.training.state_cache_ms = 60_000;
+            s.training.state_cache = Duration::from_millis(60_000);
         })
         .await
     };
@@ -406,7 +407,7 @@ async fn an_expiry_claimed_by_an_instance_that_died_before_auditing_it_is_still_
             s.redis.url = steward::config::Secret::new(redis_url());
             s.redis.key_prefix = prefix;
             // The app's watcher looks every 2 s; the dying instance below watches every 10 ms.
-            s.training.expiry_check_ms = 2_000;
+            s.training.expiry_check = NonZeroDuration::from_millis(2_000);
         })
         .await
     };

@@ -10,7 +10,7 @@ use crate::helpers::{spawn_stoppable_app_with, Storage};
 #[tokio::test]
 async fn events_whose_write_still_fails_when_shutdown_stops_the_writer_are_stored_if_the_database_recovers_within_the_drain() {
     // Running turns get 2 s; then they are stopped, and the writer gets 2 s more (the drain).
-    let (app, stop) = spawn_stoppable_app_with(Storage::Postgres, |s| s.server.shutdown_grace_ms = 2000).await;
+    let (app, stop) = spawn_stoppable_app_with(Storage::Postgres, |s| s.server.shutdown_grace = Duration::from_millis(2000)).await;
     let (_, key) = app.chat_key().await;
     // Every outbox write fails as a serialization failure would (SQLSTATE 40001: worth retrying).
     for statement in [
