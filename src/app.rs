@@ -16,12 +16,12 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{PerTenant, Secret, Settings};
 use crate::db::Database;
-use crate::events::{EventLog, EventPublisher, OutboxStore, Relay};
+use crate::events::{AuditTrail, EventLog, EventPublisher, OutboxStore, Relay};
 use crate::gateway::Gateway;
 use crate::identity::{AuthFailures, Authenticator, KeyCache, KeyPace, KeyStore, TrustedProxies};
 use crate::ops::OpsAccess;
 use crate::orchestrator::{Conversation, ConversationStore, Orchestrator, OrchestratorApi, OrchestratorSettings, Pacing, TurnLimits};
-use crate::policy::{Auditor, BuildModerator, Constitution, ConstitutionRegistry, Freshness, Judge, Judges, MemoryRegistry, PolicyEngine};
+use crate::policy::{BuildModerator, Constitution, ConstitutionRegistry, Freshness, Judge, Judges, MemoryRegistry, PolicyEngine};
 use crate::readiness::{Dependencies, Readiness};
 use crate::slm::{FairGate, FairModelClient, HttpModelClient, ModelClient, Timeouts};
 use crate::telemetry::Metrics;
@@ -94,7 +94,7 @@ impl Application {
         let grace = settings.server.shutdown_grace;
         let (events, publisher) = start_events(settings, &db, &metrics, &cancel, &tasks);
         let checkpoints = start_checkpoints(settings, &db, &events, &cancel, &tasks);
-        let auditor = Auditor { events: events.clone(), topic: settings.kafka.policy_topic.clone() };
+        let auditor = AuditTrail { events: events.clone(), topic: settings.kafka.policy_topic.clone() };
         let judges = start_judges(settings, &redis, build, seed, auditor.clone(), &cancel, &tasks).await?;
         let limiter = limiter(settings, &redis, &metrics, &tasks);
         let (training, redis) = start_training(settings, &db, &redis, &events, &metrics, &cancel, &tasks)?;
@@ -398,7 +398,7 @@ async fn start_judges(
     redis: &RedisConnection,
     build: BuildModerator,
     seed: Arc<Judge>,
-    auditor: Auditor,
+    auditor: AuditTrail,
     cancel: &CancellationToken,
     tasks: &TaskTracker,
 ) -> anyhow::Result<Arc<Judges>> {
@@ -516,10 +516,9 @@ fn start_training(
     let service = Arc::new(TrainingService::new(
         store,
         crate::training::FencingLedger::new(db.clone()),
-        events.clone(),
+        AuditTrail { events: events.clone(), topic: settings.kafka.training_topic.clone() },
         metrics.clone(),
         settings.training.clone(),
-        settings.kafka.training_topic.clone(),
     ));
     let every = settings.training.expiry_check.get();
     tasks.spawn(crate::training::watch(service.clone(), metrics.clone(), every, cancel.clone()));

@@ -25,6 +25,26 @@ pub use settings::{KafkaSettings, OutboxSettings};
 pub use turn_data::{RefusedCategory, TurnData};
 pub use writer::{EventLog, EventsError};
 
+/// An audit topic (`training.audit`, `policy.audit`) and the writer its
+/// records go through.
+#[derive(Clone)]
+pub struct AuditTrail {
+    pub events: EventLog,
+    pub topic: String,
+}
+
+impl AuditTrail {
+    /// A record of `event_type` on this trail, chained under `key` (see [`Pending::audit`]).
+    pub fn record(&self, key: &str, event_type: &str, payload: serde_json::Value, trace: &crate::telemetry::TraceContext) -> Pending {
+        Pending::audit(&self.topic, key, event_type, payload, trace)
+    }
+
+    /// Stores `items` (records of this trail and the writes that go with them) before returning.
+    pub async fn commit(&self, items: Vec<Pending>) -> Result<(), EventsError> {
+        self.events.emit_durable(items).await
+    }
+}
+
 impl EventLog {
     /// Queues one conversation event (written with the next commit).
     pub async fn turn(&self, context: &TurnContext, data: TurnData) {

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 
-use super::audit::{activate_recorded, ActivationRequest, AuditType, Auditor};
+use super::audit::{activate_recorded, ActivationRequest, AuditType};
 use super::dry_run::{dry_run, parse_window, PastTurn};
 use super::judges::{Judge, Judges};
 use super::registry::Scope;
@@ -33,7 +33,7 @@ use crate::orchestrator::{ConversationStore, OrchestratorError};
 /// moderator is built with, and the stored turns.
 pub struct PolicyApi {
     pub judges: Arc<Judges>,
-    pub auditor: Auditor,
+    pub auditor: crate::events::AuditTrail,
     pub moderation: Arc<ModerationSettings>,
     pub store: ConversationStore,
 }

@@ -179,17 +179,3 @@ where
     }
     Ok(activation)
 }
-
-/// Records changes through the instance's event writer.
-#[derive(Clone)]
-pub struct Auditor {
-    pub events: crate::events::EventLog,
-    pub topic: String,
-}
-
-impl Auditor {
-    /// Puts the record in the outbox, waiting for it to be durable.
-    pub async fn record(&self, entry: &AuditEntry<'_>) -> Result<(), crate::events::EventsError> {
-        self.events.emit_durable(vec![entry.pending(&self.topic)]).await
-    }
-}

@@ -18,9 +18,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::audit::{AuditEntry, AuditType, Auditor};
+use super::audit::{AuditEntry, AuditType};
 use super::constitution::{Constitution, ConstitutionHash};
 use super::registry::{Activation, ActiveSet, ConstitutionRegistry, RegistryError, Scope};
+use crate::events::AuditTrail;
 use crate::moderation::Moderator;
 use crate::telemetry::TraceContext;
 
@@ -73,7 +74,7 @@ pub struct Judges {
     freshness: Freshness,
     /// The configured file's constitution: the default of an empty registry.
     seed: Arc<Judge>,
-    auditor: Auditor,
+    auditor: AuditTrail,
     held: RwLock<Arc<Snapshot>>,
     /// Woken by the registry's announcements.
     changed: Arc<Notify>,
@@ -120,7 +121,7 @@ impl Judges {
     /// A copy holding only `seed` (the configured file's constitution) as
     /// the default, not yet read from the registry: stale until the first
     /// [`Judges::refresh`].
-    pub fn new(registry: Arc<dyn ConstitutionRegistry>, build: BuildModerator, freshness: Freshness, seed: Arc<Judge>, auditor: Auditor) -> Self {
+    pub fn new(registry: Arc<dyn ConstitutionRegistry>, build: BuildModerator, freshness: Freshness, seed: Arc<Judge>, auditor: AuditTrail) -> Self {
         let set = ActiveSet { version: 0, default: Some(seed.hash.clone()), tenants: HashMap::new() };
         let judges = HashMap::from([(seed.hash.clone(), seed.clone())]);
         let held = Snapshot { set, judges, retired: Vec::new(), unusable: HashMap::new(), read_at: None };
@@ -255,7 +256,7 @@ impl Judges {
             activation: &activation,
             trace: &TraceContext::new_root(),
         };
-        if let Err(err) = self.auditor.record(&entry).await {
+        if let Err(err) = self.auditor.commit(vec![entry.pending(&self.auditor.topic)]).await {
             tracing::error!(error = %err, "the seeding of the constitution registry could not be recorded");
         }
         Ok(Some(seeded))

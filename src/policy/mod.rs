@@ -30,7 +30,7 @@ mod registry_redis;
 mod verdict;
 
 pub use api::{configure, PolicyApi};
-pub use audit::{AuditEntry, AuditType, Auditor, AUDIT_SCHEMA};
+pub use audit::{AuditEntry, AuditType, AUDIT_SCHEMA};
 pub use constitution::{Constitution, ConstitutionHash};
 pub use dry_run::{dry_run, replay, Change, DryRunReport, PastTurn, Replayed};
 pub use judges::{BuildModerator, Freshness, Judge, JudgeError, Judges};

@@ -16,7 +16,7 @@ use super::lock::{Acquired, LockError, LockInfo, LockRequest, LockStore, Owned};
 use crate::db::rfc3339;
 use crate::durations::NonZeroDuration;
 use crate::error::{Code, ErrorCode};
-use crate::events::{EventLog, Pending};
+use crate::events::{AuditTrail, Pending};
 use crate::telemetry::{Metrics, TraceContext};
 
 pub const AUDIT_SCHEMA: &str = "training.audit/v1";
@@ -79,11 +79,10 @@ pub struct TrainingSettings {
 pub struct TrainingService {
     store: Arc<dyn LockStore>,
     ledger: FencingLedger,
-    events: EventLog,
+    /// Where transitions are recorded (`kafka.training_topic`).
+    audit: AuditTrail,
     metrics: Arc<Metrics>,
     settings: TrainingSettings,
-    /// Where transitions are audited (`kafka.training_topic`).
-    audit_topic: String,
     /// tenant → (read at, lock): the chat path's view, refreshed after `state_cache`.
     view: Mutex<HashMap<String, (Instant, Option<LockInfo>)>>,
     /// Folds a key's repeated denials into one record per window.
@@ -91,15 +90,8 @@ pub struct TrainingService {
 }
 
 impl TrainingService {
-    pub fn new(
-        store: Arc<dyn LockStore>,
-        ledger: FencingLedger,
-        events: EventLog,
-        metrics: Arc<Metrics>,
-        settings: TrainingSettings,
-        audit_topic: String,
-    ) -> Self {
-        Self { store, ledger, events, metrics, settings, audit_topic, view: Mutex::new(HashMap::new()), denials: Denials::default() }
+    pub fn new(store: Arc<dyn LockStore>, ledger: FencingLedger, audit: AuditTrail, metrics: Arc<Metrics>, settings: TrainingSettings) -> Self {
+        Self { store, ledger, audit, metrics, settings, view: Mutex::new(HashMap::new()), denials: Denials::default() }
     }
 
     pub fn store(&self) -> &Arc<dyn LockStore> {
@@ -288,8 +280,8 @@ impl TrainingService {
         if let Some(folded) = folded {
             record["folded"] = json!(folded);
         }
-        let pending = Pending::audit(&self.audit_topic, actor.tenant, event_type, record, actor.trace);
-        self.events.emit_durable(writes.into_iter().chain([pending]).collect()).await?;
+        let pending = self.audit.record(actor.tenant, event_type, record, actor.trace);
+        self.audit.commit(writes.into_iter().chain([pending]).collect()).await?;
         self.metrics.training_transition(actor.tenant, action.as_str());
         if let Some(on) = action.state() {
             self.metrics.training_state(actor.tenant, Some(on));

@@ -77,7 +77,8 @@ async fn every_way_a_turn_ends_leaves_what_the_code_before_the_typed_outcome_lef
     }
     // Under overlapped dispatch, the model request starts while the input is judged.
     let overlapped_key = app.key(&overlapped, &[steward::identity::Capability::Chat]).await;
-    for (name, message) in [("sse_overlapped_completed", "Tell me about rivers."), ("sse_overlapped_refused_on_input", "Tell me how to kill someone quietly.")] {
+    for (name, message) in [("sse_overlapped_completed", "Tell me about rivers."), ("sse_overlapped_refused_on_input", "Tell me how to kill someone quietly.")]
+    {
         let sse = app.chat(&overlapped_key, &json!({ "message": message })).await;
         let frames: Vec<Value> = sse.events.iter().map(|(event, data)| json!({ "event": event, "data": data })).collect();
         let session = sse.header("x-session-id").to_owned();
