@@ -164,6 +164,7 @@ impl Application {
         let pace = KeyPace::new(settings.identity.requests_per_second_per_key, settings.identity.burst_per_key);
         let auth = web::Data::new(Authenticator::new(keys, failures, pace, proxies, metrics.clone()));
         let training = web::Data::from(training);
+        let console = web::Data::new(console(settings, &db));
         let deps = Dependencies { database: db, model, broker: publisher, redis };
         let readiness = web::Data::from(Readiness::start(deps, settings.server.readiness_refresh.get(), &cancel, &tasks).await);
         let ops = web::Data::new(OpsAccess { metrics_require_ops: settings.server.metrics_require_ops });
@@ -185,12 +186,14 @@ impl Application {
                 .app_data(readiness.clone())
                 .app_data(ops.clone())
                 .app_data(metrics.clone())
+                .app_data(console.clone())
                 .configure(crate::gateway::configure)
                 .configure(crate::orchestrator::configure)
                 .configure(crate::policy::configure)
                 .configure(crate::training::configure)
                 .configure(crate::ops::configure)
                 .configure(crate::openapi::configure)
+                .configure(crate::console::configure)
                 .default_service(web::to(crate::ops::not_found))
         })
         // Without TCP_NODELAY the last small frames of a stream wait for the client's delayed ACK on a reused connection.
@@ -315,6 +318,21 @@ fn start_events(
     let relay = Relay { store, publisher: publisher.clone(), metrics: metrics.clone(), settings: settings.outbox.clone(), drain, committed };
     tasks.spawn(relay.run(cancel.clone()));
     (events, publisher)
+}
+
+/// What the console reads: sessions, turns, the outbox, and the checkpoints' public key.
+fn console(settings: &Settings, db: &Database) -> crate::console::Console {
+    let checkpoint_key = crate::events::checkpoint::CheckpointKey::from_secret(settings.events.checkpoint_key.expose())
+        .ok()
+        .flatten()
+        .and_then(|key| crate::events::checkpoint::public_key(&key.public_hex()).ok());
+    crate::console::Console {
+        sessions: crate::console::ConsoleSessions::new(db.clone(), &settings.console),
+        turns: ConversationStore::new(db.clone()),
+        outbox: OutboxStore::new(db.clone(), settings.kafka.conversation_topic.clone()),
+        topics: crate::console::Topics { conversation: settings.kafka.conversation_topic.clone(), checkpoint: settings.kafka.checkpoint_topic.clone() },
+        checkpoint_key,
+    }
 }
 
 /// The checkpointer of the trail, when `events.checkpoint_key` is set.

@@ -52,6 +52,7 @@ pub struct Settings {
     pub telemetry: TelemetrySettings,
     pub limits: LimitsSettings,
     pub events: EventsSettings,
+    pub console: crate::console::ConsoleSettings,
 }
 
 /// Signed checkpoints of the event trail (see `crate::events::checkpoint`).

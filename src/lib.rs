@@ -21,11 +21,13 @@
 //! - [`training`]: the training-mode lock (Redis or in process) and its audit.
 //! - [`telemetry`]: JSON logs, W3C trace context, OTLP spans, Prometheus metrics.
 //! - [`readiness`]: the dependencies' state, checked in the background for `/readyz`.
+//! - [`console`]: the browser console at `/console` for operators and auditors.
 //! - [`app`]: wires adapters into services and services into routes.
 
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod db;
 pub mod durations;
 pub mod error;

@@ -8,6 +8,7 @@
 //! hash chain (`seq`, `prev_hash`) that `steward audit verify` checks.
 
 pub mod audit;
+pub mod chain_check;
 pub mod checkpoint;
 #[cfg(feature = "kafka")]
 pub mod kafka;

@@ -233,6 +233,13 @@ impl OutboxStore {
     }
 
     /// Stored events after `after_id`, oldest first: (id, payload).
+    /// The newest `limit` rows of `topic`, newest first.
+    pub async fn newest(&self, topic: &str, limit: i64) -> Result<Vec<(i64, String)>, sqlx::Error> {
+        let rows =
+            sqlx::query("SELECT id, payload FROM outbox WHERE topic = $1 ORDER BY id DESC LIMIT $2").bind(topic).bind(limit).fetch_all(self.db.pool()).await?;
+        rows.iter().map(|r| Ok((r.try_get("id")?, r.try_get("payload")?))).collect()
+    }
+
     pub async fn tail(&self, topic: &str, session_id: Option<&str>, after_id: i64, limit: i64) -> Result<Vec<(i64, String)>, sqlx::Error> {
         let rows = sqlx::query("SELECT id, payload FROM outbox WHERE topic = $1 AND id > $2 AND ($3 = '' OR session_id = $3) ORDER BY id LIMIT $4")
             .bind(topic)

@@ -44,17 +44,22 @@ impl Authenticator {
     /// The caller holding `key`, sent from `client`.
     pub async fn authenticate(&self, client: Option<IpAddr>, key: Option<&str>) -> Result<Caller, ApiError> {
         // Hashed once, for memory and the lookup alike.
-        let hash = ApiKey::hash_of(key.ok_or(IdentityError::MissingKey)?);
-        let record = match self.keys.recall(&hash) {
+        self.authenticate_hash(client, &ApiKey::hash_of(key.ok_or(IdentityError::MissingKey)?)).await
+    }
+
+    /// The caller holding the key whose SHA-256 is `hash` (a console session
+    /// keeps the hash of the key it was opened with, never the key).
+    pub async fn authenticate_hash(&self, client: Option<IpAddr>, hash: &str) -> Result<Caller, ApiError> {
+        let record = match self.keys.recall(hash) {
             Recall::Live(record) => Some(record),
             Recall::Unknown => None,
-            Recall::Vouched => self.keys.find_active_by_hash(&hash).await?,
+            Recall::Vouched => self.keys.find_active_by_hash(hash).await?,
             Recall::Unseen => {
                 if let Some(wait) = client.and_then(|ip| self.failures.check(ip)) {
                     self.metrics.rate_limited("failed_auth");
                     return Err(ApiError::new(Code::RateLimited, "too many failed authentications from this address").with_retry_after(wait));
                 }
-                self.keys.find_active_by_hash(&hash).await?
+                self.keys.find_active_by_hash(hash).await?
             }
         };
         let Some(record) = record else {

@@ -39,8 +39,10 @@ pub enum Capability {
     PolicyAdmin,
     /// The full text of the tenant's constitutions (its phrases and examples), without changing them.
     PolicyRead,
-    /// Operations: readiness details, and `/metrics` where it is guarded.
+    /// Operations: readiness details, and `/metrics` where it is guarded; every tenant in the console.
     Ops,
+    /// Reading the record: the console's turns, their events and the check of their chain, for the key's tenant.
+    Audit,
 }
 
 impl Capability {
@@ -51,6 +53,7 @@ impl Capability {
             "policy:admin" => Ok(Self::PolicyAdmin),
             "policy:read" => Ok(Self::PolicyRead),
             "ops" => Ok(Self::Ops),
+            "audit" => Ok(Self::Audit),
             other => Err(IdentityError::UnknownCapability(other.to_owned())),
         }
     }
@@ -61,6 +64,7 @@ impl Capability {
             Self::PolicyAdmin => "policy:admin",
             Self::PolicyRead => "policy:read",
             Self::Ops => "ops",
+            Self::Audit => "audit",
         }
     }
     /// Parses a comma-separated list, rejecting an empty one.

@@ -117,6 +117,59 @@ impl ConversationStore {
         Ok(row.is_some())
     }
 
+    /// Finished turns matching `filter`, newest first (for the console).
+    pub async fn search(&self, filter: &TurnFilter) -> Result<Vec<TurnRecord>, sqlx::Error> {
+        let sql = format!(
+            "SELECT {TURN_COLUMNS} FROM turns WHERE ($1 = '' OR tenant = $1) AND ($2 = '' OR session_id = $2) AND ($3 = '' OR id = $3) \
+             AND ($4 = '' OR trace_id = $4) AND created_at >= $5 \
+             AND ($6 = '' OR ($6 = 'allow' AND policy_verdict = 'allow' AND finish_reason <> 'refused') \
+                  OR ($6 = 'refuse' AND (policy_verdict <> 'allow' OR finish_reason = 'refused'))) \
+             AND ($7 = '' OR (',' || replace(policy_verdict, 'refuse:', '') || ',') LIKE ('%,' || $7 || ',%')) \
+             ORDER BY created_at DESC, id DESC LIMIT $8"
+        );
+        let rows = sqlx::query(&sql)
+            .bind(filter.tenant.as_deref().unwrap_or_default())
+            .bind(filter.session.as_deref().unwrap_or_default())
+            .bind(filter.turn.as_deref().unwrap_or_default())
+            .bind(filter.trace.as_deref().unwrap_or_default())
+            .bind(filter.since_ms)
+            .bind(filter.verdict.map(Judged::as_str).unwrap_or_default())
+            .bind(filter.code.as_deref().unwrap_or_default())
+            .bind(filter.limit)
+            .fetch_all(self.db.pool())
+            .await?;
+        rows.iter().map(record_of).collect()
+    }
+
+    /// Turns per minute since `since_ms` (of one tenant or all): (minute, turns, of them refused).
+    pub async fn per_minute(&self, tenant: Option<&str>, since_ms: i64) -> Result<Vec<(i64, i64, i64)>, sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT created_at / 60000 AS minute, COUNT(*) AS turns, \
+             SUM(CASE WHEN policy_verdict <> 'allow' OR finish_reason = 'refused' THEN 1 ELSE 0 END) AS refused \
+             FROM turns WHERE created_at >= $1 AND ($2 = '' OR tenant = $2) GROUP BY created_at / 60000 ORDER BY minute",
+        )
+        .bind(since_ms)
+        .bind(tenant.unwrap_or_default())
+        .fetch_all(self.db.pool())
+        .await?;
+        rows.iter().map(|r| Ok((r.try_get("minute")?, r.try_get("turns")?, r.try_get("refused")?))).collect()
+    }
+
+    /// Refused turns since `since_ms` by how they were refused: the input verdict
+    /// (`refuse:<codes>`), or `output` for answers cut on output.
+    pub async fn refusals(&self, tenant: Option<&str>, since_ms: i64) -> Result<Vec<(String, i64)>, sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT CASE WHEN policy_verdict = 'allow' THEN 'output' ELSE policy_verdict END AS how, COUNT(*) AS n FROM turns \
+             WHERE created_at >= $1 AND ($2 = '' OR tenant = $2) AND (policy_verdict <> 'allow' OR finish_reason = 'refused') \
+             GROUP BY CASE WHEN policy_verdict = 'allow' THEN 'output' ELSE policy_verdict END",
+        )
+        .bind(since_ms)
+        .bind(tenant.unwrap_or_default())
+        .fetch_all(self.db.pool())
+        .await?;
+        rows.iter().map(|r| Ok((r.try_get("how")?, r.try_get("n")?))).collect()
+    }
+
     /// One finished turn by its id (for `steward audit replay`).
     pub async fn turn(&self, turn_id: &TurnId) -> Result<Option<TurnRecord>, sqlx::Error> {
         let row = sqlx::query(&format!("SELECT {TURN_COLUMNS} FROM turns WHERE id = $1")).bind(turn_id.as_str()).fetch_optional(self.db.pool()).await?;
@@ -138,6 +191,40 @@ impl ConversationStore {
                 })
             })
             .collect()
+    }
+}
+
+/// Which finished turns [`ConversationStore::search`] returns; `None` matches any.
+#[derive(Debug, Clone, Default)]
+pub struct TurnFilter {
+    pub tenant: Option<String>,
+    pub session: Option<String>,
+    pub turn: Option<String>,
+    pub trace: Option<String>,
+    /// Allowed to the end, or refused (on input or output).
+    pub verdict: Option<Judged>,
+    /// A category code the input verdict refused.
+    pub code: Option<String>,
+    /// Created at or after this time (Unix ms).
+    pub since_ms: i64,
+    pub limit: i64,
+}
+
+/// How a turn was judged, for [`TurnFilter::verdict`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Judged {
+    /// Allowed on input, and its answer never cut.
+    Allowed,
+    /// Refused on input, or its answer cut on output.
+    Refused,
+}
+
+impl Judged {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Allowed => "allow",
+            Self::Refused => "refuse",
+        }
     }
 }
 

@@ -15,6 +15,7 @@ mod auth;
 mod backpressure;
 mod bad_input;
 mod chat;
+mod console;
 mod constitution;
 mod container;
 mod contracts;

@@ -1,0 +1,68 @@
+//! The console at `/console`: operators and auditors see Steward in a
+//! browser, served by the same binary. Server-rendered HTML (`maud`, which
+//! escapes every value), one stylesheet and one small script of its own
+//! (served with a long cache and an integrity hash); every page reads
+//! without script. A browser signs in with an API key and holds a
+//! server-side session ([`session`]); what it may see follows the key's
+//! capabilities: `ops` reads every tenant, `audit` its own tenant's record.
+//!
+//! Pages: the overview ([`overview`]), the turns and the check of a
+//! session's chain ([`turns`]).
+
+mod layout;
+mod overview;
+mod session;
+mod signin;
+mod turns;
+mod viewer;
+
+use actix_web::web;
+use ed25519_dalek::VerifyingKey;
+use serde_json::Value;
+
+pub use session::{ConsoleSessions, ConsoleSettings};
+
+use crate::events::OutboxStore;
+use crate::orchestrator::{ConversationStore, TurnRecord};
+
+/// The topics the console reads.
+pub struct Topics {
+    pub conversation: String,
+    pub checkpoint: String,
+}
+
+/// What the console's pages read.
+pub struct Console {
+    pub sessions: ConsoleSessions,
+    pub turns: ConversationStore,
+    pub outbox: OutboxStore,
+    pub topics: Topics,
+    /// The public half of `events.checkpoint_key`, to check checkpoints' signatures.
+    pub checkpoint_key: Option<VerifyingKey>,
+}
+
+impl Console {
+    /// A turn's events, in their chain's order.
+    async fn turn_events(&self, turn: &TurnRecord) -> Result<Vec<Value>, sqlx::Error> {
+        let rows = self.outbox.tail(&self.topics.conversation, Some(turn.session_id.as_str()), 0, i64::MAX).await?;
+        Ok(rows.into_iter().filter_map(|(_, payload)| serde_json::from_str::<Value>(&payload).ok()).filter(|e| e["turn_id"] == turn.turn_id.as_str()).collect())
+    }
+}
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::scope("/console")
+            .wrap(layout::security_headers())
+            .route("", web::get().to(signin::home))
+            .route("/", web::get().to(signin::home))
+            .route("/sign-in", web::get().to(signin::form))
+            .route("/sign-in", web::post().to(signin::sign_in))
+            .route("/sign-out", web::post().to(signin::sign_out))
+            .route("/overview", web::get().to(overview::page))
+            .route("/overview/live", web::get().to(overview::live))
+            .route("/turns", web::get().to(turns::list))
+            .route("/turns/{id}", web::get().to(turns::show))
+            .route("/turns/{id}/verify", web::get().to(turns::verify))
+            .route("/assets/{file}", web::get().to(layout::asset)),
+    );
+}

@@ -1,0 +1,201 @@
+//! The console over HTTP, as a browser speaks to it (a cookie, forms, redirects):
+//! sign-in and its session, capabilities, CSRF, stored text shown as text, the
+//! security headers, and the check of a session's chain.
+
+use std::time::Duration;
+
+use reqwest::header::{HeaderMap, COOKIE, LOCATION, SET_COOKIE};
+use reqwest::redirect::Policy;
+use serde_json::json;
+use steward::identity::Capability;
+use steward::ids::{SessionId, TurnId};
+use steward::orchestrator::{FinishReason, TurnRecord};
+
+use crate::helpers::{spawn_app_with, unique, Storage, TestApp};
+
+/// A browser: no redirects followed, its console cookie kept by hand.
+struct Browser {
+    http: reqwest::Client,
+    base: String,
+    cookie: Option<String>,
+}
+
+impl Browser {
+    fn new(app: &TestApp) -> Self {
+        Self { http: reqwest::Client::builder().redirect(Policy::none()).build().unwrap(), base: app.address.clone(), cookie: None }
+    }
+
+    async fn sign_in(&mut self, key: &str) -> reqwest::Response {
+        let response = self.http.post(format!("{}/console/sign-in", self.base)).form(&[("key", key)]).send().await.unwrap();
+        if let Some(cookie) = response.headers().get(SET_COOKIE) {
+            self.cookie = cookie.to_str().unwrap().split(';').next().map(str::to_owned);
+        }
+        response
+    }
+
+    async fn get(&self, path: &str) -> reqwest::Response {
+        let mut request = self.http.get(format!("{}{path}", self.base));
+        if let Some(cookie) = &self.cookie {
+            request = request.header(COOKIE, cookie);
+        }
+        request.send().await.unwrap()
+    }
+
+    async fn page(&self, path: &str) -> String {
+        let response = self.get(path).await;
+        assert_eq!(response.status(), 200, "GET {path}");
+        response.text().await.unwrap()
+    }
+
+    async fn post(&self, path: &str, form: &[(&str, &str)]) -> reqwest::Response {
+        let mut request = self.http.post(format!("{}{path}", self.base)).form(form);
+        if let Some(cookie) = &self.cookie {
+            request = request.header(COOKIE, cookie);
+        }
+        request.send().await.unwrap()
+    }
+}
+
+fn location(headers: &HeaderMap) -> &str {
+    headers.get(LOCATION).map(|v| v.to_str().unwrap()).unwrap_or_default()
+}
+
+/// The CSRF token of a page's sign-out form.
+fn csrf_of(page: &str) -> String {
+    let at = page.find("name=\"csrf\" value=\"").expect("a form with a CSRF token") + "name=\"csrf\" value=\"".len();
+    page[at..].split('"').next().unwrap().to_owned()
+}
+
+async fn app() -> TestApp {
+    spawn_app_with(Storage::Sqlite, |s| s.identity.key_cache = Duration::ZERO).await
+}
+
+#[tokio::test]
+async fn an_auditor_signs_in_finds_a_turn_reads_it_and_sees_its_record_intact() {
+    let app = app().await;
+    let tenant = unique("tenant-");
+    let chat = app.key(&tenant, &[Capability::Chat]).await;
+    let audit = app.key(&tenant, &[Capability::Audit]).await;
+    let sse = app.chat(&chat, &json!({ "message": "Say hello to me.", "max_tokens": 8 })).await;
+    let turn_id = sse.first("session")["turn_id"].as_str().unwrap().to_owned();
+
+    let mut browser = Browser::new(&app);
+    let signed_in = browser.sign_in(&audit).await;
+    assert_eq!((signed_in.status().as_u16(), location(signed_in.headers())), (303, "/console/overview"));
+    let cookie = signed_in.headers()[SET_COOKIE].to_str().unwrap().to_owned();
+    for flag in ["HttpOnly", "SameSite=Strict", "Path=/console"] {
+        assert!(cookie.contains(flag), "{cookie}");
+    }
+    assert!(!cookie.contains(&audit), "the key is never in the cookie");
+
+    let overview = browser.page("/console/overview").await;
+    assert!(overview.contains("Turns, last hour"), "{overview}");
+    let listed = browser.page("/console/turns").await;
+    assert!(listed.contains(&turn_id), "the turn is listed");
+    let shown = browser.page(&format!("/console/turns/{turn_id}")).await;
+    assert!(shown.contains("Say hello to me.") && shown.contains("turn.completed") && shown.contains("sha256:"), "{shown}");
+    let verified = browser.page(&format!("/console/turns/{turn_id}/verify")).await;
+    assert!(verified.contains("<strong class=\"intact\">intact</strong>"), "{verified}");
+}
+
+#[tokio::test]
+async fn an_altered_event_is_reported_as_altered() {
+    let app = app().await;
+    let tenant = unique("tenant-");
+    let chat = app.key(&tenant, &[Capability::Chat]).await;
+    let audit = app.key(&tenant, &[Capability::Audit]).await;
+    let sse = app.chat(&chat, &json!({ "message": "Say hello to me.", "max_tokens": 8 })).await;
+    let (turn_id, session) = (sse.first("session")["turn_id"].as_str().unwrap().to_owned(), sse.header("x-session-id").to_owned());
+    sqlx::query("UPDATE outbox SET payload = replace(payload, '\"seq\":1', '\"seq\":1,\"note\":\"edited\"') WHERE session_id = $1")
+        .bind(&session)
+        .execute(app.db.pool())
+        .await
+        .unwrap();
+
+    let mut browser = Browser::new(&app);
+    browser.sign_in(&audit).await;
+    let verified = browser.page(&format!("/console/turns/{turn_id}/verify")).await;
+    assert!(verified.contains("<strong class=\"altered\">altered</strong>"), "{verified}");
+}
+
+#[tokio::test]
+async fn stored_text_is_shown_as_text_under_a_policy_that_runs_no_other_script() {
+    let app = app().await;
+    let tenant = unique("tenant-");
+    let audit = app.key(&tenant, &[Capability::Audit]).await;
+    let hostile = format!("<script>document.title='owned'</script><img src=x onerror=alert(1)><a href=\"javascript:alert(1)\">x</a>{}", "A".repeat(1 << 20));
+    let turn = TurnRecord {
+        turn_id: TurnId::mint(),
+        session_id: SessionId::mint(),
+        tenant: tenant.clone(),
+        user_message: hostile.clone(),
+        preamble: "[]".into(),
+        assistant_message: "</div><script>alert(2)</script>".into(),
+        finish_reason: FinishReason::Stop,
+        policy_verdict: "allow".into(),
+        constitution_hash: format!("sha256:{}", "a".repeat(64)),
+        trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
+        prompt_tokens: None,
+        completion_tokens: None,
+        created_at: steward::db::now_ms(),
+    };
+    app.store.record(&turn).await.unwrap();
+
+    let mut browser = Browser::new(&app);
+    browser.sign_in(&audit).await;
+    let response = browser.get(&format!("/console/turns/{}", turn.turn_id)).await;
+    assert_eq!(response.status(), 200);
+    let csp = response.headers()["content-security-policy"].to_str().unwrap().to_owned();
+    assert!(csp.contains("default-src 'self'") && csp.contains("frame-ancestors 'none'") && !csp.contains("unsafe-inline"), "{csp}");
+    assert_eq!(response.headers()["x-frame-options"], "DENY");
+    let page = response.text().await.unwrap();
+    assert!(page.contains("&lt;script&gt;document.title=") && page.contains("&lt;img src=x onerror=alert(1)&gt;"));
+    assert!(!page.contains("<script>document") && !page.contains("<img src=x") && !page.contains("<script>alert(2)"));
+    assert!(!page.contains("href=\"javascript:"), "the link is text, not a link");
+    assert!(page.len() > 1 << 20, "the whole megabyte is there, as text");
+    // The only script is the console's own file.
+    assert_eq!(page.matches("<script").count(), 1);
+    assert!(page.contains("<script src=\"/console/assets/console."));
+}
+
+#[tokio::test]
+async fn a_chat_key_opens_no_page_and_forms_without_the_session_token_are_refused() {
+    let app = app().await;
+    let tenant = unique("tenant-");
+    let chat = app.key(&tenant, &[Capability::Chat]).await;
+    let mut browser = Browser::new(&app);
+    let refused = browser.sign_in(&chat).await;
+    assert_eq!(refused.status(), 403);
+    assert!(browser.cookie.is_none(), "no session for a chat key");
+    let wrong = browser.sign_in("stw_not_a_key").await;
+    assert_eq!(wrong.status(), 401);
+    assert_eq!(location(browser.get("/console/turns").await.headers()), "/console/sign-in", "not signed in: to the sign-in page");
+
+    let audit = app.key(&tenant, &[Capability::Audit]).await;
+    browser.sign_in(&audit).await;
+    let page = browser.page("/console/overview").await;
+    assert_eq!(browser.post("/console/sign-out", &[]).await.status(), 403, "no CSRF token");
+    assert_eq!(browser.post("/console/sign-out", &[("csrf", "0".repeat(64).as_str())]).await.status(), 403, "a wrong one");
+    let out = browser.post("/console/sign-out", &[("csrf", &csrf_of(&page))]).await;
+    assert_eq!((out.status().as_u16(), location(out.headers())), (303, "/console/sign-in"));
+    assert_eq!(location(browser.get("/console/overview").await.headers()), "/console/sign-in", "the session ended at sign-out");
+}
+
+#[tokio::test]
+async fn a_revoked_key_ends_its_sessions_and_an_auditor_reads_only_its_tenant() {
+    let app = app().await;
+    let (tenant, other) = (unique("tenant-"), unique("tenant-"));
+    let audit = app.key(&tenant, &[Capability::Audit]).await;
+    let chat_other = app.key(&other, &[Capability::Chat]).await;
+    let theirs = app.chat(&chat_other, &json!({ "message": "Say hello to me.", "max_tokens": 8 })).await;
+    let their_turn = theirs.first("session")["turn_id"].as_str().unwrap().to_owned();
+
+    let mut browser = Browser::new(&app);
+    browser.sign_in(&audit).await;
+    assert_eq!(browser.get(&format!("/console/turns/{their_turn}")).await.status(), 404, "another tenant's turn is not there for this key");
+    assert!(!browser.page("/console/turns").await.contains(&their_turn));
+
+    let record = app.keys.list().await.unwrap().into_iter().find(|k| k.tenant == tenant).unwrap();
+    app.keys.revoke(&record.id).await.unwrap();
+    assert_eq!(location(browser.get("/console/overview").await.headers()), "/console/sign-in", "revoked: signed out");
+}
