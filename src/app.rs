@@ -330,7 +330,11 @@ fn console(settings: &Settings, db: &Database) -> crate::console::Console {
         sessions: crate::console::ConsoleSessions::new(db.clone(), &settings.console),
         turns: ConversationStore::new(db.clone()),
         outbox: OutboxStore::new(db.clone(), settings.kafka.conversation_topic.clone()),
-        topics: crate::console::Topics { conversation: settings.kafka.conversation_topic.clone(), checkpoint: settings.kafka.checkpoint_topic.clone() },
+        topics: crate::console::Topics {
+            conversation: settings.kafka.conversation_topic.clone(),
+            checkpoint: settings.kafka.checkpoint_topic.clone(),
+            training: settings.kafka.training_topic.clone(),
+        },
         checkpoint_key,
     }
 }

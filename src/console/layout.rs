@@ -63,8 +63,17 @@ pub fn security_headers() -> actix_web::middleware::DefaultHeaders {
 }
 
 /// The pages in the navigation, and who sees each.
-const PAGES: [(&str, &str, &[Capability]); 2] =
-    [("overview", "Overview", &[Capability::Ops, Capability::Audit]), ("turns", "Turns", &[Capability::Ops, Capability::Audit])];
+const PAGES: [(&str, &str, &[Capability]); 3] = [
+    ("overview", "Overview", &[Capability::Ops, Capability::Audit]),
+    ("turns", "Turns", &[Capability::Ops, Capability::Audit]),
+    ("training", "Training", &[Capability::TrainingAdmin]),
+];
+
+/// The first page `viewer` may see.
+pub fn first_page(viewer: &Viewer) -> String {
+    let page = PAGES.iter().find(|(_, _, caps)| caps.iter().any(|c| viewer.can(*c))).map_or("overview", |(name, _, _)| name);
+    format!("/console/{page}")
+}
 
 /// A page of the console for a signed-in viewer.
 pub fn page(viewer: &Viewer, here: &str, title: &str, body: Markup) -> HttpResponse {

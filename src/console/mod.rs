@@ -7,12 +7,13 @@
 //! capabilities: `ops` reads every tenant, `audit` its own tenant's record.
 //!
 //! Pages: the overview ([`overview`]), the turns and the check of a
-//! session's chain ([`turns`]).
+//! session's chain ([`turns`]), training mode ([`training`]).
 
 mod layout;
 mod overview;
 mod session;
 mod signin;
+mod training;
 mod turns;
 mod viewer;
 
@@ -29,6 +30,7 @@ use crate::orchestrator::{ConversationStore, TurnRecord};
 pub struct Topics {
     pub conversation: String,
     pub checkpoint: String,
+    pub training: String,
 }
 
 /// What the console's pages read.
@@ -60,6 +62,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route("/sign-out", web::post().to(signin::sign_out))
             .route("/overview", web::get().to(overview::page))
             .route("/overview/live", web::get().to(overview::live))
+            .route("/training", web::get().to(training::page))
+            .route("/training/{action}", web::post().to(training::change))
             .route("/turns", web::get().to(turns::list))
             .route("/turns/{id}", web::get().to(turns::show))
             .route("/turns/{id}/verify", web::get().to(turns::verify))

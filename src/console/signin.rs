@@ -7,13 +7,16 @@ use serde::Deserialize;
 
 use super::layout;
 use super::session::COOKIE;
-use super::viewer::{session_token, ConsoleError, Viewer, CONSOLE_CAPABILITIES};
+use super::viewer::{ConsoleError, Viewer, CONSOLE_CAPABILITIES};
 use super::Console;
 use crate::identity::{ApiKey, Authenticator};
 
-/// `GET /console`: the overview once signed in, else the sign-in page.
-pub async fn home(req: HttpRequest) -> HttpResponse {
-    let to = if session_token(&req).is_some() { "/console/overview" } else { "/console/sign-in" };
+/// `GET /console`: the first page the signed-in key may see, else the sign-in page.
+pub async fn home(viewer: Option<Viewer>) -> HttpResponse {
+    let to = match viewer {
+        Some(viewer) => layout::first_page(&viewer),
+        None => "/console/sign-in".to_owned(),
+    };
     HttpResponse::SeeOther().insert_header((header::LOCATION, to)).finish()
 }
 
@@ -65,7 +68,7 @@ pub async fn sign_in(req: HttpRequest, form: web::Form<SignIn>, console: web::Da
     tracing::info!(key_id = %caller.key_id, tenant = %caller.tenant, "console session opened");
     let secure = if req.connection_info().scheme() == "https" { "; Secure" } else { "" };
     let cookie = format!("{COOKIE}={}; Path=/console; HttpOnly; SameSite=Strict; Max-Age={}{secure}", opened.token, console.sessions.lifetime().as_secs());
-    HttpResponse::SeeOther().insert_header((header::SET_COOKIE, cookie)).insert_header((header::LOCATION, "/console/overview")).finish()
+    HttpResponse::SeeOther().insert_header((header::SET_COOKIE, cookie)).insert_header((header::LOCATION, "/console")).finish()
 }
 
 #[derive(Deserialize)]

@@ -53,7 +53,7 @@ impl Viewer {
 }
 
 /// The session token a request's cookie carries.
-pub fn session_token(req: &HttpRequest) -> Option<String> {
+fn session_token(req: &HttpRequest) -> Option<String> {
     req.headers()
         .get_all(header::COOKIE)
         .filter_map(|v| v.to_str().ok())

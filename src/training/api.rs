@@ -5,7 +5,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 
 use super::lock::LockInfo;
-use super::service::{Actor, TrainingService};
+use super::service::{Actor, TrainingService, Via};
 use crate::db::rfc3339;
 use crate::error::{ApiError, Code};
 use crate::identity::{Caller, Capability};
@@ -94,7 +94,7 @@ impl<'a> TrainingState<'a> {
 async fn admin(caller: &Caller, req: &HttpRequest, service: &TrainingService, what: &str) -> Result<(), ApiError> {
     if let Err(err) = caller.require(Capability::TrainingAdmin) {
         let trace = trace_of(req);
-        let actor = Actor { tenant: caller.tenant.as_str(), key_id: &caller.key_id, trace: &trace };
+        let actor = Actor { tenant: caller.tenant.as_str(), key_id: &caller.key_id, trace: &trace, via: Via::Api };
         service.deny(&actor, &format!("{what} without the training:admin capability")).await?;
         return Err(err.into());
     }
@@ -131,7 +131,7 @@ pub(crate) async fn enable(
     }
     let ttl = ttl(&service, body.ttl_seconds)?;
     let trace = trace_of(&req);
-    let lock = service.enable(&Actor { tenant: caller.tenant.as_str(), key_id: &caller.key_id, trace: &trace }, ttl, reason).await?;
+    let lock = service.enable(&Actor { tenant: caller.tenant.as_str(), key_id: &caller.key_id, trace: &trace, via: Via::Api }, ttl, reason).await?;
     Ok(HttpResponse::Ok().json(TrainingState { lock_token: Some(&lock.token), ..TrainingState::enabled(&lock) }))
 }
 
@@ -149,7 +149,7 @@ pub(crate) async fn renew(req: HttpRequest, caller: Caller, body: web::Json<Rene
     admin(&caller, &req, &service, "renew").await?;
     let ttl = ttl(&service, body.ttl_seconds)?;
     let trace = trace_of(&req);
-    let lock = service.renew(&Actor { tenant: caller.tenant.as_str(), key_id: &caller.key_id, trace: &trace }, &body.lock_token, ttl).await?;
+    let lock = service.renew(&Actor { tenant: caller.tenant.as_str(), key_id: &caller.key_id, trace: &trace, via: Via::Api }, &body.lock_token, ttl).await?;
     Ok(HttpResponse::Ok().json(TrainingState::enabled(&lock)))
 }
 
@@ -171,7 +171,7 @@ pub(crate) async fn disable(
 ) -> Result<HttpResponse, ApiError> {
     admin(&caller, &req, &service, "disable").await?;
     let trace = trace_of(&req);
-    let lock = service.disable(&Actor { tenant: caller.tenant.as_str(), key_id: &caller.key_id, trace: &trace }, &body.lock_token).await?;
+    let lock = service.disable(&Actor { tenant: caller.tenant.as_str(), key_id: &caller.key_id, trace: &trace, via: Via::Api }, &body.lock_token).await?;
     Ok(HttpResponse::Ok().json(TrainingState::disabled(Some(&lock))))
 }
 

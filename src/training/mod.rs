@@ -24,5 +24,5 @@ pub use lock::{Acquired, Expired, LockError, LockInfo, LockRequest, LockStore, O
 pub use memory::InMemoryLockStore;
 #[cfg(feature = "redis")]
 pub use redis::RedisLockStore;
-pub use service::{Actor, TrainingError, TrainingMark, TrainingService, TrainingSettings, AUDIT_SCHEMA};
+pub use service::{Actor, TrainingError, TrainingMark, TrainingService, TrainingSettings, Via, AUDIT_SCHEMA};
 pub use watcher::watch;

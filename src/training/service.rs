@@ -61,6 +61,28 @@ pub struct Actor<'a> {
     pub tenant: &'a str,
     pub key_id: &'a str,
     pub trace: &'a TraceContext,
+    pub via: Via,
+}
+
+/// Where a transition was asked for, as its audit record says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// `/v1/training/*`.
+    Api,
+    /// The browser console.
+    Console,
+    /// Steward itself (the lock watcher).
+    Steward,
+}
+
+impl Via {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Api => "api",
+            Self::Console => "console",
+            Self::Steward => "steward",
+        }
+    }
 }
 
 /// `[training]`: the lock's bounds and how its state is read.
@@ -276,6 +298,7 @@ impl TrainingService {
             "reason": reason,
             "occurred_at": occurred_at,
             "trace_id": actor.trace.trace_id,
+            "via": actor.via.as_str(),
         });
         if let Some(folded) = folded {
             record["folded"] = json!(folded);

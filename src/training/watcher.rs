@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::fencing::LiveLock;
 use super::lock::LockInfo;
-use super::service::{Actor, TrainingService};
+use super::service::{Actor, TrainingService, Via};
 use crate::telemetry::{Metrics, TraceContext};
 
 pub async fn watch(service: Arc<TrainingService>, metrics: Arc<Metrics>, every: Duration, cancel: CancellationToken) {
@@ -30,7 +30,7 @@ pub async fn watch(service: Arc<TrainingService>, metrics: Arc<Metrics>, every: 
             Ok(expired) => {
                 for lapse in expired {
                     let trace = TraceContext::new_root();
-                    let actor = Actor { tenant: &lapse.tenant, key_id: "steward:expiry-watcher", trace: &trace };
+                    let actor = Actor { tenant: &lapse.tenant, key_id: "steward:expiry-watcher", trace: &trace, via: Via::Steward };
                     let lock = LockInfo {
                         token: String::new(),
                         owner: lapse.owner.clone(),
@@ -85,7 +85,7 @@ async fn find_vanished(service: &TrainingService, every: Duration, before: HashS
 
 async fn audit_vanished(service: &TrainingService, lock: &LiveLock) {
     let trace = TraceContext::new_root();
-    let actor = Actor { tenant: &lock.tenant, key_id: "steward:lock-watcher", trace: &trace };
+    let actor = Actor { tenant: &lock.tenant, key_id: "steward:lock-watcher", trace: &trace, via: Via::Steward };
     match service.vanished(&actor, lock).await {
         Ok(true) => tracing::warn!(tenant = %lock.tenant, fencing_token = lock.fencing_token, "a training lock vanished from the lock store; audited"),
         Ok(false) => {}

@@ -81,7 +81,8 @@ async fn an_auditor_signs_in_finds_a_turn_reads_it_and_sees_its_record_intact() 
 
     let mut browser = Browser::new(&app);
     let signed_in = browser.sign_in(&audit).await;
-    assert_eq!((signed_in.status().as_u16(), location(signed_in.headers())), (303, "/console/overview"));
+    assert_eq!((signed_in.status().as_u16(), location(signed_in.headers())), (303, "/console"));
+    assert_eq!(location(browser.get("/console").await.headers()), "/console/overview", "the first page this key may see");
     let cookie = signed_in.headers()[SET_COOKIE].to_str().unwrap().to_owned();
     for flag in ["HttpOnly", "SameSite=Strict", "Path=/console"] {
         assert!(cookie.contains(flag), "{cookie}");
@@ -198,4 +199,29 @@ async fn a_revoked_key_ends_its_sessions_and_an_auditor_reads_only_its_tenant() 
     let record = app.keys.list().await.unwrap().into_iter().find(|k| k.tenant == tenant).unwrap();
     app.keys.revoke(&record.id).await.unwrap();
     assert_eq!(location(browser.get("/console/overview").await.headers()), "/console/sign-in", "revoked: signed out");
+}
+
+#[tokio::test]
+async fn a_training_admin_enables_and_disables_training_from_the_console_and_both_are_audited_via_console() {
+    let app = app().await;
+    let tenant = unique("tenant-");
+    let admin = app.key(&tenant, &[Capability::TrainingAdmin]).await;
+    let mut browser = Browser::new(&app);
+    browser.sign_in(&admin).await;
+    assert_eq!(location(browser.get("/console").await.headers()), "/console/training", "the first page this key may see");
+    assert_eq!(browser.get("/console/turns").await.status(), 403, "training:admin does not read the record");
+
+    let page = browser.page("/console/training").await;
+    assert!(page.contains("Training mode is <strong class=\"allow\">off</strong>"), "{page}");
+    let csrf = csrf_of(&page);
+    assert_eq!(browser.post("/console/training/enable", &[("reason", "label a batch"), ("ttl_seconds", "600")]).await.status(), 403, "no CSRF token");
+    let enabled = browser.post("/console/training/enable", &[("csrf", &csrf), ("reason", "label a batch"), ("ttl_seconds", "600")]).await.text().await.unwrap();
+    let token = enabled.split("<p class=\"mono\">").nth(1).and_then(|rest| rest.split('<').next()).expect("the lock token, shown once").to_owned();
+    assert!(enabled.contains("Training mode is <strong class=\"warn\">on</strong>"), "{enabled}");
+    let disabled = browser.post("/console/training/disable", &[("csrf", &csrf), ("lock_token", &token)]).await.text().await.unwrap();
+    assert!(disabled.contains("Training mode is off.") && disabled.contains("<strong class=\"allow\">off</strong>"), "{disabled}");
+
+    let records: Vec<serde_json::Value> = app.outbox(&app.settings.kafka.training_topic).await.into_iter().filter(|r| r["tenant"] == tenant.as_str()).collect();
+    let seen: Vec<(&str, &str)> = records.iter().map(|r| (r["type"].as_str().unwrap(), r["via"].as_str().unwrap())).collect();
+    assert_eq!(seen, [("training.enabled", "console"), ("training.disabled", "console")]);
 }
