@@ -90,8 +90,12 @@ pub async fn page(
                     div.big { span data-number="ttft_p50" { (numbers.ttft_p50) } " / " span data-number="ttft_p95" { (numbers.ttft_p95) } } }
                 div.card { div.muted { "Completion (p50 / p95)" }
                     div.big { span data-number="completion_p50" { (numbers.completion_p50) } " / " span data-number="completion_p95" { (numbers.completion_p95) } } }
-                div.card { div.muted { "Events waiting in the outbox (oldest)" }
-                    div.big { span data-number="outbox_pending" { (numbers.outbox_pending) } " (" span data-number="outbox_oldest" { (numbers.outbox_oldest) } ")" } }
+                @if report.checks.get("broker").is_some_and(|b| b.status == "disabled") {
+                    div.card { div.muted { "Events" } div { "No broker is configured: events stay in the outbox (" code { "steward events tail" } ")." } }
+                } @else {
+                    div.card { div.muted { "Events waiting for the broker (oldest)" }
+                        div.big { span data-number="outbox_pending" { (numbers.outbox_pending) } " (" span data-number="outbox_oldest" { (numbers.outbox_oldest) } ")" } }
+                }
             }
         }
         @if tenant.is_some() { p.muted { "Turns and refusals of tenant " (viewer.caller.tenant) "; latencies and the outbox are this instance's." } }
