@@ -50,6 +50,12 @@ ensure_prometheus() {
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null
 }
 
+ensure_chromium() {
+  command -v chromium >/dev/null && command -v chromedriver >/dev/null && return
+  echo "installing Chromium and its WebDriver (the console's browser tests)" >&2
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+}
+
 # The house checks first: formatting and every clippy warning fail the run.
 cargo fmt --check
 cargo clippy --quiet --all-targets -- -D warnings
@@ -58,6 +64,7 @@ ensure_postgres
 ensure_redis
 ensure_prometheus
 ensure_podman
+ensure_chromium
 export STEWARD_TEST_REDIS_URL=${STEWARD_TEST_REDIS_URL:-redis://127.0.0.1:6379}
 export STEWARD_TEST_POSTGRES_URL=${STEWARD_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/postgres}
 

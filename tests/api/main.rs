@@ -14,6 +14,7 @@ mod adversarial;
 mod auth;
 mod backpressure;
 mod bad_input;
+mod browser;
 mod chat;
 mod console;
 mod constitution;
