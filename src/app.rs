@@ -330,6 +330,7 @@ fn console(settings: &Settings, db: &Database) -> crate::console::Console {
         sessions: crate::console::ConsoleSessions::new(db.clone(), &settings.console),
         turns: ConversationStore::new(db.clone()),
         outbox: OutboxStore::new(db.clone(), settings.kafka.conversation_topic.clone()),
+        keys: crate::identity::KeyStore::new(db.clone()),
         topics: crate::console::Topics {
             conversation: settings.kafka.conversation_topic.clone(),
             checkpoint: settings.kafka.checkpoint_topic.clone(),

@@ -63,10 +63,11 @@ pub fn security_headers() -> actix_web::middleware::DefaultHeaders {
 }
 
 /// The pages in the navigation, and who sees each.
-const PAGES: [(&str, &str, &[Capability]); 3] = [
+const PAGES: [(&str, &str, &[Capability]); 4] = [
     ("overview", "Overview", &[Capability::Ops, Capability::Audit]),
     ("turns", "Turns", &[Capability::Ops, Capability::Audit]),
     ("training", "Training", &[Capability::TrainingAdmin]),
+    ("keys", "Keys", &[Capability::Ops]),
 ];
 
 /// The first page `viewer` may see.

@@ -7,8 +7,10 @@
 //! capabilities: `ops` reads every tenant, `audit` its own tenant's record.
 //!
 //! Pages: the overview ([`overview`]), the turns and the check of a
-//! session's chain ([`turns`]), training mode ([`training`]).
+//! session's chain ([`turns`]), training mode ([`training`]), the keys
+//! ([`keys`]).
 
+mod keys;
 mod layout;
 mod overview;
 mod session;
@@ -38,6 +40,7 @@ pub struct Console {
     pub sessions: ConsoleSessions,
     pub turns: ConversationStore,
     pub outbox: OutboxStore,
+    pub keys: crate::identity::KeyStore,
     pub topics: Topics,
     /// The public half of `events.checkpoint_key`, to check checkpoints' signatures.
     pub checkpoint_key: Option<VerifyingKey>,
@@ -64,6 +67,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route("/overview/live", web::get().to(overview::live))
             .route("/training", web::get().to(training::page))
             .route("/training/{action}", web::post().to(training::change))
+            .route("/keys", web::get().to(keys::page))
+            .route("/keys/create", web::post().to(keys::create))
+            .route("/keys/revoke", web::post().to(keys::revoke))
             .route("/turns", web::get().to(turns::list))
             .route("/turns/{id}", web::get().to(turns::show))
             .route("/turns/{id}/verify", web::get().to(turns::verify))

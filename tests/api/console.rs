@@ -225,3 +225,36 @@ async fn a_training_admin_enables_and_disables_training_from_the_console_and_bot
     let seen: Vec<(&str, &str)> = records.iter().map(|r| (r["type"].as_str().unwrap(), r["via"].as_str().unwrap())).collect();
     assert_eq!(seen, [("training.enabled", "console"), ("training.disabled", "console")]);
 }
+
+#[tokio::test]
+async fn an_operator_creates_a_key_whose_secret_is_shown_once_and_revokes_it() {
+    let app = app().await;
+    let ops = app.key(&unique("ops-"), &[Capability::Ops]).await;
+    let tenant = unique("tenant-");
+    let mut browser = Browser::new(&app);
+    browser.sign_in(&ops).await;
+    let page = browser.page("/console/keys").await;
+    let csrf = csrf_of(&page);
+    assert_eq!(browser.post("/console/keys/create", &[("tenant", tenant.as_str()), ("capability", "chat")]).await.status(), 403, "no CSRF token");
+
+    let created = browser.post("/console/keys/create", &[("csrf", &csrf), ("tenant", &tenant), ("capability", "chat")]).await.text().await.unwrap();
+    let secret = created.split("<p class=\"mono\">").nth(1).and_then(|rest| rest.split('<').next()).expect("the secret, shown once").to_owned();
+    assert!(secret.starts_with("stw_"), "{secret}");
+    let status = |key: String| {
+        let http = app.http.clone();
+        let url = format!("{}/v1/training/status", app.address);
+        async move { http.get(url).bearer_auth(key).send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(status(secret.clone()).await, 200, "the new key works");
+    assert!(!browser.page("/console/keys").await.contains(&secret), "never shown again");
+
+    let id = app.keys.list().await.unwrap().into_iter().find(|k| k.tenant == tenant).unwrap().id;
+    let revoked = browser.post("/console/keys/revoke", &[("csrf", &csrf), ("id", &id)]).await.text().await.unwrap();
+    assert!(revoked.contains("revoked"), "{revoked}");
+    assert_eq!(status(secret).await, 401, "revoked");
+
+    let audit = app.key(&tenant, &[Capability::Audit]).await;
+    let mut auditor = Browser::new(&app);
+    auditor.sign_in(&audit).await;
+    assert_eq!(auditor.get("/console/keys").await.status(), 403, "keys are for ops");
+}
