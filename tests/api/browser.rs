@@ -8,8 +8,6 @@ use std::time::Duration;
 use base64::Engine;
 use serde_json::{json, Value};
 use steward::identity::Capability;
-use steward::ids::{SessionId, TurnId};
-use steward::orchestrator::{FinishReason, TurnRecord};
 
 use crate::helpers::{manifest_dir, spawn_app_with, unique, Storage, TestApp};
 
@@ -130,25 +128,12 @@ async fn in_a_browser_hostile_stored_text_runs_nothing() {
     let app = spawn_app_with(Storage::Sqlite, |_| {}).await;
     let tenant = unique("tenant-");
     let audit = app.key(&tenant, &[Capability::Audit]).await;
-    let turn = TurnRecord {
-        turn_id: TurnId::mint(),
-        session_id: SessionId::mint(),
-        tenant: tenant.clone(),
-        user_message: format!(
-            "<script>window.ran = 1; document.title = 'owned'</script><img src=x onerror=\"window.ran = 2\"><a id=js href=\"javascript:window.ran=3\">link</a>{}",
-            // The megabyte is the HTTP test's (console.rs); here, what the browser does with the markup.
-            "A".repeat(64 << 10)
-        ),
-        preamble: "[]".into(),
-        assistant_message: "<svg onload=\"window.ran = 4\"></svg>".into(),
-        finish_reason: FinishReason::Stop,
-        policy_verdict: "allow".into(),
-        constitution_hash: format!("sha256:{}", "a".repeat(64)),
-        trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
-        prompt_tokens: None,
-        completion_tokens: None,
-        created_at: steward::db::now_ms(),
-    };
+    let hostile = format!(
+        "<script>window.ran = 1; document.title = 'owned'</script><img src=x onerror=\"window.ran = 2\"><a id=js href=\"javascript:window.ran=3\">link</a>{}",
+        // The megabyte is the HTTP test's (console.rs); here, what the browser does with the markup.
+        "A".repeat(64 << 10)
+    );
+    let turn = crate::console::stored_turn(&tenant, &hostile, "<svg onload=\"window.ran = 4\"></svg>");
     app.store.record(&turn).await.unwrap();
 
     let browser = Browser::start().await;

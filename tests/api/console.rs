@@ -66,6 +66,25 @@ fn csrf_of(page: &str) -> String {
     page[at..].split('"').next().unwrap().to_owned()
 }
 
+/// A finished turn of `tenant` as the store would hold it, with this text.
+pub(crate) fn stored_turn(tenant: &str, user_message: &str, assistant_message: &str) -> TurnRecord {
+    TurnRecord {
+        turn_id: TurnId::mint(),
+        session_id: SessionId::mint(),
+        tenant: tenant.to_owned(),
+        user_message: user_message.to_owned(),
+        preamble: "[]".into(),
+        assistant_message: assistant_message.to_owned(),
+        finish_reason: FinishReason::Stop,
+        policy_verdict: "allow".into(),
+        constitution_hash: format!("sha256:{}", "a".repeat(64)),
+        trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
+        prompt_tokens: None,
+        completion_tokens: None,
+        created_at: steward::db::now_ms(),
+    }
+}
+
 async fn app() -> TestApp {
     spawn_app_with(Storage::Sqlite, |s| s.identity.key_cache = Duration::ZERO).await
 }
@@ -125,21 +144,7 @@ async fn stored_text_is_shown_as_text_under_a_policy_that_runs_no_other_script()
     let tenant = unique("tenant-");
     let audit = app.key(&tenant, &[Capability::Audit]).await;
     let hostile = format!("<script>document.title='owned'</script><img src=x onerror=alert(1)><a href=\"javascript:alert(1)\">x</a>{}", "A".repeat(1 << 20));
-    let turn = TurnRecord {
-        turn_id: TurnId::mint(),
-        session_id: SessionId::mint(),
-        tenant: tenant.clone(),
-        user_message: hostile.clone(),
-        preamble: "[]".into(),
-        assistant_message: "</div><script>alert(2)</script>".into(),
-        finish_reason: FinishReason::Stop,
-        policy_verdict: "allow".into(),
-        constitution_hash: format!("sha256:{}", "a".repeat(64)),
-        trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
-        prompt_tokens: None,
-        completion_tokens: None,
-        created_at: steward::db::now_ms(),
-    };
+    let turn = stored_turn(&tenant, &hostile, "</div><script>alert(2)</script>");
     app.store.record(&turn).await.unwrap();
 
     let mut browser = Browser::new(&app);
