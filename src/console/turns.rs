@@ -199,7 +199,8 @@ async fn find(viewer: &Viewer, console: &Console, id: &str) -> Result<TurnRecord
 }
 
 fn verdict(turn: &TurnRecord) -> Markup {
-    let refused = turn.policy_verdict != "allow" || turn.finish_reason == crate::orchestrator::FinishReason::Refused;
+    let allowed = matches!(crate::policy::Verdict::parse(&turn.policy_verdict), Some(crate::policy::Verdict::Allow));
+    let refused = !allowed || turn.finish_reason == crate::orchestrator::FinishReason::Refused;
     html! { span.pill.refuse[refused].allow[!refused] { @if refused { "refused" } @else { "allowed" } } }
 }
 
