@@ -335,6 +335,7 @@ fn console(settings: &Settings, db: &Database) -> crate::console::Console {
             conversation: settings.kafka.conversation_topic.clone(),
             checkpoint: settings.kafka.checkpoint_topic.clone(),
             training: settings.kafka.training_topic.clone(),
+            policy: settings.kafka.policy_topic.clone(),
         },
         checkpoint_key,
     }

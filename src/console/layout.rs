@@ -63,10 +63,11 @@ pub fn security_headers() -> actix_web::middleware::DefaultHeaders {
 }
 
 /// The pages in the navigation, and who sees each.
-const PAGES: [(&str, &str, &[Capability]); 4] = [
+const PAGES: [(&str, &str, &[Capability]); 5] = [
     ("overview", "Overview", &[Capability::Ops, Capability::Audit]),
     ("turns", "Turns", &[Capability::Ops, Capability::Audit]),
     ("training", "Training", &[Capability::TrainingAdmin]),
+    ("constitution", "Constitution", &[Capability::PolicyAdmin, Capability::PolicyRead]),
     ("keys", "Keys", &[Capability::Ops]),
 ];
 

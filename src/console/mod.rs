@@ -7,9 +7,11 @@
 //! capabilities: `ops` reads every tenant, `audit` its own tenant's record.
 //!
 //! Pages: the overview ([`overview`]), the turns and the check of a
-//! session's chain ([`turns`]), training mode ([`training`]), the keys
-//! ([`keys`]).
+//! session's chain ([`turns`]), training mode ([`training`]), the
+//! constitution and its versions ([`constitution`]), the keys ([`keys`]).
 
+mod constitution;
+mod diff;
 mod keys;
 mod layout;
 mod overview;
@@ -33,6 +35,7 @@ pub struct Topics {
     pub conversation: String,
     pub checkpoint: String,
     pub training: String,
+    pub policy: String,
 }
 
 /// What the console's pages read.
@@ -67,6 +70,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route("/overview/live", web::get().to(overview::live))
             .route("/training", web::get().to(training::page))
             .route("/training/{action}", web::post().to(training::change))
+            .route("/constitution", web::get().to(constitution::page))
+            .route("/constitution/diff", web::get().to(constitution::diff))
             .route("/keys", web::get().to(keys::page))
             .route("/keys/create", web::post().to(keys::create))
             .route("/keys/revoke", web::post().to(keys::revoke))

@@ -38,7 +38,7 @@ fn sign_in_page(status: StatusCode, problem: Option<&str>) -> HttpResponse {
                     input #key type="password" name="key" autocomplete="off" required;
                     button.primary type="submit" { "Sign in" }
                 }
-                p.muted { "A key with capability ops, audit, training:admin or policy:admin. It is checked on every page: revoking it signs you out." }
+                p.muted { "A key with capability ops, audit, training:admin, policy:admin or policy:read. It is checked on every page: revoking it signs you out." }
             }
         },
     )
@@ -59,7 +59,10 @@ pub async fn sign_in(req: HttpRequest, form: web::Form<SignIn>, console: web::Da
         }
     };
     if !CONSOLE_CAPABILITIES.iter().any(|cap| caller.capabilities.contains(cap)) {
-        return sign_in_page(StatusCode::FORBIDDEN, Some("This key opens no page of the console: it needs ops, audit, training:admin or policy:admin."));
+        return sign_in_page(
+            StatusCode::FORBIDDEN,
+            Some("This key opens no page of the console: it needs ops, audit, training:admin, policy:admin or policy:read."),
+        );
     }
     let opened = match console.sessions.open(&ApiKey::hash_of(key)).await {
         Ok(opened) => opened,

@@ -13,7 +13,8 @@ use super::Console;
 use crate::identity::{Authenticator, Caller, Capability};
 
 /// The capabilities that open the console; a key with none of them is refused at sign-in.
-pub const CONSOLE_CAPABILITIES: [Capability; 4] = [Capability::Ops, Capability::Audit, Capability::TrainingAdmin, Capability::PolicyAdmin];
+pub const CONSOLE_CAPABILITIES: [Capability; 5] =
+    [Capability::Ops, Capability::Audit, Capability::TrainingAdmin, Capability::PolicyAdmin, Capability::PolicyRead];
 
 /// A signed-in console user: the key's caller and the session's CSRF token.
 pub struct Viewer {

@@ -170,6 +170,11 @@ impl ConversationStore {
         rows.iter().map(|r| Ok((r.try_get("how")?, r.try_get("n")?))).collect()
     }
 
+    /// The constitutions `tenant`'s turns were judged under.
+    pub async fn constitutions_of(&self, tenant: &str) -> Result<Vec<String>, sqlx::Error> {
+        sqlx::query_scalar("SELECT DISTINCT constitution_hash FROM turns WHERE tenant = $1").bind(tenant).fetch_all(self.db.pool()).await
+    }
+
     /// One finished turn by its id (for `steward audit replay`).
     pub async fn turn(&self, turn_id: &TurnId) -> Result<Option<TurnRecord>, sqlx::Error> {
         let row = sqlx::query(&format!("SELECT {TURN_COLUMNS} FROM turns WHERE id = $1")).bind(turn_id.as_str()).fetch_optional(self.db.pool()).await?;

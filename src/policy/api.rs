@@ -119,21 +119,29 @@ pub(crate) async fn active(caller: Caller, api: web::Data<PolicyApi>) -> Result<
     ))]
 pub(crate) async fn by_hash(caller: Caller, hash: web::Path<String>, api: web::Data<PolicyApi>) -> Result<HttpResponse, ApiError> {
     let hash = ConstitutionHash::parse(&hash).map_err(|e| ApiError::new(Code::InvalidRequest, e.to_string()))?;
-    let not_found = || ApiError::new(Code::NotFound, format!("no constitution with hash {hash} is stored for this tenant"));
-    let tenant = caller.tenant.as_str();
-    let active = api.judges.current(tenant).is_ok_and(|judge| judge.hash == hash);
-    if !active && !api.store.judged_under(tenant, hash.as_str()).await.map_err(OrchestratorError::Store)? {
-        return Err(not_found());
-    }
-    if let Some(judge) = api.judges.get(&hash) {
-        return Ok(document(&caller, &judge.hash, &judge.constitution, &judge.text));
-    }
-    let text = api.judges.registry().document(&hash).await?.ok_or_else(not_found)?;
-    let constitution = Constitution::from_toml_str(&text).map_err(|e| {
-        tracing::error!(hash = %hash, error = %e, "a stored constitution does not parse");
-        ApiError::new(Code::Internal, "the stored document is unreadable")
-    })?;
+    let (constitution, text) = api.document_of(caller.tenant.as_str(), &hash).await?;
     Ok(document(&caller, &hash, &constitution, &text))
+}
+
+impl PolicyApi {
+    /// One of `tenant`'s constitutions (its active one, or one its turns were
+    /// judged under) by its hash, with its text; 404 for any other.
+    pub async fn document_of(&self, tenant: &str, hash: &ConstitutionHash) -> Result<(Constitution, String), ApiError> {
+        let not_found = || ApiError::new(Code::NotFound, format!("no constitution with hash {hash} is stored for this tenant"));
+        let active = self.judges.current(tenant).is_ok_and(|judge| judge.hash == *hash);
+        if !active && !self.store.judged_under(tenant, hash.as_str()).await.map_err(OrchestratorError::Store)? {
+            return Err(not_found());
+        }
+        if let Some(judge) = self.judges.get(hash) {
+            return Ok((judge.constitution.clone(), judge.text.clone()));
+        }
+        let text = self.judges.registry().document(hash).await?.ok_or_else(not_found)?;
+        let constitution = Constitution::from_toml_str(&text).map_err(|e| {
+            tracing::error!(hash = %hash, error = %e, "a stored constitution does not parse");
+            ApiError::new(Code::Internal, "the stored document is unreadable")
+        })?;
+        Ok((constitution, text))
+    }
 }
 
 /// Make a constitution active for the caller's tenant, on every instance within policy.staleness; recorded in policy.audit

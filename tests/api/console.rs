@@ -263,3 +263,33 @@ async fn an_operator_creates_a_key_whose_secret_is_shown_once_and_revokes_it() {
     auditor.sign_in(&audit).await;
     assert_eq!(auditor.get("/console/keys").await.status(), 403, "keys are for ops");
 }
+
+#[tokio::test]
+async fn a_policy_reader_sees_the_active_constitution_its_activations_and_what_changed() {
+    let app = app().await;
+    let tenant = unique("tenant-");
+    let chat = app.key(&tenant, &[Capability::Chat]).await;
+    let admin = app.key(&tenant, &[Capability::PolicyAdmin]).await;
+    let reader = app.key(&tenant, &[Capability::PolicyRead]).await;
+    // A turn under the default, then the tenant's own document with one more phrase.
+    let before = app.chat(&chat, &json!({ "message": "Say hello to me.", "max_tokens": 4 })).await;
+    let previous = before.first("session")["constitution_hash"].as_str().unwrap().to_owned();
+    let (document, _) = crate::constitution::candidate_with_phrase(&app, "a riddle about lanterns");
+    let put = app.http.put(format!("{}/v1/policy/constitution", app.address)).bearer_auth(&admin).body(document).send().await.unwrap();
+    assert_eq!(put.status(), 200);
+    let activated: serde_json::Value = put.json().await.unwrap();
+    let hash = activated["hash"].as_str().unwrap().to_owned();
+
+    let mut browser = Browser::new(&app);
+    browser.sign_in(&reader).await;
+    assert_eq!(location(browser.get("/console").await.headers()), "/console/constitution");
+    let page = browser.page("/console/constitution").await;
+    assert!(page.contains(&hash) && page.contains("policy.activated") && page.contains("a riddle about lanterns"), "{page}");
+    assert!(page.contains(&format!("<option value=\"{previous}\"")), "the default the tenant's turns were judged under can be compared");
+
+    let diff = browser.page(&format!("/console/constitution/diff?from={previous}&to={hash}")).await;
+    assert!(diff.contains("lines differ") && diff.contains("a riddle about lanterns"), "{diff}");
+    let other = format!("sha256:{}", "b".repeat(64));
+    assert_eq!(browser.get(&format!("/console/constitution/diff?from={other}&to={hash}")).await.status(), 404, "not a version of this tenant");
+    assert_eq!(browser.get("/console/turns").await.status(), 403, "policy:read does not read the record");
+}
