@@ -193,7 +193,7 @@ impl Application {
                 .configure(crate::training::configure)
                 .configure(crate::ops::configure)
                 .configure(crate::openapi::configure)
-                .configure(crate::console::configure)
+                .configure(crate::console::configure(4 * body_limit))
                 .default_service(web::to(crate::ops::not_found))
         })
         // Without TCP_NODELAY the last small frames of a stream wait for the client's delayed ACK on a reused connection.

@@ -2,7 +2,7 @@
 //! document, its activations as `policy.audit` recorded them, and a
 //! side-by-side diff between two of its versions.
 
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use maud::html;
 use serde::Deserialize;
 use serde_json::Value;
@@ -11,6 +11,7 @@ use super::diff::side_by_side;
 use super::layout;
 use super::viewer::{ConsoleError, Viewer};
 use super::Console;
+use crate::events::Via;
 use crate::identity::Capability;
 use crate::policy::{ConstitutionHash, PolicyApi};
 
@@ -66,10 +67,91 @@ pub async fn page(viewer: Viewer, console: web::Data<Console>, policy: web::Data
                 } }
             } } }
         }
+        @if viewer.can(Capability::PolicyAdmin) {
+            h2 { "Try a candidate" }
+            form.card method="post" action="/console/constitution/dry-run" {
+                input type="hidden" name="csrf" value=(viewer.csrf);
+                label { "The candidate document (TOML)" }
+                textarea name="document" rows="12" required { (judge.text) }
+                label { "Judge the turns of the last " input name="since" value="24h" size="5"; }
+                button.primary type="submit" { "Dry run" }
+            }
+        }
         h2 { "The document" }
         (layout::text(&judge.text))
     };
     Ok(layout::page(&viewer, "constitution", "Constitution", body))
+}
+
+#[derive(Deserialize)]
+pub struct Candidate {
+    #[serde(default)]
+    csrf: String,
+    document: String,
+    #[serde(default)]
+    since: String,
+    /// The hash the confirmation named (activate only).
+    #[serde(default)]
+    hash: String,
+}
+
+/// `POST /console/constitution/dry-run`: what the candidate would change on the
+/// tenant's stored turns, and the way to activate it.
+pub async fn dry_run(viewer: Viewer, form: web::Form<Candidate>, policy: web::Data<PolicyApi>) -> Result<HttpResponse, ConsoleError> {
+    viewer.check_csrf(&form.csrf)?;
+    viewer.require_any(&[Capability::PolicyAdmin])?;
+    let Candidate { document, since, .. } = form.into_inner();
+    let since = if since.trim().is_empty() { "24h".to_owned() } else { since.trim().to_owned() };
+    let body = match policy.dry_run(&viewer.caller, document.clone(), &since, 1000).await {
+        Err(err) => html! { div.notice role="alert" { (err.body().message) } p { a href="/console/constitution" { "Back" } } },
+        Ok((judge, report)) => html! {
+            p { "Candidate " strong { (judge.constitution.name) " " (judge.constitution.version) } ", " span.mono { (judge.hash) } "." }
+            p { (report.turns) " turns of the last " (since) ": " (report.judged) " judged again, " (report.withheld) " withheld (refused on input, stored without text)." }
+            table {
+                thead { tr { th { "Change" } th { "Category" } th { "Turns" } } }
+                tbody {
+                    @for (code, n) in &report.allow_to_refuse { tr { td.refuse { "allowed → refused" } td { (code) } td { (n) } } }
+                    @for (code, n) in &report.refuse_to_allow { tr { td.allow { "refused → allowed" } td { (code) } td { (n) } } }
+                    @if report.category_changed > 0 { tr { td { "refused under another category" } td {} td { (report.category_changed) } } }
+                }
+            }
+            @if !report.samples.is_empty() {
+                h2 { "The turns that would change" }
+                table { thead { tr { th { "Turn" } th { "Before" } th { "Under the candidate" } } }
+                    tbody { @for change in &report.samples { tr {
+                        td.mono { a href={ "/console/turns/" (change.turn_id) } { (change.turn_id) } }
+                        td.mono { (change.from) } td.mono { (change.to) }
+                    } } } }
+            }
+            form.card method="post" action="/console/constitution/activate" {
+                input type="hidden" name="csrf" value=(viewer.csrf);
+                input type="hidden" name="document" value=(document);
+                input type="hidden" name="hash" value=(judge.hash);
+                p { "Activate " span.mono { (judge.hash) } " for tenant " (viewer.caller.tenant) "? Every instance judges its turns by it within policy.staleness; it is recorded in policy.audit." }
+                button.primary type="submit" { "Activate " (judge.hash) }
+            }
+        },
+    };
+    Ok(layout::page(&viewer, "constitution", "Dry run", body))
+}
+
+/// `POST /console/constitution/activate`: the candidate whose hash the confirmation named.
+pub async fn activate(req: HttpRequest, viewer: Viewer, form: web::Form<Candidate>, policy: web::Data<PolicyApi>) -> Result<HttpResponse, ConsoleError> {
+    viewer.check_csrf(&form.csrf)?;
+    viewer.require_any(&[Capability::PolicyAdmin])?;
+    let named = crate::policy::Constitution::from_toml_str(&form.document).map(|c| c.hash().to_string()).unwrap_or_default();
+    let body = if named != form.hash {
+        html! { div.notice role="alert" { "The document is not the one the confirmation named: nothing was activated." } }
+    } else {
+        match policy.activate(&viewer.caller, &form.document, &crate::web::trace_of(&req), Via::Console).await {
+            Ok(outcome) => html! {
+                p.allow { "Active for " (viewer.caller.tenant) ": " span.mono { (outcome.hash) } @if let Some(previous) = &outcome.previous_hash { " (before: " span.mono { (previous) } ")" } "." }
+                @if !outcome.changed { p.muted { "It was active already: nothing changed." } }
+            },
+            Err(err) => html! { div.notice role="alert" { (err.body().message) } },
+        }
+    };
+    Ok(layout::page(&viewer, "constitution", "Activate", html! { (body) p { a href="/console/constitution" { "Back to the constitution" } } }))
 }
 
 #[derive(Deserialize)]

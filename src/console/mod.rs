@@ -57,10 +57,16 @@ impl Console {
     }
 }
 
-pub fn configure(cfg: &mut web::ServiceConfig) {
+/// The console's routes; its forms may be `form_limit` bytes (a constitution, URL-encoded, is about twice its size).
+pub fn configure(form_limit: usize) -> impl Fn(&mut web::ServiceConfig) + Clone {
+    move |cfg| configure_with(cfg, form_limit)
+}
+
+fn configure_with(cfg: &mut web::ServiceConfig, form_limit: usize) {
     cfg.service(
         web::scope("/console")
             .wrap(layout::security_headers())
+            .app_data(web::FormConfig::default().limit(form_limit))
             .route("", web::get().to(signin::home))
             .route("/", web::get().to(signin::home))
             .route("/sign-in", web::get().to(signin::form))
@@ -72,6 +78,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route("/training/{action}", web::post().to(training::change))
             .route("/constitution", web::get().to(constitution::page))
             .route("/constitution/diff", web::get().to(constitution::diff))
+            .route("/constitution/dry-run", web::post().to(constitution::dry_run))
+            .route("/constitution/activate", web::post().to(constitution::activate))
             .route("/keys", web::get().to(keys::page))
             .route("/keys/create", web::post().to(keys::create))
             .route("/keys/revoke", web::post().to(keys::revoke))

@@ -26,6 +26,30 @@ pub use settings::{KafkaSettings, OutboxSettings};
 pub use turn_data::{RefusedCategory, TurnData};
 pub use writer::{EventLog, EventsError};
 
+/// Where an audited change was asked for, as its record's `via` says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// The HTTP API.
+    Api,
+    /// The browser console.
+    Console,
+    /// The command line (`steward constitution activate`).
+    Cli,
+    /// Steward itself (the lock watcher, the first constitution's seed).
+    Steward,
+}
+
+impl Via {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Api => "api",
+            Self::Console => "console",
+            Self::Cli => "cli",
+            Self::Steward => "steward",
+        }
+    }
+}
+
 /// An audit topic (`training.audit`, `policy.audit`) and the writer its
 /// records go through.
 #[derive(Clone)]

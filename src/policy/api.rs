@@ -25,6 +25,7 @@ use super::registry::Scope;
 use super::{Constitution, ConstitutionHash, PolicyError};
 use crate::config::ModerationSettings;
 use crate::error::{ApiError, Code};
+use crate::events::Via;
 use crate::identity::{Caller, Capability};
 use crate::orchestrator::{ConversationStore, OrchestratorError};
 
@@ -161,27 +162,37 @@ impl PolicyApi {
         (status = 503, response = crate::responses::Problem),
     ))]
 pub(crate) async fn activate(req: HttpRequest, caller: Caller, body: web::Bytes, api: web::Data<PolicyApi>) -> Result<HttpResponse, ApiError> {
-    caller.require(Capability::PolicyAdmin)?;
     let text = std::str::from_utf8(&body).map_err(|_| ApiError::new(Code::InvalidRequest, "the body must be a UTF-8 TOML constitution"))?;
-    let constitution =
-        Constitution::from_toml_str(text).map_err(|e| ApiError::new(Code::InvalidRequest, format!("the body is not a valid constitution: {e}")))?;
-    let hash = constitution.hash();
-    // Built before it is activated: a document no moderator can be made of is the caller's 400, not every turn's 503.
-    let judge = build_judge(&api.moderation, constitution.clone(), text.to_owned(), false).await?;
-    api.judges.adopt(judge);
-    let scope = Scope::Tenant(caller.tenant.as_str().to_owned());
-    let trace = crate::web::trace_of(&req);
-    let request = ActivationRequest { scope: &scope, actor: &caller.key_id, constitution: &constitution, hash: &hash, text, trace: &trace };
-    let activation =
-        activate_recorded(api.judges.registry().as_ref(), &request, &api.auditor.topic, |pending| api.auditor.events.emit_durable(vec![pending])).await?;
-    let entry = request.entry(AuditType::Activated, &activation);
-    // This instance judges by it before answering (its judge is built); the others within the staleness bound.
-    if let Err(err) = api.judges.refresh().await {
-        tracing::warn!(error = %err, "activated, but this instance's copy could not be refreshed yet");
+    let activated = api.activate(&caller, text, &crate::web::trace_of(&req), Via::Api).await?;
+    Ok(HttpResponse::Ok().json(activated))
+}
+
+impl PolicyApi {
+    /// Makes `text` the caller's tenant's constitution (policy:admin), recorded
+    /// in `policy.audit` as asked `via`; this instance judges by it before returning.
+    pub async fn activate(&self, caller: &Caller, text: &str, trace: &crate::telemetry::TraceContext, via: Via) -> Result<super::audit::Outcome, ApiError> {
+        caller.require(Capability::PolicyAdmin)?;
+        let constitution =
+            Constitution::from_toml_str(text).map_err(|e| ApiError::new(Code::InvalidRequest, format!("the document is not a valid constitution: {e}")))?;
+        let hash = constitution.hash();
+        // Built before it is activated: a document no moderator can be made of is the caller's 400, not every turn's 503.
+        let judge = build_judge(&self.moderation, constitution.clone(), text.to_owned(), false).await?;
+        self.judges.adopt(judge);
+        let scope = Scope::Tenant(caller.tenant.as_str().to_owned());
+        let request = ActivationRequest { scope: &scope, actor: &caller.key_id, constitution: &constitution, hash: &hash, text, trace, via };
+        let activation =
+            activate_recorded(self.judges.registry().as_ref(), &request, &self.auditor.topic, |pending| self.auditor.events.emit_durable(vec![pending]))
+                .await?;
+        let entry = request.entry(AuditType::Activated, &activation);
+        // This instance judges by it before answering (its judge is built); the others within the staleness bound.
+        if let Err(err) = self.judges.refresh().await {
+            tracing::warn!(error = %err, "activated, but this instance's copy could not be refreshed yet");
+        }
+        tracing::info!(tenant = %caller.tenant, actor = %caller.key_id, via = via.as_str(), hash = %hash,
+            previous = ?activation.previous.as_ref().map(ConstitutionHash::as_str), registry_version = activation.version,
+            changed = activation.changed, trace_id = %trace.trace_id, "constitution activated");
+        Ok(entry.outcome())
     }
-    tracing::info!(tenant = %caller.tenant, actor = %caller.key_id, hash = %hash, previous = ?activation.previous.as_ref().map(ConstitutionHash::as_str),
-        registry_version = activation.version, changed = activation.changed, trace_id = %trace.trace_id, "constitution activated");
-    Ok(HttpResponse::Ok().json(entry.outcome()))
 }
 
 /// The judge of a document, built off the worker thread (it embeds the examples); `trial`
@@ -215,25 +226,34 @@ async fn build_judge(settings: &Arc<ModerationSettings>, constitution: Constitut
         (status = 403, response = crate::responses::Problem),
     ))]
 pub(crate) async fn dry_run_route(caller: Caller, body: web::Json<DryRunBody>, api: web::Data<PolicyApi>) -> Result<HttpResponse, ApiError> {
-    caller.require(Capability::PolicyAdmin)?;
     let body = body.into_inner();
-    let window = parse_window(body.since.as_deref().unwrap_or("24h")).map_err(|m| ApiError::new(Code::InvalidRequest, m))?;
-    let limit = body.limit.unwrap_or(MAX_TURNS);
-    if !(1..=MAX_TURNS).contains(&limit) {
-        return Err(ApiError::new(Code::InvalidRequest, format!("limit must be between 1 and {MAX_TURNS}")));
+    let (candidate, report) = api.dry_run(&caller, body.document, body.since.as_deref().unwrap_or("24h"), body.limit.unwrap_or(MAX_TURNS)).await?;
+    let (name, version) = (&candidate.constitution.name, &candidate.constitution.version);
+    Ok(HttpResponse::Ok().json(DryRunReply { candidate: Candidate { name, version, hash: candidate.hash.as_str() }, report }))
+}
+
+impl PolicyApi {
+    /// What `document` would change on the caller's tenant's turns of the last
+    /// `since` (`30m`, `24h`, `7d`), at most `limit` of them (policy:admin);
+    /// read-only: the candidate's judge is built in memory and dropped.
+    pub async fn dry_run(&self, caller: &Caller, document: String, since: &str, limit: i64) -> Result<(Arc<Judge>, super::dry_run::DryRunReport), ApiError> {
+        caller.require(Capability::PolicyAdmin)?;
+        let window = parse_window(since).map_err(|m| ApiError::new(Code::InvalidRequest, m))?;
+        if !(1..=MAX_TURNS).contains(&limit) {
+            return Err(ApiError::new(Code::InvalidRequest, format!("limit must be between 1 and {MAX_TURNS}")));
+        }
+        let candidate = Constitution::from_toml_str(&document)
+            .map_err(|e| ApiError::new(Code::InvalidRequest, format!("the document is not a valid constitution: {e}")))?;
+        // Building the moderator embeds the candidate's examples: CPU work, off the worker thread.
+        let judge = build_judge(&self.moderation, candidate, document, true).await?;
+        let since_ms = crate::db::now_ms() - window.as_millis() as i64;
+        let stored = self.store.window(Some(caller.tenant.as_str()), since_ms, limit).await.map_err(OrchestratorError::Store)?;
+        let turns: Vec<PastTurn> = stored.into_iter().map(PastTurn::try_from).collect::<Result<_, _>>().map_err(|e| {
+            tracing::error!(error = %e, "dry run over an unreadable stored turn");
+            ApiError::new(Code::Internal, "a stored turn's verdict is unreadable")
+        })?;
+        let report = dry_run(&judge.moderator, &turns, |_| {}).await?;
+        tracing::info!(tenant = %caller.tenant, candidate = %judge.hash, turns = report.turns, "constitution dry run");
+        Ok((judge, report))
     }
-    let candidate = Constitution::from_toml_str(&body.document)
-        .map_err(|e| ApiError::new(Code::InvalidRequest, format!("the document is not a valid constitution: {e}")))?;
-    let (hash, name, version) = (candidate.hash(), candidate.name.clone(), candidate.version.clone());
-    // Building the moderator embeds the candidate's examples: CPU work, off the worker thread.
-    let judge = build_judge(&api.moderation, candidate, body.document, true).await?;
-    let since_ms = crate::db::now_ms() - window.as_millis() as i64;
-    let stored = api.store.window(Some(caller.tenant.as_str()), since_ms, limit).await.map_err(OrchestratorError::Store)?;
-    let turns: Vec<PastTurn> = stored.into_iter().map(PastTurn::try_from).collect::<Result<_, _>>().map_err(|e| {
-        tracing::error!(error = %e, "dry run over an unreadable stored turn");
-        ApiError::new(Code::Internal, "a stored turn's verdict is unreadable")
-    })?;
-    let report = dry_run(&judge.moderator, &turns, |_| {}).await?;
-    tracing::info!(tenant = %caller.tenant, candidate = %hash, turns = report.turns, "constitution dry run");
-    Ok(HttpResponse::Ok().json(DryRunReply { candidate: Candidate { name: &name, version: &version, hash: hash.as_str() }, report }))
 }

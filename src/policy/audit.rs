@@ -11,7 +11,7 @@ use serde_json::json;
 
 use super::constitution::{Constitution, ConstitutionHash};
 use super::registry::{Activation, Scope};
-use crate::events::Pending;
+use crate::events::{Pending, Via};
 use crate::telemetry::TraceContext;
 
 pub const AUDIT_SCHEMA: &str = "policy.audit/v1";
@@ -51,20 +51,21 @@ pub struct AuditEntry<'a> {
     pub hash: &'a ConstitutionHash,
     pub activation: &'a Activation,
     pub trace: &'a TraceContext,
+    pub via: Via,
 }
 
 /// An activation's outcome as told to whoever asked for it (the PUT's body,
 /// the command's output).
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
-pub struct Outcome<'a> {
+pub struct Outcome {
     /// The active constitution's hash now.
-    pub hash: &'a str,
-    pub name: &'a str,
-    pub version: &'a str,
+    pub hash: String,
+    pub name: String,
+    pub version: String,
     /// The tenant it is active for; null for the default.
-    pub tenant: Option<&'a str>,
+    pub tenant: Option<String>,
     /// The hash the scope had before.
-    pub previous_hash: Option<&'a str>,
+    pub previous_hash: Option<String>,
     /// The registry's version after the activation.
     pub registry_version: u64,
     /// False when the hash was already active (nothing moved, nothing recorded).
@@ -72,13 +73,13 @@ pub struct Outcome<'a> {
 }
 
 impl AuditEntry<'_> {
-    pub fn outcome(&self) -> Outcome<'_> {
+    pub fn outcome(&self) -> Outcome {
         Outcome {
-            hash: self.hash.as_str(),
-            name: &self.constitution.name,
-            version: &self.constitution.version,
-            tenant: self.scope.tenant(),
-            previous_hash: self.activation.previous.as_ref().map(ConstitutionHash::as_str),
+            hash: self.hash.to_string(),
+            name: self.constitution.name.clone(),
+            version: self.constitution.version.clone(),
+            tenant: self.scope.tenant().map(str::to_owned),
+            previous_hash: self.activation.previous.as_ref().map(ConstitutionHash::to_string),
             registry_version: self.activation.version,
             changed: self.activation.changed,
         }
@@ -102,6 +103,7 @@ impl AuditEntry<'_> {
             "registry_version": self.activation.version,
             "occurred_at": crate::db::rfc3339(crate::db::now_ms()),
             "trace_id": self.trace.trace_id,
+            "via": self.via.as_str(),
         });
         Pending::audit(topic, tenant.unwrap_or(DEFAULT_KEY), kind, record, self.trace)
     }
@@ -115,13 +117,14 @@ pub struct ActivationRequest<'a> {
     pub hash: &'a ConstitutionHash,
     pub text: &'a str,
     pub trace: &'a TraceContext,
+    pub via: Via,
 }
 
 impl ActivationRequest<'_> {
     /// The record of this activation as `kind`, with what the registry said of it.
     pub fn entry<'a>(&'a self, kind: AuditType, activation: &'a Activation) -> AuditEntry<'a> {
-        let Self { scope, actor, constitution, hash, text: _, trace } = *self;
-        AuditEntry { kind, scope, actor, constitution, hash, activation, trace }
+        let Self { scope, actor, constitution, hash, text: _, trace, via } = *self;
+        AuditEntry { kind, scope, actor, constitution, hash, activation, trace, via }
     }
 }
 

@@ -141,7 +141,15 @@ async fn activate(settings: &Settings, file: &std::path::Path, tenant: Option<St
     let hash = constitution.hash();
     let trace = crate::telemetry::TraceContext::new_root();
     let outbox = crate::events::OutboxStore::new(db, settings.kafka.conversation_topic.clone());
-    let request = ActivationRequest { scope: &scope, actor: CLI_ACTOR, constitution: &constitution, hash: &hash, text: &text, trace: &trace };
+    let request = ActivationRequest {
+        scope: &scope,
+        actor: CLI_ACTOR,
+        constitution: &constitution,
+        hash: &hash,
+        text: &text,
+        trace: &trace,
+        via: crate::events::Via::Cli,
+    };
     let record = |pending| {
         let outbox = &outbox;
         async move { outbox.append(&[pending]).await.map_err(|e| crate::events::EventsError::Store(e.to_string())) }

@@ -255,6 +255,7 @@ impl Judges {
             hash: &self.seed.hash,
             activation: &activation,
             trace: &TraceContext::new_root(),
+            via: crate::events::Via::Steward,
         };
         if let Err(err) = self.auditor.commit(vec![entry.pending(&self.auditor.topic)]).await {
             tracing::error!(error = %err, "the seeding of the constitution registry could not be recorded");

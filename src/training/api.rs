@@ -5,9 +5,10 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 
 use super::lock::LockInfo;
-use super::service::{Actor, TrainingService, Via};
+use super::service::{Actor, TrainingService};
 use crate::db::rfc3339;
 use crate::error::{ApiError, Code};
+use crate::events::Via;
 use crate::identity::{Caller, Capability};
 use crate::web::trace_of;
 

@@ -18,11 +18,12 @@ mod redis;
 mod service;
 mod watcher;
 
+pub use crate::events::Via;
 pub use api::configure;
 pub use fencing::{FencingLedger, LiveLock};
 pub use lock::{Acquired, Expired, LockError, LockInfo, LockRequest, LockStore, Owned};
 pub use memory::InMemoryLockStore;
 #[cfg(feature = "redis")]
 pub use redis::RedisLockStore;
-pub use service::{Actor, TrainingError, TrainingMark, TrainingService, TrainingSettings, Via, AUDIT_SCHEMA};
+pub use service::{Actor, TrainingError, TrainingMark, TrainingService, TrainingSettings, AUDIT_SCHEMA};
 pub use watcher::watch;

@@ -16,7 +16,7 @@ use super::lock::{Acquired, LockError, LockInfo, LockRequest, LockStore, Owned};
 use crate::db::rfc3339;
 use crate::durations::NonZeroDuration;
 use crate::error::{Code, ErrorCode};
-use crate::events::{AuditTrail, Pending};
+use crate::events::{AuditTrail, Pending, Via};
 use crate::telemetry::{Metrics, TraceContext};
 
 pub const AUDIT_SCHEMA: &str = "training.audit/v1";
@@ -62,27 +62,6 @@ pub struct Actor<'a> {
     pub key_id: &'a str,
     pub trace: &'a TraceContext,
     pub via: Via,
-}
-
-/// Where a transition was asked for, as its audit record says.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Via {
-    /// `/v1/training/*`.
-    Api,
-    /// The browser console.
-    Console,
-    /// Steward itself (the lock watcher).
-    Steward,
-}
-
-impl Via {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Api => "api",
-            Self::Console => "console",
-            Self::Steward => "steward",
-        }
-    }
 }
 
 /// `[training]`: the lock's bounds and how its state is read.

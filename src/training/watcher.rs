@@ -14,7 +14,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::fencing::LiveLock;
 use super::lock::LockInfo;
-use super::service::{Actor, TrainingService, Via};
+use super::service::{Actor, TrainingService};
+use crate::events::Via;
 use crate::telemetry::{Metrics, TraceContext};
 
 pub async fn watch(service: Arc<TrainingService>, metrics: Arc<Metrics>, every: Duration, cancel: CancellationToken) {

@@ -293,3 +293,37 @@ async fn a_policy_reader_sees_the_active_constitution_its_activations_and_what_c
     assert_eq!(browser.get(&format!("/console/constitution/diff?from={other}&to={hash}")).await.status(), 404, "not a version of this tenant");
     assert_eq!(browser.get("/console/turns").await.status(), 403, "policy:read does not read the record");
 }
+
+#[tokio::test]
+async fn a_policy_admin_dry_runs_a_candidate_activates_it_by_its_hash_and_the_next_turn_is_judged_under_it() {
+    let app = app().await;
+    let tenant = unique("tenant-");
+    let chat = app.key(&tenant, &[Capability::Chat]).await;
+    let admin = app.key(&tenant, &[Capability::PolicyAdmin]).await;
+    let greeted = app.chat(&chat, &json!({ "message": "Say hello to me.", "max_tokens": 4 })).await;
+    let greeted_turn = greeted.first("session")["turn_id"].as_str().unwrap().to_owned();
+    let (document, code) = crate::constitution::candidate_with_phrase(&app, "hello to me");
+
+    let mut browser = Browser::new(&app);
+    browser.sign_in(&admin).await;
+    let csrf = csrf_of(&browser.page("/console/constitution").await);
+    let tried = browser.post("/console/constitution/dry-run", &[("csrf", &csrf), ("document", &document), ("since", "1h")]).await;
+    assert_eq!(tried.status(), 200);
+    let tried = tried.text().await.unwrap();
+    assert!(tried.contains("allowed → refused") && tried.contains(&format!("/console/turns/{greeted_turn}")), "{tried}");
+    assert!(tried.contains(&code));
+    let hash = tried.split("name=\"hash\" value=\"").nth(1).and_then(|rest| rest.split('"').next()).expect("the confirmation names the hash").to_owned();
+
+    let wrong =
+        browser.post("/console/constitution/activate", &[("csrf", &csrf), ("document", &document), ("hash", &format!("sha256:{}", "0".repeat(64)))]).await;
+    assert!(wrong.text().await.unwrap().contains("nothing was activated"));
+    let done = browser.post("/console/constitution/activate", &[("csrf", &csrf), ("document", &document), ("hash", &hash)]).await.text().await.unwrap();
+    assert!(done.contains(&format!("Active for {tenant}")) && done.contains(&hash), "{done}");
+
+    let next = app.chat(&chat, &json!({ "message": "Say hello to me.", "max_tokens": 4 })).await;
+    assert_eq!(next.first("session")["constitution_hash"], hash.as_str(), "judged under the new hash");
+    assert_eq!(next.first("done")["finish_reason"], "refused");
+    let records = app.outbox(&app.settings.kafka.policy_topic).await;
+    let mine = records.iter().find(|r| r["tenant"] == tenant.as_str() && r["type"] == "policy.activated").expect("recorded");
+    assert_eq!((mine["via"].as_str(), mine["hash"].as_str()), (Some("console"), Some(hash.as_str())));
+}
