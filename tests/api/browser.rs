@@ -157,3 +157,56 @@ async fn in_a_browser_a_chat_key_is_turned_away_at_sign_in() {
     browser.go(&format!("{}/console/turns", app.address)).await;
     assert_eq!(browser.script("return location.pathname").await, json!("/console/sign-in"), "not signed in");
 }
+
+#[tokio::test]
+async fn in_a_browser_a_training_admin_enables_and_disables_training() {
+    let app = spawn_app_with(Storage::Sqlite, |_| {}).await;
+    let tenant = unique("tenant-");
+    let admin = app.key(&tenant, &[Capability::TrainingAdmin]).await;
+    let browser = Browser::start().await;
+    browser.sign_in(&app, &admin).await;
+    assert!(browser.text().await.contains("Training mode is off"), "on the training page");
+    browser.type_into("form[action='/console/training/enable'] input[name=reason]", "label a batch").await;
+    browser.click("form[action='/console/training/enable'] button").await;
+    let token = browser.script("return document.querySelector('div.card p.mono').textContent").await.as_str().unwrap().to_owned();
+    assert!(browser.text().await.contains("Training mode is on"), "enabled");
+    browser.screenshot("training").await;
+    browser.type_into("form[action='/console/training/disable'] input[name=lock_token]", &token).await;
+    browser.click("form[action='/console/training/disable'] button").await;
+    assert!(browser.text().await.contains("Training mode is off."), "disabled");
+}
+
+#[tokio::test]
+async fn in_a_browser_a_policy_admin_dry_runs_and_activates_a_candidate_and_the_next_turn_is_judged_under_it() {
+    let app = spawn_app_with(Storage::Sqlite, |_| {}).await;
+    let tenant = unique("tenant-");
+    let chat = app.key(&tenant, &[Capability::Chat]).await;
+    let admin = app.key(&tenant, &[Capability::PolicyAdmin]).await;
+    app.chat(&chat, &json!({ "message": "Say hello to me.", "max_tokens": 4 })).await;
+    let (document, _) = crate::constitution::candidate_with_phrase(&app, "hello to me");
+
+    let browser = Browser::start().await;
+    browser.sign_in(&app, &admin).await;
+    assert!(browser.text().await.contains("Try a candidate"), "on the constitution page");
+    // The candidate replaces the textarea's text (set as a user pasting it would, then submitted by the button).
+    browser.script(&format!("document.querySelector('textarea[name=document]').value = {}; return true", serde_json::to_string(&document).unwrap())).await;
+    browser.click("form[action='/console/constitution/dry-run'] button").await;
+    let report = browser.text().await;
+    assert!(report.contains("allowed → refused"), "{report}");
+    browser.screenshot("dry-run").await;
+    browser.click("form[action='/console/constitution/activate'] button").await;
+    let activated = browser.text().await;
+    assert!(activated.contains(&format!("Active for {tenant}")), "{activated}");
+    let hash = activated
+        .split("Active for ")
+        .nth(1)
+        .and_then(|rest| rest.split(": ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap()
+        .trim_end_matches('.')
+        .to_owned();
+
+    let next = app.chat(&chat, &json!({ "message": "Say hello to me.", "max_tokens": 4 })).await;
+    assert_eq!(next.first("session")["constitution_hash"], hash.as_str(), "judged under the activated hash");
+    assert_eq!(next.first("done")["finish_reason"], "refused");
+}
