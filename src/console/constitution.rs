@@ -5,7 +5,6 @@
 use actix_web::{web, HttpRequest, HttpResponse};
 use maud::html;
 use serde::Deserialize;
-use serde_json::Value;
 
 use super::diff::side_by_side;
 use super::layout;
@@ -17,24 +16,12 @@ use crate::policy::{ConstitutionHash, PolicyApi};
 
 const READERS: [Capability; 2] = [Capability::PolicyAdmin, Capability::PolicyRead];
 
-/// How many of the newest `policy.audit` records are searched for the tenant's.
-const RECORDS_SEARCHED: i64 = 500;
-
 /// `GET /console/constitution`
 pub async fn page(viewer: Viewer, console: web::Data<Console>, policy: web::Data<PolicyApi>) -> Result<HttpResponse, ConsoleError> {
     viewer.require_any(&READERS)?;
     let tenant = viewer.caller.tenant.as_str();
     let judge = policy.judges.current(tenant).map_err(|e| ConsoleError::Internal(e.to_string()))?;
-    let records: Vec<Value> = console
-        .outbox
-        .newest(&console.topics.policy, RECORDS_SEARCHED)
-        .await
-        .map_err(|e| ConsoleError::Internal(e.to_string()))?
-        .into_iter()
-        .filter_map(|(_, payload)| serde_json::from_str::<Value>(&payload).ok())
-        .filter(|r| r["tenant"] == tenant || r["scope"] == "default")
-        .take(50)
-        .collect();
+    let records = console.audit_records(&console.topics.policy, 50, |r| r["tenant"] == tenant || r["scope"] == "default").await?;
     let active = judge.hash.as_str();
     // Every version this tenant may compare: the active one, those its activations name, those its turns were judged under.
     let mut versions: Vec<String> = policy.store.constitutions_of(tenant).await.map_err(|e| ConsoleError::Internal(e.to_string()))?;

@@ -38,12 +38,13 @@ async fn render(viewer: &Viewer, keys: &KeyStore, outcome: Option<Markup>) -> Re
         }
         h2 { "Keys" }
         table {
-            thead { tr { th { "Tenant" } th { "Key" } th { "Capabilities" } th { "Created" } th { "State" } th {} } }
+            thead { tr { th { "Tenant" } th { "Key" } th { "Capabilities" } th { "Created" } th { "Last used" } th { "State" } th {} } }
             tbody { @for key in &listed { tr {
                 td { (key.tenant) }
                 td.mono { (key.id) }
                 td { (key.capabilities) }
                 td.mono { (crate::db::rfc3339(key.created_at)) }
+                td.mono { @match key.last_used_at { Some(at) => (crate::db::rfc3339(at)), None => span.muted { "never" } } }
                 td { @match key.revoked_at { Some(at) => span.bad { "revoked " (crate::db::rfc3339(at)) }, None => span.allow { "live" } } }
                 td { @if key.revoked_at.is_none() {
                     form method="post" action="/console/keys/revoke" {

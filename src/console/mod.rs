@@ -49,7 +49,16 @@ pub struct Console {
     pub checkpoint_key: Option<VerifyingKey>,
 }
 
+/// How many of an audit topic's newest records are searched for a tenant's.
+const RECORDS_SEARCHED: i64 = 500;
+
 impl Console {
+    /// The newest (at most `take`) records of an audit `topic` that `keep` keeps.
+    async fn audit_records(&self, topic: &str, take: usize, keep: impl Fn(&Value) -> bool) -> Result<Vec<Value>, viewer::ConsoleError> {
+        let rows = self.outbox.newest(topic, RECORDS_SEARCHED).await.map_err(|e| viewer::ConsoleError::Internal(e.to_string()))?;
+        Ok(rows.into_iter().filter_map(|(_, payload)| serde_json::from_str::<Value>(&payload).ok()).filter(|r| keep(r)).take(take).collect())
+    }
+
     /// A turn's events, in their chain's order.
     async fn turn_events(&self, turn: &TurnRecord) -> Result<Vec<Value>, sqlx::Error> {
         let rows = self.outbox.tail(&self.topics.conversation, Some(turn.session_id.as_str()), 0, i64::MAX).await?;

@@ -6,7 +6,6 @@
 use actix_web::{web, HttpRequest, HttpResponse};
 use maud::{html, Markup};
 use serde::Deserialize;
-use serde_json::Value;
 
 use super::layout;
 use super::viewer::{ConsoleError, Viewer};
@@ -17,9 +16,6 @@ use crate::training::{Actor, TrainingService, Via};
 
 const ADMINS: [Capability; 1] = [Capability::TrainingAdmin];
 
-/// How many of the newest audit records are searched for the tenant's.
-const RECORDS_SEARCHED: i64 = 500;
-
 /// `GET /console/training`
 pub async fn page(viewer: Viewer, console: web::Data<Console>, service: web::Data<TrainingService>) -> Result<HttpResponse, ConsoleError> {
     viewer.require_any(&ADMINS)?;
@@ -29,16 +25,7 @@ pub async fn page(viewer: Viewer, console: web::Data<Console>, service: web::Dat
 async fn render(viewer: &Viewer, console: &Console, service: &TrainingService, outcome: Option<Markup>) -> Result<HttpResponse, ConsoleError> {
     let tenant = viewer.caller.tenant.as_str();
     let lock = service.status(tenant).await;
-    let records: Vec<Value> = console
-        .outbox
-        .newest(&console.topics.training, RECORDS_SEARCHED)
-        .await
-        .map_err(|e| ConsoleError::Internal(e.to_string()))?
-        .into_iter()
-        .filter_map(|(_, payload)| serde_json::from_str::<Value>(&payload).ok())
-        .filter(|r| r["tenant"] == tenant)
-        .take(20)
-        .collect();
+    let records = console.audit_records(&console.topics.training, 20, |r| r["tenant"] == tenant).await?;
     let csrf = &viewer.csrf;
     let body = html! {
         @if let Some(outcome) = outcome { (outcome) }

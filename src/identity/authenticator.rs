@@ -72,6 +72,7 @@ impl Authenticator {
             self.metrics.rate_limited("key_requests");
             return Err(ApiError::new(Code::RateLimited, "too many requests with this key").with_retry_after(wait));
         }
+        self.keys.used(&record);
         Ok(Caller::from_record(record)?)
     }
 }

@@ -52,6 +52,8 @@ struct Inner {
     /// its entry when the read ends: a request whose client hangs up mid-read
     /// cannot leave a read behind that holds a pool connection and is never polled.
     reading: Mutex<HashMap<String, Lookup>>,
+    /// When this instance last recorded each key's use (by key id; only keys found live get here).
+    used: Mutex<HashMap<String, Instant>>,
 }
 
 impl KeyCache {
@@ -62,6 +64,7 @@ impl KeyCache {
             unknown: Mutex::new(Memory { ttl, capacity, entries: HashMap::new() }),
             vouched: Mutex::new(Memory { ttl: VOUCHED_FOR, capacity, entries: HashMap::new() }),
             reading: Mutex::new(HashMap::new()),
+            used: Mutex::new(HashMap::new()),
         };
         Self { inner: Arc::new(inner) }
     }
@@ -79,6 +82,25 @@ impl KeyCache {
         }
         let lookup = lock(&self.inner.reading).entry(hash.to_owned()).or_insert_with(|| Inner::spawn_read(&self.inner, hash.to_owned())).clone();
         lookup.await.map_err(IdentityError::Shared)
+    }
+
+    /// Notes that `record`'s key was used: written to the store at most once per
+    /// [`KeyStore::USE_RECORDED_EVERY`] per key, in a task of its own (the request does not wait).
+    pub fn used(&self, record: &KeyRecord) {
+        let now = Instant::now();
+        {
+            let mut used = lock(&self.inner.used);
+            if used.get(&record.id).is_some_and(|at| now.duration_since(*at) < KeyStore::USE_RECORDED_EVERY) {
+                return;
+            }
+            used.insert(record.id.clone(), now);
+        }
+        let (store, id) = (self.inner.store.clone(), record.id.clone());
+        tokio::spawn(async move {
+            if let Err(err) = store.used(&id, crate::db::now_ms()).await {
+                tracing::warn!(key_id = %id, error = %err, "a key's last use could not be recorded");
+            }
+        });
     }
 
     /// What memory says of the key whose secret hashes to `hash`.
@@ -163,7 +185,7 @@ mod tests {
     use super::*;
 
     fn record(id: &str) -> KeyRecord {
-        KeyRecord { id: id.into(), tenant: "acme".into(), capabilities: "chat".into(), created_at: 0, revoked_at: None }
+        KeyRecord { id: id.into(), tenant: "acme".into(), capabilities: "chat".into(), created_at: 0, revoked_at: None, last_used_at: None }
     }
 
     fn memory(ttl_ms: u64, capacity: usize) -> Memory<KeyRecord> {

@@ -13,6 +13,8 @@ pub struct KeyRecord {
     pub capabilities: String,
     pub created_at: i64,
     pub revoked_at: Option<i64>,
+    /// When the key was last used (Unix ms), at most [`KeyStore::USE_RECORDED_EVERY`] stale; `None` if never.
+    pub last_used_at: Option<i64>,
 }
 
 /// Creates, finds and revokes API keys.
@@ -35,6 +37,7 @@ impl KeyStore {
             capabilities: Capability::join(caps),
             created_at: now_ms(),
             revoked_at: None,
+            last_used_at: None,
         };
         sqlx::query("INSERT INTO api_keys (id, tenant, capabilities, key_hash, created_at) VALUES ($1, $2, $3, $4, $5)")
             .bind(&record.id)
@@ -55,7 +58,7 @@ impl KeyStore {
 
     /// The live key whose secret hashes to `hash`, if any.
     pub async fn find_active_by_hash(&self, hash: &str) -> Result<Option<KeyRecord>, IdentityError> {
-        let row = sqlx::query("SELECT id, tenant, capabilities, created_at, revoked_at FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL")
+        let row = sqlx::query("SELECT id, tenant, capabilities, created_at, revoked_at, last_used_at FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL")
             .bind(hash)
             .fetch_optional(self.db.pool())
             .await
@@ -64,11 +67,20 @@ impl KeyStore {
     }
 
     pub async fn list(&self) -> Result<Vec<KeyRecord>, IdentityError> {
-        let rows = sqlx::query("SELECT id, tenant, capabilities, created_at, revoked_at FROM api_keys ORDER BY created_at, id")
+        let rows = sqlx::query("SELECT id, tenant, capabilities, created_at, revoked_at, last_used_at FROM api_keys ORDER BY created_at, id")
             .fetch_all(self.db.pool())
             .await
             .map_err(IdentityError::Store)?;
         rows.iter().map(record_from).collect()
+    }
+
+    /// How stale a key's recorded last use may be: each instance records a key's use at most this often.
+    pub const USE_RECORDED_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+    /// Records that key `id` was used at `at` (Unix ms).
+    pub async fn used(&self, id: &str, at: i64) -> Result<(), IdentityError> {
+        sqlx::query("UPDATE api_keys SET last_used_at = $1 WHERE id = $2").bind(at).bind(id).execute(self.db.pool()).await.map_err(IdentityError::Store)?;
+        Ok(())
     }
 
     /// Revokes a key; revoking twice is not an error.
@@ -93,5 +105,6 @@ fn record_from(row: &sqlx::any::AnyRow) -> Result<KeyRecord, IdentityError> {
         capabilities: row.try_get("capabilities").map_err(IdentityError::Store)?,
         created_at: row.try_get("created_at").map_err(IdentityError::Store)?,
         revoked_at: row.try_get("revoked_at").map_err(IdentityError::Store)?,
+        last_used_at: row.try_get("last_used_at").map_err(IdentityError::Store)?,
     })
 }

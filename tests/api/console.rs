@@ -254,6 +254,17 @@ async fn an_operator_creates_a_key_whose_secret_is_shown_once_and_revokes_it() {
     assert!(!browser.page("/console/keys").await.contains(&secret), "never shown again");
 
     let id = app.keys.list().await.unwrap().into_iter().find(|k| k.tenant == tenant).unwrap().id;
+    // Its use is recorded in a task of its own, once a minute at most.
+    let mut last_used = None;
+    for _ in 0..50 {
+        last_used = app.keys.list().await.unwrap().into_iter().find(|k| k.id == id).unwrap().last_used_at;
+        if last_used.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let last_used = last_used.expect("the key's use recorded");
+    assert!(browser.page("/console/keys").await.contains(&steward::db::rfc3339(last_used)), "the Keys page shows its last use");
     let revoked = browser.post("/console/keys/revoke", &[("csrf", &csrf), ("id", &id)]).await.text().await.unwrap();
     assert!(revoked.contains("revoked"), "{revoked}");
     assert_eq!(status(secret).await, 401, "revoked");
