@@ -16,9 +16,31 @@ use crate::policy::{ConstitutionHash, PolicyApi};
 
 const READERS: [Capability; 2] = [Capability::PolicyAdmin, Capability::PolicyRead];
 
+/// Who sees the page: the readers of the tenant's documents, and `ops` (every tenant's active hash, without text).
+const VIEWERS: [Capability; 3] = [Capability::PolicyAdmin, Capability::PolicyRead, Capability::Ops];
+
 /// `GET /console/constitution`
 pub async fn page(viewer: Viewer, console: web::Data<Console>, policy: web::Data<PolicyApi>) -> Result<HttpResponse, ConsoleError> {
-    viewer.require_any(&READERS)?;
+    viewer.require_any(&VIEWERS)?;
+    let mut per_tenant = Vec::new();
+    if viewer.can(Capability::Ops) {
+        let mut tenants: Vec<String> = console.keys.list().await.map_err(|e| ConsoleError::Internal(e.to_string()))?.into_iter().map(|k| k.tenant).collect();
+        tenants.sort();
+        tenants.dedup();
+        per_tenant = tenants.into_iter().filter_map(|t| policy.judges.current(&t).ok().map(|judge| (t, judge))).collect();
+    }
+    let per_tenant = html! {
+        @if !per_tenant.is_empty() {
+            h2 { "Active per tenant" }
+            table { thead { tr { th { "Tenant" } th { "Constitution" } th { "Hash" } } }
+                tbody { @for (tenant, judge) in &per_tenant { tr {
+                    td { (tenant) } td { (judge.constitution.name) " " (judge.constitution.version) } td.mono { (judge.hash) }
+                } } } }
+        }
+    };
+    if !viewer.can(Capability::PolicyAdmin) && !viewer.can(Capability::PolicyRead) {
+        return Ok(layout::page(&viewer, "constitution", "Constitution", per_tenant));
+    }
     let tenant = viewer.caller.tenant.as_str();
     let judge = policy.judges.current(tenant).map_err(|e| ConsoleError::Internal(e.to_string()))?;
     let records = console.audit_records(&console.topics.policy, 50, |r| r["tenant"] == tenant || r["scope"] == "default").await?;
@@ -30,6 +52,7 @@ pub async fn page(viewer: Viewer, console: web::Data<Console>, policy: web::Data
     versions.sort();
     versions.dedup();
     let body = html! {
+        (per_tenant)
         table {
             tr { th { "Active for " (tenant) } td { (judge.constitution.name) " " (judge.constitution.version) } }
             tr { th { "Hash" } td.mono { (active) } }

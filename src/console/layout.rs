@@ -66,8 +66,8 @@ pub fn security_headers() -> actix_web::middleware::DefaultHeaders {
 const PAGES: [(&str, &str, &[Capability]); 5] = [
     ("overview", "Overview", &[Capability::Ops, Capability::Audit]),
     ("turns", "Turns", &[Capability::Ops, Capability::Audit]),
-    ("training", "Training", &[Capability::TrainingAdmin]),
-    ("constitution", "Constitution", &[Capability::PolicyAdmin, Capability::PolicyRead]),
+    ("training", "Training", &[Capability::TrainingAdmin, Capability::Ops]),
+    ("constitution", "Constitution", &[Capability::PolicyAdmin, Capability::PolicyRead, Capability::Ops]),
     ("keys", "Keys", &[Capability::Ops]),
 ];
 

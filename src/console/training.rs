@@ -1,7 +1,8 @@
-//! Training: the tenant's lock (owner, fencing token, expiry), enable, renew
-//! and disable by the API's rules (the holder's token renews and releases;
-//! it is shown once, at enable), and the tenant's recent `training.audit`
-//! records. Every change is audited `via: console` with the key's id.
+//! Training: the tenant's lock (owner, fencing token, expiry counting down),
+//! enable, renew and disable by the API's rules (the holder's token renews
+//! and releases; it is shown once, at enable), and the tenant's recent
+//! `training.audit` records; for `ops`, every tenant's lock. Every change is
+//! audited `via: console` with the key's id.
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use maud::{html, Markup};
@@ -14,11 +15,12 @@ use crate::error::ApiError;
 use crate::identity::Capability;
 use crate::training::{Actor, TrainingService, Via};
 
-const ADMINS: [Capability; 1] = [Capability::TrainingAdmin];
+/// Who sees the page: the tenant's admins, and `ops` (every tenant's lock, read-only).
+const VIEWERS: [Capability; 2] = [Capability::TrainingAdmin, Capability::Ops];
 
 /// `GET /console/training`
 pub async fn page(viewer: Viewer, console: web::Data<Console>, service: web::Data<TrainingService>) -> Result<HttpResponse, ConsoleError> {
-    viewer.require_any(&ADMINS)?;
+    viewer.require_any(&VIEWERS)?;
     render(&viewer, &console, &service, None).await
 }
 
@@ -27,8 +29,33 @@ async fn render(viewer: &Viewer, console: &Console, service: &TrainingService, o
     let lock = service.status(tenant).await;
     let records = console.audit_records(&console.topics.training, 20, |r| r["tenant"] == tenant).await?;
     let csrf = &viewer.csrf;
+    // For ops, every tenant that has a key, with its lock.
+    let mut locks = Vec::new();
+    if viewer.can(Capability::Ops) {
+        let mut tenants: Vec<String> = console.keys.list().await.map_err(|e| ConsoleError::Internal(e.to_string()))?.into_iter().map(|k| k.tenant).collect();
+        tenants.sort();
+        tenants.dedup();
+        for tenant in tenants {
+            let lock = service.status(&tenant).await.ok().flatten();
+            locks.push((tenant, lock));
+        }
+    }
     let body = html! {
         @if let Some(outcome) = outcome { (outcome) }
+        @if viewer.can(Capability::Ops) {
+            h2 { "Every tenant's lock" }
+            table {
+                thead { tr { th { "Tenant" } th { "Training mode" } th { "Owner" } th { "Fencing token" } th { "Expires in" } } }
+                tbody { @for (tenant, lock) in &locks { tr {
+                    td { (tenant) }
+                    @match lock {
+                        Some(lock) => { td.warn { "on" } td { (lock.owner) } td { (lock.fencing_token) } td { span data-countdown=(lock.ttl_ms / 1000) { (lock.ttl_ms / 1000) } " s" } }
+                        None => { td.allow { "off" } td {} td {} td {} }
+                    }
+                } } }
+            }
+        }
+        @if viewer.can(Capability::TrainingAdmin) {
         h2 { "Tenant " (tenant) }
         @match &lock {
             Ok(Some(lock)) => {
@@ -36,7 +63,7 @@ async fn render(viewer: &Viewer, console: &Console, service: &TrainingService, o
                 table {
                     tr { th { "Owner" } td { (lock.owner) } }
                     tr { th { "Fencing token" } td { (lock.fencing_token) } }
-                    tr { th { "Expires" } td { (crate::db::rfc3339(lock.expires_at_ms())) " (in " (lock.ttl_ms / 1000) " s)" } }
+                    tr { th { "Expires" } td { (crate::db::rfc3339(lock.expires_at_ms())) " (in " span data-countdown=(lock.ttl_ms / 1000) { (lock.ttl_ms / 1000) } " s)" } }
                     tr { th { "Reason" } td { (lock.reason) } }
                 }
             }
@@ -76,6 +103,7 @@ async fn render(viewer: &Viewer, console: &Console, service: &TrainingService, o
                 td { (r["fencing_token"]) }
                 td { (r["reason"].as_str().unwrap_or_default()) }
             } } }
+        }
         }
     };
     Ok(layout::page(viewer, "training", "Training mode", body))

@@ -170,6 +170,10 @@ async fn in_a_browser_a_training_admin_enables_and_disables_training() {
     browser.click("form[action='/console/training/enable'] button").await;
     let token = browser.script("return document.querySelector('div.card p.mono').textContent").await.as_str().unwrap().to_owned();
     assert!(browser.text().await.contains("Training mode is on"), "enabled");
+    let left = || async { browser.script("return Number(document.querySelector('[data-countdown]').textContent)").await.as_i64().unwrap() };
+    let before = left().await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert!(left().await < before, "the expiry counts down");
     browser.screenshot("training").await;
     browser.type_into("form[action='/console/training/disable'] input[name=lock_token]", &token).await;
     browser.click("form[action='/console/training/disable'] button").await;

@@ -338,3 +338,23 @@ async fn a_policy_admin_dry_runs_a_candidate_activates_it_by_its_hash_and_the_ne
     let mine = records.iter().find(|r| r["tenant"] == tenant.as_str() && r["type"] == "policy.activated").expect("recorded");
     assert_eq!((mine["via"].as_str(), mine["hash"].as_str()), (Some("console"), Some(hash.as_str())));
 }
+
+#[tokio::test]
+async fn an_operator_sees_every_tenants_lock_and_active_constitution_but_no_document_text() {
+    let app = app().await;
+    let tenant = unique("tenant-");
+    let admin = app.key(&tenant, &[Capability::TrainingAdmin]).await;
+    let enabled = app.post("/v1/training/enable", Some(&admin), &json!({ "ttl_seconds": 600, "reason": "label a batch" })).await;
+    assert_eq!(enabled.status(), 200);
+    let ops = app.key(&unique("ops-"), &[Capability::Ops]).await;
+
+    let mut browser = Browser::new(&app);
+    browser.sign_in(&ops).await;
+    let training = browser.page("/console/training").await;
+    let row = training.split("<tr>").find(|row| row.contains(&tenant)).expect("the tenant's row");
+    assert!(row.contains(">on<") && row.contains("data-countdown"), "{row}");
+    assert!(!training.contains("action=\"/console/training/enable\""), "ops reads locks, it does not take them");
+    let constitution = browser.page("/console/constitution").await;
+    assert!(constitution.contains("Active per tenant") && constitution.contains(&tenant), "{constitution}");
+    assert!(!constitution.contains("The document") && !constitution.contains("<textarea"), "no document text for ops");
+}

@@ -1,6 +1,18 @@
-// Steward console: live numbers on the overview, from the server's event stream.
+// Steward console: live numbers on the overview (from the server's event stream) and the
+// countdown of training locks.
 // Everything else works without script. Text only: values are set with textContent.
 (function () {
+  // Counts down the seconds a training lock has left, from when the page was served.
+  var counters = document.querySelectorAll("[data-countdown]");
+  if (counters.length) {
+    var start = Date.now();
+    setInterval(function () {
+      var elapsed = Math.floor((Date.now() - start) / 1000);
+      counters.forEach(function (el) {
+        el.textContent = String(Math.max(0, Number(el.getAttribute("data-countdown")) - elapsed));
+      });
+    }, 1000);
+  }
   var live = document.querySelector("[data-live]");
   if (!live || !window.EventSource) { return; }
   var source = new EventSource(live.getAttribute("data-live"));
