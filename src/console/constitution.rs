@@ -24,10 +24,7 @@ pub async fn page(viewer: Viewer, console: web::Data<Console>, policy: web::Data
     viewer.require_any(&VIEWERS)?;
     let mut per_tenant = Vec::new();
     if viewer.can(Capability::Ops) {
-        let mut tenants: Vec<String> = console.keys.list().await.map_err(|e| ConsoleError::Internal(e.to_string()))?.into_iter().map(|k| k.tenant).collect();
-        tenants.sort();
-        tenants.dedup();
-        per_tenant = tenants.into_iter().filter_map(|t| policy.judges.current(&t).ok().map(|judge| (t, judge))).collect();
+        per_tenant = console.tenants().await?.into_iter().filter_map(|t| policy.judges.current(&t).ok().map(|judge| (t, judge))).collect();
     }
     let per_tenant = html! {
         @if !per_tenant.is_empty() {

@@ -59,6 +59,15 @@ impl Console {
         Ok(rows.into_iter().filter_map(|(_, payload)| serde_json::from_str::<Value>(&payload).ok()).filter(|r| keep(r)).take(take).collect())
     }
 
+    /// Every tenant that has a key, in order (what `ops` pages list).
+    async fn tenants(&self) -> Result<Vec<String>, viewer::ConsoleError> {
+        let keys = self.keys.list().await.map_err(|e| viewer::ConsoleError::Internal(e.to_string()))?;
+        let mut tenants: Vec<String> = keys.into_iter().map(|k| k.tenant).collect();
+        tenants.sort();
+        tenants.dedup();
+        Ok(tenants)
+    }
+
     /// A turn's events, in their chain's order.
     async fn turn_events(&self, turn: &TurnRecord) -> Result<Vec<Value>, sqlx::Error> {
         let rows = self.outbox.tail(&self.topics.conversation, Some(turn.session_id.as_str()), 0, i64::MAX).await?;

@@ -32,13 +32,10 @@ async fn render(viewer: &Viewer, console: &Console, service: &TrainingService, o
     // For ops, every tenant that has a key, with its lock.
     let mut locks = Vec::new();
     if viewer.can(Capability::Ops) {
-        let mut tenants: Vec<String> = console.keys.list().await.map_err(|e| ConsoleError::Internal(e.to_string()))?.into_iter().map(|k| k.tenant).collect();
-        tenants.sort();
-        tenants.dedup();
-        for tenant in tenants {
-            let lock = service.status(&tenant).await.ok().flatten();
-            locks.push((tenant, lock));
-        }
+        // The lock store is asked for every tenant at once, not one after another.
+        let tenants = console.tenants().await?;
+        let states = futures_util::future::join_all(tenants.iter().map(|t| service.status(t))).await;
+        locks = tenants.into_iter().zip(states).map(|(tenant, state)| (tenant, state.ok().flatten())).collect();
     }
     let body = html! {
         @if let Some(outcome) = outcome { (outcome) }
