@@ -78,8 +78,10 @@ pub async fn page(viewer: Viewer, console: web::Data<Console>, policy: web::Data
             h2 { "Try a candidate" }
             form.card method="post" action="/console/constitution/dry-run" {
                 input type="hidden" name="csrf" value=(viewer.csrf);
-                label { "The candidate document (TOML)" }
+                label { "The candidate document (TOML), pasted or edited here" }
                 textarea name="document" rows="12" required { (judge.text) }
+                // Shown by the script, which reads the chosen file into the text above.
+                label.file-load hidden { "or read from a file: " input type="file" accept=".toml,text/plain,application/toml" data-load-into="document"; }
                 label { "Judge the turns of the last " input name="since" value="24h" size="5"; }
                 button.primary type="submit" { "Dry run" }
             }
@@ -109,6 +111,7 @@ pub async fn dry_run(viewer: Viewer, form: web::Form<Candidate>, policy: web::Da
     viewer.require_any(&[Capability::PolicyAdmin])?;
     let Candidate { document, since, .. } = form.into_inner();
     let since = if since.trim().is_empty() { "24h".to_owned() } else { since.trim().to_owned() };
+    let reads_turns = viewer.can(Capability::Audit) || viewer.can(Capability::Ops);
     let body = match policy.dry_run(&viewer.caller, document.clone(), &since, 1000).await {
         Err(err) => html! { div.notice role="alert" { (err.body().message) } p { a href="/console/constitution" { "Back" } } },
         Ok((judge, report)) => html! {
@@ -124,9 +127,10 @@ pub async fn dry_run(viewer: Viewer, form: web::Form<Candidate>, policy: web::Da
             }
             @if !report.samples.is_empty() {
                 h2 { "The turns that would change" }
+                @if !reads_turns { p.muted { "Opening a turn needs the audit capability." } }
                 table { thead { tr { th { "Turn" } th { "Before" } th { "Under the candidate" } } }
                     tbody { @for change in &report.samples { tr {
-                        td.mono { a href={ "/console/turns/" (change.turn_id) } { (change.turn_id) } }
+                        td.mono { @if reads_turns { a href={ "/console/turns/" (change.turn_id) } { (change.turn_id) } } @else { (change.turn_id) } }
                         td.mono { (change.from) } td.mono { (change.to) }
                     } } } }
             }
@@ -159,6 +163,35 @@ pub async fn activate(req: HttpRequest, viewer: Viewer, form: web::Form<Candidat
         }
     };
     Ok(layout::page(&viewer, "constitution", "Activate", html! { (body) p { a href="/console/constitution" { "Back to the constitution" } } }))
+}
+
+/// `GET /console/constitution/{hash}`: one of the viewer's tenant's documents (the
+/// active one, or one its turns were judged under), as the API's
+/// `GET /v1/policy/constitutions/{hash}` gives it to any key of that tenant.
+pub async fn document(viewer: Viewer, hash: web::Path<String>, policy: web::Data<PolicyApi>) -> Result<HttpResponse, ConsoleError> {
+    let hash = ConstitutionHash::parse(&hash).map_err(|_| ConsoleError::NotFound("constitution"))?;
+    let tenant = viewer.caller.tenant.as_str();
+    let (constitution, text) = policy.document_of(tenant, &hash).await.map_err(|_| ConsoleError::NotFound("constitution of this tenant"))?;
+    let active = policy.judges.current(tenant).ok().map(|judge| judge.hash.to_string());
+    let body = html! {
+        table {
+            tr { th { "Name" } td { (constitution.name) " " (constitution.version) } }
+            tr { th { "Hash" } td.mono { (hash) } }
+            tr { th { "For " (tenant) } td {
+                @match &active {
+                    Some(active) if active == hash.as_str() => { "active now" },
+                    Some(active) => { "not active now; "
+                        @if viewer.can(Capability::PolicyRead) || viewer.can(Capability::PolicyAdmin) {
+                            a href={ "/console/constitution/diff?from=" (hash) "&to=" (active) } { "what changed since" }
+                        } @else { "the active one is " span.mono { (active) } }
+                    },
+                    None => { "no constitution is active" },
+                }
+            } }
+        }
+        (layout::text(&text))
+    };
+    Ok(layout::page(&viewer, "constitution", "Constitution", body))
 }
 
 #[derive(Deserialize)]

@@ -98,6 +98,7 @@ fn configure_with(cfg: &mut web::ServiceConfig, form_limit: usize) {
             .route("/constitution/diff", web::get().to(constitution::diff))
             .route("/constitution/dry-run", web::post().to(constitution::dry_run))
             .route("/constitution/activate", web::post().to(constitution::activate))
+            .route("/constitution/{hash}", web::get().to(constitution::document))
             .route("/keys", web::get().to(keys::page))
             .route("/keys/create", web::post().to(keys::create))
             .route("/keys/revoke", web::post().to(keys::revoke))

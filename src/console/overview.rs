@@ -74,12 +74,7 @@ pub async fn page(
         (now_minute - 59..=now_minute).map(|m| (clock(m), per_minute.get(&m).map_or(0, |v| v.0) as u64, "")).collect();
     let refused: Vec<(String, u64, &'static str)> =
         (now_minute - 59..=now_minute).map(|m| (clock(m), per_minute.get(&m).map_or(0, |v| v.1) as u64, "refused")).collect();
-    let mut by_category: BTreeMap<String, i64> = BTreeMap::new();
-    for (how, n) in console.turns.refusals(tenant, crate::db::now_ms() - 3_600_000).await.map_err(internal)? {
-        for code in how.trim_start_matches("refuse:").split(',') {
-            *by_category.entry(code.to_owned()).or_default() += n;
-        }
-    }
+    let by_category = console.turns.refusals(tenant, crate::db::now_ms() - 3_600_000).await.map_err(internal)?;
     let report = readiness.current();
     let body = html! {
         div data-live="/console/overview/live" {
@@ -105,10 +100,11 @@ pub async fn page(
         (layout::bars("refused turns per minute", &refused))
         h2 { "Refusals by category, last hour" }
         @if by_category.is_empty() { p.muted { "None." } } @else {
-            table { thead { tr { th { "Category code" } th { "Turns" } } }
-                tbody { @for (code, n) in &by_category { tr { td {
-                    @if code == "output" { "cut on output" } @else { a href={ "/console/turns?verdict=refuse&hours=1&code=" (code) } { (code) } }
-                } td { (n) } } } } }
+            table { thead { tr { th { "Category code" } th { "Refused on input" } th { "Cut on output" } } }
+                tbody { @for row in &by_category { tr {
+                    td { a href={ "/console/turns?verdict=refuse&hours=1&code=" (row.code) } { (row.code) } }
+                    td { (row.on_input) } td { (row.on_output) }
+                } } } }
         }
         h2 { "Dependencies" }
         table { thead { tr { th { "Dependency" } th { "State" } @if viewer.can(Capability::Ops) { th { "Detail" } } } }

@@ -35,7 +35,7 @@ pub struct Search {
     /// `allow` or `refuse`.
     #[serde(default)]
     verdict: String,
-    /// A category code of the input verdict, e.g. `S1`.
+    /// A category code the turn was refused on (input or output), e.g. `S1`.
     #[serde(default)]
     code: String,
     /// How far back, in hours (default 24).
@@ -93,7 +93,7 @@ pub async fn list(viewer: Viewer, search: web::Query<Search>, console: web::Data
         }
         p.muted { (turns.len()) " turns" @if turns.len() as i64 == LISTED { " (the newest " (LISTED) ")" } }
         table {
-            thead { tr { th { "When" } th { "Tenant" } th { "Turn" } th { "Verdict" } th { "Ended" } th { "Message" } } }
+            thead { tr { th { "When" } th { "Tenant" } th { "Turn" } th { "Verdict" } th { "Ended" } th { "Constitution" } th { "Message" } } }
             tbody {
                 @for turn in &turns {
                     tr {
@@ -102,6 +102,7 @@ pub async fn list(viewer: Viewer, search: web::Query<Search>, console: web::Data
                         td.mono { a href={ "/console/turns/" (turn.turn_id) } { (turn.turn_id) } }
                         td { (verdict(turn)) }
                         td { (turn.finish_reason.as_str()) }
+                        td.mono title=(turn.constitution_hash) { (turn.constitution_hash.get(..19).unwrap_or(&turn.constitution_hash)) "…" }
                         td { (preview(&turn.user_message)) }
                     }
                 }
@@ -126,8 +127,11 @@ pub async fn show(viewer: Viewer, id: web::Path<String>, console: web::Data<Cons
             tr { th { "Tenant" } td { (turn.tenant) } }
             tr { th { "Trace" } td.mono { (turn.trace_id) } }
             tr { th { "When" } td.mono { (crate::db::rfc3339(turn.created_at)) } }
-            tr { th { "Verdict" } td { (verdict(&turn)) " " span.mono { (turn.policy_verdict) } } }
-            tr { th { "Constitution" } td.mono { (hash) } }
+            tr { th { "Verdict" } td { (verdict(&turn)) " (input verdict " span.mono { (turn.policy_verdict) } ")" } }
+            tr { th { "Constitution" } td.mono {
+                // Its text is the tenant's own to read (as the API's GET /v1/policy/constitutions/{hash}).
+                @if turn.tenant == viewer.caller.tenant.as_str() { a href={ "/console/constitution/" (hash) } { (hash) } } @else { (hash) }
+            } }
             tr { th { "Ended" } td { (turn.finish_reason.as_str()) } }
             @if let Some(refused) = refused {
                 tr { th { "Decided by" } td {
@@ -199,9 +203,13 @@ async fn find(viewer: &Viewer, console: &Console, id: &str) -> Result<TurnRecord
 }
 
 fn verdict(turn: &TurnRecord) -> Markup {
-    let allowed = matches!(crate::policy::Verdict::parse(&turn.policy_verdict), Some(crate::policy::Verdict::Allow));
-    let refused = !allowed || turn.finish_reason == crate::orchestrator::FinishReason::Refused;
-    html! { span.pill.refuse[refused].allow[!refused] { @if refused { "refused" } @else { "allowed" } } }
+    let input_codes = turn.policy_verdict.strip_prefix("refuse:");
+    let cut = turn.finish_reason == crate::orchestrator::FinishReason::Refused && input_codes.is_none();
+    html! {
+        @if let Some(codes) = input_codes { span.pill.refuse { "refused" } " " span.mono { (codes) } }
+        @else if cut { span.pill.refuse { "cut on output" } " " span.mono { (turn.output_code.as_deref().unwrap_or("?")) } }
+        @else { span.pill.allow { "allowed" } }
+    }
 }
 
 fn preview(text: &str) -> String {

@@ -317,5 +317,6 @@ fn refusal_record(tenant: &str, session_id: &SessionId, turn_id: &TurnId, trace:
         prompt_tokens: None,
         completion_tokens: None,
         created_at: now_ms(),
+        output_code: None,
     }
 }

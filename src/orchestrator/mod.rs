@@ -25,7 +25,7 @@ pub use outcome::{CancelReason, Failure, TurnOutcome};
 pub use pacing::{Pacing, StopReason, TurnStop};
 pub use recorder::{refused_data, turn_context};
 pub use service::{Orchestrator, OrchestratorSettings};
-pub use store::{ConversationStore, Judged, RecordTurn, SessionState, StoredTurn, TurnFilter, TurnRecord, WITHHELD_TEXT};
+pub use store::{ConversationStore, Judged, RecordTurn, Refusals, SessionState, StoredTurn, TurnFilter, TurnRecord, WITHHELD_TEXT};
 pub use turn::{
     DeltaData, DoneData, ErrorData, EventData, FinishReason, OrchestratorError, Origin, RefusalData, SessionData, TurnEvent, TurnLimits, TurnRequest,
     TurnStream,

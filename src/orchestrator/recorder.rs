@@ -86,6 +86,7 @@ impl Recorder {
             prompt_tokens: None,
             completion_tokens: None,
             created_at: now_ms(),
+            output_code: None,
         };
         Self {
             stream: metrics.stream(request.route),
@@ -141,6 +142,7 @@ impl Recorder {
         }
         if let TurnOutcome::Refused(hit) = outcome {
             self.metrics.moderation_refusal("output", &hit.category);
+            record.output_code = Some(hit.code.clone());
         }
         self.spans(&record, outcome.finish_reason());
         tracing::info!(

@@ -42,6 +42,8 @@ pub struct TurnRecord {
     pub prompt_tokens: Option<i64>,
     pub completion_tokens: Option<i64>,
     pub created_at: i64,
+    /// The category code the output guard cut the answer on (`None` when it was not cut).
+    pub output_code: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -124,7 +126,7 @@ impl ConversationStore {
              AND ($4 = '' OR trace_id = $4) AND created_at >= $5 \
              AND ($6 = '' OR ($6 = 'allow' AND policy_verdict = 'allow' AND finish_reason <> 'refused') \
                   OR ($6 = 'refuse' AND (policy_verdict <> 'allow' OR finish_reason = 'refused'))) \
-             AND ($7 = '' OR (',' || replace(policy_verdict, 'refuse:', '') || ',') LIKE ('%,' || $7 || ',%')) \
+             AND ($7 = '' OR (',' || replace(policy_verdict, 'refuse:', '') || ',') LIKE ('%,' || $7 || ',%') OR output_code = $7) \
              ORDER BY created_at DESC, id DESC LIMIT $8"
         );
         let rows = sqlx::query(&sql)
@@ -155,19 +157,32 @@ impl ConversationStore {
         rows.iter().map(|r| Ok((r.try_get("minute")?, r.try_get("turns")?, r.try_get("refused")?))).collect()
     }
 
-    /// Refused turns since `since_ms` by how they were refused: the input verdict
-    /// (`refuse:<codes>`), or `output` for answers cut on output.
-    pub async fn refusals(&self, tenant: Option<&str>, since_ms: i64) -> Result<Vec<(String, i64)>, sqlx::Error> {
+    /// Refused turns since `since_ms`, counted by category code and stage
+    /// (input: the codes of the refusing verdict; output: the code the answer was cut on).
+    pub async fn refusals(&self, tenant: Option<&str>, since_ms: i64) -> Result<Vec<Refusals>, sqlx::Error> {
         let rows = sqlx::query(
-            "SELECT CASE WHEN policy_verdict = 'allow' THEN 'output' ELSE policy_verdict END AS how, COUNT(*) AS n FROM turns \
+            "SELECT policy_verdict, output_code, COUNT(*) AS n FROM turns \
              WHERE created_at >= $1 AND ($2 = '' OR tenant = $2) AND (policy_verdict <> 'allow' OR finish_reason = 'refused') \
-             GROUP BY CASE WHEN policy_verdict = 'allow' THEN 'output' ELSE policy_verdict END",
+             GROUP BY policy_verdict, output_code",
         )
         .bind(since_ms)
         .bind(tenant.unwrap_or_default())
         .fetch_all(self.db.pool())
         .await?;
-        rows.iter().map(|r| Ok((r.try_get("how")?, r.try_get("n")?))).collect()
+        let mut counts: std::collections::BTreeMap<String, Refusals> = std::collections::BTreeMap::new();
+        for row in &rows {
+            let (verdict, output_code, n): (String, Option<String>, i64) = (row.try_get("policy_verdict")?, row.try_get("output_code")?, row.try_get("n")?);
+            let (codes, on_output): (Vec<&str>, bool) = match verdict.strip_prefix("refuse:") {
+                Some(codes) => (codes.split(',').collect(), false),
+                // An answer cut before this column existed and without its event: its code is unknown.
+                None => (vec![output_code.as_deref().unwrap_or("unknown")], true),
+            };
+            for code in codes {
+                let entry = counts.entry(code.to_owned()).or_insert_with(|| Refusals { code: code.to_owned(), on_input: 0, on_output: 0 });
+                *(if on_output { &mut entry.on_output } else { &mut entry.on_input }) += n;
+            }
+        }
+        Ok(counts.into_values().collect())
     }
 
     /// The constitutions `tenant`'s turns were judged under.
@@ -199,6 +214,14 @@ impl ConversationStore {
     }
 }
 
+/// Refused turns of one category code, by the stage that refused them ([`ConversationStore::refusals`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusals {
+    pub code: String,
+    pub on_input: i64,
+    pub on_output: i64,
+}
+
 /// Which finished turns [`ConversationStore::search`] returns; `None` matches any.
 #[derive(Debug, Clone, Default)]
 pub struct TurnFilter {
@@ -208,7 +231,7 @@ pub struct TurnFilter {
     pub trace: Option<String>,
     /// Allowed to the end, or refused (on input or output).
     pub verdict: Option<Judged>,
-    /// A category code the input verdict refused.
+    /// A category code the turn was refused on (its input verdict's, or the one its answer was cut on).
     pub code: Option<String>,
     /// Created at or after this time (Unix ms).
     pub since_ms: i64,
@@ -260,8 +283,8 @@ impl RecordTurn {
             .await?;
         sqlx::query(
             "INSERT INTO turns (id, session_id, tenant, user_message, assistant_message, finish_reason, policy_verdict, \
-             constitution_hash, trace_id, prompt_tokens, completion_tokens, created_at, completed_at, preamble) \
-             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14 \
+             constitution_hash, trace_id, prompt_tokens, completion_tokens, created_at, completed_at, preamble, output_code) \
+             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15 \
              WHERE EXISTS (SELECT 1 FROM sessions WHERE id = $2 AND tenant = $3) \
              ON CONFLICT (id) DO NOTHING",
         )
@@ -279,6 +302,7 @@ impl RecordTurn {
         .bind(turn.created_at)
         .bind(now_ms())
         .bind(clean(&turn.preamble))
+        .bind(turn.output_code.as_deref())
         .execute(&mut *conn)
         .await?;
         Ok(())
@@ -293,7 +317,7 @@ impl TxWrite for RecordTurn {
 
 /// The columns of a [`TurnRecord`], as [`record_of`] reads them.
 const TURN_COLUMNS: &str = "id, session_id, tenant, user_message, preamble, assistant_message, finish_reason, policy_verdict, constitution_hash, \
-    trace_id, prompt_tokens, completion_tokens, created_at";
+    trace_id, prompt_tokens, completion_tokens, created_at, output_code";
 
 fn record_of(r: &sqlx::any::AnyRow) -> Result<TurnRecord, sqlx::Error> {
     Ok(TurnRecord {
@@ -310,6 +334,7 @@ fn record_of(r: &sqlx::any::AnyRow) -> Result<TurnRecord, sqlx::Error> {
         prompt_tokens: r.try_get("prompt_tokens")?,
         completion_tokens: r.try_get("completion_tokens")?,
         created_at: r.try_get("created_at")?,
+        output_code: r.try_get("output_code")?,
     })
 }
 

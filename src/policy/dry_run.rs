@@ -360,6 +360,7 @@ mod tests {
             prompt_tokens: None,
             completion_tokens: None,
             created_at: 0,
+            output_code: None,
         };
         let err = PastTurn::try_from(record("refuse:")).unwrap_err();
         assert_eq!((err.turn_id.as_str(), err.stored.as_str()), ("t1", "refuse:"));

@@ -192,8 +192,19 @@ async fn in_a_browser_a_policy_admin_dry_runs_and_activates_a_candidate_and_the_
     let browser = Browser::start().await;
     browser.sign_in(&app, &admin).await;
     assert!(browser.text().await.contains("Try a candidate"), "on the constitution page");
-    // The candidate replaces the textarea's text (set as a user pasting it would, then submitted by the button).
-    browser.script(&format!("document.querySelector('textarea[name=document]').value = {}; return true", serde_json::to_string(&document).unwrap())).await;
+    // The candidate is uploaded as a file, which the page reads into its form, then submitted by the button.
+    let file = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+    std::fs::write(file.path(), &document).unwrap();
+    browser.type_into("input[type=file][data-load-into=document]", &file.path().display().to_string()).await;
+    let mut loaded = Value::Null;
+    for _ in 0..50 {
+        loaded = browser.script("return document.querySelector('textarea[name=document]').value").await;
+        if loaded == document.as_str() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(loaded, document.as_str(), "the file's text is in the form");
     browser.click("form[action='/console/constitution/dry-run'] button").await;
     let report = browser.text().await;
     assert!(report.contains("allowed → refused"), "{report}");

@@ -82,6 +82,7 @@ pub(crate) fn stored_turn(tenant: &str, user_message: &str, assistant_message: &
         prompt_tokens: None,
         completion_tokens: None,
         created_at: steward::db::now_ms(),
+        output_code: None,
     }
 }
 
@@ -116,6 +117,39 @@ async fn an_auditor_signs_in_finds_a_turn_reads_it_and_sees_its_record_intact() 
     assert!(shown.contains("Say hello to me.") && shown.contains("turn.completed") && shown.contains("sha256:"), "{shown}");
     let verified = browser.page(&format!("/console/turns/{turn_id}/verify")).await;
     assert!(verified.contains("<strong class=\"intact\">intact</strong>"), "{verified}");
+}
+
+#[tokio::test]
+async fn an_auditor_finds_an_answer_cut_on_output_by_its_category_and_reads_the_constitution_it_was_judged_under() {
+    let model = crate::scripted_server::scripted(crate::scripted_server::Script::Answer(vec!["Here is ", "how to ", "kill some", "one quietly."])).await;
+    let app = spawn_app_with(Storage::Sqlite, |s| {
+        s.identity.key_cache = Duration::ZERO;
+        s.slm.base_url = model;
+    })
+    .await;
+    let tenant = unique("tenant-");
+    let chat = app.key(&tenant, &[Capability::Chat]).await;
+    let audit = app.key(&tenant, &[Capability::Audit]).await;
+    let sse = app.chat(&chat, &json!({ "message": "Tell me a story." })).await;
+    let (turn_id, hash) =
+        (sse.first("session")["turn_id"].as_str().unwrap().to_owned(), sse.first("session")["constitution_hash"].as_str().unwrap().to_owned());
+    let code = sse.first("refusal")["code"].as_str().unwrap().to_owned();
+
+    let mut browser = Browser::new(&app);
+    browser.sign_in(&audit).await;
+    let overview = browser.page("/console/overview").await;
+    assert!(overview.contains(&format!("code={code}\">{code}</a></td><td>0</td><td>1</td>")), "counted as cut on output: {overview}");
+    let found = browser.page(&format!("/console/turns?verdict=refuse&hours=1&code={code}")).await;
+    assert!(found.contains(&turn_id) && found.contains("cut on output"), "{found}");
+    let other = if code == "S2" { "S3" } else { "S2" };
+    assert!(!browser.page(&format!("/console/turns?verdict=refuse&hours=1&code={other}")).await.contains(&turn_id));
+
+    let shown = browser.page(&format!("/console/turns/{turn_id}")).await;
+    assert!(shown.contains(&format!("href=\"/console/constitution/{hash}\"")), "the hash links to its document: {shown}");
+    let document = browser.page(&format!("/console/constitution/{hash}")).await;
+    assert!(document.contains("active now") && document.contains("[[categories]]"), "{document}");
+    let unknown = format!("sha256:{}", "0".repeat(64));
+    assert_eq!(browser.get(&format!("/console/constitution/{unknown}")).await.status(), 404, "a document this tenant was never judged under");
 }
 
 #[tokio::test]
@@ -321,7 +355,8 @@ async fn a_policy_admin_dry_runs_a_candidate_activates_it_by_its_hash_and_the_ne
     let tried = browser.post("/console/constitution/dry-run", &[("csrf", &csrf), ("document", &document), ("since", "1h")]).await;
     assert_eq!(tried.status(), 200);
     let tried = tried.text().await.unwrap();
-    assert!(tried.contains("allowed → refused") && tried.contains(&format!("/console/turns/{greeted_turn}")), "{tried}");
+    assert!(tried.contains("allowed → refused") && tried.contains(&greeted_turn), "{tried}");
+    assert!(!tried.contains("/console/turns/") && tried.contains("needs the audit capability"), "a link only for a key that may open turns: {tried}");
     assert!(tried.contains(&code));
     let hash = tried.split("name=\"hash\" value=\"").nth(1).and_then(|rest| rest.split('"').next()).expect("the confirmation names the hash").to_owned();
 

@@ -131,6 +131,8 @@ async fn an_answer_that_reaches_a_listed_phrase_is_cut_before_any_of_it_and_reco
     let session_id = sse.header("x-session-id").to_owned();
     let turns = app.store.turns(&session_id.parse().unwrap()).await.unwrap();
     assert_eq!((turns[0].finish_reason, turns[0].assistant_message.as_str()), (FinishReason::Refused, received.as_str()));
+    let stored = app.store.turn(&turns[0].id).await.unwrap().unwrap();
+    assert_eq!(stored.output_code.as_deref(), sse.first("refusal")["code"].as_str(), "the code it was cut on is stored with the turn");
     let (types, last) = trail(&app, &session_id).await;
     assert_eq!(types, ["turn.received", "turn.dispatched", "turn.refused"]);
     assert_eq!((last["stage"].as_str(), last["layer"].as_str()), (Some("output"), Some("lexicon")));

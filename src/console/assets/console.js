@@ -1,5 +1,5 @@
-// Steward console: live numbers on the overview (from the server's event stream) and the
-// countdown of training locks.
+// Steward console: live numbers on the overview (from the server's event stream), the
+// countdown of training locks, and a candidate constitution read from a file into its form.
 // Everything else works without script. Text only: values are set with textContent.
 (function () {
   // Counts down the seconds a training lock has left, from when the page was served.
@@ -13,6 +13,16 @@
       });
     }, 1000);
   }
+  // A file chosen here replaces the text of the form's textarea named by data-load-into.
+  document.querySelectorAll("[data-load-into]").forEach(function (input) {
+    input.closest("label").hidden = false;
+    input.addEventListener("change", function () {
+      var file = input.files && input.files[0];
+      var target = input.form && input.form.elements[input.getAttribute("data-load-into")];
+      if (!file || !target) { return; }
+      file.text().then(function (text) { target.value = text; });
+    });
+  });
   var live = document.querySelector("[data-live]");
   if (!live || !window.EventSource) { return; }
   var source = new EventSource(live.getAttribute("data-live"));
