@@ -23,7 +23,7 @@ use crate::ops::OpsAccess;
 use crate::orchestrator::{Conversation, ConversationStore, Orchestrator, OrchestratorApi, OrchestratorSettings, Pacing, TurnLimits};
 use crate::policy::{BuildModerator, Constitution, ConstitutionRegistry, Freshness, Judge, Judges, MemoryRegistry, PolicyEngine};
 use crate::readiness::{Dependencies, Readiness};
-use crate::slm::{FairGate, FairModelClient, HttpModelClient, ModelClient, Timeouts};
+use crate::slm::{CircuitSettings, FairGate, FairModelClient, HttpModelClient, ModelClient, Router, Timeouts, Upstream};
 use crate::telemetry::Metrics;
 
 /// Connections of the key-lookup pool, apart from `database.max_connections`.
@@ -85,10 +85,10 @@ impl Application {
             idle: slm.idle_timeout.get(),
             total: slm.total_timeout.get(),
         };
-        let http: Arc<dyn ModelClient> = Arc::new(HttpModelClient::new(&slm.base_url, &slm.model, timeouts).context("Failed to build the model client")?);
-        let first_token = slm.first_token_timeout.get();
-        let model: Arc<dyn ModelClient> = Arc::new(FairModelClient::new(http, FairGate::new(slm.max_concurrent), first_token));
         let metrics = Arc::new(Metrics::new());
+        let router = model_router(slm, timeouts, &metrics)?;
+        let first_token = slm.first_token_timeout.get();
+        let model: Arc<dyn ModelClient> = Arc::new(FairModelClient::new(Arc::new(router.clone()), FairGate::new(slm.max_concurrent), first_token));
         let store = ConversationStore::new(db.clone());
         let (cancel, tasks, turns) = (CancellationToken::new(), TaskTracker::new(), CancellationToken::new());
         let grace = settings.server.shutdown_grace;
@@ -165,7 +165,7 @@ impl Application {
         let auth = web::Data::new(Authenticator::new(keys, failures, pace, proxies, metrics.clone()));
         let training = web::Data::from(training);
         let console = web::Data::new(console(settings, &db));
-        let deps = Dependencies { database: db, model, broker: publisher, redis };
+        let deps = Dependencies { database: db, model: router, broker: publisher, redis };
         let readiness = web::Data::from(Readiness::start(deps, settings.server.readiness_refresh.get(), &cancel, &tasks).await);
         let ops = web::Data::new(OpsAccess { metrics_require_ops: settings.server.metrics_require_ops });
         let metrics = web::Data::from(metrics);
@@ -288,6 +288,29 @@ fn bound_send_buffer(connection: &dyn std::any::Any, bytes: usize) {
 
 /// The configured key, or a random one that only this process can verify.
 /// A verdict's lifetime in whole seconds (its expiry is a Unix time), rounded up.
+/// The model servers behind one router (one upstream when `[[slm.upstreams]]` lists none).
+fn model_router(slm: &crate::config::SlmSettings, timeouts: Timeouts, metrics: &Metrics) -> anyhow::Result<Arc<Router>> {
+    let circuit = CircuitSettings { failures: slm.circuit_failures.get(), cooldown: slm.circuit_cooldown.get(), max_cooldown: slm.circuit_max_cooldown.get() };
+    let mut upstreams = Vec::new();
+    for upstream in slm.upstreams() {
+        let timeouts = Timeouts {
+            connect: upstream.connect_timeout.map_or(timeouts.connect, |t| t.get()),
+            first_token: upstream.first_token_timeout.map_or(timeouts.first_token, |t| t.get()),
+            ..timeouts
+        };
+        let api_key = upstream
+            .api_key_env
+            .as_ref()
+            .map(|var| std::env::var(var).with_context(|| format!("{var} (slm.upstreams {}) is not set", upstream.name)))
+            .transpose()?;
+        let served = upstream.model.as_deref().unwrap_or(&slm.model);
+        let client = HttpModelClient::new(&upstream.base_url, served, timeouts, api_key)
+            .with_context(|| format!("Failed to build the client of upstream {}", upstream.name))?;
+        upstreams.push(Upstream::new(&upstream.name, Arc::new(client), upstream.weight.get(), upstream.max_concurrent, circuit));
+    }
+    Ok(Router::new(upstreams, slm.max_attempts.get() as usize, metrics.upstreams()))
+}
+
 fn verdict_seconds(ttl: crate::durations::NonZeroDuration) -> u64 {
     u64::try_from(ttl.get().as_millis().div_ceil(1000)).unwrap_or(u64::MAX)
 }

@@ -164,6 +164,65 @@ pub struct SlmSettings {
     /// for a slot with the tenants waiting served in turn (see `crate::slm::FairGate`).
     pub max_concurrent: usize,
     pub max_tokens_limit: u32,
+    /// The model servers; empty means one, `default`, at `base_url` serving `model`.
+    #[serde(default)]
+    pub upstreams: Vec<UpstreamSettings>,
+    /// Attempts per turn, each at another upstream, before the first token reached the client.
+    pub max_attempts: NonZeroU32,
+    /// Failed attempts in a row that put an upstream in cooldown (its circuit open).
+    pub circuit_failures: NonZeroU32,
+    /// The first cooldown; each failed probe doubles it, up to `circuit_max_cooldown`.
+    pub circuit_cooldown: NonZeroDuration,
+    pub circuit_max_cooldown: NonZeroDuration,
+}
+
+/// One model server under `[[slm.upstreams]]`; what it leaves out comes from `[slm]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamSettings {
+    /// Named in events, metrics and readiness.
+    pub name: String,
+    /// OpenAI-compatible base URL, ending in `/v1`.
+    pub base_url: String,
+    /// The model name this server serves (`slm.model` when left out).
+    #[serde(default)]
+    pub model: Option<String>,
+    /// Its share of the turns when the upstreams are equally busy.
+    #[serde(default = "one")]
+    pub weight: NonZeroU32,
+    /// Requests it takes at once (its parallel slots); 0 = no bound of its own.
+    #[serde(default)]
+    pub max_concurrent: usize,
+    /// The environment variable holding its API key, sent as `Authorization: Bearer`.
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    #[serde(default)]
+    pub connect_timeout: Option<NonZeroDuration>,
+    #[serde(default)]
+    pub first_token_timeout: Option<NonZeroDuration>,
+}
+
+fn one() -> NonZeroU32 {
+    NonZeroU32::MIN
+}
+
+impl SlmSettings {
+    /// The upstreams as configured, or the single one `base_url` and `model` describe.
+    pub fn upstreams(&self) -> Vec<UpstreamSettings> {
+        if !self.upstreams.is_empty() {
+            return self.upstreams.clone();
+        }
+        vec![UpstreamSettings {
+            name: "default".into(),
+            base_url: self.base_url.clone(),
+            model: None,
+            weight: one(),
+            max_concurrent: 0,
+            api_key_env: None,
+            connect_timeout: None,
+            first_token_timeout: None,
+        }]
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -363,6 +422,18 @@ impl Settings {
         }
         if !(self.slm.base_url.starts_with("http://") || self.slm.base_url.starts_with("https://")) {
             return invalid("slm.base_url", "expected an http(s) URL ending in /v1");
+        }
+        let mut names = std::collections::HashSet::new();
+        for upstream in &self.slm.upstreams {
+            if upstream.name.trim().is_empty() || !names.insert(upstream.name.as_str()) {
+                return invalid("slm.upstreams", "each upstream needs a name of its own");
+            }
+            if !(upstream.base_url.starts_with("http://") || upstream.base_url.starts_with("https://")) {
+                return invalid("slm.upstreams", "each upstream's base_url must be an http(s) URL ending in /v1");
+            }
+            if upstream.api_key_env.as_ref().is_some_and(|var| std::env::var(var).is_err()) {
+                return invalid("slm.upstreams", "an upstream's api_key_env names an environment variable that is not set");
+            }
         }
         if self.slm.model.trim().is_empty() {
             return invalid("slm.model", "must not be empty");

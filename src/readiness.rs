@@ -15,12 +15,13 @@ use tokio_util::task::TaskTracker;
 
 use crate::db::Database;
 use crate::events::EventPublisher;
-use crate::slm::ModelClient;
+use crate::slm::Router;
 
 /// What readiness checks.
 pub struct Dependencies {
     pub database: Database,
-    pub model: Arc<dyn ModelClient>,
+    /// The model servers, each checked (the model is up while any is).
+    pub model: Arc<Router>,
     /// `None` in embedded mode (no broker configured).
     pub broker: Option<Arc<dyn EventPublisher>>,
     /// `None` when training locks are held in process.
@@ -115,16 +116,33 @@ impl Readiness {
             }
             None
         };
-        let (database, model, broker, redis) = tokio::join!(deps.database.ping(), deps.model.ready(), broker, redis);
-        let ready = database.is_ok() && model.is_ok();
+        let (database, upstreams, broker, redis) = tokio::join!(deps.database.ping(), deps.model.checks(), broker, redis);
+        let model_up = upstreams.iter().any(|(_, result)| result.is_ok());
+        let ready = database.is_ok() && model_up;
         let checks = BTreeMap::from([
             ("database", check(database.map_err(|e| e.to_string()))),
-            ("model", check(model.map_err(|e| crate::error::error_chain(&e)))),
+            ("model", model_check(model_up, &upstreams)),
             ("broker", broker.map_or_else(|| disabled("no brokers configured; events stay in the outbox"), check)),
             ("redis", redis.map_or_else(|| disabled("training locks are held in process"), check)),
         ]);
         Report { status: if ready { "ready" } else { "not_ready" }, checked_at_ms: crate::db::now_ms(), checks }
     }
+}
+
+/// Up while any model server answers; the detail names each with its circuit.
+fn model_check(up: bool, upstreams: &[(crate::slm::UpstreamHealth, Result<(), crate::slm::SlmError>)]) -> Check {
+    let detail = upstreams
+        .iter()
+        .map(|(health, result)| {
+            let answers = match result {
+                Ok(()) => "up".to_owned(),
+                Err(err) => format!("down ({})", crate::error::error_chain(err)),
+            };
+            format!("{}: {answers}, circuit {}, {} under way", health.name, health.state.as_str(), health.outstanding)
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    Check { status: if up { "up" } else { "down" }, detail: Some(detail) }
 }
 
 fn check(result: Result<(), String>) -> Check {

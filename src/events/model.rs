@@ -29,6 +29,8 @@ pub enum EventType {
     Cancelled,
     #[serde(rename = "turn.failed")]
     Failed,
+    #[serde(rename = "turn.upstream_failed")]
+    UpstreamFailed,
 }
 
 impl EventType {
@@ -40,6 +42,7 @@ impl EventType {
             Self::Completed => "turn.completed",
             Self::Cancelled => "turn.cancelled",
             Self::Failed => "turn.failed",
+            Self::UpstreamFailed => "turn.upstream_failed",
         }
     }
 }

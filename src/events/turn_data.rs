@@ -22,7 +22,15 @@ pub enum TurnData {
         history_messages: usize,
         /// `after_verdict` or `overlapped` (`moderation.dispatch`).
         dispatch: &'static str,
+        /// The model server of this attempt (absent when the request ended before one was read).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        upstream: Option<String>,
+        /// Which attempt of the turn (one `turn.dispatched` each).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        attempt: Option<u32>,
     },
+    /// `turn.upstream_failed`: an attempt failed before its first token; the turn went on elsewhere.
+    UpstreamFailed { upstream: String, attempt: u32, reason: &'static str },
     /// `turn.completed`.
     Completed { model: String, finish_reason: &'static str, usage: Option<crate::slm::Usage>, duration_ms: u64 },
     /// `turn.refused`, on input or on output.
@@ -63,6 +71,7 @@ impl TurnData {
         match self {
             Self::Received { .. } => EventType::Received,
             Self::Dispatched { .. } => EventType::Dispatched,
+            Self::UpstreamFailed { .. } => EventType::UpstreamFailed,
             Self::Completed { .. } => EventType::Completed,
             Self::Refused { .. } => EventType::Refused,
             Self::Cancelled { .. } => EventType::Cancelled,
@@ -89,7 +98,15 @@ mod tests {
         let usage = crate::slm::Usage { prompt_tokens: 3, completion_tokens: 4, total_tokens: 7 };
         vec![
             TurnData::Received { route: "chat_stream", message_chars: 12 },
-            TurnData::Dispatched { model: "m".into(), max_tokens: 8, history_messages: 2, dispatch: "overlapped" },
+            TurnData::Dispatched {
+                model: "m".into(),
+                max_tokens: 8,
+                history_messages: 2,
+                dispatch: "overlapped",
+                upstream: Some("gpu-a".into()),
+                attempt: Some(2),
+            },
+            TurnData::UpstreamFailed { upstream: "gpu-b".into(), attempt: 1, reason: "connect_error" },
             TurnData::Completed { model: "m".into(), finish_reason: "stop", usage: Some(usage), duration_ms: 40 },
             TurnData::Completed { model: "m".into(), finish_reason: "length", usage: None, duration_ms: 40 },
             TurnData::Refused {

@@ -26,9 +26,9 @@ impl EarlyDispatch {
         Self { model, model_call, dispatched }
     }
 
-    /// The answer to read, the model call's span and `turn.dispatched`'s data, for an allowed turn.
-    pub(super) fn into_parts(self) -> (ModelStream, TraceContext, TurnData) {
-        (self.model, self.model_call, self.dispatched)
+    /// The answer to read, for an allowed turn.
+    pub(super) fn into_dispatch(self) -> Dispatch {
+        Dispatch { stream: self.model, model_call: self.model_call, data: self.dispatched }
     }
 
     /// Ends the request unread (the model server frees its slot) and returns
@@ -38,6 +38,25 @@ impl EarlyDispatch {
     }
 }
 
+/// A turn's model request as the orchestrator reads it.
+pub(super) struct Dispatch {
+    pub stream: ModelStream,
+    /// The model call's span (its id travels in the request's traceparent).
+    pub model_call: TraceContext,
+    /// `turn.dispatched`'s data, before the attempt names its upstream.
+    pub data: TurnData,
+}
+
+/// `turn.dispatched` of one attempt: `template` naming its upstream and number.
+pub(super) fn attempt_data(template: &TurnData, upstream: &str, number: u32) -> TurnData {
+    let mut data = template.clone();
+    if let TurnData::Dispatched { upstream: named, attempt, .. } = &mut data {
+        *named = Some(upstream.to_owned());
+        *attempt = Some(number);
+    }
+    data
+}
+
 /// `turn.dispatched`'s data, whichever way the request started.
 pub(super) fn dispatched_data(model: &str, params: GenerationParams, prompt_messages: usize, mode: DispatchMode) -> TurnData {
     TurnData::Dispatched {
@@ -45,5 +64,7 @@ pub(super) fn dispatched_data(model: &str, params: GenerationParams, prompt_mess
         max_tokens: params.max_tokens,
         history_messages: prompt_messages.saturating_sub(1),
         dispatch: mode.as_str(),
+        upstream: None,
+        attempt: None,
     }
 }

@@ -108,6 +108,11 @@ impl Recorder {
         }
     }
 
+    /// Queues one of the turn's events (not awaited to disk: the turn's end is).
+    pub async fn record(&self, data: TurnData) {
+        self.events.turn(&self.context, data).await;
+    }
+
     /// Text that reached the client.
     pub fn emitted(&mut self, text: &str) {
         let now = Instant::now();

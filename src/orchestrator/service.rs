@@ -7,7 +7,7 @@ use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
 
 use super::answer::AnswerGuard;
-use super::early::{dispatched_data, EarlyDispatch, PENDING_VERDICT};
+use super::early::{attempt_data, dispatched_data, Dispatch, EarlyDispatch, PENDING_VERDICT};
 use super::outcome::{Failure, TurnOutcome};
 use super::pacing::{paced, Pacing};
 use super::recorder::{turn_context, Recorder};
@@ -92,7 +92,12 @@ impl Orchestrator {
     /// Drives the turn: streams the answer through output moderation until it
     /// ends, is cut, fails or is stopped, then hands the [`TurnOutcome`] to
     /// the recorder, which stores it and gives the last frames.
-    fn run(&self, request: TurnRequest, signed: SignedVerdict, judge: &Judge, mut model: ModelStream, model_call: TraceContext) -> TurnStream {
+    ///
+    /// `dispatched` is the template of the turn's `turn.dispatched`: one is
+    /// recorded for each attempt the model client reports (naming its
+    /// upstream), each failed-over attempt as `turn.upstream_failed`.
+    fn run(&self, request: TurnRequest, signed: SignedVerdict, judge: &Judge, model: Dispatch) -> TurnStream {
+        let Dispatch { stream: mut model, model_call, data: dispatched } = model;
         let mut answer = AnswerGuard::new(&judge.moderator, self.metrics.clone());
         let stop = request.stop.clone();
         let context = turn_context(&request, &signed);
@@ -103,6 +108,7 @@ impl Orchestrator {
             // Registered once for the whole answer, not once per token.
             let stopped = stop.stopped();
             tokio::pin!(stopped);
+            let mut attempted = false;
             let outcome = loop {
                 let next = tokio::select! {
                     biased;
@@ -134,9 +140,20 @@ impl Orchestrator {
                     }
                     Ok(ModelEvent::Finish(reason)) => finish = FinishReason::from_model(&reason),
                     Ok(ModelEvent::Usage(usage)) => recorder.usage = Some(usage),
+                    Ok(ModelEvent::Attempt { upstream, attempt }) => {
+                        attempted = true;
+                        recorder.record(attempt_data(&dispatched, &upstream, attempt)).await;
+                    }
+                    Ok(ModelEvent::Failover { upstream, attempt, reason }) => {
+                        recorder.record(TurnData::UpstreamFailed { upstream: upstream.to_string(), attempt, reason }).await;
+                    }
                     Err(err) => break TurnOutcome::Failed(Failure::model(err)),
                 }
             };
+            if !attempted {
+                // The request never reached a model server (no slot in time, the client left first).
+                recorder.record(dispatched).await;
+            }
             // The model request ends first (and with it the call's slot at the model server),
             // however the answer ended; the turn's end is durable before its `done`.
             drop(model);
@@ -171,14 +188,14 @@ impl Conversation for Orchestrator {
             if let Verdict::Refuse(_) = signed.verdict {
                 return Err(PolicyError::Refused.into());
             }
-            let (model, model_call, dispatched) = match early {
+            let dispatch = match early {
                 // Started before the verdict; its answer is read from here on.
-                Some(early) => early.into_parts(),
+                Some(early) => early.into_dispatch(),
                 None => {
                     let messages = self.prompt(&request).await?;
-                    let dispatched = dispatched_data(&self.settings.model, request.params, messages.len(), DispatchMode::AfterVerdict);
-                    let (model, model_call) = self.model_request(&request, messages, &signed.constitution_hash, signed.verdict.header_value());
-                    (model, model_call, dispatched)
+                    let data = dispatched_data(&self.settings.model, request.params, messages.len(), DispatchMode::AfterVerdict);
+                    let (stream, model_call) = self.model_request(&request, messages, &signed.constitution_hash, signed.verdict.header_value());
+                    Dispatch { stream, model_call, data }
                 }
             };
             let context = turn_context(&request, &signed);
@@ -186,8 +203,7 @@ impl Conversation for Orchestrator {
                 let data = TurnData::Received { route: request.route, message_chars: request.message.chars().count() };
                 self.events.turn(&context, data).await;
             }
-            self.events.turn(&context, dispatched).await;
-            Ok(self.run(request, signed, &judge, model, model_call))
+            Ok(self.run(request, signed, &judge, dispatch))
         })
     }
 

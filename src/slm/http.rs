@@ -31,15 +31,17 @@ pub struct HttpModelClient {
     base_url: String,
     model: String,
     timeouts: Timeouts,
+    /// Sent as `Authorization: Bearer`, for a server that asks for a key.
+    api_key: Option<String>,
 }
 
 impl HttpModelClient {
-    pub fn new(base_url: &str, model: &str, timeouts: Timeouts) -> Result<Self, SlmError> {
+    pub fn new(base_url: &str, model: &str, timeouts: Timeouts, api_key: Option<String>) -> Result<Self, SlmError> {
         let connect = timeouts.connect;
         let http =
             PerThread::new(move || reqwest::Client::builder().connect_timeout(connect).tcp_nodelay(true).pool_idle_timeout(Duration::from_secs(60)).build())
                 .map_err(SlmError::Unavailable)?;
-        Ok(Self { http, base_url: base_url.trim_end_matches('/').to_owned(), model: model.to_owned(), timeouts })
+        Ok(Self { http, base_url: base_url.trim_end_matches('/').to_owned(), model: model.to_owned(), timeouts, api_key })
     }
 
     fn body(&self, request: &ModelRequest) -> serde_json::Value {
@@ -112,16 +114,18 @@ impl ModelClient for HttpModelClient {
         let idle = self.timeouts.idle;
         // Boxed, so that the request's future (a kilobyte and more) is freed once the
         // answer's headers are in, instead of sizing the stream for as long as it runs.
-        let send = Box::pin(
-            self.http
-                .get()
-                .post(format!("{}/chat/completions", self.base_url))
-                .header(headers::CONSTITUTION_HASH, &request.context.constitution_hash)
-                .header(headers::POLICY_VERDICT, &request.context.policy_verdict)
-                .header("traceparent", &request.context.traceparent)
-                .json(&self.body(&request))
-                .send(),
-        );
+        let mut post = self
+            .http
+            .get()
+            .post(format!("{}/chat/completions", self.base_url))
+            .header(headers::CONSTITUTION_HASH, &request.context.constitution_hash)
+            .header(headers::POLICY_VERDICT, &request.context.policy_verdict)
+            .header("traceparent", &request.context.traceparent)
+            .json(&self.body(&request));
+        if let Some(key) = &self.api_key {
+            post = post.bearer_auth(key);
+        }
+        let send = Box::pin(post.send());
         Box::pin(async_stream::try_stream! {
             let response = match timeout_at(first_deadline.min(deadline), send).await {
                 Err(_) => Err(SlmError::Timeout(if Instant::now() >= deadline { Deadline::Total } else { Deadline::FirstToken }))?,
@@ -183,7 +187,11 @@ impl ModelClient for HttpModelClient {
     fn ready(&self) -> BoxFuture<'_, Result<(), SlmError>> {
         Box::pin(async move {
             let url = format!("{}/models", self.base_url);
-            let response = self.http.get().get(url).timeout(self.timeouts.connect).send().await.map_err(SlmError::Unavailable)?;
+            let mut get = self.http.get().get(url).timeout(self.timeouts.connect);
+            if let Some(key) = &self.api_key {
+                get = get.bearer_auth(key);
+            }
+            let response = get.send().await.map_err(SlmError::Unavailable)?;
             if response.status().is_success() {
                 Ok(())
             } else {

@@ -1,13 +1,16 @@
-//! The language-model client: the [`ModelClient`] port and its
+//! The language-model client: the [`ModelClient`] port; its
 //! OpenAI-compatible HTTP adapter ([`HttpModelClient`]), which streams
 //! `POST {base_url}/chat/completions` with `stream: true` and turns the SSE
 //! body into [`ModelEvent`]s under connect, first-token, idle and total
-//! timeouts.
+//! timeouts; and the [`Router`] over several such servers, with failover
+//! before the first token and a circuit breaker per server.
 
+mod circuit;
 mod clients;
 mod early;
 mod fair;
 mod http;
+mod router;
 mod types;
 
 use std::pin::Pin;
@@ -15,9 +18,11 @@ use std::pin::Pin;
 use futures_util::future::BoxFuture;
 use futures_util::Stream;
 
+pub use circuit::{CircuitSettings, CircuitState};
 pub use early::start_now;
 pub use fair::{FairGate, FairModelClient};
 pub use http::{HttpModelClient, Timeouts};
+pub use router::{Router, Upstream, UpstreamHealth};
 pub use types::{ChatMessage, Deadline, DispatchContext, GenerationParams, ModelEvent, ModelRequest, Role, SlmError, Usage};
 
 /// Model output as it arrives.

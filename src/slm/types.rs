@@ -63,6 +63,19 @@ pub enum ModelEvent {
     /// Why the model stopped (`stop`, `length`, …).
     Finish(String),
     Usage(Usage),
+    /// The request went to this model server, as this attempt of the turn
+    /// (the router's; before any of that attempt's answer).
+    Attempt {
+        upstream: std::sync::Arc<str>,
+        attempt: u32,
+    },
+    /// That attempt failed before its first content, for `reason` (an
+    /// `slm_upstream_requests` outcome); the router tries another server.
+    Failover {
+        upstream: std::sync::Arc<str>,
+        attempt: u32,
+        reason: &'static str,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +90,8 @@ pub enum SlmError {
     Stream(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("model server sent an unreadable chunk: {0}")]
     Protocol(String),
+    #[error("no model server may be tried: every upstream failed this turn or is cooling down")]
+    NoUpstream,
 }
 
 /// Which of the model call's deadlines passed.
@@ -114,7 +129,7 @@ impl SlmError {
     pub fn reason(&self) -> &'static str {
         match self {
             Self::Timeout(deadline) => deadline.as_str(),
-            Self::Unavailable(_) => "model_unavailable",
+            Self::Unavailable(_) | Self::NoUpstream => "model_unavailable",
             Self::Status { .. } | Self::Stream(_) | Self::Protocol(_) => "model_error",
         }
     }
@@ -123,7 +138,7 @@ impl SlmError {
 impl ErrorCode for SlmError {
     fn code(&self) -> Code {
         match self {
-            Self::Unavailable(_) => Code::ModelUnavailable,
+            Self::Unavailable(_) | Self::NoUpstream => Code::ModelUnavailable,
             Self::Timeout(_) => Code::ModelTimeout,
             Self::Status { .. } | Self::Stream(_) | Self::Protocol(_) => Code::ModelError,
         }

@@ -55,6 +55,56 @@ struct ModerationLabels {
 type HistogramFamily = Family<RouteLabels, Histogram, fn() -> Histogram>;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamLabels {
+    upstream: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamOutcomeLabels {
+    upstream: String,
+    outcome: &'static str,
+}
+
+/// The model servers' metrics, as the router (`crate::slm::Router`) reports them.
+#[derive(Debug, Clone)]
+pub struct UpstreamMetrics {
+    state: Family<UpstreamLabels, Gauge>,
+    requests: Family<UpstreamOutcomeLabels, Counter>,
+    attempt: Family<UpstreamLabels, Histogram, fn() -> Histogram>,
+}
+
+impl UpstreamMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let metrics = Self { state: Family::default(), requests: Family::default(), attempt: Family::new_with_constructor(latency_histogram) };
+        registry.register("slm_upstream_state", "Each model server's circuit: 0 closed, 1 half-open (probing), 2 open (left alone)", metrics.state.clone());
+        registry.register(
+            "slm_upstream_requests",
+            "Attempts at each model server by outcome: ok, connect_error, status_5xx, status_429, status_4xx, first_token_deadline, stream_error, cancelled",
+            metrics.requests.clone(),
+        );
+        registry.register(
+            "slm_upstream_attempt_seconds",
+            "From an attempt's start to its first content, or to its failure before any",
+            metrics.attempt.clone(),
+        );
+        metrics
+    }
+
+    /// The circuit's state, as the `slm_upstream_state` gauge's value.
+    pub fn state(&self, upstream: &str, value: i64) {
+        self.state.get_or_create(&UpstreamLabels { upstream: upstream.to_owned() }).set(value);
+    }
+
+    /// An attempt ended its first phase: its outcome, and how long it took to show it.
+    pub fn attempt(&self, upstream: &str, outcome: &'static str, elapsed: Option<Duration>) {
+        self.requests.get_or_create(&UpstreamOutcomeLabels { upstream: upstream.to_owned(), outcome }).inc();
+        if let Some(elapsed) = elapsed {
+            self.attempt.get_or_create(&UpstreamLabels { upstream: upstream.to_owned() }).observe(elapsed.as_secs_f64());
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StageLabels {
     stage: &'static str,
 }
@@ -110,6 +160,7 @@ pub struct Metrics {
     active_streams: Family<RouteLabels, Gauge>,
     interruptions: Family<InterruptionLabels, Counter>,
     lock_store_failures: Counter,
+    upstreams: UpstreamMetrics,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -221,6 +272,7 @@ impl Metrics {
         );
         let lock_store_failures = Counter::default();
         registry.register("training_lock_store_failures", "Failed reads of the training lock store", lock_store_failures.clone());
+        let upstreams = UpstreamMetrics::register(&mut registry);
         Self {
             registry,
             requests,
@@ -243,7 +295,13 @@ impl Metrics {
             active_streams,
             interruptions,
             lock_store_failures,
+            upstreams,
         }
+    }
+
+    /// The model servers' metrics (for the router).
+    pub fn upstreams(&self) -> UpstreamMetrics {
+        self.upstreams.clone()
     }
 
     /// The handles of one streaming turn on `route`, counted active from now.

@@ -85,6 +85,26 @@ impl Browser {
         self.script("return document.body.innerText").await.as_str().unwrap_or_default().to_owned()
     }
 
+    /// The page's text once it contains `needle` (a click's navigation may
+    /// still be under way when the click returns), or as it is after 10 s.
+    async fn shows(&self, needle: &str) -> String {
+        let mut text = String::new();
+        for _ in 0..100 {
+            text = self.text().await;
+            if text.contains(needle) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        text
+    }
+
+    /// Fails unless the page comes to show `needle` (see [`Browser::shows`]).
+    async fn expect(&self, needle: &str, why: &str) {
+        let text = self.shows(needle).await;
+        assert!(text.contains(needle), "{why}: {needle:?} not in the page:\n{text}");
+    }
+
     async fn screenshot(&self, name: &str) {
         let png = self.call(reqwest::Method::GET, "/screenshot", None).await;
         let dir: PathBuf = manifest_dir().join("target/console-screenshots");
@@ -110,16 +130,16 @@ async fn in_a_browser_an_auditor_signs_in_finds_a_streamed_turn_and_verifies_its
 
     let browser = Browser::start().await;
     browser.sign_in(&app, &audit).await;
-    assert!(browser.text().await.contains("Turns, last hour"), "signed in, on the overview");
+    browser.expect("Turns, last hour", "signed in, on the overview").await;
     browser.screenshot("overview").await;
     browser.go(&format!("{}/console/turns", app.address)).await;
     browser.screenshot("turns").await;
     browser.click(&format!("a[href='/console/turns/{turn_id}']")).await;
-    let page = browser.text().await;
+    let page = browser.shows("turn.completed").await;
     assert!(page.contains("Say hello to me.") && page.contains("turn.completed"), "{page}");
     browser.screenshot("turn").await;
     browser.click("a.button").await;
-    assert!(browser.text().await.contains("is intact."), "the record checked");
+    browser.expect("is intact.", "the record checked").await;
     browser.screenshot("verify").await;
 }
 
@@ -143,7 +163,7 @@ async fn in_a_browser_hostile_stored_text_runs_nothing() {
     assert_eq!(browser.script("return window.ran === undefined").await, json!(true), "no stored script ran");
     assert_eq!(browser.script("return document.title").await, json!("Turn · Steward"));
     assert_eq!(browser.script("return document.querySelectorAll('main img, main svg, main script, main a#js').length").await, json!(0), "markup stayed text");
-    assert!(browser.text().await.contains("<script>window.ran = 1;"), "shown as text");
+    browser.expect("<script>window.ran = 1;", "shown as text").await;
     browser.screenshot("hostile-text").await;
 }
 
@@ -153,7 +173,7 @@ async fn in_a_browser_a_chat_key_is_turned_away_at_sign_in() {
     let chat = app.key(&unique("tenant-"), &[Capability::Chat]).await;
     let browser = Browser::start().await;
     browser.sign_in(&app, &chat).await;
-    assert!(browser.text().await.contains("This key opens no page of the console"), "refused at sign-in");
+    browser.expect("This key opens no page of the console", "refused at sign-in").await;
     browser.go(&format!("{}/console/turns", app.address)).await;
     assert_eq!(browser.script("return location.pathname").await, json!("/console/sign-in"), "not signed in");
 }
@@ -165,11 +185,11 @@ async fn in_a_browser_a_training_admin_enables_and_disables_training() {
     let admin = app.key(&tenant, &[Capability::TrainingAdmin]).await;
     let browser = Browser::start().await;
     browser.sign_in(&app, &admin).await;
-    assert!(browser.text().await.contains("Training mode is off"), "on the training page");
+    browser.expect("Training mode is off", "on the training page").await;
     browser.type_into("form[action='/console/training/enable'] input[name=reason]", "label a batch").await;
     browser.click("form[action='/console/training/enable'] button").await;
     let token = browser.script("return document.querySelector('div.card p.mono').textContent").await.as_str().unwrap().to_owned();
-    assert!(browser.text().await.contains("Training mode is on"), "enabled");
+    browser.expect("Training mode is on", "enabled").await;
     let left = || async { browser.script("return Number(document.querySelector('[data-countdown]').textContent)").await.as_i64().unwrap() };
     let before = left().await;
     tokio::time::sleep(Duration::from_millis(2100)).await;
@@ -177,7 +197,7 @@ async fn in_a_browser_a_training_admin_enables_and_disables_training() {
     browser.screenshot("training").await;
     browser.type_into("form[action='/console/training/disable'] input[name=lock_token]", &token).await;
     browser.click("form[action='/console/training/disable'] button").await;
-    assert!(browser.text().await.contains("Training mode is off."), "disabled");
+    browser.expect("Training mode is off.", "disabled").await;
 }
 
 #[tokio::test]
@@ -191,7 +211,7 @@ async fn in_a_browser_a_policy_admin_dry_runs_and_activates_a_candidate_and_the_
 
     let browser = Browser::start().await;
     browser.sign_in(&app, &admin).await;
-    assert!(browser.text().await.contains("Try a candidate"), "on the constitution page");
+    browser.expect("Try a candidate", "on the constitution page").await;
     // The candidate is uploaded as a file, which the page reads into its form, then submitted by the button.
     let file = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
     std::fs::write(file.path(), &document).unwrap();
@@ -206,11 +226,11 @@ async fn in_a_browser_a_policy_admin_dry_runs_and_activates_a_candidate_and_the_
     }
     assert_eq!(loaded, document.as_str(), "the file's text is in the form");
     browser.click("form[action='/console/constitution/dry-run'] button").await;
-    let report = browser.text().await;
+    let report = browser.shows("allowed → refused").await;
     assert!(report.contains("allowed → refused"), "{report}");
     browser.screenshot("dry-run").await;
     browser.click("form[action='/console/constitution/activate'] button").await;
-    let activated = browser.text().await;
+    let activated = browser.shows(&format!("Active for {tenant}")).await;
     assert!(activated.contains(&format!("Active for {tenant}")), "{activated}");
     let hash = activated
         .split("Active for ")

@@ -150,11 +150,26 @@ fn first_difference(before: &Value, now: &Value) -> Option<String> {
 }
 
 /// What the code before left, changed where the new code differs on purpose.
-/// None of the recorded turns meets one: the drift fixed on purpose (the
-/// WebSocket's fallback `done` without its `turn_id`, a comment naming a
-/// setting wrongly) shows only where a turn's stream ends without its own
-/// `done`, which none of these turns does.
-fn drift(before: Value) -> Value {
+/// The drift fixed on purpose in issue 21 (the WebSocket's fallback `done`
+/// without its `turn_id`, a comment naming a setting wrongly) shows only where
+/// a turn's stream ends without its own `done`, which none of these turns
+/// does. Since issue 23, `turn.dispatched` names the model server the
+/// attempt went to, and which attempt it was: here always the one server,
+/// `default`, at the first attempt — except for a request ended unread
+/// (refused on input under overlapped dispatch), whose attempt nobody read.
+fn drift(mut before: Value) -> Value {
+    for turn in before.as_object_mut().unwrap().values_mut() {
+        let events = turn["events"].as_array().cloned().unwrap_or_default();
+        if events.iter().any(|e| e["data"]["model_request"] == "aborted") {
+            continue;
+        }
+        for event in turn["events"].as_array_mut().into_iter().flatten() {
+            if event["type"] == "turn.dispatched" {
+                event["data"]["upstream"] = json!("default");
+                event["data"]["attempt"] = json!(1);
+            }
+        }
+    }
     before
 }
 
