@@ -42,3 +42,4 @@ mod socket;
 mod storage;
 mod tracing;
 mod training;
+mod upstreams;

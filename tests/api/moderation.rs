@@ -33,6 +33,22 @@ impl PrivateModelServer {
         let _ = self.child.wait();
     }
 
+    /// Stops the server's process where it stands (SIGSTOP): it accepts
+    /// connections but answers nothing, as a hung server does.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a paused server go on (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill").args([signal, &self.child.id().to_string()]).status().expect("kill runs");
+        assert!(status.success(), "kill {signal} the model server");
+    }
+
     pub async fn restart(&mut self) {
         let fresh = Self::start_on(self.port, self.context).await;
         let old = std::mem::replace(self, fresh);
