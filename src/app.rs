@@ -23,7 +23,7 @@ use crate::ops::OpsAccess;
 use crate::orchestrator::{Conversation, ConversationStore, Orchestrator, OrchestratorApi, OrchestratorSettings, Pacing, TurnLimits};
 use crate::policy::{BuildModerator, Constitution, ConstitutionRegistry, Freshness, Judge, Judges, MemoryRegistry, PolicyEngine};
 use crate::readiness::{Dependencies, Readiness};
-use crate::slm::{CircuitSettings, FairGate, FairModelClient, HttpModelClient, ModelClient, Router, Timeouts, Upstream};
+use crate::slm::{CircuitSettings, FairGate, FairModelClient, HttpModelClient, ModelCatalog, ModelClient, Router, Timeouts, Upstream};
 use crate::telemetry::Metrics;
 
 /// Connections of the key-lookup pool, apart from `database.max_connections`.
@@ -112,7 +112,6 @@ impl Application {
             metrics.clone(),
             events.clone(),
             OrchestratorSettings {
-                model: slm.model.clone(),
                 system_prompt: slm.system_prompt.clone(),
                 max_history_turns: settings.chat.max_history_turns,
                 pacing: Pacing { buffer: settings.server.stream_buffer_events.get(), write_stall: settings.server.write_stall.get(), shutdown: turns.clone() },
@@ -129,7 +128,7 @@ impl Application {
             limits,
             keepalive,
             socket_auth_timeout: settings.server.socket_auth_timeout.get(),
-            model_name: slm.model.clone(),
+            models: router.catalog(),
             store_refused_text: settings.chat.store_refused_text,
             limiter,
             caller_system: PerTenant::new(settings.chat.caller_system_prompt, &settings.chat.caller_system_prompt_tenants),
@@ -148,6 +147,7 @@ impl Application {
             metrics: metrics.clone(),
             keepalive,
             socket_auth_timeout: settings.server.socket_auth_timeout.get(),
+            models: router.catalog(),
         });
         let keys = KeyCache::new(
             // A small pool of its own: a flood of requests waiting on key lookups cannot take the
@@ -308,7 +308,14 @@ fn model_router(slm: &crate::config::SlmSettings, timeouts: Timeouts, metrics: &
             .with_context(|| format!("Failed to build the client of upstream {}", upstream.name))?;
         upstreams.push(Upstream::new(&upstream.name, Arc::new(client), upstream.weight.get(), upstream.max_concurrent, circuit));
     }
-    Ok(Router::new(upstreams, slm.max_attempts.get() as usize, metrics.upstreams()))
+    Ok(Router::new(upstreams, model_catalog(slm), slm.max_attempts.get() as usize, metrics.upstreams()))
+}
+
+/// The model names and their upstreams (by index in `slm.upstreams()`), checked by `Settings::validate`.
+fn model_catalog(slm: &crate::config::SlmSettings) -> Arc<ModelCatalog> {
+    let names: Vec<String> = slm.upstreams().into_iter().map(|u| u.name).collect();
+    let models = slm.models().into_iter().map(|m| (m.name, m.upstreams.iter().filter_map(|u| names.iter().position(|n| n == u)).collect())).collect();
+    Arc::new(ModelCatalog::new(models, slm.tenant_models.clone()))
 }
 
 fn verdict_seconds(ttl: crate::durations::NonZeroDuration) -> u64 {

@@ -167,6 +167,13 @@ pub struct SlmSettings {
     /// The model servers; empty means one, `default`, at `base_url` serving `model`.
     #[serde(default)]
     pub upstreams: Vec<UpstreamSettings>,
+    /// The model names clients may ask for, each with the upstreams serving it (the first
+    /// is the default); empty means one, `model`, served by every upstream.
+    #[serde(default)]
+    pub models: Vec<ModelSettings>,
+    /// Tenants limited to some model names (e.g. `{ acme = ["small"] }`); others may use every one.
+    #[serde(default)]
+    pub tenant_models: std::collections::HashMap<String, Vec<String>>,
     /// Attempts per turn, each at another upstream, before the first token reached the client.
     pub max_attempts: NonZeroU32,
     /// Failed attempts in a row that put an upstream in cooldown (its circuit open).
@@ -202,11 +209,29 @@ pub struct UpstreamSettings {
     pub first_token_timeout: Option<NonZeroDuration>,
 }
 
+/// One model name under `[[slm.models]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSettings {
+    /// The name a client asks for (`model` in its request).
+    pub name: String,
+    /// The `[[slm.upstreams]]` names serving it.
+    pub upstreams: Vec<String>,
+}
+
 fn one() -> NonZeroU32 {
     NonZeroU32::MIN
 }
 
 impl SlmSettings {
+    /// The model names as configured, or the one `model` over every upstream.
+    pub fn models(&self) -> Vec<ModelSettings> {
+        if !self.models.is_empty() {
+            return self.models.clone();
+        }
+        vec![ModelSettings { name: self.model.clone(), upstreams: self.upstreams().into_iter().map(|u| u.name).collect() }]
+    }
+
     /// The upstreams as configured, or the single one `base_url` and `model` describe.
     pub fn upstreams(&self) -> Vec<UpstreamSettings> {
         if !self.upstreams.is_empty() {
@@ -434,6 +459,19 @@ impl Settings {
             if upstream.api_key_env.as_ref().is_some_and(|var| std::env::var(var).is_err()) {
                 return invalid("slm.upstreams", "an upstream's api_key_env names an environment variable that is not set");
             }
+        }
+        let upstreams: std::collections::HashSet<String> = self.slm.upstreams().into_iter().map(|u| u.name).collect();
+        let mut models = std::collections::HashSet::new();
+        for model in &self.slm.models() {
+            if model.name.trim().is_empty() || !models.insert(model.name.clone()) {
+                return invalid("slm.models", "each model needs a name of its own");
+            }
+            if model.upstreams.is_empty() || !model.upstreams.iter().all(|u| upstreams.contains(u)) {
+                return invalid("slm.models", "each model names one or more of the [[slm.upstreams]]");
+            }
+        }
+        if !self.slm.tenant_models.values().flatten().all(|name| models.contains(name)) {
+            return invalid("slm.tenant_models", "names a model that [[slm.models]] does not list");
         }
         if self.slm.model.trim().is_empty() {
             return invalid("slm.model", "must not be empty");

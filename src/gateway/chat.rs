@@ -31,13 +31,25 @@ pub struct ChatBody {
     #[schema(minimum = 0.0, maximum = 2.0)]
     temperature: Option<f32>,
     seed: Option<i64>,
+    /// A model name of `[[slm.models]]` the tenant may use (its default otherwise).
+    model: Option<String>,
 }
 
 impl ChatBody {
     /// The turn as the gateway admits it, arriving now on `route`.
     pub(super) fn into_input(self, limits: &TurnLimits, route: &'static str, trace: TraceContext, stop: TurnStop) -> Result<TurnInput, ApiError> {
         let params = limits.params(self.max_tokens, self.temperature, self.seed)?;
-        Ok(TurnInput { route, session_id: self.session_id, message: self.message, preamble: Vec::new(), params, trace, started: Instant::now(), stop })
+        Ok(TurnInput {
+            route,
+            session_id: self.session_id,
+            message: self.message,
+            preamble: Vec::new(),
+            params,
+            model: self.model,
+            trace,
+            started: Instant::now(),
+            stop,
+        })
     }
 }
 

@@ -22,7 +22,8 @@ use crate::web::{sse_body, sse_data, trace_of, Governance};
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[schema(as = ChatCompletionRequest)]
 pub struct CompletionBody {
-    /// Echoed in the answer; the configured model answers whatever is named.
+    /// A model name of `[[slm.models]]` the tenant may use (its default otherwise); an unknown
+    /// name is refused with `unknown_model`, one the tenant may not use with `model_not_allowed`.
     model: Option<String>,
     /// Earlier messages, then the user's message last.
     #[schema(min_items = 1)]
@@ -113,12 +114,27 @@ struct OpenAiErrorDetail {
     kind: &'static str,
     /// A stable Steward error code.
     code: &'static str,
+    /// The request field the error is about.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    param: Option<&'static str>,
 }
 
 impl OpenAiError {
     fn new(code: Code, message: String) -> Self {
         let (code, kind, _) = code.describe();
-        Self { error: OpenAiErrorDetail { message, kind, code } }
+        Self { error: OpenAiErrorDetail { message, kind, code, param: None } }
+    }
+
+    /// An admission error about the request's `model`, in OpenAI's shape (as
+    /// OpenAI answers an unknown model), for the SDKs to report it as such.
+    fn of_model(err: &ApiError) -> Option<HttpResponse> {
+        let code = err.code();
+        if !matches!(code, Code::UnknownModel | Code::ModelNotAllowed) {
+            return None;
+        }
+        let mut body = Self::new(code, err.body().message);
+        body.error.param = Some("model");
+        Some(HttpResponse::build(code.status()).json(body))
     }
 }
 
@@ -190,13 +206,26 @@ pub async fn completions(req: HttpRequest, caller: Caller, body: web::Json<Compl
     let body = body.into_inner();
     let params = gateway.limits.params(body.max_completion_tokens.or(body.max_tokens), body.temperature, body.seed)?;
     let (preamble, message) = split_messages(body.messages)?;
-    let input = TurnInput { route: "chat_completions", session_id: None, message, preamble, params, trace: trace_of(&req), started, stop: Default::default() };
-    let admission = gateway.admit(&caller, input).await?;
+    let input = TurnInput {
+        route: "chat_completions",
+        session_id: None,
+        message,
+        preamble,
+        params,
+        model: body.model,
+        trace: trace_of(&req),
+        started,
+        stop: Default::default(),
+    };
+    let admission = match gateway.admit(&caller, input).await {
+        Ok(admission) => admission,
+        Err(err) => return OpenAiError::of_model(&err).ok_or(err),
+    };
     let verdict = admission.signed.verdict.header_value();
     let meta = Meta {
         id: format!("chatcmpl-{}", admission.turn_id),
         created: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default(),
-        model: body.model.unwrap_or_else(|| gateway.model_name.clone()),
+        model: admission.model.to_string(),
     };
     let events = admission.outcome.into_events();
     let governance = Governance {

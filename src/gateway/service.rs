@@ -32,8 +32,8 @@ pub struct Gateway {
     pub keepalive: Duration,
     /// How long a WebSocket may take to send its key.
     pub socket_auth_timeout: Duration,
-    /// Model name reported by the OpenAI facade.
-    pub model_name: String,
+    /// The model names a turn may ask for, per tenant.
+    pub models: Arc<crate::slm::ModelCatalog>,
     /// Whether a tenant's callers may add system messages after the operator's.
     pub caller_system: PerTenant<CallerSystemPrompt>,
     /// When a tenant's model requests start: after the verdict, or overlapped with moderation.
@@ -53,6 +53,8 @@ pub struct TurnInput {
     /// Earlier messages supplied by the caller (OpenAI facade); moderated too.
     pub preamble: Vec<ChatMessage>,
     pub params: GenerationParams,
+    /// The model name asked for (`None`: the tenant's default).
+    pub model: Option<String>,
     pub trace: TraceContext,
     pub started: Instant,
     /// Ends the turn early (see [`TurnRequest::stop`]).
@@ -61,6 +63,8 @@ pub struct TurnInput {
 
 /// An admitted turn: its identity, its signed verdict and what follows.
 pub struct Admission {
+    /// The model the turn resolved to.
+    pub model: Arc<str>,
     pub session_id: SessionId,
     pub turn_id: TurnId,
     pub trace: TraceContext,
@@ -112,6 +116,7 @@ impl Gateway {
 
     async fn try_admit(&self, caller: &Caller, input: TurnInput) -> Result<Admission, ApiError> {
         caller.require(Capability::Chat)?;
+        let model = self.models.resolve(caller.tenant.as_str(), input.model.as_deref())?;
         // The tenant's limits first: a turn over them costs no moderation and no model work.
         let turn_id = TurnId::mint();
         let mut permit = self.limiter.admit(caller.tenant.as_str(), turn_id.as_str(), expected_tokens(&input)).await?;
@@ -139,6 +144,7 @@ impl Gateway {
             message: input.message,
             preamble: input.preamble,
             params: input.params,
+            model,
             trace: input.trace.clone(),
             route: input.route,
             started: input.started,
@@ -160,7 +166,7 @@ impl Gateway {
             return self.refuse(request, signed, hits, received, early.and_then(Result::ok)).await;
         }
 
-        let (session_id, turn_id) = (request.session_id.clone(), request.turn_id.clone());
+        let (session_id, turn_id, model) = (request.session_id.clone(), request.turn_id.clone(), request.model.clone());
         self.events.emit(vec![Pending::Conversation(received)]).await?;
         let started = match early.transpose() {
             Ok(early) => self.conversation.start_turn(request, signed.headers(), early).await,
@@ -176,7 +182,7 @@ impl Gateway {
         };
         tracing::info!(trace_id = %input.trace.trace_id, span_id = %input.trace.span_id, tenant, session_id = %session_id,
             turn_id = %turn_id, "turn dispatched");
-        Ok(Admission { session_id, turn_id, trace: input.trace, signed, outcome: Admitted::Streaming(holding(stream, permit)) })
+        Ok(Admission { model, session_id, turn_id, trace: input.trace, signed, outcome: Admitted::Streaming(holding(stream, permit)) })
     }
 
     /// Judges the turn's messages and returns every refused category (none:
@@ -249,7 +255,7 @@ impl Gateway {
         };
         let refused = refused_data("input", &hits, model_request);
         events.push(Pending::Conversation(NewEvent::turn(context, &refused)));
-        let TurnRequest { tenant, session_id, turn_id, message, preamble, trace, route, started, .. } = request;
+        let TurnRequest { tenant, session_id, turn_id, message, preamble, trace, route, started, model, .. } = request;
         let mut record = refusal_record(tenant.as_str(), &session_id, &turn_id, &trace, &signed);
         if self.store_refused_text {
             record.user_message = message;
@@ -275,7 +281,7 @@ impl Gateway {
         let first = hits.into_iter().next().ok_or_else(|| ApiError::new(Code::Internal, "a refusal without a category"))?;
         tracing::info!(trace_id = %trace.trace_id, span_id = %trace.span_id, tenant = %tenant, session_id = %session_id,
             turn_id = %turn_id, category = %first.category, code = %first.code, "turn refused by input moderation");
-        Ok(Admission { session_id, turn_id, trace, signed, outcome: Admitted::Refused(first) })
+        Ok(Admission { model, session_id, turn_id, trace, signed, outcome: Admitted::Refused(first) })
     }
 }
 

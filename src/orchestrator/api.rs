@@ -28,6 +28,8 @@ pub struct OrchestratorApi {
     pub keepalive: Duration,
     /// How long a WebSocket may take to send its key.
     pub socket_auth_timeout: Duration,
+    /// The model names a turn may ask for.
+    pub models: Arc<crate::slm::ModelCatalog>,
 }
 
 /// One turn the gateway judged and signed.
@@ -48,6 +50,8 @@ pub(crate) struct StepBody {
     #[schema(minimum = 0.0, maximum = 2.0)]
     pub temperature: Option<f32>,
     pub seed: Option<i64>,
+    /// A model name of `[[slm.models]]` the tenant may use (its default otherwise).
+    pub model: Option<String>,
 }
 
 /// A whole turn's reply.
@@ -146,6 +150,7 @@ pub(super) async fn begin(
         let (session_id, turn_id) = (SessionId::parse(&body.session_id)?, TurnId::parse(&body.turn_id)?);
         api.limits.check_message(&body.message)?;
         let params = api.limits.params(body.max_tokens, body.temperature, body.seed)?;
+        let model = api.models.resolve(caller.tenant.as_str(), body.model.as_deref())?;
         let training = api.training.mark(caller.tenant.as_str()).await;
         let request = TurnRequest {
             tenant: caller.tenant,
@@ -154,6 +159,7 @@ pub(super) async fn begin(
             message: body.message,
             preamble: Vec::new(),
             params,
+            model,
             trace,
             route,
             started,

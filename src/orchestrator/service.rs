@@ -22,8 +22,6 @@ use crate::telemetry::{Metrics, TraceContext};
 
 #[derive(Debug, Clone)]
 pub struct OrchestratorSettings {
-    /// Model name recorded in events.
-    pub model: String,
     pub system_prompt: String,
     pub max_history_turns: u32,
     /// Bounds between a running turn and its client.
@@ -86,7 +84,7 @@ impl Orchestrator {
             policy_verdict: verdict,
             traceparent: model_call.header(),
         };
-        (self.model.stream(ModelRequest { messages, params: request.params, context }), model_call)
+        (self.model.stream(ModelRequest { model: request.model.clone(), messages, params: request.params, context }), model_call)
     }
 
     /// Drives the turn: streams the answer through output moderation until it
@@ -101,7 +99,7 @@ impl Orchestrator {
         let mut answer = AnswerGuard::new(&judge.moderator, self.metrics.clone());
         let stop = request.stop.clone();
         let context = turn_context(&request, &signed);
-        let mut recorder = Recorder::new(self.metrics.clone(), self.events.clone(), context, &request, &signed, &self.settings.model);
+        let mut recorder = Recorder::new(self.metrics.clone(), self.events.clone(), context, &request, &signed, &request.model);
         recorder.model_call = Some(model_call);
         let turn = Box::pin(async_stream::stream! {
             let mut finish = FinishReason::Stop;
@@ -193,7 +191,7 @@ impl Conversation for Orchestrator {
                 Some(early) => early.into_dispatch(),
                 None => {
                     let messages = self.prompt(&request).await?;
-                    let data = dispatched_data(&self.settings.model, request.params, messages.len(), DispatchMode::AfterVerdict);
+                    let data = dispatched_data(&request.model, request.params, messages.len(), DispatchMode::AfterVerdict);
                     let (stream, model_call) = self.model_request(&request, messages, &signed.constitution_hash, signed.verdict.header_value());
                     Dispatch { stream, model_call, data }
                 }
@@ -210,7 +208,7 @@ impl Conversation for Orchestrator {
     fn dispatch_early<'a>(&'a self, request: &'a TurnRequest, constitution: &'a ConstitutionHash) -> BoxFuture<'a, Result<EarlyDispatch, OrchestratorError>> {
         Box::pin(async move {
             let messages = self.prompt(request).await?;
-            let dispatched = dispatched_data(&self.settings.model, request.params, messages.len(), DispatchMode::Overlapped);
+            let dispatched = dispatched_data(&request.model, request.params, messages.len(), DispatchMode::Overlapped);
             let (model, model_call) = self.model_request(request, messages, constitution, PENDING_VERDICT.to_owned());
             Ok(EarlyDispatch::new(start_now(model), model_call, dispatched))
         })

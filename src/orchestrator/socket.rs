@@ -25,6 +25,7 @@ struct SignedTurn {
     max_tokens: Option<u32>,
     temperature: Option<f32>,
     seed: Option<i64>,
+    model: Option<String>,
     constitution_hash: Option<String>,
     policy_verdict: Option<String>,
     policy_signature: Option<String>,
@@ -53,6 +54,7 @@ impl TurnSource for OrchestratorApi {
                 max_tokens: turn.max_tokens,
                 temperature: turn.temperature,
                 seed: turn.seed,
+                model: turn.model,
             };
             let (stream, policy, request) = begin(arrival, caller.clone(), body, self).await?;
             let session = session_frame(&SessionData {

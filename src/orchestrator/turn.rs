@@ -25,6 +25,8 @@ pub struct TurnRequest {
     /// facade's earlier messages); empty for `/v1/chat/stream`.
     pub preamble: Vec<ChatMessage>,
     pub params: GenerationParams,
+    /// The model the turn asked for, resolved against the catalog (`crate::slm::ModelCatalog`).
+    pub model: std::sync::Arc<str>,
     pub trace: TraceContext,
     /// Metric label of the entry point (`chat_stream`, `conversation_step`, …).
     pub route: &'static str,

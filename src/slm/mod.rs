@@ -5,6 +5,7 @@
 //! timeouts; and the [`Router`] over several such servers, with failover
 //! before the first token and a circuit breaker per server.
 
+mod catalog;
 mod circuit;
 mod clients;
 mod early;
@@ -18,6 +19,7 @@ use std::pin::Pin;
 use futures_util::future::BoxFuture;
 use futures_util::Stream;
 
+pub use catalog::{ModelCatalog, ModelRefusal};
 pub use circuit::{CircuitSettings, CircuitState};
 pub use early::start_now;
 pub use fair::{FairGate, FairModelClient};

@@ -16,6 +16,7 @@ use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
 use tokio::time::Instant;
 
+use super::catalog::ModelCatalog;
 use super::circuit::{Circuit, CircuitSettings, CircuitState};
 use super::{Deadline, ModelClient, ModelEvent, ModelRequest, ModelStream, SlmError};
 use crate::telemetry::UpstreamMetrics;
@@ -57,6 +58,8 @@ pub struct UpstreamHealth {
 
 pub struct Router {
     upstreams: Vec<Upstream>,
+    /// Which upstreams serve each model name.
+    catalog: Arc<ModelCatalog>,
     /// Smooth weighted round-robin's running weights, one per upstream.
     current: Mutex<Vec<i64>>,
     max_attempts: usize,
@@ -136,21 +139,24 @@ impl Drop for Attempt<'_> {
 }
 
 impl Router {
-    pub fn new(upstreams: Vec<Upstream>, max_attempts: usize, metrics: UpstreamMetrics) -> Arc<Self> {
+    /// A router over `upstreams`, which serve the models of `catalog` (its indices are into `upstreams`).
+    pub fn new(upstreams: Vec<Upstream>, catalog: Arc<ModelCatalog>, max_attempts: usize, metrics: UpstreamMetrics) -> Arc<Self> {
         for upstream in &upstreams {
             metrics.state(&upstream.name, upstream.circuit.state().gauge());
         }
         let current = Mutex::new(vec![0; upstreams.len()]);
-        Arc::new(Self { max_attempts: max_attempts.clamp(1, upstreams.len().max(1)), upstreams, current, metrics })
+        Arc::new(Self { max_attempts: max_attempts.max(1), upstreams, catalog, current, metrics })
     }
 
-    /// The upstream for the next attempt, never one already `tried`: the
-    /// lightest of those whose circuit lets an attempt through (full ones
-    /// last), ties shared by weight. When every circuit is open, the first
-    /// attempt goes to the one that reopens soonest rather than to none.
-    fn pick(&self, tried: &[usize]) -> Option<usize> {
+    /// The upstream for the next attempt at `model`, never one already
+    /// `tried`: the lightest of its upstreams whose circuit lets an attempt
+    /// through (full ones last), ties shared by weight. When every circuit is
+    /// open, the first attempt goes to the one that reopens soonest rather
+    /// than to none.
+    fn pick(&self, model: &str, tried: &[usize]) -> Option<usize> {
+        let serving = self.catalog.upstreams_of(model);
         let mut candidates: Vec<usize> =
-            (0..self.upstreams.len()).filter(|i| !tried.contains(i) && self.upstreams[*i].circuit.state() != CircuitState::Open).collect();
+            serving.iter().copied().filter(|i| !tried.contains(i) && self.upstreams[*i].circuit.state() != CircuitState::Open).collect();
         let lightest = |i: &usize, j: &usize| {
             let (a, b) = (&self.upstreams[*i], &self.upstreams[*j]);
             a.full().cmp(&b.full()).then_with(|| a.lighter_than(b))
@@ -167,7 +173,7 @@ impl Router {
         if !tried.is_empty() {
             return None;
         }
-        (0..self.upstreams.len()).min_by_key(|i| self.upstreams[*i].circuit.opens_again())
+        serving.iter().copied().min_by_key(|i| self.upstreams[*i].circuit.opens_again())
     }
 
     /// Smooth weighted round-robin among `ties`.
@@ -185,6 +191,11 @@ impl Router {
         Some(chosen)
     }
 
+    /// The model names and the upstreams serving each.
+    pub fn catalog(&self) -> Arc<ModelCatalog> {
+        self.catalog.clone()
+    }
+
     /// Each upstream's circuit and load now.
     pub fn health(&self) -> Vec<UpstreamHealth> {
         self.upstreams
@@ -199,7 +210,8 @@ impl ModelClient for Arc<Router> {
         let router = self.clone();
         Box::pin(async_stream::stream! {
             let mut tried: Vec<usize> = Vec::new();
-            let Some(mut index) = router.pick(&tried) else {
+            let model = request.model.clone();
+            let Some(mut index) = router.pick(&model, &tried) else {
                 yield Err(SlmError::NoUpstream);
                 return;
             };
@@ -232,7 +244,7 @@ impl ModelClient for Arc<Router> {
                 };
                 // Another server is tried only before any content, for a server's fault, within the attempts.
                 let next = match failover_reason(&failed) {
-                    Some(reason) if !content && tried.len() < router.max_attempts => router.pick(&tried).map(|next| (reason, next)),
+                    Some(reason) if !content && tried.len() < router.max_attempts => router.pick(&model, &tried).map(|next| (reason, next)),
                     _ => None,
                 };
                 let Some((reason, next)) = next else {
@@ -291,13 +303,14 @@ mod tests {
             Arc::new(crate::slm::HttpModelClient::new(&format!("http://127.0.0.1:9/u{i}/v1"), "m", timeouts, None).unwrap())
         };
         let upstreams = weights.iter().enumerate().map(|(i, w)| Upstream::new(&format!("u{i}"), client(i), *w, 2, circuit)).collect();
-        Router::new(upstreams, 3, Metrics::new().upstreams())
+        let catalog = ModelCatalog::new(vec![("m".into(), (0..weights.len()).collect()), ("second".into(), vec![1])], Default::default());
+        Router::new(upstreams, Arc::new(catalog), 3, Metrics::new().upstreams())
     }
 
     #[test]
     fn idle_upstreams_share_attempts_by_weight_interleaved() {
         let router = router(&[3, 1]);
-        let picks: Vec<usize> = (0..8).map(|_| router.pick(&[]).unwrap()).collect();
+        let picks: Vec<usize> = (0..8).map(|_| router.pick("m", &[]).unwrap()).collect();
         assert_eq!(picks, [0, 0, 1, 0, 0, 0, 1, 0], "3:1, spread out rather than bunched");
     }
 
@@ -305,21 +318,29 @@ mod tests {
     fn the_upstream_with_fewer_requests_under_way_for_its_weight_goes_first_and_a_full_one_last() {
         let router = router(&[1, 1]);
         router.upstreams[0].outstanding.store(1, Ordering::Relaxed);
-        assert_eq!(router.pick(&[]), Some(1));
+        assert_eq!(router.pick("m", &[]), Some(1));
         router.upstreams[1].outstanding.store(2, Ordering::Relaxed);
-        assert_eq!(router.pick(&[]), Some(0), "u1 is full (2 of 2), u0 has room");
-        assert_eq!(router.pick(&[0]), Some(1), "a full upstream still beats none");
+        assert_eq!(router.pick("m", &[]), Some(0), "u1 is full (2 of 2), u0 has room");
+        assert_eq!(router.pick("m", &[0]), Some(1), "a full upstream still beats none");
+    }
+
+    #[test]
+    fn a_model_goes_only_to_its_own_upstreams() {
+        let router = router(&[5, 1]);
+        assert!((0..4).all(|_| router.pick("second", &[]) == Some(1)));
+        assert_eq!(router.pick("second", &[1]), None, "no other upstream serves it");
+        assert_eq!(router.pick("unknown", &[]), None);
     }
 
     #[tokio::test(start_paused = true)]
     async fn an_open_circuit_is_skipped_and_with_every_circuit_open_the_first_attempt_goes_to_the_soonest_to_reopen() {
         let router = router(&[1, 1]);
         router.upstreams[0].circuit.failed();
-        assert_eq!((router.pick(&[]), router.pick(&[]), router.pick(&[1])), (Some(1), Some(1), None));
+        assert_eq!((router.pick("m", &[]), router.pick("m", &[]), router.pick("m", &[1])), (Some(1), Some(1), None));
         tokio::time::advance(Duration::from_secs(1)).await;
         router.upstreams[1].circuit.failed();
-        assert_eq!(router.pick(&[]), Some(0), "u0 reopens first");
-        assert_eq!(router.pick(&[0]), None, "a failover goes only to a server that may be tried");
+        assert_eq!(router.pick("m", &[]), Some(0), "u0 reopens first");
+        assert_eq!(router.pick("m", &[0]), None, "a failover goes only to a server that may be tried");
     }
 
     #[test]

@@ -44,6 +44,8 @@ pub struct DispatchContext {
 
 #[derive(Debug, Clone)]
 pub struct ModelRequest {
+    /// The model name the turn resolved to (`crate::slm::ModelCatalog`); its upstreams answer.
+    pub model: std::sync::Arc<str>,
     pub messages: Vec<ChatMessage>,
     pub params: GenerationParams,
     pub context: DispatchContext,

@@ -1,15 +1,16 @@
 //! Several model servers behind one Steward: real llama.cpp servers of their
 //! own, shared by weight, killed under load, hung before their first token,
-//! and back again after their cooldown.
+//! back again after their cooldown, and each serving the model names mapped to it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use steward::config::UpstreamSettings;
+use steward::config::{ModelSettings, UpstreamSettings};
 use steward::durations::NonZeroDuration;
+use steward::identity::Capability;
 
-use crate::helpers::{spawn_app_with, Storage, TestApp};
+use crate::helpers::{assert_error, spawn_app_with, Storage, TestApp};
 use crate::moderation::PrivateModelServer;
 
 fn upstream(name: &str, server: &PrivateModelServer, weight: u32) -> UpstreamSettings {
@@ -154,4 +155,38 @@ async fn a_hung_server_is_skipped_within_its_first_token_deadline_then_left_alon
     let metrics = app.get("/metrics").await.text().await.unwrap();
     assert!(metrics.contains("slm_upstream_state{upstream=\"a\"} 0"), "a closed again: {metrics}");
     assert!(metrics.contains("slm_upstream_requests_total{upstream=\"a\",outcome=\"first_token_deadline\"} 1"), "{metrics}");
+}
+
+#[tokio::test]
+async fn a_turn_goes_to_the_servers_of_the_model_it_names_and_a_model_unknown_or_not_allowed_is_refused_by_name() {
+    let (a, b) = tokio::join!(PrivateModelServer::start(), PrivateModelServer::start());
+    let limited = crate::helpers::unique("tenant-");
+    let models = vec![ModelSettings { name: "small".into(), upstreams: vec!["a".into()] }, ModelSettings { name: "large".into(), upstreams: vec!["b".into()] }];
+    let app = app_over(vec![upstream("a", &a, 1), upstream("b", &b, 1)], |s| {
+        s.slm.models = models;
+        s.slm.tenant_models = HashMap::from([(limited.clone(), vec!["small".to_owned()])]);
+    })
+    .await;
+    let (_, anyone) = app.chat_key().await;
+    let limited_key = app.key(&limited, &[Capability::Chat]).await;
+
+    let on = |sse: &crate::helpers::Sse, trails: &BTreeMap<String, Vec<Value>>| attempts(&trails[sse.header("x-session-id")]);
+    let default = app.chat(&anyone, &json!({ "message": "Say hi.", "max_tokens": 2 })).await;
+    let large = app.chat(&anyone, &json!({ "message": "Say hi.", "max_tokens": 2, "model": "large" })).await;
+    let trails = trails(&app).await;
+    assert_eq!((on(&default, &trails), on(&large, &trails)), (vec!["a".to_owned()], vec!["b".to_owned()]), "small (the first) on a, large on b");
+    let dispatched = trails[large.header("x-session-id")].iter().find(|e| e["type"] == "turn.dispatched").unwrap().clone();
+    assert_eq!(dispatched["data"]["model"], "large");
+
+    assert_error(app.post("/v1/chat/stream", Some(&anyone), &json!({ "message": "Hi", "model": "gpt-4o" })).await, 400, "unknown_model").await;
+    assert_error(app.post("/v1/chat/stream", Some(&limited_key), &json!({ "message": "Hi", "model": "large" })).await, 403, "model_not_allowed").await;
+
+    // The OpenAI facade answers in OpenAI's shape, naming the parameter, and echoes the model that answered.
+    let completion = |model: &str| json!({ "model": model, "messages": [{ "role": "user", "content": "Say hi." }], "max_tokens": 2 });
+    let refused = app.post("/v1/chat/completions", Some(&limited_key), &completion("large")).await;
+    assert_eq!(refused.status(), 403);
+    let refused: Value = refused.json().await.unwrap();
+    assert_eq!((refused["error"]["code"].as_str(), refused["error"]["param"].as_str()), (Some("model_not_allowed"), Some("model")), "{refused}");
+    let answered: Value = app.post("/v1/chat/completions", Some(&limited_key), &completion("small")).await.json().await.unwrap();
+    assert_eq!(answered["model"], "small", "{answered}");
 }
