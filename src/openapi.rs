@@ -24,6 +24,7 @@ use crate::responses::{ChatEvent, CompletionChunkEvent, Problem, TurnEventSchema
         crate::gateway::chat::chat_stream,
         crate::gateway::chat_socket,
         crate::gateway::openai::completions,
+        crate::gateway::moderations::moderations,
         crate::orchestrator::api::step,
         crate::orchestrator::api::stream,
         crate::orchestrator::api::socket,

@@ -13,8 +13,8 @@ use crate::identity::{Capability, KeyStore, TenantId};
 const OPERATORS: [Capability; 1] = [Capability::Ops];
 
 /// The capabilities a key may be given here, in the order they are offered.
-const OFFERED: [Capability; 6] =
-    [Capability::Chat, Capability::Audit, Capability::TrainingAdmin, Capability::PolicyAdmin, Capability::PolicyRead, Capability::Ops];
+const OFFERED: [Capability; 7] =
+    [Capability::Chat, Capability::Moderate, Capability::Audit, Capability::TrainingAdmin, Capability::PolicyAdmin, Capability::PolicyRead, Capability::Ops];
 
 /// `GET /console/keys`
 pub async fn page(viewer: Viewer, console: web::Data<Console>) -> Result<HttpResponse, ConsoleError> {

@@ -31,6 +31,8 @@ pub enum EventType {
     Failed,
     #[serde(rename = "turn.upstream_failed")]
     UpstreamFailed,
+    #[serde(rename = "moderation.checked")]
+    Checked,
 }
 
 impl EventType {
@@ -43,6 +45,7 @@ impl EventType {
             Self::Cancelled => "turn.cancelled",
             Self::Failed => "turn.failed",
             Self::UpstreamFailed => "turn.upstream_failed",
+            Self::Checked => "moderation.checked",
         }
     }
 }

@@ -29,6 +29,8 @@ pub enum TurnData {
         #[serde(skip_serializing_if = "Option::is_none")]
         attempt: Option<u32>,
     },
+    /// `moderation.checked`: texts judged for `POST /v1/moderations` (never their text).
+    Checked { inputs: usize, flagged: usize, input_chars: usize, categories: Vec<RefusedCategory> },
     /// `turn.upstream_failed`: an attempt failed before its first token; the turn went on elsewhere.
     UpstreamFailed { upstream: String, attempt: u32, reason: &'static str },
     /// `turn.completed`.
@@ -72,6 +74,7 @@ impl TurnData {
             Self::Received { .. } => EventType::Received,
             Self::Dispatched { .. } => EventType::Dispatched,
             Self::UpstreamFailed { .. } => EventType::UpstreamFailed,
+            Self::Checked { .. } => EventType::Checked,
             Self::Completed { .. } => EventType::Completed,
             Self::Refused { .. } => EventType::Refused,
             Self::Cancelled { .. } => EventType::Cancelled,
@@ -107,6 +110,12 @@ mod tests {
                 attempt: Some(2),
             },
             TurnData::UpstreamFailed { upstream: "gpu-b".into(), attempt: 1, reason: "connect_error" },
+            TurnData::Checked {
+                inputs: 2,
+                flagged: 1,
+                input_chars: 40,
+                categories: vec![RefusedCategory { code: "S9".into(), category: "indiscriminate_weapons".into() }],
+            },
             TurnData::Completed { model: "m".into(), finish_reason: "stop", usage: Some(usage), duration_ms: 40 },
             TurnData::Completed { model: "m".into(), finish_reason: "length", usage: None, duration_ms: 40 },
             TurnData::Refused {

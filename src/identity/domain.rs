@@ -43,6 +43,8 @@ pub enum Capability {
     Ops,
     /// Reading the record: the console's turns, their events and the check of their chain, for the key's tenant.
     Audit,
+    /// `POST /v1/moderations`: texts judged by the tenant's constitution, without a turn.
+    Moderate,
 }
 
 impl Capability {
@@ -54,6 +56,7 @@ impl Capability {
             "policy:read" => Ok(Self::PolicyRead),
             "ops" => Ok(Self::Ops),
             "audit" => Ok(Self::Audit),
+            "moderate" => Ok(Self::Moderate),
             other => Err(IdentityError::UnknownCapability(other.to_owned())),
         }
     }
@@ -65,6 +68,7 @@ impl Capability {
             Self::PolicyRead => "policy:read",
             Self::Ops => "ops",
             Self::Audit => "audit",
+            Self::Moderate => "moderate",
         }
     }
     /// Parses a comma-separated list, rejecting an empty one.

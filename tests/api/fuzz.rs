@@ -18,7 +18,7 @@ async fn schemathesis_finds_no_server_error_no_undocumented_status_and_no_respon
         s.slm.default_max_tokens = 8;
     })
     .await;
-    let key = app.key(&unique("fuzz-"), &[Capability::Chat, Capability::TrainingAdmin, Capability::PolicyAdmin, Capability::Ops]).await;
+    let key = app.key(&unique("fuzz-"), &[Capability::Chat, Capability::Moderate, Capability::TrainingAdmin, Capability::PolicyAdmin, Capability::Ops]).await;
     let seed = std::env::var("STEWARD_FUZZ_SEED").unwrap_or_else(|_| "20261127".into());
     let run = tokio::process::Command::new(&schemathesis)
         .args(["run", &format!("{}/openapi.json", app.address), "-H", &format!("Authorization: Bearer {key}")])

@@ -29,6 +29,7 @@ mod limits;
 mod moderation;
 mod moderation_eval;
 mod moderation_train;
+mod moderations;
 mod openai;
 mod ops;
 mod orchestrator;

@@ -100,4 +100,5 @@ async fn the_official_openai_python_sdk_works_against_the_facade() {
     assert!(seen["split"]["content"].is_null() && !seen["split"]["refusal"].as_str().unwrap().is_empty());
     assert_eq!(seen["system_error"]["status"], 400);
     assert_eq!(seen["system_error"]["code"], "system_prompt_not_allowed");
+    assert_eq!(seen["unknown_model"], json!({ "status": 400, "code": "unknown_model", "param": "model" }), "{seen}");
 }
