@@ -133,6 +133,9 @@ impl Application {
             limiter,
             caller_system: PerTenant::new(settings.chat.caller_system_prompt, &settings.chat.caller_system_prompt_tenants),
             dispatch: PerTenant::new(settings.moderation.dispatch, &settings.moderation.dispatch_tenants),
+            guard: guard(&settings.moderation.guard)?,
+            guarded: settings.moderation.guard.kind != crate::config::GuardKindSetting::Off,
+            guard_failure: PerTenant::new(settings.moderation.guard.on_failure, &settings.moderation.guard.on_failure_tenants),
         });
         let policy_api = web::Data::new(crate::policy::PolicyApi {
             judges,
@@ -288,6 +291,21 @@ fn bound_send_buffer(connection: &dyn std::any::Any, bytes: usize) {
 
 /// The configured key, or a random one that only this process can verify.
 /// A verdict's lifetime in whole seconds (its expiry is a Unix time), rounded up.
+/// The operator's guard, or the disabled one.
+fn guard(settings: &crate::config::GuardSettings) -> anyhow::Result<Arc<dyn crate::moderation::guard::Guard>> {
+    use crate::config::GuardKindSetting;
+    use crate::moderation::guard::{GuardKind, HttpGuard, NoGuard};
+    let kind = match settings.kind {
+        GuardKindSetting::Off => return Ok(Arc::new(NoGuard)),
+        GuardKindSetting::Chat => GuardKind::Chat,
+        GuardKindSetting::ModerationApi => GuardKind::ModerationApi,
+    };
+    let api_key = Some(settings.api_key.expose().to_owned()).filter(|key| !key.is_empty());
+    let guard = HttpGuard::new(kind, &settings.base_url, &settings.model, api_key, settings.timeout.get()).context("Failed to build the guard's client")?;
+    tracing::info!(kind = ?settings.kind, base_url = %settings.base_url, model = %settings.model, "guard configured");
+    Ok(Arc::new(guard))
+}
+
 /// The model servers behind one router (one upstream when `[[slm.upstreams]]` lists none).
 fn model_router(slm: &crate::config::SlmSettings, timeouts: Timeouts, metrics: &Metrics) -> anyhow::Result<Arc<Router>> {
     let circuit = CircuitSettings { failures: slm.circuit_failures.get(), cooldown: slm.circuit_cooldown.get(), max_cooldown: slm.circuit_max_cooldown.get() };

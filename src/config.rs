@@ -291,6 +291,64 @@ pub struct ModerationSettings {
     /// Per-tenant exceptions to `dispatch`.
     #[serde(default)]
     pub dispatch_tenants: std::collections::HashMap<String, DispatchMode>,
+    /// The operator's own guard service, judging input after the other layers allow it.
+    #[serde(default)]
+    pub guard: GuardSettings,
+}
+
+/// `[moderation.guard]`: a guard model or moderation service of the operator's choice.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GuardSettings {
+    /// `off`, `chat` (a Llama Guard-style model over the chat API) or `moderation_api`
+    /// (a service speaking OpenAI's `POST /v1/moderations`).
+    pub kind: GuardKindSetting,
+    /// Its OpenAI-compatible base URL, ending in `/v1`.
+    pub base_url: String,
+    /// The guard's model name, sent in each request and named in the record.
+    pub model: String,
+    /// Secret: its API key, sent as `Authorization: Bearer` (set STEWARD_MODERATION__GUARD__API_KEY); empty for none.
+    pub api_key: Secret,
+    /// Longest wait for its answer.
+    pub timeout: NonZeroDuration,
+    /// When it gives no answer in time (or none Steward reads): `closed` refuses the turn with
+    /// 503 `guard_unavailable`; `open` lets it through and records `turn.guard_skipped`.
+    pub on_failure: GuardFailure,
+    /// Per-tenant exceptions to `on_failure`.
+    pub on_failure_tenants: std::collections::HashMap<String, GuardFailure>,
+}
+
+impl Default for GuardSettings {
+    fn default() -> Self {
+        Self {
+            kind: GuardKindSetting::Off,
+            base_url: String::new(),
+            model: String::new(),
+            api_key: Secret::default(),
+            timeout: NonZeroDuration::from_secs(2),
+            on_failure: GuardFailure::Closed,
+            on_failure_tenants: Default::default(),
+        }
+    }
+}
+
+/// See [`GuardSettings::kind`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GuardKindSetting {
+    #[default]
+    Off,
+    Chat,
+    ModerationApi,
+}
+
+/// See [`GuardSettings::on_failure`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GuardFailure {
+    #[default]
+    Closed,
+    Open,
 }
 
 /// See [`ModerationSettings::dispatch`].
@@ -447,6 +505,11 @@ impl Settings {
         }
         if !(self.slm.base_url.starts_with("http://") || self.slm.base_url.starts_with("https://")) {
             return invalid("slm.base_url", "expected an http(s) URL ending in /v1");
+        }
+        let guard = &self.moderation.guard;
+        let guard_url = guard.base_url.starts_with("http://") || guard.base_url.starts_with("https://");
+        if guard.kind != GuardKindSetting::Off && (!guard_url || guard.model.trim().is_empty()) {
+            return invalid("moderation.guard", "a guard needs an http(s) base_url ending in /v1 and a model name");
         }
         let mut names = std::collections::HashSet::new();
         for upstream in &self.slm.upstreams {

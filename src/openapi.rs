@@ -101,6 +101,6 @@ mod tests {
             let target = path.iter().fold(&document, |node, key| &node[*key]);
             assert!(!target.is_null(), "{reference} points nowhere");
         }
-        assert_eq!(document["paths"].as_object().unwrap().len(), 15, "every route is described");
+        assert_eq!(document["paths"].as_object().unwrap().len(), 16, "every route is described");
     }
 }

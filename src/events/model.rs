@@ -33,6 +33,8 @@ pub enum EventType {
     UpstreamFailed,
     #[serde(rename = "moderation.checked")]
     Checked,
+    #[serde(rename = "turn.guard_skipped")]
+    GuardSkipped,
 }
 
 impl EventType {
@@ -46,6 +48,7 @@ impl EventType {
             Self::Failed => "turn.failed",
             Self::UpstreamFailed => "turn.upstream_failed",
             Self::Checked => "moderation.checked",
+            Self::GuardSkipped => "turn.guard_skipped",
         }
     }
 }

@@ -48,7 +48,15 @@ pub enum TurnData {
         /// `aborted`: refused on input under overlapped dispatch, its model request ended unread.
         #[serde(skip_serializing_if = "Option::is_none")]
         model_request: Option<&'static str>,
+        /// With layer `guard`: the guard's model name.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        guard_model: Option<String>,
+        /// With layer `guard`: the digest of what the guard was asked with (`moderation::guard::GuardInfo`).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        guard_config: Option<String>,
     },
+    /// `turn.guard_skipped`: the guard gave no decision and the tenant's guard fails open.
+    GuardSkipped { guard_model: String, guard_config: String, reason: &'static str },
     /// `turn.cancelled`.
     Cancelled { reason: &'static str, emitted_chars: usize },
     /// `turn.failed`.
@@ -75,6 +83,7 @@ impl TurnData {
             Self::Dispatched { .. } => EventType::Dispatched,
             Self::UpstreamFailed { .. } => EventType::UpstreamFailed,
             Self::Checked { .. } => EventType::Checked,
+            Self::GuardSkipped { .. } => EventType::GuardSkipped,
             Self::Completed { .. } => EventType::Completed,
             Self::Refused { .. } => EventType::Refused,
             Self::Cancelled { .. } => EventType::Cancelled,
@@ -124,7 +133,10 @@ mod tests {
                 layer: Some("semantic"),
                 score: Some(0.9),
                 model_request: Some("aborted"),
+                guard_model: Some("llama-guard-3-1b".into()),
+                guard_config: Some(format!("sha256:{}", "b".repeat(64))),
             },
+            TurnData::GuardSkipped { guard_model: "llama-guard-3-1b".into(), guard_config: format!("sha256:{}", "b".repeat(64)), reason: "timeout" },
             TurnData::Cancelled { reason: "client_disconnected", emitted_chars: 5 },
             TurnData::Failed { code: "client_too_slow", stage: "client", emitted_chars: Some(5) },
         ]

@@ -12,27 +12,9 @@ use crate::error::{ApiError, Code};
 use crate::events::{RefusedCategory, TurnContext, TurnData};
 use crate::identity::{Caller, Capability};
 use crate::ids::{SessionId, TurnId};
+use crate::moderation::guard::OPENAI_CATEGORIES;
 use crate::moderation::{Decision, Hit};
 use crate::policy::headers;
-
-/// OpenAI's moderation categories, each with the constitution categories (by
-/// name) that correspond to it. Categories without a counterpart (privacy,
-/// elections, prompt injection, …) appear only in `steward`.
-const OPENAI_CATEGORIES: [(&str, &[&str]); 13] = [
-    ("harassment", &[]),
-    ("harassment/threatening", &[]),
-    ("hate", &["hate"]),
-    ("hate/threatening", &[]),
-    ("illicit", &["non_violent_crimes"]),
-    ("illicit/violent", &["violent_crimes", "indiscriminate_weapons"]),
-    ("self-harm", &["suicide_self_harm"]),
-    ("self-harm/intent", &[]),
-    ("self-harm/instructions", &[]),
-    ("sexual", &["sexual_content", "sex_related_crimes"]),
-    ("sexual/minors", &["child_sexual_exploitation"]),
-    ("violence", &["violent_crimes"]),
-    ("violence/graphic", &[]),
-];
 
 /// More texts than this in one request are refused.
 const MAX_INPUTS: usize = 32;

@@ -3,12 +3,13 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-pub use crate::config::{CallerSystemPrompt, DispatchMode, PerTenant};
+pub use crate::config::{CallerSystemPrompt, DispatchMode, GuardFailure, PerTenant};
 use crate::db::now_ms;
 use crate::error::{ApiError, Code};
 use crate::events::{EventLog, NewEvent, Pending, TurnData};
 use crate::identity::{Caller, Capability};
 use crate::ids::{SessionId, TurnId};
+use crate::moderation::guard::{Guard, GuardInfo};
 use crate::moderation::{Decision, Hit};
 use crate::orchestrator::{
     refused_data, turn_context, Conversation, ConversationStore, EarlyDispatch, FinishReason, OrchestratorError, Origin, RecordTurn, SessionData, SessionState,
@@ -42,6 +43,12 @@ pub struct Gateway {
     pub store_refused_text: bool,
     /// Per-tenant concurrent streams and request rate.
     pub limiter: Arc<crate::limits::Limiter>,
+    /// The operator's guard, asked after the other layers allow a turn's input.
+    pub guard: Arc<dyn Guard>,
+    /// Whether a guard is configured (`guard` is the disabled one otherwise).
+    pub guarded: bool,
+    /// What a tenant's turn does when the guard gives no decision.
+    pub guard_failure: PerTenant<GuardFailure>,
 }
 
 /// A turn as a chat entry point received it.
@@ -154,7 +161,7 @@ impl Gateway {
             training,
         };
 
-        let (hits, early) = self.judge(&judge, texts, &request).await?;
+        let (hits, early, skipped) = self.judge(&judge, texts, &request).await?;
         let verdict = if hits.is_empty() { Verdict::Allow } else { Verdict::Refuse(hits.iter().map(|h| h.code.clone()).collect()) };
         let turn =
             TurnRef { tenant, session_id: request.session_id.as_str(), turn_id: request.turn_id.as_str(), message: &request.message, params: request.params };
@@ -163,11 +170,13 @@ impl Gateway {
         let received = NewEvent::turn(context.clone(), &received_data);
         if !hits.is_empty() {
             permit.used(0);
-            return self.refuse(request, signed, hits, received, early.and_then(Result::ok)).await;
+            return self.refuse(request, signed, &judge, hits, received, early.and_then(Result::ok)).await;
         }
 
         let (session_id, turn_id, model) = (request.session_id.clone(), request.turn_id.clone(), request.model.clone());
-        self.events.emit(vec![Pending::Conversation(received)]).await?;
+        let mut first = vec![Pending::Conversation(received)];
+        first.extend(skipped.map(|data| Pending::Conversation(NewEvent::turn(context.clone(), &data))));
+        self.events.emit(first).await?;
         let started = match early.transpose() {
             Ok(early) => self.conversation.start_turn(request, signed.headers(), early).await,
             Err(err) => Err(err),
@@ -186,18 +195,31 @@ impl Gateway {
     }
 
     /// Judges the turn's messages and returns every refused category (none:
-    /// allowed). Under overlapped dispatch the model request starts meanwhile;
-    /// it comes back with the judgement, to be read or aborted.
+    /// allowed), then, when they are allowed and a guard is configured, the
+    /// guard's. Under overlapped dispatch the model request starts meanwhile;
+    /// it comes back with the judgement, to be read or aborted. A guard that
+    /// gives no decision fails the turn (`guard_unavailable`) or, for a tenant
+    /// whose guard fails open, lets it through with a `turn.guard_skipped`.
     async fn judge(
         &self,
         judge: &Judge,
         texts: Vec<String>,
         request: &TurnRequest,
-    ) -> Result<(Vec<Hit>, Option<Result<EarlyDispatch, OrchestratorError>>), ApiError> {
+    ) -> Result<(Vec<Hit>, Option<Result<EarlyDispatch, OrchestratorError>>, Option<TurnData>), ApiError> {
+        let guarded_texts = self.guarded.then(|| texts.clone());
         let judging = async {
             let started = Instant::now();
             let decision = judge.moderator.judge_messages(texts).await;
-            (decision, started.elapsed())
+            let guarded = match (&decision, guarded_texts) {
+                (Ok(Decision::Allow), Some(texts)) => {
+                    let asked = Instant::now();
+                    let answer = self.guard.judge(&judge.constitution, &texts).await;
+                    self.metrics.moderation_check("guard", asked.elapsed());
+                    Some(answer)
+                }
+                _ => None,
+            };
+            ((decision, guarded), started.elapsed())
         };
         let ((decision, took), early) = match self.dispatch.of(request.tenant.as_str()) {
             DispatchMode::AfterVerdict => (judging.await, None),
@@ -206,14 +228,27 @@ impl Gateway {
                 (judged, Some(early))
             }
         };
-        let hits = match decision? {
-            Decision::Allow => Vec::new(),
-            Decision::Refuse(hits) => hits,
+        let (decision, guarded) = decision;
+        let (hits, skipped) = match (decision?, guarded) {
+            (Decision::Refuse(hits), _) => (hits, None),
+            (Decision::Allow, None) => (Vec::new(), None),
+            (Decision::Allow, Some(Ok(hits))) => (hits, None),
+            (Decision::Allow, Some(Err(err))) => {
+                let tenant = request.tenant.as_str();
+                tracing::warn!(tenant, error = %err, reason = err.reason(), "the guard gave no decision");
+                match self.guard_failure.of(tenant) {
+                    GuardFailure::Closed => return Err(err.into()),
+                    GuardFailure::Open => {
+                        let info = self.guard.info(&judge.constitution).unwrap_or_else(|| GuardInfo { model: String::new(), config_digest: String::new() });
+                        (Vec::new(), Some(TurnData::GuardSkipped { guard_model: info.model, guard_config: info.config_digest, reason: err.reason() }))
+                    }
+                }
+            }
         };
         self.metrics.moderation_check("input", took);
         let first = hits.first().map(|h| (h.category.as_str(), h.code.as_str()));
         turn_spans::input_moderation(&request.trace, took, first, judge.hash.as_str());
-        Ok((hits, early))
+        Ok((hits, early, skipped))
     }
 
     /// The turn's session: a new one, or the caller's own (a UUID an earlier turn of its tenant returned).
@@ -236,6 +271,7 @@ impl Gateway {
         &self,
         request: TurnRequest,
         signed: SignedVerdict,
+        judge: &Judge,
         hits: Vec<Hit>,
         received: NewEvent,
         early: Option<EarlyDispatch>,
@@ -253,7 +289,7 @@ impl Gateway {
             }
             None => None,
         };
-        let refused = refused_data("input", &hits, model_request);
+        let refused = refused_data("input", &hits, model_request, self.guard.info(&judge.constitution));
         events.push(Pending::Conversation(NewEvent::turn(context, &refused)));
         let TurnRequest { tenant, session_id, turn_id, message, preamble, trace, route, started, model, .. } = request;
         let mut record = refusal_record(tenant.as_str(), &session_id, &turn_id, &trace, &signed);

@@ -15,6 +15,8 @@ pub enum Layer {
     SemanticStatic,
     /// The semantic layer's transformer stage.
     Semantic,
+    /// The operator's own guard service (`moderation.guard`).
+    Guard,
 }
 
 impl Layer {
@@ -23,6 +25,7 @@ impl Layer {
             Self::Lexicon => "lexicon",
             Self::SemanticStatic => "semantic_static",
             Self::Semantic => "semantic",
+            Self::Guard => "guard",
         }
     }
 }

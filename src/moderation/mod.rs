@@ -17,6 +17,7 @@ mod build;
 pub mod cli;
 pub mod eval;
 mod finding;
+pub mod guard;
 mod matcher;
 pub mod normalize;
 mod phrases;

@@ -107,7 +107,7 @@ impl TurnOutcome {
             Self::Completed(finish) => {
                 TurnData::Completed { model: ended.model.to_owned(), finish_reason: finish.as_str(), usage: ended.usage, duration_ms: ended.duration_ms }
             }
-            Self::Refused(hit) => refused_data("output", std::slice::from_ref(hit), None),
+            Self::Refused(hit) => refused_data("output", std::slice::from_ref(hit), None, None),
             Self::Cancelled(reason) => TurnData::Cancelled { reason: reason.as_str(), emitted_chars: ended.emitted_chars() },
             Self::Failed(Failure::Model { code, .. }) => TurnData::Failed { code: code.name(), stage: "model", emitted_chars: None },
             Self::Failed(Failure::ClientTooSlow) => {

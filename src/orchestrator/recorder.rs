@@ -37,13 +37,22 @@ pub fn turn_context(request: &TurnRequest, signed: &SignedVerdict) -> TurnContex
 
 /// `turn.refused`'s data: the stage, the categories, and the layer that
 /// decided with its score (the semantic layer's).
-pub fn refused_data(stage: &'static str, hits: &[crate::moderation::Hit], model_request: Option<&'static str>) -> TurnData {
+pub fn refused_data(
+    stage: &'static str,
+    hits: &[crate::moderation::Hit],
+    model_request: Option<&'static str>,
+    guard: Option<crate::moderation::guard::GuardInfo>,
+) -> TurnData {
+    let guard = guard.filter(|_| hits.first().is_some_and(|h| h.layer == crate::moderation::Layer::Guard));
+    let (guard_model, guard_config) = guard.map(|g| (g.model, g.config_digest)).unzip();
     TurnData::Refused {
         stage,
         categories: hits.iter().map(|h| RefusedCategory { code: h.code.clone(), category: h.category.clone() }).collect(),
         layer: hits.first().map(|h| h.layer.as_str()),
         score: hits.first().and_then(|h| h.score),
         model_request,
+        guard_model,
+        guard_config,
     }
 }
 

@@ -32,6 +32,19 @@ pub struct Constitution {
     pub semantic: SemanticRule,
     /// Refusal categories, in priority order.
     pub categories: Vec<CategoryRule>,
+    /// How a guard service's answers map onto the categories (`moderation.guard`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guard: Option<GuardRule>,
+}
+
+/// `[guard]`: the table from a guard's categories to this constitution's codes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuardRule {
+    /// OpenAI moderation category (e.g. `violence`, `illicit/violent`) → category code, for a
+    /// guard speaking OpenAI's moderation API. A flagged category not listed refuses under none.
+    #[serde(default)]
+    pub openai_categories: std::collections::BTreeMap<String, String>,
 }
 
 /// The semantic layer's numbers (see `moderation::semantic`): a text is
@@ -223,6 +236,11 @@ impl Constitution {
         if self.name.trim().is_empty() || self.version.trim().is_empty() {
             return fail("fields `name` and `version` must not be empty".into());
         }
+        for (theirs, code) in self.guard.iter().flat_map(|g| &g.openai_categories) {
+            if !self.categories.iter().any(|c| &c.code == code) {
+                return fail(format!("[guard] openai_categories maps `{theirs}` to `{code}`, which no category has"));
+            }
+        }
         let SemanticRule { classifier: _, threshold, min_similarity, output_threshold, static_allow_below, static_refuse_from } = self.semantic;
         let numbers = [threshold, min_similarity, output_threshold, static_allow_below, static_refuse_from];
         if !numbers.iter().all(|x| x.is_finite()) {
@@ -283,7 +301,7 @@ impl Constitution {
 
     /// Canonical JSON of the document: keys sorted, no insignificant whitespace.
     pub fn canonical_bytes(&self) -> Vec<u8> {
-        let Self { name, version, semantic, categories } = self;
+        let Self { name, version, semantic, categories, guard } = self;
         let categories = categories.iter().map(CategoryRule::canonical_value).collect();
         let SemanticRule { classifier, threshold, min_similarity, output_threshold, static_allow_below, static_refuse_from } = semantic;
         // Named only when set, so a document without a classifier keeps the hash it always had.
@@ -299,12 +317,22 @@ impl Constitution {
                 ])
                 .collect(),
         );
-        object(vec![
-            ("categories", Value::Array(categories)),
-            ("name", Value::from(name.as_str())),
-            ("semantic", semantic),
-            ("version", Value::from(version.as_str())),
-        ])
+        // Named only when set, so a document without a guard table keeps the hash it always had.
+        let guard = guard.iter().map(|g| {
+            let table = g.openai_categories.iter().map(|(k, v)| (k.clone(), Value::from(v.as_str()))).collect::<serde_json::Map<_, _>>();
+            ("guard", object(vec![("openai_categories", Value::Object(table))]))
+        });
+        object(
+            [
+                ("categories", Value::Array(categories)),
+                ("name", Value::from(name.as_str())),
+                ("semantic", semantic),
+                ("version", Value::from(version.as_str())),
+            ]
+            .into_iter()
+            .chain(guard)
+            .collect(),
+        )
         .to_string()
         .into_bytes()
     }

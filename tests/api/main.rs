@@ -24,6 +24,7 @@ mod dashboards;
 mod evasion;
 mod events;
 mod fuzz;
+mod guard;
 mod instances;
 mod limits;
 mod moderation;
