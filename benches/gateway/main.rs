@@ -22,7 +22,9 @@
 //! `STEWARD_BENCH_PROXY` (`per-worker`, `shared`, both comma-separated, or
 //! `none`: the pass-through proxy's connection pool),
 //! `STEWARD_BENCH_BASELINE` (another checkout with a release build: each
-//! configuration runs there first, for a before/after in one run).
+//! configuration runs there first, for a before/after in one run),
+//! `STEWARD_BENCH_TWO_UPSTREAMS` (`off` skips the rows of Steward over two
+//! replay upstreams, with both up and with one killed mid-run).
 //! `MALLOC_ARENA_MAX` and `GLIBC_TUNABLES` pass through to Steward, for
 //! allocator experiments.
 
@@ -199,6 +201,42 @@ async fn run_levels(rows: &mut Vec<Row>, name: &str, proc: &Proc, target: &Targe
     }
 }
 
+/// Steward (embedded, semantic layer off) over two replay upstreams: every
+/// level with both up, then one level (c=64, or the highest below it) during
+/// which one of them is killed (SIGKILL) halfway through the measurement.
+async fn two_upstreams(rows: &mut Vec<Row>, replay: &Replay, up_port: u16, dir: &Path, levels: &[usize], warmup: Duration, measure: Duration) {
+    let config =
+        Config { name: "embedded-off".into(), semantic: false, overlapped: false, full: false, binary: env!("CARGO_BIN_EXE_steward").into(), root: root() };
+    let tokens = replay.tokens;
+    for killed in [false, true] {
+        let second_port = free_port();
+        let second = process::helper("upstream", second_port, replay.to_args());
+        wait_healthy("upstream", &format!("http://127.0.0.1:{second_port}/health"), Duration::from_secs(10)).await;
+        let upstreams = format!("[{{name=\"a\",base_url=\"http://127.0.0.1:{up_port}/v1\"}},{{name=\"b\",base_url=\"http://127.0.0.1:{second_port}/v1\"}}]");
+        let port = free_port();
+        let env = steward_env(&config, up_port, port, dir, &[("STEWARD_SLM__UPSTREAMS", upstreams), ("STEWARD_SLM__MAX_CONCURRENT", "0".into())]).await;
+        let (steward, key) = start_steward(&env, port, &dir.join(format!("steward-two-{killed}.log"))).await;
+        let target = Target {
+            url: format!("http://127.0.0.1:{port}/v1/chat/stream"),
+            bearer: Some(key),
+            body: Arc::new(move |n| json!({ "message": prompt(n), "max_tokens": tokens, "temperature": 0 })),
+            content_marker: b"event: delta",
+        };
+        if !killed {
+            run_levels(rows, "steward over two upstreams", &steward, &target, levels, warmup, measure).await;
+            continue;
+        }
+        let level = levels.iter().copied().filter(|c| *c <= 64).max().unwrap_or(1);
+        let kill = async {
+            tokio::time::sleep(warmup + measure / 2).await;
+            drop(second);
+        };
+        let (mut killed_rows, one_level) = (Vec::new(), [level]);
+        tokio::join!(run_levels(&mut killed_rows, "steward over two upstreams, one killed mid-run", &steward, &target, &one_level, warmup, measure), kill);
+        rows.extend(killed_rows);
+    }
+}
+
 fn main() {
     let role = std::env::var("STEWARD_BENCH_ROLE").unwrap_or_default();
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -270,6 +308,9 @@ async fn bench() {
             content_marker: b"event: delta",
         };
         run_levels(&mut rows, &format!("steward {}", config.name), &steward, &target, &levels, warmup, measure).await;
+    }
+    if std::env::var("STEWARD_BENCH_TWO_UPSTREAMS").as_deref() != Ok("off") {
+        two_upstreams(&mut rows, &replay, up_port, dir.path(), &levels, warmup, measure).await;
     }
     print_table(&rows);
     print_shares(&rows);
