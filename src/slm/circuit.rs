@@ -151,6 +151,15 @@ mod tests {
         Circuit::new(CircuitSettings { failures: 3, cooldown: Duration::from_secs(5), max_cooldown: Duration::from_secs(12) })
     }
 
+    /// A circuit its three failures in a row just opened.
+    fn opened() -> Circuit {
+        let circuit = circuit();
+        for _ in 0..3 {
+            circuit.failed();
+        }
+        circuit
+    }
+
     #[tokio::test(start_paused = true)]
     async fn opens_after_failures_in_a_row_and_a_success_between_resets_the_count() {
         let circuit = circuit();
@@ -165,10 +174,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn after_the_cooldown_one_probe_goes_and_its_success_closes_the_circuit() {
-        let circuit = circuit();
-        (0..3).for_each(|_| {
-            circuit.failed();
-        });
+        let circuit = opened();
         tokio::time::advance(Duration::from_millis(4_999)).await;
         assert!(!circuit.allows(), "still cooling down");
         tokio::time::advance(Duration::from_millis(1)).await;
@@ -182,10 +188,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_failed_probe_opens_it_for_twice_as_long_up_to_the_maximum() {
-        let circuit = circuit();
-        (0..3).for_each(|_| {
-            circuit.failed();
-        });
+        let circuit = opened();
         for cooldown in [10_000, 12_000, 12_000] {
             tokio::time::advance(circuit.opens_again().unwrap() - Instant::now()).await;
             assert!(circuit.allows());
@@ -196,10 +199,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn an_abandoned_probe_lets_the_next_one_go() {
-        let circuit = circuit();
-        (0..3).for_each(|_| {
-            circuit.failed();
-        });
+        let circuit = opened();
         tokio::time::advance(Duration::from_secs(5)).await;
         assert!(circuit.allows());
         circuit.abandoned();

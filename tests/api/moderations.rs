@@ -4,24 +4,14 @@
 use serde_json::{json, Value};
 use steward::identity::Capability;
 
-use crate::helpers::{assert_error, manifest_dir, spawn_app, unique};
+use crate::helpers::{assert_error, spawn_app, unique};
 
 #[tokio::test]
 async fn the_official_openai_sdk_gets_stewards_verdict_from_the_moderation_endpoint_and_each_check_is_recorded() {
     let app = spawn_app().await;
     let tenant = unique("tenant-");
     let key = app.key(&tenant, &[Capability::Moderate]).await;
-    let python = std::env::var("STEWARD_TEST_MODEL_PYTHON").unwrap_or_else(|_| format!("{}/.venv/bin/python", env!("CARGO_MANIFEST_DIR")));
-
-    let output = tokio::process::Command::new(python)
-        .arg(manifest_dir().join("tests/openai_moderation_check.py"))
-        .arg(format!("{}/v1", app.address))
-        .arg(&key)
-        .output()
-        .await
-        .expect("run the OpenAI SDK moderation check (is the openai package in .venv?)");
-    assert!(output.status.success(), "SDK check failed: {}", String::from_utf8_lossy(&output.stderr));
-    let seen: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let seen = crate::openai::with_openai_sdk("openai_moderation_check.py", &app, &key).await;
 
     let active = app.settings.policy.constitution.clone();
     let (constitution, _) = steward::policy::constitution::Constitution::read(&active).unwrap();

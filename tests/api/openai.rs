@@ -71,22 +71,26 @@ async fn an_injection_hidden_in_an_earlier_message_is_refused() {
     assert!(json["choices"][0]["message"]["content"].is_null());
 }
 
+/// What `script` (a Python file under `tests/`, driving the official OpenAI
+/// SDK against `app` with `key`) printed as JSON.
+pub(crate) async fn with_openai_sdk(script: &str, app: &crate::helpers::TestApp, key: &str) -> Value {
+    let python = std::env::var("STEWARD_TEST_MODEL_PYTHON").unwrap_or_else(|_| format!("{}/.venv/bin/python", env!("CARGO_MANIFEST_DIR")));
+    let output = tokio::process::Command::new(python)
+        .arg(manifest_dir().join("tests").join(script))
+        .arg(format!("{}/v1", app.address))
+        .arg(key)
+        .output()
+        .await
+        .expect("run the OpenAI SDK script (is the openai package in .venv?)");
+    assert!(output.status.success(), "{script} failed: {}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
 #[tokio::test]
 async fn the_official_openai_python_sdk_works_against_the_facade() {
     let app = spawn_app().await;
     let (_, key) = app.chat_key().await;
-    let python = std::env::var("STEWARD_TEST_MODEL_PYTHON").unwrap_or_else(|_| format!("{}/.venv/bin/python", env!("CARGO_MANIFEST_DIR")));
-
-    let output = tokio::process::Command::new(python)
-        .arg(manifest_dir().join("tests/openai_sdk_check.py"))
-        .arg(format!("{}/v1", app.address))
-        .arg(&key)
-        .output()
-        .await
-        .expect("run the OpenAI SDK check (is the openai package in .venv?)");
-
-    assert!(output.status.success(), "SDK check failed: {}", String::from_utf8_lossy(&output.stderr));
-    let seen: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let seen = with_openai_sdk("openai_sdk_check.py", &app, &key).await;
     assert!(!seen["plain"]["content"].as_str().unwrap().is_empty(), "{seen}");
     assert!(seen["plain"]["completion_tokens"].as_u64().unwrap() <= 6);
     assert!(!seen["stream"]["content"].as_str().unwrap().is_empty(), "{seen}");

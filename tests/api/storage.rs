@@ -7,14 +7,19 @@ use steward::orchestrator::{ConversationStore, FinishReason, Judged, Refusals, S
 
 use crate::helpers::{postgres_database, unique};
 
-async fn database(kind: &str) -> (Database, Option<tempfile::TempDir>) {
+/// A fresh, empty database of `kind` (its directory, for SQLite, lives as long as the handle).
+async fn empty_database(kind: &str) -> (Database, Option<tempfile::TempDir>) {
     let (url, dir) = if kind == "postgres" {
         (postgres_database().await, None)
     } else {
         let dir = tempfile::tempdir().unwrap();
         (format!("sqlite://{}?mode=rwc", dir.path().join("s.db").display()), Some(dir))
     };
-    let db = Database::connect(&url, 2).await.unwrap();
+    (Database::connect(&url, 2).await.unwrap(), dir)
+}
+
+async fn database(kind: &str) -> (Database, Option<tempfile::TempDir>) {
+    let (db, dir) = empty_database(kind).await;
     db.migrate().await.unwrap();
     (db, dir)
 }
@@ -116,13 +121,7 @@ async fn turns_are_found_and_counted_by_the_category_they_were_refused_on_at_eit
 /// their own `turn.refused` event: the database is migrated to 0008, a cut
 /// turn and its event are written as that version wrote them, then the rest runs.
 async fn a_turn_cut_before_the_output_code_was_stored_gets_it_from_its_event(kind: &str) {
-    let (url, _dir) = if kind == "postgres" {
-        (postgres_database().await, None)
-    } else {
-        let dir = tempfile::tempdir().unwrap();
-        (format!("sqlite://{}?mode=rwc", dir.path().join("s.db").display()), Some(dir))
-    };
-    let db = Database::connect(&url, 2).await.unwrap();
+    let (db, _dir) = empty_database(kind).await;
     let mut migrator = if kind == "postgres" { sqlx::migrate!("./migrations/postgres") } else { sqlx::migrate!("./migrations/sqlite") };
     let all = migrator.migrations.clone();
     migrator.migrations = all.iter().filter(|m| m.version <= 8).cloned().collect::<Vec<_>>().into();
