@@ -104,6 +104,7 @@ impl Application {
             max_tokens_limit: slm.max_tokens_limit,
         };
         let keepalive = settings.server.keepalive.get();
+        let guard = guard(&settings.moderation.guard)?;
         let orchestrator: Arc<dyn Conversation> = Arc::new(Orchestrator::new(
             policy.clone(),
             judges.clone(),
@@ -112,6 +113,7 @@ impl Application {
             metrics.clone(),
             events.clone(),
             OrchestratorSettings {
+                guard: guard.clone(),
                 system_prompt: slm.system_prompt.clone(),
                 max_history_turns: settings.chat.max_history_turns,
                 pacing: Pacing { buffer: settings.server.stream_buffer_events.get(), write_stall: settings.server.write_stall.get(), shutdown: turns.clone() },
@@ -133,9 +135,7 @@ impl Application {
             limiter,
             caller_system: PerTenant::new(settings.chat.caller_system_prompt, &settings.chat.caller_system_prompt_tenants),
             dispatch: PerTenant::new(settings.moderation.dispatch, &settings.moderation.dispatch_tenants),
-            guard: guard(&settings.moderation.guard)?,
-            guarded: settings.moderation.guard.kind != crate::config::GuardKindSetting::Off,
-            guard_failure: PerTenant::new(settings.moderation.guard.on_failure, &settings.moderation.guard.on_failure_tenants),
+            guard: guard.clone(),
         });
         let policy_api = web::Data::new(crate::policy::PolicyApi {
             judges,
@@ -292,18 +292,18 @@ fn bound_send_buffer(connection: &dyn std::any::Any, bytes: usize) {
 /// The configured key, or a random one that only this process can verify.
 /// A verdict's lifetime in whole seconds (its expiry is a Unix time), rounded up.
 /// The operator's guard, or the disabled one.
-fn guard(settings: &crate::config::GuardSettings) -> anyhow::Result<Arc<dyn crate::moderation::guard::Guard>> {
+fn guard(settings: &crate::config::GuardSettings) -> anyhow::Result<crate::moderation::guard::GuardPolicy> {
     use crate::config::GuardKindSetting;
-    use crate::moderation::guard::{GuardKind, HttpGuard, NoGuard};
+    use crate::moderation::guard::{GuardKind, GuardPolicy, HttpGuard};
     let kind = match settings.kind {
-        GuardKindSetting::Off => return Ok(Arc::new(NoGuard)),
+        GuardKindSetting::Off => return Ok(GuardPolicy::disabled()),
         GuardKindSetting::Chat => GuardKind::Chat,
         GuardKindSetting::ModerationApi => GuardKind::ModerationApi,
     };
     let api_key = Some(settings.api_key.expose().to_owned()).filter(|key| !key.is_empty());
     let guard = HttpGuard::new(kind, &settings.base_url, &settings.model, api_key, settings.timeout.get()).context("Failed to build the guard's client")?;
     tracing::info!(kind = ?settings.kind, base_url = %settings.base_url, model = %settings.model, "guard configured");
-    Ok(Arc::new(guard))
+    Ok(GuardPolicy { guard: Arc::new(guard), guarded: true, failure: PerTenant::new(settings.on_failure, &settings.on_failure_tenants) })
 }
 
 /// The model servers behind one router (one upstream when `[[slm.upstreams]]` lists none).

@@ -56,7 +56,7 @@ pub enum TurnData {
         guard_config: Option<String>,
     },
     /// `turn.guard_skipped`: the guard gave no decision and the tenant's guard fails open.
-    GuardSkipped { guard_model: String, guard_config: String, reason: &'static str },
+    GuardSkipped { stage: &'static str, guard_model: String, guard_config: String, reason: &'static str },
     /// `turn.cancelled`.
     Cancelled { reason: &'static str, emitted_chars: usize },
     /// `turn.failed`.
@@ -77,6 +77,13 @@ pub struct RefusedCategory {
 }
 
 impl TurnData {
+    /// `turn.guard_skipped`: on which `stage` (`input` or `output`), the guard
+    /// named (as `info` says), and why it gave no decision.
+    pub fn guard_skipped(stage: &'static str, info: Option<crate::moderation::guard::GuardInfo>, reason: &'static str) -> Self {
+        let (guard_model, guard_config) = info.map(|i| (i.model, i.config_digest)).unwrap_or_default();
+        Self::GuardSkipped { stage, guard_model, guard_config, reason }
+    }
+
     pub fn kind(&self) -> EventType {
         match self {
             Self::Received { .. } => EventType::Received,
@@ -136,7 +143,12 @@ mod tests {
                 guard_model: Some("llama-guard-3-1b".into()),
                 guard_config: Some(format!("sha256:{}", "b".repeat(64))),
             },
-            TurnData::GuardSkipped { guard_model: "llama-guard-3-1b".into(), guard_config: format!("sha256:{}", "b".repeat(64)), reason: "timeout" },
+            TurnData::GuardSkipped {
+                stage: "output",
+                guard_model: "llama-guard-3-1b".into(),
+                guard_config: format!("sha256:{}", "b".repeat(64)),
+                reason: "timeout",
+            },
             TurnData::Cancelled { reason: "client_disconnected", emitted_chars: 5 },
             TurnData::Failed { code: "client_too_slow", stage: "client", emitted_chars: Some(5) },
         ]

@@ -3,13 +3,13 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-pub use crate::config::{CallerSystemPrompt, DispatchMode, GuardFailure, PerTenant};
+pub use crate::config::{CallerSystemPrompt, DispatchMode, PerTenant};
 use crate::db::now_ms;
 use crate::error::{ApiError, Code};
 use crate::events::{EventLog, NewEvent, Pending, TurnData};
 use crate::identity::{Caller, Capability};
 use crate::ids::{SessionId, TurnId};
-use crate::moderation::guard::{Guard, GuardInfo};
+use crate::moderation::guard::{GuardFailure, GuardPolicy, GuardStage};
 use crate::moderation::{Decision, Hit};
 use crate::orchestrator::{
     refused_data, turn_context, Conversation, ConversationStore, EarlyDispatch, FinishReason, OrchestratorError, Origin, RecordTurn, SessionData, SessionState,
@@ -44,11 +44,7 @@ pub struct Gateway {
     /// Per-tenant concurrent streams and request rate.
     pub limiter: Arc<crate::limits::Limiter>,
     /// The operator's guard, asked after the other layers allow a turn's input.
-    pub guard: Arc<dyn Guard>,
-    /// Whether a guard is configured (`guard` is the disabled one otherwise).
-    pub guarded: bool,
-    /// What a tenant's turn does when the guard gives no decision.
-    pub guard_failure: PerTenant<GuardFailure>,
+    pub guard: GuardPolicy,
 }
 
 /// A turn as a chat entry point received it.
@@ -206,14 +202,14 @@ impl Gateway {
         texts: Vec<String>,
         request: &TurnRequest,
     ) -> Result<(Vec<Hit>, Option<Result<EarlyDispatch, OrchestratorError>>, Option<TurnData>), ApiError> {
-        let guarded_texts = self.guarded.then(|| texts.clone());
+        let guarded_texts = self.guard.guarded.then(|| texts.clone());
         let judging = async {
             let started = Instant::now();
             let decision = judge.moderator.judge_messages(texts).await;
             let guarded = match (&decision, guarded_texts) {
                 (Ok(Decision::Allow), Some(texts)) => {
                     let asked = Instant::now();
-                    let answer = self.guard.judge(&judge.constitution, &texts).await;
+                    let answer = self.guard.guard.judge(&judge.constitution, GuardStage::Input, &texts).await;
                     self.metrics.moderation_check("guard", asked.elapsed());
                     Some(answer)
                 }
@@ -236,12 +232,9 @@ impl Gateway {
             (Decision::Allow, Some(Err(err))) => {
                 let tenant = request.tenant.as_str();
                 tracing::warn!(tenant, error = %err, reason = err.reason(), "the guard gave no decision");
-                match self.guard_failure.of(tenant) {
+                match self.guard.failure.of(tenant) {
                     GuardFailure::Closed => return Err(err.into()),
-                    GuardFailure::Open => {
-                        let info = self.guard.info(&judge.constitution).unwrap_or_else(|| GuardInfo { model: String::new(), config_digest: String::new() });
-                        (Vec::new(), Some(TurnData::GuardSkipped { guard_model: info.model, guard_config: info.config_digest, reason: err.reason() }))
-                    }
+                    GuardFailure::Open => (Vec::new(), Some(TurnData::guard_skipped("input", self.guard.info(&judge.constitution), err.reason()))),
                 }
             }
         };

@@ -1,6 +1,7 @@
 //! Bring your own guard (`[moderation.guard]`): after the lexicon and the
-//! semantic layer allow a turn's input, a guard service the operator trusts
-//! judges it too, within a deadline. Two kinds:
+//! semantic layer allow a turn's input, or a finished piece of its answer, a
+//! guard service the operator trusts judges it too, within a deadline. Two
+//! kinds:
 //!
 //! - `chat`: a guard model of the Llama Guard family served over the
 //!   OpenAI-compatible chat API (llama.cpp, vLLM, Ollama). Its prompt lists
@@ -14,6 +15,7 @@
 //! Every guard decision names the guard's model and a digest of what it was
 //! asked with (the template or the table), so a record says what judged it.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
@@ -21,6 +23,8 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use super::{Hit, Layer};
+pub use crate::config::GuardFailure;
+use crate::config::PerTenant;
 use crate::policy::constitution::Constitution;
 
 /// OpenAI's moderation categories, each with the constitution categories (by
@@ -80,10 +84,27 @@ impl GuardError {
     }
 }
 
-/// The guard port: judges a turn's input texts under a constitution.
+/// What the guard judges: the caller's messages, or the model's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuardStage {
+    Input,
+    Output,
+}
+
+impl GuardStage {
+    /// Who speaks the judged text in the chat guard's conversation.
+    fn speaker(self) -> &'static str {
+        match self {
+            Self::Input => "User",
+            Self::Output => "Agent",
+        }
+    }
+}
+
+/// The guard port: judges a turn's texts under a constitution.
 pub trait Guard: Send + Sync {
     /// The categories refused (empty: allowed), or why there is no decision.
-    fn judge<'a>(&'a self, constitution: &'a Constitution, texts: &'a [String]) -> BoxFuture<'a, Result<Vec<Hit>, GuardError>>;
+    fn judge<'a>(&'a self, constitution: &'a Constitution, stage: GuardStage, texts: &'a [String]) -> BoxFuture<'a, Result<Vec<Hit>, GuardError>>;
     /// What judges, under `constitution`; `None` for the disabled guard.
     fn info(&self, constitution: &Constitution) -> Option<GuardInfo>;
 }
@@ -92,12 +113,44 @@ pub trait Guard: Send + Sync {
 pub struct NoGuard;
 
 impl Guard for NoGuard {
-    fn judge<'a>(&'a self, _: &'a Constitution, _: &'a [String]) -> BoxFuture<'a, Result<Vec<Hit>, GuardError>> {
+    fn judge<'a>(&'a self, _: &'a Constitution, _: GuardStage, _: &'a [String]) -> BoxFuture<'a, Result<Vec<Hit>, GuardError>> {
         Box::pin(async { Ok(Vec::new()) })
     }
 
     fn info(&self, _: &Constitution) -> Option<GuardInfo> {
         None
+    }
+}
+
+/// The guard as a turn meets it: the port, whether one is configured, and
+/// what each tenant's turn does when it gives no decision.
+#[derive(Clone)]
+pub struct GuardPolicy {
+    pub guard: Arc<dyn Guard>,
+    /// Whether a guard is configured (`guard` is [`NoGuard`] otherwise).
+    pub guarded: bool,
+    pub failure: PerTenant<GuardFailure>,
+}
+
+impl GuardPolicy {
+    /// No guard.
+    pub fn disabled() -> Self {
+        Self { guard: Arc::new(NoGuard), guarded: false, failure: PerTenant::new(GuardFailure::Closed, &Default::default()) }
+    }
+
+    /// What judges, under `constitution` (`None` without a guard).
+    pub fn info(&self, constitution: &Constitution) -> Option<GuardInfo> {
+        if self.guarded {
+            self.guard.info(constitution)
+        } else {
+            None
+        }
+    }
+}
+
+impl std::fmt::Debug for GuardPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GuardPolicy").field("guarded", &self.guarded).field("failure", &self.failure).finish_non_exhaustive()
     }
 }
 
@@ -142,10 +195,10 @@ impl HttpGuard {
         tokio::time::timeout(self.timeout, answer).await.map_err(|_| GuardError::Timeout(self.timeout))?.map_err(GuardError::from)
     }
 
-    async fn judge_chat(&self, constitution: &Constitution, texts: &[String]) -> Result<Vec<Hit>, GuardError> {
+    async fn judge_chat(&self, constitution: &Constitution, stage: GuardStage, texts: &[String]) -> Result<Vec<Hit>, GuardError> {
         let body = json!({
             "model": self.model,
-            "messages": [{ "role": "user", "content": chat_prompt(constitution, &texts.join("\n\n")) }],
+            "messages": [{ "role": "user", "content": chat_prompt(constitution, stage, &texts.join("\n\n")) }],
             "max_tokens": 24,
             "temperature": 0,
             "stream": false,
@@ -175,10 +228,10 @@ impl HttpGuard {
 }
 
 impl Guard for HttpGuard {
-    fn judge<'a>(&'a self, constitution: &'a Constitution, texts: &'a [String]) -> BoxFuture<'a, Result<Vec<Hit>, GuardError>> {
+    fn judge<'a>(&'a self, constitution: &'a Constitution, stage: GuardStage, texts: &'a [String]) -> BoxFuture<'a, Result<Vec<Hit>, GuardError>> {
         Box::pin(async move {
             match self.kind {
-                GuardKind::Chat => self.judge_chat(constitution, texts).await,
+                GuardKind::Chat => self.judge_chat(constitution, stage, texts).await,
                 GuardKind::ModerationApi => self.judge_moderation_api(constitution, texts).await,
             }
         })
@@ -186,7 +239,7 @@ impl Guard for HttpGuard {
 
     fn info(&self, constitution: &Constitution) -> Option<GuardInfo> {
         let asked_with = match self.kind {
-            GuardKind::Chat => chat_prompt(constitution, "{text}"),
+            GuardKind::Chat => [GuardStage::Input, GuardStage::Output].map(|stage| chat_prompt(constitution, stage, "{text}")).concat(),
             GuardKind::ModerationApi => category_table(constitution).iter().map(|(theirs, code)| format!("{theirs}={code}\n")).collect(),
         };
         let digest = Sha256::digest(format!("{}\n{}\n{asked_with}", self.kind.as_str(), self.model));
@@ -194,14 +247,16 @@ impl Guard for HttpGuard {
     }
 }
 
-/// The Llama Guard prompt over `text`, the constitution's categories listed by code.
-pub fn chat_prompt(constitution: &Constitution, text: &str) -> String {
+/// The Llama Guard prompt over `text` (the caller's or the model's, by
+/// `stage`), the constitution's categories listed by code.
+pub fn chat_prompt(constitution: &Constitution, stage: GuardStage, text: &str) -> String {
     let categories: String = constitution.categories.iter().map(|c| format!("{}: {}.\n", c.code, c.name.replace('_', " "))).collect();
+    let who = stage.speaker();
     format!(
-        "Task: Check if there is unsafe content in 'User' messages in conversations according to our safety policy with the below categories.\n\n\
+        "Task: Check if there is unsafe content in '{who}' messages in conversations according to our safety policy with the below categories.\n\n\
          <BEGIN UNSAFE CONTENT CATEGORIES>\n{categories}<END UNSAFE CONTENT CATEGORIES>\n\n\
-         <BEGIN CONVERSATION>\n\nUser: {text}\n\n<END CONVERSATION>\n\n\
-         Provide your safety assessment for ONLY THE LAST User message in the above conversation:\n\
+         <BEGIN CONVERSATION>\n\n{who}: {text}\n\n<END CONVERSATION>\n\n\
+         Provide your safety assessment for ONLY THE LAST {who} message in the above conversation:\n\
          - First line must read 'safe' or 'unsafe'.\n\
          - If unsafe, a second line must include a comma-separated list of violated categories."
     )
@@ -267,8 +322,9 @@ mod tests {
     #[test]
     fn the_prompt_lists_every_category_by_code_and_the_digest_follows_it() {
         let c = constitution();
-        let prompt = chat_prompt(&c, "hello");
+        let prompt = chat_prompt(&c, GuardStage::Input, "hello");
         assert!(prompt.contains("S1: violent crimes.\n") && prompt.contains("User: hello"));
+        assert!(chat_prompt(&c, GuardStage::Output, "hello").contains("Agent: hello"));
         let guard = |model: &str| HttpGuard::new(GuardKind::Chat, "http://127.0.0.1:9/v1", model, None, Duration::from_secs(1)).unwrap();
         let (a, b) = (guard("llama-guard-3-1b").info(&c).unwrap(), guard("other").info(&c).unwrap());
         assert_eq!(a, guard("llama-guard-3-1b").info(&c).unwrap(), "the same guard, the same digest");

@@ -230,7 +230,13 @@ impl Moderator {
     /// Where a streamed answer is cut into pieces for [`Moderator::judge_output`]
     /// (`None` when the semantic layer is off).
     pub fn output_sentences(&self) -> Option<SentenceBuffer> {
-        self.semantic.is_on().then(|| SentenceBuffer::new(self.output_window_chars))
+        self.semantic.is_on().then(|| self.sentence_buffer())
+    }
+
+    /// A buffer cutting the answer into the pieces judged after the lexicon
+    /// (by the semantic layer, or by the operator's guard without it).
+    pub fn sentence_buffer(&self) -> SentenceBuffer {
+        SentenceBuffer::new(self.output_window_chars)
     }
 
     /// Length of the longest phrase, in normalised chars.

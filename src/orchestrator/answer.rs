@@ -1,23 +1,54 @@
 //! The streamed answer's moderation: the lexicon's output guard, which holds
-//! back only text that could still become a listed phrase, and the semantic
-//! layer's judgement of each finished sentence.
+//! back only text that could still become a listed phrase, the semantic
+//! layer's judgement of each finished sentence and, where one is configured,
+//! the operator's guard's judgement of the sentences the semantic layer let by.
 
 use std::sync::Arc;
 
+use super::outcome::{Failure, TurnOutcome};
+use crate::events::TurnData;
+use crate::moderation::guard::{GuardFailure, GuardPolicy, GuardStage};
 use crate::moderation::{GuardStep, Hit, Moderator, OutputGuard, SentenceBuffer};
+use crate::policy::Judge;
 use crate::telemetry::Metrics;
+
+/// The operator's guard over one turn's answer.
+struct AnswerCheck {
+    policy: GuardPolicy,
+    judge: Arc<Judge>,
+    tenant: String,
+    /// `turn.guard_skipped` is recorded once per turn.
+    skipped: bool,
+}
 
 pub struct AnswerGuard {
     guard: OutputGuard,
-    /// `None` when the semantic layer is off.
+    /// `None` when neither the semantic layer nor a guard judges sentences.
     sentences: Option<SentenceBuffer>,
+    /// Whether the semantic layer is on.
+    semantic: bool,
     moderator: Moderator,
     metrics: Arc<Metrics>,
+    /// `None` without a guard.
+    check: Option<AnswerCheck>,
+}
+
+/// What judging a piece of the answer decided.
+pub enum Judged {
+    /// The answer goes on; `note` is an event to record (the guard skipped, failing open).
+    Goes { note: Option<TurnData> },
+    /// The turn ends here: refused, or failed because the guard gave no decision.
+    Ends(TurnOutcome),
 }
 
 impl AnswerGuard {
-    pub fn new(moderator: &Moderator, metrics: Arc<Metrics>) -> Self {
-        Self { guard: moderator.output_guard(), sentences: moderator.output_sentences(), moderator: moderator.clone(), metrics }
+    pub fn new(judge: &Arc<Judge>, policy: &GuardPolicy, tenant: &str, metrics: Arc<Metrics>) -> Self {
+        let moderator = &judge.moderator;
+        let check = policy.guarded.then(|| AnswerCheck { policy: policy.clone(), judge: judge.clone(), tenant: tenant.to_owned(), skipped: false });
+        let from_semantic = moderator.output_sentences();
+        let semantic = from_semantic.is_some();
+        let sentences = from_semantic.or_else(|| check.is_some().then(|| moderator.sentence_buffer()));
+        Self { guard: moderator.output_guard(), sentences, semantic, moderator: Moderator::clone(moderator), metrics, check }
     }
 
     /// The next piece of the model's answer: the text now safe to send and
@@ -40,22 +71,46 @@ impl AnswerGuard {
         (rest, last)
     }
 
-    /// Judges finished pieces of the answer with the semantic layer. A
-    /// failure of the layer is logged and lets the answer go on: the input
-    /// passed every layer, and the lexicon still guards the output.
-    pub async fn judge(&self, pieces: Vec<String>) -> Option<Hit> {
+    /// Judges finished pieces of the answer with the semantic layer, then
+    /// with the guard. A failure of the semantic layer is logged and lets the
+    /// answer go on: the input passed every layer, and the lexicon still
+    /// guards the output. The guard's failure follows the tenant's
+    /// `on_failure`: the turn fails (`guard_unavailable`) or goes on, said once.
+    pub async fn judge(&mut self, pieces: Vec<String>) -> Judged {
         if pieces.is_empty() {
-            return None;
+            return Judged::Goes { note: None };
         }
-        let started = std::time::Instant::now();
-        // Boxed: the judgement's future would otherwise size every running turn's stream.
-        let judged = Box::pin(self.moderator.judge_output(pieces)).await;
-        self.metrics.moderation_check("output", started.elapsed());
-        match judged {
-            Ok(hit) => hit,
+        let for_guard = self.check.is_some().then(|| pieces.clone());
+        if self.semantic {
+            let started = std::time::Instant::now();
+            // Boxed: the judgement's future would otherwise size every running turn's stream.
+            let judged = Box::pin(self.moderator.judge_output(pieces)).await;
+            self.metrics.moderation_check("output", started.elapsed());
+            match judged {
+                Ok(Some(hit)) => return Judged::Ends(TurnOutcome::Refused(hit)),
+                Ok(None) => {}
+                Err(err) => tracing::error!(error = %err, "output moderation failed; the answer goes on under the lexicon alone"),
+            }
+        }
+        let (Some(check), Some(pieces)) = (self.check.as_mut(), for_guard) else { return Judged::Goes { note: None } };
+        let asked = std::time::Instant::now();
+        let answer = Box::pin(check.policy.guard.judge(&check.judge.constitution, GuardStage::Output, &pieces)).await;
+        self.metrics.moderation_check("guard", asked.elapsed());
+        match answer {
+            Ok(hits) => match hits.into_iter().next() {
+                Some(hit) => Judged::Ends(TurnOutcome::Refused(hit)),
+                None => Judged::Goes { note: None },
+            },
             Err(err) => {
-                tracing::error!(error = %err, "output moderation failed; the answer goes on under the lexicon alone");
-                None
+                tracing::warn!(tenant = %check.tenant, error = %err, reason = err.reason(), "the guard gave no decision on the answer");
+                match check.policy.failure.of(&check.tenant) {
+                    GuardFailure::Closed => Judged::Ends(TurnOutcome::Failed(Failure::Guard)),
+                    GuardFailure::Open if std::mem::replace(&mut check.skipped, true) => Judged::Goes { note: None },
+                    GuardFailure::Open => {
+                        let note = TurnData::guard_skipped("output", check.policy.info(&check.judge.constitution), err.reason());
+                        Judged::Goes { note: Some(note) }
+                    }
+                }
             }
         }
     }

@@ -52,6 +52,8 @@ pub enum Failure {
     Model { code: Code, message: String, reason: &'static str },
     /// The client did not read the answer in time.
     ClientTooSlow,
+    /// The operator's guard gave no decision on the answer, and the tenant's guard fails closed.
+    Guard,
 }
 
 impl Failure {
@@ -98,6 +100,7 @@ impl TurnOutcome {
             Self::Cancelled(reason) => Some(reason.as_str()),
             Self::Failed(Failure::Model { reason, .. }) => Some(reason),
             Self::Failed(Failure::ClientTooSlow) => Some(StopReason::ClientTooSlow.as_str()),
+            Self::Failed(Failure::Guard) => Some(Code::GuardUnavailable.name()),
         }
     }
 
@@ -107,11 +110,14 @@ impl TurnOutcome {
             Self::Completed(finish) => {
                 TurnData::Completed { model: ended.model.to_owned(), finish_reason: finish.as_str(), usage: ended.usage, duration_ms: ended.duration_ms }
             }
-            Self::Refused(hit) => refused_data("output", std::slice::from_ref(hit), None, None),
+            Self::Refused(hit) => refused_data("output", std::slice::from_ref(hit), None, ended.guard.cloned()),
             Self::Cancelled(reason) => TurnData::Cancelled { reason: reason.as_str(), emitted_chars: ended.emitted_chars() },
             Self::Failed(Failure::Model { code, .. }) => TurnData::Failed { code: code.name(), stage: "model", emitted_chars: None },
             Self::Failed(Failure::ClientTooSlow) => {
                 TurnData::Failed { code: Code::ClientTooSlow.name(), stage: "client", emitted_chars: Some(ended.emitted_chars()) }
+            }
+            Self::Failed(Failure::Guard) => {
+                TurnData::Failed { code: Code::GuardUnavailable.name(), stage: "output_moderation", emitted_chars: Some(ended.emitted_chars()) }
             }
         }
     }
@@ -129,6 +135,9 @@ impl TurnOutcome {
             }
             Self::Failed(Failure::ClientTooSlow) if stored => {
                 vec![TurnEvent::Error { code: Code::ClientTooSlow, message: "the client did not read the answer in time".into() }]
+            }
+            Self::Failed(Failure::Guard) => {
+                vec![TurnEvent::Error { code: Code::GuardUnavailable, message: "the guard gave no decision on the answer".into() }]
             }
             _ => Vec::new(),
         };
@@ -150,6 +159,8 @@ pub struct Ended<'a> {
     pub duration_ms: u64,
     /// The answer that reached the client (counted only by the outcomes that report it).
     pub emitted: &'a str,
+    /// The operator's guard, when one is configured (named by a refusal it decided).
+    pub guard: Option<&'a crate::moderation::guard::GuardInfo>,
 }
 
 impl Ended<'_> {
@@ -210,7 +221,7 @@ mod tests {
 
     #[test]
     fn each_outcome_names_its_event_data_and_its_metric() {
-        let ended = Ended { model: "m", usage: None, duration_ms: 5, emitted: "Rivers!" };
+        let ended = Ended { model: "m", usage: None, duration_ms: 5, emitted: "Rivers!", guard: None };
         let cancelled = TurnOutcome::Cancelled(CancelReason::ClientDisconnected);
         assert_eq!(cancelled.event_data(&ended), TurnData::Cancelled { reason: "client_disconnected", emitted_chars: 7 });
         assert_eq!(cancelled.interruption(), Some("client_disconnected"));
@@ -221,5 +232,12 @@ mod tests {
         assert_eq!(refused.event_data(&ended).to_value()["layer"], "semantic");
         assert_eq!(refused.interruption(), None);
         assert_eq!(TurnOutcome::Completed(FinishReason::Stop).event_data(&ended).to_value()["duration_ms"], 5);
+        let unguarded = TurnOutcome::Failed(Failure::Guard);
+        assert_eq!(unguarded.event_data(&ended), TurnData::Failed { code: "guard_unavailable", stage: "output_moderation", emitted_chars: Some(7) });
+        assert_eq!(unguarded.interruption(), Some("guard_unavailable"));
+        assert_eq!(
+            unguarded.frames(true, None)[0],
+            TurnEvent::Error { code: Code::GuardUnavailable, message: "the guard gave no decision on the answer".into() }
+        );
     }
 }

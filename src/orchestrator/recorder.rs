@@ -77,6 +77,8 @@ pub struct Recorder {
     started_at: std::time::SystemTime,
     /// The model call's span (its id is in the model request's traceparent).
     pub model_call: Option<crate::telemetry::TraceContext>,
+    /// The operator's guard, when one is configured.
+    pub guard: Option<crate::moderation::guard::GuardInfo>,
 }
 
 impl Recorder {
@@ -113,6 +115,7 @@ impl Recorder {
             max_tokens: request.params.max_tokens,
             started_at: std::time::SystemTime::now() - request.started.elapsed(),
             model_call: None,
+            guard: None,
             usage: None,
         }
     }
@@ -141,7 +144,7 @@ impl Recorder {
     /// What the turn's end knows beyond its outcome (read before the record is taken).
     fn ended(&self) -> Ended<'_> {
         let emitted = self.record.as_ref().map_or("", |r| r.assistant_message.as_str());
-        Ended { model: &self.model, usage: self.usage, duration_ms: self.started.elapsed().as_millis() as u64, emitted }
+        Ended { model: &self.model, usage: self.usage, duration_ms: self.started.elapsed().as_millis() as u64, emitted, guard: self.guard.as_ref() }
     }
 
     /// The turn's row as it ended, counted in the metrics, its spans and its log line; `None` once taken.

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
 
-use super::answer::AnswerGuard;
+use super::answer::{AnswerGuard, Judged};
 use super::early::{attempt_data, dispatched_data, Dispatch, EarlyDispatch, PENDING_VERDICT};
 use super::outcome::{Failure, TurnOutcome};
 use super::pacing::{paced, Pacing};
@@ -22,6 +22,8 @@ use crate::telemetry::{Metrics, TraceContext};
 
 #[derive(Debug, Clone)]
 pub struct OrchestratorSettings {
+    /// The operator's guard, which judges the answer's sentences the semantic layer let by.
+    pub guard: crate::moderation::guard::GuardPolicy,
     pub system_prompt: String,
     pub max_history_turns: u32,
     /// Bounds between a running turn and its client.
@@ -94,13 +96,14 @@ impl Orchestrator {
     /// `dispatched` is the template of the turn's `turn.dispatched`: one is
     /// recorded for each attempt the model client reports (naming its
     /// upstream), each failed-over attempt as `turn.upstream_failed`.
-    fn run(&self, request: TurnRequest, signed: SignedVerdict, judge: &Judge, model: Dispatch) -> TurnStream {
+    fn run(&self, request: TurnRequest, signed: SignedVerdict, judge: &Arc<Judge>, model: Dispatch) -> TurnStream {
         let Dispatch { stream: mut model, model_call, data: dispatched } = model;
-        let mut answer = AnswerGuard::new(&judge.moderator, self.metrics.clone());
+        let mut answer = AnswerGuard::new(judge, &self.settings.guard, request.tenant.as_str(), self.metrics.clone());
         let stop = request.stop.clone();
         let context = turn_context(&request, &signed);
         let mut recorder = Recorder::new(self.metrics.clone(), self.events.clone(), context, &request, &signed, &request.model);
         recorder.model_call = Some(model_call);
+        recorder.guard = self.settings.guard.info(&judge.constitution);
         let turn = Box::pin(async_stream::stream! {
             let mut finish = FinishReason::Stop;
             // Registered once for the whole answer, not once per token.
@@ -120,7 +123,15 @@ impl Orchestrator {
                         recorder.emitted(&rest);
                         yield TurnEvent::Delta(rest);
                     }
-                    break answer.judge(last).await.map_or(TurnOutcome::Completed(finish), TurnOutcome::Refused);
+                    match answer.judge(last).await {
+                        Judged::Ends(outcome) => break outcome,
+                        Judged::Goes { note } => {
+                            if let Some(note) = note {
+                                recorder.record(note).await;
+                            }
+                            break TurnOutcome::Completed(finish);
+                        }
+                    }
                 };
                 match item {
                     Ok(ModelEvent::Delta(text)) => {
@@ -132,8 +143,10 @@ impl Orchestrator {
                             recorder.emitted(&safe);
                             yield TurnEvent::Delta(safe);
                         }
-                        if let Some(hit) = answer.judge(pieces).await {
-                            break TurnOutcome::Refused(hit);
+                        match answer.judge(pieces).await {
+                            Judged::Ends(outcome) => break outcome,
+                            Judged::Goes { note: Some(note) } => recorder.record(note).await,
+                            Judged::Goes { note: None } => {}
                         }
                     }
                     Ok(ModelEvent::Finish(reason)) => finish = FinishReason::from_model(&reason),

@@ -52,7 +52,8 @@ async fn a_guard_speaking_openais_moderation_api_refuses_what_the_constitution_a
     assert!(refusal["data"]["guard_config"].as_str().unwrap().starts_with("sha256:"), "{refusal}");
     // The guard was really asked, once per turn, and recorded its own check.
     let checks: Vec<Value> = guard.outbox("conversation.events").await.into_iter().filter(|e| e["type"] == "moderation.checked").collect();
-    assert_eq!(checks.iter().map(|c| c["policy_verdict"].as_str().unwrap()).collect::<Vec<_>>(), ["refuse:S1", "allow"]);
+    // The refused turn's input, then the allowed turn's input and its answer.
+    assert_eq!(checks.iter().map(|c| c["policy_verdict"].as_str().unwrap()).collect::<Vec<_>>(), ["refuse:S1", "allow", "allow"]);
 }
 
 #[tokio::test]
@@ -79,7 +80,39 @@ async fn a_guard_that_does_not_answer_in_time_refuses_the_turn_or_for_a_tenant_f
     assert_eq!(through.first("done")["finish_reason"], "length", "{:?}", through.names());
     let events: Vec<Value> = app.outbox("conversation.events").await.into_iter().filter(|e| e["session_id"] == through.header("x-session-id")).collect();
     let types: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
-    assert_eq!(types, ["turn.received", "turn.guard_skipped", "turn.dispatched", "turn.completed"]);
+    // Unguarded on input and on its answer, each said once.
+    assert_eq!(types, ["turn.received", "turn.guard_skipped", "turn.dispatched", "turn.guard_skipped", "turn.completed"]);
     assert_eq!((events[1]["data"]["reason"].as_str(), events[1]["data"]["guard_model"].as_str()), (Some("timeout"), Some("llama-guard-3-1b")));
+    assert_eq!((events[1]["data"]["stage"].as_str(), events[3]["data"]["stage"].as_str()), (Some("input"), Some("output")));
     hung.resume();
+}
+
+#[tokio::test]
+async fn the_guard_judges_the_answers_sentences_and_cuts_the_one_it_refuses() {
+    let (guard, guard_key, _dir) = guard_steward("purple elephant dance").await;
+    let model = crate::scripted_server::scripted(crate::scripted_server::Script::Answer(vec![
+        "Here is the purple ",
+        "elephant dance. ",
+        "Step left, then right. ",
+        "Bow at the end.",
+    ]))
+    .await;
+    let app = spawn_app_with(Storage::Sqlite, |s| {
+        s.slm.base_url = model;
+        s.moderation.guard = GuardSettings {
+            api_key: Secret::new(guard_key),
+            ..guard_settings(GuardKindSetting::ModerationApi, format!("{}/v1", guard.address), "steward-guard")
+        };
+    })
+    .await;
+    let (_, key) = app.chat_key().await;
+
+    let sse = app.chat(&key, &json!({ "message": "Tell me a story." })).await;
+    assert_eq!(sse.first("refusal")["code"], "S1", "{:?}", sse.names());
+    assert_eq!(sse.first("done")["finish_reason"], "refused");
+    assert!(!sse.text().contains("Bow at the end"), "nothing after the refused sentence's judgement: {:?}", sse.text());
+    let events = app.outbox("conversation.events").await;
+    let refusal = events.iter().find(|e| e["session_id"] == sse.header("x-session-id") && e["type"] == "turn.refused").unwrap();
+    assert_eq!((refusal["data"]["stage"].as_str(), refusal["data"]["layer"].as_str()), (Some("output"), Some("guard")), "{refusal}");
+    assert_eq!(refusal["data"]["guard_model"], "steward-guard");
 }
