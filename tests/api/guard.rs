@@ -116,3 +116,38 @@ async fn the_guard_judges_the_answers_sentences_and_cuts_the_one_it_refuses() {
     assert_eq!((refusal["data"]["stage"].as_str(), refusal["data"]["layer"].as_str()), (Some("output"), Some("guard")), "{refusal}");
     assert_eq!(refusal["data"]["guard_model"], "steward-guard");
 }
+
+/// SmolLM2 is not a guard model: asked the guard's question it repeats the
+/// category list, which Steward cannot read as a decision. Served as the
+/// guard, it runs the whole path — the prompt, the call, the reading of the
+/// answer — into each tenant's failure mode, under overlapped dispatch.
+#[tokio::test]
+async fn the_projects_small_model_served_as_a_chat_guard_runs_the_whole_path_into_each_tenants_failure_mode() {
+    let open = unique("tenant-");
+    let app = spawn_app_with(Storage::Sqlite, |s| {
+        s.moderation.dispatch = steward::config::DispatchMode::Overlapped;
+        s.moderation.guard = GuardSettings {
+            timeout: NonZeroDuration::from_secs(20),
+            on_failure_tenants: [(open.clone(), GuardFailure::Open)].into(),
+            ..guard_settings(GuardKindSetting::Chat, crate::helpers::slm_url(), "smollm2-135m-instruct")
+        };
+    })
+    .await;
+    let (_, closed_key) = app.chat_key().await;
+    let open_key = app.key(&open, &[Capability::Chat]).await;
+
+    // Failing closed: the answer the model began meanwhile is never released.
+    assert_error(app.post("/v1/chat/stream", Some(&closed_key), &json!({ "message": "Write a haiku about rivers." })).await, 503, "guard_unavailable").await;
+
+    let through = app.chat(&open_key, &json!({ "message": "Write a haiku about rivers.", "max_tokens": 8 })).await;
+    assert_eq!(through.first("done")["finish_reason"], "length", "{:?}", through.names());
+    let events: Vec<Value> = app.outbox("conversation.events").await.into_iter().filter(|e| e["session_id"] == through.header("x-session-id")).collect();
+    let skipped: Vec<(&str, &str)> = events
+        .iter()
+        .filter(|e| e["type"] == "turn.guard_skipped")
+        .map(|e| (e["data"]["stage"].as_str().unwrap(), e["data"]["reason"].as_str().unwrap()))
+        .collect();
+    assert_eq!(skipped, [("input", "unreadable_answer"), ("output", "unreadable_answer")], "{events:?}");
+    let dispatched = events.iter().find(|e| e["type"] == "turn.dispatched").unwrap();
+    assert_eq!(dispatched["data"]["dispatch"], "overlapped");
+}
