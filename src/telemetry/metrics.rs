@@ -221,7 +221,7 @@ impl Metrics {
         let moderation_time: Family<StageLabels, Histogram, fn() -> Histogram> = Family::new_with_constructor(moderation_histogram);
         registry.register(
             "moderation_check_duration_seconds",
-            "Time to judge a turn's messages (input) or a piece of its answer (output), every layer",
+            "Time to judge a turn's messages (input, every layer), a piece of its answer (output), one call to the operator's guard (guard), or a POST /v1/moderations (moderations)",
             moderation_time.clone(),
         );
         let outbox_pending = Gauge::default();
