@@ -188,8 +188,9 @@ async fn in_a_browser_a_training_admin_enables_and_disables_training() {
     browser.expect("Training mode is off", "on the training page").await;
     browser.type_into("form[action='/console/training/enable'] input[name=reason]", "label a batch").await;
     browser.click("form[action='/console/training/enable'] button").await;
-    let token = browser.script("return document.querySelector('div.card p.mono').textContent").await.as_str().unwrap().to_owned();
+    // The token is read once the page after the click is there.
     browser.expect("Training mode is on", "enabled").await;
+    let token = browser.script("return document.querySelector('div.card p.mono').textContent").await.as_str().unwrap().to_owned();
     let left = || async { browser.script("return Number(document.querySelector('[data-countdown]').textContent)").await.as_i64().unwrap() };
     let before = left().await;
     tokio::time::sleep(Duration::from_millis(2100)).await;
