@@ -136,6 +136,7 @@ impl Application {
             caller_system: PerTenant::new(settings.chat.caller_system_prompt, &settings.chat.caller_system_prompt_tenants),
             dispatch: PerTenant::new(settings.moderation.dispatch, &settings.moderation.dispatch_tenants),
             guard: guard.clone(),
+            openai_lenient: PerTenant::new(settings.openai.lenient, &settings.openai.lenient_tenants),
         });
         let policy_api = web::Data::new(crate::policy::PolicyApi {
             judges,

@@ -53,6 +53,19 @@ pub struct Settings {
     pub limits: LimitsSettings,
     pub events: EventsSettings,
     pub console: crate::console::ConsoleSettings,
+    #[serde(default)]
+    pub openai: OpenAiSettings,
+}
+
+/// `[openai]`: the OpenAI facade (`POST /v1/chat/completions`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OpenAiSettings {
+    /// Ignore request fields OpenAI's API is not known to have (logged and counted)
+    /// instead of refusing them with `unsupported_parameter`.
+    pub lenient: bool,
+    /// Per-tenant exceptions to `lenient`.
+    pub lenient_tenants: std::collections::HashMap<String, bool>,
 }
 
 /// Signed checkpoints of the event trail (see `crate::events::checkpoint`).

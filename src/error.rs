@@ -40,6 +40,7 @@ pub enum Code {
     UnknownModel,
     ModelNotAllowed,
     GuardUnavailable,
+    UnsupportedParameter,
     ModelUnavailable,
     ModelTimeout,
     ModelError,
@@ -79,6 +80,7 @@ impl Code {
             UnknownModel => ("unknown_model", "invalid_request", 400),
             ModelNotAllowed => ("model_not_allowed", "auth", 403),
             GuardUnavailable => ("guard_unavailable", "upstream", 503),
+            UnsupportedParameter => ("unsupported_parameter", "invalid_request", 400),
             ModelUnavailable => ("model_unavailable", "upstream", 502),
             ModelTimeout => ("model_timeout", "upstream", 504),
             ModelError => ("model_error", "upstream", 502),
@@ -111,6 +113,9 @@ pub struct ErrorBody {
     /// With `rate_limited`: when to try again (also the `Retry-After` header, in whole seconds).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retry_after_ms: Option<u64>,
+    /// The request field the error is about (`unsupported_parameter`, `unknown_model`, …).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub param: Option<String>,
 }
 
 /// What handlers return on failure.
@@ -119,11 +124,22 @@ pub struct ApiError {
     code: Code,
     message: String,
     retry_after: Option<std::time::Duration>,
+    param: Option<String>,
 }
 
 impl ApiError {
     pub fn new(code: Code, message: impl Into<String>) -> Self {
-        Self { code, message: message.into(), retry_after: None }
+        Self { code, message: message.into(), retry_after: None, param: None }
+    }
+
+    /// Names the request field the error is about.
+    pub fn with_param(mut self, param: impl Into<String>) -> Self {
+        self.param = Some(param.into());
+        self
+    }
+
+    pub fn param(&self) -> Option<&str> {
+        self.param.as_deref()
     }
 
     /// Tells the client when to try again (`Retry-After`).
@@ -138,7 +154,14 @@ impl ApiError {
 
     pub fn body(&self) -> ErrorBody {
         let (code, kind, status) = self.code.describe();
-        ErrorBody { code, kind, status, message: self.message.clone(), retry_after_ms: self.retry_after.map(|d| d.as_millis().max(1) as u64) }
+        ErrorBody {
+            code,
+            kind,
+            status,
+            message: self.message.clone(),
+            retry_after_ms: self.retry_after.map(|d| d.as_millis().max(1) as u64),
+            param: self.param.clone(),
+        }
     }
 }
 

@@ -65,7 +65,18 @@ def main() -> None:
         body = err.body if isinstance(err.body, dict) else {}
         unknown_model = {"status": err.status_code, "code": body.get("code"), "param": body.get("param")}
 
+    # A parameter Steward does not honour is refused by name, never dropped in silence.
+    refused_params = {}
+    for name, extra in [("n", {"n": 2}), ("stop", {"stop": ["\n"]}), ("temprature", {"extra_body": {"temprature": 0.2}})]:
+        try:
+            client.chat.completions.create(model="smollm2-135m-instruct", messages=messages, max_tokens=2, **extra)
+            refused_params[name] = None
+        except openai.BadRequestError as err:
+            body = err.body if isinstance(err.body, dict) else {}
+            refused_params[name] = {"status": err.status_code, "code": body.get("code"), "param": body.get("param")}
+
     print(json.dumps({
+        "refused_params": refused_params,
         "unknown_model": unknown_model,
         "plain": {
             "content": plain.choices[0].message.content,

@@ -14,7 +14,13 @@ use super::EventType;
 #[serde(untagged)]
 pub enum TurnData {
     /// `turn.received`.
-    Received { route: &'static str, message_chars: usize },
+    Received {
+        route: &'static str,
+        message_chars: usize,
+        /// The app's own id of its end user (OpenAI's `user`), when it gave one.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        end_user: Option<String>,
+    },
     /// `turn.dispatched`: the model request was sent.
     Dispatched {
         model: String,
@@ -116,7 +122,7 @@ mod tests {
     fn every_payload() -> Vec<TurnData> {
         let usage = crate::slm::Usage { prompt_tokens: 3, completion_tokens: 4, total_tokens: 7 };
         vec![
-            TurnData::Received { route: "chat_stream", message_chars: 12 },
+            TurnData::Received { route: "chat_stream", message_chars: 12, end_user: Some("user-42".into()) },
             TurnData::Dispatched {
                 model: "m".into(),
                 max_tokens: 8,

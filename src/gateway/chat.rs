@@ -46,6 +46,7 @@ impl ChatBody {
             preamble: Vec::new(),
             params,
             model: self.model,
+            end_user: None,
             trace,
             started: Instant::now(),
             stop,

@@ -10,6 +10,7 @@
 pub(crate) mod chat;
 pub(crate) mod moderations;
 pub(crate) mod openai;
+mod openai_params;
 mod service;
 mod socket;
 

@@ -18,7 +18,10 @@ use crate::orchestrator::{FinishReason, TurnEvent};
 use crate::slm::{ChatMessage, Role, Usage};
 use crate::web::{sse_body, sse_data, trace_of, Governance};
 
-/// The request fields Steward honours; others the SDKs send (`n`, `top_p`, `user`…) are ignored.
+/// The request fields Steward honours. Others are accepted only at the value that asks for
+/// nothing (`n: 1`, `top_p: 1`, `tools: []`, …); otherwise, and for a field OpenAI's API is not
+/// known to have, the request is refused with 400 `unsupported_parameter` naming it (`param`),
+/// unless the tenant is lenient (`openai.lenient`), which ignores unknown fields.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[schema(as = ChatCompletionRequest)]
 pub struct CompletionBody {
@@ -40,6 +43,10 @@ pub struct CompletionBody {
     temperature: Option<f32>,
     seed: Option<i64>,
     stream_options: Option<StreamOptions>,
+    /// The app's own id of its end user: recorded with the turn (`turn.received`'s `end_user`),
+    /// never sent to the model.
+    #[schema(max_length = 256)]
+    user: Option<String>,
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -116,7 +123,7 @@ struct OpenAiErrorDetail {
     code: &'static str,
     /// The request field the error is about.
     #[serde(skip_serializing_if = "Option::is_none")]
-    param: Option<&'static str>,
+    param: Option<String>,
 }
 
 impl OpenAiError {
@@ -125,15 +132,16 @@ impl OpenAiError {
         Self { error: OpenAiErrorDetail { message, kind, code, param: None } }
     }
 
-    /// An admission error about the request's `model`, in OpenAI's shape (as
-    /// OpenAI answers an unknown model), for the SDKs to report it as such.
-    fn of_model(err: &ApiError) -> Option<HttpResponse> {
+    /// An error about one of the request's fields (its `model`, or a parameter
+    /// Steward does not honour), in OpenAI's shape naming the field, for the
+    /// SDKs to report it as OpenAI's own.
+    fn of_param(err: &ApiError) -> Option<HttpResponse> {
         let code = err.code();
-        if !matches!(code, Code::UnknownModel | Code::ModelNotAllowed) {
+        if !matches!(code, Code::UnknownModel | Code::ModelNotAllowed | Code::UnsupportedParameter) {
             return None;
         }
         let mut body = Self::new(code, err.body().message);
-        body.error.param = Some("model");
+        body.error.param = err.param().map(str::to_owned);
         Some(HttpResponse::build(code.status()).json(body))
     }
 }
@@ -201,9 +209,27 @@ fn usage_json(usage: Option<Usage>) -> Value {
             content((crate::error::ErrorBody = "application/problem+json"), (OpenAiError = "application/json"))),
         (status = 504, description = "the model did not answer in time", body = OpenAiError),
     ))]
-pub async fn completions(req: HttpRequest, caller: Caller, body: web::Json<CompletionBody>, gateway: web::Data<Gateway>) -> Result<HttpResponse, ApiError> {
+pub async fn completions(
+    req: HttpRequest,
+    caller: Caller,
+    body: web::Json<serde_json::Map<String, Value>>,
+    gateway: web::Data<Gateway>,
+) -> Result<HttpResponse, ApiError> {
     let started = Instant::now();
     let body = body.into_inner();
+    let screened = match super::openai_params::screen(&body, gateway.openai_lenient.of(caller.tenant.as_str())) {
+        Ok(screened) => screened,
+        Err(err) => return OpenAiError::of_param(&err).ok_or(err),
+    };
+    if !screened.ignored.is_empty() {
+        gateway.metrics.openai_ignored_parameters(screened.ignored.len());
+        tracing::info!(tenant = %caller.tenant, ignored = ?screened.ignored, "unknown request fields ignored (openai.lenient)");
+    }
+    let body: CompletionBody =
+        serde_json::from_value(Value::Object(body)).map_err(|e| ApiError::new(Code::InvalidRequest, format!("invalid request body: {e}")))?;
+    if body.user.as_ref().is_some_and(|u| u.chars().count() > 256) {
+        return Err(ApiError::new(Code::InvalidRequest, "user must be at most 256 characters").with_param("user"));
+    }
     let params = gateway.limits.params(body.max_completion_tokens.or(body.max_tokens), body.temperature, body.seed)?;
     let (preamble, message) = split_messages(body.messages)?;
     let input = TurnInput {
@@ -213,13 +239,14 @@ pub async fn completions(req: HttpRequest, caller: Caller, body: web::Json<Compl
         preamble,
         params,
         model: body.model,
+        end_user: body.user,
         trace: trace_of(&req),
         started,
         stop: Default::default(),
     };
     let admission = match gateway.admit(&caller, input).await {
         Ok(admission) => admission,
-        Err(err) => return OpenAiError::of_model(&err).ok_or(err),
+        Err(err) => return OpenAiError::of_param(&err).ok_or(err),
     };
     let verdict = admission.signed.verdict.header_value();
     let meta = Meta {

@@ -45,6 +45,8 @@ pub struct Gateway {
     pub limiter: Arc<crate::limits::Limiter>,
     /// The operator's guard, asked after the other layers allow a turn's input.
     pub guard: GuardPolicy,
+    /// Whether the OpenAI facade ignores a tenant's unknown request fields instead of refusing them.
+    pub openai_lenient: PerTenant<bool>,
 }
 
 /// A turn as a chat entry point received it.
@@ -58,6 +60,8 @@ pub struct TurnInput {
     pub params: GenerationParams,
     /// The model name asked for (`None`: the tenant's default).
     pub model: Option<String>,
+    /// The app's own id of its end user (OpenAI's `user`), recorded with the turn, never sent upstream.
+    pub end_user: Option<String>,
     pub trace: TraceContext,
     pub started: Instant,
     /// Ends the turn early (see [`TurnRequest::stop`]).
@@ -119,7 +123,7 @@ impl Gateway {
 
     async fn try_admit(&self, caller: &Caller, input: TurnInput) -> Result<Admission, ApiError> {
         caller.require(Capability::Chat)?;
-        let model = self.models.resolve(caller.tenant.as_str(), input.model.as_deref())?;
+        let model = self.models.resolve(caller.tenant.as_str(), input.model.as_deref()).map_err(|e| ApiError::from(e).with_param("model"))?;
         // The tenant's limits first: a turn over them costs no moderation and no model work.
         let turn_id = TurnId::mint();
         let mut permit = self.limiter.admit(caller.tenant.as_str(), turn_id.as_str(), expected_tokens(&input)).await?;
@@ -139,7 +143,7 @@ impl Gateway {
         let judge = self.judges.current(tenant).map_err(PolicyError::from)?;
         let texts = input.preamble.iter().map(|m| m.content.clone()).chain([input.message.clone()]).collect();
         let training = self.training.mark(tenant).await;
-        let received_data = TurnData::Received { route: input.route, message_chars: input.message.chars().count() };
+        let received_data = TurnData::Received { route: input.route, message_chars: input.message.chars().count(), end_user: input.end_user.clone() };
         let request = TurnRequest {
             tenant: caller.tenant.clone(),
             session_id,

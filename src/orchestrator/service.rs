@@ -211,7 +211,7 @@ impl Conversation for Orchestrator {
             };
             let context = turn_context(&request, &signed);
             if matches!(request.origin, Origin::Http) {
-                let data = TurnData::Received { route: request.route, message_chars: request.message.chars().count() };
+                let data = TurnData::Received { route: request.route, message_chars: request.message.chars().count(), end_user: None };
                 self.events.turn(&context, data).await;
             }
             Ok(self.run(request, signed, &judge, dispatch))

@@ -161,6 +161,7 @@ pub struct Metrics {
     interruptions: Family<InterruptionLabels, Counter>,
     lock_store_failures: Counter,
     upstreams: UpstreamMetrics,
+    openai_ignored: Counter,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -273,6 +274,12 @@ impl Metrics {
         let lock_store_failures = Counter::default();
         registry.register("training_lock_store_failures", "Failed reads of the training lock store", lock_store_failures.clone());
         let upstreams = UpstreamMetrics::register(&mut registry);
+        let openai_ignored = Counter::default();
+        registry.register(
+            "openai_ignored_parameters",
+            "Unknown request fields the OpenAI facade ignored for lenient tenants (openai.lenient); their names are in the log",
+            openai_ignored.clone(),
+        );
         Self {
             registry,
             requests,
@@ -296,7 +303,13 @@ impl Metrics {
             interruptions,
             lock_store_failures,
             upstreams,
+            openai_ignored,
         }
+    }
+
+    /// The OpenAI facade ignored `count` unknown fields of a lenient tenant's request.
+    pub fn openai_ignored_parameters(&self, count: usize) {
+        self.openai_ignored.inc_by(count as u64);
     }
 
     /// The model servers' metrics (for the router).

@@ -105,4 +105,35 @@ async fn the_official_openai_python_sdk_works_against_the_facade() {
     assert_eq!(seen["system_error"]["status"], 400);
     assert_eq!(seen["system_error"]["code"], "system_prompt_not_allowed");
     assert_eq!(seen["unknown_model"], json!({ "status": 400, "code": "unknown_model", "param": "model" }), "{seen}");
+    for param in ["n", "stop", "temprature"] {
+        assert_eq!(seen["refused_params"][param], json!({ "status": 400, "code": "unsupported_parameter", "param": param }), "{seen}");
+    }
+}
+
+#[tokio::test]
+async fn a_lenient_tenants_unknown_fields_are_ignored_and_counted_and_the_end_user_is_recorded_not_sent() {
+    let lenient = crate::helpers::unique("tenant-");
+    let app = crate::helpers::spawn_app_with(crate::helpers::Storage::Sqlite, |s| {
+        s.openai.lenient_tenants = [(lenient.clone(), true)].into();
+    })
+    .await;
+    let (_, strict_key) = app.chat_key().await;
+    let lenient_key = app.key(&lenient, &[steward::identity::Capability::Chat]).await;
+    let body = json!({
+        "messages": [{ "role": "user", "content": "Say hi." }], "max_tokens": 2,
+        "temprature": 0.2, "user": "end-user-7", "n": 1, "top_p": 1, "tools": [],
+    });
+
+    let strict = app.post("/v1/chat/completions", Some(&strict_key), &body).await;
+    assert_eq!(strict.status(), 400);
+    let strict: Value = strict.json().await.unwrap();
+    assert_eq!((strict["error"]["code"].as_str(), strict["error"]["param"].as_str()), (Some("unsupported_parameter"), Some("temprature")), "{strict}");
+
+    let answered = app.post("/v1/chat/completions", Some(&lenient_key), &body).await;
+    assert_eq!(answered.status(), 200);
+    let session = answered.headers()["x-session-id"].to_str().unwrap().to_owned();
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    assert!(metrics.contains("openai_ignored_parameters_total 1"), "{metrics}");
+    let received = app.outbox("conversation.events").await.into_iter().find(|e| e["session_id"] == session.as_str() && e["type"] == "turn.received").unwrap();
+    assert_eq!(received["data"]["end_user"], "end-user-7");
 }
