@@ -67,7 +67,8 @@ def main() -> None:
 
     # A parameter Steward does not honour is refused by name, never dropped in silence.
     refused_params = {}
-    for name, extra in [("n", {"n": 2}), ("stop", {"stop": ["\n"]}), ("temprature", {"extra_body": {"temprature": 0.2}})]:
+    for name, extra in [("n", {"n": 2}), ("tools", {"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}),
+                        ("temprature", {"extra_body": {"temprature": 0.2}})]:
         try:
             client.chat.completions.create(model="smollm2-135m-instruct", messages=messages, max_tokens=2, **extra)
             refused_params[name] = None
@@ -75,7 +76,19 @@ def main() -> None:
             body = err.body if isinstance(err.body, dict) else {}
             refused_params[name] = {"status": err.status_code, "code": body.get("code"), "param": body.get("param")}
 
+    # A stop sequence is honoured: the answer ends where the model would have written it.
+    counted = client.chat.completions.create(
+        model="smollm2-135m-instruct", messages=[{"role": "user", "content": "Count from 1 to 10, separated by commas."}],
+        max_tokens=30, temperature=0, stop=[","],
+    )
+    unstopped = client.chat.completions.create(
+        model="smollm2-135m-instruct", messages=[{"role": "user", "content": "Count from 1 to 10, separated by commas."}],
+        max_tokens=30, temperature=0,
+    )
+
     print(json.dumps({
+        "stopped": {"content": counted.choices[0].message.content, "finish_reason": counted.choices[0].finish_reason},
+        "unstopped": unstopped.choices[0].message.content,
         "refused_params": refused_params,
         "unknown_model": unknown_model,
         "plain": {

@@ -47,6 +47,7 @@ impl ChatBody {
             params,
             model: self.model,
             end_user: None,
+            stop_sequences: Default::default(),
             trace,
             started: Instant::now(),
             stop,

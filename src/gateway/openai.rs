@@ -15,7 +15,7 @@ use super::service::{Gateway, TurnInput};
 use crate::error::{ApiError, Code};
 use crate::identity::Caller;
 use crate::orchestrator::{FinishReason, TurnEvent};
-use crate::slm::{ChatMessage, Role, Usage};
+use crate::slm::{ChatMessage, GenerationParams, Role, Usage};
 use crate::web::{sse_body, sse_data, trace_of, Governance};
 
 /// The request fields Steward honours. Others are accepted only at the value that asks for
@@ -47,6 +47,50 @@ pub struct CompletionBody {
     /// never sent to the model.
     #[schema(max_length = 256)]
     user: Option<String>,
+    /// Up to 4 sequences that end the answer where the model would write them (not included).
+    stop: Option<StopField>,
+    #[schema(minimum = 0.0, maximum = 1.0)]
+    top_p: Option<f32>,
+    #[schema(minimum = -2.0, maximum = 2.0)]
+    presence_penalty: Option<f32>,
+    #[schema(minimum = -2.0, maximum = 2.0)]
+    frequency_penalty: Option<f32>,
+}
+
+/// OpenAI's `stop`: one sequence or several.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(untagged)]
+enum StopField {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl StopField {
+    /// The sequences, checked: 1 to 4, none empty, each at most 64 characters.
+    fn sequences(self) -> Result<Vec<String>, ApiError> {
+        let all = match self {
+            Self::One(one) => vec![one],
+            Self::Many(many) => many,
+        };
+        if all.len() > 4 || all.iter().any(|s| s.is_empty() || s.chars().count() > 64) {
+            return Err(ApiError::new(Code::InvalidRequest, "stop must be 1 to 4 non-empty sequences of at most 64 characters").with_param("stop"));
+        }
+        Ok(all)
+    }
+}
+
+/// `top_p` in 0..=1 and the penalties in -2..=2, as OpenAI's API takes them.
+fn sampling(body: &CompletionBody) -> Result<(), ApiError> {
+    let outside = |value: Option<f32>, low: f32, high: f32| value.is_some_and(|v| !(low..=high).contains(&v));
+    for (name, value, low) in
+        [("top_p", body.top_p, 0.0), ("presence_penalty", body.presence_penalty, -2.0), ("frequency_penalty", body.frequency_penalty, -2.0)]
+    {
+        let high = if name == "top_p" { 1.0 } else { 2.0 };
+        if outside(value, low, high) {
+            return Err(ApiError::new(Code::InvalidRequest, format!("{name} must be between {low} and {high}")).with_param(name));
+        }
+    }
+    Ok(())
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -230,7 +274,14 @@ pub async fn completions(
     if body.user.as_ref().is_some_and(|u| u.chars().count() > 256) {
         return Err(ApiError::new(Code::InvalidRequest, "user must be at most 256 characters").with_param("user"));
     }
-    let params = gateway.limits.params(body.max_completion_tokens.or(body.max_tokens), body.temperature, body.seed)?;
+    sampling(&body)?;
+    let params = GenerationParams {
+        top_p: body.top_p,
+        presence_penalty: body.presence_penalty,
+        frequency_penalty: body.frequency_penalty,
+        ..gateway.limits.params(body.max_completion_tokens.or(body.max_tokens), body.temperature, body.seed)?
+    };
+    let stop_sequences = body.stop.map(StopField::sequences).transpose()?.unwrap_or_default();
     let (preamble, message) = split_messages(body.messages)?;
     let input = TurnInput {
         route: "chat_completions",
@@ -240,6 +291,7 @@ pub async fn completions(
         params,
         model: body.model,
         end_user: body.user,
+        stop_sequences: stop_sequences.into(),
         trace: trace_of(&req),
         started,
         stop: Default::default(),

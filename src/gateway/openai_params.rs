@@ -1,6 +1,6 @@
 //! What the OpenAI facade does with each field of a chat completion request:
 //! honours it, accepts it at the value that asks nothing (`n: 1`,
-//! `top_p: 1`, …), or refuses it by name with 400 `unsupported_parameter`.
+//! `tools: []`, …), or refuses it by name with 400 `unsupported_parameter`.
 //! Nothing a request asks for is silently dropped. A field no version of
 //! OpenAI's API is known here to have is refused too, unless the tenant is
 //! lenient (`openai.lenient`): then it is ignored, logged and counted.
@@ -10,18 +10,29 @@ use serde_json::{Map, Value};
 use crate::error::{ApiError, Code};
 
 /// Fields the facade honours (see `CompletionBody`).
-const HONOURED: [&str; 10] = ["model", "messages", "stream", "max_tokens", "max_completion_tokens", "temperature", "seed", "stream_options", "user", "n"];
+const HONOURED: [&str; 14] = [
+    "model",
+    "messages",
+    "stream",
+    "max_tokens",
+    "max_completion_tokens",
+    "temperature",
+    "seed",
+    "stream_options",
+    "user",
+    "n",
+    "stop",
+    "top_p",
+    "presence_penalty",
+    "frequency_penalty",
+];
 
 /// Whether a field's value asks for nothing (the API's default).
 type AsksNothing = fn(&Value) -> bool;
 
 /// OpenAI's fields that Steward does not honour yet, each with the test for
 /// the value that asks for nothing (accepted), or `None` when any value asks for something.
-const NOT_YET: [(&str, Option<AsksNothing>); 20] = [
-    ("stop", None),
-    ("top_p", Some(|v| v.as_f64() == Some(1.0))),
-    ("presence_penalty", Some(|v| v.as_f64() == Some(0.0))),
-    ("frequency_penalty", Some(|v| v.as_f64() == Some(0.0))),
+const NOT_YET: [(&str, Option<AsksNothing>); 16] = [
     ("logprobs", Some(|v| v == &Value::Bool(false))),
     ("top_logprobs", Some(|v| v.as_u64() == Some(0))),
     ("logit_bias", Some(|v| v.as_object().is_some_and(Map::is_empty))),
@@ -96,10 +107,8 @@ mod tests {
     #[test]
     fn a_parameter_asking_for_something_not_honoured_is_refused_by_name_even_when_lenient() {
         for (field, value) in [
-            ("stop", json!(["\n"])),
             ("tools", json!([{ "type": "function", "function": { "name": "f" } }])),
             ("response_format", json!({ "type": "json_object" })),
-            ("top_p", json!(0.9)),
             ("logprobs", json!(true)),
             ("n", json!(2)),
         ] {
@@ -110,8 +119,8 @@ mod tests {
     #[test]
     fn defaults_and_nulls_ask_for_nothing_and_pass() {
         let asks_nothing = json!({
-            "n": 1, "top_p": 1, "presence_penalty": 0, "frequency_penalty": 0.0, "logprobs": false, "stop": null,
-            "tools": [], "tool_choice": "none", "response_format": { "type": "text" }, "user": "u-1", "store": false,
+            "n": 1, "logprobs": false, "tools": [], "tool_choice": "none", "response_format": { "type": "text" },
+            "store": false, "parallel_tool_calls": null,
         });
         assert_eq!(screen(&body(asks_nothing), false).unwrap(), Screened::default());
     }

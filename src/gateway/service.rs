@@ -62,6 +62,8 @@ pub struct TurnInput {
     pub model: Option<String>,
     /// The app's own id of its end user (OpenAI's `user`), recorded with the turn, never sent upstream.
     pub end_user: Option<String>,
+    /// Sequences that end the answer (OpenAI's `stop`; empty: none).
+    pub stop_sequences: Arc<[String]>,
     pub trace: TraceContext,
     pub started: Instant,
     /// Ends the turn early (see [`TurnRequest::stop`]).
@@ -151,6 +153,7 @@ impl Gateway {
             message: input.message,
             preamble: input.preamble,
             params: input.params,
+            stop_sequences: input.stop_sequences,
             model,
             trace: input.trace.clone(),
             route: input.route,
@@ -163,8 +166,14 @@ impl Gateway {
 
         let (hits, early, skipped) = self.judge(&judge, texts, &request).await?;
         let verdict = if hits.is_empty() { Verdict::Allow } else { Verdict::Refuse(hits.iter().map(|h| h.code.clone()).collect()) };
-        let turn =
-            TurnRef { tenant, session_id: request.session_id.as_str(), turn_id: request.turn_id.as_str(), message: &request.message, params: request.params };
+        let turn = TurnRef {
+            tenant,
+            session_id: request.session_id.as_str(),
+            turn_id: request.turn_id.as_str(),
+            message: &request.message,
+            params: request.params,
+            stop: &request.stop_sequences,
+        };
         let signed = self.policy.sign(turn, verdict, &judge.hash);
         let context = turn_context(&request, &signed);
         let received = NewEvent::turn(context.clone(), &received_data);

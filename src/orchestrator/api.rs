@@ -159,6 +159,7 @@ pub(super) async fn begin(
             message: body.message,
             preamble: Vec::new(),
             params,
+            stop_sequences: Default::default(),
             model,
             trace,
             route,

@@ -86,7 +86,8 @@ impl Orchestrator {
             policy_verdict: verdict,
             traceparent: model_call.header(),
         };
-        (self.model.stream(ModelRequest { model: request.model.clone(), messages, params: request.params, context }), model_call)
+        let request = ModelRequest { model: request.model.clone(), messages, params: request.params, stop: request.stop_sequences.clone(), context };
+        (self.model.stream(request), model_call)
     }
 
     /// Drives the turn: streams the answer through output moderation until it
@@ -185,6 +186,7 @@ impl Conversation for Orchestrator {
                 turn_id: request.turn_id.as_str(),
                 message: &request.message,
                 params: request.params,
+                stop: &request.stop_sequences,
             };
             // Headers from outside the process must name the tenant's active
             // constitution and are good once; the gateway's never leave it, and

@@ -25,6 +25,8 @@ pub struct TurnRequest {
     /// facade's earlier messages); empty for `/v1/chat/stream`.
     pub preamble: Vec<ChatMessage>,
     pub params: GenerationParams,
+    /// Sequences that end the answer (OpenAI's `stop`; empty: none).
+    pub stop_sequences: std::sync::Arc<[String]>,
     /// The model the turn asked for, resolved against the catalog (`crate::slm::ModelCatalog`).
     pub model: std::sync::Arc<str>,
     pub trace: TraceContext,
@@ -263,6 +265,6 @@ impl TurnLimits {
                 return Err(ApiError::new(Code::InvalidRequest, "temperature must be between 0 and 2"));
             }
         }
-        Ok(GenerationParams { max_tokens, temperature, seed })
+        Ok(GenerationParams { max_tokens, temperature, seed, ..GenerationParams::default() })
     }
 }

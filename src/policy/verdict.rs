@@ -61,6 +61,8 @@ pub struct TurnRef<'a> {
     pub turn_id: &'a str,
     pub message: &'a str,
     pub params: GenerationParams,
+    /// The turn's stop sequences (empty: none).
+    pub stop: &'a [String],
 }
 
 /// A verdict with its hash, expiry and signature — the three policy headers.
@@ -214,12 +216,22 @@ impl PolicyEngine {
         let message = hex::encode(<Sha256 as sha2::Digest>::digest(turn.message.as_bytes()));
         let p = turn.params;
         // Absent parameters are `-`; a temperature is signed as its exact bits.
-        let params = format!(
+        let mut params = format!(
             "{} {} {}",
             p.max_tokens,
             p.temperature.map_or("-".to_owned(), |t| format!("{:08x}", t.to_bits())),
             p.seed.map_or("-".to_owned(), |s| s.to_string())
         );
+        // Later parameters are named only when set, so a turn without them signs as it always did.
+        for (name, value) in [("top_p", p.top_p), ("presence_penalty", p.presence_penalty), ("frequency_penalty", p.frequency_penalty)] {
+            if let Some(value) = value {
+                params.push_str(&format!(" {name}={:08x}", value.to_bits()));
+            }
+        }
+        if !turn.stop.is_empty() {
+            let joined = serde_json::to_string(turn.stop).unwrap_or_default();
+            params.push_str(&format!(" stop={}", hex::encode(<Sha256 as sha2::Digest>::digest(joined.as_bytes()))));
+        }
         for part in ["steward.policy.v2", turn.tenant, turn.session_id, turn.turn_id, &message, &params, verdict, hash] {
             mac.update(part.as_bytes());
             mac.update(b"\n");
@@ -253,8 +265,9 @@ mod tests {
     fn hash(digit: &str) -> ConstitutionHash {
         ConstitutionHash::parse(&format!("sha256:{}", digit.repeat(64))).unwrap()
     }
-    const PARAMS: GenerationParams = GenerationParams { max_tokens: 64, temperature: Some(0.7), seed: None };
-    const TURN: TurnRef<'static> = TurnRef { tenant: "acme", session_id: "s1", turn_id: "t1", message: "hello", params: PARAMS };
+    const PARAMS: GenerationParams =
+        GenerationParams { max_tokens: 64, temperature: Some(0.7), seed: None, top_p: None, presence_penalty: None, frequency_penalty: None };
+    const TURN: TurnRef<'static> = TurnRef { tenant: "acme", session_id: "s1", turn_id: "t1", message: "hello", params: PARAMS, stop: &[] };
 
     #[test]
     fn a_signed_verdict_verifies_for_the_same_turn_only() {
@@ -282,9 +295,14 @@ mod tests {
             GenerationParams { temperature: Some(0.8), ..PARAMS },
             GenerationParams { temperature: None, ..PARAMS },
             GenerationParams { seed: Some(7), ..PARAMS },
+            GenerationParams { top_p: Some(0.5), ..PARAMS },
+            GenerationParams { frequency_penalty: Some(0.1), ..PARAMS },
         ] {
             assert!(matches!(e.verify(TurnRef { params, ..TURN }, &signed.headers(), &hash("a")), Err(PolicyError::VerdictInvalid)), "{params:?}");
         }
+        let stops = ["\n\n".to_owned()];
+        let stopped = TurnRef { stop: &stops, ..TURN };
+        assert!(matches!(e.verify(stopped, &signed.headers(), &hash("a")), Err(PolicyError::VerdictInvalid)), "other stop sequences");
     }
 
     #[tokio::test]

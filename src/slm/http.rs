@@ -58,6 +58,15 @@ impl HttpModelClient {
         if let Some(seed) = request.params.seed {
             body["seed"] = json!(seed);
         }
+        let p = &request.params;
+        for (name, value) in [("top_p", p.top_p), ("presence_penalty", p.presence_penalty), ("frequency_penalty", p.frequency_penalty)] {
+            if let Some(value) = value {
+                body[name] = json!(value);
+            }
+        }
+        if !request.stop.is_empty() {
+            body["stop"] = json!(request.stop);
+        }
         body
     }
 }

@@ -30,6 +30,9 @@ pub struct GenerationParams {
     pub max_tokens: u32,
     pub temperature: Option<f32>,
     pub seed: Option<i64>,
+    pub top_p: Option<f32>,
+    pub presence_penalty: Option<f32>,
+    pub frequency_penalty: Option<f32>,
 }
 
 /// Headers every dispatch carries.
@@ -48,6 +51,8 @@ pub struct ModelRequest {
     pub model: std::sync::Arc<str>,
     pub messages: Vec<ChatMessage>,
     pub params: GenerationParams,
+    /// Sequences that end the answer where the model would write them (up to 4; empty: none).
+    pub stop: std::sync::Arc<[String]>,
     pub context: DispatchContext,
 }
 

@@ -198,8 +198,8 @@ async fn forged_expired_tampered_and_replayed_verdicts_are_refused_with_their_co
 
     let policy = Signer::of(&manifest_dir().join("config/constitution.toml"));
     let (session_id, turn_id, message) = (uuid::Uuid::now_v7().to_string(), uuid::Uuid::now_v7().to_string(), "Say hi.");
-    let params = GenerationParams { max_tokens: 6, temperature: None, seed: None };
-    let turn = TurnRef { tenant: &tenant, session_id: &session_id, turn_id: &turn_id, message, params };
+    let params = GenerationParams { max_tokens: 6, ..GenerationParams::default() };
+    let turn = TurnRef { tenant: &tenant, session_id: &session_id, turn_id: &turn_id, message, params, stop: &[] };
     let genuine = policy.sign(turn, Verdict::Allow).headers();
     let body = json!({ "session_id": session_id, "turn_id": turn_id, "message": message, "max_tokens": 6 });
     let past = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() - 5;

@@ -105,7 +105,11 @@ async fn the_official_openai_python_sdk_works_against_the_facade() {
     assert_eq!(seen["system_error"]["status"], 400);
     assert_eq!(seen["system_error"]["code"], "system_prompt_not_allowed");
     assert_eq!(seen["unknown_model"], json!({ "status": 400, "code": "unknown_model", "param": "model" }), "{seen}");
-    for param in ["n", "stop", "temprature"] {
+    assert!(seen["unstopped"].as_str().unwrap().contains(','), "without stop the model writes commas: {seen}");
+    let stopped = seen["stopped"]["content"].as_str().unwrap();
+    assert!(!stopped.is_empty() && !stopped.contains(','), "the answer ends before the stop sequence: {seen}");
+    assert_eq!(seen["stopped"]["finish_reason"], "stop");
+    for param in ["n", "tools", "temprature"] {
         assert_eq!(seen["refused_params"][param], json!({ "status": 400, "code": "unsupported_parameter", "param": param }), "{seen}");
     }
 }

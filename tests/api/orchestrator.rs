@@ -24,8 +24,8 @@ pub(crate) async fn new_turn(app: &TestApp) -> Turn {
 impl Turn {
     pub(crate) fn turn_ref(&self) -> TurnRef<'_> {
         // The body's `max_tokens: 6`, as the orchestrator resolves it.
-        let params = GenerationParams { max_tokens: 6, temperature: None, seed: None };
-        TurnRef { tenant: &self.tenant, session_id: &self.session_id, turn_id: &self.turn_id, message: MESSAGE, params }
+        let params = GenerationParams { max_tokens: 6, ..GenerationParams::default() };
+        TurnRef { tenant: &self.tenant, session_id: &self.session_id, turn_id: &self.turn_id, message: MESSAGE, params, stop: &[] }
     }
     fn body(&self) -> Value {
         json!({ "session_id": self.session_id, "turn_id": self.turn_id, "message": MESSAGE, "max_tokens": 6 })

@@ -202,9 +202,9 @@ async fn activating_on_one_instance_moves_the_other_within_a_second_and_a_stream
 
     // The orchestrator route on B: the old hash is 409 naming the new one; the new hash works; a replay is refused.
     let turn = |message: &'static str| (uuid::Uuid::now_v7().to_string(), uuid::Uuid::now_v7().to_string(), message);
-    let params = GenerationParams { max_tokens: 4, temperature: None, seed: None };
+    let params = GenerationParams { max_tokens: 4, ..GenerationParams::default() };
     let (session_id, turn_id, message) = turn("Say hi.");
-    let turn_ref = TurnRef { tenant: &tenant, session_id: &session_id, turn_id: &turn_id, message, params };
+    let turn_ref = TurnRef { tenant: &tenant, session_id: &session_id, turn_id: &turn_id, message, params, stop: &[] };
     let body = json!({ "session_id": session_id, "turn_id": turn_id, "message": message, "max_tokens": 4 });
     let stale = b.post_with("/v1/conversation/step", &key, &body, &Signer::under(old.clone()).sign(turn_ref, Verdict::Allow).headers()).await;
     assert_eq!(stale.status(), 409);
@@ -331,9 +331,9 @@ async fn with_redis_gone_the_copy_goes_stale_and_turns_are_refused_until_it_retu
     let refused = read_sse(refused).await;
     assert_eq!(refused.names(), ["error", "done"]);
     assert_eq!(refused.first("error")["code"], "policy_registry_unavailable");
-    let params = GenerationParams { max_tokens: 2, temperature: None, seed: None };
+    let params = GenerationParams { max_tokens: 2, ..GenerationParams::default() };
     let (session_id, turn_id) = (uuid::Uuid::now_v7().to_string(), uuid::Uuid::now_v7().to_string());
-    let turn_ref = TurnRef { tenant: &tenant, session_id: &session_id, turn_id: &turn_id, message: "Say hi.", params };
+    let turn_ref = TurnRef { tenant: &tenant, session_id: &session_id, turn_id: &turn_id, message: "Say hi.", params, stop: &[] };
     let headers = app.policy().sign(turn_ref, Verdict::Allow).headers();
     let mut step = app.http.post(format!("{}/v1/conversation/step", app.address)).bearer_auth(&key);
     for (name, value) in

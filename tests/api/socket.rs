@@ -220,9 +220,11 @@ async fn the_orchestrator_socket_runs_signed_turns_and_refuses_replayed_or_stale
     let (tenant, key) = app.chat_key().await;
     let (mut socket, _) = connect_to(&app, "/v1/conversation/stream", &[("authorization", &format!("Bearer {key}"))]).await;
     let (session_id, turn_id) = (uuid::Uuid::now_v7().to_string(), uuid::Uuid::now_v7().to_string());
-    let params = GenerationParams { max_tokens: 4, temperature: None, seed: None };
-    let signed =
-        app.policy().sign(TurnRef { tenant: &tenant, session_id: &session_id, turn_id: &turn_id, message: "Say hi.", params }, Verdict::Allow).headers();
+    let params = GenerationParams { max_tokens: 4, ..GenerationParams::default() };
+    let signed = app
+        .policy()
+        .sign(TurnRef { tenant: &tenant, session_id: &session_id, turn_id: &turn_id, message: "Say hi.", params, stop: &[] }, Verdict::Allow)
+        .headers();
     let turn = json!({
         "type": "turn", "session_id": session_id, "turn_id": turn_id, "message": "Say hi.", "max_tokens": 4,
         "constitution_hash": signed.constitution_hash, "policy_verdict": signed.verdict, "policy_signature": signed.signature,
