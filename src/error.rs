@@ -198,7 +198,8 @@ impl ResponseError for ApiError {
     }
 }
 
-fn generic_message(code: Code) -> &'static str {
+/// What a client is told of a server-side failure of this code (never its cause).
+pub(crate) fn generic_message(code: Code) -> &'static str {
     match code {
         Code::ModelUnavailable => "the language model is unavailable",
         Code::ModelTimeout => "the language model did not answer in time",

@@ -64,6 +64,15 @@ impl AnswerGuard {
         }
     }
 
+    /// Starts the answer over (its model server failed before any of it was
+    /// released, and another one answers): what was held back is dropped.
+    pub fn restart(&mut self) {
+        self.guard = self.moderator.output_guard();
+        if self.sentences.is_some() {
+            self.sentences = Some(self.moderator.sentence_buffer());
+        }
+    }
+
     /// The answer ended: the text held back, and its last pieces to judge.
     pub fn end(&mut self) -> (String, Vec<String>) {
         let rest = self.guard.finish();

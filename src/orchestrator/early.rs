@@ -6,7 +6,7 @@
 
 use crate::config::DispatchMode;
 use crate::events::TurnData;
-use crate::slm::{GenerationParams, ModelStream};
+use crate::slm::{GenerationParams, ModelStream, Released};
 use crate::telemetry::TraceContext;
 
 /// What the model server sends as the verdict of a request started before it.
@@ -19,16 +19,17 @@ pub struct EarlyDispatch {
     model_call: TraceContext,
     /// The `turn.dispatched` event's data: the request was sent whatever the verdict.
     dispatched: TurnData,
+    released: Released,
 }
 
 impl EarlyDispatch {
-    pub(super) fn new(model: ModelStream, model_call: TraceContext, dispatched: TurnData) -> Self {
-        Self { model, model_call, dispatched }
+    pub(super) fn new(model: ModelStream, model_call: TraceContext, dispatched: TurnData, released: Released) -> Self {
+        Self { model, model_call, dispatched, released }
     }
 
     /// The answer to read, for an allowed turn.
     pub(super) fn into_dispatch(self) -> Dispatch {
-        Dispatch { stream: self.model, model_call: self.model_call, data: self.dispatched }
+        Dispatch { stream: self.model, model_call: self.model_call, data: self.dispatched, released: self.released }
     }
 
     /// Ends the request unread (the model server frees its slot) and returns
@@ -45,6 +46,8 @@ pub(super) struct Dispatch {
     pub model_call: TraceContext,
     /// `turn.dispatched`'s data, before the attempt names its upstream.
     pub data: TurnData,
+    /// Set once any of the answer reached the client (the router fails over only before).
+    pub released: Released,
 }
 
 /// `turn.dispatched` of one attempt: `template` naming its upstream and number.

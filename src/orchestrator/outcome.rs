@@ -57,6 +57,12 @@ pub enum Failure {
 }
 
 impl Failure {
+    /// The model server failed after the answer began reaching the client
+    /// (its failover came too late to be invisible).
+    pub fn upstream_lost() -> Self {
+        Self::Model { code: Code::ModelError, message: crate::error::generic_message(Code::ModelError).to_owned(), reason: "model_error" }
+    }
+
     /// The model server's failure, as the client is told it.
     pub fn model(err: crate::slm::SlmError) -> Self {
         let reason = err.reason();

@@ -17,7 +17,7 @@ use super::Conversation;
 use crate::config::DispatchMode;
 use crate::events::{EventLog, TurnData};
 use crate::policy::{ConstitutionHash, Judge, Judges, PolicyEngine, PolicyError, PolicyHeaders, SignedVerdict, TurnRef, Verdict};
-use crate::slm::{start_now, ChatMessage, DispatchContext, ModelClient, ModelEvent, ModelRequest, ModelStream, Role};
+use crate::slm::{start_now, ChatMessage, DispatchContext, ModelClient, ModelEvent, ModelRequest, ModelStream, Released, Role};
 use crate::telemetry::{Metrics, TraceContext};
 
 #[derive(Debug, Clone)]
@@ -77,7 +77,13 @@ impl Orchestrator {
     }
 
     /// The turn's model request (started on its first read) and the model call's span.
-    fn model_request(&self, request: &TurnRequest, messages: Vec<ChatMessage>, hash: &ConstitutionHash, verdict: String) -> (ModelStream, TraceContext) {
+    fn model_request(
+        &self,
+        request: &TurnRequest,
+        messages: Vec<ChatMessage>,
+        hash: &ConstitutionHash,
+        verdict: String,
+    ) -> (ModelStream, TraceContext, Released) {
         // The model call's own span: its id travels in the model request's traceparent.
         let model_call = request.trace.child();
         let context = DispatchContext {
@@ -86,8 +92,16 @@ impl Orchestrator {
             policy_verdict: verdict,
             traceparent: model_call.header(),
         };
-        let request = ModelRequest { model: request.model.clone(), messages, params: request.params, stop: request.stop_sequences.clone(), context };
-        (self.model.stream(request), model_call)
+        let released = Released::default();
+        let request = ModelRequest {
+            model: request.model.clone(),
+            messages,
+            params: request.params,
+            stop: request.stop_sequences.clone(),
+            context,
+            released: released.clone(),
+        };
+        (self.model.stream(request), model_call, released)
     }
 
     /// Drives the turn: streams the answer through output moderation until it
@@ -98,7 +112,7 @@ impl Orchestrator {
     /// recorded for each attempt the model client reports (naming its
     /// upstream), each failed-over attempt as `turn.upstream_failed`.
     fn run(&self, request: TurnRequest, signed: SignedVerdict, judge: &Arc<Judge>, model: Dispatch) -> TurnStream {
-        let Dispatch { stream: mut model, model_call, data: dispatched } = model;
+        let Dispatch { stream: mut model, model_call, data: dispatched, released } = model;
         let mut answer = AnswerGuard::new(judge, &self.settings.guard, request.tenant.as_str(), self.metrics.clone());
         let stop = request.stop.clone();
         let context = turn_context(&request, &signed);
@@ -141,6 +155,7 @@ impl Orchestrator {
                             Err(hit) => break TurnOutcome::Refused(hit),
                         };
                         if !safe.is_empty() {
+                            released.store(true, std::sync::atomic::Ordering::Release);
                             recorder.emitted(&safe);
                             yield TurnEvent::Delta(safe);
                         }
@@ -158,6 +173,14 @@ impl Orchestrator {
                     }
                     Ok(ModelEvent::Failover { upstream, attempt, reason }) => {
                         recorder.record(TurnData::UpstreamFailed { upstream: upstream.to_string(), attempt, reason }).await;
+                        if released.load(std::sync::atomic::Ordering::Acquire) {
+                            // Text reached the client after the router decided (it ran ahead): the turn cannot move.
+                            break TurnOutcome::Failed(Failure::upstream_lost());
+                        }
+                        // Nothing reached the client: what the failed attempt said is dropped, the next one starts afresh.
+                        answer.restart();
+                        finish = FinishReason::Stop;
+                        recorder.usage = None;
                     }
                     Err(err) => break TurnOutcome::Failed(Failure::model(err)),
                 }
@@ -207,8 +230,8 @@ impl Conversation for Orchestrator {
                 None => {
                     let messages = self.prompt(&request).await?;
                     let data = dispatched_data(&request.model, request.params, messages.len(), DispatchMode::AfterVerdict);
-                    let (stream, model_call) = self.model_request(&request, messages, &signed.constitution_hash, signed.verdict.header_value());
-                    Dispatch { stream, model_call, data }
+                    let (stream, model_call, released) = self.model_request(&request, messages, &signed.constitution_hash, signed.verdict.header_value());
+                    Dispatch { stream, model_call, data, released }
                 }
             };
             let context = turn_context(&request, &signed);
@@ -224,8 +247,8 @@ impl Conversation for Orchestrator {
         Box::pin(async move {
             let messages = self.prompt(request).await?;
             let dispatched = dispatched_data(&request.model, request.params, messages.len(), DispatchMode::Overlapped);
-            let (model, model_call) = self.model_request(request, messages, constitution, PENDING_VERDICT.to_owned());
-            Ok(EarlyDispatch::new(start_now(model), model_call, dispatched))
+            let (model, model_call, released) = self.model_request(request, messages, constitution, PENDING_VERDICT.to_owned());
+            Ok(EarlyDispatch::new(start_now(model), model_call, dispatched, released))
         })
     }
 }

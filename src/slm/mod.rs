@@ -25,7 +25,7 @@ pub use early::start_now;
 pub use fair::{FairGate, FairModelClient};
 pub use http::{HttpModelClient, Timeouts};
 pub use router::{Router, Upstream, UpstreamHealth};
-pub use types::{ChatMessage, Deadline, DispatchContext, GenerationParams, ModelEvent, ModelRequest, Role, SlmError, Usage};
+pub use types::{ChatMessage, Deadline, DispatchContext, GenerationParams, ModelEvent, ModelRequest, Released, Role, SlmError, Usage};
 
 /// Model output as it arrives.
 pub type ModelStream = Pin<Box<dyn Stream<Item = Result<ModelEvent, SlmError>> + Send>>;

@@ -242,9 +242,11 @@ impl ModelClient for Arc<Router> {
                         }
                     }
                 };
-                // Another server is tried only before any content, for a server's fault, within the attempts.
+                // Another server is tried only before any of the answer reached the client, for a
+                // server's fault, within the attempts.
+                let released = request.released.load(std::sync::atomic::Ordering::Acquire);
                 let next = match failover_reason(&failed) {
-                    Some(reason) if !content && tried.len() < router.max_attempts => router.pick(&model, &tried).map(|next| (reason, next)),
+                    Some(reason) if !released && tried.len() < router.max_attempts => router.pick(&model, &tried).map(|next| (reason, next)),
                     _ => None,
                 };
                 let Some((reason, next)) = next else {

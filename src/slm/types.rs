@@ -45,6 +45,9 @@ pub struct DispatchContext {
     pub traceparent: String,
 }
 
+/// Whether any of a turn's answer reached its client (see [`ModelRequest::released`]).
+pub type Released = std::sync::Arc<std::sync::atomic::AtomicBool>;
+
 #[derive(Debug, Clone)]
 pub struct ModelRequest {
     /// The model name the turn resolved to (`crate::slm::ModelCatalog`); its upstreams answer.
@@ -54,6 +57,9 @@ pub struct ModelRequest {
     /// Sequences that end the answer where the model would write them (up to 4; empty: none).
     pub stop: std::sync::Arc<[String]>,
     pub context: DispatchContext,
+    /// Set by the answer's reader once any of it reached the client: until then a failed
+    /// attempt may move to another server (held-back text is discarded); after, it cannot.
+    pub released: Released,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]

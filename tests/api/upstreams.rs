@@ -14,16 +14,7 @@ use crate::helpers::{assert_error, spawn_app_with, Storage, TestApp};
 use crate::moderation::PrivateModelServer;
 
 fn upstream(name: &str, server: &PrivateModelServer, weight: u32) -> UpstreamSettings {
-    UpstreamSettings {
-        name: name.into(),
-        base_url: format!("http://127.0.0.1:{}/v1", server.port),
-        model: None,
-        weight: weight.try_into().unwrap(),
-        max_concurrent: 0,
-        api_key_env: None,
-        connect_timeout: None,
-        first_token_timeout: None,
-    }
+    UpstreamSettings { base_url: format!("http://127.0.0.1:{}/v1", server.port), weight: weight.try_into().unwrap(), ..upstream_settings_named(name) }
 }
 
 /// A Steward over `upstreams`, without a bound of its own on model calls.
@@ -95,7 +86,7 @@ async fn a_model_server_killed_under_load_costs_no_turn_that_had_not_streamed_a_
             assert_eq!(attempts(trail), ["a", "b"], "moved from the killed server to the other");
         }
         if finish == "error" {
-            // Only a turn whose answer had begun may fail: it cannot move once a token reached its client.
+            // Only a turn whose answer had begun reaching its client may fail: it cannot move then.
             assert!(!sse.text().is_empty(), "a turn that had streamed nothing failed: {:?}", sse.names());
             assert_eq!(attempts(trail).last().map(String::as_str), Some("a"));
             cut += 1;
@@ -189,4 +180,37 @@ async fn a_turn_goes_to_the_servers_of_the_model_it_names_and_a_model_unknown_or
     assert_eq!((refused["error"]["code"].as_str(), refused["error"]["param"].as_str()), (Some("model_not_allowed"), Some("model")), "{refused}");
     let answered: Value = app.post("/v1/chat/completions", Some(&limited_key), &completion("small")).await.json().await.unwrap();
     assert_eq!(answered["model"], "small", "{answered}");
+}
+
+/// The first words of an answer may be held back by the output guard (they
+/// could still become a listed phrase). A server that dies then has sent
+/// content, but none of it reached the client: the turn moves, and what the
+/// dead server said is dropped.
+#[tokio::test]
+async fn a_server_that_dies_while_its_first_words_are_held_back_costs_the_client_nothing() {
+    use crate::scripted_server::{scripted, Script};
+    let dying = scripted(Script::DropAfter(vec!["How to ", "kill "])).await;
+    let healthy = scripted(Script::Answer(vec!["Rivers ", "run ", "to the sea."])).await;
+    let upstream_at = |name: &str, url: String| UpstreamSettings { base_url: url, ..upstream_settings_named(name) };
+    let app = app_over(vec![upstream_at("a", dying), upstream_at("b", healthy)], |_| {}).await;
+    let (_, key) = app.chat_key().await;
+
+    let sse = app.chat(&key, &json!({ "message": "Tell me about rivers." })).await;
+    assert_eq!(sse.text(), "Rivers run to the sea.", "only the second server's answer: {:?}", sse.names());
+    assert_eq!(sse.first("done")["finish_reason"], "stop");
+    assert_eq!(attempts(&trails(&app).await[sse.header("x-session-id")]), ["a", "b"]);
+}
+
+/// An upstream named `name` with every other setting at its default (its URL set by the caller).
+fn upstream_settings_named(name: &str) -> UpstreamSettings {
+    UpstreamSettings {
+        name: name.into(),
+        base_url: String::new(),
+        model: None,
+        weight: 1.try_into().unwrap(),
+        max_concurrent: 0,
+        api_key_env: None,
+        connect_timeout: None,
+        first_token_timeout: None,
+    }
 }
