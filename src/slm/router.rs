@@ -1,10 +1,11 @@
 //! Several model servers behind one [`ModelClient`]: each attempt goes to
 //! the healthy upstream with the fewest requests under way for its weight
 //! (ties shared by smooth weighted round-robin, as nginx does), and an
-//! attempt that fails before its first content — connect error, 5xx or 429,
-//! a broken or unreadable answer, no first token by the upstream's deadline —
-//! moves the turn to another upstream, at most `max_attempts` in all. Once
-//! content has flowed, an error ends the turn as with one server. Each
+//! attempt that fails before any of the answer reached the client
+//! ([`ModelRequest::released`]) — connect error, 5xx or 429, a broken or
+//! unreadable answer, no first token by the upstream's deadline — moves the
+//! turn to another upstream, at most `max_attempts` in all. Once text has
+//! reached the client, an error ends the turn as with one server. Each
 //! upstream has a [`Circuit`]; the stream reports every attempt
 //! ([`ModelEvent::Attempt`]) and every failover ([`ModelEvent::Failover`]) so
 //! the turn's record names the server that answered.
@@ -66,7 +67,7 @@ pub struct Router {
     metrics: UpstreamMetrics,
 }
 
-/// Why an attempt failed before its first content, or `None` when the
+/// Why an attempt failed (a reason to try another server while nothing reached the client), or `None` when the
 /// failure is the request's own (a 4xx other than 429) or the whole turn's
 /// deadline passed: then no other server is tried.
 fn failover_reason(err: &SlmError) -> Option<&'static str> {
@@ -253,7 +254,7 @@ impl ModelClient for Arc<Router> {
                     yield Err(failed);
                     return;
                 };
-                tracing::warn!(upstream = %upstream.name, attempt = attempt_number, reason, error = %failed, "model server failed before its first token; trying another");
+                tracing::warn!(upstream = %upstream.name, attempt = attempt_number, reason, error = %failed, "model server failed before any of the answer reached the client; trying another");
                 yield Ok(ModelEvent::Failover { upstream: upstream.name.clone(), attempt: attempt_number, reason });
                 index = next;
             }

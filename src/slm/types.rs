@@ -82,7 +82,7 @@ pub enum ModelEvent {
         upstream: std::sync::Arc<str>,
         attempt: u32,
     },
-    /// That attempt failed before its first content, for `reason` (an
+    /// That attempt failed before any of the answer reached the client, for `reason` (an
     /// `slm_upstream_requests` outcome); the router tries another server.
     Failover {
         upstream: std::sync::Arc<str>,
