@@ -267,7 +267,9 @@ pub async fn completions(
     };
     if !screened.ignored.is_empty() {
         gateway.metrics.openai_ignored_parameters(screened.ignored.len());
-        tracing::info!(tenant = %caller.tenant, ignored = ?screened.ignored, "unknown request fields ignored (openai.lenient)");
+        // Names come from the client: a bounded sample of them, each cut short, is logged.
+        let sample: Vec<String> = screened.ignored.iter().take(10).map(|name| name.chars().take(64).collect()).collect();
+        tracing::info!(tenant = %caller.tenant, count = screened.ignored.len(), ignored = ?sample, "unknown request fields ignored (openai.lenient)");
     }
     let body: CompletionBody =
         serde_json::from_value(Value::Object(body)).map_err(|e| ApiError::new(Code::InvalidRequest, format!("invalid request body: {e}")))?;
