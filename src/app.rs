@@ -304,7 +304,7 @@ fn guard(settings: &crate::config::GuardSettings) -> anyhow::Result<crate::moder
     let api_key = Some(settings.api_key.expose().to_owned()).filter(|key| !key.is_empty());
     let guard = HttpGuard::new(kind, &settings.base_url, &settings.model, api_key, settings.timeout.get()).context("Failed to build the guard's client")?;
     tracing::info!(kind = ?settings.kind, base_url = %settings.base_url, model = %settings.model, "guard configured");
-    Ok(GuardPolicy { guard: Arc::new(guard), guarded: true, failure: PerTenant::new(settings.on_failure, &settings.on_failure_tenants) })
+    Ok(GuardPolicy { guard: Arc::new(guard), guarded: true, failure: Arc::new(PerTenant::new(settings.on_failure, &settings.on_failure_tenants)) })
 }
 
 /// The model servers behind one router (one upstream when `[[slm.upstreams]]` lists none).
@@ -325,9 +325,9 @@ fn model_router(slm: &crate::config::SlmSettings, timeouts: Timeouts, metrics: &
         let served = upstream.model.as_deref().unwrap_or(&slm.model);
         let client = HttpModelClient::new(&upstream.base_url, served, timeouts, api_key)
             .with_context(|| format!("Failed to build the client of upstream {}", upstream.name))?;
-        upstreams.push(Upstream::new(&upstream.name, Arc::new(client), upstream.weight.get(), upstream.max_concurrent, circuit));
+        upstreams.push(Upstream::new(&upstream.name, Arc::new(client), upstream.weight.get(), upstream.max_concurrent, circuit, &metrics.upstreams()));
     }
-    Ok(Router::new(upstreams, model_catalog(slm), slm.max_attempts.get() as usize, metrics.upstreams()))
+    Ok(Router::new(upstreams, model_catalog(slm), slm.max_attempts.get() as usize))
 }
 
 /// The model names and their upstreams (by index in `slm.upstreams()`), checked by `Settings::validate`.

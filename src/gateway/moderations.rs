@@ -7,6 +7,7 @@
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 
+use super::service::verdict_of;
 use super::Gateway;
 use crate::error::{ApiError, Code};
 use crate::events::{RefusedCategory, TurnContext, TurnData};
@@ -85,7 +86,7 @@ fn result_of(hits: &[Hit]) -> ModerationResult {
         categories.insert(name.into(), hit.is_some().into());
         scores.insert(name.into(), hit.map_or(0.0, |h| h.score.unwrap_or(1.0)).into());
     }
-    let verdict = if hits.is_empty() { "allow".to_owned() } else { format!("refuse:{}", hits.iter().map(|h| h.code.as_str()).collect::<Vec<_>>().join(",")) };
+    let verdict = verdict_of(hits).header_value();
     ModerationResult {
         flagged: !hits.is_empty(),
         categories,
@@ -166,11 +167,7 @@ pub async fn moderations(req: HttpRequest, caller: Caller, body: web::Json<Moder
         traceparent: trace.header(),
         tracestate: trace.tracestate.clone(),
         constitution_hash: judge.hash.to_string(),
-        policy_verdict: if refused.is_empty() {
-            "allow".into()
-        } else {
-            format!("refuse:{}", refused.iter().map(|h| h.code.as_str()).collect::<Vec<_>>().join(","))
-        },
+        policy_verdict: verdict_of(&refused).header_value(),
         training_mode: training.enabled,
         training_fencing_token: training.fencing_token,
         training_mode_source: training.source.to_owned(),

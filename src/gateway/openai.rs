@@ -81,12 +81,10 @@ impl StopField {
 
 /// `top_p` in 0..=1 and the penalties in -2..=2, as OpenAI's API takes them.
 fn sampling(body: &CompletionBody) -> Result<(), ApiError> {
-    let outside = |value: Option<f32>, low: f32, high: f32| value.is_some_and(|v| !(low..=high).contains(&v));
-    for (name, value, low) in
-        [("top_p", body.top_p, 0.0), ("presence_penalty", body.presence_penalty, -2.0), ("frequency_penalty", body.frequency_penalty, -2.0)]
-    {
-        let high = if name == "top_p" { 1.0 } else { 2.0 };
-        if outside(value, low, high) {
+    let ranges =
+        [("top_p", body.top_p, 0.0, 1.0), ("presence_penalty", body.presence_penalty, -2.0, 2.0), ("frequency_penalty", body.frequency_penalty, -2.0, 2.0)];
+    for (name, value, low, high) in ranges {
+        if value.is_some_and(|v| !(low..=high).contains(&v)) {
             return Err(ApiError::new(Code::InvalidRequest, format!("{name} must be between {low} and {high}")).with_param(name));
         }
     }

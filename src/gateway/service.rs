@@ -165,7 +165,7 @@ impl Gateway {
         };
 
         let (hits, early, skipped) = self.judge(&judge, texts, &request).await?;
-        let verdict = if hits.is_empty() { Verdict::Allow } else { Verdict::Refuse(hits.iter().map(|h| h.code.clone()).collect()) };
+        let verdict = verdict_of(&hits);
         let turn = TurnRef {
             tenant,
             session_id: request.session_id.as_str(),
@@ -295,7 +295,9 @@ impl Gateway {
             }
             None => None,
         };
-        let refused = refused_data("input", &hits, model_request, self.guard.info(&judge.constitution));
+        // What judged is named only when the guard refused (its digest is not free).
+        let by_guard = hits.first().is_some_and(|h| h.layer == crate::moderation::Layer::Guard);
+        let refused = refused_data("input", &hits, model_request, by_guard.then(|| self.guard.info(&judge.constitution)).flatten());
         events.push(Pending::Conversation(NewEvent::turn(context, &refused)));
         let TurnRequest { tenant, session_id, turn_id, message, preamble, trace, route, started, model, .. } = request;
         let mut record = refusal_record(tenant.as_str(), &session_id, &turn_id, &trace, &signed);
@@ -324,6 +326,15 @@ impl Gateway {
         tracing::info!(trace_id = %trace.trace_id, span_id = %trace.span_id, tenant = %tenant, session_id = %session_id,
             turn_id = %turn_id, category = %first.category, code = %first.code, "turn refused by input moderation");
         Ok(Admission { model, session_id, turn_id, trace, signed, outcome: Admitted::Refused(first) })
+    }
+}
+
+/// The verdict of these refused categories (none: allowed).
+pub(super) fn verdict_of(hits: &[Hit]) -> Verdict {
+    if hits.is_empty() {
+        Verdict::Allow
+    } else {
+        Verdict::Refuse(hits.iter().map(|h| h.code.clone()).collect())
     }
 }
 

@@ -129,13 +129,14 @@ pub struct GuardPolicy {
     pub guard: Arc<dyn Guard>,
     /// Whether a guard is configured (`guard` is [`NoGuard`] otherwise).
     pub guarded: bool,
-    pub failure: PerTenant<GuardFailure>,
+    /// Shared, so a turn's copy of the policy costs two reference counts.
+    pub failure: Arc<PerTenant<GuardFailure>>,
 }
 
 impl GuardPolicy {
     /// No guard.
     pub fn disabled() -> Self {
-        Self { guard: Arc::new(NoGuard), guarded: false, failure: PerTenant::new(GuardFailure::Closed, &Default::default()) }
+        Self { guard: Arc::new(NoGuard), guarded: false, failure: Arc::new(PerTenant::new(GuardFailure::Closed, &Default::default())) }
     }
 
     /// What judges, under `constitution` (`None` without a guard).

@@ -77,8 +77,9 @@ pub struct Recorder {
     started_at: std::time::SystemTime,
     /// The model call's span (its id is in the model request's traceparent).
     pub model_call: Option<crate::telemetry::TraceContext>,
-    /// The operator's guard, when one is configured.
-    pub guard: Option<crate::moderation::guard::GuardInfo>,
+    /// The operator's guard and the turn's judge, when a guard is configured (what
+    /// judged is named only when the guard refused the answer).
+    pub guard: Option<(crate::moderation::guard::GuardPolicy, std::sync::Arc<crate::policy::Judge>)>,
 }
 
 impl Recorder {
@@ -142,9 +143,9 @@ impl Recorder {
     }
 
     /// What the turn's end knows beyond its outcome (read before the record is taken).
-    fn ended(&self) -> Ended<'_> {
+    fn ended<'a>(&'a self, guard: Option<&'a crate::moderation::guard::GuardInfo>) -> Ended<'a> {
         let emitted = self.record.as_ref().map_or("", |r| r.assistant_message.as_str());
-        Ended { model: &self.model, usage: self.usage, duration_ms: self.started.elapsed().as_millis() as u64, emitted, guard: self.guard.as_ref() }
+        Ended { model: &self.model, usage: self.usage, duration_ms: self.started.elapsed().as_millis() as u64, emitted, guard }
     }
 
     /// The turn's row as it ended, counted in the metrics, its spans and its log line; `None` once taken.
@@ -178,7 +179,13 @@ impl Recorder {
     /// The future is boxed: awaited only when a turn ends, it would otherwise
     /// size the stream that every open turn holds for its whole life.
     pub fn conclude(&mut self, outcome: TurnOutcome) -> BoxFuture<'_, Vec<TurnEvent>> {
-        let data = outcome.event_data(&self.ended());
+        let guard = match &outcome {
+            TurnOutcome::Refused(hit) if hit.layer == crate::moderation::Layer::Guard => {
+                self.guard.as_ref().and_then(|(policy, judge)| policy.info(&judge.constitution))
+            }
+            _ => None,
+        };
+        let data = outcome.event_data(&self.ended(guard.as_ref()));
         let record = self.take(&outcome);
         Box::pin(async move {
             let stored = match record {
@@ -230,7 +237,13 @@ impl Drop for Recorder {
     fn drop(&mut self) {
         self.stream.ended();
         let outcome = TurnOutcome::Cancelled(CancelReason::ClientDisconnected);
-        let data = outcome.event_data(&self.ended());
+        let guard = match &outcome {
+            TurnOutcome::Refused(hit) if hit.layer == crate::moderation::Layer::Guard => {
+                self.guard.as_ref().and_then(|(policy, judge)| policy.info(&judge.constitution))
+            }
+            _ => None,
+        };
+        let data = outcome.event_data(&self.ended(guard.as_ref()));
         let Some(record) = self.take(&outcome) else {
             return;
         };

@@ -118,7 +118,7 @@ impl Orchestrator {
         let context = turn_context(&request, &signed);
         let mut recorder = Recorder::new(self.metrics.clone(), self.events.clone(), context, &request, &signed, &request.model);
         recorder.model_call = Some(model_call);
-        recorder.guard = self.settings.guard.info(&judge.constitution);
+        recorder.guard = self.settings.guard.guarded.then(|| (self.settings.guard.clone(), judge.clone()));
         let turn = Box::pin(async_stream::stream! {
             let mut finish = FinishReason::Stop;
             // Registered once for the whole answer, not once per token.

@@ -20,7 +20,7 @@ use tokio::time::Instant;
 use super::catalog::ModelCatalog;
 use super::circuit::{Circuit, CircuitSettings, CircuitState};
 use super::{Deadline, ModelClient, ModelEvent, ModelRequest, ModelStream, SlmError};
-use crate::telemetry::UpstreamMetrics;
+use crate::telemetry::{OneUpstream, UpstreamMetrics};
 
 /// One model server as the router sees it.
 pub struct Upstream {
@@ -31,11 +31,14 @@ pub struct Upstream {
     max_concurrent: usize,
     outstanding: AtomicUsize,
     circuit: Circuit,
+    metrics: OneUpstream,
 }
 
 impl Upstream {
-    pub fn new(name: &str, client: Arc<dyn ModelClient>, weight: u32, max_concurrent: usize, circuit: CircuitSettings) -> Self {
-        Self { name: name.into(), client, weight: weight.max(1), max_concurrent, outstanding: AtomicUsize::new(0), circuit: Circuit::new(circuit) }
+    pub fn new(name: &str, client: Arc<dyn ModelClient>, weight: u32, max_concurrent: usize, circuit: CircuitSettings, metrics: &UpstreamMetrics) -> Self {
+        let (circuit, metrics) = (Circuit::new(circuit), metrics.of(name));
+        metrics.state(circuit.state().gauge());
+        Self { name: name.into(), client, weight: weight.max(1), max_concurrent, outstanding: AtomicUsize::new(0), circuit, metrics }
     }
 
     fn full(&self) -> bool {
@@ -64,7 +67,6 @@ pub struct Router {
     /// Smooth weighted round-robin's running weights, one per upstream.
     current: Mutex<Vec<i64>>,
     max_attempts: usize,
-    metrics: UpstreamMetrics,
 }
 
 /// Why an attempt failed (a reason to try another server while nothing reached the client), or `None` when the
@@ -97,23 +99,22 @@ fn outcome_of(err: &SlmError) -> &'static str {
 /// unsettled (the client left first), it gives a probe's place back.
 struct Attempt<'a> {
     upstream: &'a Upstream,
-    metrics: &'a UpstreamMetrics,
     started: Instant,
     settled: bool,
 }
 
 impl<'a> Attempt<'a> {
-    fn start(upstream: &'a Upstream, metrics: &'a UpstreamMetrics) -> Self {
+    fn start(upstream: &'a Upstream) -> Self {
         upstream.outstanding.fetch_add(1, Ordering::Relaxed);
-        Self { upstream, metrics, started: Instant::now(), settled: false }
+        Self { upstream, started: Instant::now(), settled: false }
     }
 
     /// The attempt showed content (or ended well without any): the upstream is healthy.
     fn succeeded(&mut self) {
         if !std::mem::replace(&mut self.settled, true) {
             self.upstream.circuit.succeeded();
-            self.metrics.attempt(&self.upstream.name, "ok", Some(self.started.elapsed()));
-            self.metrics.state(&self.upstream.name, self.upstream.circuit.state().gauge());
+            self.upstream.metrics.attempt("ok", Some(self.started.elapsed()));
+            self.upstream.metrics.state(self.upstream.circuit.state().gauge());
         }
     }
 
@@ -124,8 +125,8 @@ impl<'a> Attempt<'a> {
         if outcome != "status_4xx" {
             self.upstream.circuit.failed();
         }
-        self.metrics.attempt(&self.upstream.name, outcome, (!before).then(|| self.started.elapsed()));
-        self.metrics.state(&self.upstream.name, self.upstream.circuit.state().gauge());
+        self.upstream.metrics.attempt(outcome, (!before).then(|| self.started.elapsed()));
+        self.upstream.metrics.state(self.upstream.circuit.state().gauge());
     }
 }
 
@@ -134,19 +135,16 @@ impl Drop for Attempt<'_> {
         self.upstream.outstanding.fetch_sub(1, Ordering::Relaxed);
         if !self.settled {
             self.upstream.circuit.abandoned();
-            self.metrics.attempt(&self.upstream.name, "cancelled", None);
+            self.upstream.metrics.attempt("cancelled", None);
         }
     }
 }
 
 impl Router {
     /// A router over `upstreams`, which serve the models of `catalog` (its indices are into `upstreams`).
-    pub fn new(upstreams: Vec<Upstream>, catalog: Arc<ModelCatalog>, max_attempts: usize, metrics: UpstreamMetrics) -> Arc<Self> {
-        for upstream in &upstreams {
-            metrics.state(&upstream.name, upstream.circuit.state().gauge());
-        }
+    pub fn new(upstreams: Vec<Upstream>, catalog: Arc<ModelCatalog>, max_attempts: usize) -> Arc<Self> {
         let current = Mutex::new(vec![0; upstreams.len()]);
-        Arc::new(Self { max_attempts: max_attempts.max(1), upstreams, catalog, current, metrics })
+        Arc::new(Self { max_attempts: max_attempts.max(1), upstreams, catalog, current })
     }
 
     /// The upstream for the next attempt at `model`, never one already
@@ -211,7 +209,10 @@ impl ModelClient for Arc<Router> {
         let router = self.clone();
         Box::pin(async_stream::stream! {
             let mut tried: Vec<usize> = Vec::new();
-            let model = request.model.clone();
+            let (model, released) = (request.model.clone(), request.released.clone());
+            // The last possible attempt takes the request itself: only a turn that may fail over copies it.
+            let possible = router.max_attempts.min(router.catalog.upstreams_of(&model).len());
+            let mut request = Some(request);
             let Some(mut index) = router.pick(&model, &tried) else {
                 yield Err(SlmError::NoUpstream);
                 return;
@@ -221,8 +222,13 @@ impl ModelClient for Arc<Router> {
                 let attempt_number = tried.len() as u32;
                 let upstream = &router.upstreams[index];
                 yield Ok(ModelEvent::Attempt { upstream: upstream.name.clone(), attempt: attempt_number });
-                let mut attempt = Attempt::start(upstream, &router.metrics);
-                let mut answer = upstream.client.stream(request.clone());
+                let this = if tried.len() >= possible { request.take() } else { request.clone() };
+                let Some(this) = this else {
+                    yield Err(SlmError::NoUpstream);
+                    return;
+                };
+                let mut attempt = Attempt::start(upstream);
+                let mut answer = upstream.client.stream(this);
                 let mut content = false;
                 let failed = loop {
                     match answer.next().await {
@@ -245,9 +251,9 @@ impl ModelClient for Arc<Router> {
                 };
                 // Another server is tried only before any of the answer reached the client, for a
                 // server's fault, within the attempts.
-                let released = request.released.load(std::sync::atomic::Ordering::Acquire);
+                let released = released.load(std::sync::atomic::Ordering::Acquire);
                 let next = match failover_reason(&failed) {
-                    Some(reason) if !released && tried.len() < router.max_attempts => router.pick(&model, &tried).map(|next| (reason, next)),
+                    Some(reason) if !released && tried.len() < possible => router.pick(&model, &tried).map(|next| (reason, next)),
                     _ => None,
                 };
                 let Some((reason, next)) = next else {
@@ -305,9 +311,10 @@ mod tests {
         let client = |i: usize| -> Arc<dyn ModelClient> {
             Arc::new(crate::slm::HttpModelClient::new(&format!("http://127.0.0.1:9/u{i}/v1"), "m", timeouts, None).unwrap())
         };
-        let upstreams = weights.iter().enumerate().map(|(i, w)| Upstream::new(&format!("u{i}"), client(i), *w, 2, circuit)).collect();
+        let metrics = Metrics::new().upstreams();
+        let upstreams = weights.iter().enumerate().map(|(i, w)| Upstream::new(&format!("u{i}"), client(i), *w, 2, circuit, &metrics)).collect();
         let catalog = ModelCatalog::new(vec![("m".into(), (0..weights.len()).collect()), ("second".into(), vec![1])], Default::default());
-        Router::new(upstreams, Arc::new(catalog), 3, Metrics::new().upstreams())
+        Router::new(upstreams, Arc::new(catalog), 3)
     }
 
     #[test]

@@ -90,16 +90,46 @@ impl UpstreamMetrics {
         metrics
     }
 
+    /// One upstream's handles, looked up once: a turn's attempt then costs
+    /// atomic adds, not label lookups and allocations.
+    pub fn of(&self, upstream: &str) -> OneUpstream {
+        let labels = UpstreamLabels { upstream: upstream.to_owned() };
+        OneUpstream {
+            state: self.state.get_or_create(&labels).clone(),
+            ok: self.requests.get_or_create(&UpstreamOutcomeLabels { upstream: upstream.to_owned(), outcome: "ok" }).clone(),
+            attempt: self.attempt.get_or_create(&labels).clone(),
+            requests: self.requests.clone(),
+            name: upstream.to_owned(),
+        }
+    }
+}
+
+/// One upstream's metrics ([`UpstreamMetrics::of`]).
+#[derive(Debug, Clone)]
+pub struct OneUpstream {
+    state: Gauge,
+    ok: Counter,
+    attempt: Histogram,
+    /// For the outcomes other than `ok` (rare: looked up when they happen).
+    requests: Family<UpstreamOutcomeLabels, Counter>,
+    name: String,
+}
+
+impl OneUpstream {
     /// The circuit's state, as the `slm_upstream_state` gauge's value.
-    pub fn state(&self, upstream: &str, value: i64) {
-        self.state.get_or_create(&UpstreamLabels { upstream: upstream.to_owned() }).set(value);
+    pub fn state(&self, value: i64) {
+        self.state.set(value);
     }
 
     /// An attempt ended its first phase: its outcome, and how long it took to show it.
-    pub fn attempt(&self, upstream: &str, outcome: &'static str, elapsed: Option<Duration>) {
-        self.requests.get_or_create(&UpstreamOutcomeLabels { upstream: upstream.to_owned(), outcome }).inc();
+    pub fn attempt(&self, outcome: &'static str, elapsed: Option<Duration>) {
+        if outcome == "ok" {
+            self.ok.inc();
+        } else {
+            self.requests.get_or_create(&UpstreamOutcomeLabels { upstream: self.name.clone(), outcome }).inc();
+        }
         if let Some(elapsed) = elapsed {
-            self.attempt.get_or_create(&UpstreamLabels { upstream: upstream.to_owned() }).observe(elapsed.as_secs_f64());
+            self.attempt.observe(elapsed.as_secs_f64());
         }
     }
 }

@@ -11,5 +11,5 @@ mod trace;
 pub mod turn_spans;
 
 pub use logging::init_logging;
-pub use metrics::{Metrics, RequestOutcome, StreamMetrics, UpstreamMetrics};
+pub use metrics::{Metrics, OneUpstream, RequestOutcome, StreamMetrics, UpstreamMetrics};
 pub use trace::TraceContext;

@@ -23,6 +23,11 @@ async fn guard_steward(phrase: &str) -> (TestApp, String, tempfile::TempDir) {
     (app, key, dir)
 }
 
+/// `guard`'s `/v1/moderations` as the guard, with its key.
+fn steward_as_guard(guard: &TestApp, key: String) -> GuardSettings {
+    GuardSettings { api_key: Secret::new(key), ..guard_settings(GuardKindSetting::ModerationApi, format!("{}/v1", guard.address), "steward-guard") }
+}
+
 fn guard_settings(kind: GuardKindSetting, base_url: String, model: &str) -> GuardSettings {
     GuardSettings { kind, base_url, model: model.into(), timeout: NonZeroDuration::from_millis(600), ..GuardSettings::default() }
 }
@@ -31,10 +36,7 @@ fn guard_settings(kind: GuardKindSetting, base_url: String, model: &str) -> Guar
 async fn a_guard_speaking_openais_moderation_api_refuses_what_the_constitution_alone_allows_and_the_record_names_it() {
     let (guard, guard_key, _dir) = guard_steward("purple elephant dance").await;
     let app = spawn_app_with(Storage::Sqlite, |s| {
-        s.moderation.guard = GuardSettings {
-            api_key: Secret::new(guard_key),
-            ..guard_settings(GuardKindSetting::ModerationApi, format!("{}/v1", guard.address), "steward-guard")
-        };
+        s.moderation.guard = steward_as_guard(&guard, guard_key);
     })
     .await;
     let (_, key) = app.chat_key().await;
@@ -99,10 +101,7 @@ async fn the_guard_judges_the_answers_sentences_and_cuts_the_one_it_refuses() {
     .await;
     let app = spawn_app_with(Storage::Sqlite, |s| {
         s.slm.base_url = model;
-        s.moderation.guard = GuardSettings {
-            api_key: Secret::new(guard_key),
-            ..guard_settings(GuardKindSetting::ModerationApi, format!("{}/v1", guard.address), "steward-guard")
-        };
+        s.moderation.guard = steward_as_guard(&guard, guard_key);
     })
     .await;
     let (_, key) = app.chat_key().await;
