@@ -117,7 +117,9 @@ async fn a_hung_server_is_skipped_within_its_first_token_deadline_then_left_alon
         async move {
             let started = Instant::now();
             let sse = app.chat(&key, &json!({ "message": message, "max_tokens": 4 })).await;
-            assert_eq!(sse.first("done")["finish_reason"], "length", "{:?}", sse.names());
+            // Answered to the end, within max_tokens or before (a short greeting stops by itself).
+            let finish = sse.first("done")["finish_reason"].clone();
+            assert!(finish == "length" || finish == "stop", "{:?}", sse.names());
             (attempts(&trails(app).await[sse.header("x-session-id")]), started.elapsed())
         }
     };
