@@ -44,6 +44,11 @@ def main() -> None:
     params.model_alias = {ALIAS}
     params.endpoint_metrics = True
     params.endpoint_slots = True
+    params.verbosity = int(os.environ.get("MODEL_SERVER_VERBOSITY", "3"))
+    # SmolLM2's template has no tool syntax, and llama.cpp drops `tools` for such a template:
+    # the same template with tools in the Hermes 2 Pro form (scripts/smollm2-tools.jinja).
+    params.use_jinja = True
+    params.chat_template = open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "smollm2-tools.jinja")).read()
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

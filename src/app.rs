@@ -137,6 +137,7 @@ impl Application {
             dispatch: PerTenant::new(settings.moderation.dispatch, &settings.moderation.dispatch_tenants),
             guard: guard.clone(),
             openai_lenient: PerTenant::new(settings.openai.lenient, &settings.openai.lenient_tenants),
+            allowed_tools: Arc::new(settings.openai.allowed_tools.clone()),
         });
         let policy_api = web::Data::new(crate::policy::PolicyApi {
             judges,

@@ -66,6 +66,9 @@ pub struct OpenAiSettings {
     pub lenient: bool,
     /// Per-tenant exceptions to `lenient`.
     pub lenient_tenants: std::collections::HashMap<String, bool>,
+    /// Per tenant, the only tool names its requests may declare (`tools`); a
+    /// tenant not listed may declare any, one listed with `[]` none.
+    pub allowed_tools: std::collections::HashMap<String, Vec<String>>,
 }
 
 /// Signed checkpoints of the event trail (see `crate::events::checkpoint`).

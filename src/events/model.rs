@@ -35,6 +35,10 @@ pub enum EventType {
     Checked,
     #[serde(rename = "turn.guard_skipped")]
     GuardSkipped,
+    #[serde(rename = "turn.tool_call")]
+    ToolCall,
+    #[serde(rename = "turn.format_checked")]
+    FormatChecked,
 }
 
 impl EventType {
@@ -49,6 +53,8 @@ impl EventType {
             Self::UpstreamFailed => "turn.upstream_failed",
             Self::Checked => "moderation.checked",
             Self::GuardSkipped => "turn.guard_skipped",
+            Self::ToolCall => "turn.tool_call",
+            Self::FormatChecked => "turn.format_checked",
         }
     }
 }

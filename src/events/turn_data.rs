@@ -63,6 +63,18 @@ pub enum TurnData {
     },
     /// `turn.guard_skipped`: the guard gave no decision and the tenant's guard fails open.
     GuardSkipped { stage: &'static str, guard_model: String, guard_config: String, reason: &'static str },
+    /// `turn.tool_call`: a call of a tool the model made, judged as output
+    /// before it could reach the app (`verdict`); never its arguments, only their digest.
+    ToolCall { call_id: String, name: String, arguments_digest: String, arguments_chars: usize, verdict: String },
+    /// `turn.format_checked`: the answer checked against the JSON format the request asked for.
+    FormatChecked {
+        format: &'static str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        schema: Option<String>,
+        valid: bool,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
     /// `turn.cancelled`.
     Cancelled { reason: &'static str, emitted_chars: usize },
     /// `turn.failed`.
@@ -97,6 +109,8 @@ impl TurnData {
             Self::UpstreamFailed { .. } => EventType::UpstreamFailed,
             Self::Checked { .. } => EventType::Checked,
             Self::GuardSkipped { .. } => EventType::GuardSkipped,
+            Self::ToolCall { .. } => EventType::ToolCall,
+            Self::FormatChecked { .. } => EventType::FormatChecked,
             Self::Completed { .. } => EventType::Completed,
             Self::Refused { .. } => EventType::Refused,
             Self::Cancelled { .. } => EventType::Cancelled,
@@ -155,6 +169,14 @@ mod tests {
                 guard_config: format!("sha256:{}", "b".repeat(64)),
                 reason: "timeout",
             },
+            TurnData::ToolCall {
+                call_id: "call_1".into(),
+                name: "get_weather".into(),
+                arguments_digest: format!("sha256:{}", "c".repeat(64)),
+                arguments_chars: 17,
+                verdict: "refuse:S9".into(),
+            },
+            TurnData::FormatChecked { format: "json_schema", schema: Some("person".into()), valid: false, error: Some("at `/age`: not an integer".into()) },
             TurnData::Cancelled { reason: "client_disconnected", emitted_chars: 5 },
             TurnData::Failed { code: "client_too_slow", stage: "client", emitted_chars: Some(5) },
         ]

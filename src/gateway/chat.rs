@@ -48,6 +48,8 @@ impl ChatBody {
             model: self.model,
             end_user: None,
             stop_sequences: Default::default(),
+            form: Default::default(),
+            tool_call_id: None,
             trace,
             started: Instant::now(),
             stop,

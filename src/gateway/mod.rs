@@ -10,6 +10,8 @@
 pub(crate) mod chat;
 pub(crate) mod moderations;
 pub(crate) mod openai;
+mod openai_form;
+mod openai_messages;
 mod openai_params;
 mod service;
 mod socket;

@@ -2,7 +2,10 @@
 //! not, so OpenAI SDKs work by changing their base URL. Each call is a new
 //! session whose earlier messages come from the request. Refusals use
 //! OpenAI's own shape: `message.refusal` / `delta.refusal` with
-//! `finish_reason: "content_filter"`.
+//! `finish_reason: "content_filter"`; so do errors, all of them, in OpenAI's
+//! error shape. Tools are governed: the model's calls reach the app only once
+//! judged (`message.tool_calls` / `delta.tool_calls`, `finish_reason:
+//! "tool_calls"`), and a tool's result is judged as input like the user's.
 
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -11,15 +14,17 @@ use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use super::openai_form::{FormFields, ResponseFormatField, ToolChoice, ToolDef};
+use super::openai_messages::{split_messages, IncomingMessage, Split};
 use super::service::{Gateway, TurnInput};
 use crate::error::{ApiError, Code};
 use crate::identity::Caller;
 use crate::orchestrator::{FinishReason, TurnEvent};
-use crate::slm::{ChatMessage, GenerationParams, Role, Usage};
+use crate::slm::{GenerationParams, ToolCall, Usage};
 use crate::web::{sse_body, sse_data, trace_of, Governance};
 
 /// The request fields Steward honours. Others are accepted only at the value that asks for
-/// nothing (`n: 1`, `top_p: 1`, `tools: []`, …); otherwise, and for a field OpenAI's API is not
+/// nothing (`n: 1`, `logprobs: false`, …); otherwise, and for a field OpenAI's API is not
 /// known to have, the request is refused with 400 `unsupported_parameter` naming it (`param`),
 /// unless the tenant is lenient (`openai.lenient`), which ignores unknown fields.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -55,6 +60,16 @@ pub struct CompletionBody {
     presence_penalty: Option<f32>,
     #[schema(minimum = -2.0, maximum = 2.0)]
     frequency_penalty: Option<f32>,
+    /// Tools the model may call (at most 128; the tenant's `openai.allowed_tools` may limit
+    /// their names: 403 `tool_not_allowed`). Each call is judged as output before it reaches
+    /// the app; a harmful one ends the answer with `content_filter`.
+    #[schema(max_items = 128)]
+    tools: Option<Vec<ToolDef>>,
+    tool_choice: Option<ToolChoice>,
+    parallel_tool_calls: Option<bool>,
+    /// `json_object` or `json_schema` (forwarded: the model server constrains its answer by it);
+    /// the whole answer is checked against it and the turn records the result (`turn.format_checked`).
+    response_format: Option<ResponseFormatField>,
 }
 
 /// OpenAI's `stop`: one sequence or several.
@@ -98,28 +113,6 @@ struct StreamOptions {
     include_usage: bool,
 }
 
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-struct IncomingMessage {
-    /// `system`, `developer`, `user` or `assistant`.
-    role: String,
-    content: Option<Content>,
-}
-
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(untagged)]
-enum Content {
-    Text(String),
-    Parts(Vec<Part>),
-}
-
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-struct Part {
-    /// Only `text` parts are accepted.
-    #[serde(rename = "type")]
-    kind: String,
-    text: Option<String>,
-}
-
 /// A whole answer (`stream` false).
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 struct ChatCompletion {
@@ -144,10 +137,13 @@ struct Choice {
 struct AssistantMessage {
     /// `assistant`
     role: &'static str,
-    /// The answer; null when it was refused.
+    /// The answer; null when it was refused or is only tool calls.
     content: Option<String>,
     /// The refusal message, when it was refused.
     refusal: Option<String>,
+    /// The model's calls of tools, each judged and allowed (`finish_reason` `tool_calls`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_calls: Option<Vec<ToolCall>>,
 }
 
 /// A turn that failed after it started, in OpenAI's error shape.
@@ -174,50 +170,35 @@ impl OpenAiError {
         Self { error: OpenAiErrorDetail { message, kind, code, param: None } }
     }
 
-    /// An error about one of the request's fields (its `model`, or a parameter
-    /// Steward does not honour), in OpenAI's shape naming the field, for the
-    /// SDKs to report it as OpenAI's own.
-    fn of_param(err: &ApiError) -> Option<HttpResponse> {
-        let code = err.code();
-        if !matches!(code, Code::UnknownModel | Code::ModelNotAllowed | Code::UnsupportedParameter) {
-            return None;
+    /// Any error of the facade, in OpenAI's shape (naming the request field it
+    /// is about, if any), with the status and headers (`Retry-After`) Steward's
+    /// own shape would have: the SDKs report it as OpenAI's own.
+    fn response(err: &ApiError) -> HttpResponse {
+        use actix_web::ResponseError;
+        let problem = err.error_response();
+        let mut response = HttpResponse::build(problem.status());
+        for (name, value) in problem.headers() {
+            if name != actix_web::http::header::CONTENT_TYPE {
+                response.insert_header((name.clone(), value.clone()));
+            }
         }
-        let mut body = Self::new(code, err.body().message);
+        let mut body = Self::new(err.code(), err.body().message);
         body.error.param = err.param().map(str::to_owned);
-        Some(HttpResponse::build(code.status()).json(body))
+        response.json(body)
     }
 }
 
-fn to_message(m: IncomingMessage) -> Result<ChatMessage, ApiError> {
-    let role = match m.role.as_str() {
-        "system" | "developer" => Role::System,
-        "user" => Role::User,
-        "assistant" => Role::Assistant,
-        other => return Err(ApiError::new(Code::InvalidRequest, format!("unsupported message role `{other}`"))),
-    };
-    let content = match m.content {
-        None => String::new(),
-        Some(Content::Text(text)) => text,
-        Some(Content::Parts(parts)) => {
-            let mut text = String::new();
-            for part in parts {
-                match (part.kind.as_str(), part.text) {
-                    ("text", Some(t)) => text.push_str(&t),
-                    (kind, _) => return Err(ApiError::new(Code::InvalidRequest, format!("unsupported content part `{kind}`"))),
-                }
+/// The body extractor's error (malformed, oversized, not JSON) as the [`ApiError`] it carries.
+fn body_error(err: &actix_web::Error) -> ApiError {
+    match err.as_error::<ApiError>() {
+        Some(api) => {
+            let api_error = ApiError::new(api.code(), api.body().message);
+            match api.param() {
+                Some(param) => api_error.with_param(param),
+                None => api_error,
             }
-            text
         }
-    };
-    Ok(ChatMessage::new(role, content))
-}
-
-/// Splits the request into earlier messages and the final user message.
-fn split_messages(messages: Vec<IncomingMessage>) -> Result<(Vec<ChatMessage>, String), ApiError> {
-    let mut messages = messages.into_iter().map(to_message).collect::<Result<Vec<_>, _>>()?;
-    match messages.pop() {
-        Some(last) if last.role == Role::User => Ok((messages, last.content)),
-        _ => Err(ApiError::new(Code::InvalidRequest, "messages must end with a user message")),
+        None => ApiError::new(Code::MalformedJson, err.to_string()),
     }
 }
 
@@ -225,6 +206,7 @@ fn finish_reason(reason: FinishReason) -> &'static str {
     match reason {
         FinishReason::Refused => "content_filter",
         FinishReason::Length => "length",
+        FinishReason::ToolCalls => "tool_calls",
         _ => "stop",
     }
 }
@@ -235,34 +217,51 @@ fn usage_json(usage: Option<Usage>) -> Value {
 
 /// OpenAI-compatible chat completions (stream and non-stream)
 ///
-/// Every caller message is moderated, each on its own and all joined. A system or developer
-/// message is refused with 400 `system_prompt_not_allowed` unless the tenant is configured
-/// `after_operator` (then it follows the operator's system prompt). Earlier messages get the same
-/// size and NUL checks as the last. A turn that fails after it started answers with its error's
-/// status in OpenAI's error shape.
+/// Every caller message is moderated, each on its own and all joined: the user's, a tool's
+/// result (where an injected instruction is refused as `prompt_injection`) and the arguments of
+/// earlier tool calls. A system or developer message is refused with 400
+/// `system_prompt_not_allowed` unless the tenant is configured `after_operator` (then it follows
+/// the operator's system prompt). Earlier messages get the same size and NUL checks as the last.
+/// The model's tool calls are judged as output before they reach the app. Every error, before
+/// the turn or after it started, comes in OpenAI's error shape with its status.
 #[utoipa::path(post, path = "/v1/chat/completions", tag = "chat", request_body = CompletionBody, security(("bearer" = [])),
     responses(
         (status = 200, description = "a chat.completion, or chat.completion.chunk events when `stream` is true",
             content((ChatCompletion = "application/json"), (crate::responses::CompletionChunkEvent = "text/event-stream"))),
-        crate::responses::KeyErrors,
-        crate::responses::BodyErrors,
-        (status = 403, response = crate::responses::Problem),
-        (status = 503, description = "the model or another dependency is unavailable",
-            content((crate::error::ErrorBody = "application/problem+json"), (OpenAiError = "application/json"))),
+        (status = 400, description = "malformed or invalid, or a field that cannot be honoured (`param` names it)", body = OpenAiError),
+        (status = 401, description = "no key, or an unknown or revoked one", body = OpenAiError),
+        (status = 403, description = "the key may not chat, use this model or declare this tool", body = OpenAiError),
+        (status = 413, description = "the body is over the size limit", body = OpenAiError),
+        (status = 415, description = "the body is not `application/json`", body = OpenAiError),
+        (status = 429, description = "over the tenant's limits (`Retry-After`)", body = OpenAiError),
+        (status = 502, description = "the model failed", body = OpenAiError),
+        (status = 503, description = "the model or another dependency is unavailable", body = OpenAiError),
         (status = 504, description = "the model did not answer in time", body = OpenAiError),
     ))]
 pub async fn completions(
     req: HttpRequest,
-    caller: Caller,
-    body: web::Json<serde_json::Map<String, Value>>,
+    caller: Result<Caller, ApiError>,
+    body: Result<web::Json<serde_json::Map<String, Value>>, actix_web::Error>,
     gateway: web::Data<Gateway>,
-) -> Result<HttpResponse, ApiError> {
+) -> HttpResponse {
     let started = Instant::now();
-    let body = body.into_inner();
-    let screened = match super::openai_params::screen(&body, gateway.openai_lenient.of(caller.tenant.as_str())) {
-        Ok(screened) => screened,
-        Err(err) => return OpenAiError::of_param(&err).ok_or(err),
+    let answered = match (caller, body) {
+        (Err(err), _) => Err(err),
+        (Ok(_), Err(err)) => Err(body_error(&err)),
+        (Ok(caller), Ok(body)) => complete(&req, &caller, body.into_inner(), &gateway, started).await,
     };
+    answered.unwrap_or_else(|err| OpenAiError::response(&err))
+}
+
+async fn complete(
+    req: &HttpRequest,
+    caller: &Caller,
+    body: serde_json::Map<String, Value>,
+    gateway: &Gateway,
+    started: Instant,
+) -> Result<HttpResponse, ApiError> {
+    let tenant = caller.tenant.as_str();
+    let screened = super::openai_params::screen(&body, gateway.openai_lenient.of(tenant))?;
     if !screened.ignored.is_empty() {
         gateway.metrics.openai_ignored_parameters(screened.ignored.len());
         // Names come from the client: a bounded sample of them, each cut short, is logged.
@@ -282,24 +281,26 @@ pub async fn completions(
         ..gateway.limits.params(body.max_completion_tokens.or(body.max_tokens), body.temperature, body.seed)?
     };
     let stop_sequences = body.stop.map(StopField::sequences).transpose()?.unwrap_or_default();
-    let (preamble, message) = split_messages(body.messages)?;
+    let fields =
+        FormFields { tools: body.tools, tool_choice: body.tool_choice, parallel_tool_calls: body.parallel_tool_calls, response_format: body.response_format };
+    let form = fields.check(gateway.allowed_tools.get(tenant).map(Vec::as_slice))?;
+    let Split { earlier, last, tool_call_id } = split_messages(body.messages)?;
     let input = TurnInput {
         route: "chat_completions",
         session_id: None,
-        message,
-        preamble,
+        message: last,
+        preamble: earlier,
         params,
         model: body.model,
         end_user: body.user,
         stop_sequences: stop_sequences.into(),
-        trace: trace_of(&req),
+        form: form.into(),
+        tool_call_id,
+        trace: trace_of(req),
         started,
         stop: Default::default(),
     };
-    let admission = match gateway.admit(&caller, input).await {
-        Ok(admission) => admission,
-        Err(err) => return OpenAiError::of_param(&err).ok_or(err),
-    };
+    let admission = gateway.admit(caller, input).await?;
     let verdict = admission.signed.verdict.header_value();
     let meta = Meta {
         id: format!("chatcmpl-{}", admission.turn_id),
@@ -347,6 +348,12 @@ fn streamed(meta: Meta, events: crate::orchestrator::TurnStream, include_usage: 
         while let Some(event) = events.next().await {
             match event {
                 TurnEvent::Delta(text) => yield sse_data(meta.chunk(json!({ "content": text }), None)),
+                TurnEvent::ToolCalls(calls) => {
+                    let calls: Vec<Value> = calls.into_iter().enumerate()
+                        .map(|(index, call)| json!({ "index": index, "id": call.id, "type": call.kind, "function": call.function }))
+                        .collect();
+                    yield sse_data(meta.chunk(json!({ "tool_calls": calls }), None));
+                }
                 TurnEvent::Refusal(hit) => yield sse_data(meta.chunk(json!({ "refusal": hit.message }), None)),
                 TurnEvent::Error { code, message } => yield sse_data(serde_json::to_string(&OpenAiError::new(code, message)).unwrap_or_default()),
                 TurnEvent::Done { finish_reason: reason, usage } => {
@@ -366,19 +373,24 @@ fn streamed(meta: Meta, events: crate::orchestrator::TurnStream, include_usage: 
 }
 
 async fn collected(meta: Meta, mut events: crate::orchestrator::TurnStream) -> (actix_web::http::StatusCode, Value) {
-    let (mut content, mut refusal, mut done) = (String::new(), None, None);
+    let (mut content, mut refusal, mut done, mut tool_calls) = (String::new(), None, None, None);
     while let Some(event) = events.next().await {
         match event {
             TurnEvent::Delta(text) => content.push_str(&text),
+            TurnEvent::ToolCalls(calls) => tool_calls = Some(calls),
             TurnEvent::Refusal(hit) => refusal = Some(hit.message),
             TurnEvent::Error { code, message } => return (code.status(), json!(OpenAiError::new(code, message))),
             TurnEvent::Done { finish_reason, usage } => done = Some((finish_reason, usage)),
         }
     }
     let (reason, usage) = done.unwrap_or((FinishReason::Error, None));
-    let message = match refusal {
-        Some(text) => AssistantMessage { role: "assistant", content: None, refusal: Some(text) },
-        None => AssistantMessage { role: "assistant", content: Some(content), refusal: None },
+    let message = match (refusal, tool_calls) {
+        (Some(text), _) => AssistantMessage { role: "assistant", content: None, refusal: Some(text), tool_calls: None },
+        (None, Some(calls)) => {
+            let content = (!content.is_empty()).then_some(content);
+            AssistantMessage { role: "assistant", content, refusal: None, tool_calls: Some(calls) }
+        }
+        (None, None) => AssistantMessage { role: "assistant", content: Some(content), refusal: None, tool_calls: None },
     };
     let body = ChatCompletion {
         id: meta.id,

@@ -10,7 +10,7 @@ use serde_json::{Map, Value};
 use crate::error::{ApiError, Code};
 
 /// Fields the facade honours (see `CompletionBody`).
-const HONOURED: [&str; 14] = [
+const HONOURED: [&str; 18] = [
     "model",
     "messages",
     "stream",
@@ -25,6 +25,10 @@ const HONOURED: [&str; 14] = [
     "top_p",
     "presence_penalty",
     "frequency_penalty",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "response_format",
 ];
 
 /// Whether a field's value asks for nothing (the API's default).
@@ -32,16 +36,12 @@ type AsksNothing = fn(&Value) -> bool;
 
 /// OpenAI's fields that Steward does not honour yet, each with the test for
 /// the value that asks for nothing (accepted), or `None` when any value asks for something.
-const NOT_YET: [(&str, Option<AsksNothing>); 16] = [
+const NOT_YET: [(&str, Option<AsksNothing>); 12] = [
     ("logprobs", Some(|v| v == &Value::Bool(false))),
     ("top_logprobs", Some(|v| v.as_u64() == Some(0))),
     ("logit_bias", Some(|v| v.as_object().is_some_and(Map::is_empty))),
-    ("tools", Some(|v| v.as_array().is_some_and(Vec::is_empty))),
-    ("tool_choice", Some(|v| v.as_str() == Some("none"))),
-    ("parallel_tool_calls", None),
     ("functions", Some(|v| v.as_array().is_some_and(Vec::is_empty))),
     ("function_call", Some(|v| v.as_str() == Some("none"))),
-    ("response_format", Some(|v| v["type"].as_str() == Some("text"))),
     ("audio", None),
     ("modalities", Some(|v| v.as_array().is_some_and(|m| m.iter().all(|x| x.as_str() == Some("text"))))),
     ("prediction", None),
@@ -106,12 +106,7 @@ mod tests {
 
     #[test]
     fn a_parameter_asking_for_something_not_honoured_is_refused_by_name_even_when_lenient() {
-        for (field, value) in [
-            ("tools", json!([{ "type": "function", "function": { "name": "f" } }])),
-            ("response_format", json!({ "type": "json_object" })),
-            ("logprobs", json!(true)),
-            ("n", json!(2)),
-        ] {
+        for (field, value) in [("functions", json!([{ "name": "f" }])), ("logprobs", json!(true)), ("n", json!(2))] {
             assert_eq!(refused(json!({ field: value }), true).as_deref(), Some(field), "{field}");
         }
     }
@@ -119,8 +114,8 @@ mod tests {
     #[test]
     fn defaults_and_nulls_ask_for_nothing_and_pass() {
         let asks_nothing = json!({
-            "n": 1, "logprobs": false, "tools": [], "tool_choice": "none", "response_format": { "type": "text" },
-            "store": false, "parallel_tool_calls": null,
+            "n": 1, "logprobs": false, "functions": [], "function_call": "none",
+            "store": false, "audio": null,
         });
         assert_eq!(screen(&body(asks_nothing), false).unwrap(), Screened::default());
     }

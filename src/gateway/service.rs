@@ -47,6 +47,8 @@ pub struct Gateway {
     pub guard: GuardPolicy,
     /// Whether the OpenAI facade ignores a tenant's unknown request fields instead of refusing them.
     pub openai_lenient: PerTenant<bool>,
+    /// Per tenant, the only tool names the OpenAI facade's requests may declare (none listed: any).
+    pub allowed_tools: Arc<std::collections::HashMap<String, Vec<String>>>,
 }
 
 /// A turn as a chat entry point received it.
@@ -64,6 +66,10 @@ pub struct TurnInput {
     pub end_user: Option<String>,
     /// Sequences that end the answer (OpenAI's `stop`; empty: none).
     pub stop_sequences: Arc<[String]>,
+    /// Tools the model may call and the answer's format (OpenAI facade; default: plain text).
+    pub form: Arc<crate::slm::AnswerForm>,
+    /// Set when `message` is a tool's result answering this call (OpenAI facade).
+    pub tool_call_id: Option<String>,
     pub trace: TraceContext,
     pub started: Instant,
     /// Ends the turn early (see [`TurnRequest::stop`]).
@@ -143,7 +149,10 @@ impl Gateway {
         let (session_id, session_known) = self.session(tenant, input.session_id.as_deref()).await?;
         // The constitution this turn is judged under, from start to end.
         let judge = self.judges.current(tenant).map_err(PolicyError::from)?;
-        let texts = input.preamble.iter().map(|m| m.content.clone()).chain([input.message.clone()]).collect();
+        // Every message is judged as input: a tool's result (text from outside that the model
+        // will read) as much as the user's, and the arguments of earlier tool calls the caller replays.
+        let replayed_calls = input.preamble.iter().flat_map(|m| m.tool_calls.iter().flatten()).map(crate::slm::ToolCall::judged_text);
+        let texts = input.preamble.iter().map(|m| m.content.clone()).filter(|t| !t.is_empty()).chain(replayed_calls).chain([input.message.clone()]).collect();
         let training = self.training.mark(tenant).await;
         let received_data = TurnData::Received { route: input.route, message_chars: input.message.chars().count(), end_user: input.end_user.clone() };
         let request = TurnRequest {
@@ -154,6 +163,8 @@ impl Gateway {
             preamble: input.preamble,
             params: input.params,
             stop_sequences: input.stop_sequences,
+            form: input.form,
+            tool_call_id: input.tool_call_id,
             model,
             trace: input.trace.clone(),
             route: input.route,

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use super::outcome::{Failure, TurnOutcome};
 use crate::events::TurnData;
 use crate::moderation::guard::{GuardFailure, GuardPolicy, GuardStage};
-use crate::moderation::{GuardStep, Hit, Moderator, OutputGuard, SentenceBuffer};
+use crate::moderation::{Decision, GuardStep, Hit, Moderator, OutputGuard, SentenceBuffer};
 use crate::policy::Judge;
 use crate::telemetry::Metrics;
 
@@ -78,6 +78,37 @@ impl AnswerGuard {
         let rest = self.guard.finish();
         let last = self.sentences.as_mut().map(|s| s.push(&rest).into_iter().chain(s.finish()).collect()).unwrap_or_default();
         (rest, last)
+    }
+
+    /// Judges a text apart from the streamed answer, whole (a tool call's
+    /// arguments, which never reach the app unless allowed): as output — the
+    /// lexicon, then its sentences by the semantic layer and the guard — and
+    /// also as a request, since a call's arguments are most often one (a
+    /// search query, a message to send) that output judgement, made to find
+    /// harmful answers, lets by. A failure of the semantic layer lets it go
+    /// on, as for the answer.
+    pub async fn judge_apart(&mut self, text: &str) -> Judged {
+        let started = std::time::Instant::now();
+        let as_request = Box::pin(self.moderator.judge_messages(vec![text.to_owned()])).await;
+        self.metrics.moderation_check("tool_call", started.elapsed());
+        match as_request {
+            Ok(Decision::Refuse(hits)) if !hits.is_empty() => return Judged::Ends(TurnOutcome::Refused(hits[0].clone())),
+            Ok(_) => {}
+            Err(err) => tracing::error!(error = %err, "moderation of a tool call as a request failed; it is judged as output alone"),
+        }
+        let mut lexicon = self.moderator.output_guard();
+        let mut whole = match lexicon.push(text) {
+            GuardStep::Release(safe) => safe,
+            GuardStep::Refuse(hit) => return Judged::Ends(TurnOutcome::Refused(hit)),
+        };
+        whole.push_str(&lexicon.finish());
+        if self.sentences.is_none() {
+            return Judged::Goes { note: None };
+        }
+        let mut sentences = self.moderator.sentence_buffer();
+        let mut pieces = sentences.push(&whole);
+        pieces.extend(sentences.finish());
+        self.judge(pieces).await
     }
 
     /// Judges finished pieces of the answer with the semantic layer, then

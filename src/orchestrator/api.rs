@@ -160,6 +160,8 @@ pub(super) async fn begin(
             preamble: Vec::new(),
             params,
             stop_sequences: Default::default(),
+            form: Default::default(),
+            tool_call_id: None,
             model,
             trace,
             route,
@@ -215,6 +217,8 @@ pub(crate) async fn step(req: HttpRequest, caller: Caller, body: web::Json<StepB
     while let Some(event) = turn.next().await {
         match event {
             TurnEvent::Delta(text) => content.push_str(&text),
+            // A turn over these routes declares no tools (the OpenAI facade's alone do).
+            TurnEvent::ToolCalls(_) => {}
             TurnEvent::Refusal(hit) => refusal = Some(hit),
             TurnEvent::Error { code, message } => error = Some(StepError { code: code.name(), message }),
             TurnEvent::Done { finish_reason, usage } => done = Some((finish_reason, usage)),

@@ -9,6 +9,7 @@
 mod answer;
 pub(crate) mod api;
 mod early;
+mod form;
 mod outcome;
 mod pacing;
 mod recorder;
@@ -27,8 +28,8 @@ pub use recorder::{refused_data, turn_context};
 pub use service::{Orchestrator, OrchestratorSettings};
 pub use store::{ConversationStore, Judged, RecordTurn, Refusals, SessionState, StoredTurn, TurnFilter, TurnRecord, WITHHELD_TEXT};
 pub use turn::{
-    DeltaData, DoneData, ErrorData, EventData, FinishReason, OrchestratorError, Origin, RefusalData, SessionData, TurnEvent, TurnLimits, TurnRequest,
-    TurnStream,
+    DeltaData, DoneData, ErrorData, EventData, FinishReason, OrchestratorError, Origin, RefusalData, SessionData, ToolCallsData, TurnEvent, TurnLimits,
+    TurnRequest, TurnStream,
 };
 
 use crate::policy::{ConstitutionHash, PolicyHeaders};

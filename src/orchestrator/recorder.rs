@@ -142,6 +142,11 @@ impl Recorder {
         }
     }
 
+    /// The answer's text that reached the client so far.
+    pub fn answer(&self) -> &str {
+        self.record.as_ref().map_or("", |r| r.assistant_message.as_str())
+    }
+
     /// What the turn's end knows beyond its outcome (read before the record is taken).
     fn ended<'a>(&'a self, guard: Option<&'a crate::moderation::guard::GuardInfo>) -> Ended<'a> {
         let emitted = self.record.as_ref().map_or("", |r| r.assistant_message.as_str());

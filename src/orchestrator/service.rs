@@ -8,6 +8,7 @@ use futures_util::StreamExt;
 
 use super::answer::{AnswerGuard, Judged};
 use super::early::{attempt_data, dispatched_data, Dispatch, EarlyDispatch, PENDING_VERDICT};
+use super::form::{format_checked, judge_tool_calls};
 use super::outcome::{Failure, TurnOutcome};
 use super::pacing::{paced, Pacing};
 use super::recorder::{turn_context, Recorder};
@@ -17,7 +18,7 @@ use super::Conversation;
 use crate::config::DispatchMode;
 use crate::events::{EventLog, TurnData};
 use crate::policy::{ConstitutionHash, Judge, Judges, PolicyEngine, PolicyError, PolicyHeaders, SignedVerdict, TurnRef, Verdict};
-use crate::slm::{start_now, ChatMessage, DispatchContext, ModelClient, ModelEvent, ModelRequest, ModelStream, Released, Role};
+use crate::slm::{start_now, ChatMessage, DispatchContext, ModelClient, ModelEvent, ModelRequest, ModelStream, Released, Role, ToolCalls};
 use crate::telemetry::{Metrics, TraceContext};
 
 #[derive(Debug, Clone)]
@@ -72,7 +73,10 @@ impl Orchestrator {
         }
         messages.extend(request.preamble.iter().cloned());
         messages.extend(history);
-        messages.push(ChatMessage::new(Role::User, &request.message));
+        match &request.tool_call_id {
+            None => messages.push(ChatMessage::new(Role::User, &request.message)),
+            Some(call) => messages.push(ChatMessage { tool_call_id: Some(call.clone()), ..ChatMessage::new(Role::Tool, &request.message) }),
+        }
         Ok(messages)
     }
 
@@ -98,6 +102,7 @@ impl Orchestrator {
             messages,
             params: request.params,
             stop: request.stop_sequences.clone(),
+            form: request.form.clone(),
             context,
             released: released.clone(),
         };
@@ -115,6 +120,8 @@ impl Orchestrator {
         let Dispatch { stream: mut model, model_call, data: dispatched, released } = model;
         let mut answer = AnswerGuard::new(judge, &self.settings.guard, request.tenant.as_str(), self.metrics.clone());
         let stop = request.stop.clone();
+        let form = request.form.clone();
+        let turn_id = request.turn_id.clone();
         let context = turn_context(&request, &signed);
         let mut recorder = Recorder::new(self.metrics.clone(), self.events.clone(), context, &request, &signed, &request.model);
         recorder.model_call = Some(model_call);
@@ -125,6 +132,7 @@ impl Orchestrator {
             let stopped = stop.stopped();
             tokio::pin!(stopped);
             let mut attempted = false;
+            let mut calls = ToolCalls::default();
             let outcome = loop {
                 let next = tokio::select! {
                     biased;
@@ -144,7 +152,17 @@ impl Orchestrator {
                             if let Some(note) = note {
                                 recorder.record(note).await;
                             }
-                            break TurnOutcome::Completed(finish);
+                            if calls.is_empty() {
+                                break TurnOutcome::Completed(finish);
+                            }
+                            // The calls reach the app only once each was judged, all of them or none.
+                            let calls = std::mem::take(&mut calls).finish(turn_id.as_str());
+                            if let Some(outcome) = judge_tool_calls(&calls, &form, &mut answer, &recorder).await {
+                                break outcome;
+                            }
+                            released.store(true, std::sync::atomic::Ordering::Release);
+                            yield TurnEvent::ToolCalls(calls);
+                            break TurnOutcome::Completed(FinishReason::ToolCalls);
                         }
                     }
                 };
@@ -165,6 +183,7 @@ impl Orchestrator {
                             Judged::Goes { note: None } => {}
                         }
                     }
+                    Ok(ModelEvent::ToolCall(part)) => calls.push(part),
                     Ok(ModelEvent::Finish(reason)) => finish = FinishReason::from_model(&reason),
                     Ok(ModelEvent::Usage(usage)) => recorder.usage = Some(usage),
                     Ok(ModelEvent::Attempt { upstream, attempt }) => {
@@ -179,6 +198,7 @@ impl Orchestrator {
                         }
                         // Nothing reached the client: what the failed attempt said is dropped, the next one starts afresh.
                         answer.restart();
+                        calls = ToolCalls::default();
                         finish = FinishReason::Stop;
                         recorder.usage = None;
                     }
@@ -192,6 +212,11 @@ impl Orchestrator {
             // The model request ends first (and with it the call's slot at the model server),
             // however the answer ended; the turn's end is durable before its `done`.
             drop(model);
+            if matches!(outcome, TurnOutcome::Completed(FinishReason::Stop | FinishReason::Length)) {
+                if let Some(checked) = format_checked(&form, recorder.answer()) {
+                    recorder.record(checked).await;
+                }
+            }
             for frame in recorder.conclude(outcome).await {
                 yield frame;
             }

@@ -27,6 +27,11 @@ pub struct TurnRequest {
     pub params: GenerationParams,
     /// Sequences that end the answer (OpenAI's `stop`; empty: none).
     pub stop_sequences: std::sync::Arc<[String]>,
+    /// Tools the model may call and the answer's format (OpenAI facade; default: plain text).
+    pub form: std::sync::Arc<crate::slm::AnswerForm>,
+    /// Set when the turn's message is a tool's result (OpenAI facade): it goes
+    /// to the model as `role: tool`, answering this call, not as the user's.
+    pub tool_call_id: Option<String>,
     /// The model the turn asked for, resolved against the catalog (`crate::slm::ModelCatalog`).
     pub model: std::sync::Arc<str>,
     pub trace: TraceContext,
@@ -66,9 +71,17 @@ pub enum Origin {
 #[derive(Debug, Clone, PartialEq)]
 pub enum TurnEvent {
     Delta(String),
+    /// The model's calls of tools, each judged and allowed (OpenAI facade; before `Done`).
+    ToolCalls(Vec<crate::slm::ToolCall>),
     Refusal(Hit),
-    Error { code: Code, message: String },
-    Done { finish_reason: FinishReason, usage: Option<Usage> },
+    Error {
+        code: Code,
+        message: String,
+    },
+    Done {
+        finish_reason: FinishReason,
+        usage: Option<Usage>,
+    },
 }
 
 /// Why a turn ended.
@@ -77,6 +90,8 @@ pub enum TurnEvent {
 pub enum FinishReason {
     Stop,
     Length,
+    /// The model called tools: the app runs them and sends their results.
+    ToolCalls,
     Refused,
     Cancelled,
     Error,
@@ -87,6 +102,7 @@ impl FinishReason {
         match self {
             Self::Stop => "stop",
             Self::Length => "length",
+            Self::ToolCalls => "tool_calls",
             Self::Refused => "refused",
             Self::Cancelled => "cancelled",
             Self::Error => "error",
@@ -95,15 +111,15 @@ impl FinishReason {
 
     /// The finish reason of its stored name ([`FinishReason::as_str`]).
     pub fn parse(name: &str) -> Option<Self> {
-        [Self::Stop, Self::Length, Self::Refused, Self::Cancelled, Self::Error].into_iter().find(|f| f.as_str() == name)
+        [Self::Stop, Self::Length, Self::ToolCalls, Self::Refused, Self::Cancelled, Self::Error].into_iter().find(|f| f.as_str() == name)
     }
 
     /// Maps the model server's finish reason.
     pub fn from_model(reason: &str) -> Self {
-        if reason == "length" {
-            Self::Length
-        } else {
-            Self::Stop
+        match reason {
+            "length" => Self::Length,
+            "tool_calls" => Self::ToolCalls,
+            _ => Self::Stop,
         }
     }
 }
@@ -135,6 +151,7 @@ impl TurnEvent {
     pub fn sse(&self) -> (&'static str, EventData<'_>) {
         match self {
             Self::Delta(content) => ("delta", EventData::Delta(DeltaData { content })),
+            Self::ToolCalls(tool_calls) => ("tool_calls", EventData::ToolCalls(ToolCallsData { tool_calls })),
             Self::Refusal(hit) => ("refusal", EventData::Refusal(RefusalData { category: &hit.category, code: &hit.code, message: &hit.message })),
             Self::Error { code, message } => ("error", EventData::Error(ErrorData { code: code.name(), message })),
             Self::Done { finish_reason, usage } => ("done", EventData::Done(DoneData { finish_reason: *finish_reason, usage: *usage })),
@@ -149,6 +166,7 @@ impl TurnEvent {
 #[serde(untagged)]
 pub enum EventData<'a> {
     Delta(DeltaData<'a>),
+    ToolCalls(ToolCallsData<'a>),
     Refusal(RefusalData<'a>),
     Error(ErrorData<'a>),
     Done(DoneData),
@@ -171,6 +189,12 @@ pub struct SessionData<'a> {
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct DeltaData<'a> {
     pub content: &'a str,
+}
+
+/// `tool_calls`: the model's calls of tools, judged and allowed.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ToolCallsData<'a> {
+    pub tool_calls: &'a [crate::slm::ToolCall],
 }
 
 /// `refusal`: the turn was refused (on input) or cut (on output).

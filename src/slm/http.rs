@@ -11,6 +11,7 @@ use tokio::time::{timeout_at, Instant};
 
 use super::clients::PerThread;
 use super::types::{Deadline, ModelEvent, ModelRequest, SlmError, Usage};
+use super::ToolCallPart;
 use super::{ModelClient, ModelStream};
 use crate::policy::headers;
 
@@ -67,6 +68,9 @@ impl HttpModelClient {
         if !request.stop.is_empty() {
             body["stop"] = json!(request.stop);
         }
+        for (name, value) in request.form.fields() {
+            body[name] = value;
+        }
         body
     }
 }
@@ -88,6 +92,23 @@ struct Choice {
 #[derive(Deserialize, Default)]
 struct Delta {
     content: Option<String>,
+    #[serde(default)]
+    tool_calls: Vec<ToolCallDelta>,
+}
+
+#[derive(Deserialize)]
+struct ToolCallDelta {
+    #[serde(default)]
+    index: u32,
+    id: Option<String>,
+    #[serde(default)]
+    function: FunctionDelta,
+}
+
+#[derive(Deserialize, Default)]
+struct FunctionDelta {
+    name: Option<String>,
+    arguments: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -103,6 +124,10 @@ fn parse_chunk(data: &str) -> Result<Vec<ModelEvent>, SlmError> {
     for choice in chunk.choices {
         if let Some(content) = choice.delta.content.filter(|c| !c.is_empty()) {
             events.push(ModelEvent::Delta(content));
+        }
+        for call in choice.delta.tool_calls {
+            let FunctionDelta { name, arguments } = call.function;
+            events.push(ModelEvent::ToolCall(ToolCallPart { index: call.index, id: call.id, name, arguments: arguments.unwrap_or_default() }));
         }
         if let Some(reason) = choice.finish_reason {
             events.push(ModelEvent::Finish(reason));
@@ -181,7 +206,7 @@ impl ModelClient for HttpModelClient {
                     continue;
                 }
                 for item in parse_chunk(&event.data)? {
-                    if !seen_content && matches!(item, ModelEvent::Delta(_)) {
+                    if !seen_content && item.is_answer() {
                         // From the first content on, the idle deadline applies, and it may be
                         // nearer than the first-token deadline the timer is set for.
                         seen_content = true;
@@ -222,6 +247,17 @@ mod tests {
         assert_eq!(events, vec![ModelEvent::Finish("length".into())]);
         let events = parse_chunk(r#"{"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":2,"total_tokens":7}}"#).unwrap();
         assert_eq!(events, vec![ModelEvent::Usage(Usage { prompt_tokens: 5, completion_tokens: 2, total_tokens: 7 })]);
+    }
+
+    #[test]
+    fn parses_the_pieces_of_a_streamed_tool_call() {
+        let first =
+            r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"c1","type":"function","function":{"name":"get_weather","arguments":"{"}}]}}]}"#;
+        let part = ToolCallPart { index: 0, id: Some("c1".into()), name: Some("get_weather".into()), arguments: "{".into() };
+        assert_eq!(parse_chunk(first).unwrap(), vec![ModelEvent::ToolCall(part)]);
+        let next = r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"}"}}]},"finish_reason":"tool_calls"}]}"#;
+        let part = ToolCallPart { index: 0, id: None, name: None, arguments: "}".into() };
+        assert_eq!(parse_chunk(next).unwrap(), vec![ModelEvent::ToolCall(part), ModelEvent::Finish("tool_calls".into())]);
     }
 
     #[test]

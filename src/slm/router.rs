@@ -237,7 +237,7 @@ impl ModelClient for Arc<Router> {
                             return;
                         }
                         Some(Ok(event)) => {
-                            if !content && matches!(event, ModelEvent::Delta(_)) {
+                            if !content && event.is_answer() {
                                 content = true;
                                 attempt.succeeded();
                             }

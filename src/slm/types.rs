@@ -10,17 +10,25 @@ pub enum Role {
     System,
     User,
     Assistant,
+    /// A tool's result (OpenAI facade), answering an assistant's tool call.
+    Tool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChatMessage {
     pub role: Role,
     pub content: String,
+    /// An assistant message's calls of tools (OpenAI facade).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<super::ToolCall>>,
+    /// A tool message: the call it answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
 }
 
 impl ChatMessage {
     pub fn new(role: Role, content: impl Into<String>) -> Self {
-        Self { role, content: content.into() }
+        Self { role, content: content.into(), tool_calls: None, tool_call_id: None }
     }
 }
 
@@ -56,6 +64,8 @@ pub struct ModelRequest {
     pub params: GenerationParams,
     /// Sequences that end the answer where the model would write them (up to 4; empty: none).
     pub stop: std::sync::Arc<[String]>,
+    /// Tools the model may call and the format of its answer (default: plain text).
+    pub form: std::sync::Arc<super::AnswerForm>,
     pub context: DispatchContext,
     /// Set by the answer's reader once any of it reached the client: until then a failed
     /// attempt may move to another server (held-back text is discarded); after, it cannot.
@@ -73,6 +83,8 @@ pub struct Usage {
 pub enum ModelEvent {
     /// A piece of the answer.
     Delta(String),
+    /// A piece of a call of a tool.
+    ToolCall(super::ToolCallPart),
     /// Why the model stopped (`stop`, `length`, …).
     Finish(String),
     Usage(Usage),
@@ -89,6 +101,13 @@ pub enum ModelEvent {
         attempt: u32,
         reason: &'static str,
     },
+}
+
+impl ModelEvent {
+    /// Whether the event is part of the answer (text or a tool call), not news about it.
+    pub fn is_answer(&self) -> bool {
+        matches!(self, Self::Delta(_) | Self::ToolCall(_))
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
