@@ -60,6 +60,11 @@ pub struct CompletionBody {
     presence_penalty: Option<f32>,
     #[schema(minimum = -2.0, maximum = 2.0)]
     frequency_penalty: Option<f32>,
+    /// Return each answer token's log probability (not with `tools`).
+    logprobs: Option<bool>,
+    /// With `logprobs`: this many most likely tokens at each position.
+    #[schema(minimum = 0, maximum = 20)]
+    top_logprobs: Option<u8>,
     /// Tools the model may call (at most 128; the tenant's `openai.allowed_tools` may limit
     /// their names: 403 `tool_not_allowed`). Each call is judged as output before it reaches
     /// the app; a harmful one ends the answer with `content_filter`.
@@ -129,8 +134,11 @@ struct ChatCompletion {
 struct Choice {
     index: u32,
     message: AssistantMessage,
-    /// `stop`, `length` or `content_filter` (refused).
+    /// `stop`, `length`, `tool_calls` or `content_filter` (refused).
     finish_reason: &'static str,
+    /// With `logprobs`: `{"content": [...]}`, each answer token's log probability as the model server gave it.
+    #[schema(value_type = Option<Object>)]
+    logprobs: Option<Value>,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -274,7 +282,16 @@ async fn complete(
         return Err(ApiError::new(Code::InvalidRequest, "user must be at most 256 characters").with_param("user"));
     }
     sampling(&body)?;
+    let logprobs = body.logprobs.unwrap_or(false);
+    if body.top_logprobs.is_some_and(|n| n > 20 || !logprobs) {
+        return Err(ApiError::new(Code::InvalidRequest, "top_logprobs must be 0 to 20, with logprobs true").with_param("top_logprobs"));
+    }
+    if logprobs && body.tools.as_ref().is_some_and(|t| !t.is_empty()) {
+        return Err(ApiError::new(Code::UnsupportedParameter, "`logprobs` cannot be combined with tools here").with_param("logprobs"));
+    }
     let params = GenerationParams {
+        logprobs,
+        top_logprobs: body.top_logprobs.filter(|_| logprobs),
         top_p: body.top_p,
         presence_penalty: body.presence_penalty,
         frequency_penalty: body.frequency_penalty,
@@ -319,7 +336,7 @@ async fn complete(
         let frames = streamed(meta, events, include_usage);
         return Ok(governance.sse_response().body(sse_body(frames, gateway.keepalive)));
     }
-    let (status, json) = collected(meta, events).await;
+    let (status, json) = collected(meta, events, params.logprobs).await;
     let mut response = HttpResponse::build(status);
     governance.apply(&mut response);
     Ok(response.json(json))
@@ -333,11 +350,16 @@ struct Meta {
 
 impl Meta {
     fn chunk(&self, delta: Value, finish: Option<&str>) -> String {
-        json!({
-            "id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
-            "choices": [{ "index": 0, "delta": delta, "finish_reason": finish }],
-        })
-        .to_string()
+        self.chunk_with(delta, finish, None)
+    }
+
+    /// A chunk whose delta's tokens have these log probabilities.
+    fn chunk_with(&self, delta: Value, finish: Option<&str>, logprobs: Option<Vec<Value>>) -> String {
+        let mut choice = json!({ "index": 0, "delta": delta, "finish_reason": finish });
+        if let Some(content) = logprobs {
+            choice["logprobs"] = json!({ "content": content });
+        }
+        json!({ "id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model, "choices": [choice] }).to_string()
     }
 }
 
@@ -345,9 +367,11 @@ fn streamed(meta: Meta, events: crate::orchestrator::TurnStream, include_usage: 
     async_stream::stream! {
         yield sse_data(meta.chunk(json!({ "role": "assistant", "content": "" }), None));
         let mut events = events;
+        let mut logprobs = None;
         while let Some(event) = events.next().await {
             match event {
-                TurnEvent::Delta(text) => yield sse_data(meta.chunk(json!({ "content": text }), None)),
+                TurnEvent::Logprobs(entries) => logprobs = Some(entries),
+                TurnEvent::Delta(text) => yield sse_data(meta.chunk_with(json!({ "content": text }), None, logprobs.take())),
                 TurnEvent::ToolCalls(calls) => {
                     let calls: Vec<Value> = calls.into_iter().enumerate()
                         .map(|(index, call)| json!({ "index": index, "id": call.id, "type": call.kind, "function": call.function }))
@@ -372,10 +396,13 @@ fn streamed(meta: Meta, events: crate::orchestrator::TurnStream, include_usage: 
     }
 }
 
-async fn collected(meta: Meta, mut events: crate::orchestrator::TurnStream) -> (actix_web::http::StatusCode, Value) {
+/// The whole answer; `logprobs`: whether the request asked for them.
+async fn collected(meta: Meta, mut events: crate::orchestrator::TurnStream, logprobs: bool) -> (actix_web::http::StatusCode, Value) {
     let (mut content, mut refusal, mut done, mut tool_calls) = (String::new(), None, None, None);
+    let mut entries = Vec::new();
     while let Some(event) = events.next().await {
         match event {
+            TurnEvent::Logprobs(more) => entries.extend(more),
             TurnEvent::Delta(text) => content.push_str(&text),
             TurnEvent::ToolCalls(calls) => tool_calls = Some(calls),
             TurnEvent::Refusal(hit) => refusal = Some(hit.message),
@@ -397,7 +424,7 @@ async fn collected(meta: Meta, mut events: crate::orchestrator::TurnStream) -> (
         object: "chat.completion",
         created: meta.created,
         model: meta.model,
-        choices: vec![Choice { index: 0, message, finish_reason: finish_reason(reason) }],
+        choices: vec![Choice { index: 0, message, finish_reason: finish_reason(reason), logprobs: logprobs.then(|| json!({ "content": entries })) }],
         usage,
     };
     (actix_web::http::StatusCode::OK, json!(body))

@@ -10,7 +10,7 @@ use serde_json::{Map, Value};
 use crate::error::{ApiError, Code};
 
 /// Fields the facade honours (see `CompletionBody`).
-const HONOURED: [&str; 18] = [
+const HONOURED: [&str; 20] = [
     "model",
     "messages",
     "stream",
@@ -29,6 +29,8 @@ const HONOURED: [&str; 18] = [
     "tool_choice",
     "parallel_tool_calls",
     "response_format",
+    "logprobs",
+    "top_logprobs",
 ];
 
 /// Whether a field's value asks for nothing (the API's default).
@@ -36,9 +38,7 @@ type AsksNothing = fn(&Value) -> bool;
 
 /// OpenAI's fields that Steward does not honour yet, each with the test for
 /// the value that asks for nothing (accepted), or `None` when any value asks for something.
-const NOT_YET: [(&str, Option<AsksNothing>); 12] = [
-    ("logprobs", Some(|v| v == &Value::Bool(false))),
-    ("top_logprobs", Some(|v| v.as_u64() == Some(0))),
+const NOT_YET: [(&str, Option<AsksNothing>); 10] = [
     ("logit_bias", Some(|v| v.as_object().is_some_and(Map::is_empty))),
     ("functions", Some(|v| v.as_array().is_some_and(Vec::is_empty))),
     ("function_call", Some(|v| v.as_str() == Some("none"))),
@@ -106,7 +106,7 @@ mod tests {
 
     #[test]
     fn a_parameter_asking_for_something_not_honoured_is_refused_by_name_even_when_lenient() {
-        for (field, value) in [("functions", json!([{ "name": "f" }])), ("logprobs", json!(true)), ("n", json!(2))] {
+        for (field, value) in [("functions", json!([{ "name": "f" }])), ("prediction", json!({ "type": "content", "content": "x" })), ("n", json!(2))] {
             assert_eq!(refused(json!({ field: value }), true).as_deref(), Some(field), "{field}");
         }
     }
@@ -114,7 +114,7 @@ mod tests {
     #[test]
     fn defaults_and_nulls_ask_for_nothing_and_pass() {
         let asks_nothing = json!({
-            "n": 1, "logprobs": false, "functions": [], "function_call": "none",
+            "n": 1, "logit_bias": {}, "functions": [], "function_call": "none",
             "store": false, "audio": null,
         });
         assert_eq!(screen(&body(asks_nothing), false).unwrap(), Screened::default());

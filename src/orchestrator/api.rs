@@ -218,7 +218,7 @@ pub(crate) async fn step(req: HttpRequest, caller: Caller, body: web::Json<StepB
         match event {
             TurnEvent::Delta(text) => content.push_str(&text),
             // A turn over these routes declares no tools (the OpenAI facade's alone do).
-            TurnEvent::ToolCalls(_) => {}
+            TurnEvent::ToolCalls(_) | TurnEvent::Logprobs(_) => {}
             TurnEvent::Refusal(hit) => refusal = Some(hit),
             TurnEvent::Error { code, message } => error = Some(StepError { code: code.name(), message }),
             TurnEvent::Done { finish_reason, usage } => done = Some((finish_reason, usage)),

@@ -56,3 +56,56 @@ pub fn format_checked(form: &AnswerForm, answer: &str) -> Option<TurnData> {
     let check = form.format.check(answer)?;
     Some(TurnData::FormatChecked { format: check.format, schema: check.schema, valid: check.valid, error: check.error })
 }
+
+/// The log probabilities of the answer's tokens, held back with the text
+/// they belong to: the output guard releases text later than the model sent
+/// it, and entries go to the client with the text that holds their token.
+#[derive(Debug, Default)]
+pub struct HeldLogprobs {
+    /// Each entry with its token's length in bytes, oldest first.
+    held: std::collections::VecDeque<(usize, serde_json::Value)>,
+    /// Bytes released and not yet matched by an entry.
+    released: usize,
+}
+
+impl HeldLogprobs {
+    pub fn push(&mut self, entries: Vec<serde_json::Value>) {
+        self.held.extend(entries.into_iter().map(|entry| (entry["token"].as_str().map_or(0, str::len), entry)));
+    }
+
+    /// The entries whose tokens `bytes` more of released text completes.
+    pub fn release(&mut self, bytes: usize) -> Vec<serde_json::Value> {
+        self.released += bytes;
+        let mut out = Vec::new();
+        while let Some((len, _)) = self.held.front() {
+            if *len > self.released {
+                break;
+            }
+            self.released -= len;
+            out.extend(self.held.pop_front().map(|(_, entry)| entry));
+        }
+        out
+    }
+
+    /// Every entry still held (the answer ended).
+    pub fn rest(&mut self) -> Vec<serde_json::Value> {
+        self.released = 0;
+        self.held.drain(..).map(|(_, entry)| entry).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn entries_follow_the_text_of_their_tokens_as_it_is_released() {
+        let mut held = HeldLogprobs::default();
+        held.push(vec![json!({ "token": "How" }), json!({ "token": " to" }), json!({ "token": " cook" })]);
+        assert!(held.release(2).is_empty(), "\"Ho\" completes no token");
+        assert_eq!(held.release(3), [json!({ "token": "How" }), json!({ "token": " to" })]);
+        assert_eq!(held.rest(), [json!({ "token": " cook" })]);
+    }
+}

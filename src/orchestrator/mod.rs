@@ -28,8 +28,8 @@ pub use recorder::{refused_data, turn_context};
 pub use service::{Orchestrator, OrchestratorSettings};
 pub use store::{ConversationStore, Judged, RecordTurn, Refusals, SessionState, StoredTurn, TurnFilter, TurnRecord, WITHHELD_TEXT};
 pub use turn::{
-    DeltaData, DoneData, ErrorData, EventData, FinishReason, OrchestratorError, Origin, RefusalData, SessionData, ToolCallsData, TurnEvent, TurnLimits,
-    TurnRequest, TurnStream,
+    DeltaData, DoneData, ErrorData, EventData, FinishReason, LogprobsData, OrchestratorError, Origin, RefusalData, SessionData, ToolCallsData, TurnEvent,
+    TurnLimits, TurnRequest, TurnStream,
 };
 
 use crate::policy::{ConstitutionHash, PolicyHeaders};

@@ -8,7 +8,7 @@ use futures_util::StreamExt;
 
 use super::answer::{AnswerGuard, Judged};
 use super::early::{attempt_data, dispatched_data, Dispatch, EarlyDispatch, PENDING_VERDICT};
-use super::form::{format_checked, judge_tool_calls};
+use super::form::{format_checked, judge_tool_calls, HeldLogprobs};
 use super::outcome::{Failure, TurnOutcome};
 use super::pacing::{paced, Pacing};
 use super::recorder::{turn_context, Recorder};
@@ -133,6 +133,7 @@ impl Orchestrator {
             tokio::pin!(stopped);
             let mut attempted = false;
             let mut calls = ToolCalls::default();
+            let mut logprobs = HeldLogprobs::default();
             let outcome = loop {
                 let next = tokio::select! {
                     biased;
@@ -142,6 +143,10 @@ impl Orchestrator {
                 let Some(item) = next else {
                     // The answer's last pieces are judged before `done`.
                     let (rest, last) = answer.end();
+                    let entries = logprobs.rest();
+                    if !entries.is_empty() {
+                        yield TurnEvent::Logprobs(entries);
+                    }
                     if !rest.is_empty() {
                         recorder.emitted(&rest);
                         yield TurnEvent::Delta(rest);
@@ -174,6 +179,10 @@ impl Orchestrator {
                         };
                         if !safe.is_empty() {
                             released.store(true, std::sync::atomic::Ordering::Release);
+                            let entries = logprobs.release(safe.len());
+                            if !entries.is_empty() {
+                                yield TurnEvent::Logprobs(entries);
+                            }
                             recorder.emitted(&safe);
                             yield TurnEvent::Delta(safe);
                         }
@@ -184,6 +193,7 @@ impl Orchestrator {
                         }
                     }
                     Ok(ModelEvent::ToolCall(part)) => calls.push(part),
+                    Ok(ModelEvent::Logprobs(entries)) => logprobs.push(entries),
                     Ok(ModelEvent::Finish(reason)) => finish = FinishReason::from_model(&reason),
                     Ok(ModelEvent::Usage(usage)) => recorder.usage = Some(usage),
                     Ok(ModelEvent::Attempt { upstream, attempt }) => {
@@ -199,6 +209,7 @@ impl Orchestrator {
                         // Nothing reached the client: what the failed attempt said is dropped, the next one starts afresh.
                         answer.restart();
                         calls = ToolCalls::default();
+                        logprobs = HeldLogprobs::default();
                         finish = FinishReason::Stop;
                         recorder.usage = None;
                     }

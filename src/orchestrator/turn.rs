@@ -73,6 +73,8 @@ pub enum TurnEvent {
     Delta(String),
     /// The model's calls of tools, each judged and allowed (OpenAI facade; before `Done`).
     ToolCalls(Vec<crate::slm::ToolCall>),
+    /// The log probabilities of the tokens of the `Delta` that follows (OpenAI facade's `logprobs`).
+    Logprobs(Vec<serde_json::Value>),
     Refusal(Hit),
     Error {
         code: Code,
@@ -152,6 +154,7 @@ impl TurnEvent {
         match self {
             Self::Delta(content) => ("delta", EventData::Delta(DeltaData { content })),
             Self::ToolCalls(tool_calls) => ("tool_calls", EventData::ToolCalls(ToolCallsData { tool_calls })),
+            Self::Logprobs(content) => ("logprobs", EventData::Logprobs(LogprobsData { content })),
             Self::Refusal(hit) => ("refusal", EventData::Refusal(RefusalData { category: &hit.category, code: &hit.code, message: &hit.message })),
             Self::Error { code, message } => ("error", EventData::Error(ErrorData { code: code.name(), message })),
             Self::Done { finish_reason, usage } => ("done", EventData::Done(DoneData { finish_reason: *finish_reason, usage: *usage })),
@@ -167,6 +170,7 @@ impl TurnEvent {
 pub enum EventData<'a> {
     Delta(DeltaData<'a>),
     ToolCalls(ToolCallsData<'a>),
+    Logprobs(LogprobsData<'a>),
     Refusal(RefusalData<'a>),
     Error(ErrorData<'a>),
     Done(DoneData),
@@ -195,6 +199,13 @@ pub struct DeltaData<'a> {
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ToolCallsData<'a> {
     pub tool_calls: &'a [crate::slm::ToolCall],
+}
+
+/// `logprobs`: the log probabilities of the next delta's tokens.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct LogprobsData<'a> {
+    #[schema(value_type = Vec<Object>)]
+    pub content: &'a [serde_json::Value],
 }
 
 /// `refusal`: the turn was refused (on input) or cut (on output).

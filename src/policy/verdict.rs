@@ -228,6 +228,9 @@ impl PolicyEngine {
                 params.push_str(&format!(" {name}={:08x}", value.to_bits()));
             }
         }
+        if p.logprobs {
+            params.push_str(&format!(" logprobs={}", p.top_logprobs.map_or("-".to_owned(), |n| n.to_string())));
+        }
         if !turn.stop.is_empty() {
             let joined = serde_json::to_string(turn.stop).unwrap_or_default();
             params.push_str(&format!(" stop={}", hex::encode(<Sha256 as sha2::Digest>::digest(joined.as_bytes()))));
@@ -265,8 +268,16 @@ mod tests {
     fn hash(digit: &str) -> ConstitutionHash {
         ConstitutionHash::parse(&format!("sha256:{}", digit.repeat(64))).unwrap()
     }
-    const PARAMS: GenerationParams =
-        GenerationParams { max_tokens: 64, temperature: Some(0.7), seed: None, top_p: None, presence_penalty: None, frequency_penalty: None };
+    const PARAMS: GenerationParams = GenerationParams {
+        max_tokens: 64,
+        temperature: Some(0.7),
+        seed: None,
+        top_p: None,
+        presence_penalty: None,
+        frequency_penalty: None,
+        logprobs: false,
+        top_logprobs: None,
+    };
     const TURN: TurnRef<'static> = TurnRef { tenant: "acme", session_id: "s1", turn_id: "t1", message: "hello", params: PARAMS, stop: &[] };
 
     #[test]
@@ -297,6 +308,7 @@ mod tests {
             GenerationParams { seed: Some(7), ..PARAMS },
             GenerationParams { top_p: Some(0.5), ..PARAMS },
             GenerationParams { frequency_penalty: Some(0.1), ..PARAMS },
+            GenerationParams { logprobs: true, ..PARAMS },
         ] {
             assert!(matches!(e.verify(TurnRef { params, ..TURN }, &signed.headers(), &hash("a")), Err(PolicyError::VerdictInvalid)), "{params:?}");
         }

@@ -68,6 +68,12 @@ impl HttpModelClient {
         if !request.stop.is_empty() {
             body["stop"] = json!(request.stop);
         }
+        if p.logprobs {
+            body["logprobs"] = json!(true);
+            if let Some(n) = p.top_logprobs {
+                body["top_logprobs"] = json!(n);
+            }
+        }
         for (name, value) in request.form.fields() {
             body[name] = value;
         }
@@ -87,6 +93,12 @@ struct Choice {
     #[serde(default)]
     delta: Delta,
     finish_reason: Option<String>,
+    logprobs: Option<LogprobsChunk>,
+}
+
+#[derive(Deserialize)]
+struct LogprobsChunk {
+    content: Option<Vec<serde_json::Value>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -122,6 +134,9 @@ fn parse_chunk(data: &str) -> Result<Vec<ModelEvent>, SlmError> {
     let chunk: Chunk = serde_json::from_str(data).map_err(|e| SlmError::Protocol(e.to_string()))?;
     let mut events = Vec::new();
     for choice in chunk.choices {
+        if let Some(entries) = choice.logprobs.and_then(|l| l.content).filter(|c| !c.is_empty()) {
+            events.push(ModelEvent::Logprobs(entries));
+        }
         if let Some(content) = choice.delta.content.filter(|c| !c.is_empty()) {
             events.push(ModelEvent::Delta(content));
         }
@@ -258,6 +273,15 @@ mod tests {
         let next = r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"}"}}]},"finish_reason":"tool_calls"}]}"#;
         let part = ToolCallPart { index: 0, id: None, name: None, arguments: "}".into() };
         assert_eq!(parse_chunk(next).unwrap(), vec![ModelEvent::ToolCall(part), ModelEvent::Finish("tool_calls".into())]);
+    }
+
+    #[test]
+    fn the_log_probabilities_of_a_piece_come_before_it() {
+        let chunk =
+            r#"{"choices":[{"index":0,"delta":{"content":"Hi"},"logprobs":{"content":[{"token":"Hi","logprob":-0.5,"bytes":[72,105],"top_logprobs":[]}]}}]}"#;
+        let events = parse_chunk(chunk).unwrap();
+        assert!(matches!(&events[0], ModelEvent::Logprobs(entries) if entries[0]["token"] == "Hi"), "{events:?}");
+        assert_eq!(events[1], ModelEvent::Delta("Hi".into()));
     }
 
     #[test]

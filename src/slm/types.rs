@@ -41,6 +41,10 @@ pub struct GenerationParams {
     pub top_p: Option<f32>,
     pub presence_penalty: Option<f32>,
     pub frequency_penalty: Option<f32>,
+    /// Return each answer token's log probability (OpenAI's `logprobs`).
+    pub logprobs: bool,
+    /// With `logprobs`: this many most likely tokens at each position (0 to 20).
+    pub top_logprobs: Option<u8>,
 }
 
 /// Headers every dispatch carries.
@@ -85,6 +89,9 @@ pub enum ModelEvent {
     Delta(String),
     /// A piece of a call of a tool.
     ToolCall(super::ToolCallPart),
+    /// The log probabilities of the tokens of the `Delta` that follows
+    /// (OpenAI's `logprobs.content` entries, as the server gave them).
+    Logprobs(Vec<serde_json::Value>),
     /// Why the model stopped (`stop`, `length`, …).
     Finish(String),
     Usage(Usage),
