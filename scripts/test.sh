@@ -83,6 +83,13 @@ if [ -f ../shared/tools/reserved-check ]; then python3 ../shared/tools/reserved-
 # The official OpenAI SDK, for the facade's compatibility test.
 scripts/model-server.sh install
 .venv/bin/python -c 'import openai' 2>/dev/null || .venv/bin/pip install -q --disable-pip-version-check openai==3.57.0
+# The clients the facade's tool and structured-output tests drive (tests/api/openai_tools.rs):
+# the OpenAI SDK, LangChain's ChatOpenAI and the LiteLLM SDK, in a venv of their own.
+[ -x .venv-clients/bin/python ] && .venv-clients/bin/python -c 'import openai, langchain_openai, litellm' 2>/dev/null || {
+  python3 -m venv .venv-clients
+  .venv-clients/bin/pip install -q --disable-pip-version-check openai==3.57.0 langchain-openai==1.8.1 litellm==1.110.2
+}
+export STEWARD_TEST_CLIENTS_PYTHON=${STEWARD_TEST_CLIENTS_PYTHON:-$PWD/.venv-clients/bin/python}
 
 # schemathesis, which fuzzes the live API against its /openapi.json (tests/api/fuzz.rs).
 [ -x .venv-fuzz/bin/schemathesis ] || { python3 -m venv .venv-fuzz && .venv-fuzz/bin/pip install -q --disable-pip-version-check schemathesis==4.32.5; }

@@ -67,7 +67,7 @@ def main() -> None:
 
     # A parameter Steward does not honour is refused by name, never dropped in silence.
     refused_params = {}
-    for name, extra in [("n", {"n": 2}), ("tools", {"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}),
+    for name, extra in [("n", {"n": 2}), ("logit_bias", {"logit_bias": {"1": -100}}),
                         ("temprature", {"extra_body": {"temprature": 0.2}})]:
         try:
             client.chat.completions.create(model="smollm2-135m-instruct", messages=messages, max_tokens=2, **extra)

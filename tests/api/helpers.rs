@@ -236,6 +236,16 @@ impl Signer {
 }
 
 /// Asserts a JSON error response with this status and code.
+/// An error of the OpenAI facade: OpenAI's shape, `{"error": {"message", "type", "code", "param"?}}`.
+pub async fn assert_openai_error(response: reqwest::Response, status: u16, code: &str) -> Value {
+    assert_eq!(response.status().as_u16(), status, "unexpected status");
+    assert_eq!(response.headers()["content-type"], "application/json", "OpenAI's errors are plain JSON");
+    let body: Value = response.json().await.expect("JSON error body");
+    assert_eq!(body["error"]["code"], code, "body: {body}");
+    assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "body: {body}");
+    body["error"].clone()
+}
+
 pub async fn assert_error(response: reqwest::Response, status: u16, code: &str) -> Value {
     assert_eq!(response.status().as_u16(), status, "unexpected status");
     let body: Value = response.json().await.expect("JSON error body");

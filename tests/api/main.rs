@@ -32,6 +32,7 @@ mod moderation_eval;
 mod moderation_train;
 mod moderations;
 mod openai;
+mod openai_tools;
 mod ops;
 mod orchestrator;
 mod recordings;

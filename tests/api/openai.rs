@@ -2,7 +2,7 @@
 
 use serde_json::{json, Value};
 
-use crate::helpers::{assert_error, manifest_dir, read_sse, spawn_app};
+use crate::helpers::{assert_openai_error, manifest_dir, read_sse, spawn_app};
 
 #[tokio::test]
 async fn a_non_streaming_completion_has_the_openai_shape_and_governance_headers() {
@@ -50,11 +50,30 @@ async fn a_streaming_completion_sends_chunks_usage_and_done() {
 }
 
 #[tokio::test]
-async fn a_completion_that_does_not_end_with_a_user_message_is_400() {
+async fn a_completion_that_does_not_end_with_a_user_message_or_a_tool_result_is_400_naming_messages() {
     let app = spawn_app().await;
     let (_, key) = app.chat_key().await;
     let body = json!({ "messages": [{ "role": "user", "content": "hi" }, { "role": "assistant", "content": "hello" }] });
-    assert_error(app.post("/v1/chat/completions", Some(&key), &body).await, 400, "invalid_request").await;
+    let error = assert_openai_error(app.post("/v1/chat/completions", Some(&key), &body).await, 400, "invalid_request").await;
+    assert_eq!(error["param"], "messages");
+}
+
+#[tokio::test]
+async fn every_error_of_the_facade_comes_in_openais_shape_before_and_after_the_key_is_read() {
+    let app = spawn_app().await;
+    let (_, key) = app.chat_key().await;
+    let ok = json!({ "messages": [{ "role": "user", "content": "hi" }] });
+    assert_openai_error(app.post("/v1/chat/completions", None, &ok).await, 401, "unauthenticated").await;
+    assert_openai_error(app.post("/v1/chat/completions", Some("sk-unknown"), &ok).await, 401, "unauthenticated").await;
+    let malformed =
+        app.http.post(format!("{}/v1/chat/completions", app.address)).bearer_auth(&key).header("content-type", "application/json").body("{not json");
+    assert_openai_error(malformed.send().await.unwrap(), 400, "malformed_json").await;
+    let text = app.http.post(format!("{}/v1/chat/completions", app.address)).bearer_auth(&key).header("content-type", "text/plain").body("{}");
+    assert_openai_error(text.send().await.unwrap(), 415, "unsupported_media_type").await;
+    let huge = json!({ "messages": [{ "role": "user", "content": "x".repeat(2 * 1024 * 1024) }] });
+    assert_openai_error(app.post("/v1/chat/completions", Some(&key), &huge).await, 413, "payload_too_large").await;
+    let bad_top = json!({ "messages": [{ "role": "user", "content": "hi" }], "top_logprobs": 3 });
+    assert_eq!(assert_openai_error(app.post("/v1/chat/completions", Some(&key), &bad_top).await, 400, "invalid_request").await["param"], "top_logprobs");
 }
 
 #[tokio::test]
@@ -109,7 +128,7 @@ async fn the_official_openai_python_sdk_works_against_the_facade() {
     let stopped = seen["stopped"]["content"].as_str().unwrap();
     assert!(!stopped.is_empty() && !stopped.contains(','), "the answer ends before the stop sequence: {seen}");
     assert_eq!(seen["stopped"]["finish_reason"], "stop");
-    for param in ["n", "tools", "temprature"] {
+    for param in ["n", "logit_bias", "temprature"] {
         assert_eq!(seen["refused_params"][param], json!({ "status": 400, "code": "unsupported_parameter", "param": param }), "{seen}");
     }
 }
