@@ -157,6 +157,7 @@ fn first_difference(before: &Value, now: &Value) -> Option<String> {
 /// attempt went to, and which attempt it was: here always the one server,
 /// `default`, at the first attempt — except for a request ended unread
 /// (refused on input under overlapped dispatch), whose attempt nobody read.
+/// Since issue 24, a whole OpenAI answer's choice carries `logprobs`.
 fn drift(mut before: Value) -> Value {
     for turn in before.as_object_mut().unwrap().values_mut() {
         let events = turn["events"].as_array().cloned().unwrap_or_default();
@@ -167,6 +168,13 @@ fn drift(mut before: Value) -> Value {
             if event["type"] == "turn.dispatched" {
                 event["data"]["upstream"] = json!("default");
                 event["data"]["attempt"] = json!(1);
+            }
+        }
+        // Issue 24: a whole OpenAI answer's choice says `logprobs: null` when none were asked for, as OpenAI's does.
+        let whole = turn.get_mut("reply").filter(|r| r.is_object()).and_then(|r| r.get_mut("choices")).and_then(Value::as_array_mut);
+        for choice in whole.into_iter().flatten() {
+            if choice.get("message").is_some() {
+                choice["logprobs"] = Value::Null;
             }
         }
     }
