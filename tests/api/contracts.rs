@@ -150,3 +150,49 @@ async fn turn(socket: &mut Socket, message: Value, cancel_after_first_delta: boo
         }
     }
 }
+
+/// An OpenAI facade stream as a transcript: each chunk named for what it
+/// carries (`role`, `delta`, `tool_calls`, `refusal`, `finish`, `usage`,
+/// `done` for `[DONE]`), with the chunk as its data.
+fn openai_transcript(sse: crate::helpers::Sse) -> Transcript {
+    let name = |data: &Value| {
+        let choice = &data["choices"][0];
+        let delta = &choice["delta"];
+        let kind = if data == "[DONE]" {
+            "done"
+        } else if data["choices"].as_array().is_some_and(Vec::is_empty) {
+            "usage"
+        } else if delta["tool_calls"].is_array() {
+            "tool_calls"
+        } else if delta["refusal"].is_string() {
+            "refusal"
+        } else if !choice["finish_reason"].is_null() {
+            "finish"
+        } else if delta["role"].is_string() {
+            "role"
+        } else {
+            "delta"
+        };
+        kind.to_owned()
+    };
+    sse.events.into_iter().map(|(_, data)| (name(&data), data)).collect()
+}
+
+#[tokio::test]
+async fn live_openai_tool_call_and_structured_output_turns_follow_the_recorded_contracts() {
+    let (plain, _plain_dir) = app(false, |_| {}).await;
+    let (_, key) = plain.chat_key().await;
+    let weather = json!({ "type": "function", "function": { "name": "get_weather", "description": "Current weather for a city",
+        "parameters": { "type": "object", "properties": { "city": { "type": "string" } }, "required": ["city"] } } });
+    let call = json!({ "messages": [{ "role": "user", "content": "What is the weather in Paris?" }], "tools": [weather], "tool_choice": "required",
+        "temperature": 0, "stream": true, "stream_options": { "include_usage": true } });
+    check("openai-tool-call", openai_transcript(read_sse(plain.post("/v1/chat/completions", Some(&key), &call).await).await));
+
+    let person = json!({ "type": "json_schema", "json_schema": { "name": "person", "strict": true, "schema": { "type": "object",
+        "properties": { "name": { "type": "string" }, "age": { "type": "integer" } }, "required": ["name", "age"], "additionalProperties": false } } });
+    let structured = json!({ "messages": [{ "role": "user", "content": "Describe a fictional book character as JSON with a name and an age." }],
+        "response_format": person, "temperature": 0 });
+    let whole: Value = plain.post("/v1/chat/completions", Some(&key), &structured).await.json().await.unwrap();
+    let choice = whole["choices"][0].clone();
+    check("openai-structured", vec![("completion".into(), whole), ("choice".into(), choice.clone()), ("message".into(), choice["message"].clone())]);
+}
