@@ -105,7 +105,8 @@ mod tests {
         let mut held = HeldLogprobs::default();
         held.push(vec![json!({ "token": "How" }), json!({ "token": " to" }), json!({ "token": " cook" })]);
         assert!(held.release(2).is_empty(), "\"Ho\" completes no token");
-        assert_eq!(held.release(3), [json!({ "token": "How" }), json!({ "token": " to" })]);
+        assert_eq!(held.release(2), [json!({ "token": "How" })], "\"How \" completes \"How\" alone");
+        assert_eq!(held.release(2), [json!({ "token": " to" })]);
         assert_eq!(held.rest(), [json!({ "token": " cook" })]);
     }
 }

@@ -165,7 +165,6 @@ impl Orchestrator {
                             if let Some(outcome) = judge_tool_calls(&calls, &form, &mut answer, &recorder).await {
                                 break outcome;
                             }
-                            released.store(true, std::sync::atomic::Ordering::Release);
                             yield TurnEvent::ToolCalls(calls);
                             break TurnOutcome::Completed(FinishReason::ToolCalls);
                         }
