@@ -93,14 +93,21 @@ async fn an_injection_hidden_in_an_earlier_message_is_refused() {
 /// What `script` (a Python file under `tests/`, driving the official OpenAI
 /// SDK against `app` with `key`) printed as JSON.
 pub(crate) async fn with_openai_sdk(script: &str, app: &crate::helpers::TestApp, key: &str) -> Value {
-    let python = std::env::var("STEWARD_TEST_MODEL_PYTHON").unwrap_or_else(|_| format!("{}/.venv/bin/python", env!("CARGO_MANIFEST_DIR")));
+    with_python_client("STEWARD_TEST_MODEL_PYTHON", ".venv", script, app, key).await
+}
+
+/// What `script` printed as JSON, run by the Python that `python_var` names
+/// (else the one of the venv `venv`, which `scripts/test.sh` installs) with
+/// `app`'s `/v1` and `key` as its arguments.
+pub(crate) async fn with_python_client(python_var: &str, venv: &str, script: &str, app: &crate::helpers::TestApp, key: &str) -> Value {
+    let python = std::env::var(python_var).unwrap_or_else(|_| format!("{}/{venv}/bin/python", env!("CARGO_MANIFEST_DIR")));
     let output = tokio::process::Command::new(python)
         .arg(manifest_dir().join("tests").join(script))
         .arg(format!("{}/v1", app.address))
         .arg(key)
         .output()
         .await
-        .expect("run the OpenAI SDK script (is the openai package in .venv?)");
+        .unwrap_or_else(|e| panic!("run {script} with {venv}'s Python ({python_var}): {e}"));
     assert!(output.status.success(), "{script} failed: {}", String::from_utf8_lossy(&output.stderr));
     serde_json::from_slice(&output.stdout).unwrap()
 }

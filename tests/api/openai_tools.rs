@@ -7,21 +7,12 @@
 
 use serde_json::{json, Value};
 
-use crate::helpers::{assert_openai_error, manifest_dir, read_sse, spawn_app, spawn_app_with, unique, Storage};
+use crate::helpers::{assert_openai_error, read_sse, spawn_app, spawn_app_with, unique, Storage};
 
 /// What `tests/openai_tools_check.py` printed, run with the clients' Python
-/// (`STEWARD_TEST_CLIENTS_PYTHON`, by default `.venv-clients`, which `scripts/test.sh` installs).
+/// (`STEWARD_TEST_CLIENTS_PYTHON`, by default `.venv-clients`: openai, langchain-openai, litellm).
 async fn with_clients(app: &crate::helpers::TestApp, key: &str) -> Value {
-    let python = std::env::var("STEWARD_TEST_CLIENTS_PYTHON").unwrap_or_else(|_| format!("{}/.venv-clients/bin/python", env!("CARGO_MANIFEST_DIR")));
-    let output = tokio::process::Command::new(python)
-        .arg(manifest_dir().join("tests").join("openai_tools_check.py"))
-        .arg(format!("{}/v1", app.address))
-        .arg(key)
-        .output()
-        .await
-        .expect("run the clients' script (are openai, langchain-openai and litellm in .venv-clients?)");
-    assert!(output.status.success(), "openai_tools_check.py failed: {}", String::from_utf8_lossy(&output.stderr));
-    serde_json::from_slice(&output.stdout).unwrap()
+    crate::openai::with_python_client("STEWARD_TEST_CLIENTS_PYTHON", ".venv-clients", "openai_tools_check.py", app, key).await
 }
 
 fn person(content: &Value) -> Value {
