@@ -69,6 +69,24 @@ async fn one(http: &reqwest::Client, target: &Target, n: u64) -> Result<(f64, f6
     Ok((first.as_secs_f64() * 1e3, done.as_secs_f64() * 1e3))
 }
 
+/// One client sending `count` requests one after another, numbered from `first`.
+pub async fn closed_loop_turns(http: &reqwest::Client, target: &Target, first: u64, count: u64) -> Outcome {
+    let started = Instant::now();
+    let mut outcome = Outcome::default();
+    for n in first..first + count {
+        match one(http, target, n).await {
+            Ok((ttft, done)) => {
+                outcome.ttft_ms.push(ttft);
+                outcome.completion_ms.push(done);
+            }
+            Err(Miss::Failed) => outcome.failures += 1,
+            Err(Miss::Empty) => outcome.empty += 1,
+        }
+    }
+    outcome.elapsed = started.elapsed();
+    outcome
+}
+
 /// Runs `clients` closed loops for `warmup` (discarded) then `measure`.
 pub async fn closed_loop(http: &reqwest::Client, target: &Target, clients: usize, warmup: Duration, measure: Duration) -> Outcome {
     let counter = Arc::new(AtomicU64::new(0));

@@ -24,14 +24,21 @@
 //! `STEWARD_BENCH_BASELINE` (another checkout with a release build: each
 //! configuration runs there first, for a before/after in one run),
 //! `STEWARD_BENCH_TWO_UPSTREAMS` (`off` skips the rows of Steward over two
-//! replay upstreams, with both up and with one killed mid-run).
+//! replay upstreams, with both up and with one killed mid-run),
+//! `STEWARD_BENCH_NGINX` (`off` skips the nginx row, the second floor).
+//! `STEWARD_BENCH_MODE=instructions` counts the instructions of a turn under
+//! callgrind instead (see `instructions.rs`); `STEWARD_BENCH_MODE=costs`
+//! what a turn costs PostgreSQL, Redis and the broker (see `costs.rs`).
 //! `MALLOC_ARENA_MAX` and `GLIBC_TUNABLES` pass through to Steward, for
 //! allocator experiments.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
+mod costs;
 mod idle;
+mod instructions;
 mod load;
+mod nginx;
 mod process;
 mod proxy;
 #[path = "../stats/mod.rs"]
@@ -136,10 +143,15 @@ async fn steward_env(config: &Config, upstream_port: u16, port: u16, dir: &Path,
 }
 
 async fn start_steward(env: &StewardEnv, port: u16, log: &Path) -> (Proc, String) {
-    let key = env.create_key();
-    let proc = env.serve(log);
     // The first start with the semantic layer on may embed the exemplars (`steward moderation prepare` does it ahead).
-    wait_healthy("steward", &format!("http://127.0.0.1:{port}/healthz"), Duration::from_secs(300)).await;
+    start_steward_under(env, &[], port, log, Duration::from_secs(300)).await
+}
+
+/// Steward run by `wrapper` (e.g. valgrind; empty: directly), healthy within `limit`, and a chat key.
+async fn start_steward_under(env: &StewardEnv, wrapper: &[String], port: u16, log: &Path, limit: Duration) -> (Proc, String) {
+    let key = env.create_key();
+    let proc = env.serve_under(wrapper, log);
+    wait_healthy("steward", &format!("http://127.0.0.1:{port}/healthz"), limit).await;
     (proc, key)
 }
 
@@ -174,19 +186,26 @@ fn print_table(rows: &[Row]) {
     }
 }
 
-/// Each target's throughput as a share of the upstream alone's and of the
-/// pass-through proxy's (per-worker pool) at the same concurrency.
+const NGINX: &str = "nginx";
+const ACTIX_PROXY: &str = "pass-through proxy (per-worker pool)";
+
+/// Each target's throughput as a share of the upstream alone's and of both
+/// floors (the actix pass-through proxy, per-worker pool, and nginx) at the
+/// same concurrency, with its completion p50 as a multiple of nginx's.
 fn print_shares(rows: &[Row]) {
-    let rate = |target: &str, clients: usize| rows.iter().find(|r| r.target == target && r.clients == clients).map(|r| r.outcome.rate());
+    let find = |target: &str, clients: usize| rows.iter().find(|r| r.target == target && r.clients == clients);
+    let p50 = |row: &Row| stats::percentile_of(&row.outcome.completion_ms, 50.0);
     for row in rows.iter().filter(|r| r.target != "upstream alone") {
-        let share = |base: Option<f64>| base.map_or("—".to_owned(), |b| format!("{:.0}%", 100.0 * row.outcome.rate() / b));
+        let share = |base: Option<&Row>| base.map_or("—".to_owned(), |b| format!("{:.0}%", 100.0 * row.outcome.rate() / b.outcome.rate()));
+        let times = find(NGINX, row.clients).map_or("—".to_owned(), |n| format!("{:.1}×", p50(row) / p50(n)));
         println!(
-            "{} at c={}: {:.0} req/s, {} of the upstream alone, {} of the pass-through proxy",
+            "{} at c={}: {:.0} req/s, {} of the upstream alone, {} of the actix pass-through, {} of nginx; completion p50 {times} nginx's",
             row.target,
             row.clients,
             row.outcome.rate(),
-            share(rate("upstream alone", row.clients)),
-            share(rate("pass-through proxy (per-worker pool)", row.clients)),
+            share(find("upstream alone", row.clients)),
+            share(find(ACTIX_PROXY, row.clients)),
+            share(find(NGINX, row.clients)),
         );
     }
 }
@@ -266,6 +285,11 @@ async fn bench() {
     let up_port = free_port();
     let upstream = process::helper("upstream", up_port, replay.to_args());
     wait_healthy("upstream", &format!("http://127.0.0.1:{up_port}/health"), Duration::from_secs(10)).await;
+    match std::env::var("STEWARD_BENCH_MODE").as_deref() {
+        Ok("instructions") => return instructions::run(&replay, up_port, dir.path()).await,
+        Ok("costs") => return costs::run(&replay, up_port, dir.path()).await,
+        _ => {}
+    }
     println!(
         "replay upstream: {} tokens, first-token delay {:?}, per-token delay {:?}; {warmup:?} warm-up then {measure:?} per level",
         replay.tokens, replay.first_delay, replay.token_delay
@@ -293,6 +317,17 @@ async fn bench() {
         let through = Target { url: format!("http://127.0.0.1:{port}/v1/chat/completions"), ..direct.clone() };
         run_levels(&mut rows, &format!("pass-through proxy ({pool} pool)"), &proxy, &through, &levels, warmup, measure).await;
     }
+    // The second floor: nginx, the proxy everyone already runs (`STEWARD_BENCH_NGINX=off` skips it).
+    match nginx::binary().filter(|_| std::env::var("STEWARD_BENCH_NGINX").as_deref() != Ok("off")) {
+        Some(binary) => {
+            let port = free_port();
+            let nginx = nginx::serve(binary, port, up_port, dir.path());
+            wait_healthy("nginx", &format!("http://127.0.0.1:{port}/health"), Duration::from_secs(10)).await;
+            let through = Target { url: format!("http://127.0.0.1:{port}/v1/chat/completions"), ..direct.clone() };
+            run_levels(&mut rows, NGINX, &nginx, &through, &levels, warmup, measure).await;
+        }
+        None => println!("nginx: not run (not installed: apt-get install nginx; or STEWARD_BENCH_NGINX=off)"),
+    }
 
     for config in configs() {
         let port = free_port();
@@ -315,11 +350,12 @@ async fn bench() {
     print_table(&rows);
     print_shares(&rows);
     let at = |target: &str| rows.iter().find(|r| r.target == target && r.clients == 1);
-    if let Some(base) = at("upstream alone") {
-        for row in rows.iter().filter(|r| r.clients == 1 && r.target != "upstream alone") {
+    for base_name in ["upstream alone", NGINX] {
+        let Some(base) = at(base_name) else { continue };
+        for row in rows.iter().filter(|r| r.clients == 1 && r.target != "upstream alone" && r.target != base_name) {
             let med = stats::percentile_of;
             println!(
-                "{} at c=1, over the upstream alone: TTFT p50 {:+.3} ms, p99 {:+.3} ms; completion p50 {:+.3} ms",
+                "{} at c=1, over {base_name}: TTFT p50 {:+.3} ms, p99 {:+.3} ms; completion p50 {:+.3} ms",
                 row.target,
                 med(&row.outcome.ttft_ms, 50.0) - med(&base.outcome.ttft_ms, 50.0),
                 med(&row.outcome.ttft_ms, 99.0) - med(&base.outcome.ttft_ms, 99.0),

@@ -12,13 +12,24 @@ pub struct Proc {
 }
 
 impl Proc {
-    /// Resident and peak resident memory, in KiB (`VmRSS`, `VmHWM`).
+    /// Resident and peak resident memory, in KiB (`VmRSS`, `VmHWM`), of the
+    /// process and its children (nginx's workers).
     pub fn memory_kib(&self) -> (u64, u64) {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
-        let field =
-            |name: &str| status.lines().find(|l| l.starts_with(name)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).unwrap_or(0);
-        (field("VmRSS:"), field("VmHWM:"))
+        let pid = self.child.id();
+        let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        let pids = std::iter::once(pid).chain(children.split_whitespace().filter_map(|p| p.parse().ok()));
+        pids.map(memory_of).fold((0, 0), |(rss, peak), (r, p)| (rss + r, peak + p))
     }
+
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+fn memory_of(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| status.lines().find(|l| l.starts_with(name)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).unwrap_or(0);
+    (field("VmRSS:"), field("VmHWM:"))
 }
 
 impl Drop for Proc {
@@ -69,7 +80,19 @@ pub struct StewardEnv {
 
 impl StewardEnv {
     fn command(&self) -> Command {
-        let mut command = Command::new(&self.binary);
+        self.command_under(&[])
+    }
+
+    /// Steward's command, run by `wrapper` (a program and its arguments, e.g. valgrind) when not empty.
+    fn command_under(&self, wrapper: &[String]) -> Command {
+        let mut command = match wrapper.split_first() {
+            None => Command::new(&self.binary),
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(&self.binary);
+                command
+            }
+        };
         command.current_dir(&self.root).env_clear();
         for key in ["PATH", "HOME", "LANG", "MALLOC_ARENA_MAX", "GLIBC_TUNABLES"] {
             if let Ok(value) = std::env::var(key) {
@@ -87,10 +110,10 @@ impl StewardEnv {
         String::from_utf8(out.stdout).expect("utf-8 key").trim().to_owned()
     }
 
-    /// Serves with its log written to `log`.
-    pub fn serve(&self, log: &Path) -> Proc {
+    /// Serves, run by `wrapper` (see [`StewardEnv::command_under`]), with its log written to `log`.
+    pub fn serve_under(&self, wrapper: &[String], log: &Path) -> Proc {
         let file = std::fs::File::create(log).expect("steward log file");
-        let child = self.command().arg("serve").stdout(Stdio::null()).stderr(file).spawn().expect("spawn steward");
+        let child = self.command_under(wrapper).arg("serve").stdout(Stdio::null()).stderr(file).spawn().expect("spawn steward");
         Proc { child }
     }
 }

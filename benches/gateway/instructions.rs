@@ -1,0 +1,102 @@
+//! `STEWARD_BENCH_MODE=instructions`: a turn's CPU as a stable number. Steward
+//! (release build) runs under valgrind's callgrind against the replay
+//! upstream; after `STEWARD_BENCH_WARMUP_TURNS` (20) turns the counters are
+//! zeroed, `STEWARD_BENCH_TURNS` (200) more turns run one after another
+//! (c=1, 32 tokens, distinct prompts), and the instructions executed by every
+//! thread in between, divided by the turns, are the figure. Unlike a time it
+//! does not move with this machine's other load. The 15 functions with the
+//! most instructions of their own are printed after it.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::load::{closed_loop_turns, Target};
+use super::process::free_port;
+use super::upstream::Replay;
+use super::{configs, env_or, prompt, start_steward_under, steward_env};
+
+/// Instructions per turn of each configuration (`STEWARD_BENCH_STEWARD`, by default
+/// `embedded-off,embedded-on`).
+pub async fn run(replay: &Replay, up_port: u16, dir: &Path) {
+    let (warmup, turns) = (env_or("STEWARD_BENCH_WARMUP_TURNS", 20u64), env_or("STEWARD_BENCH_TURNS", 200u64));
+    println!("instructions per turn: callgrind, {warmup} turns of warm-up then {turns} turns at c=1, {} tokens each", replay.tokens);
+    let mut results = Vec::new();
+    for config in configs() {
+        let port = free_port();
+        // Everything runs some 50 times slower under valgrind: deadlines are widened, not lifted.
+        let slow = [("STEWARD_SLM__FIRST_TOKEN_TIMEOUT", "120s".to_owned()), ("STEWARD_SLM__IDLE_TIMEOUT", "120s".to_owned())];
+        let env = steward_env(&config, up_port, port, dir, &slow).await;
+        let out = dir.join(format!("callgrind.{}", config.name.replace([' ', '(', ')'], "")));
+        let wrapper = ["valgrind".to_owned(), "--tool=callgrind".to_owned(), format!("--callgrind-out-file={}", out.display())];
+        let log = dir.join(format!("steward-callgrind-{}.log", config.name.replace(' ', "-")));
+        let (steward, key) = start_steward_under(&env, &wrapper, port, &log, Duration::from_secs(900)).await;
+        let tokens = replay.tokens;
+        let target = Target {
+            url: format!("http://127.0.0.1:{port}/v1/chat/stream"),
+            bearer: Some(key),
+            body: Arc::new(move |n| json!({ "message": prompt(n), "max_tokens": tokens, "temperature": 0 })),
+            content_marker: b"event: delta",
+        };
+        let http = reqwest::Client::builder().tcp_nodelay(true).build().expect("client");
+        let warm = closed_loop_turns(&http, &target, 0, warmup).await;
+        assert_eq!(warm.completion_ms.len() as u64, warmup, "every warm-up turn was answered ({} failed)", warm.failures);
+        control(steward.id(), "--zero");
+        let measured = closed_loop_turns(&http, &target, warmup, turns).await;
+        assert_eq!(measured.completion_ms.len() as u64, turns, "every measured turn was answered ({} failed)", measured.failures);
+        control(steward.id(), "--dump=measured");
+        let dump = latest_dump(&out);
+        let total = total_instructions(&dump);
+        println!("steward {}: {:.2} M instructions per turn ({total} over {turns} turns)", config.name, total as f64 / turns as f64 / 1e6);
+        print_top(&dump);
+        results.push((config.name.clone(), total as f64 / turns as f64));
+        drop(steward);
+    }
+    println!("\n| configuration | instructions per turn |\n|---|---|");
+    for (name, per_turn) in results {
+        println!("| steward {name} | {:.2} M |", per_turn / 1e6);
+    }
+}
+
+/// Sends callgrind `option` to the running process `pid` (callgrind_control, through vgdb).
+fn control(pid: u32, option: &str) {
+    let out = std::process::Command::new("callgrind_control").arg(option).arg(pid.to_string()).output().expect("callgrind_control");
+    assert!(out.status.success(), "callgrind_control {option} failed: {}", String::from_utf8_lossy(&out.stderr));
+    // The dump is written by the target process, asynchronously.
+    std::thread::sleep(Duration::from_secs(2));
+}
+
+/// The newest dump file callgrind wrote beside `out` (`out.<pid>.<n>` or `out.<n>`).
+fn latest_dump(out: &Path) -> std::path::PathBuf {
+    let name = out.file_name().unwrap().to_string_lossy().into_owned();
+    std::fs::read_dir(out.parent().unwrap())
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&name))
+        .max_by_key(|e| e.metadata().and_then(|m| m.modified()).ok())
+        .map(|e| e.path())
+        .expect("a callgrind dump")
+}
+
+/// The `summary:` (or `totals:`) line of a dump: instructions executed (Ir).
+fn total_instructions(dump: &Path) -> u64 {
+    let text = std::fs::read_to_string(dump).expect("dump readable");
+    text.lines()
+        .find_map(|l| l.strip_prefix("summary:").or_else(|| l.strip_prefix("totals:")))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("a summary line")
+}
+
+/// The functions with the most instructions of their own in the dump.
+fn print_top(dump: &Path) {
+    let out = std::process::Command::new("callgrind_annotate").arg("--inclusive=no").arg(dump).output().expect("callgrind_annotate");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rows: Vec<&str> = text.lines().skip_while(|l| !l.contains("file:function")).skip(1).filter(|l| !l.trim().is_empty()).take(15).collect();
+    for row in rows {
+        let cut: String = row.chars().take(160).collect();
+        println!("    {cut}");
+    }
+}
