@@ -28,7 +28,8 @@
 //! `STEWARD_BENCH_NGINX` (`off` skips the nginx row, the second floor).
 //! `STEWARD_BENCH_MODE=instructions` counts the instructions of a turn under
 //! callgrind instead (see `instructions.rs`); `STEWARD_BENCH_MODE=costs`
-//! what a turn costs PostgreSQL, Redis and the broker (see `costs.rs`).
+//! what a turn costs PostgreSQL, Redis and the broker (see `costs.rs`);
+//! `STEWARD_BENCH_MODE=scale` one and two instances behind nginx (`scale.rs`).
 //! `MALLOC_ARENA_MAX` and `GLIBC_TUNABLES` pass through to Steward, for
 //! allocator experiments.
 
@@ -41,6 +42,7 @@ mod load;
 mod nginx;
 mod process;
 mod proxy;
+mod scale;
 #[path = "../stats/mod.rs"]
 mod stats;
 mod upstream;
@@ -288,6 +290,11 @@ async fn bench() {
     match std::env::var("STEWARD_BENCH_MODE").as_deref() {
         Ok("instructions") => return instructions::run(&replay, up_port, dir.path()).await,
         Ok("costs") => return costs::run(&replay, up_port, dir.path()).await,
+        Ok("scale") => {
+            let rows = scale::run(&replay, up_port, dir.path()).await;
+            print_table(&rows);
+            return;
+        }
         _ => {}
     }
     println!(
@@ -321,7 +328,7 @@ async fn bench() {
     match nginx::binary().filter(|_| std::env::var("STEWARD_BENCH_NGINX").as_deref() != Ok("off")) {
         Some(binary) => {
             let port = free_port();
-            let nginx = nginx::serve(binary, port, up_port, dir.path());
+            let nginx = nginx::serve(binary, port, &[up_port], dir.path());
             wait_healthy("nginx", &format!("http://127.0.0.1:{port}/health"), Duration::from_secs(10)).await;
             let through = Target { url: format!("http://127.0.0.1:{port}/v1/chat/completions"), ..direct.clone() };
             run_levels(&mut rows, NGINX, &nginx, &through, &levels, warmup, measure).await;

@@ -72,6 +72,7 @@ pub fn helper(role: &str, port: u16, args: Vec<String>) -> Proc {
 }
 
 /// Which Steward binary runs, from which checkout (its `config/`, constitution and model).
+#[derive(Clone)]
 pub struct StewardEnv {
     pub binary: PathBuf,
     pub root: PathBuf,
@@ -79,6 +80,15 @@ pub struct StewardEnv {
 }
 
 impl StewardEnv {
+    /// The same settings, serving on `to` instead of `from`.
+    pub fn clone_with_port(&self, from: u16, to: u16) -> Self {
+        let mut env = self.clone();
+        for (_, value) in &mut env.vars {
+            *value = value.replace(&format!("127.0.0.1:{from}"), &format!("127.0.0.1:{to}"));
+        }
+        env
+    }
+
     fn command(&self) -> Command {
         self.command_under(&[])
     }
