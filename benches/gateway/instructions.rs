@@ -4,8 +4,8 @@
 //! zeroed, `STEWARD_BENCH_TURNS` (200) more turns run one after another
 //! (c=1, 32 tokens, distinct prompts), and the instructions executed by every
 //! thread in between, divided by the turns, are the figure. Unlike a time it
-//! does not move with this machine's other load. The 15 functions with the
-//! most instructions of their own are printed after it.
+//! does not move with this machine's other load. (It leaves out the kernel's
+//! work: system calls and the wake-ups of threads count only their user side.)
 
 use std::path::Path;
 use std::sync::Arc;
@@ -50,7 +50,6 @@ pub async fn run(replay: &Replay, up_port: u16, dir: &Path) {
         let dump = latest_dump(&out);
         let total = total_instructions(&dump);
         println!("steward {}: {:.2} M instructions per turn ({total} over {turns} turns)", config.name, total as f64 / turns as f64 / 1e6);
-        print_top(&dump);
         results.push((config.name.clone(), total as f64 / turns as f64));
         drop(steward);
     }
@@ -88,15 +87,4 @@ fn total_instructions(dump: &Path) -> u64 {
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .expect("a summary line")
-}
-
-/// The functions with the most instructions of their own in the dump.
-fn print_top(dump: &Path) {
-    let out = std::process::Command::new("callgrind_annotate").arg("--inclusive=no").arg(dump).output().expect("callgrind_annotate");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let rows: Vec<&str> = text.lines().skip_while(|l| !l.contains("file:function")).skip(1).filter(|l| !l.trim().is_empty()).take(15).collect();
-    for row in rows {
-        let cut: String = row.chars().take(160).collect();
-        println!("    {cut}");
-    }
 }

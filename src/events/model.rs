@@ -164,26 +164,55 @@ impl ConversationEvent {
 }
 
 /// Canonical bytes of any JSON value: object keys sorted, no whitespace.
-/// (`serde_json::Value` keeps objects in a `BTreeMap`, so `to_vec` sorts.)
+/// Written in one pass, sorting each object's keys as it goes (whatever
+/// order the map keeps), without copying the value.
 pub fn canonical_bytes(value: &Value) -> Vec<u8> {
-    serde_json::to_vec(&sorted(value)).unwrap_or_default()
+    let mut out = Vec::with_capacity(512);
+    write_canonical(value, &mut out);
+    out
 }
 
-fn sorted(value: &Value) -> Value {
+fn write_canonical(value: &Value, out: &mut Vec<u8>) {
     match value {
         Value::Object(map) => {
             let mut entries: Vec<_> = map.iter().collect();
-            entries.sort_by(|a, b| a.0.cmp(b.0));
-            Value::Object(entries.into_iter().map(|(k, v)| (k.clone(), sorted(v))).collect())
+            entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            out.push(b'{');
+            for (i, (key, item)) in entries.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                // Writing a string or a scalar to a Vec cannot fail.
+                let _ = serde_json::to_writer(&mut *out, key);
+                out.push(b':');
+                write_canonical(item, out);
+            }
+            out.push(b'}');
         }
-        Value::Array(items) => Value::Array(items.iter().map(sorted).collect()),
-        other => other.clone(),
+        Value::Array(items) => {
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_canonical(item, out);
+            }
+            out.push(b']');
+        }
+        scalar => {
+            let _ = serde_json::to_writer(&mut *out, scalar);
+        }
     }
 }
 
 /// `sha256:<hex>` of an event's canonical form: the next event's `prev_hash`.
 pub fn event_hash(event: &Value) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(canonical_bytes(event))))
+    hash_of_canonical(&canonical_bytes(event))
+}
+
+/// `sha256:<hex>` of canonical bytes already written (see [`canonical_bytes`]).
+pub fn hash_of_canonical(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }
 
 #[cfg(test)]

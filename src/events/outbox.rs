@@ -11,7 +11,7 @@ use futures_util::future::BoxFuture;
 use serde_json::{json, Value};
 use sqlx::Row;
 
-use super::model::{event_hash, ConversationEvent, NewEvent, ZERO_HASH};
+use super::model::{canonical_bytes, hash_of_canonical, ConversationEvent, NewEvent, ZERO_HASH};
 use crate::db::{now_ms, runs, Backend, Database};
 
 /// A state change that commits in the same transaction as the events
@@ -81,10 +81,12 @@ impl OutboxStore {
 
     /// Appends a batch in one transaction. Chains are locked in key order so
     /// concurrent writers (other instances) cannot deadlock or fork a chain.
-    pub async fn append(&self, batch: &[Pending]) -> Result<(), sqlx::Error> {
+    /// `batch` holds the items or references to them (the writer's groups borrow their jobs' items).
+    pub async fn append<P: std::borrow::Borrow<Pending> + Sync>(&self, batch: &[P]) -> Result<(), sqlx::Error> {
         let mut tx = self.db.pool().begin().await?;
         let mut keys: Vec<(String, &str)> = batch
             .iter()
+            .map(std::borrow::Borrow::borrow)
             .filter_map(|p| match p {
                 Pending::Conversation(e) => Some((e.context.chain_key(), "")),
                 Pending::Chained { topic, key, .. } => Some((audit_chain_key(topic, key), topic.as_str())),
@@ -98,7 +100,7 @@ impl OutboxStore {
         let now = now_ms();
         let mut rows = Vec::with_capacity(batch.len());
         for item in batch {
-            match item {
+            match item.borrow() {
                 Pending::Conversation(new) => {
                     let chain = new.context.chain_key();
                     let (seq, prev) = heads.get(&chain).cloned().unwrap_or((0, ZERO_HASH.to_owned()));
@@ -111,14 +113,16 @@ impl OutboxStore {
                         }
                     }
                     let event = serde_json::to_value(event).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-                    heads.insert(chain.clone(), (seq + 1, event_hash(&event)));
+                    // Serialised once: the canonical form is both what the chain hashes and the payload.
+                    let payload = canonical_bytes(&event);
+                    heads.insert(chain.clone(), (seq + 1, hash_of_canonical(&payload)));
                     let headers = conversation_headers(new);
                     rows.push(NewRow {
                         topic: self.conversation_topic.clone(),
                         key: chain,
                         session_id: Some(new.context.session_id.to_string()),
                         event_type: new.kind.as_str().to_owned(),
-                        payload: event.to_string(),
+                        payload: String::from_utf8(payload).map_err(|e| sqlx::Error::Encode(Box::new(e)))?,
                         headers: headers.to_string(),
                     });
                 }
@@ -129,10 +133,12 @@ impl OutboxStore {
                     payload["chain"] = json!(key);
                     payload["seq"] = json!(seq + 1);
                     payload["prev_hash"] = json!(prev);
-                    heads.insert(chain, (seq + 1, event_hash(&payload)));
-                    rows.push(NewRow::record(topic, key, event_type, &payload, headers));
+                    let canonical = canonical_bytes(&payload);
+                    heads.insert(chain, (seq + 1, hash_of_canonical(&canonical)));
+                    let payload = String::from_utf8(canonical).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+                    rows.push(NewRow::record(topic, key, event_type, payload, headers));
                 }
-                Pending::Record { topic, key, event_type, payload, headers } => rows.push(NewRow::record(topic, key, event_type, payload, headers)),
+                Pending::Record { topic, key, event_type, payload, headers } => rows.push(NewRow::record(topic, key, event_type, payload.to_string(), headers)),
                 Pending::Write(write) => write.write(&mut tx).await?,
             }
         }
@@ -287,9 +293,10 @@ async fn read_heads(tx: &mut sqlx::AnyConnection, backend: Backend, keys: &[(Str
 /// The newest training-lock fencing token the database has seen, for each
 /// tenant whose events in `batch` claim training mode (read in the batch's
 /// transaction, so a lock granted meanwhile is seen by what commits after it).
-async fn fencing_high_water(tx: &mut sqlx::AnyConnection, batch: &[Pending]) -> Result<HashMap<String, u64>, sqlx::Error> {
+async fn fencing_high_water<P: std::borrow::Borrow<Pending>>(tx: &mut sqlx::AnyConnection, batch: &[P]) -> Result<HashMap<String, u64>, sqlx::Error> {
     let mut tenants: Vec<&str> = batch
         .iter()
+        .map(std::borrow::Borrow::borrow)
         .filter_map(|p| match p {
             Pending::Conversation(e) if e.context.training_mode == Some(true) => Some(e.context.tenant.as_str()),
             _ => None,
@@ -344,15 +351,8 @@ struct NewRow {
 
 impl NewRow {
     /// A row of a record that belongs to no session.
-    fn record(topic: &str, key: &str, event_type: &str, payload: &Value, headers: &Value) -> Self {
-        Self {
-            topic: topic.to_owned(),
-            key: key.to_owned(),
-            session_id: None,
-            event_type: event_type.to_owned(),
-            payload: payload.to_string(),
-            headers: headers.to_string(),
-        }
+    fn record(topic: &str, key: &str, event_type: &str, payload: String, headers: &Value) -> Self {
+        Self { topic: topic.to_owned(), key: key.to_owned(), session_id: None, event_type: event_type.to_owned(), payload, headers: headers.to_string() }
     }
 }
 

@@ -134,7 +134,8 @@ async fn write_loop(writer: Writer, mut rx: mpsc::Receiver<Job>, committed: Arc<
         let Some(first) = first else { return };
         let mut jobs = vec![first];
         gather(&mut rx, &mut jobs, &cancel).await;
-        let items: Vec<Pending> = jobs.iter().flat_map(|j| j.items.iter().cloned()).collect();
+        // The group borrows its jobs' items: nothing is copied to write them.
+        let items: Vec<&Pending> = jobs.iter().flat_map(|j| j.items.iter()).collect();
         let result = writer.write_with_retry(&items).await;
         // Past the drain deadline a failure is the database's, not one job's: no job is tried again.
         if result.is_ok() || jobs.len() == 1 || writer.past_deadline_at(tokio::time::Instant::now()) {
@@ -144,7 +145,8 @@ async fn write_loop(writer: Writer, mut rx: mpsc::Receiver<Job>, committed: Arc<
         // The group could not be written though the database answers: one job is at
         // fault. Write the jobs one by one, so only that job fails.
         for job in jobs {
-            let result = writer.write_with_retry(&job.items).await;
+            let items: Vec<&Pending> = job.items.iter().collect();
+            let result = writer.write_with_retry(&items).await;
             finish(vec![job], result, &committed);
         }
     }
@@ -205,7 +207,7 @@ impl Writer {
     /// trail. Only a statement that a working database keeps rejecting — not a
     /// pool timeout, a lost connection or a busy database — can never succeed,
     /// and is given up (and logged) after a few tries.
-    async fn write_with_retry(&self, items: &[Pending]) -> Result<(), EventsError> {
+    async fn write_with_retry(&self, items: &[&Pending]) -> Result<(), EventsError> {
         let started = tokio::time::Instant::now();
         let mut delay = Duration::from_millis(20);
         let mut attempts = 0;
