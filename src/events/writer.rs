@@ -3,6 +3,11 @@
 //! into a single transaction, so a busy instance pays one commit for many
 //! turns. Jobs are written in the order they were queued, so acknowledging a
 //! job means every earlier job is durable too.
+//!
+//! Events nobody awaits (`emit`) do not wake the writer each: they wait in a
+//! side queue, which the next awaited job (`emit_durable`) carries ahead of
+//! its own items, or which the writer, woken once when the side queue stops
+//! being empty, takes after a short linger.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,10 +51,29 @@ impl ErrorCode for EventsError {
     }
 }
 
+/// Items the side queue holds before `emit` sends through the channel
+/// instead (and waits for room there, as before).
+const SIDE_MAX: usize = 1000;
+
+/// Events nobody awaits, waiting for the next job or the writer's linger.
+#[derive(Default)]
+struct Side {
+    items: std::sync::Mutex<Vec<Pending>>,
+    /// Told when the side queue stops being empty.
+    filled: Notify,
+}
+
+impl Side {
+    fn take(&self) -> Vec<Pending> {
+        std::mem::take(&mut *self.items.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+}
+
 /// Queues events for the outbox.
 #[derive(Clone)]
 pub struct EventLog {
     tx: mpsc::Sender<Job>,
+    side: Arc<Side>,
     /// The writer's tracker, which shutdown waits for.
     tracker: tokio_util::task::TaskTracker,
 }
@@ -57,14 +81,57 @@ pub struct EventLog {
 impl EventLog {
     /// Queues events; they are written with the next commit.
     pub async fn emit(&self, items: Vec<Pending>) -> Result<(), EventsError> {
-        self.tx.send(Job { items, ack: None }).await.map_err(|_| EventsError::Stopped)
+        if self.tx.is_closed() {
+            return Err(EventsError::Stopped);
+        }
+        let overflow = {
+            let mut side = self.side.items.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if side.len() + items.len() > SIDE_MAX {
+                Some(items)
+            } else {
+                let was_empty = side.is_empty();
+                side.extend(items);
+                if was_empty {
+                    self.side.filled.notify_one();
+                }
+                None
+            }
+        };
+        match overflow {
+            None => Ok(()),
+            Some(items) => self.send(items, None).await,
+        }
+    }
+
+    /// Sends a job through the channel, carrying the side queue ahead of its
+    /// items: taken and sent under the side queue's lock while the channel has
+    /// room, so no event emitted later can be written ahead of them.
+    async fn send(&self, items: Vec<Pending>, ack: Option<oneshot::Sender<Result<(), EventsError>>>) -> Result<(), EventsError> {
+        let job = {
+            let mut side = self.side.items.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut all = std::mem::take(&mut *side);
+            all.extend(items);
+            match self.tx.try_send(Job { items: all, ack }) {
+                Ok(()) => return Ok(()),
+                Err(mpsc::error::TrySendError::Closed(_)) => return Err(EventsError::Stopped),
+                Err(mpsc::error::TrySendError::Full(job)) => job,
+            }
+        };
+        self.tx.send(job).await.map_err(|_| EventsError::Stopped)
     }
 
     /// Queues events without waiting, for code that cannot wait (a `Drop`):
     /// at once while the queue has room, else from a task of the writer's
     /// tracker, which shutdown waits for.
     pub fn queue(&self, items: Vec<Pending>) {
-        match self.tx.try_send(Job { items, ack: None }) {
+        // The side queue goes first, as in `send`: a turn's earlier events may wait there.
+        let sent = {
+            let mut side = self.side.items.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut all = std::mem::take(&mut *side);
+            all.extend(items);
+            self.tx.try_send(Job { items: all, ack: None })
+        };
+        match sent {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(job)) => {
                 let tx = self.tx.clone();
@@ -81,7 +148,7 @@ impl EventLog {
     /// Queues events and waits until they — and everything queued before — are committed.
     pub async fn emit_durable(&self, items: Vec<Pending>) -> Result<(), EventsError> {
         let (ack, done) = oneshot::channel();
-        self.tx.send(Job { items, ack: Some(ack) }).await.map_err(|_| EventsError::Stopped)?;
+        self.send(items, Some(ack)).await?;
         done.await.map_err(|_| EventsError::Stopped)?
     }
 
@@ -106,9 +173,10 @@ impl EventLog {
                 let _ = gives_up_at.set(tokio::time::Instant::now() + drain);
             }
         });
+        let side = Arc::new(Side::default());
         let writer = Writer { store, metrics, cancel, drain, gives_up_at };
-        tracker.spawn(write_loop(writer, rx, committed));
-        Self { tx, tracker: tracker.clone() }
+        tracker.spawn(write_loop(writer, rx, side.clone(), committed));
+        Self { tx, side, tracker: tracker.clone() }
     }
 }
 
@@ -123,17 +191,40 @@ struct Writer {
     gives_up_at: Arc<std::sync::OnceLock<tokio::time::Instant>>,
 }
 
-async fn write_loop(writer: Writer, mut rx: mpsc::Receiver<Job>, committed: Arc<Notify>) {
+async fn write_loop(writer: Writer, mut rx: mpsc::Receiver<Job>, side: Arc<Side>, committed: Arc<Notify>) {
     let cancel = writer.cancel.clone();
     loop {
         let first = tokio::select! {
             job = rx.recv() => job,
+            // Events nobody awaits: linger for more (or for a job that carries them), then take them.
+            () = side.filled.notified() => tokio::select! {
+                job = rx.recv() => job,
+                () = tokio::time::sleep(LINGER) => Some(Job { items: side.take(), ack: None }),
+                () = cancel.cancelled() => Some(Job { items: side.take(), ack: None }),
+            },
             // On shutdown, stop taking new work but drain what is queued.
             () = cancel.cancelled() => { rx.close(); rx.recv().await }
         };
-        let Some(first) = first else { return };
+        let Some(first) = first else {
+            // Closed and drained: what the side queue still holds is written last.
+            let rest = side.take();
+            if !rest.is_empty() {
+                let items: Vec<&Pending> = rest.iter().collect();
+                let result = writer.write_with_retry(&items).await;
+                finish(Vec::new(), result, &committed);
+            }
+            return;
+        };
         let mut jobs = vec![first];
         gather(&mut rx, &mut jobs, &cancel).await;
+        // What was emitted meanwhile rides along, after every job already gathered.
+        let later = side.take();
+        if !later.is_empty() {
+            jobs.push(Job { items: later, ack: None });
+        }
+        if jobs.iter().all(|j| j.items.is_empty()) {
+            continue;
+        }
         // The group borrows its jobs' items: nothing is copied to write them.
         let items: Vec<&Pending> = jobs.iter().flat_map(|j| j.items.iter()).collect();
         let result = writer.write_with_retry(&items).await;
