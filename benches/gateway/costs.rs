@@ -2,11 +2,15 @@
 //! `docs/scaling.md`. Steward runs with PostgreSQL, Redis and the broker
 //! (`STEWARD_BENCH_POSTGRES_URL`, `STEWARD_BENCH_REDIS_URL`,
 //! `STEWARD_BENCH_KAFKA`; the semantic layer off, which costs no service
-//! anything), serves warm-up turns, then `STEWARD_BENCH_TURNS` (200) turns
-//! at each concurrency of `STEWARD_BENCH_COST_CLIENTS` (1,16); the deltas of
-//! the services' own counters and of the bytes on Steward's sockets to each,
-//! divided by the turns, are printed. Run it alone on the services: Redis's
-//! command counts and PostgreSQL's WAL are the whole server's.
+//! anything; the tenant limits on, at values no turn reaches, so their
+//! Redis scripts run as in production), serves warm-up turns, then
+//! `STEWARD_BENCH_SECONDS` (5) of turns at each concurrency of
+//! `STEWARD_BENCH_COST_CLIENTS` (1,16,64); the deltas of the services' own
+//! counters and of the bytes on Steward's sockets to each, divided by the
+//! turns stored meanwhile, are printed, with the statements PostgreSQL ran
+//! most often (`pg_stat_statements`, when loaded). Run it alone on the
+//! services: Redis's command counts and PostgreSQL's WAL are the whole
+//! server's.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -23,6 +27,8 @@ use super::{env_or, prompt, start_steward, steward_env, Config};
 /// The counters read before and after the measured turns.
 #[derive(Debug, Default, Clone, Copy)]
 struct Counters {
+    /// Turns stored so far.
+    turns: f64,
     pg_commits: f64,
     pg_rows_written: f64,
     pg_statements: Option<f64>,
@@ -39,11 +45,17 @@ pub async fn run(replay: &Replay, up_port: u16, dir: &Path) {
     let redis_url = std::env::var("STEWARD_BENCH_REDIS_URL").expect("STEWARD_BENCH_REDIS_URL");
     let kafka = std::env::var("STEWARD_BENCH_KAFKA").expect("STEWARD_BENCH_KAFKA");
     let ports = [port_of(&admin, 5432), port_of(&redis_url, 6379), port_of(&kafka, 9092)];
-    let turns = env_or("STEWARD_BENCH_TURNS", 200u64);
+    let seconds = Duration::from_secs_f64(env_or("STEWARD_BENCH_SECONDS", 5.0));
     let config =
         Config { name: "full-off".into(), semantic: false, overlapped: false, full: true, binary: env!("CARGO_BIN_EXE_steward").into(), root: super::root() };
     let port = free_port();
-    let env = steward_env(&config, up_port, port, dir, &[]).await;
+    let limits_on = [
+        ("STEWARD_LIMITS__MAX_CONCURRENT_STREAMS", "100000".to_owned()),
+        ("STEWARD_LIMITS__REQUESTS_PER_SECOND", "100000".to_owned()),
+        ("STEWARD_LIMITS__BURST", "100000".to_owned()),
+        ("STEWARD_LIMITS__TOKENS_PER_MINUTE", "1000000000".to_owned()),
+    ];
+    let env = steward_env(&config, up_port, port, dir, &limits_on).await;
     let database = env.vars.iter().find(|(k, _)| k == "STEWARD_DATABASE__URL").map(|(_, v)| v.clone()).unwrap();
     let (steward, key) = start_steward(&env, port, &dir.join("steward-costs.log")).await;
     let db = sqlx::postgres::PgPoolOptions::new().max_connections(1).connect(&database).await.expect("bench database");
@@ -59,23 +71,29 @@ pub async fn run(replay: &Replay, up_port: u16, dir: &Path) {
     };
     let http = reqwest::Client::builder().tcp_nodelay(true).pool_max_idle_per_host(64).build().expect("client");
     closed_loop_turns(&http, &target, 0, 20).await;
-    println!("costs per turn with PostgreSQL, Redis and the broker ({} tokens, semantic layer off; {turns} turns per level)", replay.tokens);
+    println!("costs per turn with PostgreSQL, Redis and the broker ({} tokens, semantic layer off, tenant limits on; {seconds:?} per level)", replay.tokens);
     println!("\n| clients | PG commits | PG rows written | PG statements | PG WAL bytes | bytes to / from PG | Redis commands | bytes to / from Redis | Kafka records | Kafka payload bytes | bytes to / from the broker |");
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
-    let mut next = 1_000_000;
-    for clients in std::env::var("STEWARD_BENCH_COST_CLIENTS").unwrap_or_else(|_| "1,16".into()).split(',').filter_map(|c| c.trim().parse::<usize>().ok()) {
+    let mut breakdowns = Vec::new();
+    for clients in std::env::var("STEWARD_BENCH_COST_CLIENTS").unwrap_or_else(|_| "1,16,64".into()).split(',').filter_map(|c| c.trim().parse::<usize>().ok()) {
         // Let the relay publish what is queued, and the statistics settle, before each reading.
         tokio::time::sleep(Duration::from_secs(3)).await;
         let before = read(&db, statements, &redis, steward.id(), ports).await;
-        let served = if clients == 1 {
-            closed_loop_turns(&http, &target, next, turns).await.completion_ms.len() as u64
-        } else {
-            turns_at(&http, &target, clients, turns).await
-        };
-        next += turns * 2;
+        let calls_before = statement_calls(&db, statements).await;
+        closed_loop(&http, &target, clients, Duration::ZERO, seconds).await;
         tokio::time::sleep(Duration::from_secs(3)).await;
         let after = read(&db, statements, &redis, steward.id(), ports).await;
-        let per = |a: f64, b: f64| (a - b) / served as f64;
+        // Every turn stored meanwhile, whichever loop it ended in: the divisor.
+        let served = after.turns - before.turns;
+        let per = |a: f64, b: f64| (a - b) / served;
+        let calls_after = statement_calls(&db, statements).await;
+        let mut top: Vec<(f64, String)> = calls_after
+            .iter()
+            .map(|(query, calls)| (per(*calls, calls_before.get(query).copied().unwrap_or(0.0)), query.clone()))
+            .filter(|(n, _)| *n >= 0.005)
+            .collect();
+        top.sort_by(|a, b| b.0.total_cmp(&a.0));
+        breakdowns.push((clients, top));
         let pair = |i: usize| format!("{:.0} / {:.0}", per(after.socket[i].0, before.socket[i].0), per(after.socket[i].1, before.socket[i].1));
         println!(
             "| {clients} | {:.2} | {:.2} | {} | {:.0} | {} | {:.2} | {} | {:.2} | {:.0} | {} |",
@@ -94,15 +112,30 @@ pub async fn run(replay: &Replay, up_port: u16, dir: &Path) {
     if !statements {
         println!("(PG statements: pg_stat_statements is not loaded; shared_preload_libraries = 'pg_stat_statements' adds the column)");
     }
+    for (clients, top) in breakdowns {
+        println!("\nPostgreSQL statements per turn at c={clients}:");
+        for (calls, query) in top.iter().take(12) {
+            let query: String = query.split_whitespace().collect::<Vec<_>>().join(" ").chars().take(110).collect();
+            println!("  {calls:6.2}  {query}");
+        }
+    }
     drop(steward);
 }
 
-/// About `turns` turns at `clients` concurrency (a closed loop sized to end near that count).
-async fn turns_at(http: &reqwest::Client, target: &Target, clients: usize, turns: u64) -> u64 {
-    // A short probe gives the rate; the measured loop runs for as long as `turns` take at it.
-    let probe = closed_loop(http, target, clients, Duration::ZERO, Duration::from_secs(1)).await;
-    let seconds = (turns as f64 / probe.rate().max(1.0)).max(0.5);
-    closed_loop(http, target, clients, Duration::ZERO, Duration::from_secs_f64(seconds)).await.completion_ms.len() as u64
+/// Calls so far of each statement PostgreSQL ran for this database (`pg_stat_statements`).
+async fn statement_calls(db: &sqlx::PgPool, statements: bool) -> std::collections::HashMap<String, f64> {
+    if !statements {
+        return Default::default();
+    }
+    let rows = sqlx::query("SELECT query, calls::float8 FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())")
+        .fetch_all(db)
+        .await
+        .unwrap_or_default();
+    let mut calls = std::collections::HashMap::new();
+    for row in rows {
+        *calls.entry(row.get::<String, _>(0)).or_insert(0.0) += row.get::<f64, _>(1);
+    }
+    calls
 }
 
 fn port_of(url: &str, default: u16) -> u16 {
@@ -153,7 +186,9 @@ async fn read(db: &sqlx::PgPool, statements: bool, redis: &Redis, pid: u32, port
         None
     };
     let outbox = sqlx::query("SELECT count(*)::float8, coalesce(sum(octet_length(payload)), 0)::float8 FROM outbox").fetch_one(db).await.unwrap();
+    let turns: f64 = sqlx::query("SELECT count(*)::float8 FROM turns").fetch_one(db).await.unwrap().get(0);
     Counters {
+        turns,
         pg_commits: stats.get(0),
         pg_rows_written: stats.get(1),
         pg_statements,

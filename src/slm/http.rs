@@ -1,8 +1,9 @@
-//! OpenAI-compatible streaming adapter (vLLM, llama.cpp, Ollama, TGI).
+//! OpenAI-compatible streaming adapter (vLLM, llama.cpp, Ollama, TGI): the
+//! request, the answer's events read by [`SseData`], each chunk parsed into
+//! [`ModelEvent`]s, under the connect, first-token, idle and total deadlines.
 
 use std::time::Duration;
 
-use eventsource_stream::Eventsource;
 use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
 use serde::Deserialize;
@@ -10,6 +11,7 @@ use serde_json::json;
 use tokio::time::{timeout_at, Instant};
 
 use super::clients::PerThread;
+use super::sse::SseData;
 use super::types::{Deadline, ModelEvent, ModelRequest, SlmError, Usage};
 use super::ToolCallPart;
 use super::{ModelClient, ModelStream};
@@ -188,7 +190,8 @@ impl ModelClient for HttpModelClient {
                 Err(SlmError::Status { status, body })?;
                 return;
             }
-            let mut events = response.bytes_stream().eventsource();
+            let mut body = response.bytes_stream();
+            let (mut sse, mut events) = (SseData::default(), Vec::new());
             let mut seen_content = false;
             // One timer for the three deadlines: an event only notes its time, and the
             // timer, when it fires, either ends the stream or moves to the next due time.
@@ -196,10 +199,10 @@ impl ModelClient for HttpModelClient {
             let mut last = Instant::now();
             let timer = tokio::time::sleep_until(due(false, last));
             tokio::pin!(timer);
-            loop {
+            'read: loop {
                 let next = tokio::select! {
                     biased;
-                    next = events.next() => Some(next),
+                    next = body.next() => Some(next),
                     () = &mut timer => None,
                 };
                 let Some(next) = next else {
@@ -212,22 +215,26 @@ impl ModelClient for HttpModelClient {
                     continue;
                 };
                 last = Instant::now();
-                let Some(event) = next else { break };
-                let event = event.map_err(|e| SlmError::Stream(Box::new(e)))?;
-                if event.data.trim() == "[DONE]" {
-                    break;
-                }
-                if event.data.trim().is_empty() {
-                    continue;
-                }
-                for item in parse_chunk(&event.data)? {
-                    if !seen_content && item.is_answer() {
-                        // From the first content on, the idle deadline applies, and it may be
-                        // nearer than the first-token deadline the timer is set for.
-                        seen_content = true;
-                        timer.as_mut().reset(due(true, last));
+                let Some(bytes) = next else { break };
+                let bytes = bytes.map_err(|e| SlmError::Stream(Box::new(e)))?;
+                sse.feed(&bytes, &mut events).map_err(|_| SlmError::Protocol("an event that is not UTF-8".into()))?;
+                for data in std::mem::take(&mut events) {
+                    let data = data.trim();
+                    if data == "[DONE]" {
+                        break 'read;
                     }
-                    yield item;
+                    if data.is_empty() {
+                        continue;
+                    }
+                    for item in parse_chunk(data)? {
+                        if !seen_content && item.is_answer() {
+                            // From the first content on, the idle deadline applies, and it may be
+                            // nearer than the first-token deadline the timer is set for.
+                            seen_content = true;
+                            timer.as_mut().reset(due(true, last));
+                        }
+                        yield item;
+                    }
                 }
             }
         })
@@ -289,13 +296,14 @@ mod tests {
         assert!(matches!(parse_chunk("{not json"), Err(SlmError::Protocol(_))));
     }
 
-    #[tokio::test]
-    async fn sse_framing_survives_arbitrary_network_chunking() {
+    #[test]
+    fn sse_framing_survives_arbitrary_network_chunking() {
         let body = ": keep-alive\n\ndata: {\"choices\":[{\"delta\":{\"content\":\"Hel\"}}]}\n\ndata: {\"choices\":[{\"delta\":{\"content\":\"lo\"},\"finish_reason\":\"stop\"}]}\r\n\r\ndata: [DONE]\n\n";
         for split in 1..body.len() {
-            let pieces: Vec<Result<bytes::Bytes, std::io::Error>> = body.as_bytes().chunks(split).map(|c| Ok(bytes::Bytes::copy_from_slice(c))).collect();
-            let events: Vec<_> = futures_util::stream::iter(pieces).eventsource().collect().await;
-            let data: Vec<String> = events.into_iter().map(|e| e.unwrap().data).collect();
+            let (mut sse, mut data) = (SseData::default(), Vec::new());
+            for piece in body.as_bytes().chunks(split) {
+                sse.feed(piece, &mut data).unwrap();
+            }
             assert_eq!(data.len(), 3, "split {split}");
             assert_eq!(data[2], "[DONE]");
             assert_eq!(parse_chunk(&data[0]).unwrap(), vec![ModelEvent::Delta("Hel".into())]);

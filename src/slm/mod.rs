@@ -13,6 +13,7 @@ mod fair;
 mod form;
 mod http;
 mod router;
+mod sse;
 mod types;
 
 use std::pin::Pin;
