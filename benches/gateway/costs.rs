@@ -13,16 +13,14 @@
 //! server's.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::json;
 use sqlx::Row;
 
-use super::load::{closed_loop, closed_loop_turns, Target};
+use super::load::{closed_loop, closed_loop_turns};
 use super::process::free_port;
 use super::upstream::Replay;
-use super::{env_or, prompt, start_steward, steward_env, Config};
+use super::{chat_target, env_or, start_steward, steward_env, Config};
 
 /// The counters read before and after the measured turns.
 #[derive(Debug, Default, Clone, Copy)]
@@ -63,12 +61,7 @@ pub async fn run(replay: &Replay, up_port: u16, dir: &Path) {
         && sqlx::query("SELECT 1 FROM pg_stat_statements LIMIT 1").execute(&db).await.is_ok();
     let redis = redis_client(&redis_url);
     let tokens = replay.tokens;
-    let target = Target {
-        url: format!("http://127.0.0.1:{port}/v1/chat/stream"),
-        bearer: Some(key),
-        body: Arc::new(move |n| json!({ "message": prompt(n), "max_tokens": tokens, "temperature": 0 })),
-        content_marker: b"event: delta",
-    };
+    let target = chat_target(port, key, tokens);
     let http = reqwest::Client::builder().tcp_nodelay(true).pool_max_idle_per_host(64).build().expect("client");
     closed_loop_turns(&http, &target, 0, 20).await;
     println!("costs per turn with PostgreSQL, Redis and the broker ({} tokens, semantic layer off, tenant limits on; {seconds:?} per level)", replay.tokens);

@@ -8,15 +8,12 @@
 //! work: system calls and the wake-ups of threads count only their user side.)
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::json;
-
-use super::load::{closed_loop_turns, Target};
+use super::load::closed_loop_turns;
 use super::process::free_port;
 use super::upstream::Replay;
-use super::{configs, env_or, prompt, start_steward_under, steward_env};
+use super::{chat_target, configs, env_or, start_steward_under, steward_env};
 
 /// Instructions per turn of each configuration (`STEWARD_BENCH_STEWARD`, by default
 /// `embedded-off,embedded-on`).
@@ -34,12 +31,7 @@ pub async fn run(replay: &Replay, up_port: u16, dir: &Path) {
         let log = dir.join(format!("steward-callgrind-{}.log", config.name.replace(' ', "-")));
         let (steward, key) = start_steward_under(&env, &wrapper, port, &log, Duration::from_secs(900)).await;
         let tokens = replay.tokens;
-        let target = Target {
-            url: format!("http://127.0.0.1:{port}/v1/chat/stream"),
-            bearer: Some(key),
-            body: Arc::new(move |n| json!({ "message": prompt(n), "max_tokens": tokens, "temperature": 0 })),
-            content_marker: b"event: delta",
-        };
+        let target = chat_target(port, key, tokens);
         let http = reqwest::Client::builder().tcp_nodelay(true).build().expect("client");
         let warm = closed_loop_turns(&http, &target, 0, warmup).await;
         assert_eq!(warm.completion_ms.len() as u64, warmup, "every warm-up turn was answered ({} failed)", warm.failures);

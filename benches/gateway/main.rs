@@ -104,6 +104,16 @@ fn configs() -> Vec<Config> {
     configs
 }
 
+/// Streaming turns of `tokens` tokens through Steward's `/v1/chat/stream` on `port`, a distinct prompt each.
+fn chat_target(port: u16, key: String, tokens: usize) -> Target {
+    Target {
+        url: format!("http://127.0.0.1:{port}/v1/chat/stream"),
+        bearer: Some(key),
+        body: Arc::new(move |n| json!({ "message": prompt(n), "max_tokens": tokens, "temperature": 0 })),
+        content_marker: b"event: delta",
+    }
+}
+
 /// Steward's settings for `config`, isolated by a fresh name for this run.
 async fn steward_env(config: &Config, upstream_port: u16, port: u16, dir: &Path, extra: &[(&str, String)]) -> StewardEnv {
     let root = &config.root;
@@ -237,12 +247,7 @@ async fn two_upstreams(rows: &mut Vec<Row>, replay: &Replay, up_port: u16, dir: 
         let port = free_port();
         let env = steward_env(&config, up_port, port, dir, &[("STEWARD_SLM__UPSTREAMS", upstreams), ("STEWARD_SLM__MAX_CONCURRENT", "0".into())]).await;
         let (steward, key) = start_steward(&env, port, &dir.join(format!("steward-two-{killed}.log"))).await;
-        let target = Target {
-            url: format!("http://127.0.0.1:{port}/v1/chat/stream"),
-            bearer: Some(key),
-            body: Arc::new(move |n| json!({ "message": prompt(n), "max_tokens": tokens, "temperature": 0 })),
-            content_marker: b"event: delta",
-        };
+        let target = chat_target(port, key, tokens);
         if !killed {
             run_levels(rows, "steward over two upstreams", &steward, &target, levels, warmup, measure).await;
             continue;
@@ -343,12 +348,7 @@ async fn bench() {
         let (steward, key) = start_steward(&env, port, &log).await;
         let (rss, _) = steward.memory_kib();
         println!("steward {}: RSS at rest {:.1} MiB", config.name, rss as f64 / 1024.0);
-        let target = Target {
-            url: format!("http://127.0.0.1:{port}/v1/chat/stream"),
-            bearer: Some(key),
-            body: Arc::new(move |n| json!({ "message": prompt(n), "max_tokens": tokens, "temperature": 0 })),
-            content_marker: b"event: delta",
-        };
+        let target = chat_target(port, key, tokens);
         run_levels(&mut rows, &format!("steward {}", config.name), &steward, &target, &levels, warmup, measure).await;
     }
     if std::env::var("STEWARD_BENCH_TWO_UPSTREAMS").as_deref() != Ok("off") {

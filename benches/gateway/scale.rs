@@ -7,15 +7,11 @@
 //! instance adds on this machine, not what it adds on its own host.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::json;
-
-use super::load::Target;
 use super::process::{free_port, wait_healthy};
 use super::upstream::Replay;
-use super::{env_or, nginx, prompt, run_levels, start_steward_under, steward_env, Config, Row};
+use super::{chat_target, env_or, nginx, run_levels, start_steward_under, steward_env, Config, Row};
 
 pub async fn run(replay: &Replay, up_port: u16, dir: &Path) -> Vec<Row> {
     let binary = nginx::binary().expect("scale needs nginx (apt-get install nginx)");
@@ -44,12 +40,7 @@ pub async fn run(replay: &Replay, up_port: u16, dir: &Path) -> Vec<Row> {
         let proxy = nginx::serve(binary, port, &ports, dir);
         wait_healthy("nginx", &format!("http://127.0.0.1:{port}/health"), Duration::from_secs(10)).await;
         let key = key.clone();
-        let target = Target {
-            url: format!("http://127.0.0.1:{port}/v1/chat/stream"),
-            bearer: Some(key),
-            body: Arc::new(move |n| json!({ "message": prompt(n), "max_tokens": tokens, "temperature": 0 })),
-            content_marker: b"event: delta",
-        };
+        let target = chat_target(port, key, tokens);
         let name = format!("{instances} steward instance{} behind nginx, pinned", if instances == 1 { "" } else { "s" });
         run_levels(&mut rows, &name, &proxy, &target, &levels, warmup, measure).await;
     }
