@@ -30,6 +30,15 @@ pub enum DbError {
 }
 
 impl Backend {
+    /// The backend of an open connection.
+    pub fn of(conn: &sqlx::AnyConnection) -> Self {
+        if conn.backend_name().eq_ignore_ascii_case("postgresql") {
+            Self::Postgres
+        } else {
+            Self::Sqlite
+        }
+    }
+
     /// The `VALUES` list of a multi-row statement: `rows` rows of `cols`
     /// parameters, bound in order. PostgreSQL gets `($1, $2), ($3, $4)`;
     /// SQLite gets `(?, ?), (?, ?)`, because it finds a numbered parameter by

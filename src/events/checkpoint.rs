@@ -233,6 +233,10 @@ impl TxWrite for Covered {
             Ok(())
         })
     }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
 }
 
 #[cfg(test)]

@@ -20,7 +20,7 @@ mod turn_data;
 mod writer;
 
 pub use model::{canonical_bytes, event_hash, ConversationEvent, EventType, NewEvent, TurnContext, CONVERSATION_SCHEMA, ZERO_HASH};
-pub use outbox::{OutboxRow, OutboxStore, Pending, TxWrite};
+pub use outbox::{BatchWrite, OutboxRow, OutboxStore, Pending, TxWrite};
 pub use relay::{EventPublisher, PublishError, Relay};
 pub use settings::{KafkaSettings, OutboxSettings};
 pub use turn_data::{RefusedCategory, TurnData};

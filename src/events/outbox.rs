@@ -21,7 +21,21 @@ use crate::db::{now_ms, runs, Backend, Database};
 /// not stored, and its caller gets `EventsError::Conflict`.
 pub trait TxWrite: Send + Sync + std::fmt::Debug {
     fn write<'c>(&'c self, conn: &'c mut sqlx::AnyConnection) -> BoxFuture<'c, Result<(), sqlx::Error>>;
+
+    /// For writes that go many rows per statement (a turn's row): their kind
+    /// and the function that writes every write of that kind in a batch at
+    /// once, after the batch's other writes, in their order. `None`: written
+    /// alone, where it stands in the batch.
+    fn batched(&self) -> Option<(&'static str, BatchWrite)> {
+        None
+    }
+
+    /// The write itself, for a [`BatchWrite`] to read its own kind back.
+    fn as_any(&self) -> &dyn std::any::Any;
 }
+
+/// Writes several writes of one kind (see [`TxWrite::batched`]) in a transaction.
+pub type BatchWrite = for<'c> fn(&'c [&'c dyn TxWrite], &'c mut sqlx::AnyConnection, Backend) -> BoxFuture<'c, Result<(), sqlx::Error>>;
 
 /// Something to put in the outbox.
 #[derive(Debug, Clone)]
@@ -99,6 +113,7 @@ impl OutboxStore {
         let fencing = fencing_high_water(&mut tx, batch).await?;
         let now = now_ms();
         let mut rows = Vec::with_capacity(batch.len());
+        let mut grouped: Vec<(&'static str, BatchWrite, Vec<&dyn TxWrite>)> = Vec::new();
         for item in batch {
             match item.borrow() {
                 Pending::Conversation(new) => {
@@ -139,11 +154,20 @@ impl OutboxStore {
                     rows.push(NewRow::record(topic, key, event_type, payload, headers));
                 }
                 Pending::Record { topic, key, event_type, payload, headers } => rows.push(NewRow::record(topic, key, event_type, payload.to_string(), headers)),
-                Pending::Write(write) => write.write(&mut tx).await?,
+                Pending::Write(write) => match write.batched() {
+                    None => write.write(&mut tx).await?,
+                    Some((kind, writer)) => match grouped.iter_mut().find(|(k, _, _)| *k == kind) {
+                        Some((_, _, writes)) => writes.push(&**write),
+                        None => grouped.push((kind, writer, vec![&**write])),
+                    },
+                },
             }
         }
-        // Many rows per statement: ids follow the order of the rows, so each chain's events keep their order.
         let backend = self.db.backend();
+        for (_, writer, writes) in &grouped {
+            writer(writes, &mut tx, backend).await?;
+        }
+        // Many rows per statement: ids follow the order of the rows, so each chain's events keep their order.
         for chunk in runs(&rows, ROWS_PER_STATEMENT) {
             let sql = format!(
                 "INSERT INTO outbox (topic, record_key, session_id, event_type, payload, headers, created_at) VALUES {} RETURNING id",

@@ -4,7 +4,7 @@ use futures_util::future::BoxFuture;
 use sqlx::Row;
 
 use super::turn::FinishReason;
-use crate::db::{now_ms, Database};
+use crate::db::{now_ms, Backend, Database};
 use crate::events::TxWrite;
 use crate::ids::{SessionId, TurnId};
 use crate::slm::{ChatMessage, Role};
@@ -90,7 +90,7 @@ impl ConversationStore {
     /// Stores a finished turn on its own (outside an outbox batch).
     pub async fn record(&self, turn: &TurnRecord) -> Result<(), sqlx::Error> {
         let mut tx = self.db.pool().begin().await?;
-        RecordTurn(turn.clone()).insert(&mut tx).await?;
+        RecordTurn::insert_all(&[&RecordTurn(turn.clone())], &mut tx, self.db.backend()).await?;
         tx.commit().await
     }
 
@@ -270,48 +270,83 @@ pub struct StoredTurn {
 #[derive(Debug)]
 pub struct RecordTurn(pub TurnRecord);
 
+/// Turn rows per statement (15 parameters each, far under either backend's limit).
+const TURNS_PER_STATEMENT: usize = 50;
+
+/// The columns of a turn's row as written, in the order `insert_all` binds them.
+const TURN_INSERT_COLUMNS: &str = "id, session_id, tenant, user_message, assistant_message, finish_reason, policy_verdict, \
+    constitution_hash, trace_id, prompt_tokens, completion_tokens, created_at, completed_at, preamble, output_code";
+
 impl RecordTurn {
-    async fn insert(&self, conn: &mut sqlx::AnyConnection) -> Result<(), sqlx::Error> {
-        let turn = &self.0;
+    /// Writes every turn of a batch (and its session, where new) with two
+    /// statements per 50 turns. A turn is written only into a session of its
+    /// own tenant; one already stored is left as it is (a retried batch).
+    async fn insert_all(turns: &[&RecordTurn], conn: &mut sqlx::AnyConnection, backend: Backend) -> Result<(), sqlx::Error> {
         // PostgreSQL text cannot hold NUL; a model may still emit one.
         let clean = |s: &str| s.replace('\0', "\u{fffd}");
-        sqlx::query("INSERT INTO sessions (id, tenant, created_at) VALUES ($1, $2, $3) ON CONFLICT (id) DO NOTHING")
-            .bind(turn.session_id.as_str())
-            .bind(&turn.tenant)
-            .bind(turn.created_at)
-            .execute(&mut *conn)
-            .await?;
-        sqlx::query(
-            "INSERT INTO turns (id, session_id, tenant, user_message, assistant_message, finish_reason, policy_verdict, \
-             constitution_hash, trace_id, prompt_tokens, completion_tokens, created_at, completed_at, preamble, output_code) \
-             SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15 \
-             WHERE EXISTS (SELECT 1 FROM sessions WHERE id = $2 AND tenant = $3) \
-             ON CONFLICT (id) DO NOTHING",
-        )
-        .bind(turn.turn_id.as_str())
-        .bind(turn.session_id.as_str())
-        .bind(&turn.tenant)
-        .bind(clean(&turn.user_message))
-        .bind(clean(&turn.assistant_message))
-        .bind(turn.finish_reason.as_str())
-        .bind(&turn.policy_verdict)
-        .bind(&turn.constitution_hash)
-        .bind(&turn.trace_id)
-        .bind(turn.prompt_tokens)
-        .bind(turn.completion_tokens)
-        .bind(turn.created_at)
-        .bind(now_ms())
-        .bind(clean(&turn.preamble))
-        .bind(turn.output_code.as_deref())
-        .execute(&mut *conn)
-        .await?;
+        let now = now_ms();
+        for chunk in turns.chunks(TURNS_PER_STATEMENT) {
+            let sql = format!("INSERT INTO sessions (id, tenant, created_at) VALUES {} ON CONFLICT (id) DO NOTHING", backend.values(chunk.len(), 3));
+            let mut sessions = sqlx::query(&sql);
+            for RecordTurn(turn) in chunk {
+                sessions = sessions.bind(turn.session_id.as_str()).bind(&turn.tenant).bind(turn.created_at);
+            }
+            sessions.execute(&mut *conn).await?;
+            // The rows as a table `v`, its integers cast so PostgreSQL types them (SQLite accepts the casts as they are).
+            let rows = backend.values(chunk.len(), 15);
+            let sql = format!(
+                "WITH v ({TURN_INSERT_COLUMNS}) AS (VALUES {rows}) \
+                 INSERT INTO turns ({TURN_INSERT_COLUMNS}) \
+                 SELECT id, session_id, tenant, user_message, assistant_message, finish_reason, policy_verdict, constitution_hash, trace_id, \
+                 CAST(prompt_tokens AS BIGINT), CAST(completion_tokens AS BIGINT), CAST(created_at AS BIGINT), CAST(completed_at AS BIGINT), \
+                 preamble, output_code FROM v \
+                 WHERE EXISTS (SELECT 1 FROM sessions s WHERE s.id = v.session_id AND s.tenant = v.tenant) \
+                 ON CONFLICT (id) DO NOTHING"
+            );
+            let mut insert = sqlx::query(&sql);
+            for RecordTurn(turn) in chunk {
+                insert = insert
+                    .bind(turn.turn_id.as_str())
+                    .bind(turn.session_id.as_str())
+                    .bind(&turn.tenant)
+                    .bind(clean(&turn.user_message))
+                    .bind(clean(&turn.assistant_message))
+                    .bind(turn.finish_reason.as_str())
+                    .bind(&turn.policy_verdict)
+                    .bind(&turn.constitution_hash)
+                    .bind(&turn.trace_id)
+                    .bind(turn.prompt_tokens)
+                    .bind(turn.completion_tokens)
+                    .bind(turn.created_at)
+                    .bind(now)
+                    .bind(clean(&turn.preamble))
+                    .bind(turn.output_code.as_deref());
+            }
+            insert.execute(&mut *conn).await?;
+        }
         Ok(())
     }
 }
 
+fn write_turns<'c>(writes: &'c [&'c dyn TxWrite], conn: &'c mut sqlx::AnyConnection, backend: Backend) -> BoxFuture<'c, Result<(), sqlx::Error>> {
+    Box::pin(async move {
+        let turns: Vec<&RecordTurn> = writes.iter().filter_map(|w| w.as_any().downcast_ref::<RecordTurn>()).collect();
+        RecordTurn::insert_all(&turns, conn, backend).await
+    })
+}
+
 impl TxWrite for RecordTurn {
     fn write<'c>(&'c self, conn: &'c mut sqlx::AnyConnection) -> BoxFuture<'c, Result<(), sqlx::Error>> {
-        Box::pin(self.insert(conn))
+        let backend = Backend::of(conn);
+        Box::pin(async move { RecordTurn::insert_all(&[self], conn, backend).await })
+    }
+
+    fn batched(&self) -> Option<(&'static str, crate::events::BatchWrite)> {
+        Some(("turns", write_turns))
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
     }
 }
 
