@@ -107,17 +107,20 @@ impl EventLog {
     /// items: taken and sent under the side queue's lock while the channel has
     /// room, so no event emitted later can be written ahead of them.
     async fn send(&self, items: Vec<Pending>, ack: Option<oneshot::Sender<Result<(), EventsError>>>) -> Result<(), EventsError> {
-        let job = {
-            let mut side = self.side.items.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            let mut all = std::mem::take(&mut *side);
-            all.extend(items);
-            match self.tx.try_send(Job { items: all, ack }) {
-                Ok(()) => return Ok(()),
-                Err(mpsc::error::TrySendError::Closed(_)) => return Err(EventsError::Stopped),
-                Err(mpsc::error::TrySendError::Full(job)) => job,
-            }
-        };
-        self.tx.send(job).await.map_err(|_| EventsError::Stopped)
+        match self.try_send_carrying(items, ack) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(EventsError::Stopped),
+            Err(mpsc::error::TrySendError::Full(job)) => self.tx.send(job).await.map_err(|_| EventsError::Stopped),
+        }
+    }
+
+    /// Tries to send `items` as a job, the side queue's items ahead of them
+    /// (taken under its lock, so the order holds; see [`EventLog::send`]).
+    fn try_send_carrying(&self, items: Vec<Pending>, ack: Option<oneshot::Sender<Result<(), EventsError>>>) -> Result<(), mpsc::error::TrySendError<Job>> {
+        let mut side = self.side.items.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut all = std::mem::take(&mut *side);
+        all.extend(items);
+        self.tx.try_send(Job { items: all, ack })
     }
 
     /// Queues events without waiting, for code that cannot wait (a `Drop`):
@@ -125,13 +128,7 @@ impl EventLog {
     /// tracker, which shutdown waits for.
     pub fn queue(&self, items: Vec<Pending>) {
         // The side queue goes first, as in `send`: a turn's earlier events may wait there.
-        let sent = {
-            let mut side = self.side.items.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            let mut all = std::mem::take(&mut *side);
-            all.extend(items);
-            self.tx.try_send(Job { items: all, ack: None })
-        };
-        match sent {
+        match self.try_send_carrying(items, None) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(job)) => {
                 let tx = self.tx.clone();
