@@ -138,6 +138,10 @@ impl Gateway {
         self.limits.check_message(&input.message)?;
         for earlier in &input.preamble {
             self.limits.check_earlier(&earlier.content)?;
+            // A replayed tool call's arguments are judged as input too: the same bounds.
+            for call in earlier.tool_calls.iter().flatten() {
+                self.limits.check_earlier(&call.function.arguments)?;
+            }
         }
         let tenant = caller.tenant.as_str();
         if input.preamble.iter().any(|m| m.role == Role::System) && self.caller_system.of(tenant) != CallerSystemPrompt::AfterOperator {

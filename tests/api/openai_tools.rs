@@ -166,3 +166,16 @@ async fn log_probabilities_come_with_the_text_of_their_tokens_streamed_or_not() 
     let plain: Value = app.post("/v1/chat/completions", Some(&key), &json!({ "messages": body["messages"], "max_tokens": 2 })).await.json().await.unwrap();
     assert!(plain["choices"][0]["logprobs"].is_null(), "{plain}");
 }
+
+#[tokio::test]
+async fn a_replayed_tool_call_whose_arguments_are_over_the_message_limit_is_refused_like_a_message() {
+    let app = spawn_app().await;
+    let (_, key) = app.chat_key().await;
+    let arguments = json!({ "city": "x".repeat(9_000) }).to_string();
+    let body = json!({ "messages": [
+        { "role": "user", "content": "What is the weather in Paris?" },
+        { "role": "assistant", "content": null, "tool_calls": [{ "id": "c1", "type": "function", "function": { "name": "get_weather", "arguments": arguments } }] },
+        { "role": "tool", "tool_call_id": "c1", "content": "18 degrees and sunny" },
+    ] });
+    assert_openai_error(app.post("/v1/chat/completions", Some(&key), &body).await, 400, "message_too_long").await;
+}
