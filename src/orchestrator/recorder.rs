@@ -142,6 +142,18 @@ impl Recorder {
         }
     }
 
+    /// The terminal event's data for `outcome`, naming the operator's guard
+    /// only when it refused the answer (its digest is not free).
+    fn end_data(&self, outcome: &TurnOutcome) -> TurnData {
+        let guard = match outcome {
+            TurnOutcome::Refused(hit) if hit.layer == crate::moderation::Layer::Guard => {
+                self.guard.as_ref().and_then(|(policy, judge)| policy.info(&judge.constitution))
+            }
+            _ => None,
+        };
+        outcome.event_data(&self.ended(guard.as_ref()))
+    }
+
     /// The answer's text that reached the client so far.
     pub fn answer(&self) -> &str {
         self.record.as_ref().map_or("", |r| r.assistant_message.as_str())
@@ -184,13 +196,7 @@ impl Recorder {
     /// The future is boxed: awaited only when a turn ends, it would otherwise
     /// size the stream that every open turn holds for its whole life.
     pub fn conclude(&mut self, outcome: TurnOutcome) -> BoxFuture<'_, Vec<TurnEvent>> {
-        let guard = match &outcome {
-            TurnOutcome::Refused(hit) if hit.layer == crate::moderation::Layer::Guard => {
-                self.guard.as_ref().and_then(|(policy, judge)| policy.info(&judge.constitution))
-            }
-            _ => None,
-        };
-        let data = outcome.event_data(&self.ended(guard.as_ref()));
+        let data = self.end_data(&outcome);
         let record = self.take(&outcome);
         Box::pin(async move {
             let stored = match record {
@@ -242,13 +248,7 @@ impl Drop for Recorder {
     fn drop(&mut self) {
         self.stream.ended();
         let outcome = TurnOutcome::Cancelled(CancelReason::ClientDisconnected);
-        let guard = match &outcome {
-            TurnOutcome::Refused(hit) if hit.layer == crate::moderation::Layer::Guard => {
-                self.guard.as_ref().and_then(|(policy, judge)| policy.info(&judge.constitution))
-            }
-            _ => None,
-        };
-        let data = outcome.event_data(&self.ended(guard.as_ref()));
+        let data = self.end_data(&outcome);
         let Some(record) = self.take(&outcome) else {
             return;
         };

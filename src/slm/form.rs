@@ -146,8 +146,11 @@ impl ResponseFormat {
 
     /// Checks an answer against the format: `None` for plain text (nothing to check).
     pub fn check(&self, answer: &str) -> Option<FormatCheck> {
-        let parsed = serde_json::from_str::<Value>(answer);
-        let error = match (self, parsed) {
+        // Plain text (every turn but the facade's JSON ones) costs no parse.
+        if matches!(self, Self::Text) {
+            return None;
+        }
+        let error = match (self, serde_json::from_str::<Value>(answer)) {
             (Self::Text, _) => return None,
             (_, Err(e)) => Some(format!("not JSON: {e}")),
             (Self::JsonObject, Ok(value)) => (!value.is_object()).then(|| "not a JSON object".to_owned()),
