@@ -109,13 +109,28 @@ impl Browser {
         let png = self.call(reqwest::Method::GET, "/screenshot", None).await;
         let dir: PathBuf = manifest_dir().join("target/console-screenshots");
         std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join(format!("{name}.png")), base64::engine::general_purpose::STANDARD.decode(png.as_str().unwrap()).unwrap()).unwrap();
+        std::fs::write(dir.join(format!("{name}.png")), base64::engine::general_purpose::STANDARD.decode(png.as_str().unwrap_or_else(|| panic!("no screenshot: {png}"))).unwrap()).unwrap();
+    }
+
+    /// Clicks `css` and returns once the page it leads to has loaded: a
+    /// click returns when the click is dispatched, and a navigation begun
+    /// next (`go`) would cancel the form's post, cookie and all.
+    async fn click_through(&self, css: &str) {
+        self.script("window.steward_before_click = true").await;
+        self.click(css).await;
+        for _ in 0..100 {
+            if self.script("return window.steward_before_click === undefined && document.readyState === 'complete'").await == json!(true) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("clicking {css} led to no new page within 10 s");
     }
 
     async fn sign_in(&self, app: &TestApp, key: &str) {
         self.go(&format!("{}/console", app.address)).await;
         self.type_into("#key", key).await;
-        self.click("button[type=submit]").await;
+        self.click_through("button[type=submit]").await;
     }
 }
 
