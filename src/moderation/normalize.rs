@@ -133,8 +133,12 @@ fn emit_segment(segment: &str, start: usize, after_space: &mut bool, emit: &mut 
             *after_space = false;
         }
     };
-    for c in segment.nfkc() {
-        fold_char(c, &mut push);
+    // NFKC leaves ASCII as it is: most of a model's answer skips the
+    // normaliser's buffers.
+    if segment.is_ascii() {
+        segment.chars().for_each(|c| fold_char(c, &mut push));
+    } else {
+        segment.nfkc().for_each(|c| fold_char(c, &mut push));
     }
 }
 
