@@ -6,6 +6,7 @@
 //! thread in between, divided by the turns, are the figure. Unlike a time it
 //! does not move with this machine's other load. (It leaves out the kernel's
 //! work: system calls and the wake-ups of threads count only their user side.)
+//! `STEWARD_BENCH_CALLGRIND_DIR` keeps each dump, for a profile.
 
 use std::path::Path;
 use std::time::Duration;
@@ -41,6 +42,7 @@ pub async fn run(replay: &Replay, up_port: u16, dir: &Path) {
         control(steward.id(), "--dump=measured");
         let dump = latest_dump(&out);
         let total = total_instructions(&dump);
+        keep_dump(&dump, &config.name);
         println!("steward {}: {:.2} M instructions per turn ({total} over {turns} turns)", config.name, total as f64 / turns as f64 / 1e6);
         results.push((config.name.clone(), total as f64 / turns as f64));
         drop(steward);
@@ -69,6 +71,16 @@ fn latest_dump(out: &Path) -> std::path::PathBuf {
         .max_by_key(|e| e.metadata().and_then(|m| m.modified()).ok())
         .map(|e| e.path())
         .expect("a callgrind dump")
+}
+
+/// Copies the dump into `STEWARD_BENCH_CALLGRIND_DIR`, when set, for
+/// `callgrind_annotate --inclusive=yes` (the run's own directory is removed).
+fn keep_dump(dump: &Path, config: &str) {
+    let Ok(dir) = std::env::var("STEWARD_BENCH_CALLGRIND_DIR") else { return };
+    std::fs::create_dir_all(&dir).expect("the callgrind directory");
+    let kept = Path::new(&dir).join(format!("callgrind.{}", config.replace([' ', '(', ')'], "")));
+    std::fs::copy(dump, &kept).expect("the dump copied");
+    println!("kept the dump as {}", kept.display());
 }
 
 /// The `summary:` (or `totals:`) line of a dump: instructions executed (Ir).

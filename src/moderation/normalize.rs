@@ -256,7 +256,7 @@ struct Words<'a> {
 
 impl<'a> Words<'a> {
     fn new(folded: &'a [MappedChar]) -> Self {
-        let mut tokens: Vec<Token> = Vec::new();
+        let mut tokens: Vec<Token> = Vec::with_capacity(folded.len().min(64));
         for (i, c) in folded.iter().enumerate() {
             let word = c.ch.is_alphanumeric();
             match tokens.last_mut() {
@@ -302,7 +302,13 @@ impl<'a> Words<'a> {
 
     fn render(&self, open_segment: usize) -> Mapped {
         let open_token = self.open_token(open_segment);
-        let mut mapped = Mapped::default();
+        // Sized once: joining spelled-out letters only shortens the text.
+        let mut mapped = Mapped {
+            text: String::with_capacity(self.folded.iter().map(|c| c.ch.len_utf8()).sum()),
+            chars: Vec::with_capacity(self.folded.len()),
+            cuts: Vec::with_capacity(self.tokens.len() + 1),
+            open: Cut::default(),
+        };
         let mut k = 0;
         while k < self.tokens.len() {
             if self.cuttable(k) || k == open_token {

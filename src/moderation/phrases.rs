@@ -43,9 +43,14 @@ impl PhraseIndex {
     /// prefix of some phrase starts (`text.chars().count()` if there is none):
     /// everything before it can no longer be part of a match.
     pub(super) fn pending_start(&self, text: &str) -> usize {
-        let starts: Vec<usize> = text.char_indices().map(|(i, _)| i).collect();
-        let first = starts.len().saturating_sub(self.longest_chars.saturating_sub(1));
-        (first..starts.len()).find(|&i| self.prefixes.contains(&text[starts[i]..])).unwrap_or(starts.len())
+        // Only the last `longest - 1` chars can begin a proper prefix.
+        let first = text.char_indices().rev().take(self.longest_chars.saturating_sub(1)).last().map_or(text.len(), |(i, _)| i);
+        let before = text[..first].chars().count();
+        let mut candidates = text[first..].char_indices().map(|(i, _)| first + i).enumerate();
+        match candidates.find(|&(_, start)| self.prefixes.contains(&text[start..])) {
+            Some((k, _)) => before + k,
+            None => before + text[first..].chars().count(),
+        }
     }
 
     /// Length of the longest normalised phrase, in chars.

@@ -109,7 +109,11 @@ impl Browser {
         let png = self.call(reqwest::Method::GET, "/screenshot", None).await;
         let dir: PathBuf = manifest_dir().join("target/console-screenshots");
         std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join(format!("{name}.png")), base64::engine::general_purpose::STANDARD.decode(png.as_str().unwrap_or_else(|| panic!("no screenshot: {png}"))).unwrap()).unwrap();
+        std::fs::write(
+            dir.join(format!("{name}.png")),
+            base64::engine::general_purpose::STANDARD.decode(png.as_str().unwrap_or_else(|| panic!("no screenshot: {png}"))).unwrap(),
+        )
+        .unwrap();
     }
 
     /// Clicks `css` and returns once the page it leads to has loaded: a
