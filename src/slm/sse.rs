@@ -26,7 +26,7 @@ impl SseData {
             rest = &rest[1..];
         }
         self.after_cr = false;
-        while let Some(end) = rest.iter().position(|b| *b == b'\n' || *b == b'\r') {
+        while let Some(end) = memchr::memchr2(b'\n', b'\r', rest) {
             let crlf = rest[end] == b'\r' && rest.get(end + 1) == Some(&b'\n');
             if rest[end] == b'\r' && end + 1 == rest.len() {
                 self.after_cr = true;
@@ -62,6 +62,8 @@ impl SseData {
             None => (line, &[][..]),
         };
         if field == b"data" {
+            // One allocation for an event's usual single line and its LF.
+            self.data.reserve(value.len() + 1);
             self.data.extend_from_slice(value);
             self.data.push(b'\n');
             self.has_data = true;
