@@ -62,3 +62,30 @@ impl PhraseIndex {
         category.and_then(|i| self.hits.get(i)).cloned()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn index(phrases: &[&str]) -> PhraseIndex {
+        let phrases: Vec<String> = phrases.iter().map(|p| (*p).to_owned()).collect();
+        PhraseIndex::new(&phrases, vec![0; phrases.len()], Vec::new()).unwrap()
+    }
+
+    #[test]
+    fn pending_start_is_the_char_where_the_longest_suffix_that_could_grow_into_a_phrase_starts() {
+        let index = index(&["kill him", "bomb"]);
+        // "kill h" could become "kill him"; it starts at char 4 (after the multibyte "é").
+        assert_eq!(index.pending_start("thé kill h"), 4);
+        assert_eq!(index.pending_start("a bo"), 2);
+        // Nothing that could grow into a phrase: the whole text is final.
+        assert_eq!(index.pending_start("thé cat"), 7);
+        assert_eq!(index.pending_start(""), 0);
+        // A whole phrase is no proper prefix, but its last "b" could begin another.
+        assert_eq!(index.pending_start("bomb"), 3);
+        assert_eq!(index.pending_start("kill hi"), 0);
+        // The last `longest - 1` (7) chars are looked at: "kill hi" is found at the window's start.
+        assert_eq!(index.pending_start("xkill hi"), 1);
+        assert_eq!(index.pending_start("kill hi!"), 8);
+    }
+}
