@@ -1,13 +1,14 @@
 //! The Redis connections of the Redis adapters (training locks, verdict
 //! ledger, constitution registry, tenant limits): fred, failing fast while
 //! Redis is unreachable and reconnecting in the background; and how each
-//! adapter sends one command ([`one_shot`], [`bounded`]).
+//! adapter sends one command ([`one_shot`], [`bounded`], [`Script`]).
 
 use std::time::Duration;
 
 use fred::clients::SubscriberClient;
 use fred::prelude::*;
 use fred::types::config::ReconnectPolicy;
+use fred::types::{ClusterHash, CustomCommand};
 
 fn builder(url: &str, timeout: Duration) -> Result<Builder, fred::error::Error> {
     let config = Config::from_url(url)?;
@@ -46,5 +47,41 @@ pub async fn bounded<T>(timeout: Duration, call: impl std::future::Future<Output
     match tokio::time::timeout(timeout, call).await {
         Err(_) => Err(format!("no answer within {timeout:?}")),
         Ok(result) => result.map_err(|e| e.to_string()),
+    }
+}
+
+/// A Lua script run by its SHA-1 (`EVALSHA`): a call sends Redis the
+/// digest, not the script's text, and Redis does not hash the text again.
+/// When the server does not hold it (restarted, `SCRIPT FLUSH`, a replica
+/// promoted), `EVAL` sends the text once and the server keeps it again.
+///
+/// Sent as custom commands, so that the options of a [`one_shot`] client
+/// apply: fred gives `WithOptions` no scripting interface, and its `eval`
+/// reached through `Deref` ran on the bare client, without them.
+pub struct Script {
+    text: String,
+    sha1: String,
+}
+
+impl Script {
+    pub fn new(text: impl Into<String>) -> Self {
+        use sha1::Digest;
+        let text = text.into();
+        let sha1 = hex::encode(sha1::Sha1::digest(text.as_bytes()));
+        Self { text, sha1 }
+    }
+
+    pub async fn run<R: FromValue>(&self, client: &impl ClientLike, keys: &[String], args: &[String]) -> Result<R, fred::error::Error> {
+        let call = |command: &'static str, script: &str| {
+            let mut all = Vec::with_capacity(2 + keys.len() + args.len());
+            all.extend([script.to_owned(), keys.len().to_string()]);
+            all.extend(keys.iter().chain(args).cloned());
+            // Routed by the first key, as Redis Cluster routes a script.
+            client.custom::<R, String>(CustomCommand::new_static(command, ClusterHash::Offset(2), false), all)
+        };
+        match call("EVALSHA", &self.sha1).await {
+            Err(error) if error.details().starts_with("NOSCRIPT") => call("EVAL", &self.text).await,
+            done => done,
+        }
     }
 }

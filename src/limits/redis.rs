@@ -1,17 +1,20 @@
 //! The limit store in Redis, shared by every instance: a turn is counted by
 //! one Lua script on the server's clock (one round trip) and ended by
-//! another (its slot given back, its tokens settled). The request rate and
+//! another (its slot given back, its tokens settled), each sent by its
+//! digest ([`Script`]). The request rate and
 //! the tokens per minute are GCRAs (a key per tenant holding its next
 //! theoretical arrival time, of a request or of a token); stream slots are a
 //! sorted set per tenant scored by each slot's lease end, so a slot of an
 //! instance that died frees itself.
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use fred::prelude::*;
 use futures_util::future::BoxFuture;
 
 use super::{Counted, LimitError, LimitStore, TenantLimits};
+use crate::redis_client::Script;
 
 /// One turn, as `LimitStore::count`: KEYS = the tenant's rate key, stream
 /// set and tokens key; ARGV = request emission interval in ms (0: no rate),
@@ -57,6 +60,9 @@ tat = tat + by \
 if tat <= now then redis.call('DEL', KEYS[2]) return 0 end \
 redis.call('SET', KEYS[2], tostring(tat), 'PX', math.ceil(tat - now) + 1000) return 1";
 
+static COUNT_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(COUNT));
+static RELEASE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(RELEASE));
+
 pub struct RedisLimits {
     client: Client,
     prefix: String,
@@ -90,7 +96,7 @@ impl LimitStore for RedisLimits {
                 tokens.to_string(),
             ];
             let client = crate::redis_client::one_shot(&self.client, self.timeout);
-            let reply = client.eval::<Vec<String>, _, _, _>(COUNT, keys, args);
+            let reply = COUNT_SCRIPT.run::<Vec<String>>(&client, &keys, &args);
             let reply = crate::redis_client::bounded(self.timeout, reply).await.map_err(LimitError)?;
             match reply.iter().map(String::as_str).collect::<Vec<_>>()[..] {
                 ["admitted", slot] => Ok(Counted::Admitted { slot: slot == "1" }),
@@ -110,8 +116,9 @@ impl LimitStore for RedisLimits {
         let keys = vec![self.key("streams", &tenant), self.key("tokens", &tenant)];
         let by_ms = limits.token_interval_ms() * tokens as f64;
         let timeout = self.timeout;
+        let args = [slot.unwrap_or_default(), by_ms.to_string()];
         Box::pin(async move {
-            let released = client.eval::<i64, _, _, _>(RELEASE, keys, vec![slot.unwrap_or_default(), by_ms.to_string()]);
+            let released = RELEASE_SCRIPT.run::<i64>(&client, &keys, &args);
             // Not done (Redis unreachable): the slot frees itself at its lease end, and the tenant
             // keeps its reservation, which is at most a minute's worth.
             if let Err(error) = crate::redis_client::bounded(timeout, released).await {

@@ -6,7 +6,7 @@
 //!   published on (the new version), from the same script that makes it.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use fred::clients::SubscriberClient;
@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::constitution::ConstitutionHash;
 use super::registry::{Activation, ActiveSet, ConstitutionRegistry, RegistryError, Scope};
+use crate::redis_client::Script;
 
 /// KEYS: document, active set. ARGV: text, field, hash, channel.
 /// Returns `{previous or '', version, changed 0/1}`.
@@ -35,6 +36,8 @@ local version = redis.call('HINCRBY', KEYS[2], 'version', 1) \
 redis.call('PUBLISH', ARGV[3], version) \
 return 1";
 
+static ACTIVATE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(ACTIVATE));
+static SEED_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(SEED));
 const DEFAULT_FIELD: &str = "default";
 const TENANT_FIELD: &str = "tenant:";
 const VERSION_FIELD: &str = "version";
@@ -128,7 +131,7 @@ impl ConstitutionRegistry for RedisRegistry {
         Box::pin(async move {
             let keys = vec![self.document_key(hash), self.key("active")];
             let args = vec![text.to_owned(), field(scope), hash.to_string(), self.key("changes")];
-            let reply: Vec<String> = self.bounded(self.commands().eval(ACTIVATE, keys, args)).await?;
+            let reply: Vec<String> = self.bounded(ACTIVATE_SCRIPT.run(&self.commands(), &keys, &args)).await?;
             let [previous, version, changed] = <[String; 3]>::try_from(reply).map_err(|r| RegistryError::Corrupt(format!("activation reply {r:?}")))?;
             let previous = if previous.is_empty() { None } else { Some(hash_of(&previous)?) };
             let version = version.parse().map_err(|_| RegistryError::Corrupt(format!("version {version:?}")))?;
@@ -140,7 +143,7 @@ impl ConstitutionRegistry for RedisRegistry {
         Box::pin(async move {
             let keys = vec![self.document_key(hash), self.key("active")];
             let args = vec![text.to_owned(), hash.to_string(), self.key("changes")];
-            let seeded: i64 = self.bounded(self.commands().eval(SEED, keys, args)).await?;
+            let seeded: i64 = self.bounded(SEED_SCRIPT.run(&self.commands(), &keys, &args)).await?;
             Ok(seeded == 1)
         })
     }

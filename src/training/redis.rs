@@ -13,6 +13,7 @@
 //! and carry a deadline the scripts enforce, so a command delivered late does
 //! nothing; the client keeps reconnecting in the background.
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use fred::prelude::*;
@@ -20,6 +21,7 @@ use futures_util::future::BoxFuture;
 use serde::Deserialize;
 
 use super::lock::{Acquired, Expired, LockError, LockInfo, LockRequest, LockStore, Owned};
+use crate::redis_client::Script;
 
 /// Every script starts here: `now` from the server clock, and a refusal to act
 /// once the caller's deadline (the last argument) has passed — while Redis is
@@ -77,6 +79,13 @@ async fn bounded<T>(timeout: Duration, call: impl std::future::Future<Output = R
 /// How far apart Steward's and Redis's clocks may be before every script refuses as late.
 const CLOCK_SKEW_MS: i64 = 1_000;
 
+/// Each script after the prelude, sent by its digest.
+static ACQUIRE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(format!("{PRELUDE}{ACQUIRE}")));
+static RENEW_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(format!("{PRELUDE}{RENEW}")));
+static RELEASE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(format!("{PRELUDE}{RELEASE}")));
+static STATUS_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(format!("{PRELUDE}{STATUS}")));
+static CLAIM_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(format!("{PRELUDE}{CLAIM}")));
+
 #[derive(Deserialize)]
 struct Stored {
     token: String,
@@ -111,11 +120,11 @@ impl RedisLockStore {
         self.key(&format!("lock:{tenant}"))
     }
 
-    async fn eval(&self, script: &str, keys: Vec<String>, mut args: Vec<String>) -> Result<Value, LockError> {
+    async fn eval(&self, script: &LazyLock<Script>, keys: Vec<String>, mut args: Vec<String>) -> Result<Value, LockError> {
         // The deadline is on Steward's clock and checked on Redis's: allow them a second apart.
         args.push((crate::db::now_ms() + self.timeout.as_millis() as i64 + CLOCK_SKEW_MS).to_string());
         let client = self.commands();
-        bounded(self.timeout, client.eval::<Value, _, _, _>(format!("{PRELUDE}{script}"), keys, args)).await
+        bounded(self.timeout, script.run::<Value>(&client, &keys, &args)).await
     }
 
     fn commands(&self) -> fred::clients::WithOptions<Client> {
@@ -157,7 +166,7 @@ impl LockStore for RedisLockStore {
         Box::pin(async move {
             let keys = vec![self.lock_key(tenant), self.key(&format!("fencing:{tenant}")), self.key("expiries"), self.key("tenants")];
             let args = vec![token.into(), owner.into(), reason.into(), ttl.as_millis().to_string(), tenant.into(), floor.to_string()];
-            match Self::reply(self.eval(ACQUIRE, keys, args).await?)? {
+            match Self::reply(self.eval(&ACQUIRE_SCRIPT, keys, args).await?)? {
                 (true, Some(info)) => Ok(Acquired::Acquired(info)),
                 (false, Some(info)) => Ok(Acquired::Held(info)),
                 _ => Err(LockError::Protocol("acquire returned no lock".into())),
@@ -168,24 +177,24 @@ impl LockStore for RedisLockStore {
     fn renew<'a>(&'a self, tenant: &'a str, token: &'a str, ttl: Duration) -> BoxFuture<'a, Result<Owned, LockError>> {
         Box::pin(async move {
             let keys = vec![self.lock_key(tenant), self.key("expiries")];
-            Self::owned(self.eval(RENEW, keys, vec![token.into(), ttl.as_millis().to_string(), tenant.into()]).await?)
+            Self::owned(self.eval(&RENEW_SCRIPT, keys, vec![token.into(), ttl.as_millis().to_string(), tenant.into()]).await?)
         })
     }
 
     fn release<'a>(&'a self, tenant: &'a str, token: &'a str) -> BoxFuture<'a, Result<Owned, LockError>> {
         Box::pin(async move {
             let keys = vec![self.lock_key(tenant), self.key("expiries")];
-            Self::owned(self.eval(RELEASE, keys, vec![token.into(), tenant.into()]).await?)
+            Self::owned(self.eval(&RELEASE_SCRIPT, keys, vec![token.into(), tenant.into()]).await?)
         })
     }
 
     fn status<'a>(&'a self, tenant: &'a str) -> BoxFuture<'a, Result<Option<LockInfo>, LockError>> {
-        Box::pin(async move { Ok(Self::reply(self.eval(STATUS, vec![self.lock_key(tenant)], vec![]).await?)?.1) })
+        Box::pin(async move { Ok(Self::reply(self.eval(&STATUS_SCRIPT, vec![self.lock_key(tenant)], vec![]).await?)?.1) })
     }
 
     fn claim_expired(&self) -> BoxFuture<'_, Result<Vec<Expired>, LockError>> {
         Box::pin(async move {
-            let reply = self.eval(CLAIM, vec![self.key("expiries")], vec![self.key("lock:")]).await?;
+            let reply = self.eval(&CLAIM_SCRIPT, vec![self.key("expiries")], vec![self.key("lock:")]).await?;
             // An empty array may come back as nil; anything else undecodable is an error, not "none".
             let claimed: Vec<String> = if reply.is_null() { Vec::new() } else { reply.convert().map_err(|e| LockError::Protocol(e.to_string()))? };
             Ok(claimed

@@ -161,3 +161,25 @@ async fn over_its_tokens_per_minute_a_tenant_waits_for_what_its_turns_really_use
     let metrics = b.get("/metrics").await.text().await.unwrap();
     assert!(metrics.contains("rate_limited_total{limit=\"tokens\"} 1"), "{metrics}");
 }
+
+#[tokio::test]
+async fn a_tenants_turns_are_still_counted_after_redis_forgets_the_limit_scripts() {
+    let prefix = format!("{}:", unique("steward-test-"));
+    let app = instance(&prefix, |s| {
+        s.limits.requests_per_second = 0.5;
+        s.limits.burst = 2;
+    })
+    .await;
+    let key = app.key(&unique("forgetful-"), &[Capability::Chat]).await;
+    let body = json!({ "message": "Say hi.", "max_tokens": 2 });
+    assert_eq!(app.post("/v1/chat/stream", Some(&key), &body).await.status(), 200);
+
+    // The scripts are sent by their digest; a server that lost them (a restart, a failover) is sent their text again.
+    let flushed = std::process::Command::new("redis-cli").args(["-u", &redis_url(), "SCRIPT", "FLUSH"]).output().expect("redis-cli");
+    assert!(flushed.status.success() && String::from_utf8_lossy(&flushed.stdout).trim() == "OK", "{flushed:?}");
+
+    assert_eq!(app.post("/v1/chat/stream", Some(&key), &body).await.status(), 200, "counted after the flush");
+    let third = app.post("/v1/chat/stream", Some(&key), &body).await;
+    assert_eq!(third.status(), 429, "the burst of two was used up across the flush");
+    assert_eq!(third.json::<Value>().await.unwrap()["code"], "rate_limited");
+}
