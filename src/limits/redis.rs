@@ -1,11 +1,10 @@
 //! The limit store in Redis, shared by every instance: a turn is counted by
 //! one Lua script on the server's clock (one round trip) and ended by
 //! another (its slot given back, its tokens settled), each sent by its
-//! digest ([`Script`]). The request rate and
-//! the tokens per minute are GCRAs (a key per tenant holding its next
-//! theoretical arrival time, of a request or of a token); stream slots are a
-//! sorted set per tenant scored by each slot's lease end, so a slot of an
-//! instance that died frees itself.
+//! digest ([`Script`]). The request rate and the tokens per minute are GCRAs
+//! (a key per tenant holding its next theoretical arrival time, of a request
+//! or of a token); stream slots are a sorted set per tenant scored by each
+//! slot's lease end, so a slot of an instance that died frees itself.
 
 use std::sync::LazyLock;
 use std::time::Duration;
