@@ -84,17 +84,22 @@ async fn with_a_stream_limit_of_n_n_plus_50_simultaneous_streams_across_two_inst
     assert!(counted >= 50.0, "{counted}");
 }
 
-#[tokio::test]
-async fn over_its_request_rate_a_tenant_gets_429_with_retry_after_over_sse_and_websocket() {
+/// An instance whose tenants may start two turns, then one every two seconds;
+/// a chat key of a new tenant, and a short turn's body.
+async fn burst_of_two(tenant: &str) -> (TestApp, String, Value) {
     let prefix = format!("{}:", unique("steward-test-"));
     let app = instance(&prefix, |s| {
         s.limits.requests_per_second = 0.5;
         s.limits.burst = 2;
     })
     .await;
-    let tenant = unique("chatty-");
-    let key = app.key(&tenant, &[Capability::Chat]).await;
-    let body = json!({ "message": "Say hi.", "max_tokens": 2 });
+    let key = app.key(&unique(tenant), &[Capability::Chat]).await;
+    (app, key, json!({ "message": "Say hi.", "max_tokens": 2 }))
+}
+
+#[tokio::test]
+async fn over_its_request_rate_a_tenant_gets_429_with_retry_after_over_sse_and_websocket() {
+    let (app, key, body) = burst_of_two("chatty-").await;
     assert_eq!(app.post("/v1/chat/stream", Some(&key), &body).await.status(), 200);
     assert_eq!(app.post("/v1/chat/stream", Some(&key), &body).await.status(), 200);
 
@@ -164,14 +169,7 @@ async fn over_its_tokens_per_minute_a_tenant_waits_for_what_its_turns_really_use
 
 #[tokio::test]
 async fn a_tenants_turns_are_still_counted_after_redis_forgets_the_limit_scripts() {
-    let prefix = format!("{}:", unique("steward-test-"));
-    let app = instance(&prefix, |s| {
-        s.limits.requests_per_second = 0.5;
-        s.limits.burst = 2;
-    })
-    .await;
-    let key = app.key(&unique("forgetful-"), &[Capability::Chat]).await;
-    let body = json!({ "message": "Say hi.", "max_tokens": 2 });
+    let (app, key, body) = burst_of_two("forgetful-").await;
     assert_eq!(app.post("/v1/chat/stream", Some(&key), &body).await.status(), 200);
 
     // The scripts are sent by their digest; a server that lost them (a restart, a failover) is sent their text again.
