@@ -42,7 +42,7 @@ pub async fn run(replay: &Replay, up_port: u16, dir: &Path) {
         control(steward.id(), "--dump=measured");
         let dump = latest_dump(&out);
         let total = total_instructions(&dump);
-        keep_dump(&dump, &config.name);
+        keep_dump(&dump, &out);
         println!("steward {}: {:.2} M instructions per turn ({total} over {turns} turns)", config.name, total as f64 / turns as f64 / 1e6);
         results.push((config.name.clone(), total as f64 / turns as f64));
         drop(steward);
@@ -75,10 +75,10 @@ fn latest_dump(out: &Path) -> std::path::PathBuf {
 
 /// Copies the dump into `STEWARD_BENCH_CALLGRIND_DIR`, when set, for
 /// `callgrind_annotate --inclusive=yes` (the run's own directory is removed).
-fn keep_dump(dump: &Path, config: &str) {
+fn keep_dump(dump: &Path, out: &Path) {
     let Ok(dir) = std::env::var("STEWARD_BENCH_CALLGRIND_DIR") else { return };
     std::fs::create_dir_all(&dir).expect("the callgrind directory");
-    let kept = Path::new(&dir).join(format!("callgrind.{}", config.replace([' ', '(', ')'], "")));
+    let kept = Path::new(&dir).join(out.file_name().expect("the dump's name"));
     std::fs::copy(dump, &kept).expect("the dump copied");
     println!("kept the dump as {}", kept.display());
 }

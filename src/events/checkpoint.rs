@@ -233,10 +233,6 @@ impl TxWrite for Covered {
             Ok(())
         })
     }
-
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
-    }
 }
 
 #[cfg(test)]

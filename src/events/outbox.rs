@@ -19,7 +19,7 @@ use crate::db::{now_ms, runs, Backend, Database};
 /// must be idempotent: a retried batch runs it again. A guarded write whose
 /// condition is gone fails with `sqlx::Error::RowNotFound`: its job is then
 /// not stored, and its caller gets `EventsError::Conflict`.
-pub trait TxWrite: Send + Sync + std::fmt::Debug {
+pub trait TxWrite: std::any::Any + Send + Sync + std::fmt::Debug {
     fn write<'c>(&'c self, conn: &'c mut sqlx::AnyConnection) -> BoxFuture<'c, Result<(), sqlx::Error>>;
 
     /// For writes that go many rows per statement (a turn's row): their kind
@@ -29,12 +29,10 @@ pub trait TxWrite: Send + Sync + std::fmt::Debug {
     fn batched(&self) -> Option<(&'static str, BatchWrite)> {
         None
     }
-
-    /// The write itself, for a [`BatchWrite`] to read its own kind back.
-    fn as_any(&self) -> &dyn std::any::Any;
 }
 
-/// Writes several writes of one kind (see [`TxWrite::batched`]) in a transaction.
+/// Writes several writes of one kind (see [`TxWrite::batched`]) in a transaction;
+/// it reads each back as its own type through `&dyn Any`.
 pub type BatchWrite = for<'c> fn(&'c [&'c dyn TxWrite], &'c mut sqlx::AnyConnection, Backend) -> BoxFuture<'c, Result<(), sqlx::Error>>;
 
 /// Something to put in the outbox.

@@ -330,7 +330,11 @@ impl RecordTurn {
 
 fn write_turns<'c>(writes: &'c [&'c dyn TxWrite], conn: &'c mut sqlx::AnyConnection, backend: Backend) -> BoxFuture<'c, Result<(), sqlx::Error>> {
     Box::pin(async move {
-        let turns: Vec<&RecordTurn> = writes.iter().filter_map(|w| w.as_any().downcast_ref::<RecordTurn>()).collect();
+        // Only a `RecordTurn` names this batch writer; anything else is refused, not dropped.
+        let turns = writes
+            .iter()
+            .map(|&w| (w as &dyn std::any::Any).downcast_ref::<RecordTurn>().ok_or_else(|| sqlx::Error::Protocol(format!("not a turn row: {w:?}"))))
+            .collect::<Result<Vec<_>, _>>()?;
         RecordTurn::insert_all(&turns, conn, backend).await
     })
 }
@@ -343,10 +347,6 @@ impl TxWrite for RecordTurn {
 
     fn batched(&self) -> Option<(&'static str, crate::events::BatchWrite)> {
         Some(("turns", write_turns))
-    }
-
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
     }
 }
 

@@ -151,12 +151,12 @@ impl ResponseFormat {
             return None;
         }
         let error = match (self, serde_json::from_str::<Value>(answer)) {
-            (Self::Text, _) => return None,
             (_, Err(e)) => Some(format!("not JSON: {e}")),
-            (Self::JsonObject, Ok(value)) => (!value.is_object()).then(|| "not a JSON object".to_owned()),
             (Self::JsonSchema { validator, .. }, Ok(value)) => {
                 validator.iter_errors(&value).next().map(|e| format!("at `{}`: {e}", e.instance_path()).chars().take(300).collect())
             }
+            // `json_object` (plain text returned above).
+            (_, Ok(value)) => (!value.is_object()).then(|| "not a JSON object".to_owned()),
         };
         let schema = match self {
             Self::JsonSchema { name, .. } => Some(name.clone()),

@@ -79,10 +79,6 @@ impl TxWrite for Granted {
             Ok(())
         })
     }
-
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
-    }
 }
 
 /// A lock disabled or expired: no longer held (if it still is the one held).
@@ -98,10 +94,6 @@ impl TxWrite for Ended {
             end(conn, &self.tenant, self.fencing_token).await?;
             Ok(())
         })
-    }
-
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
     }
 }
 
@@ -122,10 +114,6 @@ impl TxWrite for ClaimLost {
                 _ => Ok(()),
             }
         })
-    }
-
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
     }
 }
 
